@@ -1,0 +1,274 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/knadh/koanf/parsers/toml/v2"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/providers/posflag"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+)
+
+// envPrefix starts every environment variable that configures Baton.
+const envPrefix = "BATON_"
+
+// envIgnored are BATON_ variables that are not configuration: jobs see
+// BATON_JOB_ID, and a job may well run the baton CLI.
+var envIgnored = []string{"BATON_JOB_ID", "BATON_CONFIG"}
+
+// Duration is a time.Duration written as a string ("10s") in config files.
+type Duration time.Duration
+
+// UnmarshalText parses "10s", "5m", "24h".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: use a number with a unit, like \"10s\" or \"24h\"", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration back as "10s".
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// ByteSize is a size in bytes, written as a number or with a unit ("64MiB").
+type ByteSize int64
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+}
+
+// UnmarshalText parses "1048576", "64MiB", "10MB".
+func (s *ByteSize) UnmarshalText(b []byte) error {
+	text := strings.TrimSpace(string(b))
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(text, u.suffix) {
+			text, mult = strings.TrimSpace(strings.TrimSuffix(text, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(text, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return fmt.Errorf("size %q: use bytes or a unit, like \"64MiB\"", b)
+	}
+	*s = ByteSize(n * mult)
+	return nil
+}
+
+// MarshalText writes the size in the largest exact binary unit.
+func (s ByteSize) MarshalText() ([]byte, error) {
+	for i := 3; i >= 0; i-- {
+		u := sizeUnits[i]
+		if s != 0 && int64(s)%u.mult == 0 {
+			return []byte(strconv.FormatInt(int64(s)/u.mult, 10) + u.suffix), nil
+		}
+	}
+	return []byte(strconv.FormatInt(int64(s), 10)), nil
+}
+
+// configSource says where a command's configuration comes from. Later
+// sources win: defaults, then the TOML file, then BATON_ variables, then the
+// flags given on the command line.
+type configSource struct {
+	file     string
+	flags    *pflag.FlagSet
+	flagKeys map[string]string // flag name → config key
+	environ  []string
+}
+
+// load fills out (a pointer to a struct with koanf tags, already holding the
+// defaults) from the sources. Unknown keys in the file or the environment
+// are errors that name the key.
+func load(out any, src configSource) (*koanf.Koanf, error) {
+	k := koanf.New(".")
+	if err := k.Load(structProvider{out}, nil); err != nil {
+		return nil, fmt.Errorf("defaults: %w", err)
+	}
+	leaves := leafKeys(reflect.TypeOf(out).Elem(), "")
+
+	if src.file != "" {
+		if err := k.Load(file.Provider(src.file), toml.Parser()); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", src.file, err)
+		}
+	}
+
+	envKeys := make(map[string]string, len(leaves))
+	for key := range leaves {
+		envKeys[envPrefix+strings.ToUpper(strings.NewReplacer(".", "_").Replace(key))] = key
+	}
+	var unknownEnv []string
+	environ := src.environ
+	if environ == nil {
+		environ = os.Environ()
+	}
+	err := k.Load(env.Provider(".", env.Opt{
+		Prefix:      envPrefix,
+		EnvironFunc: func() []string { return environ },
+		TransformFunc: func(name, value string) (string, any) {
+			if slices.Contains(envIgnored, name) {
+				return "", nil
+			}
+			key, ok := envKeys[name]
+			if !ok {
+				unknownEnv = append(unknownEnv, name)
+				return "", nil
+			}
+			return key, envValue(leaves[key], value)
+		},
+	}), nil)
+	if err != nil {
+		return nil, fmt.Errorf("environment: %w", err)
+	}
+	if len(unknownEnv) > 0 {
+		slices.Sort(unknownEnv)
+		return nil, fmt.Errorf("unknown environment variable %s (see the configuration reference in the README)", strings.Join(unknownEnv, ", "))
+	}
+
+	if src.flags != nil {
+		err := k.Load(posflag.ProviderWithFlag(src.flags, ".", k, func(f *pflag.Flag) (string, any) {
+			key, ok := src.flagKeys[f.Name]
+			if !ok || !f.Changed {
+				return "", nil
+			}
+			return key, posflag.FlagVal(src.flags, f)
+		}), nil)
+		if err != nil {
+			return nil, fmt.Errorf("flags: %w", err)
+		}
+	}
+
+	if err := unmarshalStrict(k, out); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// envValue turns an environment string into what the key's field holds:
+// lists are comma-separated, maps are k=v pairs separated by commas.
+func envValue(t reflect.Type, value string) any {
+	switch t.Kind() {
+	case reflect.Slice:
+		if value == "" {
+			return []string{}
+		}
+		return strings.Split(value, ",")
+	case reflect.Map:
+		m := map[string]any{}
+		for pair := range strings.SplitSeq(value, ",") {
+			if k, v, ok := strings.Cut(pair, "="); ok {
+				m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+			}
+		}
+		return m
+	}
+	return value
+}
+
+// unmarshalStrict decodes k into out and fails on keys out does not have.
+func unmarshalStrict(k *koanf.Koanf, out any) error {
+	var md mapstructure.Metadata
+	err := k.UnmarshalWithConf("", out, koanf.UnmarshalConf{
+		Tag: "koanf",
+		DecoderConfig: &mapstructure.DecoderConfig{
+			DecodeHook: mapstructure.ComposeDecodeHookFunc(
+				mapstructure.TextUnmarshallerHookFunc(),
+				mapstructure.StringToSliceHookFunc(","),
+			),
+			Metadata:         &md,
+			Result:           out,
+			TagName:          "koanf",
+			WeaklyTypedInput: true,
+			ErrorUnused:      true,
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("configuration: %w", cleanDecodeError(err))
+	}
+	return nil
+}
+
+// cleanDecodeError keeps mapstructure's "invalid keys" message readable.
+func cleanDecodeError(err error) error {
+	msg := err.Error()
+	if i := strings.Index(msg, "has invalid keys: "); i >= 0 {
+		return errors.New("unknown key " + msg[i+len("has invalid keys: "):])
+	}
+	return err
+}
+
+// leafKeys lists the dotted keys of a config struct, with their field types.
+// Maps are leaves: their own keys are free-form.
+func leafKeys(t reflect.Type, prefix string) map[string]reflect.Type {
+	keys := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		tag := f.Tag.Get("koanf")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		key := prefix + tag
+		if f.Type.Kind() == reflect.Struct {
+			for k, v := range leafKeys(f.Type, key+".") {
+				keys[k] = v
+			}
+			continue
+		}
+		keys[key] = f.Type
+	}
+	return keys
+}
+
+// structProvider loads a struct's current values as koanf defaults.
+type structProvider struct{ v any }
+
+func (p structProvider) ReadBytes() ([]byte, error) { return nil, errors.New("not supported") }
+
+func (p structProvider) Read() (map[string]any, error) {
+	return structMap(reflect.ValueOf(p.v).Elem()), nil
+}
+
+func structMap(v reflect.Value) map[string]any {
+	out := map[string]any{}
+	t := v.Type()
+	for i := range t.NumField() {
+		tag := t.Field(i).Tag.Get("koanf")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fv := v.Field(i)
+		switch {
+		case fv.Kind() == reflect.Struct:
+			out[tag] = structMap(fv)
+		case fv.Kind() == reflect.Map:
+			m := map[string]any{}
+			iter := fv.MapRange()
+			for iter.Next() {
+				m[iter.Key().String()] = iter.Value().Interface()
+			}
+			out[tag] = m
+		default:
+			if tm, ok := fv.Interface().(interface{ MarshalText() ([]byte, error) }); ok {
+				b, _ := tm.MarshalText()
+				out[tag] = string(b)
+				continue
+			}
+			out[tag] = fv.Interface()
+		}
+	}
+	return out
+}

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestWorkerConfigLayers(t *testing.T) {
+	t.Parallel()
+	file := writeConfig(t, `
+[grpc_server]
+addr = "127.0.0.1:9001"
+use_tls = false
+
+[scheduler]
+addr = "127.0.0.1:9000"
+
+[worker]
+name = "from-file"
+stop_grace = "3s"
+output_limit = "1MiB"
+labels = { zone = "a", gpu = "no" }
+`)
+	flags := pflag.NewFlagSet("worker", pflag.ContinueOnError)
+	flags.String("name", "", "")
+	if err := flags.Parse([]string{"--name", "from-flag"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultWorkerConfig()
+	_, err := load(&cfg, configSource{
+		file:     file,
+		flags:    flags,
+		flagKeys: workerFlags,
+		environ:  []string{"BATON_WORKER_CAPACITY=7", "BATON_WORKER_RETENTION=1h", "BATON_JOB_ID=ignored", "HOME=/x"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"addr from file", cfg.GRPCServer.Addr, "127.0.0.1:9001"},
+		{"scheduler from file", cfg.Scheduler.Addr, "127.0.0.1:9000"},
+		{"name: flag beats file", cfg.Worker.Name, "from-flag"},
+		{"capacity from env", cfg.Worker.Capacity, 7},
+		{"retention from env", time.Duration(cfg.Worker.Retention), time.Hour},
+		{"stop_grace from file", time.Duration(cfg.Worker.StopGrace), 3 * time.Second},
+		{"output_limit with a unit", int64(cfg.Worker.OutputLimit), int64(1 << 20)},
+		{"labels", cfg.Worker.Labels["zone"] + cfg.Worker.Labels["gpu"], "ano"},
+		{"default kept", cfg.Worker.AllowedCommands[0], "sh"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestConfigRejectsUnknownKeys(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		file    string
+		environ []string
+		want    string
+	}{
+		{"unknown key in a section", "[worker]\nnmae = \"x\"\n", nil, "nmae"},
+		{"unknown section", "[workr]\nname = \"x\"\n", nil, "workr"},
+		{"unknown env variable", "", []string{"BATON_WORKER_NMAE=x"}, "BATON_WORKER_NMAE"},
+		{"bad duration", "[worker]\nstop_grace = \"ten\"\n", nil, "duration"},
+		{"bad size", "[worker]\noutput_limit = \"lots\"\n", nil, "size"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			src := configSource{environ: tt.environ}
+			if tt.environ == nil {
+				src.environ = []string{}
+			}
+			if tt.file != "" {
+				src.file = writeConfig(t, tt.file)
+			}
+			cfg := defaultWorkerConfig()
+			_, err := load(&cfg, src)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error = %v, want one naming %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestOriginalConfigLoads(t *testing.T) {
+	t.Parallel()
+	cfg := defaultWorkerConfig()
+	_, err := load(&cfg, configSource{file: "../../examples/config/config.toml", environ: []string{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.GRPCServer.Addr != "127.0.0.1:7071" || cfg.Scheduler.Addr != "127.0.0.1:7070" || cfg.GRPCServer.UseTLS {
+		t.Errorf("original config read as %+v", cfg.GRPCServer)
+	}
+	cfg = defaultWorkerConfig()
+	if _, err := load(&cfg, configSource{file: "../../examples/config/worker.toml", environ: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestByteSizeRoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, text := range []string{"64MiB", "1GiB", "1000", "10KiB"} {
+		var s ByteSize
+		if err := s.UnmarshalText([]byte(text)); err != nil {
+			t.Fatal(err)
+		}
+		out, _ := s.MarshalText()
+		if string(out) != text {
+			t.Errorf("%s → %d → %s", text, s, out)
+		}
+	}
+}

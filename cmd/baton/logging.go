@@ -1,0 +1,44 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"golang.org/x/term"
+)
+
+// LogConfig is the [log] section shared by the daemons.
+type LogConfig struct {
+	// Level is debug, info, warn or error.
+	Level string `koanf:"level"`
+	// Format is text, json, or auto (text on a terminal, json otherwise).
+	Format string `koanf:"format"`
+}
+
+func defaultLogConfig() LogConfig { return LogConfig{Level: "info", Format: "auto"} }
+
+// newLogger builds the process's logger from its config.
+func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
+		return nil, fmt.Errorf("log.level %q: use debug, info, warn or error", c.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	format := strings.ToLower(c.Format)
+	if format == "auto" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "text"
+		}
+	}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log.format %q: use text, json or auto", c.Format)
+}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/worker"
+)
+
+// WorkerConfig is the configuration of `baton worker`.
+type WorkerConfig struct {
+	GRPCServer GRPCServerConfig `koanf:"grpc_server"`
+	Scheduler  struct {
+		// Addr is the scheduler's host:port; empty runs the worker alone.
+		Addr string `koanf:"addr"`
+	} `koanf:"scheduler"`
+	Worker WorkerSection `koanf:"worker"`
+	Log    LogConfig     `koanf:"log"`
+}
+
+// WorkerSection is the [worker] section.
+type WorkerSection struct {
+	Name            string            `koanf:"name"`
+	AdvertiseAddr   string            `koanf:"advertise_addr"`
+	DataDir         string            `koanf:"data_dir"`
+	ScriptsDir      string            `koanf:"scripts_dir"`
+	AllowedCommands []string          `koanf:"allowed_commands"`
+	InheritEnv      []string          `koanf:"inherit_env"`
+	Labels          map[string]string `koanf:"labels"`
+	Capacity        int               `koanf:"capacity"`
+	StopGrace       Duration          `koanf:"stop_grace"`
+	OutputLimit     ByteSize          `koanf:"output_limit"`
+	Retention       Duration          `koanf:"retention"`
+	ShutdownTimeout Duration          `koanf:"shutdown_timeout"`
+}
+
+func defaultWorkerConfig() WorkerConfig {
+	host, _ := os.Hostname()
+	var c WorkerConfig
+	c.GRPCServer.Addr = "127.0.0.1:7071"
+	c.Worker = WorkerSection{
+		Name:            host,
+		ScriptsDir:      "scripts",
+		AllowedCommands: []string{"sh", "bash", "python3", "ruby", "perl", "node"},
+		Labels:          map[string]string{},
+		Capacity:        64,
+		StopGrace:       Duration(10 * time.Second),
+		OutputLimit:     64 << 20,
+		Retention:       Duration(24 * time.Hour),
+		ShutdownTimeout: Duration(30 * time.Second),
+	}
+	c.Log = defaultLogConfig()
+	return c
+}
+
+// validate checks what the types cannot.
+func (c *WorkerConfig) validate() error {
+	var errs []error
+	if c.Worker.Name == "" {
+		errs = append(errs, errors.New("worker.name is required"))
+	}
+	if c.Worker.Capacity < 0 {
+		errs = append(errs, errors.New("worker.capacity must be 0 (unlimited) or more"))
+	}
+	if c.Worker.StopGrace <= 0 || c.Worker.Retention <= 0 || c.Worker.OutputLimit <= 0 {
+		errs = append(errs, errors.New("worker.stop_grace, worker.retention and worker.output_limit must be positive"))
+	}
+	if _, _, err := net.SplitHostPort(c.GRPCServer.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("grpc_server.addr %q: %w", c.GRPCServer.Addr, err))
+	}
+	return errors.Join(errs...)
+}
+
+// workerFlags maps `baton worker` flags to config keys.
+var workerFlags = map[string]string{
+	"addr":        "grpc_server.addr",
+	"scheduler":   "scheduler.addr",
+	"name":        "worker.name",
+	"data-dir":    "worker.data_dir",
+	"scripts-dir": "worker.scripts_dir",
+	"log-level":   "log.level",
+	"log-format":  "log.format",
+}
+
+func newWorkerCommand() *cobra.Command {
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker: it runs jobs as OS processes for the scheduler",
+		Args:  cobra.NoArgs,
+	}
+	flags := cmd.Flags()
+	flags.StringVar(&configFile, "config", os.Getenv("BATON_CONFIG"), "TOML config file")
+	flags.String("addr", "", "listen address (grpc_server.addr)")
+	flags.String("scheduler", "", "scheduler address (scheduler.addr)")
+	flags.String("name", "", "worker name (worker.name)")
+	flags.String("data-dir", "", "data directory (worker.data_dir)")
+	flags.String("scripts-dir", "", "scripts directory (worker.scripts_dir)")
+	flags.String("log-level", "", "debug, info, warn or error (log.level)")
+	flags.String("log-format", "", "text, json or auto (log.format)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg := defaultWorkerConfig()
+		if _, err := load(&cfg, configSource{file: configFile, flags: flags, flagKeys: workerFlags}); err != nil {
+			return err
+		}
+		if cfg.Worker.DataDir == "" {
+			cfg.Worker.DataDir = filepath.Join(stateDir(), "worker-"+cfg.Worker.Name)
+		}
+		if err := cfg.validate(); err != nil {
+			return err
+		}
+		return runWorker(cmd.Context(), cfg)
+	}
+	return cmd
+}
+
+// runWorker serves until ctx ends, then shuts down in order: stop taking
+// calls, stop the jobs, report their ends and deregister.
+func runWorker(ctx context.Context, cfg WorkerConfig) error {
+	logger, err := newLogger(cfg.Log, os.Stderr)
+	if err != nil {
+		return err
+	}
+	serverTLS, err := cfg.GRPCServer.serverTLS()
+	if err != nil {
+		return err
+	}
+	clientTLS, err := cfg.GRPCServer.clientTLS()
+	if err != nil {
+		return err
+	}
+	var scheduler batonv1connect.SchedulerServiceClient
+	if cfg.Scheduler.Addr != "" {
+		scheduler = batonv1connect.NewSchedulerServiceClient(
+			serving.NewHTTPClient(clientTLS),
+			serving.BaseURL(cfg.Scheduler.Addr, cfg.GRPCServer.UseTLS),
+		)
+	}
+	advertise := cfg.Worker.AdvertiseAddr
+	if advertise == "" {
+		advertise = advertiseAddr(cfg.GRPCServer.Addr)
+	}
+	w, err := worker.New(worker.Options{
+		Name:      cfg.Worker.Name,
+		Address:   advertise,
+		Labels:    cfg.Worker.Labels,
+		Scheduler: scheduler,
+		Logger:    logger,
+		Runner: jobrun.Options{
+			DataDir:         cfg.Worker.DataDir,
+			ScriptsDir:      cfg.Worker.ScriptsDir,
+			AllowedCommands: cfg.Worker.AllowedCommands,
+			InheritEnv:      cfg.Worker.InheritEnv,
+			StopGrace:       time.Duration(cfg.Worker.StopGrace),
+			OutputLimit:     int64(cfg.Worker.OutputLimit),
+			Retention:       time.Duration(cfg.Worker.Retention),
+			Capacity:        cfg.Worker.Capacity,
+		},
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, w.Handler(), serverTLS, logger)
+	if err != nil {
+		_ = w.Close(context.Background())
+		return err
+	}
+	if serverTLS == nil {
+		logger.Warn("serving without TLS: there is no identity, every caller counts as an anonymous admin; use this on loopback only")
+	}
+	logger.Info("worker serving", "worker", cfg.Worker.Name, "addr", srv.Addr().String(), "tls", serverTLS != nil, "scheduler", cfg.Scheduler.Addr)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve() }()
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = w.Run(runCtx)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+	}
+	logger.Info("worker shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Worker.ShutdownTimeout))
+	defer cancel()
+	drainCtx, cancelDrain := context.WithTimeout(shutdownCtx, 5*time.Second)
+	_ = srv.Shutdown(drainCtx)
+	cancelDrain()
+	closeErr := w.Close(shutdownCtx)
+	stopRun()
+	<-runDone
+	return errors.Join(err, closeErr)
+}
+
+// advertiseAddr turns a listen address into one the scheduler can dial:
+// an unspecified host becomes this machine's hostname.
+func advertiseAddr(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		if h, err := os.Hostname(); err == nil {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// stateDir is where daemons keep their data by default.
+func stateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "baton")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "baton")
+	}
+	return filepath.Join(os.TempDir(), "baton")
+}
+

@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildBaton compiles the binary once per test run.
+func buildBaton(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "baton")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// postJSON makes a Connect unary call with a JSON body, as curl would.
+func postJSON(t *testing.T, url string, body string, out any) int {
+	t.Helper()
+	res, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			t.Fatalf("%s: %v in %s", url, err, raw)
+		}
+	}
+	return res.StatusCode
+}
+
+// TestWorkerBinaryServesJSON runs `baton worker` as a real process and
+// drives it the way the README does: JSON StartJob, a Connect-JSON stream of
+// the output, then QueryJob; SIGTERM stops it cleanly.
+func TestWorkerBinaryServesJSON(t *testing.T) {
+	t.Parallel()
+	bin := buildBaton(t)
+	dir := t.TempDir()
+	scripts := filepath.Join(dir, "scripts")
+	if err := os.MkdirAll(scripts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "#!/bin/bash\nfor i in 1 2 3; do echo $i; sleep 0.1; done\necho done\n"
+	if err := os.WriteFile(filepath.Join(scripts, "count.sh"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	config := fmt.Sprintf("[grpc_server]\naddr = %q\nuse_tls = false\n\n[worker]\nname = \"e2e\"\ndata_dir = %q\nscripts_dir = %q\n\n[log]\nformat = \"json\"\n",
+		addr, filepath.Join(dir, "data"), scripts)
+	cfgFile := filepath.Join(dir, "worker.toml")
+	if err := os.WriteFile(cfgFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "worker", "--config", cfgFile)
+	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	waitListening(t, addr)
+	base := "http://" + addr + "/baton.v1.WorkerService/"
+
+	var started struct {
+		JobID string `json:"jobId"`
+	}
+	if code := postJSON(t, base+"StartJob", `{"command":"bash","path":"count.sh"}`, &started); code != 200 || started.JobID == "" {
+		t.Fatalf("StartJob: HTTP %d, job %q\n%s", code, started.JobID, logs.String())
+	}
+
+	out, final := streamJSON(t, base+"StreamJobOutput", `{"job_id":"`+started.JobID+`","follow":true}`)
+	if out != "1\n2\n3\ndone\n" {
+		t.Errorf("streamed %q", out)
+	}
+	if final["state"] != "JOB_STATE_SUCCEEDED" {
+		t.Errorf("final status %v", final)
+	}
+
+	var q struct {
+		Done   bool `json:"done"`
+		Error  bool `json:"error"`
+		Status struct {
+			State    string `json:"state"`
+			ExitCode *int   `json:"exitCode"`
+		} `json:"status"`
+	}
+	postJSON(t, base+"QueryJob", `{"jobId":"`+started.JobID+`"}`, &q)
+	if !q.Done || q.Error || q.Status.State != "JOB_STATE_SUCCEEDED" || q.Status.ExitCode == nil || *q.Status.ExitCode != 0 {
+		t.Errorf("QueryJob = %+v", q)
+	}
+
+	var bad struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	if code := postJSON(t, base+"StartJob", `{"command":"bash","path":"../../etc/passwd"}`, &bad); code != 400 || bad.Code != "invalid_argument" {
+		t.Errorf("escaping path: HTTP %d %+v", code, bad)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		exited <- err
+		if err != nil {
+			t.Errorf("worker exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("worker did not exit after SIGTERM")
+	}
+	if !strings.Contains(logs.String(), `"procedure":"/baton.v1.WorkerService/StartJob"`) {
+		t.Errorf("no access-log line for StartJob in:\n%s", logs.String())
+	}
+}
+
+func waitListening(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("nothing listens on %s", addr)
+}
+
+// streamJSON calls a server-streaming procedure over the Connect protocol
+// with JSON (the 5-byte envelope a browser would send) and returns the
+// concatenated output and the final status.
+func streamJSON(t *testing.T, url, body string) (string, map[string]any) {
+	t.Helper()
+	var frame bytes.Buffer
+	frame.WriteByte(0)
+	_ = binary.Write(&frame, binary.BigEndian, uint32(len(body)))
+	frame.WriteString(body)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, &frame)
+	req.Header.Set("Content-Type", "application/connect+json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	r := bufio.NewReader(res.Body)
+	var out strings.Builder
+	var final map[string]any
+	for {
+		var head [5]byte
+		if _, err := io.ReadFull(r, head[:]); err != nil {
+			t.Fatalf("stream ended without end-of-stream frame: %v", err)
+		}
+		msg := make([]byte, binary.BigEndian.Uint32(head[1:]))
+		if _, err := io.ReadFull(r, msg); err != nil {
+			t.Fatal(err)
+		}
+		if head[0]&2 != 0 { // end-of-stream: {} or {"error":…}
+			if bytes.Contains(msg, []byte(`"error"`)) {
+				t.Fatalf("stream error: %s", msg)
+			}
+			return out.String(), final
+		}
+		var ev struct {
+			Chunk *struct {
+				Data []byte `json:"data"`
+			} `json:"chunk"`
+			Status map[string]any `json:"status"`
+		}
+		if err := json.Unmarshal(msg, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Chunk != nil {
+			out.Write(ev.Chunk.Data)
+		}
+		if ev.Status != nil {
+			final = ev.Status
+		}
+	}
+}

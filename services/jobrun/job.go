@@ -1,0 +1,362 @@
+package jobrun
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// copierDrainTimeout bounds how long the waiter waits for the copiers after
+// the main process ended. Without a cgroup a grandchild that left the process
+// group (setsid) can keep the pipes open forever.
+const copierDrainTimeout = 3 * time.Second
+
+// spawn creates the job's files and starts its process. j is already in
+// r.jobs and counted in r.active. On failure nothing is left behind.
+func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
+	var (
+		out    *outputLog
+		cg     *jobCgroup
+		cgFD   *os.File
+		pipes  [4]*os.File // stdout r/w, stderr r/w
+		logger = r.log.With("job_id", j.id)
+	)
+	fail := func(err error) (Status, bool, error) {
+		for _, f := range pipes {
+			if f != nil {
+				_ = f.Close()
+			}
+		}
+		if cgFD != nil {
+			_ = cgFD.Close()
+		}
+		if out != nil {
+			out.close()
+		}
+		cg.remove()
+		if rmErr := os.RemoveAll(j.dir); rmErr != nil {
+			logger.Error("cannot remove the directory of a job that failed to start", "error", rmErr)
+		}
+		r.mu.Lock()
+		delete(r.jobs, j.id)
+		r.active--
+		r.mu.Unlock()
+		j.startErr = err
+		close(j.started)
+		close(j.done)
+		return Status{}, false, err
+	}
+	internal := func(what string, err error) (Status, bool, error) {
+		logger.Error("job setup failed", "step", what, "error", err)
+		return fail(fmt.Errorf("%w: the worker could not %s", ErrExec, what))
+	}
+
+	if err := os.Mkdir(j.dir, 0o700); errors.Is(err, os.ErrExist) {
+		// Not a known job (it would be in r.jobs): the remains of a failed
+		// cleanup. Start afresh.
+		if err := os.RemoveAll(j.dir); err != nil {
+			return internal("prepare the job directory", err)
+		}
+		if err := os.Mkdir(j.dir, 0o700); err != nil {
+			return internal("create the job directory", err)
+		}
+	} else if err != nil {
+		return internal("create the job directory", err)
+	}
+	limit := j.spec.OutputLimit
+	if limit == 0 {
+		limit = r.opts.OutputLimit
+	}
+	var err error
+	if out, err = createOutput(j.dir, limit); err != nil {
+		return internal("create the output files", err)
+	}
+	work := p.workDir
+	if work == "" {
+		work = filepath.Join(j.dir, workDirName)
+		if err := os.Mkdir(work, 0o700); err != nil {
+			return internal("create the working directory", err)
+		}
+	}
+	limits := j.spec.MemoryLimit > 0 || j.spec.CPULimit > 0
+	cg, cgFD, err = r.cg.create(j.id, j.spec.MemoryLimit, j.spec.CPULimit)
+	if err != nil {
+		if limits {
+			logger.Error("cannot create the job cgroup", "error", err)
+			return fail(fmt.Errorf("%w: the worker could not set up resource limits", ErrLimitsUnsupported))
+		}
+		logger.Warn("cannot create the job cgroup; using the process group only", "error", err)
+		cg = nil
+	}
+
+	j.mu.Lock()
+	j.cg = cg
+	j.out = out
+	j.st.Cgroup = cg.mode()
+	pending := j.snapshotLocked()
+	j.mu.Unlock()
+	if err := writeRecord(j.dir, toRecord(pending, 0, cg)); err != nil {
+		return internal("record the job", err)
+	}
+
+	if pipes[0], pipes[1], err = os.Pipe(); err != nil {
+		return internal("create pipes", err)
+	}
+	if pipes[2], pipes[3], err = os.Pipe(); err != nil {
+		return internal("create pipes", err)
+	}
+	cmd := &exec.Cmd{
+		Path:   p.path,
+		Args:   p.args,
+		Env:    r.environ(j.id, work, &j.spec),
+		Dir:    work,
+		Stdin:  nil, // os/exec opens /dev/null
+		Stdout: pipes[1],
+		Stderr: pipes[3],
+		// Setpgid makes the job a process group of its own (pgid == pid),
+		// so signals can reach the whole tree it forks.
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	if cgFD != nil {
+		// clone3(CLONE_INTO_CGROUP): the child is born inside the job's
+		// cgroup, so nothing it forks can escape between fork and attach.
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cgFD.Fd())
+	}
+	startErr := cmd.Start()
+	// The child holds its own copies of the write ends; ours must go so the
+	// copiers see EOF when the job's last writer exits.
+	_ = pipes[1].Close()
+	_ = pipes[3].Close()
+	pipes[1], pipes[3] = nil, nil
+	if cgFD != nil {
+		_ = cgFD.Close()
+		cgFD = nil
+	}
+	if startErr != nil {
+		// os/exec already reaped the child if clone succeeded but execve
+		// failed, so no zombie is left.
+		return fail(fmt.Errorf("%w: command %q could not be executed: %v (a script's #! line may name a missing interpreter)",
+			ErrExec, j.spec.Command, unwrapPathError(startErr)))
+	}
+	pid := cmd.Process.Pid
+	// v1 controllers have no CLONE_INTO_CGROUP: the pid is attached right
+	// after start. In that short window the job runs unlimited, and a child
+	// forked in it stays outside the v1 groups (it is still in the process
+	// group and, where available, in the v2 cgroup).
+	if err := cg.attach(pid); err != nil {
+		_ = signalGroup(pid, syscall.SIGKILL) // not reaped yet: the pgid is ours
+		_ = cmd.Wait()
+		logger.Error("cannot attach the job to its cgroups", "error", err)
+		return fail(fmt.Errorf("%w: the worker could not apply resource limits", ErrLimitsUnsupported))
+	}
+	ticks, err := procStartTicks(pid)
+	if err != nil {
+		logger.Warn("cannot read the job's start time", "error", err)
+	}
+
+	for i, s := range []Stream{StreamStdout, StreamStderr} {
+		go r.copyStream(j, s, pipes[2*i], j.copied[i])
+	}
+	outR, errR := pipes[0], pipes[2]
+	pipes = [4]*os.File{}
+
+	j.mu.Lock()
+	j.st.State = StateRunning
+	j.st.PID = pid
+	j.st.StartedAt = time.Now()
+	j.pgid = pid
+	j.startTicks = ticks
+	running := j.snapshotLocked()
+	j.mu.Unlock()
+	close(j.started)
+
+	if err := writeRecord(j.dir, toRecord(running, ticks, cg)); err != nil {
+		logger.Error("cannot record the job as running", "error", err)
+	}
+	if t := j.spec.Timeout; t > 0 {
+		j.mu.Lock()
+		j.deadline = time.AfterFunc(t, func() {
+			r.beginStop(j, StateTimedOut, "", "timed out after "+t.String())
+		})
+		j.mu.Unlock()
+	}
+	logger.Info("job started", "pid", pid, "cgroup", cg.mode())
+	r.notifyChange(running)
+	go r.wait(j, cmd, [2]*os.File{outR, errR})
+	return running, true, nil
+}
+
+// copyStream is the one copier of a stream: it moves bytes from the pipe to
+// the job's files until every writer closed the pipe. Past the output limit
+// or after a write error it keeps draining and discarding, so the job never
+// blocks on a full pipe.
+func (r *Runner) copyStream(j *job, s Stream, rd *os.File, done chan struct{}) {
+	defer close(done)
+	defer rd.Close()
+	buf := make([]byte, copyBufferSize)
+	for {
+		n, err := rd.Read(buf)
+		if n > 0 {
+			switch j.out.append(j, s, buf[:n], time.Now()) {
+			case limitReached:
+				r.log.Info("job output limit reached", "job_id", j.id, "limit", j.out.limit)
+				r.beginStop(j, StateFailed, "", "output limit of "+formatBytes(j.out.limit)+" reached")
+			case writeFailed:
+				r.log.Error("cannot store job output; dropping it", "job_id", j.id, "stream", s.String(), "error", j.out.writeError())
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// wait is the job's one waiter goroutine. It alone reaps the process.
+func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
+	pid := cmd.Process.Pid
+	// Wait for the exit without reaping it (waitid(2) WNOWAIT). While the
+	// leader is an unreaped zombie its pid, and with it the process group
+	// ID, cannot be reused, so signalling -pgid until cmd.Wait is safe.
+	var info unix.Siginfo
+	var werr error
+	for {
+		werr = unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(werr, unix.EINTR) {
+			break
+		}
+	}
+	j.mu.Lock()
+	j.exited = true // from here on nobody signals the pid or the pgid
+	cg := j.cg
+	j.mu.Unlock()
+	// Kubernetes semantics: a job ends when its main process ends; whatever
+	// it left running is killed, or it could hold the pipes open and run on
+	// unsupervised.
+	if cg.mode() == "v2" {
+		cg.kill()
+	} else {
+		if werr == nil {
+			_ = signalGroup(pid, syscall.SIGKILL)
+		}
+		cg.kill()
+	}
+	_ = cmd.Wait()
+	code, sig := -1, syscall.Signal(0)
+	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+		switch {
+		case ws.Signaled():
+			sig = ws.Signal()
+		case ws.Exited():
+			code = ws.ExitStatus()
+		}
+	}
+
+	timer := time.NewTimer(copierDrainTimeout)
+	for i, ch := range j.copied {
+		select {
+		case <-ch:
+		case <-timer.C:
+			// Something outside the process group still holds the write
+			// end. Closing our read ends makes the copiers return.
+			r.log.Warn("job output still open after the job ended; closing it", "job_id", j.id)
+			for _, rd := range readers[i:] {
+				_ = rd.Close()
+			}
+			<-ch
+		}
+	}
+	timer.Stop()
+	oom := cg.oomKilled()
+	j.out.close()
+	writeErr := j.out.writeError()
+
+	r.mu.Lock()
+	r.active--
+	r.mu.Unlock()
+
+	j.mu.Lock()
+	if j.grace != nil {
+		j.grace.Stop()
+	}
+	if j.deadline != nil {
+		j.deadline.Stop()
+	}
+	st := &j.st
+	st.ExitCode, st.Signal, st.EndedAt = code, sig, time.Now()
+	switch {
+	case j.stopping:
+		st.State, st.Reason = j.stopState, j.stopReason
+	case oom:
+		st.State, st.Reason = StateFailed, "OOMKilled: the job exceeded its memory limit of "+formatBytes(cg.memory)
+	case writeErr != nil:
+		st.State, st.Reason = StateFailed, "output write failed: "+unwrapPathError(writeErr).Error()
+	case sig != 0:
+		st.State, st.Reason = StateFailed, "killed by signal "+signalName(sig)
+	case code == 0:
+		st.State, st.Reason = StateSucceeded, "exited with code 0"
+	default:
+		st.State, st.Reason = StateFailed, fmt.Sprintf("exited with code %d", code)
+	}
+	j.complete = true
+	close(j.notify)
+	j.notify = make(chan struct{})
+	final := j.snapshotLocked()
+	ticks := j.startTicks
+	j.mu.Unlock()
+
+	if r.crashed.Load() {
+		close(j.done)
+		return
+	}
+	if err := writeRecord(j.dir, toRecord(final, ticks, cg)); err != nil {
+		r.log.Error("cannot record the end of the job", "job_id", j.id, "error", err)
+	}
+	cg.remove()
+	close(j.done)
+	r.log.Info("job ended", "job_id", j.id, "state", final.State.String(), "reason", final.Reason)
+	r.notifyChange(final)
+}
+
+// beginStop starts the stop sequence once per job: SIGTERM to the process
+// group now, SIGKILL to the group and cgroup.kill after StopGrace. Later
+// calls share the first sequence. The escalation does not depend on any
+// caller waiting.
+func (r *Runner) beginStop(j *job, state State, by, reason string) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.stopping || j.st.State.Terminal() || j.pgid == 0 {
+		return
+	}
+	j.stopping, j.stopState, j.stopReason = true, state, reason
+	j.st.StoppedBy = by
+	if !j.exited {
+		if err := signalGroup(j.pgid, syscall.SIGTERM); err != nil {
+			r.log.Warn("cannot signal the job", "job_id", j.id, "signal", "TERM", "error", err)
+		}
+	}
+	j.grace = time.AfterFunc(r.opts.StopGrace, func() { r.hardKill(j) })
+}
+
+// hardKill sends SIGKILL to the job's process group while its leader is not
+// reaped, and kills its cgroup.
+func (r *Runner) hardKill(j *job) {
+	j.mu.Lock()
+	if !j.exited {
+		if err := signalGroup(j.pgid, syscall.SIGKILL); err != nil {
+			r.log.Warn("cannot signal the job", "job_id", j.id, "signal", "KILL", "error", err)
+		}
+	}
+	cg := j.cg
+	done := j.st.State.Terminal()
+	j.mu.Unlock()
+	if !done {
+		cg.kill()
+	}
+}

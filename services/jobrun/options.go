@@ -1,0 +1,72 @@
+package jobrun
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Options configure a Runner. The zero value of each optional field selects
+// the documented default. Options are read once by New.
+type Options struct {
+	// DataDir holds job records and output under DataDir/jobs/<id>/.
+	// Required.
+	DataDir string
+	// ScriptsDir is the only place scripts, script-dir commands and working
+	// directories are taken from. Required.
+	ScriptsDir string
+	// AllowedCommands are command names resolved on the worker's PATH at New.
+	// nil selects sh, bash, python3, ruby, perl and node; names that cannot be
+	// found are skipped. Executables inside ScriptsDir are always allowed.
+	AllowedCommands []string
+	// InheritEnv names worker environment variables passed to jobs. By
+	// default nothing from the worker's environment reaches a job.
+	InheritEnv []string
+	// StopGrace is the time between SIGTERM and SIGKILL. Default 10s.
+	StopGrace time.Duration
+	// OutputLimit caps the stored output of a job (both streams plus 32
+	// bytes of index per write). Default 64 MiB.
+	OutputLimit int64
+	// Retention is how long finished jobs are kept. Default 24h.
+	Retention time.Duration
+	// Capacity caps the number of jobs running at once; 0 means unlimited.
+	Capacity int
+	// CgroupParent is the cgroup v2 directory job cgroups are created in.
+	// "" picks a directory under the cgroup v2 mount named after DataDir;
+	// "-" disables cgroups (process groups only).
+	CgroupParent string
+	// OnChange, if set, is called after every state change of a job. It is
+	// never called with a lock held, but it runs on the job's goroutines and
+	// must return quickly.
+	OnChange func(Status)
+	// Logger receives diagnostics. Default: discard.
+	Logger *slog.Logger
+}
+
+var defaultCommands = []string{"sh", "bash", "python3", "ruby", "perl", "node"}
+
+func (o *Options) setDefaults() error {
+	if o.DataDir == "" {
+		return errors.New("jobrun: Options.DataDir is required")
+	}
+	if o.ScriptsDir == "" {
+		return errors.New("jobrun: Options.ScriptsDir is required")
+	}
+	if o.StopGrace <= 0 {
+		o.StopGrace = 10 * time.Second
+	}
+	if o.OutputLimit <= 0 {
+		o.OutputLimit = 64 << 20
+	}
+	if o.Retention <= 0 {
+		o.Retention = 24 * time.Hour
+	}
+	if o.Capacity < 0 {
+		return fmt.Errorf("jobrun: Options.Capacity must not be negative, got %d", o.Capacity)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}

@@ -1,0 +1,412 @@
+package jobrun
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Index file format: one fixed 32-byte little-endian record per copier write,
+// in the order the writes were stored, so the index is the true interleaving
+// of both streams:
+//
+//	0:8   time, unix nanoseconds (int64)
+//	8:16  stdout bytes stored before this write (uint64)
+//	16:24 stderr bytes stored before this write (uint64)
+//	24:28 length (uint32)
+//	28    stream (1 stdout, 2 stderr)
+//	29:32 zero
+const (
+	indexRecordSize = 32
+	copyBufferSize  = 32 << 10
+	indexBatch      = 128
+)
+
+type indexRecord struct {
+	time         int64
+	stdoutBefore uint64
+	stderrBefore uint64
+	length       uint32
+	stream       Stream
+}
+
+func (r *indexRecord) encode(b []byte) {
+	_ = b[indexRecordSize-1]
+	binary.LittleEndian.PutUint64(b[0:], uint64(r.time))
+	binary.LittleEndian.PutUint64(b[8:], r.stdoutBefore)
+	binary.LittleEndian.PutUint64(b[16:], r.stderrBefore)
+	binary.LittleEndian.PutUint32(b[24:], r.length)
+	b[28] = byte(r.stream)
+	b[29], b[30], b[31] = 0, 0, 0
+}
+
+func decodeRecord(b []byte) indexRecord {
+	_ = b[indexRecordSize-1]
+	return indexRecord{
+		time:         int64(binary.LittleEndian.Uint64(b[0:])),
+		stdoutBefore: binary.LittleEndian.Uint64(b[8:]),
+		stderrBefore: binary.LittleEndian.Uint64(b[16:]),
+		length:       binary.LittleEndian.Uint32(b[24:]),
+		stream:       Stream(b[28]),
+	}
+}
+
+// outputLog is the write side of a job's output. The copiers of both streams
+// append through it; mu serialises appends so that index order is the order
+// in which writes were stored.
+type outputLog struct {
+	mu         sync.Mutex
+	stdout     *os.File
+	stderr     *os.File
+	index      *os.File
+	limit      int64
+	stored     int64
+	outN, errN uint64
+	nrec       int64
+	discarding bool
+	limitHit   bool
+	writeErr   error
+	rec        [indexRecordSize]byte
+}
+
+// appendResult tells the copier what the append did.
+type appendResult int
+
+const (
+	appended appendResult = iota
+	dropped
+	limitReached // first append that would have exceeded the limit
+	writeFailed  // first failed write
+)
+
+// append stores one read of a copier and publishes it to followers. The
+// publish happens under the job lock, inside the append lock, so the
+// published count never covers a record that is not fully written.
+func (l *outputLog) append(j *job, stream Stream, p []byte, now time.Time) appendResult {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.discarding {
+		return dropped
+	}
+	if l.stored+int64(len(p))+indexRecordSize > l.limit {
+		l.discarding, l.limitHit = true, true
+		return limitReached
+	}
+	rec := indexRecord{time: now.UnixNano(), stdoutBefore: l.outN, stderrBefore: l.errN, length: uint32(len(p)), stream: stream}
+	f := l.stdout
+	if stream == StreamStderr {
+		f = l.stderr
+	}
+	// A failed write may leave stray bytes at the end of the stream file; no
+	// index record covers them, so readers never see them.
+	if _, err := f.Write(p); err != nil {
+		l.discarding, l.writeErr = true, err
+		return writeFailed
+	}
+	rec.encode(l.rec[:])
+	if _, err := l.index.Write(l.rec[:]); err != nil {
+		l.discarding, l.writeErr = true, err
+		return writeFailed
+	}
+	l.stored += int64(len(p)) + indexRecordSize
+	if stream == StreamStderr {
+		l.errN += uint64(len(p))
+	} else {
+		l.outN += uint64(len(p))
+	}
+	l.nrec++
+	j.publish(l.nrec, int64(l.outN), int64(l.errN))
+	return appended
+}
+
+func (l *outputLog) writeError() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.writeErr
+}
+
+func (l *outputLog) close() {
+	for _, f := range []*os.File{l.stdout, l.stderr, l.index} {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+}
+
+func createOutput(dir string, limit int64) (*outputLog, error) {
+	l := &outputLog{limit: limit}
+	var err error
+	open := func(name string) *os.File {
+		if err != nil {
+			return nil
+		}
+		var f *os.File
+		f, err = os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		return f
+	}
+	l.stdout, l.stderr, l.index = open(stdoutFile), open(stderrFile), open(indexFile)
+	if err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// OutputRequest selects what Runner.Output sends. The zero value reads both
+// streams from the start without following. It is a plain value, safe to
+// copy and share.
+type OutputRequest struct {
+	// Offset is where to start, in the coordinates of the selected view:
+	// bytes of both streams in the order they were written, or bytes of the
+	// one selected stream.
+	Offset int64
+	// Follow keeps the call open until the job ends and all its output was
+	// sent.
+	Follow bool
+	// Streams selects StreamStdout, StreamStderr or both (0 or both bits).
+	Streams Stream
+}
+
+// Chunk is a piece of output passed to the Output callback. Its Data is
+// owned by the Runner and reused after the callback returns; a Chunk must
+// not be shared beyond the callback without copying Data.
+type Chunk struct {
+	Stream Stream
+	// Data is valid only during the callback; copy it to keep it.
+	Data []byte
+	// Offset is the view offset of Data[0].
+	Offset int64
+	// Time is when the worker read the bytes from the job.
+	Time time.Time
+}
+
+// viewSpan returns where a record lies in a view: its start offset and the
+// number of its bytes that belong to the view.
+func viewSpan(v Stream, r *indexRecord) (start, n int64) {
+	switch v {
+	case StreamStdout:
+		start = int64(r.stdoutBefore)
+	case StreamStderr:
+		start = int64(r.stderrBefore)
+	default:
+		return int64(r.stdoutBefore + r.stderrBefore), int64(r.length)
+	}
+	if r.stream == v {
+		n = int64(r.length)
+	}
+	return start, n
+}
+
+// recordReader reads index records from a file.
+type recordReader interface {
+	ReadAt(p []byte, off int64) (int, error)
+}
+
+// seekRecord returns the first record among [0, n) whose bytes in view v
+// reach past off, or n if none does. The end of each record's span is
+// non-decreasing along the index, so a binary search finds it with O(log n)
+// reads.
+func seekRecord(idx recordReader, n int64, v Stream, off int64) (int64, error) {
+	var buf [indexRecordSize]byte
+	lo, hi := int64(0), n
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if _, err := idx.ReadAt(buf[:], mid*indexRecordSize); err != nil {
+			return 0, err
+		}
+		r := decodeRecord(buf[:])
+		start, l := viewSpan(v, &r)
+		if start+l > off {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return lo, nil
+}
+
+// Output sends the job's output to fn, one chunk at a time, starting at
+// req.Offset. Without Follow it returns after sending what exists; with
+// Follow it returns once the job ended and everything was sent, with the
+// final Status. It returns fn's error if fn fails and ctx.Err() if ctx ends
+// first. Output reads from the job's files, so any number of callers can
+// follow one job, each at its own pace, without slowing the job. Safe for
+// concurrent use.
+func (r *Runner) Output(ctx context.Context, id string, req OutputRequest, fn func(Chunk) error) (Status, error) {
+	if req.Offset < 0 {
+		return Status{}, fmt.Errorf("%w: the output offset must not be negative", ErrInvalidSpec)
+	}
+	view := req.Streams
+	if view == 0 {
+		view = streamBoth
+	}
+	if view&^streamBoth != 0 {
+		return Status{}, fmt.Errorf("%w: unknown output stream selection %d", ErrInvalidSpec, int(req.Streams))
+	}
+	j, err := r.startedJob(ctx, id)
+	if err != nil {
+		return Status{}, err
+	}
+	f := follower{job: j, view: view, off: req.Offset, fn: fn}
+	defer f.close()
+	if err := f.run(ctx, req.Follow); err != nil {
+		return j.snapshot(), err
+	}
+	return j.snapshot(), nil
+}
+
+// follower is the state of one Output call: its own cursor, file handles
+// and one bounded buffer.
+type follower struct {
+	job    *job
+	view   Stream
+	off    int64 // view offset of the next byte to send
+	cursor int64 // next index record to look at
+	seeked bool
+	fn     func(Chunk) error
+
+	index, stdout, stderr *os.File
+	recs                  []byte
+	buf                   []byte
+}
+
+func (f *follower) close() {
+	for _, h := range []*os.File{f.index, f.stdout, f.stderr} {
+		if h != nil {
+			_ = h.Close()
+		}
+	}
+}
+
+func (f *follower) open(name string) (*os.File, error) {
+	h, err := os.Open(filepath.Join(f.job.dir, name))
+	if err != nil {
+		return nil, fmt.Errorf("%w: the output of job %q is no longer available", ErrNotFound, f.job.id)
+	}
+	return h, nil
+}
+
+func (f *follower) run(ctx context.Context, follow bool) error {
+	j := f.job
+	for {
+		// The count and the notify channel are taken under one lock: a
+		// publish after this point closes exactly this channel, so no wake-up
+		// is lost.
+		j.mu.Lock()
+		n, complete, notify := j.nrec, j.complete, j.notify
+		j.mu.Unlock()
+
+		if err := f.send(ctx, n); err != nil {
+			return err
+		}
+		if !follow || complete {
+			return nil
+		}
+		select {
+		case <-notify:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// send sends records [f.cursor, n).
+func (f *follower) send(ctx context.Context, n int64) error {
+	if f.cursor >= n {
+		return nil
+	}
+	var err error
+	if f.index == nil {
+		if f.index, err = f.open(indexFile); err != nil {
+			return err
+		}
+		f.recs = make([]byte, indexBatch*indexRecordSize)
+	}
+	if !f.seeked {
+		if f.cursor, err = seekRecord(f.index, n, f.view, f.off); err != nil {
+			return f.readErr(err)
+		}
+		f.seeked = f.cursor < n
+	}
+	for f.cursor < n {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		batch := min(n-f.cursor, indexBatch)
+		b := f.recs[:batch*indexRecordSize]
+		if _, err := f.index.ReadAt(b, f.cursor*indexRecordSize); err != nil {
+			return f.readErr(err)
+		}
+		for i := range batch {
+			rec := decodeRecord(b[i*indexRecordSize:])
+			if err := f.sendRecord(&rec); err != nil {
+				return err
+			}
+			f.cursor++
+		}
+	}
+	return nil
+}
+
+func (f *follower) sendRecord(rec *indexRecord) error {
+	start, n := viewSpan(f.view, rec)
+	if n == 0 || start+n <= f.off {
+		return nil
+	}
+	// skip is how far into the record the cursor is (a seek may land
+	// mid-record).
+	skip := max(f.off-start, 0)
+	h, pos := f.stdout, int64(rec.stdoutBefore)
+	name := stdoutFile
+	if rec.stream == StreamStderr {
+		h, pos, name = f.stderr, int64(rec.stderrBefore), stderrFile
+	}
+	if h == nil {
+		var err error
+		if h, err = f.open(name); err != nil {
+			return err
+		}
+		if rec.stream == StreamStderr {
+			f.stderr = h
+		} else {
+			f.stdout = h
+		}
+	}
+	if f.buf == nil {
+		f.buf = make([]byte, copyBufferSize)
+	}
+	t := time.Unix(0, rec.time)
+	for skip < n {
+		m := min(n-skip, int64(len(f.buf)))
+		if _, err := h.ReadAt(f.buf[:m], pos+skip); err != nil {
+			return f.readErr(err)
+		}
+		if err := f.fn(Chunk{Stream: rec.stream, Data: f.buf[:m], Offset: start + skip, Time: t}); err != nil {
+			return err
+		}
+		skip += m
+		f.off = start + skip
+	}
+	return nil
+}
+
+func (f *follower) readErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		return fmt.Errorf("the output of job %q is truncated on disk", f.job.id)
+	}
+	return fmt.Errorf("reading the output of job %q failed: %w", f.job.id, unwrapPathError(err))
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

@@ -1,0 +1,117 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// migrations are the schema changes, oldest first; the schema version of a
+// database is the number of them applied. Each runs in its own transaction
+// together with its row in schema_migrations. Append only: a released
+// migration is never edited, removed or reordered.
+//
+// Times are unix nanoseconds (UTC); 0 stands for an unknown time. Tables are
+// STRICT so a wrongly typed value fails instead of being stored as text.
+var migrations = []string{
+	// 1: workers, groups and jobs.
+	`
+CREATE TABLE workers (
+	worker_id      TEXT    NOT NULL PRIMARY KEY,
+	name           TEXT    NOT NULL,
+	address        TEXT    NOT NULL,
+	state          INTEGER NOT NULL,
+	labels         TEXT    NOT NULL, -- JSON object
+	capacity       INTEGER NOT NULL,
+	running_jobs   INTEGER NOT NULL,
+	last_heartbeat INTEGER NOT NULL,
+	registered_at  INTEGER NOT NULL
+) STRICT;
+CREATE INDEX workers_by_name ON workers (name, worker_id);
+
+CREATE TABLE groups (
+	group_id   TEXT    NOT NULL PRIMARY KEY,
+	owner      TEXT    NOT NULL,
+	created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX groups_by_created ON groups (created_at);
+
+-- status is the JobStatus in protobuf binary; the other columns copy parts of
+-- it for filtering. Jobs do not reference workers: they are history and may
+-- name workers the roster no longer holds.
+CREATE TABLE jobs (
+	job_id          TEXT    NOT NULL PRIMARY KEY,
+	worker_id       TEXT    NOT NULL,
+	owner           TEXT    NOT NULL,
+	group_id        TEXT    REFERENCES groups (group_id), -- NULL: no group
+	idempotency_key TEXT,                                 -- NULL: no key
+	state           INTEGER NOT NULL,
+	created_at      INTEGER NOT NULL,
+	ended_at        INTEGER,                              -- NULL until terminal
+	status          BLOB    NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX jobs_by_idempotency_key ON jobs (owner, idempotency_key)
+	WHERE idempotency_key IS NOT NULL;
+CREATE INDEX jobs_by_created ON jobs (created_at, job_id);
+CREATE INDEX jobs_by_worker ON jobs (worker_id, created_at, job_id);
+CREATE INDEX jobs_by_owner ON jobs (owner, created_at, job_id);
+CREATE INDEX jobs_by_group ON jobs (group_id, created_at, job_id) WHERE group_id IS NOT NULL;
+CREATE INDEX jobs_by_state ON jobs (state, created_at, job_id);
+CREATE INDEX jobs_active ON jobs (worker_id, created_at, job_id) WHERE ended_at IS NULL;
+CREATE INDEX jobs_by_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL;
+`,
+}
+
+// migrate brings the schema of db up to len(migrations). It fails with
+// ErrSchemaTooNew, changing nothing, when db is already past that.
+func migrate(ctx context.Context, db *sql.DB) error {
+	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	version    INTEGER NOT NULL PRIMARY KEY,
+	applied_at INTEGER NOT NULL
+) STRICT`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	for {
+		done, err := migrateOne(ctx, db)
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// migrateOne applies the next migration, if any, and reports whether the
+// schema is now current. The version is read inside the write transaction so
+// that two processes opening the same file never apply a migration twice.
+func migrateOne(ctx context.Context, db *sql.DB) (done bool, err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("begin migration: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	var version int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&version); err != nil {
+		return false, fmt.Errorf("read schema version: %w", err)
+	}
+	switch {
+	case version > len(migrations):
+		return false, fmt.Errorf("%w: the file is at schema version %d and this scheduler knows versions up to %d; run the newer scheduler or restore a backup", ErrSchemaTooNew, version, len(migrations))
+	case version == len(migrations):
+		return true, tx.Commit()
+	}
+	next := version + 1
+	if _, err := tx.ExecContext(ctx, migrations[version]); err != nil {
+		return false, fmt.Errorf("apply schema migration %d: %w", next, err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, next, time.Now().UnixNano()); err != nil {
+		return false, fmt.Errorf("record schema migration %d: %w", next, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("commit schema migration %d: %w", next, err)
+	}
+	return next == len(migrations), nil
+}

@@ -1,0 +1,794 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+)
+
+// busyTimeout is how long a statement waits for a lock held by another
+// connection before failing with SQLITE_BUSY. In-process writers queue on
+// SQLite.writeSem instead, so this only matters when another process (an
+// operator's sqlite3 shell, a backup) holds the file.
+const busyTimeout = 5 * time.Second
+
+// pruneBatch is how many jobs one PruneJobs transaction deletes, so that a
+// large backlog never holds the write lock for long.
+const pruneBatch = 1000
+
+// SQLite is the [Store] kept in one SQLite file. It is safe for concurrent
+// use; Close it when done.
+//
+// Reads run in parallel on a small pool of connections (WAL mode lets readers
+// proceed while a write is in progress). Writes are serialised in-process and
+// begin with BEGIN IMMEDIATE, which takes the write lock up front: a deferred
+// transaction that reads and then writes can fail with SQLITE_BUSY without
+// waiting when another connection committed in between
+// (https://sqlite.org/lang_transaction.html).
+type SQLite struct {
+	db *sql.DB
+	// writeSem holds one token per write in progress; capacity 1. A channel
+	// rather than a mutex so that a queued writer can give up when its
+	// context ends.
+	writeSem chan struct{}
+
+	mu    sync.Mutex
+	stmts map[string]*sql.Stmt // prepared on first use, by query text
+}
+
+var _ Store = (*SQLite)(nil)
+
+// Open opens the store in the SQLite file at path, creating the file (mode
+// 0600) and its parent directory (mode 0700) if needed, and brings its schema
+// up to date. It fails with an error wrapping ErrSchemaTooNew if the file was
+// written by a newer scheduler.
+func Open(ctx context.Context, path string) (*SQLite, error) {
+	if path == "" {
+		return nil, errors.New("open store: no database path given")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+		return nil, fmt.Errorf("open store: create directory: %w", err)
+	}
+	// SQLite would create the file with mode 0644 (less the umask); create it
+	// first so that it, and the -wal and -shm files SQLite derives their mode
+	// from, are readable by the scheduler only.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+
+	db, err := sql.Open("sqlite", dsn(abs))
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	conns := max(4, runtime.GOMAXPROCS(0))
+	db.SetMaxOpenConns(conns)
+	// Keep idle connections: a new one repeats the pragmas and loses its
+	// prepared statements.
+	db.SetMaxIdleConns(conns)
+	s := &SQLite{db: db, writeSem: make(chan struct{}, 1), stmts: make(map[string]*sql.Stmt)}
+
+	var mode string
+	if err := db.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if !strings.EqualFold(mode, "wal") {
+		db.Close()
+		return nil, fmt.Errorf("open store: the database file cannot use write-ahead logging (journal mode %q); put it on a local file system", mode)
+	}
+	if err := migrate(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return s, nil
+}
+
+// dsn returns the modernc.org/sqlite data source name for the file at abs.
+// The file: URI form keeps a '?' or '#' in the path from being read as the
+// start of the parameters. The pragmas are applied to every new connection.
+func dsn(abs string) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "foreign_keys(1)")
+	// NORMAL is durable across application crashes in WAL mode; a power loss
+	// may roll back the last commits but never corrupts the file
+	// (https://sqlite.org/pragma.html#pragma_synchronous).
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), OmitHost: true, RawQuery: q.Encode()}
+	return u.String()
+}
+
+// Close closes the database. It waits for calls in progress to finish.
+func (s *SQLite) Close() error {
+	s.mu.Lock()
+	var errs []error
+	for _, st := range s.stmts {
+		errs = append(errs, st.Close())
+	}
+	s.stmts = nil
+	s.mu.Unlock()
+	errs = append(errs, s.db.Close())
+	return errors.Join(errs...)
+}
+
+// stmt returns the prepared statement for query, preparing it on first use.
+// Every query text is a constant or built from constant fragments, so the
+// cache stays small.
+func (s *SQLite) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stmts == nil {
+		return nil, errors.New("store is closed")
+	}
+	if st, ok := s.stmts[query]; ok {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	s.stmts[query] = st
+	return st, nil
+}
+
+// query runs a read-only statement outside any transaction.
+func (s *SQLite) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := s.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// queryRow is query for one row; a missing row shows as sql.ErrNoRows on Scan.
+func (s *SQLite) queryRow(ctx context.Context, query string, args ...any) (*sql.Row, error) {
+	st, err := s.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryRowContext(ctx, args...), nil
+}
+
+// write runs fn in a write transaction, committing if it returns nil. Writes
+// queue here, one at a time, rather than racing for SQLite's write lock.
+func (s *SQLite) write(ctx context.Context, fn func(w *writer) error) (err error) {
+	select {
+	case s.writeSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.writeSem }()
+
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(&writer{s: s, tx: tx}); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// writer runs the statements of one write transaction.
+type writer struct {
+	s  *SQLite
+	tx *sql.Tx
+}
+
+func (w *writer) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
+	st, err := w.s.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return w.tx.StmtContext(ctx, st), nil
+}
+
+func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(ctx, args...)
+}
+
+func (w *writer) queryRow(ctx context.Context, query string, args ...any) (*sql.Row, error) {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryRowContext(ctx, args...), nil
+}
+
+func (w *writer) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	st, err := w.stmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return st.QueryContext(ctx, args...)
+}
+
+// sqliteCode returns the extended result code of err, or 0 if err does not
+// come from SQLite.
+func sqliteCode(err error) int {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		return se.Code()
+	}
+	return 0
+}
+
+// Workers.
+
+const workerColumns = `worker_id, name, address, state, labels, capacity, running_jobs, last_heartbeat, registered_at`
+
+// UpsertWorker implements [Store].
+func (s *SQLite) UpsertWorker(ctx context.Context, w Worker) error {
+	if w.ID == "" {
+		return errors.New("upsert worker: empty worker id")
+	}
+	labels := w.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	lj, err := json.Marshal(labels)
+	if err != nil {
+		return fmt.Errorf("upsert worker %s: %w", w.ID, err)
+	}
+	err = s.write(ctx, func(tx *writer) error {
+		_, err := tx.exec(ctx, `INSERT INTO workers (`+workerColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (worker_id) DO UPDATE SET
+	name = excluded.name, address = excluded.address, state = excluded.state,
+	labels = excluded.labels, capacity = excluded.capacity, running_jobs = excluded.running_jobs,
+	last_heartbeat = excluded.last_heartbeat, registered_at = excluded.registered_at`,
+			w.ID, w.Name, w.Address, int32(w.State), string(lj), w.Capacity, w.RunningJobs,
+			unixNano(w.LastHeartbeat), unixNano(w.RegisteredAt))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("upsert worker %s: %w", w.ID, err)
+	}
+	return nil
+}
+
+// GetWorker implements [Store].
+func (s *SQLite) GetWorker(ctx context.Context, id string) (Worker, error) {
+	row, err := s.queryRow(ctx, `SELECT `+workerColumns+` FROM workers WHERE worker_id = ?`, id)
+	if err != nil {
+		return Worker{}, fmt.Errorf("get worker %s: %w", id, err)
+	}
+	w, err := scanWorker(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Worker{}, fmt.Errorf("worker %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Worker{}, fmt.Errorf("get worker %s: %w", id, err)
+	}
+	return w, nil
+}
+
+// ListWorkers implements [Store].
+func (s *SQLite) ListWorkers(ctx context.Context) ([]Worker, error) {
+	rows, err := s.query(ctx, `SELECT `+workerColumns+` FROM workers ORDER BY name, worker_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list workers: %w", err)
+	}
+	defer rows.Close()
+	var ws []Worker
+	for rows.Next() {
+		w, err := scanWorker(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list workers: %w", err)
+		}
+		ws = append(ws, w)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list workers: %w", err)
+	}
+	return ws, nil
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanWorker(r scanner) (Worker, error) {
+	var (
+		w                     Worker
+		state                 int32
+		labels                string
+		heartbeat, registered int64
+	)
+	if err := r.Scan(&w.ID, &w.Name, &w.Address, &state, &labels, &w.Capacity, &w.RunningJobs, &heartbeat, &registered); err != nil {
+		return Worker{}, err
+	}
+	w.State = batonv1.WorkerState(state)
+	if err := json.Unmarshal([]byte(labels), &w.Labels); err != nil {
+		return Worker{}, fmt.Errorf("worker %s: decode labels: %w", w.ID, err)
+	}
+	if len(w.Labels) == 0 {
+		w.Labels = nil
+	}
+	w.LastHeartbeat = fromUnixNano(heartbeat)
+	w.RegisteredAt = fromUnixNano(registered)
+	return w, nil
+}
+
+// Jobs.
+
+const jobColumns = `job_id, worker_id, owner, group_id, idempotency_key, created_at, status`
+
+// CreateJob implements [Store].
+func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
+	st := newJobStatus(&j)
+	if j.ID == "" {
+		return errors.New("create job: empty job id")
+	}
+	blob, err := proto.Marshal(st)
+	if err != nil {
+		return fmt.Errorf("create job %s: %w", j.ID, err)
+	}
+	err = s.write(ctx, func(tx *writer) error {
+		_, err := tx.exec(ctx, `INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
+			int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
+		return err
+	})
+	switch sqliteCode(err) {
+	case 0:
+		if err != nil {
+			return fmt.Errorf("create job %s: %w", j.ID, err)
+		}
+		return nil
+	case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return fmt.Errorf("job %s: %w", j.ID, ErrConflict)
+	case sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+		return fmt.Errorf("job with idempotency key %q of owner %q: %w", j.IdempotencyKey, j.Owner, ErrConflict)
+	case sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY:
+		return fmt.Errorf("group %s of job %s: %w", j.GroupID, j.ID, ErrNotFound)
+	default:
+		return fmt.Errorf("create job %s: %w", j.ID, err)
+	}
+}
+
+// newJobStatus reconciles j's identity fields with those of its status (see
+// Store.CreateJob) and returns the status to store, a copy.
+func newJobStatus(j *Job) *batonv1.JobStatus {
+	var st *batonv1.JobStatus
+	if j.Status != nil {
+		st = proto.CloneOf(j.Status)
+	} else {
+		st = &batonv1.JobStatus{}
+	}
+	fill := func(field *string, fromStatus string) {
+		if *field == "" {
+			*field = fromStatus
+		}
+	}
+	fill(&j.ID, st.GetJobId())
+	fill(&j.WorkerID, st.GetWorkerId())
+	fill(&j.Owner, st.GetOwner())
+	fill(&j.GroupID, st.GetGroupId())
+	if j.CreatedAt.IsZero() && st.GetCreatedAt() != nil {
+		j.CreatedAt = st.GetCreatedAt().AsTime()
+	}
+	if j.CreatedAt.IsZero() {
+		j.CreatedAt = time.Now()
+	}
+	if st.GetState() == batonv1.JobState_JOB_STATE_UNSPECIFIED {
+		st.State = batonv1.JobState_JOB_STATE_PENDING
+	}
+	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
+	st.CreatedAt = timestamppb.New(j.CreatedAt)
+	if isTerminal(st.GetState()) && st.GetEndedAt() == nil {
+		st.EndedAt = timestamppb.Now()
+	}
+	return st
+}
+
+// GetJob implements [Store].
+func (s *SQLite) GetJob(ctx context.Context, id string) (Job, error) {
+	row, err := s.queryRow(ctx, `SELECT `+jobColumns+` FROM jobs WHERE job_id = ?`, id)
+	if err != nil {
+		return Job{}, fmt.Errorf("get job %s: %w", id, err)
+	}
+	j, err := scanJob(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Job{}, fmt.Errorf("job %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("get job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// GetJobByIdempotencyKey implements [Store].
+func (s *SQLite) GetJobByIdempotencyKey(ctx context.Context, owner, key string) (Job, error) {
+	if key == "" {
+		return Job{}, fmt.Errorf("job with an empty idempotency key: %w", ErrNotFound)
+	}
+	row, err := s.queryRow(ctx, `SELECT `+jobColumns+` FROM jobs WHERE owner = ? AND idempotency_key = ?`, owner, key)
+	if err != nil {
+		return Job{}, fmt.Errorf("get job by idempotency key: %w", err)
+	}
+	j, err := scanJob(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Job{}, fmt.Errorf("job with idempotency key %q of owner %q: %w", key, owner, ErrNotFound)
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("get job by idempotency key: %w", err)
+	}
+	return j, nil
+}
+
+// UpdateJobStatus implements [Store].
+func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
+	if st == nil {
+		return fmt.Errorf("update job %s: nil status", id)
+	}
+	err := s.write(ctx, func(tx *writer) error {
+		row, err := tx.queryRow(ctx, `SELECT `+jobColumns+`, state FROM jobs WHERE job_id = ?`, id)
+		if err != nil {
+			return err
+		}
+		var state int32
+		old, err := scanJob(row, &state)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("job %s: %w", id, ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if isTerminal(batonv1.JobState(state)) {
+			return nil
+		}
+		next := proto.CloneOf(st)
+		next.JobId, next.WorkerId, next.Owner, next.GroupId = old.ID, old.WorkerID, old.Owner, old.GroupID
+		next.CreatedAt = timestamppb.New(old.CreatedAt)
+		if next.Spec == nil {
+			next.Spec = old.Status.GetSpec()
+		}
+		if isTerminal(next.GetState()) && next.GetEndedAt() == nil {
+			next.EndedAt = timestamppb.Now()
+		}
+		blob, err := proto.Marshal(next)
+		if err != nil {
+			return err
+		}
+		_, err = tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
+			int32(next.GetState()), endedAt(next), blob, id)
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return err
+		}
+		return fmt.Errorf("update job %s: %w", id, err)
+	}
+	return nil
+}
+
+// ListJobs implements [Store].
+func (s *SQLite) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error) {
+	states, none := normalStates(f.States)
+	f.States = states
+	size := f.PageSize
+	if size <= 0 {
+		size = DefaultPageSize
+	}
+	size = min(size, MaxPageSize)
+	fp := f.fingerprint()
+	var cur *cursor
+	if f.PageToken != "" {
+		c, err := decodeCursor(f.PageToken, fp)
+		if err != nil {
+			return nil, "", err
+		}
+		cur = &c
+	}
+	if none {
+		return nil, "", nil
+	}
+
+	// The query text depends only on which filters are set, so the number
+	// of distinct prepared statements is small.
+	var (
+		q     strings.Builder
+		conds []string
+		args  []any
+	)
+	q.WriteString(`SELECT ` + jobColumns + ` FROM jobs`)
+	if f.WorkerID != "" {
+		conds = append(conds, `worker_id = ?`)
+		args = append(args, f.WorkerID)
+	}
+	if f.Owner != "" {
+		conds = append(conds, `owner = ?`)
+		args = append(args, f.Owner)
+	}
+	if f.GroupID != "" {
+		conds = append(conds, `group_id = ?`)
+		args = append(args, f.GroupID)
+	}
+	if len(f.States) > 0 {
+		conds = append(conds, `state IN (?`+strings.Repeat(`, ?`, len(f.States)-1)+`)`)
+		for _, st := range f.States {
+			args = append(args, int32(st))
+		}
+	}
+	if cur != nil {
+		conds = append(conds, `(created_at, job_id) < (?, ?)`)
+		args = append(args, cur.createdAt, cur.jobID)
+	}
+	if len(conds) > 0 {
+		q.WriteString(` WHERE ` + strings.Join(conds, ` AND `))
+	}
+	// One row more than the page tells whether another page follows.
+	q.WriteString(` ORDER BY created_at DESC, job_id DESC LIMIT ?`)
+	args = append(args, size+1)
+
+	jobs, err := s.queryJobs(ctx, q.String(), args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("list jobs: %w", err)
+	}
+	if len(jobs) <= size {
+		return jobs, "", nil
+	}
+	jobs = jobs[:size]
+	last := jobs[size-1]
+	return jobs, encodeCursor(cursor{createdAt: unixNano(last.CreatedAt), jobID: last.ID}, fp), nil
+}
+
+// JobsOnWorker implements [Store].
+func (s *SQLite) JobsOnWorker(ctx context.Context, workerID string, nonTerminalOnly bool) ([]Job, error) {
+	q := `SELECT ` + jobColumns + ` FROM jobs WHERE worker_id = ? ORDER BY created_at DESC, job_id DESC`
+	if nonTerminalOnly {
+		q = `SELECT ` + jobColumns + ` FROM jobs WHERE worker_id = ? AND ended_at IS NULL ORDER BY created_at DESC, job_id DESC`
+	}
+	jobs, err := s.queryJobs(ctx, q, workerID)
+	if err != nil {
+		return nil, fmt.Errorf("jobs on worker %s: %w", workerID, err)
+	}
+	return jobs, nil
+}
+
+// MarkWorkerJobsLost implements [Store].
+func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string, at time.Time) (int, error) {
+	if at.IsZero() {
+		at = time.Now()
+	}
+	var n int
+	err := s.write(ctx, func(tx *writer) error {
+		rows, err := tx.query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND ended_at IS NULL`, workerID)
+		if err != nil {
+			return err
+		}
+		jobs, err := collectJobs(rows)
+		if err != nil {
+			return err
+		}
+		for _, j := range jobs {
+			st := j.Status
+			st.State = batonv1.JobState_JOB_STATE_LOST
+			st.Reason = reason
+			st.EndedAt = timestamppb.New(at)
+			blob, err := proto.Marshal(st)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
+				int32(st.State), endedAt(st), blob, j.ID); err != nil {
+				return err
+			}
+		}
+		n = len(jobs)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("mark jobs of worker %s lost: %w", workerID, err)
+	}
+	return n, nil
+}
+
+func (s *SQLite) queryJobs(ctx context.Context, query string, args ...any) ([]Job, error) {
+	rows, err := s.query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collectJobs(rows)
+}
+
+// collectJobs reads and closes rows of jobColumns.
+func collectJobs(rows *sql.Rows) ([]Job, error) {
+	defer rows.Close()
+	var jobs []Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return jobs, nil
+}
+
+// scanJob scans one row of jobColumns followed by the extra columns.
+func scanJob(r scanner, extra ...any) (Job, error) {
+	var (
+		j          Job
+		group, key sql.NullString
+		created    int64
+		blob       []byte
+	)
+	dest := append([]any{&j.ID, &j.WorkerID, &j.Owner, &group, &key, &created, &blob}, extra...)
+	if err := r.Scan(dest...); err != nil {
+		return Job{}, err
+	}
+	j.GroupID, j.IdempotencyKey = group.String, key.String
+	j.CreatedAt = fromUnixNano(created)
+	j.Status = &batonv1.JobStatus{}
+	if err := proto.Unmarshal(blob, j.Status); err != nil {
+		return Job{}, fmt.Errorf("job %s: decode status: %w", j.ID, err)
+	}
+	return j, nil
+}
+
+// Groups.
+
+// CreateGroup implements [Store].
+func (s *SQLite) CreateGroup(ctx context.Context, g Group) error {
+	if g.ID == "" {
+		return errors.New("create group: empty group id")
+	}
+	if g.CreatedAt.IsZero() {
+		g.CreatedAt = time.Now()
+	}
+	err := s.write(ctx, func(tx *writer) error {
+		_, err := tx.exec(ctx, `INSERT INTO groups (group_id, owner, created_at) VALUES (?, ?, ?)`,
+			g.ID, g.Owner, unixNano(g.CreatedAt))
+		return err
+	})
+	switch {
+	case err == nil:
+		return nil
+	case sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
+		return fmt.Errorf("group %s: %w", g.ID, ErrConflict)
+	default:
+		return fmt.Errorf("create group %s: %w", g.ID, err)
+	}
+}
+
+// GetGroup implements [Store].
+func (s *SQLite) GetGroup(ctx context.Context, id string) (Group, error) {
+	row, err := s.queryRow(ctx, `SELECT owner, created_at FROM groups WHERE group_id = ?`, id)
+	if err != nil {
+		return Group{}, fmt.Errorf("get group %s: %w", id, err)
+	}
+	g := Group{ID: id}
+	var created int64
+	err = row.Scan(&g.Owner, &created)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Group{}, fmt.Errorf("group %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Group{}, fmt.Errorf("get group %s: %w", id, err)
+	}
+	g.CreatedAt = fromUnixNano(created)
+
+	rows, err := s.query(ctx, `SELECT job_id FROM jobs WHERE group_id = ? ORDER BY created_at, job_id`, id)
+	if err != nil {
+		return Group{}, fmt.Errorf("get group %s: %w", id, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var jid string
+		if err := rows.Scan(&jid); err != nil {
+			return Group{}, fmt.Errorf("get group %s: %w", id, err)
+		}
+		g.JobIDs = append(g.JobIDs, jid)
+	}
+	if err := rows.Err(); err != nil {
+		return Group{}, fmt.Errorf("get group %s: %w", id, err)
+	}
+	return g, nil
+}
+
+// Retention.
+
+// PruneJobs implements [Store].
+func (s *SQLite) PruneJobs(ctx context.Context, endedBefore time.Time) (int, error) {
+	before := unixNano(endedBefore)
+	total := 0
+	for {
+		var n int64
+		err := s.write(ctx, func(tx *writer) error {
+			res, err := tx.exec(ctx, `DELETE FROM jobs WHERE job_id IN (
+	SELECT job_id FROM jobs WHERE ended_at < ? LIMIT ?)`, before, pruneBatch)
+			if err != nil {
+				return err
+			}
+			n, err = res.RowsAffected()
+			return err
+		})
+		if err != nil {
+			return total, fmt.Errorf("prune jobs: %w", err)
+		}
+		total += int(n)
+		if n < pruneBatch {
+			break
+		}
+	}
+	// Only groups created before the cut-off: a group created just now may
+	// not have its jobs yet.
+	err := s.write(ctx, func(tx *writer) error {
+		_, err := tx.exec(ctx, `DELETE FROM groups WHERE created_at < ?
+	AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.group_id = groups.group_id)`, before)
+		return err
+	})
+	if err != nil {
+		return total, fmt.Errorf("prune groups: %w", err)
+	}
+	return total, nil
+}
+
+// Values.
+
+// unixNano returns t as stored: unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// fromUnixNano is the inverse of unixNano, in UTC.
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// endedAt returns the ended_at column for st: NULL unless st is terminal.
+func endedAt(st *batonv1.JobStatus) any {
+	if !isTerminal(st.GetState()) {
+		return nil
+	}
+	return unixNano(st.GetEndedAt().AsTime())
+}
+
+// nullString maps "" to NULL, for optional columns under a unique index.
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}

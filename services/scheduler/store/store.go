@@ -1,0 +1,174 @@
+// Package store owns the scheduler's persistent state: the worker roster,
+// jobs and fan-out groups.
+//
+// The state lives behind the [Store] interface so that a networked database
+// can replace the embedded one later; [SQLite] is the embedded
+// implementation, a single SQLite file in the scheduler's data directory. No
+// SQL exists outside this package.
+//
+// Errors are the sentinels below, wrapped with detail; compare them with
+// [errors.Is]. Any other error is an internal failure of the store.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+)
+
+var (
+	// ErrNotFound reports that no worker, job or group has the given id (or
+	// owner and idempotency key).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict reports that a job or group id, or a job's (owner,
+	// idempotency key) pair, is already taken.
+	ErrConflict = errors.New("already exists")
+	// ErrInvalidPageToken reports a page token this store did not issue, or
+	// one issued for a different filter.
+	ErrInvalidPageToken = errors.New("invalid page token")
+	// ErrSchemaTooNew reports a database written by a newer version of the
+	// scheduler than this one; opening it could corrupt it.
+	ErrSchemaTooNew = errors.New("the database was written by a newer scheduler")
+)
+
+// Page sizes of [Store.ListJobs].
+const (
+	// DefaultPageSize is used when [JobFilter.PageSize] is zero or negative.
+	DefaultPageSize = 100
+	// MaxPageSize caps [JobFilter.PageSize]; larger values are lowered to it.
+	MaxPageSize = 1000
+)
+
+// Store is the scheduler's persistent state. Store is safe for concurrent use.
+//
+// Values passed in are not retained, and values returned are not shared with
+// the store: callers may modify both freely.
+type Store interface {
+	// UpsertWorker stores w, replacing any worker with the same ID.
+	UpsertWorker(ctx context.Context, w Worker) error
+	// GetWorker returns the worker with the given id, or ErrNotFound.
+	GetWorker(ctx context.Context, id string) (Worker, error)
+	// ListWorkers returns every worker, ordered by name.
+	ListWorkers(ctx context.Context) ([]Worker, error)
+
+	// CreateJob stores a new job. It returns an error wrapping ErrConflict
+	// when the job's ID exists, or when j.IdempotencyKey is not empty and the
+	// owner already has a job with that key; in the latter case
+	// GetJobByIdempotencyKey returns the existing job. It returns an error
+	// wrapping ErrNotFound when j.GroupID names no group.
+	//
+	// The identity fields of j (ID, WorkerID, Owner, GroupID, CreatedAt) and
+	// of j.Status (job_id, worker_id, owner, group_id, created_at) describe
+	// the same job: an empty one on either side is filled from the other,
+	// and where both are set, j's fields win.
+	CreateJob(ctx context.Context, j Job) error
+	// GetJob returns the job with the given id, or ErrNotFound.
+	GetJob(ctx context.Context, id string) (Job, error)
+	// GetJobByIdempotencyKey returns the owner's job created with key, or
+	// ErrNotFound (always, for an empty key).
+	GetJobByIdempotencyKey(ctx context.Context, owner, key string) (Job, error)
+	// UpdateJobStatus replaces the status of job id with st, or returns
+	// ErrNotFound. A job never leaves a terminal state: when the stored state
+	// is terminal, st is discarded and the result is nil.
+	//
+	// The job's identity (job_id, worker_id, owner, group_id, created_at) is
+	// fixed at creation and kept whatever st says; st's spec, when nil, is
+	// kept from the stored status. A terminal st without ended_at is given
+	// the current time.
+	UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error
+	// ListJobs returns one page of the jobs matching f, newest first, and
+	// the token of the next page, empty after the last page. A token is
+	// only valid with the filter it was issued for (PageSize aside);
+	// otherwise, or if it is malformed, the error wraps ErrInvalidPageToken.
+	ListJobs(ctx context.Context, f JobFilter) (jobs []Job, nextToken string, err error)
+	// JobsOnWorker returns the worker's jobs, newest first; with
+	// nonTerminalOnly, only those not yet in a terminal state.
+	JobsOnWorker(ctx context.Context, workerID string, nonTerminalOnly bool) ([]Job, error)
+	// MarkWorkerJobsLost moves every non-terminal job of the worker to
+	// JOB_STATE_LOST with the given reason and end time, and returns how
+	// many it moved.
+	MarkWorkerJobsLost(ctx context.Context, workerID, reason string, at time.Time) (int, error)
+
+	// CreateGroup stores a new fan-out group, or returns an error wrapping
+	// ErrConflict if its ID exists. g.JobIDs is ignored: a group's jobs
+	// are those created with its ID as their GroupID.
+	CreateGroup(ctx context.Context, g Group) error
+	// GetGroup returns the group with the given id and the ids of its jobs,
+	// oldest first, or ErrNotFound.
+	GetGroup(ctx context.Context, id string) (Group, error)
+
+	// PruneJobs deletes the jobs that reached a terminal state before
+	// endedBefore, then the groups created before endedBefore that are left
+	// without jobs, and returns how many jobs it deleted.
+	PruneJobs(ctx context.Context, endedBefore time.Time) (int, error)
+
+	// Close releases the store. Calls after Close fail.
+	Close() error
+}
+
+// Worker is one roster entry.
+type Worker struct {
+	ID      string
+	Name    string
+	Address string
+	State   batonv1.WorkerState
+	Labels  map[string]string
+	// Capacity is the most jobs the worker runs at once; zero means unlimited.
+	Capacity      int32
+	RunningJobs   int32
+	LastHeartbeat time.Time
+	RegisteredAt  time.Time
+}
+
+// Job is one job and its latest known status.
+type Job struct {
+	ID       string
+	WorkerID string
+	Owner    string
+	// GroupID links the jobs of one fan-out; empty for a single job.
+	GroupID string
+	// IdempotencyKey is unique per Owner when not empty.
+	IdempotencyKey string
+	CreatedAt      time.Time
+	Status         *batonv1.JobStatus
+}
+
+// Group is the set of jobs started by one fan-out StartJob.
+type Group struct {
+	ID        string
+	Owner     string
+	CreatedAt time.Time
+	// JobIDs lists the group's jobs, oldest first. It is filled by
+	// [Store.GetGroup] and ignored by [Store.CreateGroup].
+	JobIDs []string
+}
+
+// JobFilter selects jobs for [Store.ListJobs]. Empty fields match every job;
+// set fields must all match.
+type JobFilter struct {
+	WorkerID string
+	Owner    string
+	GroupID  string
+	// States matches jobs in any of the listed states.
+	States []batonv1.JobState
+	// PageSize is the most jobs per page: DefaultPageSize when zero or
+	// negative, at most MaxPageSize.
+	PageSize int
+	// PageToken continues a listing from the nextToken of the previous page.
+	PageToken string
+}
+
+// isTerminal reports whether a job in state s has ended for good.
+func isTerminal(s batonv1.JobState) bool {
+	switch s {
+	case batonv1.JobState_JOB_STATE_SUCCEEDED,
+		batonv1.JobState_JOB_STATE_FAILED,
+		batonv1.JobState_JOB_STATE_STOPPED,
+		batonv1.JobState_JOB_STATE_TIMED_OUT,
+		batonv1.JobState_JOB_STATE_LOST:
+		return true
+	}
+	return false
+}

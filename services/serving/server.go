@@ -1,0 +1,141 @@
+package serving
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+)
+
+// Limits shared by every listener. Streams have no write timeout on purpose:
+// http.Server.WriteTimeout would cut long output streams.
+const (
+	readHeaderTimeout    = 5 * time.Second
+	idleTimeout          = 2 * time.Minute
+	maxHeaderBytes       = 64 << 10
+	maxConcurrentStreams = 250
+	// MaxMessageBytes caps one request message (Connect ReadMaxBytes).
+	MaxMessageBytes = 4 << 20
+)
+
+// ErrPlaintextNotLoopback is returned when h2c is asked for on an address that
+// is not loopback: without TLS there is no identity, so plain mode is only for
+// local use.
+var ErrPlaintextNotLoopback = errors.New("plaintext (use_tls = false) is only allowed on loopback addresses")
+
+// Mux is an http.ServeMux with gRPC health and reflection mounted for the
+// given fully-qualified service names.
+func Mux(services ...string) (*http.ServeMux, *grpchealth.StaticChecker) {
+	mux := http.NewServeMux()
+	checker := grpchealth.NewStaticChecker(services...)
+	mux.Handle(grpchealth.NewHandler(checker))
+	reflector := grpcreflect.NewStaticReflector(services...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return mux, checker
+}
+
+// Server is one listener serving a handler over h2c or TLS. It is safe for
+// concurrent use; Serve is called once.
+type Server struct {
+	srv    *http.Server
+	ln     net.Listener
+	logger *slog.Logger
+}
+
+// Listen binds addr and prepares a server for handler. With tlsConf nil the
+// server speaks HTTP/1.1 and h2c and addr must be a loopback address; with
+// tlsConf it speaks HTTP/1.1 and HTTP/2 over TLS 1.3 only.
+func Listen(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger) (*Server, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if tlsConf == nil {
+		if err := checkLoopback(addr); err != nil {
+			return nil, err
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	if tlsConf == nil {
+		protocols.SetUnencryptedHTTP2(true)
+	} else {
+		protocols.SetHTTP2(true)
+		tlsConf = tlsConf.Clone()
+		tlsConf.MinVersion = tls.VersionTLS13
+		ln = tls.NewListener(ln, withALPN(tlsConf))
+	}
+	srv := &http.Server{
+		Handler:           handler,
+		Protocols:         &protocols,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: maxConcurrentStreams,
+			MaxReadFrameSize:     1 << 20,
+			SendPingTimeout:      15 * time.Second,
+			PingTimeout:          15 * time.Second,
+		},
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+	return &Server{srv: srv, ln: ln, logger: logger}, nil
+}
+
+// withALPN advertises h2 and http/1.1, since tls.NewListener bypasses the
+// server's own ALPN setup.
+func withALPN(c *tls.Config) *tls.Config {
+	if len(c.NextProtos) == 0 {
+		c.NextProtos = []string{"h2", "http/1.1"}
+	}
+	return c
+}
+
+// Addr is the bound address (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve serves until Shutdown; it returns nil after a clean shutdown.
+func (s *Server) Serve() error {
+	err := s.srv.Serve(s.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections and waits, bounded by ctx, for
+// in-flight calls; what is still open when ctx ends is closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		_ = s.srv.Close()
+	}
+	return err
+}
+
+// checkLoopback refuses a plaintext listener on anything but loopback.
+func checkLoopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("address %q: %w", addr, ErrPlaintextNotLoopback)
+	}
+	return nil
+}

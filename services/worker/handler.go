@@ -1,0 +1,184 @@
+package worker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/jobrun"
+)
+
+const defaultPageSize = 100
+
+var errBadPageToken = errors.New("page_token is not one this worker issued")
+
+// handler implements WorkerService over a jobrun.Runner. Requests arrive
+// already validated against the schema; the handler checks only state.
+type handler struct {
+	runner *jobrun.Runner
+	name   string
+}
+
+var _ batonv1connect.WorkerServiceHandler = (*handler)(nil)
+
+// StartJob starts a job, or returns the job already started with this id.
+func (h *handler) StartJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceStartJobRequest]) (*connect.Response[batonv1.WorkerServiceStartJobResponse], error) {
+	id := req.Msg.GetJobId()
+	if id == "" {
+		v7, err := uuid.NewV7()
+		if err != nil {
+			return nil, mapError(fmt.Errorf("new job id: %w", err))
+		}
+		id = v7.String()
+	}
+	st, _, err := h.runner.Start(ctx, id, specFromRequest(req.Msg))
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return connect.NewResponse(&batonv1.WorkerServiceStartJobResponse{
+		JobId:  st.ID,
+		Status: statusToProto(st, h.name),
+	}), nil
+}
+
+// StopJob stops a job and returns its final status. It waits for the job to
+// end for as long as the caller's deadline allows.
+func (h *handler) StopJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceStopJobRequest]) (*connect.Response[batonv1.WorkerServiceStopJobResponse], error) {
+	by := req.Msg.GetStoppedBy()
+	if by == "" {
+		by = "anonymous"
+	}
+	st, err := h.runner.Stop(ctx, req.Msg.GetJobId(), by)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return connect.NewResponse(&batonv1.WorkerServiceStopJobResponse{Status: statusToProto(st, h.name)}), nil
+}
+
+// QueryJob reports a job's status with the original design's summary.
+func (h *handler) QueryJob(_ context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
+	st, err := h.runner.Status(req.Msg.GetJobId())
+	if err != nil {
+		return nil, mapError(err)
+	}
+	res := &batonv1.WorkerServiceQueryJobResponse{Status: statusToProto(st, h.name)}
+	res.Done, res.Error, res.ErrorText = summary(st)
+	return connect.NewResponse(res), nil
+}
+
+// summary gives the original design's done / error / error_text.
+func summary(st jobrun.Status) (done, failed bool, text string) {
+	done = st.State.Terminal()
+	failed = done && st.State != jobrun.StateSucceeded
+	if failed {
+		text = st.Reason
+	}
+	return done, failed, text
+}
+
+// ListJobs lists jobs newest first, a page at a time.
+func (h *handler) ListJobs(_ context.Context, req *connect.Request[batonv1.WorkerServiceListJobsRequest]) (*connect.Response[batonv1.WorkerServiceListJobsResponse], error) {
+	after, err := decodePageToken(req.Msg.GetPageToken())
+	if err != nil {
+		return nil, mapError(err)
+	}
+	size := int(req.Msg.GetPageSize())
+	if size == 0 {
+		size = defaultPageSize
+	}
+	states := req.Msg.GetStates()
+	owner := req.Msg.GetOwner()
+	res := &batonv1.WorkerServiceListJobsResponse{}
+	for _, st := range h.runner.List() {
+		if after != nil && !after.before(st) {
+			continue
+		}
+		if owner != "" && st.Spec.Owner != owner {
+			continue
+		}
+		if len(states) > 0 && !slices.Contains(states, jobStates[st.State]) {
+			continue
+		}
+		if len(res.Jobs) == size {
+			res.NextPageToken = encodePageToken(res.Jobs[size-1])
+			break
+		}
+		res.Jobs = append(res.Jobs, statusToProto(st, h.name))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// pageKey is the position after which the next page starts, in List's order
+// (CreatedAt descending, then ID descending).
+type pageKey struct {
+	created int64
+	id      string
+}
+
+// before reports whether st comes after the key in listing order.
+func (k *pageKey) before(st jobrun.Status) bool {
+	c := st.CreatedAt.UnixNano()
+	return c < k.created || (c == k.created && st.ID < k.id)
+}
+
+func encodePageToken(last *batonv1.JobStatus) string {
+	raw := strconv.FormatInt(last.GetCreatedAt().AsTime().UnixNano(), 10) + "/" + last.GetJobId()
+	return base64.RawURLEncoding.EncodeToString([]byte(raw))
+}
+
+func decodePageToken(token string) (*pageKey, error) {
+	if token == "" {
+		return nil, nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil {
+		return nil, errBadPageToken
+	}
+	created, id, ok := strings.Cut(string(raw), "/")
+	n, err := strconv.ParseInt(created, 10, 64)
+	if !ok || err != nil || id == "" {
+		return nil, errBadPageToken
+	}
+	return &pageKey{created: n, id: id}, nil
+}
+
+// StreamJobOutput sends the job's output from the requested offset and, when
+// following, keeps sending until the job ends; the status comes last.
+func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[batonv1.WorkerServiceStreamJobOutputRequest], stream *connect.ServerStream[batonv1.WorkerServiceStreamJobOutputResponse]) error {
+	msg := &batonv1.WorkerServiceStreamJobOutputResponse{}
+	chunk := &batonv1.OutputChunk{}
+	outReq := jobrun.OutputRequest{
+		Offset:  req.Msg.GetOffset(),
+		Follow:  req.Msg.GetFollow(),
+		Streams: streamFromProto(req.Msg.GetStream()),
+	}
+	// The message and chunk are reused: Send marshals before returning, and
+	// Data is only valid during the callback anyway.
+	st, err := h.runner.Output(ctx, req.Msg.GetJobId(), outReq, func(c jobrun.Chunk) error {
+		chunk.Stream = streamToProto(c.Stream)
+		chunk.Data = c.Data
+		chunk.Offset = c.Offset
+		chunk.Time = timestamppb.New(c.Time)
+		msg.Event = &batonv1.WorkerServiceStreamJobOutputResponse_Chunk{Chunk: chunk}
+		return stream.Send(msg)
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return mapError(ctx.Err())
+		}
+		return mapError(err)
+	}
+	return stream.Send(&batonv1.WorkerServiceStreamJobOutputResponse{
+		Event: &batonv1.WorkerServiceStreamJobOutputResponse_Status{Status: statusToProto(st, h.name)},
+	})
+}

@@ -1,0 +1,231 @@
+package worker
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/jobrun"
+)
+
+// Registration timing. The scheduler decides the heartbeat interval; these
+// bound how the worker retries until it hears one.
+const (
+	minRetry        = 500 * time.Millisecond
+	maxRetry        = 30 * time.Second
+	defaultInterval = 5 * time.Second
+	callTimeout     = 10 * time.Second
+	coalesceChanges = 200 * time.Millisecond
+)
+
+// Run keeps the worker registered with the scheduler until ctx ends, then
+// deregisters it. Without a scheduler it just waits for ctx. Registration
+// failures are retried with jittered exponential backoff; a heartbeat
+// answered NotFound (the scheduler forgot us) leads to a new registration.
+func (w *Worker) Run(ctx context.Context) error {
+	if w.opts.Scheduler == nil {
+		<-ctx.Done()
+		return nil
+	}
+	retry := minRetry
+	for {
+		id, interval, err := w.register(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			w.logger.WarnContext(ctx, "registration failed; retrying", "code", connect.CodeOf(err).String(), "error", err, "retry_in", retry)
+			if !sleep(ctx, jitter(retry)) {
+				return nil
+			}
+			retry = min(retry*2, maxRetry)
+			continue
+		}
+		retry = minRetry
+		w.logger.InfoContext(ctx, "registered with the scheduler", "worker_id", id, "heartbeat_interval", interval)
+		w.heartbeat(ctx, id, interval)
+		if ctx.Err() != nil {
+			w.leave(id)
+			return nil
+		}
+	}
+}
+
+// register introduces the worker with its full job table.
+func (w *Worker) register(ctx context.Context) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	pending := w.changes.snapshot()
+	jobs := w.runner.List()
+	req := &batonv1.RegisterWorkerRequest{
+		Name:     w.opts.Name,
+		Address:  w.opts.Address,
+		Labels:   w.opts.Labels,
+		Capacity: int32(w.opts.Runner.Capacity),
+		Jobs:     make([]*batonv1.JobStatus, 0, len(jobs)),
+	}
+	for _, st := range jobs {
+		req.Jobs = append(req.Jobs, statusToProto(st, w.opts.Name))
+	}
+	res, err := w.opts.Scheduler.RegisterWorker(ctx, connect.NewRequest(req))
+	if err != nil {
+		return "", 0, err
+	}
+	// The full table was sent: the changes seen before it are acknowledged.
+	w.changes.ack(pending)
+	return res.Msg.GetWorkerId(), intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), nil
+}
+
+// heartbeat reports at the scheduler's interval until ctx ends or the
+// scheduler no longer knows the worker.
+func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duration) {
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-w.changes.notify():
+			// Report job changes promptly instead of at the next tick, but
+			// let a burst of changes gather into one heartbeat.
+			if !sleep(ctx, coalesceChanges) {
+				return
+			}
+		}
+		next, err := w.beat(ctx, id)
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			w.logger.WarnContext(ctx, "scheduler does not know this worker; registering again", "worker_id", id)
+			return
+		}
+		if err != nil && ctx.Err() == nil {
+			w.logger.WarnContext(ctx, "heartbeat failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
+		}
+		if next > 0 {
+			interval = next
+		}
+		timer.Reset(interval)
+	}
+}
+
+// beat sends one heartbeat with the job changes not yet acknowledged.
+func (w *Worker) beat(ctx context.Context, id string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	pending := w.changes.snapshot()
+	req := &batonv1.HeartbeatRequest{
+		WorkerId:    id,
+		RunningJobs: int32(w.runner.Running()),
+		Changes:     make([]*batonv1.JobStatus, 0, len(pending)),
+	}
+	for _, st := range pending {
+		req.Changes = append(req.Changes, statusToProto(st.status, w.opts.Name))
+	}
+	res, err := w.opts.Scheduler.Heartbeat(ctx, connect.NewRequest(req))
+	if err != nil {
+		return 0, err
+	}
+	w.changes.ack(pending)
+	return intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), nil
+}
+
+// leave reports the last job changes (the jobs Close stopped) and tells the
+// scheduler the worker is leaving. It uses a fresh context since the
+// worker's own is already done.
+func (w *Worker) leave(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := w.beat(ctx, id); err != nil {
+		w.logger.Warn("final heartbeat failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
+	}
+	_, err := w.opts.Scheduler.DeregisterWorker(ctx, connect.NewRequest(&batonv1.DeregisterWorkerRequest{WorkerId: id}))
+	if err != nil {
+		w.logger.Warn("deregistration failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
+		return
+	}
+	w.logger.Info("deregistered from the scheduler", "worker_id", id)
+}
+
+func intervalOf(d time.Duration) time.Duration {
+	if d <= 0 {
+		return defaultInterval
+	}
+	return d
+}
+
+// jitter spreads retries of many workers over [d/2, d).
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d or until ctx ends; it reports whether the full time passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// changeSet collects job status changes until a heartbeat delivers them. A
+// job changed again after a snapshot stays pending. It is safe for
+// concurrent use.
+type changeSet struct {
+	mu      sync.Mutex
+	seq     uint64
+	pending map[string]change
+	wake    chan struct{}
+}
+
+type change struct {
+	seq    uint64
+	status jobrun.Status
+}
+
+func newChangeSet() *changeSet {
+	return &changeSet{pending: make(map[string]change), wake: make(chan struct{}, 1)}
+}
+
+// add records a change; it never blocks (jobrun calls it from job goroutines).
+func (c *changeSet) add(st jobrun.Status) {
+	c.mu.Lock()
+	c.seq++
+	c.pending[st.ID] = change{seq: c.seq, status: st}
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notify fires after changes were added.
+func (c *changeSet) notify() <-chan struct{} { return c.wake }
+
+func (c *changeSet) snapshot() []change {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]change, 0, len(c.pending))
+	for _, ch := range c.pending {
+		out = append(out, ch)
+	}
+	return out
+}
+
+// ack drops the delivered changes that were not superseded meanwhile.
+func (c *changeSet) ack(delivered []change) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, d := range delivered {
+		if cur, ok := c.pending[d.status.ID]; ok && cur.seq == d.seq {
+			delete(c.pending, d.status.ID)
+		}
+	}
+}
+

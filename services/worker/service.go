@@ -1,0 +1,109 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/validate"
+
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/internal/interceptors"
+	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/jobrun"
+)
+
+// Options configure a Worker. Runner options are passed through to jobrun.
+type Options struct {
+	// Name identifies the worker; it is stable across restarts.
+	Name string
+	// Address is where the scheduler reaches this worker (host:port).
+	Address string
+	// Labels are matched by the scheduler's selectors.
+	Labels map[string]string
+	// Runner configures the job runtime. Its Capacity is also reported to
+	// the scheduler; its OnChange is set by the Worker.
+	Runner jobrun.Options
+	// Scheduler, if set, is the client the worker registers and heartbeats
+	// with. Nil runs the worker on its own.
+	Scheduler batonv1connect.SchedulerServiceClient
+	// MaxCallDuration caps unary calls without a (reasonable) deadline.
+	// Default 5m: StopJob may rightly wait a whole grace period.
+	MaxCallDuration time.Duration
+	// Logger receives the access log and diagnostics. Default: discard.
+	Logger *slog.Logger
+}
+
+// Worker is one worker process's service: the job runtime, the
+// WorkerService handler and the registration loop. Its methods are safe for
+// concurrent use.
+type Worker struct {
+	opts    Options
+	runner  *jobrun.Runner
+	handler http.Handler
+	health  *grpchealth.StaticChecker
+	changes *changeSet
+	logger  *slog.Logger
+}
+
+// New opens the job runtime (recovering the job table from its data
+// directory) and prepares the HTTP handler.
+func New(opts Options) (*Worker, error) {
+	if opts.Name == "" {
+		return nil, errors.New("worker: Options.Name is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxCallDuration <= 0 {
+		opts.MaxCallDuration = 5 * time.Minute
+	}
+	w := &Worker{opts: opts, changes: newChangeSet(), logger: opts.Logger}
+	ropts := opts.Runner
+	ropts.Logger = opts.Logger
+	ropts.OnChange = w.changes.add
+	runner, err := jobrun.New(ropts)
+	if err != nil {
+		return nil, err
+	}
+	w.runner = runner
+
+	mux, health := serving.Mux(batonv1connect.WorkerServiceName)
+	path, h := batonv1connect.NewWorkerServiceHandler(
+		&handler{runner: runner, name: opts.Name},
+		connect.WithInterceptors(
+			interceptors.NewAccessLog(opts.Logger),
+			interceptors.NewDeadline(opts.MaxCallDuration),
+			validate.NewInterceptor(),
+		),
+		connect.WithRecover(w.recoverPanic),
+		connect.WithReadMaxBytes(serving.MaxMessageBytes),
+	)
+	mux.Handle(path, h)
+	w.handler = mux
+	w.health = health
+	return w, nil
+}
+
+// recoverPanic turns a handler panic into an Internal error and logs it.
+func (w *Worker) recoverPanic(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+	w.logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error in the worker; see its log"))
+}
+
+// Handler serves WorkerService, gRPC health and reflection.
+func (w *Worker) Handler() http.Handler { return w.handler }
+
+// Runner is the worker's job runtime.
+func (w *Worker) Runner() *jobrun.Runner { return w.runner }
+
+// Close marks the worker not serving and stops every running job (SIGTERM,
+// grace, SIGKILL), waiting for them within ctx.
+func (w *Worker) Close(ctx context.Context) error {
+	w.health.SetStatus(batonv1connect.WorkerServiceName, grpchealth.StatusNotServing)
+	return w.runner.Close(ctx)
+}
