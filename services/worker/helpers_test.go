@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -91,4 +92,11 @@ func startWorker(t *testing.T, scripts map[string]string, tune func(*Options)) *
 // client returns a generated WorkerService client speaking one protocol.
 func (tw *testWorker) client(opts ...connect.ClientOption) batonv1connect.WorkerServiceClient {
 	return batonv1connect.NewWorkerServiceClient(tw.http, tw.url, opts...)
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil {
+		return v
+	}
+	return def
 }

@@ -448,6 +448,17 @@ func (s *SQLite) GetJobByIdempotencyKey(ctx context.Context, owner, key string) 
 
 // UpdateJobStatus implements [Store].
 func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
+	return s.updateJobStatus(ctx, id, st, false)
+}
+
+// ReconcileJobStatus implements [Store].
+func (s *SQLite) ReconcileJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
+	return s.updateJobStatus(ctx, id, st, true)
+}
+
+// updateJobStatus replaces the status of job id unless it is terminal;
+// with fromLost, a LOST job counts as not terminal.
+func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus, fromLost bool) error {
 	if st == nil {
 		return fmt.Errorf("update job %s: nil status", id)
 	}
@@ -464,7 +475,7 @@ func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		if err != nil {
 			return err
 		}
-		if isTerminal(batonv1.JobState(state)) {
+		if isTerminal(batonv1.JobState(state)) && (!fromLost || batonv1.JobState(state) != batonv1.JobState_JOB_STATE_LOST) {
 			return nil
 		}
 		next := proto.CloneOf(st)
@@ -489,6 +500,31 @@ func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.Job
 			return err
 		}
 		return fmt.Errorf("update job %s: %w", id, err)
+	}
+	return nil
+}
+
+// DeleteJob implements [Store].
+func (s *SQLite) DeleteJob(ctx context.Context, id string) error {
+	err := s.write(ctx, func(tx *writer) error {
+		res, err := tx.exec(ctx, `DELETE FROM jobs WHERE job_id = ?`, id)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("job %s: %w", id, ErrNotFound)
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return err
+		}
+		return fmt.Errorf("delete job %s: %w", id, err)
 	}
 	return nil
 }

@@ -78,6 +78,14 @@ type Store interface {
 	// kept from the stored status. A terminal st without ended_at is given
 	// the current time.
 	UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error
+	// ReconcileJobStatus is UpdateJobStatus for a status reported by the
+	// job's worker itself: it may also move a job out of JOB_STATE_LOST,
+	// since LOST only records that the scheduler stopped hearing about the
+	// job, and the worker knows better. Other terminal states stay sticky.
+	ReconcileJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error
+	// DeleteJob removes job id, or returns ErrNotFound. It is for a job
+	// whose worker refused to start it: such a job never existed.
+	DeleteJob(ctx context.Context, id string) error
 	// ListJobs returns one page of the jobs matching f, newest first, and
 	// the token of the next page, empty after the last page. A token is
 	// only valid with the filter it was issued for (PageSize aside);

@@ -1,0 +1,6 @@
+//go:build !race
+
+package worker
+
+// raceEnabled is true when the race detector slows every byte by ~10×.
+const raceEnabled = false
