@@ -12,8 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/worker"
 )
 
@@ -230,4 +230,3 @@ func stateDir() string {
 	}
 	return filepath.Join(os.TempDir(), "baton")
 }
-

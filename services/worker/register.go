@@ -228,4 +228,3 @@ func (c *changeSet) ack(delivered []change) {
 		}
 	}
 }
-

@@ -13,8 +13,8 @@ import (
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/internal/interceptors"
-	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/serving"
 )
 
 // Options configure a Worker. Runner options are passed through to jobrun.
