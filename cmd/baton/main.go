@@ -52,6 +52,7 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.AddCommand(newSchedulerCommand())
 	root.AddCommand(newWorkerCommand())
 	return root
 }

@@ -99,11 +99,10 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.cg = cg
 	j.out = out
 	j.st.Cgroup = cg.mode()
-	pending := j.snapshotLocked()
 	j.mu.Unlock()
-	if err := writeRecord(j.dir, toRecord(pending, 0, cg)); err != nil {
-		return internal("record the job", err)
-	}
+	// No record is written before the spawn: a worker that dies in between
+	// leaves a job directory without job.json, which the next start reports
+	// as LOST, and a cgroup that its sweep kills.
 
 	if pipes[0], pipes[1], err = os.Pipe(); err != nil {
 		return internal("create pipes", err)
@@ -177,7 +176,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.mu.Unlock()
 	close(j.started)
 
-	if err := writeRecord(j.dir, toRecord(running, ticks, cg)); err != nil {
+	if err := writeRecord(j.dir, toRecord(running, ticks, cg), false); err != nil {
 		logger.Error("cannot record the job as running", "error", err)
 	}
 	if t := j.spec.Timeout; t > 0 {
@@ -315,7 +314,7 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 		close(j.done)
 		return
 	}
-	if err := writeRecord(j.dir, toRecord(final, ticks, cg)); err != nil {
+	if err := writeRecord(j.dir, toRecord(final, ticks, cg), true); err != nil {
 		r.log.Error("cannot record the end of the job", "job_id", j.id, "error", err)
 	}
 	cg.remove()

@@ -487,7 +487,7 @@ func (r *Runner) loadJob(id string) *job {
 	} else if !st.State.Terminal() {
 		r.killLeftovers(&rec)
 		st.State, st.Reason, st.ExitCode, st.EndedAt = StateLost, "worker restarted", -1, time.Now()
-		if err := writeRecord(dir, toRecord(st, rec.StartTicks, nil)); err != nil {
+		if err := writeRecord(dir, toRecord(st, rec.StartTicks, nil), true); err != nil {
 			r.log.Error("cannot record a lost job", "job_id", id, "error", err)
 		}
 		r.log.Warn("job lost in a worker restart", "job_id", id)

@@ -68,9 +68,13 @@ func (rec *record) status() (Status, error) {
 	}, nil
 }
 
-// writeRecord replaces dir/job.json atomically: a crash leaves either the old
-// or the new record, never a torn one (temp file, fsync, rename, fsync dir).
-func writeRecord(dir string, rec record) error {
+// writeRecord replaces dir/job.json atomically: a crash of the worker leaves
+// either the old or the new record, never a torn one (temp file, rename).
+// With durable it also fsyncs file and directory, so the record survives a
+// machine crash too. Only the final record is durable: the start path stays
+// cheap, and a machine crash ends every job anyway, which a restarted worker
+// reports as LOST from the earlier record (or from its missing one).
+func writeRecord(dir string, rec record, durable bool) error {
 	b, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -80,7 +84,7 @@ func writeRecord(dir string, rec record) error {
 		return err
 	}
 	tmp := f.Name()
-	if _, err = f.Write(b); err == nil {
+	if _, err = f.Write(b); err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -95,6 +99,9 @@ func writeRecord(dir string, rec record) error {
 	if err != nil {
 		_ = os.Remove(tmp)
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	if d, err := os.Open(dir); err == nil {
 		_ = d.Sync()

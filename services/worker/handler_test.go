@@ -26,7 +26,7 @@ const countScript = "#!/bin/sh\nfor i in 1 2 3; do echo $i; done\necho oops >&2\
 
 // collect streams a job's output to the end and returns the bytes per
 // stream, the order of streams seen, and the final status.
-func collect(ctx context.Context, t *testing.T, c batonv1connect.WorkerServiceClient, req *batonv1.WorkerServiceStreamJobOutputRequest) (stdout, stderr []byte, final *batonv1.JobStatus) {
+func collect(ctx context.Context, t testing.TB, c batonv1connect.WorkerServiceClient, req *batonv1.WorkerServiceStreamJobOutputRequest) (stdout, stderr []byte, final *batonv1.JobStatus) {
 	t.Helper()
 	stream, err := c.StreamJobOutput(ctx, connect.NewRequest(req))
 	if err != nil {

@@ -38,7 +38,7 @@ type testWorker struct {
 
 // startWorker serves a worker with a scripts directory holding scripts
 // (name → body, made executable) and returns it with its clients.
-func startWorker(t *testing.T, scripts map[string]string, tune func(*Options)) *testWorker {
+func startWorker(t testing.TB, scripts map[string]string, tune func(*Options)) *testWorker {
 	t.Helper()
 	root := t.TempDir()
 	scriptsDir := filepath.Join(root, "scripts")

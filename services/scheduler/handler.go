@@ -1,0 +1,488 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// anonymous owns every job until client identities exist.
+const anonymous = "anonymous"
+
+// handler implements SchedulerService on a Scheduler.
+type handler struct {
+	s *Scheduler
+}
+
+var _ batonv1connect.SchedulerServiceHandler = (*handler)(nil)
+
+// ttl is how long a worker may stay silent after a heartbeat.
+func (s *Scheduler) ttl() time.Duration { return s.opts.HeartbeatInterval + s.opts.HeartbeatGrace }
+
+// RegisterWorker admits a worker (again) and reconciles its jobs.
+func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[batonv1.RegisterWorkerRequest]) (*connect.Response[batonv1.RegisterWorkerResponse], error) {
+	s := h.s
+	msg := req.Msg
+	id := msg.GetName()
+	var running int32
+	for _, st := range msg.GetJobs() {
+		if !terminal(st.GetState()) {
+			running++
+		}
+	}
+	m := s.reg.getOrCreate(id)
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	s.reg.register(m, msg, running, time.Now().Add(s.ttl()))
+	for _, st := range msg.GetJobs() {
+		s.reconcileJob(ctx, id, st)
+	}
+	s.persist(ctx, m)
+	s.logger.InfoContext(ctx, "worker registered", "worker_id", id, "address", msg.GetAddress(), "jobs", len(msg.GetJobs()))
+	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
+		WorkerId:          id,
+		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
+	}), nil
+}
+
+// reconcileJob records a status reported by the job's worker. A job the
+// store does not know (started before a failed StartJob gave up on it, or
+// pruned) is added.
+func (s *Scheduler) reconcileJob(ctx context.Context, workerID string, st *batonv1.JobStatus) {
+	ctx = context.WithoutCancel(ctx)
+	st.WorkerId = workerID
+	err := s.store.ReconcileJobStatus(ctx, st.GetJobId(), st)
+	if errors.Is(err, store.ErrNotFound) {
+		j := store.Job{ID: st.GetJobId(), WorkerID: workerID, Status: st}
+		err = s.store.CreateJob(ctx, j)
+		if errors.Is(err, store.ErrNotFound) {
+			// Its group was pruned: keep the job on its own.
+			st.GroupId = ""
+			err = s.store.CreateJob(ctx, j)
+		}
+	}
+	if err != nil {
+		s.logger.ErrorContext(ctx, "recording a job reported by its worker failed", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
+	}
+}
+
+// DeregisterWorker marks a worker LEFT. Its jobs keep their last reported
+// state: the worker reported their ends in its final heartbeat.
+func (h *handler) DeregisterWorker(ctx context.Context, req *connect.Request[batonv1.DeregisterWorkerRequest]) (*connect.Response[batonv1.DeregisterWorkerResponse], error) {
+	id := req.Msg.GetWorkerId()
+	m := h.s.reg.get(id)
+	if m == nil {
+		return nil, mapError(errWorkerNotFound(id))
+	}
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if _, ok := h.s.reg.leave(id); !ok {
+		return nil, mapError(errWorkerNotFound(id))
+	}
+	h.s.persist(ctx, m)
+	h.s.logger.InfoContext(ctx, "worker left", "worker_id", id)
+	return connect.NewResponse(&batonv1.DeregisterWorkerResponse{}), nil
+}
+
+// Heartbeat keeps a registered worker alive and records its job changes.
+// A worker this process has not admitted (unknown, DOWN, LEFT, or known
+// only from the store after a restart) is told NotFound, so that it
+// registers again with its whole job table.
+func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.HeartbeatRequest]) (*connect.Response[batonv1.HeartbeatResponse], error) {
+	s := h.s
+	id := req.Msg.GetWorkerId()
+	m := s.reg.get(id)
+	if m == nil {
+		return nil, mapError(newError(errNotRegistered, "worker %q is not registered; register again", id))
+	}
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	state, ok := s.reg.heartbeat(m, req.Msg.GetRunningJobs(), time.Now().Add(s.ttl()))
+	if !ok {
+		return nil, mapError(newError(errNotRegistered, "worker %q is not registered; register again", id))
+	}
+	for _, st := range req.Msg.GetChanges() {
+		s.reconcileJob(ctx, id, st)
+	}
+	s.persist(ctx, m)
+	return connect.NewResponse(&batonv1.HeartbeatResponse{
+		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
+		State:             state,
+	}), nil
+}
+
+// StartJob places and starts a job, or a group of jobs for a fan-out.
+func (h *handler) StartJob(ctx context.Context, req *connect.Request[batonv1.StartJobRequest]) (*connect.Response[batonv1.StartJobResponse], error) {
+	res, err := h.s.startJob(ctx, req.Msg, anonymous)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return connect.NewResponse(res), nil
+}
+
+func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
+	key := req.GetIdempotencyKey()
+	if key != "" {
+		j, err := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+		if err == nil {
+			return s.existing(ctx, j)
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
+	targets, err := s.reg.place(req)
+	if err != nil {
+		return nil, err
+	}
+	if !req.GetAll() {
+		st, err := s.startOne(ctx, targets[0], req, owner, "", key)
+		if errors.Is(err, store.ErrConflict) && key != "" {
+			// A concurrent call with the same key won.
+			j, gerr := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+			if gerr != nil {
+				return nil, gerr
+			}
+			return s.existing(ctx, j)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &batonv1.StartJobResponse{JobId: st.GetJobId(), Jobs: []*batonv1.JobStatus{st}}, nil
+	}
+
+	gid, err := uuid.NewV7()
+	if err != nil {
+		s.releaseAll(targets)
+		return nil, err
+	}
+	group := gid.String()
+	if err := s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, CreatedAt: time.Now()}); err != nil {
+		s.releaseAll(targets)
+		return nil, err
+	}
+	results := make([]*batonv1.JobStatus, len(targets))
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		k := ""
+		if i == 0 {
+			k = key
+		}
+		wg.Go(func() { results[i], errs[i] = s.startOne(ctx, t, req, owner, group, k) })
+	}
+	wg.Wait()
+	res := &batonv1.StartJobResponse{GroupId: group}
+	var firstErr error
+	for i, st := range results {
+		if errs[i] != nil {
+			firstErr = cmpErr(firstErr, errs[i])
+			s.logger.WarnContext(ctx, "fan-out job not started", "worker_id", targets[i].id, "group_id", group, "error", errs[i])
+			continue
+		}
+		res.Jobs = append(res.Jobs, st)
+	}
+	if len(res.Jobs) == 0 {
+		return nil, firstErr
+	}
+	res.JobId = res.Jobs[0].GetJobId()
+	return res, nil
+}
+
+func cmpErr(first, next error) error {
+	if first != nil {
+		return first
+	}
+	return next
+}
+
+func (s *Scheduler) releaseAll(targets []target) {
+	for _, t := range targets {
+		s.reg.release(t.id)
+	}
+}
+
+// existing answers a retried StartJob with the job (or group) the first
+// call created.
+func (s *Scheduler) existing(ctx context.Context, j store.Job) (*batonv1.StartJobResponse, error) {
+	if j.GroupID == "" {
+		return &batonv1.StartJobResponse{JobId: j.ID, Jobs: []*batonv1.JobStatus{j.Status}}, nil
+	}
+	jobs, _, err := s.store.ListJobs(ctx, store.JobFilter{GroupID: j.GroupID, PageSize: store.MaxPageSize})
+	if err != nil {
+		return nil, err
+	}
+	res := &batonv1.StartJobResponse{JobId: j.ID, GroupId: j.GroupID}
+	for _, gj := range jobs {
+		res.Jobs = append(res.Jobs, gj.Status)
+	}
+	return res, nil
+}
+
+// startOne records a PENDING job and asks the worker to start it. The
+// record comes first so that a job never runs unknown to the store; if the
+// worker refuses, the record is deleted again.
+func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJobRequest, owner, group, key string) (*batonv1.JobStatus, error) {
+	uid, err := uuid.NewV7()
+	if err != nil {
+		s.reg.release(t.id)
+		return nil, err
+	}
+	id := uid.String()
+	job := store.Job{
+		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
+		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},
+	}
+	if err := s.store.CreateJob(ctx, job); err != nil {
+		s.reg.release(t.id)
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartRequest(req, id, owner, group)))
+	cancel()
+	if err != nil {
+		s.reg.release(t.id)
+		if derr := s.store.DeleteJob(context.WithoutCancel(ctx), id); derr != nil && !errors.Is(derr, store.ErrNotFound) {
+			s.logger.ErrorContext(ctx, "deleting a job the worker did not start failed", "job_id", id, "error", derr)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &workerError{worker: t.id, err: err}
+	}
+	st := res.Msg.GetStatus()
+	if st == nil {
+		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
+	}
+	st.JobId, st.WorkerId, st.Owner, st.GroupId = id, t.id, owner, group
+	if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), id, st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", id, "error", err)
+	}
+	if st.GetSpec() == nil {
+		st.Spec = job.Status.GetSpec()
+	}
+	if st.GetCreatedAt() == nil {
+		if j, err := s.store.GetJob(ctx, id); err == nil {
+			st.CreatedAt = j.Status.GetCreatedAt()
+		}
+	}
+	return st, nil
+}
+
+// StopJob stops a job, or every job of a group, through its worker.
+func (h *handler) StopJob(ctx context.Context, req *connect.Request[batonv1.StopJobRequest]) (*connect.Response[batonv1.StopJobResponse], error) {
+	s := h.s
+	if gid := req.Msg.GetGroupId(); gid != "" {
+		jobs, err := s.groupJobs(ctx, gid)
+		if err != nil {
+			return nil, mapError(err)
+		}
+		out, err := each(jobs, func(j store.Job) (*batonv1.JobStatus, error) { return s.stopOne(ctx, j) })
+		if err != nil {
+			return nil, mapError(err)
+		}
+		res := &batonv1.StopJobResponse{Jobs: out}
+		if len(out) > 0 {
+			res.Status = out[0]
+		}
+		return connect.NewResponse(res), nil
+	}
+	j, err := s.jobFor(ctx, req.Msg.GetJobId(), req.Msg.GetWorkerId())
+	if err != nil {
+		return nil, mapError(err)
+	}
+	st, err := s.stopOne(ctx, j)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	return connect.NewResponse(&batonv1.StopJobResponse{Status: st, Jobs: []*batonv1.JobStatus{st}}), nil
+}
+
+// jobFor returns job id, checking that it runs on worker when one is given.
+func (s *Scheduler) jobFor(ctx context.Context, id, worker string) (store.Job, error) {
+	j, err := s.store.GetJob(ctx, id)
+	if err != nil {
+		return store.Job{}, err
+	}
+	if worker != "" && worker != j.WorkerID {
+		return store.Job{}, newError(errWrongWorker, "job %s is not on worker %q", id, worker)
+	}
+	return j, nil
+}
+
+// groupJobs returns a group's jobs, oldest first.
+func (s *Scheduler) groupJobs(ctx context.Context, id string) ([]store.Job, error) {
+	g, err := s.store.GetGroup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	jobs := make([]store.Job, 0, len(g.JobIDs))
+	for _, jid := range g.JobIDs {
+		j, err := s.store.GetJob(ctx, jid)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		jobs = append(jobs, j)
+	}
+	return jobs, nil
+}
+
+// each runs fn on every job concurrently and returns the results in order,
+// or the first error.
+func each(jobs []store.Job, fn func(store.Job) (*batonv1.JobStatus, error)) ([]*batonv1.JobStatus, error) {
+	out := make([]*batonv1.JobStatus, len(jobs))
+	errs := make([]error, len(jobs))
+	var wg sync.WaitGroup
+	for i, j := range jobs {
+		wg.Go(func() { out[i], errs[i] = fn(j) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// stopOne stops one job. A job that already ended keeps its final status:
+// Stop is idempotent.
+func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatus, error) {
+	if terminal(j.Status.GetState()) {
+		return j.Status, nil
+	}
+	t, ok := s.reg.target(j.WorkerID)
+	if !ok {
+		return nil, errWorkerNotFound(j.WorkerID)
+	}
+	if !active(t.state) {
+		return nil, errWorkerGone(t.id, t.state)
+	}
+	// No timeout of its own: stopping may rightly take the worker's whole
+	// grace period; the caller's deadline bounds it.
+	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: j.Owner}))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &workerError{worker: t.id, err: err}
+	}
+	st := res.Msg.GetStatus()
+	st.WorkerId = j.WorkerID
+	if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), j.ID, st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
+	}
+	return st, nil
+}
+
+// QueryJob reports a job's status, fresh from its worker when it can be
+// reached, or a group's aggregate.
+func (h *handler) QueryJob(ctx context.Context, req *connect.Request[batonv1.QueryJobRequest]) (*connect.Response[batonv1.QueryJobResponse], error) {
+	s := h.s
+	if gid := req.Msg.GetGroupId(); gid != "" {
+		jobs, err := s.groupJobs(ctx, gid)
+		if err != nil {
+			return nil, mapError(err)
+		}
+		out, _ := each(jobs, func(j store.Job) (*batonv1.JobStatus, error) { return s.currentStatus(ctx, j), nil })
+		res := &batonv1.QueryJobResponse{Jobs: out}
+		res.Done, res.Error, res.ErrorText = groupSummary(out)
+		if len(out) > 0 {
+			res.Status = out[0]
+		}
+		return connect.NewResponse(res), nil
+	}
+	j, err := s.jobFor(ctx, req.Msg.GetJobId(), req.Msg.GetWorkerId())
+	if err != nil {
+		return nil, mapError(err)
+	}
+	st := s.currentStatus(ctx, j)
+	res := &batonv1.QueryJobResponse{Status: st}
+	res.Done, res.Error, res.ErrorText = summary(st)
+	return connect.NewResponse(res), nil
+}
+
+// currentStatus asks the job's worker for its status when the worker is
+// READY or DRAINING, and falls back to the stored status otherwise.
+func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.JobStatus {
+	st := j.Status
+	if terminal(st.GetState()) && st.GetState() != batonv1.JobState_JOB_STATE_LOST {
+		return st
+	}
+	t, ok := s.reg.target(j.WorkerID)
+	if !ok || !active(t.state) {
+		return st
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	defer cancel()
+	res, err := t.client.QueryJob(cctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: j.ID}))
+	if err != nil || res.Msg.GetStatus() == nil {
+		s.logger.DebugContext(ctx, "worker did not report a job; using the stored status", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
+		return st
+	}
+	fresh := res.Msg.GetStatus()
+	fresh.WorkerId = j.WorkerID
+	if err := s.store.ReconcileJobStatus(context.WithoutCancel(ctx), j.ID, fresh); err != nil {
+		s.logger.ErrorContext(ctx, "recording a job's status failed", "job_id", j.ID, "error", err)
+	}
+	return fresh
+}
+
+// ListJobs lists jobs from the store, newest first.
+func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.ListJobsRequest]) (*connect.Response[batonv1.ListJobsResponse], error) {
+	msg := req.Msg
+	jobs, next, err := h.s.store.ListJobs(ctx, store.JobFilter{
+		WorkerID:  msg.GetWorkerId(),
+		Owner:     msg.GetOwner(),
+		GroupID:   msg.GetGroupId(),
+		States:    msg.GetStates(),
+		PageSize:  int(msg.GetPageSize()),
+		PageToken: msg.GetPageToken(),
+	})
+	if err != nil {
+		return nil, mapError(err)
+	}
+	res := &batonv1.ListJobsResponse{NextPageToken: next, Jobs: make([]*batonv1.JobStatus, 0, len(jobs))}
+	for _, j := range jobs {
+		res.Jobs = append(res.Jobs, j.Status)
+	}
+	return connect.NewResponse(res), nil
+}
+
+// ListWorkers lists the roster by name.
+func (h *handler) ListWorkers(_ context.Context, req *connect.Request[batonv1.ListWorkersRequest]) (*connect.Response[batonv1.ListWorkersResponse], error) {
+	ws := h.s.reg.list(req.Msg.GetStates())
+	res := &batonv1.ListWorkersResponse{Workers: make([]*batonv1.Worker, 0, len(ws))}
+	for _, w := range ws {
+		res.Workers = append(res.Workers, workerToProto(w))
+	}
+	return connect.NewResponse(res), nil
+}
+
+// DrainWorker stops new placements on a worker.
+func (h *handler) DrainWorker(ctx context.Context, req *connect.Request[batonv1.DrainWorkerRequest]) (*connect.Response[batonv1.DrainWorkerResponse], error) {
+	id := req.Msg.GetWorkerId()
+	m := h.s.reg.get(id)
+	if m == nil {
+		return nil, mapError(errWorkerNotFound(id))
+	}
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if _, err := h.s.reg.drain(id); err != nil {
+		return nil, mapError(err)
+	}
+	h.s.persist(ctx, m)
+	return connect.NewResponse(&batonv1.DrainWorkerResponse{Worker: workerToProto(h.s.reg.snapshot(m))}), nil
+}

@@ -1,0 +1,303 @@
+package scheduler_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/scheduler"
+	"github.com/baton-run/baton/services/scheduler/store"
+	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/worker"
+)
+
+// waitTimeout bounds every wait; machines are shared and noisy.
+const waitTimeout = 20 * time.Second
+
+// testScheduler is a Scheduler served over h2c on loopback, with its own
+// store file.
+type testScheduler struct {
+	*scheduler.Scheduler
+	url    string
+	client batonv1connect.SchedulerServiceClient
+	dbPath string
+	// kill stops it at once, without any graceful step; idempotent.
+	kill func()
+}
+
+func startScheduler(t *testing.T, dbPath string, tune func(*scheduler.Options)) *testScheduler {
+	t.Helper()
+	if dbPath == "" {
+		dbPath = filepath.Join(t.TempDir(), "baton.db")
+	}
+	st, err := store.Open(t.Context(), dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerHTTP := serving.NewHTTPClient(nil)
+	opts := scheduler.Options{Store: st, HTTPClient: workerHTTP}
+	if tune != nil {
+		tune(&opts)
+	}
+	s, err := scheduler.New(t.Context(), opts)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	srv, err := serving.Listen("127.0.0.1:0", s.Handler(), nil, nil)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve() }()
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = s.Run(runCtx)
+	}()
+	clientHTTP := serving.NewHTTPClient(nil)
+	var once sync.Once
+	kill := func() {
+		once.Do(func() {
+			stopRun()
+			<-runDone
+			ctx, cancel := context.WithCancel(context.Background())
+			cancel() // no grace: open calls are cut
+			_ = srv.Shutdown(ctx)
+			<-serveDone
+			workerHTTP.CloseIdleConnections()
+			clientHTTP.CloseIdleConnections()
+			if err := st.Close(); err != nil {
+				t.Errorf("close store: %v", err)
+			}
+		})
+	}
+	t.Cleanup(kill)
+	url := "http://" + srv.Addr().String()
+	return &testScheduler{
+		Scheduler: s,
+		url:       url,
+		client:    batonv1connect.NewSchedulerServiceClient(clientHTTP, url),
+		dbPath:    dbPath,
+		kill:      kill,
+	}
+}
+
+// switchableClient is the SchedulerService client a test worker uses. It
+// can be pointed at another scheduler, or paused: a paused client fails
+// every call as an unreachable scheduler would, without the worker
+// deregistering.
+type switchableClient struct {
+	batonv1connect.SchedulerServiceClient // only the worker-facing calls are used
+
+	mu     sync.Mutex
+	target batonv1connect.SchedulerServiceClient
+	paused bool
+}
+
+func (c *switchableClient) current() (batonv1connect.SchedulerServiceClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.paused {
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("scheduler unreachable (paused by the test)"))
+	}
+	return c.target, nil
+}
+
+func (c *switchableClient) pause(p bool) {
+	c.mu.Lock()
+	c.paused = p
+	c.mu.Unlock()
+}
+
+func (c *switchableClient) point(to batonv1connect.SchedulerServiceClient) {
+	c.mu.Lock()
+	c.target = to
+	c.mu.Unlock()
+}
+
+func (c *switchableClient) RegisterWorker(ctx context.Context, req *connect.Request[batonv1.RegisterWorkerRequest]) (*connect.Response[batonv1.RegisterWorkerResponse], error) {
+	t, err := c.current()
+	if err != nil {
+		return nil, err
+	}
+	return t.RegisterWorker(ctx, req)
+}
+
+func (c *switchableClient) Heartbeat(ctx context.Context, req *connect.Request[batonv1.HeartbeatRequest]) (*connect.Response[batonv1.HeartbeatResponse], error) {
+	t, err := c.current()
+	if err != nil {
+		return nil, err
+	}
+	return t.Heartbeat(ctx, req)
+}
+
+func (c *switchableClient) DeregisterWorker(ctx context.Context, req *connect.Request[batonv1.DeregisterWorkerRequest]) (*connect.Response[batonv1.DeregisterWorkerResponse], error) {
+	t, err := c.current()
+	if err != nil {
+		return nil, err
+	}
+	return t.DeregisterWorker(ctx, req)
+}
+
+// testWorker is a real worker served over h2c, registered with a
+// scheduler through a switchableClient.
+type testWorker struct {
+	name  string
+	sched *switchableClient
+}
+
+var scripts = map[string]string{
+	"hello.sh": "#!/bin/sh\necho hello\n",
+	"sleep.sh": "#!/bin/sh\nexec sleep \"${1:-100}\"\n",
+}
+
+func startWorker(t *testing.T, name string, sched *testScheduler, labels map[string]string) *testWorker {
+	t.Helper()
+	root := t.TempDir()
+	scriptsDir := filepath.Join(root, "scripts")
+	if err := os.MkdirAll(scriptsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for n, body := range scripts {
+		if err := os.WriteFile(filepath.Join(scriptsDir, n), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var w *worker.Worker
+	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		w.Handler().ServeHTTP(rw, r)
+	}), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schedHTTP := serving.NewHTTPClient(nil)
+	client := &switchableClient{target: batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url)}
+	w, err = worker.New(worker.Options{
+		Name:      name,
+		Address:   srv.Addr().String(),
+		Labels:    labels,
+		Scheduler: client,
+		Runner: jobrun.Options{
+			DataDir:         filepath.Join(root, "data"),
+			ScriptsDir:      scriptsDir,
+			AllowedCommands: []string{"sh", "bash"},
+			StopGrace:       500 * time.Millisecond,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve() }()
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = w.Run(runCtx)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopRun()
+		<-runDone
+		_ = srv.Shutdown(ctx)
+		<-serveDone
+		if err := w.Close(ctx); err != nil {
+			t.Errorf("close worker: %v", err)
+		}
+		schedHTTP.CloseIdleConnections()
+	})
+	return &testWorker{name: name, sched: client}
+}
+
+// waitFor polls cond until it holds, failing the test after waitTimeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// workerStates returns each worker's state by name.
+func workerStates(t *testing.T, c batonv1connect.SchedulerServiceClient) map[string]batonv1.WorkerState {
+	t.Helper()
+	res, err := c.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+	if err != nil {
+		t.Fatalf("ListWorkers: %v", err)
+	}
+	out := map[string]batonv1.WorkerState{}
+	for _, w := range res.Msg.GetWorkers() {
+		out[w.GetName()] = w.GetState()
+	}
+	return out
+}
+
+func waitWorkers(t *testing.T, c batonv1connect.SchedulerServiceClient, state batonv1.WorkerState, names ...string) {
+	t.Helper()
+	waitFor(t, "workers "+state.String(), func() bool {
+		got := workerStates(t, c)
+		for _, n := range names {
+			if got[n] != state {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func startJob(t *testing.T, c batonv1connect.SchedulerServiceClient, req *batonv1.StartJobRequest) *batonv1.StartJobResponse {
+	t.Helper()
+	res, err := c.StartJob(t.Context(), connect.NewRequest(req))
+	if err != nil {
+		t.Fatalf("StartJob(%v): %v", req, err)
+	}
+	return res.Msg
+}
+
+func queryJob(t *testing.T, c batonv1connect.SchedulerServiceClient, id string) *batonv1.QueryJobResponse {
+	t.Helper()
+	res, err := c.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{JobId: id}))
+	if err != nil {
+		t.Fatalf("QueryJob(%s): %v", id, err)
+	}
+	return res.Msg
+}
+
+// storedState returns the job's state as ListJobs reports it.
+func storedState(t *testing.T, c batonv1connect.SchedulerServiceClient, worker, id string) batonv1.JobState {
+	t.Helper()
+	res, err := c.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{WorkerId: worker, PageSize: 1000}))
+	if err != nil {
+		t.Fatalf("ListJobs: %v", err)
+	}
+	for _, j := range res.Msg.GetJobs() {
+		if j.GetJobId() == id {
+			return j.GetState()
+		}
+	}
+	return batonv1.JobState_JOB_STATE_UNSPECIFIED
+}
+
+func wantCode(t *testing.T, what string, err error, code connect.Code) {
+	t.Helper()
+	if connect.CodeOf(err) != code {
+		t.Errorf("%s: error %v, want code %v", what, err, code)
+	}
+}

@@ -1,0 +1,264 @@
+package scheduler
+
+import (
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/scheduler/store"
+	"github.com/baton-run/baton/services/serving"
+)
+
+// registry is the roster in memory. Its lock guards only memory: no store
+// I/O and no network call happens under it. It is safe for concurrent use.
+type registry struct {
+	httpClient *http.Client
+	tls        bool
+
+	mu      sync.Mutex
+	members map[string]*member // by worker id (== name)
+}
+
+// member is one worker. Fields below opMu are guarded by registry.mu.
+type member struct {
+	// opMu serialises the multi-step changes of one worker (registration,
+	// heartbeat, the DOWN transition) and the store writes they make, so
+	// that they land in order. It is never taken while holding registry.mu.
+	opMu sync.Mutex
+
+	w store.Worker
+	// deadline is when the worker is marked DOWN without a heartbeat; it
+	// carries a monotonic reading, so wall-clock jumps do not matter.
+	deadline time.Time
+	// live is true once the worker registered with this process; a
+	// heartbeat before that is answered NotFound so that it registers
+	// again with its whole job table.
+	live bool
+	// gen counts registrations, so that a DOWN transition can tell that
+	// the worker came back meanwhile.
+	gen uint64
+	// gone is closed when the worker goes DOWN or LEFT; relayed streams
+	// watch it. A new registration replaces it.
+	gone   chan struct{}
+	client batonv1connect.WorkerServiceClient
+}
+
+// downed is a worker the sweeper marked DOWN.
+type downed struct {
+	m   *member
+	id  string
+	gen uint64
+}
+
+func newRegistry(c *http.Client, useTLS bool) *registry {
+	return &registry{httpClient: c, tls: useTLS, members: make(map[string]*member)}
+}
+
+// load fills the roster from the store. READY and DRAINING workers may stay
+// silent until deadline.
+func (r *registry) load(workers []store.Worker, deadline time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range workers {
+		m := &member{w: w, gone: make(chan struct{}), deadline: deadline}
+		m.client = r.newClient(w.Address)
+		if !active(w.State) {
+			close(m.gone)
+		}
+		r.members[w.ID] = m
+	}
+}
+
+func (r *registry) newClient(addr string) batonv1connect.WorkerServiceClient {
+	return batonv1connect.NewWorkerServiceClient(r.httpClient, serving.BaseURL(addr, r.tls))
+}
+
+// active reports whether a worker in state st heartbeats.
+func active(st batonv1.WorkerState) bool {
+	return st == batonv1.WorkerState_WORKER_STATE_READY || st == batonv1.WorkerState_WORKER_STATE_DRAINING
+}
+
+// get returns the member with id, or nil.
+func (r *registry) get(id string) *member {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.members[id]
+}
+
+// getOrCreate returns the member with id, adding an empty one if needed.
+func (r *registry) getOrCreate(id string) *member {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[id]
+	if m == nil {
+		m = &member{w: store.Worker{ID: id, Name: id, State: batonv1.WorkerState_WORKER_STATE_UNSPECIFIED}, gone: make(chan struct{})}
+		close(m.gone)
+		r.members[id] = m
+	}
+	return m
+}
+
+// register admits the worker described by req, whose member the caller got
+// from getOrCreate and whose opMu it holds.
+func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, running int32, deadline time.Time) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m.w.State != batonv1.WorkerState_WORKER_STATE_DRAINING {
+		m.w.State = batonv1.WorkerState_WORKER_STATE_READY
+	}
+	if m.client == nil || m.w.Address != req.GetAddress() {
+		m.client = r.newClient(req.GetAddress())
+	}
+	m.w.Name = req.GetName()
+	m.w.Address = req.GetAddress()
+	m.w.Labels = maps.Clone(req.GetLabels())
+	m.w.Capacity = req.GetCapacity()
+	m.w.RunningJobs = running
+	m.w.LastHeartbeat = now
+	m.w.RegisteredAt = now
+	m.deadline = deadline
+	m.live = true
+	m.gen++
+	select {
+	case <-m.gone:
+		m.gone = make(chan struct{})
+	default:
+	}
+}
+
+// heartbeat refreshes a live worker and returns its state, or false when
+// the worker must register again.
+func (r *registry) heartbeat(m *member, running int32, deadline time.Time) (batonv1.WorkerState, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !m.live || !active(m.w.State) {
+		return m.w.State, false
+	}
+	m.w.RunningJobs = running
+	m.w.LastHeartbeat = time.Now()
+	m.deadline = deadline
+	return m.w.State, true
+}
+
+// leave marks a worker LEFT; it reports false if the worker is unknown.
+func (r *registry) leave(id string) (*member, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[id]
+	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+		return nil, false
+	}
+	r.endLocked(m, batonv1.WorkerState_WORKER_STATE_LEFT)
+	return m, true
+}
+
+func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
+	m.w.State = st
+	m.w.RunningJobs = 0
+	m.live = false
+	select {
+	case <-m.gone:
+	default:
+		close(m.gone)
+	}
+}
+
+// drain moves a READY worker to DRAINING.
+func (r *registry) drain(id string) (*member, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[id]
+	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+		return nil, errWorkerNotFound(id)
+	}
+	if !active(m.w.State) {
+		return nil, errWorkerGone(id, m.w.State)
+	}
+	m.w.State = batonv1.WorkerState_WORKER_STATE_DRAINING
+	return m, nil
+}
+
+// expire marks DOWN every active worker whose deadline is before now.
+func (r *registry) expire(now time.Time) []downed {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []downed
+	for id, m := range r.members {
+		if active(m.w.State) && now.After(m.deadline) {
+			r.endLocked(m, batonv1.WorkerState_WORKER_STATE_DOWN)
+			out = append(out, downed{m: m, id: id, gen: m.gen})
+		}
+	}
+	return out
+}
+
+// stillDown reports whether m is still DOWN from the transition of gen.
+func (r *registry) stillDown(m *member, gen uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return m.gen == gen && m.w.State == batonv1.WorkerState_WORKER_STATE_DOWN
+}
+
+// snapshot returns a copy of m's roster entry.
+func (r *registry) snapshot(m *member) store.Worker {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	w := m.w
+	w.Labels = maps.Clone(w.Labels)
+	return w
+}
+
+// target is what a call to a worker needs, copied out of the registry.
+type target struct {
+	id     string
+	state  batonv1.WorkerState
+	client batonv1connect.WorkerServiceClient
+	gone   <-chan struct{}
+}
+
+// target returns the worker id as a call target.
+func (r *registry) target(id string) (target, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[id]
+	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+		return target{}, false
+	}
+	return target{id: id, state: m.w.State, client: m.client, gone: m.gone}, true
+}
+
+// list returns the roster entries in the given states (all when empty),
+// sorted by name.
+func (r *registry) list(states []batonv1.WorkerState) []store.Worker {
+	r.mu.Lock()
+	out := make([]store.Worker, 0, len(r.members))
+	for _, m := range r.members {
+		if m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+			continue
+		}
+		if len(states) > 0 && !slices.Contains(states, m.w.State) {
+			continue
+		}
+		w := m.w
+		w.Labels = maps.Clone(w.Labels)
+		out = append(out, w)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b store.Worker) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// release gives back a placement reservation after a failed start.
+func (r *registry) release(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m := r.members[id]; m != nil && m.w.RunningJobs > 0 {
+		m.w.RunningJobs--
+	}
+}

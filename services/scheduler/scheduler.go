@@ -1,0 +1,209 @@
+// Package scheduler serves SchedulerService: it keeps the roster of workers
+// from their registrations and heartbeats, marks silent workers DOWN and
+// their jobs LOST, places jobs on workers, forwards job calls to the worker
+// that owns the job and relays output streams. Workers are reached only
+// through the generated WorkerService client.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/validate"
+
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/internal/interceptors"
+	"github.com/baton-run/baton/services/scheduler/store"
+	"github.com/baton-run/baton/services/serving"
+)
+
+// Defaults of Options.
+const (
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultHeartbeatGrace    = 10 * time.Second
+	DefaultFailoverGrace     = 5 * time.Minute
+	DefaultRetention         = 24 * time.Hour
+	DefaultWorkerCallTimeout = 30 * time.Second
+	maxCallDuration          = 5 * time.Minute
+	pruneEvery               = time.Hour
+)
+
+// Options configure a Scheduler.
+type Options struct {
+	// Store keeps workers and jobs; required. The caller closes it, after
+	// Run has returned.
+	Store store.Store
+	// HeartbeatInterval is the interval workers are told to heartbeat at.
+	HeartbeatInterval time.Duration
+	// HeartbeatGrace is how long past an interval a worker may stay silent
+	// before it is marked DOWN.
+	HeartbeatGrace time.Duration
+	// FailoverGrace is how long workers known from the store have to
+	// register again after the scheduler starts, before any is marked DOWN.
+	FailoverGrace time.Duration
+	// Retention is how long ended jobs are kept.
+	Retention time.Duration
+	// WorkerCallTimeout bounds unary calls to a worker that have no
+	// reason to wait (start, query).
+	WorkerCallTimeout time.Duration
+	// HTTPClient dials workers (h2c or TLS); one pooled client for all of
+	// them. Default: serving.NewHTTPClient(nil).
+	HTTPClient *http.Client
+	// WorkerTLS selects https rather than http for workers' base URLs.
+	WorkerTLS bool
+	// Logger receives the access log and diagnostics. Default: discard.
+	Logger *slog.Logger
+}
+
+// Scheduler is the scheduler's service: the roster, placement, forwarding
+// and the SchedulerService handler. Its methods are safe for concurrent use.
+type Scheduler struct {
+	opts    Options
+	store   store.Store
+	reg     *registry
+	logger  *slog.Logger
+	handler http.Handler
+	health  *grpchealth.StaticChecker
+}
+
+// New loads the roster from the store and prepares the handler. Workers the
+// store holds as READY or DRAINING get FailoverGrace to register again: a
+// scheduler restart alone marks no worker DOWN.
+func New(ctx context.Context, opts Options) (*Scheduler, error) {
+	if opts.Store == nil {
+		return nil, errors.New("scheduler: Options.Store is required")
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if opts.HeartbeatGrace <= 0 {
+		opts.HeartbeatGrace = DefaultHeartbeatGrace
+	}
+	if opts.FailoverGrace <= 0 {
+		opts.FailoverGrace = DefaultFailoverGrace
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = DefaultRetention
+	}
+	if opts.WorkerCallTimeout <= 0 {
+		opts.WorkerCallTimeout = DefaultWorkerCallTimeout
+	}
+	if opts.HTTPClient == nil {
+		opts.HTTPClient = serving.NewHTTPClient(nil)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Scheduler{opts: opts, store: opts.Store, logger: opts.Logger}
+	s.reg = newRegistry(opts.HTTPClient, opts.WorkerTLS)
+	workers, err := opts.Store.ListWorkers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.reg.load(workers, time.Now().Add(opts.FailoverGrace))
+
+	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
+	path, h := batonv1connect.NewSchedulerServiceHandler(
+		&handler{s: s},
+		connect.WithInterceptors(
+			interceptors.NewAccessLog(opts.Logger),
+			interceptors.NewDeadline(maxCallDuration),
+			validate.NewInterceptor(),
+		),
+		connect.WithRecover(s.recoverPanic),
+		connect.WithReadMaxBytes(serving.MaxMessageBytes),
+	)
+	mux.Handle(path, h)
+	s.handler = mux
+	s.health = health
+	return s, nil
+}
+
+// Handler serves SchedulerService, gRPC health and reflection.
+func (s *Scheduler) Handler() http.Handler { return s.handler }
+
+// SetNotServing reports the service as not serving on the health endpoint,
+// the first step of a graceful shutdown.
+func (s *Scheduler) SetNotServing() {
+	s.health.SetStatus(batonv1connect.SchedulerServiceName, grpchealth.StatusNotServing)
+}
+
+// recoverPanic turns a handler panic into an Internal error and logs it.
+func (s *Scheduler) recoverPanic(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+	s.logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
+	return connect.NewError(connect.CodeInternal, errors.New("internal error in the scheduler; see its log"))
+}
+
+// Run detects DOWN workers and prunes old jobs until ctx ends. Call it
+// once.
+func (s *Scheduler) Run(ctx context.Context) error {
+	tick := time.NewTicker(max(s.opts.HeartbeatInterval/2, 10*time.Millisecond))
+	defer tick.Stop()
+	s.prune(ctx)
+	lastPrune := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		s.sweep(ctx)
+		if time.Since(lastPrune) >= min(pruneEvery, s.opts.Retention) {
+			s.prune(ctx)
+			lastPrune = time.Now()
+		}
+	}
+}
+
+// sweep marks the workers whose deadline passed DOWN and their running jobs
+// LOST.
+func (s *Scheduler) sweep(ctx context.Context) {
+	for _, d := range s.reg.expire(time.Now()) {
+		s.markDown(ctx, d)
+	}
+}
+
+// markDown finishes the DOWN transition of one worker: its jobs become LOST
+// unless it registered again meanwhile.
+func (s *Scheduler) markDown(ctx context.Context, d downed) {
+	m := d.m
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if !s.reg.stillDown(m, d.gen) {
+		return
+	}
+	silent := s.opts.HeartbeatInterval + s.opts.HeartbeatGrace
+	reason := "worker down: no heartbeat for " + silent.String()
+	n, err := s.store.MarkWorkerJobsLost(ctx, d.id, reason, time.Now())
+	if err != nil && ctx.Err() == nil {
+		s.logger.ErrorContext(ctx, "marking jobs of a down worker lost failed", "worker_id", d.id, "error", err)
+	}
+	s.persist(ctx, m)
+	s.logger.WarnContext(ctx, "worker down", "worker_id", d.id, "silent_for", silent, "jobs_lost", n)
+}
+
+// prune deletes jobs that ended more than Retention ago.
+func (s *Scheduler) prune(ctx context.Context) {
+	n, err := s.store.PruneJobs(ctx, time.Now().Add(-s.opts.Retention))
+	if err != nil && ctx.Err() == nil {
+		s.logger.ErrorContext(ctx, "pruning old jobs failed", "error", err)
+		return
+	}
+	if n > 0 {
+		s.logger.InfoContext(ctx, "pruned old jobs", "jobs", n)
+	}
+}
+
+// persist writes m's current roster entry to the store. The caller holds
+// m.opMu, so that writes of one worker land in the order of its changes.
+func (s *Scheduler) persist(ctx context.Context, m *member) {
+	w := s.reg.snapshot(m)
+	if err := s.store.UpsertWorker(context.WithoutCancel(ctx), w); err != nil {
+		s.logger.ErrorContext(ctx, "saving worker failed", "worker_id", w.ID, "error", err)
+	}
+}
