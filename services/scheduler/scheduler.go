@@ -117,6 +117,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 		),
 		connect.WithRecover(s.recoverPanic),
 		connect.WithReadMaxBytes(serving.MaxMessageBytes),
+		serving.ResponseCompression(),
 	)
 	mux.Handle(path, h)
 	s.handler = mux

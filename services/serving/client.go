@@ -22,6 +22,11 @@ func NewHTTPClient(tlsConf *tls.Config) *http.Client {
 		HTTP2: &http.HTTP2Config{
 			SendPingTimeout: 15 * time.Second,
 			PingTimeout:     15 * time.Second,
+			// Output streams are bulk data: large frames and windows cut
+			// the number of frames and window updates per megabyte.
+			MaxReadFrameSize:              1 << 20,
+			MaxReceiveBufferPerStream:     4 << 20,
+			MaxReceiveBufferPerConnection: 16 << 20,
 		},
 	}
 	if tlsConf == nil {

@@ -82,6 +82,7 @@ func New(opts Options) (*Worker, error) {
 		),
 		connect.WithRecover(w.recoverPanic),
 		connect.WithReadMaxBytes(serving.MaxMessageBytes),
+		serving.ResponseCompression(),
 	)
 	mux.Handle(path, h)
 	w.handler = mux
