@@ -274,6 +274,18 @@ type follower struct {
 	index, stdout, stderr *os.File
 	recs                  []byte
 	buf                   []byte
+	pend                  run
+}
+
+// maxChunk bounds one Chunk, and so the memory a follower holds.
+const maxChunk = 256 << 10
+
+// run is a stretch of one stream's file waiting to be sent as one chunk.
+type run struct {
+	stream   Stream
+	pos, off int64 // position in the stream's file, offset in the view
+	n        int64
+	time     int64 // capture time of its first byte, unix nanoseconds
 }
 
 func (f *follower) close() {
@@ -351,47 +363,69 @@ func (f *follower) send(ctx context.Context, n int64) error {
 			f.cursor++
 		}
 	}
-	return nil
+	return f.flush()
 }
 
+// sendRecord adds a record's bytes (those at or after the cursor) to the
+// pending run, sending the run first when the record cannot extend it.
+// Consecutive records of one stream are contiguous in its file, so a burst
+// of small pipe reads goes out as one chunk instead of one message each.
 func (f *follower) sendRecord(rec *indexRecord) error {
 	start, n := viewSpan(f.view, rec)
 	if n == 0 || start+n <= f.off {
 		return nil
 	}
-	// skip is how far into the record the cursor is (a seek may land
-	// mid-record).
+	// A seek may land mid-record: skip what is before the cursor.
 	skip := max(f.off-start, 0)
-	h, pos := f.stdout, int64(rec.stdoutBefore)
-	name := stdoutFile
+	pos := int64(rec.stdoutBefore)
 	if rec.stream == StreamStderr {
-		h, pos, name = f.stderr, int64(rec.stderrBefore), stderrFile
+		pos = int64(rec.stderrBefore)
 	}
-	if h == nil {
-		var err error
-		if h, err = f.open(name); err != nil {
+	pos, start, n = pos+skip, start+skip, n-skip
+	p := &f.pend
+	if p.n > 0 && (p.stream != rec.stream || p.pos+p.n != pos || p.off+p.n != start || p.n+n > maxChunk) {
+		if err := f.flush(); err != nil {
 			return err
 		}
-		if rec.stream == StreamStderr {
-			f.stderr = h
-		} else {
-			f.stdout = h
+	}
+	if p.n == 0 {
+		*p = run{stream: rec.stream, pos: pos, off: start, time: rec.time}
+	}
+	p.n += n
+	f.off = start + n
+	return nil
+}
+
+// flush sends the pending run, in pieces of at most maxChunk bytes.
+func (f *follower) flush() error {
+	p := f.pend
+	f.pend.n = 0
+	if p.n == 0 {
+		return nil
+	}
+	h, name := &f.stdout, stdoutFile
+	if p.stream == StreamStderr {
+		h, name = &f.stderr, stderrFile
+	}
+	if *h == nil {
+		var err error
+		if *h, err = f.open(name); err != nil {
+			return err
 		}
 	}
 	if f.buf == nil {
-		f.buf = make([]byte, copyBufferSize)
+		f.buf = make([]byte, maxChunk)
 	}
-	t := time.Unix(0, rec.time)
-	for skip < n {
-		m := min(n-skip, int64(len(f.buf)))
-		if _, err := h.ReadAt(f.buf[:m], pos+skip); err != nil {
+	t := time.Unix(0, p.time)
+	for done := int64(0); done < p.n; {
+		m := min(p.n-done, int64(len(f.buf)))
+		if _, err := (*h).ReadAt(f.buf[:m], p.pos+done); err != nil {
 			return f.readErr(err)
 		}
-		if err := f.fn(Chunk{Stream: rec.stream, Data: f.buf[:m], Offset: start + skip, Time: t}); err != nil {
+		if err := f.fn(Chunk{Stream: p.stream, Data: f.buf[:m], Offset: p.off + done, Time: t}); err != nil {
 			return err
 		}
-		skip += m
-		f.off = start + skip
+		done += m
 	}
 	return nil
 }
