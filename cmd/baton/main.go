@@ -52,7 +52,9 @@ func newRootCommand() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.AddCommand(newDevCommand())
 	root.AddCommand(newSchedulerCommand())
 	root.AddCommand(newWorkerCommand())
+	root.AddCommand(newBenchCommand())
 	return root
 }

@@ -222,7 +222,7 @@ func resolveAllowed(names []string, explicit bool, log interface {
 			continue
 		case err != nil:
 			if explicit {
-				log.Warn("allow-listed command not found; skipped", "command", name)
+				log.Debug("allow-listed command not found; skipped", "command", name)
 			} else {
 				log.Debug("default command not found; skipped", "command", name)
 			}
