@@ -12,12 +12,9 @@ import (
 	"net/http"
 	"time"
 
-	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
-	"connectrpc.com/validate"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -110,14 +107,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		connect.WithInterceptors(
-			interceptors.NewAccessLog(opts.Logger),
-			interceptors.NewDeadline(maxCallDuration),
-			validate.NewInterceptor(),
-		),
-		connect.WithRecover(s.recoverPanic),
-		connect.WithReadMaxBytes(serving.MaxMessageBytes),
-		serving.ResponseCompression(),
+		serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration)...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux
@@ -132,12 +122,6 @@ func (s *Scheduler) Handler() http.Handler { return s.handler }
 // the first step of a graceful shutdown.
 func (s *Scheduler) SetNotServing() {
 	s.health.SetStatus(batonv1connect.SchedulerServiceName, grpchealth.StatusNotServing)
-}
-
-// recoverPanic turns a handler panic into an Internal error and logs it.
-func (s *Scheduler) recoverPanic(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
-	s.logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
-	return connect.NewError(connect.CodeInternal, errors.New("internal error in the scheduler; see its log"))
 }
 
 // Run detects DOWN workers and prunes old jobs until ctx ends. Call it

@@ -4,6 +4,7 @@ import (
 	"math"
 
 	"connectrpc.com/connect"
+	"connectrpc.com/validate"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,6 +16,8 @@ import (
 
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+
+	"github.com/baton-run/baton/services/internal/interceptors"
 )
 
 // Limits shared by every listener. Streams have no write timeout on purpose:
@@ -143,11 +146,27 @@ func checkLoopback(addr string) error {
 	return nil
 }
 
-// ResponseCompression is the handler option every Baton service uses: it
-// never gzips responses, whatever the client accepts. Job output is mostly
-// either tiny or already incompressible, and on the worker the CPU spent
-// deflating it would be taken from the jobs (it capped one follower at
-// ~45 MB/s here). Compressed requests are still accepted.
-func ResponseCompression() connect.HandlerOption {
-	return connect.WithCompressMinBytes(math.MaxInt32)
+// HandlerOptions are the options every Baton service handler is built with:
+// one access-log line per call, a cap on unary call duration, schema
+// validation of requests, panic recovery, a request size limit and no
+// response compression. who names the service in the error a panic yields
+// ("the worker").
+func HandlerOptions(who string, logger *slog.Logger, maxCall time.Duration) []connect.HandlerOption {
+	return []connect.HandlerOption{
+		connect.WithInterceptors(
+			interceptors.NewAccessLog(logger),
+			interceptors.NewDeadline(maxCall),
+			validate.NewInterceptor(),
+		),
+		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+			logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
+			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error in %s; see its log", who))
+		}),
+		connect.WithReadMaxBytes(MaxMessageBytes),
+		// Responses are never gzipped, whatever the client accepts. Job
+		// output is mostly tiny or incompressible, and on the worker the CPU
+		// spent deflating it is taken from the jobs (it capped one follower
+		// at ~45 MB/s here). Compressed requests are still accepted.
+		connect.WithCompressMinBytes(math.MaxInt32),
+	}
 }

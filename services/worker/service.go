@@ -7,12 +7,9 @@ import (
 	"net/http"
 	"time"
 
-	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
-	"connectrpc.com/validate"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -75,25 +72,12 @@ func New(opts Options) (*Worker, error) {
 	mux, health := serving.Mux(batonv1connect.WorkerServiceName)
 	path, h := batonv1connect.NewWorkerServiceHandler(
 		&handler{runner: runner, name: opts.Name},
-		connect.WithInterceptors(
-			interceptors.NewAccessLog(opts.Logger),
-			interceptors.NewDeadline(opts.MaxCallDuration),
-			validate.NewInterceptor(),
-		),
-		connect.WithRecover(w.recoverPanic),
-		connect.WithReadMaxBytes(serving.MaxMessageBytes),
-		serving.ResponseCompression(),
+		serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration)...,
 	)
 	mux.Handle(path, h)
 	w.handler = mux
 	w.health = health
 	return w, nil
-}
-
-// recoverPanic turns a handler panic into an Internal error and logs it.
-func (w *Worker) recoverPanic(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
-	w.logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
-	return connect.NewError(connect.CodeInternal, errors.New("internal error in the worker; see its log"))
 }
 
 // Handler serves WorkerService, gRPC health and reflection.
