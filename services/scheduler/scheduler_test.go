@@ -97,6 +97,20 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("least loaded spreads", func(t *testing.T) {
+		// Running counts are refreshed by heartbeats: wait until the jobs of
+		// the earlier steps are counted as ended everywhere.
+		waitFor(t, "every worker idle", func() bool {
+			res, err := c.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+			if err != nil {
+				t.Fatalf("ListWorkers: %v", err)
+			}
+			for _, w := range res.Msg.GetWorkers() {
+				if w.GetRunningJobs() != 0 {
+					return false
+				}
+			}
+			return true
+		})
 		seen := map[string]bool{}
 		var ids []string
 		for range 3 {
