@@ -33,7 +33,7 @@ const (
 	// duration); default scaleWindow. The run takes about 3 windows plus
 	// the registrations.
 	scaleWindowEnv = "BATON_SCALE_WINDOW"
-	scaleWindow    = 15 * time.Second
+	scaleWindow    = 10 * time.Second
 )
 
 // BenchmarkScale10kWorkers measures the scheduler with 10,000 simulated
