@@ -113,7 +113,10 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 	for _, st := range req.Msg.GetChanges() {
 		s.reconcileJob(ctx, id, st)
 	}
-	s.persist(ctx, m)
+	// The roster entry is not written back: a heartbeat changes only the
+	// last-heartbeat time and the running count, which live in memory (10k
+	// workers every 5 s would be 2,000 store writes a second). State
+	// changes are persisted where they happen: register, drain, leave, DOWN.
 	return connect.NewResponse(&batonv1.HeartbeatResponse{
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
 		State:             state,

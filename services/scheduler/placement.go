@@ -28,23 +28,16 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		return []target{{id: id, state: m.w.State, client: m.client, gone: m.gone}}, nil
 	}
 
-	var ready, matching []*member
-	for _, m := range r.members {
-		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
-			continue
-		}
-		ready = append(ready, m)
-		if matches(m.w.Labels, req.GetSelector()) {
-			matching = append(matching, m)
-		}
-	}
-	if len(ready) == 0 {
-		return nil, newError(errNoWorkers, "no worker is ready; start a worker or wait for one to register")
-	}
-	if len(matching) == 0 {
-		return nil, newError(errNoCapacity, "no ready worker has labels matching the selector")
-	}
 	if req.GetAll() {
+		var matching []*member
+		for _, m := range r.members {
+			if m.w.State == batonv1.WorkerState_WORKER_STATE_READY && matches(m.w.Labels, req.GetSelector()) {
+				matching = append(matching, m)
+			}
+		}
+		if len(matching) == 0 {
+			return nil, r.noneMatchingLocked()
+		}
 		slices.SortFunc(matching, func(a, b *member) int { return cmp.Compare(a.w.ID, b.w.ID) })
 		out := make([]target, 0, len(matching))
 		for _, m := range matching {
@@ -53,14 +46,24 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		}
 		return out, nil
 	}
+	// One pass, no allocation: this runs under the roster lock on every
+	// StartJob, with thousands of workers.
 	var best *member
-	for _, m := range matching {
+	matched := false
+	for _, m := range r.members {
+		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY || !matches(m.w.Labels, req.GetSelector()) {
+			continue
+		}
+		matched = true
 		if m.w.Capacity > 0 && m.w.RunningJobs >= m.w.Capacity {
 			continue
 		}
 		if best == nil || lessLoaded(m, best) {
 			best = m
 		}
+	}
+	if !matched {
+		return nil, r.noneMatchingLocked()
 	}
 	if best == nil {
 		return nil, newError(errNoCapacity, "every matching worker runs as many jobs as it can; retry later")
@@ -98,4 +101,15 @@ func matches(labels, selector map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// noneMatchingLocked says why no worker matched: none is ready at all, or
+// none has the labels asked for.
+func (r *registry) noneMatchingLocked() error {
+	for _, m := range r.members {
+		if m.w.State == batonv1.WorkerState_WORKER_STATE_READY {
+			return newError(errNoCapacity, "no ready worker has labels matching the selector")
+		}
+	}
+	return newError(errNoWorkers, "no worker is ready; start a worker or wait for one to register")
 }

@@ -20,11 +20,14 @@ type registry struct {
 	httpClient *http.Client
 	tls        bool
 
-	mu      sync.Mutex
+	// mu is a read-write lock: ListWorkers, lookups and heartbeats' reads
+	// of a 10k-worker roster must not queue behind one another.
+	mu      sync.RWMutex
 	members map[string]*member // by worker id (== name)
 }
 
-// member is one worker. Fields below opMu are guarded by registry.mu.
+// member is one worker. Fields below opMu are guarded by registry.mu; the
+// labels map is never modified once stored, only replaced.
 type member struct {
 	// opMu serialises the multi-step changes of one worker (registration,
 	// heartbeat, the DOWN transition) and the store writes they make, so
@@ -85,8 +88,8 @@ func active(st batonv1.WorkerState) bool {
 
 // get returns the member with id, or nil.
 func (r *registry) get(id string) *member {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	return r.members[id]
 }
 
@@ -200,15 +203,15 @@ func (r *registry) expire(now time.Time) []downed {
 
 // stillDown reports whether m is still DOWN from the transition of gen.
 func (r *registry) stillDown(m *member, gen uint64) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	return m.gen == gen && m.w.State == batonv1.WorkerState_WORKER_STATE_DOWN
 }
 
 // snapshot returns a copy of m's roster entry.
 func (r *registry) snapshot(m *member) store.Worker {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	w := m.w
 	w.Labels = maps.Clone(w.Labels)
 	return w
@@ -224,8 +227,8 @@ type target struct {
 
 // target returns the worker id as a call target.
 func (r *registry) target(id string) (target, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	m := r.members[id]
 	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
 		return target{}, false
@@ -236,7 +239,7 @@ func (r *registry) target(id string) (target, bool) {
 // list returns the roster entries in the given states (all when empty),
 // sorted by name.
 func (r *registry) list(states []batonv1.WorkerState) []store.Worker {
-	r.mu.Lock()
+	r.mu.RLock()
 	out := make([]store.Worker, 0, len(r.members))
 	for _, m := range r.members {
 		if m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
@@ -245,11 +248,11 @@ func (r *registry) list(states []batonv1.WorkerState) []store.Worker {
 		if len(states) > 0 && !slices.Contains(states, m.w.State) {
 			continue
 		}
-		w := m.w
-		w.Labels = maps.Clone(w.Labels)
-		out = append(out, w)
+		// Labels are shared, not copied: register replaces the map and
+		// nothing ever changes one in place.
+		out = append(out, m.w)
 	}
-	r.mu.Unlock()
+	r.mu.RUnlock()
 	slices.SortFunc(out, func(a, b store.Worker) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
