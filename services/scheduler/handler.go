@@ -40,6 +40,7 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 		}
 	}
 	m := s.reg.getOrCreate(id)
+	defer s.reg.beginReport(m, s.ttl())()
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
 	s.reg.register(m, msg, running, time.Now().Add(s.ttl()))
@@ -104,6 +105,7 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 	if m == nil {
 		return nil, mapError(newError(errNotRegistered, "worker %q is not registered; register again", id))
 	}
+	defer s.reg.beginReport(m, s.ttl())()
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
 	state, ok := s.reg.heartbeat(m, req.Msg.GetRunningJobs(), time.Now().Add(s.ttl()))

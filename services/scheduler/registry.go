@@ -49,6 +49,10 @@ type member struct {
 	// watch it. A new registration replaces it.
 	gone   chan struct{}
 	client batonv1connect.WorkerServiceClient
+	// reporting counts the worker's registrations and heartbeats being
+	// processed. A worker that is talking to us is not down, however long
+	// the store takes to record what it said.
+	reporting int
 }
 
 // downed is a worker the sweeper marked DOWN.
@@ -193,7 +197,7 @@ func (r *registry) expire(now time.Time) []downed {
 	defer r.mu.Unlock()
 	var out []downed
 	for id, m := range r.members {
-		if active(m.w.State) && now.After(m.deadline) {
+		if active(m.w.State) && now.After(m.deadline) && m.reporting == 0 {
 			r.endLocked(m, batonv1.WorkerState_WORKER_STATE_DOWN)
 			out = append(out, downed{m: m, id: id, gen: m.gen})
 		}
@@ -263,5 +267,22 @@ func (r *registry) release(id string) {
 	defer r.mu.Unlock()
 	if m := r.members[id]; m != nil && m.w.RunningJobs > 0 {
 		m.w.RunningJobs--
+	}
+}
+
+// beginReport marks a registration or heartbeat of m as in progress; the
+// returned func ends it and restarts the worker's deadline from now, since
+// the report may have taken a while to record.
+func (r *registry) beginReport(m *member, ttl time.Duration) (end func()) {
+	r.mu.Lock()
+	m.reporting++
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		m.reporting--
+		if m.live && active(m.w.State) {
+			m.deadline = time.Now().Add(ttl)
+		}
 	}
 }

@@ -1,0 +1,455 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests run a real scheduler and three real workers as processes and
+// drive them with plain HTTP JSON, as curl would. They run one after the
+// other: the heartbeat timings are small and parallel clusters on a small
+// machine would starve each other's heartbeats.
+
+func isTerminal(state string) bool {
+	switch state {
+	case "JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_STOPPED", "JOB_STATE_TIMED_OUT", "JOB_STATE_LOST":
+		return true
+	}
+	return false
+}
+
+// TestClusterOriginalScenario: run a script on a named worker, follow its
+// output through the scheduler, stop a long job, and shut a worker down
+// gracefully.
+func TestClusterOriginalScenario(t *testing.T) {
+	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}})
+	for name, st := range c.listWorkers() {
+		if st != "WORKER_STATE_READY" {
+			t.Errorf("worker %s is %s", name, st)
+		}
+	}
+
+	job := c.start(`{"worker_id":"w1","command":"bash","path":"count.sh"}`)
+	if job.WorkerID != "w1" {
+		t.Errorf("count.sh placed on %q, want w1", job.WorkerID)
+	}
+	st := c.waitJob(job.JobID, 30*time.Second, "done", func(s jobStatus) bool { return isTerminal(s.State) })
+	if st.State != "JOB_STATE_SUCCEEDED" || st.ExitCode == nil || *st.ExitCode != 0 {
+		t.Errorf("count.sh ended %v", st)
+	}
+	out, final := streamJSON(t, "http://"+c.schedAdr+"/baton.v1.SchedulerService/StreamJobOutput",
+		fmt.Sprintf(`{"job_id":%q,"follow":true}`, job.JobID))
+	if out != "1\n2\n3\ndone\n" {
+		t.Errorf("streamed %q", out)
+	}
+	if final["state"] != "JOB_STATE_SUCCEEDED" {
+		t.Errorf("stream's final status %v", final)
+	}
+
+	long := c.start(c.napJob("w2", 1000))
+	c.waitJobState(long.JobID, "JOB_STATE_RUNNING", 30*time.Second)
+	var stopped struct {
+		Status jobStatus `json:"status"`
+	}
+	c.mustCall("StopJob", fmt.Sprintf(`{"job_id":%q}`, long.JobID), &stopped)
+	if stopped.Status.State != "JOB_STATE_STOPPED" {
+		t.Errorf("StopJob answered %v", stopped.Status)
+	}
+	if st := c.query(long.JobID); st.State != "JOB_STATE_STOPPED" {
+		t.Errorf("after StopJob: %v", st)
+	}
+	if left := waitNoMarked(c.workerMarker("w2"), 5*time.Second); len(left) > 0 {
+		t.Errorf("StopJob left job processes %v", left)
+	}
+
+	// Graceful shutdown of w3 while it runs a job: LEFT, never DOWN, and
+	// the job ends in a terminal state other than LOST.
+	onW3 := c.start(c.napJob("w3", 1000))
+	c.waitJobState(onW3.JobID, "JOB_STATE_RUNNING", 30*time.Second)
+	w3 := c.workers["w3"]
+	sigterm := time.Now()
+	if err := w3.proc.signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var leftAt time.Time
+	for time.Now().Before(deadline) {
+		st := c.listWorkers()["w3"]
+		if st == "WORKER_STATE_DOWN" {
+			t.Fatalf("w3 shown DOWN after SIGTERM")
+		}
+		if st == "WORKER_STATE_LEFT" && leftAt.IsZero() {
+			leftAt = time.Now()
+		}
+		if !leftAt.IsZero() && w3.proc.exited() {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if leftAt.IsZero() {
+		t.Fatalf("w3 never LEFT; roster %v", c.listWorkers())
+	}
+	exited, err := w3.proc.wait(time.Second)
+	if !exited {
+		t.Fatal("w3 did not exit within 30s of SIGTERM")
+	}
+	if err != nil {
+		t.Errorf("w3 exit after SIGTERM: %v", err)
+	}
+	t.Logf("w3 LEFT %v after SIGTERM", leftAt.Sub(sigterm).Round(time.Millisecond))
+	// It stays LEFT: the sweeper does not turn a departed worker DOWN.
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		if st := c.listWorkers()["w3"]; st != "WORKER_STATE_LEFT" {
+			t.Fatalf("w3 went from LEFT to %s", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := c.query(onW3.JobID); !isTerminal(st.State) || st.State == "JOB_STATE_LOST" {
+		t.Errorf("w3's job after graceful shutdown: %v (want a terminal state other than LOST)", st)
+	} else {
+		t.Logf("w3's job after graceful shutdown: %v", st)
+	}
+	if left := waitNoMarked(c.workerMarker("w3"), 5*time.Second); len(left) > 0 {
+		t.Errorf("graceful shutdown of w3 left job processes %v", left)
+	}
+}
+
+// waitNoMarked polls until no process carries marker, and returns the
+// leftovers at the deadline.
+func waitNoMarked(marker string, d time.Duration) []int {
+	deadline := time.Now().Add(d)
+	for {
+		left := markedProcs(marker)
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestClusterWorkerKilled is M1: kill -9 a worker that runs three jobs.
+func TestClusterWorkerKilled(t *testing.T) {
+	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}})
+	var jobs []string
+	for range 3 {
+		j := c.start(c.napJob("w2", 1000))
+		jobs = append(jobs, j.JobID)
+	}
+	for _, id := range jobs {
+		c.waitJobState(id, "JOB_STATE_RUNNING", 30*time.Second)
+	}
+	// Let one heartbeat carry the running jobs.
+	time.Sleep(2 * testHeartbeat)
+	if dir := cgroupDirFor(c.workers["w2"].dataDir); dir != "" {
+		t.Logf("w2 job cgroups before the kill: %d", len(childCgroups(dir)))
+	}
+
+	killed := time.Now()
+	if err := c.workers["w2"].proc.signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	downAt := c.waitWorkerState("w2", "WORKER_STATE_DOWN", downDeadline+downSlack)
+	t.Logf("w2 DOWN %v after SIGKILL (D = %v)", downAt.Sub(killed).Round(time.Millisecond), downDeadline)
+
+	// Every job turns LOST; the DOWN transition writes the jobs just after
+	// the roster, so allow a moment, then never RUNNING again.
+	sawRunning := 0
+	for _, id := range jobs {
+		st := c.waitJob(id, 5*time.Second, "LOST", func(s jobStatus) bool {
+			if s.State == "JOB_STATE_RUNNING" {
+				sawRunning++
+			}
+			return s.State == "JOB_STATE_LOST"
+		})
+		t.Logf("after DOWN: %v", st)
+	}
+	if sawRunning > 0 {
+		t.Logf("note: %d QueryJob answers said RUNNING after the roster showed DOWN", sawRunning)
+	}
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		for _, id := range jobs {
+			if st := c.query(id); st.State != "JOB_STATE_LOST" {
+				t.Fatalf("job %s after LOST: %v", id, st)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for i := range 10 {
+		j := c.start(`{"command":"true"}`)
+		if j.WorkerID == "w2" || j.WorkerID == "" {
+			t.Errorf("start %d placed on %q", i, j.WorkerID)
+		}
+	}
+	code, e, err := c.call("StartJob", c.napJob("w2", 1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code != http.StatusServiceUnavailable || e.Code != "unavailable" {
+		t.Errorf("StartJob on DOWN w2: HTTP %d %+v, want 503 unavailable", code, e)
+	}
+}
+
+// TestClusterWorkerStopped is M2: SIGSTOP a worker (its TCP connections
+// stay open) past the down deadline, then SIGCONT it.
+func TestClusterWorkerStopped(t *testing.T) {
+	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}})
+	long := c.start(c.napJob("w3", 1000))
+	short := c.start(c.napJob("w3", 2))
+	c.waitJobState(long.JobID, "JOB_STATE_RUNNING", 30*time.Second)
+	shortStart := time.Now()
+	c.waitJobState(short.JobID, "JOB_STATE_RUNNING", 30*time.Second)
+	time.Sleep(2 * testHeartbeat)
+
+	w3 := c.workers["w3"].proc
+	stoppedAt := time.Now()
+	if err := w3.signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = w3.signal(syscall.SIGCONT)
+		}
+	}()
+	downAt := c.waitWorkerState("w3", "WORKER_STATE_DOWN", downDeadline+downSlack)
+	t.Logf("w3 DOWN %v after SIGSTOP (D = %v)", downAt.Sub(stoppedAt).Round(time.Millisecond), downDeadline)
+	for _, id := range []string{long.JobID, short.JobID} {
+		c.waitJobState(id, "JOB_STATE_LOST", 5*time.Second)
+	}
+	// Stay stopped for at least 2·D, and until the short job has ended.
+	for time.Since(stoppedAt) < 2*downDeadline || time.Since(shortStart) < 4*time.Second {
+		if st := c.listWorkers()["w3"]; st != "WORKER_STATE_DOWN" {
+			t.Fatalf("stopped w3 is %s", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	contAt := time.Now()
+	if err := w3.signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	readyAt := c.waitWorkerState("w3", "WORKER_STATE_READY", 15*time.Second)
+	t.Logf("w3 READY %v after SIGCONT (stopped for %v)", readyAt.Sub(contAt).Round(time.Millisecond), contAt.Sub(stoppedAt).Round(time.Millisecond))
+
+	lst := c.waitJobState(long.JobID, "JOB_STATE_RUNNING", 10*time.Second)
+	sst := c.waitJob(short.JobID, 10*time.Second, "SUCCEEDED exit 0", func(s jobStatus) bool {
+		return s.State == "JOB_STATE_SUCCEEDED" && s.ExitCode != nil && *s.ExitCode == 0
+	})
+	t.Logf("after rejoin: %v; %v", lst, sst)
+
+	seen := map[string]int{}
+	for _, j := range c.listJobs() {
+		seen[j.JobID]++
+	}
+	for _, id := range []string{long.JobID, short.JobID} {
+		if seen[id] != 1 {
+			t.Errorf("job %s listed %d times", id, seen[id])
+		}
+	}
+	if len(seen) != 2 {
+		t.Errorf("ListJobs has %d distinct jobs, want 2: %v", len(seen), seen)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("job %s listed %d times", id, n)
+		}
+	}
+}
+
+// TestClusterSchedulerRestart is M4: kill -9 the scheduler while jobs run
+// on three workers and start it again on the same data.
+func TestClusterSchedulerRestart(t *testing.T) {
+	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}, failoverGrace: 30 * time.Second})
+	finished := c.start(`{"worker_id":"w1","command":"bash","path":"count.sh"}`)
+	c.waitJobState(finished.JobID, "JOB_STATE_SUCCEEDED", 30*time.Second)
+	running := map[string]string{}
+	for _, w := range []string{"w1", "w2", "w3"} {
+		j := c.start(c.napJob(w, 1000))
+		running[j.JobID] = w
+	}
+	for id := range running {
+		c.waitJobState(id, "JOB_STATE_RUNNING", 30*time.Second)
+	}
+	time.Sleep(2 * testHeartbeat)
+
+	c.sched.kill()
+	restart := time.Now()
+	c.startScheduler()
+
+	// Poll the roster for a while: nobody is DOWN, and everyone is READY
+	// again, registered with the new process (registered_at after the
+	// restart; the roster loaded from the store says READY at once).
+	var allReadyAt time.Time
+	polls := 0
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end) || allReadyAt.IsZero(); {
+		if time.Since(restart) > 30*time.Second {
+			t.Fatalf("workers not all re-registered 30s after the restart: %+v", c.roster())
+		}
+		ws := c.roster()
+		polls++
+		ready := 0
+		for name, w := range ws {
+			if w.State == "WORKER_STATE_DOWN" {
+				t.Fatalf("worker %s DOWN after a scheduler restart", name)
+			}
+			if w.State == "WORKER_STATE_READY" && w.RegisteredAt.After(restart) {
+				ready++
+			}
+		}
+		if ready == 3 && allReadyAt.IsZero() {
+			allReadyAt = time.Now()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("all workers re-registered and READY %v after the restart (%d roster polls, no DOWN)", allReadyAt.Sub(restart).Round(time.Millisecond), polls)
+
+	for id, w := range running {
+		st := c.waitJobState(id, "JOB_STATE_RUNNING", 10*time.Second)
+		if st.WorkerID != w {
+			t.Errorf("job %s on %q, want %s", id, st.WorkerID, w)
+		}
+	}
+	if st := c.query(finished.JobID); st.State != "JOB_STATE_SUCCEEDED" || st.ExitCode == nil || *st.ExitCode != 0 {
+		t.Errorf("finished job after restart: %v", st)
+	}
+	listed := map[string]int{}
+	for _, j := range c.listJobs() {
+		listed[j.JobID]++
+	}
+	if listed[finished.JobID] != 1 {
+		t.Errorf("finished job listed %d times after restart", listed[finished.JobID])
+	}
+	for id := range running {
+		if listed[id] != 1 {
+			t.Errorf("job %s listed %d times after restart", id, listed[id])
+		}
+	}
+}
+
+// TestClusterThousandStarts is L4 through the scheduler: 1000 concurrent
+// StartJob(true) calls on three workers of capacity 64.
+func TestClusterThousandStarts(t *testing.T) {
+	// A longer grace: this test is about resources. With a 600 ms grace the
+	// burst slows the scheduler's heartbeat handling past the TTL on a small
+	// machine and workers flap DOWN, which is a failure-detection matter.
+	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}, capacity: 64, heartbeatGrace: 3 * time.Second})
+	names := []string{"w1", "w2", "w3"}
+	pids := map[string]int{}
+	for _, n := range names {
+		pids[n] = c.workers[n].proc.cmd.Process.Pid
+	}
+	// Warm up the connections, then take the baseline.
+	for i := range 6 {
+		j := c.start(fmt.Sprintf(`{"worker_id":%q,"command":"true"}`, names[i%3]))
+		c.waitJob(j.JobID, 30*time.Second, "done", func(s jobStatus) bool { return isTerminal(s.State) })
+	}
+	time.Sleep(time.Second)
+	base := map[string]int{}
+	for _, n := range names {
+		base[n] = fdCount(pids[n])
+	}
+
+	const calls, concurrency = 1000, 100
+	var ok, exhausted atomic.Int64
+	var mu sync.Mutex
+	var bad []string
+	refusals := map[string]int{}
+	work := make(chan int)
+	var wg sync.WaitGroup
+	begin := time.Now()
+	for range concurrency {
+		wg.Go(func() {
+			for range work {
+				code, e, err := c.call("StartJob", `{"command":"true"}`, nil)
+				switch {
+				case err == nil && code == http.StatusOK:
+					ok.Add(1)
+				case err == nil && e.Code == "resource_exhausted":
+					exhausted.Add(1)
+					mu.Lock()
+					refusals[refusalKind(e.Message)]++
+					mu.Unlock()
+				default:
+					mu.Lock()
+					bad = append(bad, fmt.Sprintf("HTTP %d %+v %v", code, e, err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range calls {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	t.Logf("%d calls in %v: %d started, %d resource_exhausted, %d other", calls, time.Since(begin).Round(time.Millisecond), ok.Load(), exhausted.Load(), len(bad))
+	if len(refusals) > 0 {
+		t.Logf("resource_exhausted by: %v", refusals)
+	}
+	if len(bad) > 0 {
+		t.Errorf("%d calls failed otherwise, e.g. %v", len(bad), bad[:min(5, len(bad))])
+	}
+	if ok.Load() == 0 {
+		t.Error("no call started a job")
+	}
+
+	cgMount := cgroupV2Mount()
+	if cgMount == "" {
+		t.Log("no cgroup v2 mount: cgroup hygiene not checked")
+	} else {
+		for _, n := range names {
+			if _, err := os.Stat(cgroupDirFor(c.workers[n].dataDir)); err != nil {
+				t.Errorf("%s: no cgroup parent: %v", n, err)
+			}
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var problems []string
+		for _, n := range names {
+			if fd := fdCount(pids[n]); fd < base[n]-5 || fd > base[n]+5 {
+				problems = append(problems, fmt.Sprintf("%s fds %d (baseline %d)", n, fd, base[n]))
+			}
+			if z := zombieChildren(pids[n]); len(z) > 0 {
+				problems = append(problems, fmt.Sprintf("%s zombies %v", n, z))
+			}
+			if cgMount != "" {
+				if sub := childCgroups(cgroupDirFor(c.workers[n].dataDir)); len(sub) > 0 {
+					problems = append(problems, fmt.Sprintf("%s cgroups left %d", n, len(sub)))
+				}
+			}
+		}
+		if len(problems) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the burst: %v", problems)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, n := range names {
+		t.Logf("%s: fds %d (baseline %d)", n, fdCount(pids[n]), base[n])
+	}
+	for _, n := range names {
+		if st := c.listWorkers()[n]; st != "WORKER_STATE_READY" {
+			t.Errorf("%s is %s after the burst", n, st)
+		}
+	}
+}
+
+// refusalKind tells the scheduler's own capacity refusal from a worker's.
+func refusalKind(msg string) string {
+	if strings.Contains(msg, "is full") {
+		return "worker"
+	}
+	return "scheduler placement"
+}

@@ -1,0 +1,668 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	sharedBuild    sync.Once
+	sharedBin      string
+	sharedBuildErr error
+	sharedBuildDir string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if sharedBuildDir != "" {
+		_ = os.RemoveAll(sharedBuildDir)
+	}
+	os.Exit(code)
+}
+
+// sharedBaton builds the binary once for every cluster test of the run.
+func sharedBaton(t *testing.T) string {
+	t.Helper()
+	sharedBuild.Do(func() {
+		dir, err := os.MkdirTemp("", "baton-cluster-bin-")
+		if err != nil {
+			sharedBuildErr = err
+			return
+		}
+		sharedBuildDir = dir
+		bin := filepath.Join(dir, "baton")
+		out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+		if err != nil {
+			sharedBuildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		sharedBin = bin
+	})
+	if sharedBuildErr != nil {
+		t.Fatal(sharedBuildErr)
+	}
+	return sharedBin
+}
+
+// Test timings: the scheduler is told these; D is the down deadline
+// (interval + grace + one sweep tick) and downSlack the margin allowed on a
+// loaded machine.
+const (
+	testHeartbeat = 200 * time.Millisecond
+	testGrace     = 600 * time.Millisecond
+	downDeadline  = testHeartbeat + testGrace + testHeartbeat/2
+	downSlack     = 5 * time.Second
+)
+
+// Scripts every worker gets. nap.sh MARKER SECONDS runs sleep with the
+// marker as its argv[0], so that a leftover process can be found in /proc.
+var clusterScripts = map[string]string{
+	"count.sh": "#!/bin/bash\nfor i in 1 2 3; do echo $i; sleep 0.1; done\necho done\n",
+	"nap.sh":   "#!/bin/bash\nexec -a \"$1\" sleep \"$2\"\n",
+}
+
+type clusterOptions struct {
+	workers        []string
+	capacity       int
+	heartbeatGrace time.Duration
+	failoverGrace  time.Duration
+}
+
+// proc is one baton subprocess.
+type proc struct {
+	name    string
+	cmd     *exec.Cmd
+	logPath string
+	done    chan struct{}
+	err     error
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// wait waits up to d for the process to exit.
+func (p *proc) wait(d time.Duration) (bool, error) {
+	select {
+	case <-p.done:
+		return true, p.err
+	case <-time.After(d):
+		return false, nil
+	}
+}
+
+// signal signals the process unless it was already reaped.
+func (p *proc) signal(sig syscall.Signal) error {
+	if p.exited() {
+		return errors.New("process already exited")
+	}
+	return p.cmd.Process.Signal(sig)
+}
+
+func (p *proc) kill() {
+	if !p.exited() {
+		_ = p.cmd.Process.Signal(syscall.SIGCONT)
+		_ = p.cmd.Process.Kill()
+	}
+	<-p.done
+}
+
+type workerInfo struct {
+	name    string
+	addr    string
+	dataDir string
+	cfgPath string
+	proc    *proc
+}
+
+// cluster is a scheduler and its workers, run as real processes.
+type cluster struct {
+	t        *testing.T
+	bin      string
+	dir      string
+	marker   string
+	opts     clusterOptions
+	schedAdr string
+	schedCfg string
+	sched    *proc
+	workers  map[string]*workerInfo
+	client   *http.Client
+
+	mu    sync.Mutex
+	procs []*proc
+}
+
+func newCluster(t *testing.T, opts clusterOptions) *cluster {
+	t.Helper()
+	if opts.capacity == 0 {
+		opts.capacity = 64
+	}
+	if opts.heartbeatGrace == 0 {
+		opts.heartbeatGrace = testGrace
+	}
+	if opts.failoverGrace == 0 {
+		opts.failoverGrace = 30 * time.Second
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	c := &cluster{
+		t:       t,
+		bin:     sharedBaton(t),
+		dir:     t.TempDir(),
+		marker:  "bzt" + hex.EncodeToString(rnd[:]),
+		opts:    opts,
+		workers: map[string]*workerInfo{},
+		client: &http.Client{
+			Timeout:   30 * time.Second,
+			Transport: &http.Transport{MaxIdleConnsPerHost: 128, IdleConnTimeout: 30 * time.Second},
+		},
+	}
+	t.Cleanup(c.cleanup)
+
+	c.schedAdr = freeAddr(t)
+	schedData := filepath.Join(c.dir, "scheduler")
+	c.schedCfg = filepath.Join(c.dir, "scheduler.toml")
+	c.writeFile(c.schedCfg, fmt.Sprintf(`[grpc_server]
+addr = %q
+use_tls = false
+
+[scheduler]
+data_dir = %q
+heartbeat_interval = %q
+heartbeat_grace = %q
+failover_grace = %q
+
+[log]
+format = "json"
+`, c.schedAdr, schedData, testHeartbeat.String(), opts.heartbeatGrace.String(), opts.failoverGrace.String()), 0o600)
+	if err := os.MkdirAll(schedData, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c.startScheduler()
+
+	for _, name := range opts.workers {
+		w := &workerInfo{name: name, addr: freeAddr(t)}
+		base := filepath.Join(c.dir, name)
+		scripts := filepath.Join(base, "scripts")
+		w.dataDir = filepath.Join(base, "data")
+		if err := os.MkdirAll(scripts, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for file, body := range clusterScripts {
+			c.writeFile(filepath.Join(scripts, file), body, 0o755)
+		}
+		w.cfgPath = filepath.Join(base, "worker.toml")
+		c.writeFile(w.cfgPath, fmt.Sprintf(`[grpc_server]
+addr = %q
+use_tls = false
+
+[scheduler]
+addr = %q
+
+[worker]
+name = %q
+data_dir = %q
+scripts_dir = %q
+allowed_commands = ["bash", "true"]
+capacity = %d
+stop_grace = "2s"
+shutdown_timeout = "20s"
+
+[log]
+format = "json"
+`, w.addr, c.schedAdr, name, w.dataDir, scripts, opts.capacity), 0o600)
+		c.workers[name] = w
+		c.startWorker(name)
+	}
+	for _, name := range opts.workers {
+		c.waitWorkerState(name, "WORKER_STATE_READY", 30*time.Second)
+	}
+	return c
+}
+
+func (c *cluster) writeFile(path, body string, mode os.FileMode) {
+	c.t.Helper()
+	if err := os.WriteFile(path, []byte(body), mode); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *cluster) spawn(name string, args ...string) *proc {
+	c.t.Helper()
+	logPath := filepath.Join(c.dir, name+".log")
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(c.bin, args...)
+	cmd.Env = []string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	p := &proc{name: name, cmd: cmd, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p
+}
+
+func (c *cluster) startScheduler() {
+	c.t.Helper()
+	c.sched = c.spawn("scheduler", "scheduler", "--config", c.schedCfg)
+	waitListening(c.t, c.schedAdr)
+}
+
+func (c *cluster) startWorker(name string) {
+	c.t.Helper()
+	w := c.workers[name]
+	w.proc = c.spawn(name, "worker", "--config", w.cfgPath)
+	waitListening(c.t, w.addr)
+}
+
+// workerMarker is the argv[0] of the sleeps a worker's jobs run.
+func (c *cluster) workerMarker(name string) string { return c.marker + "-" + name }
+
+// napJob is a StartJob body for a marked sleep on worker (any when empty).
+func (c *cluster) napJob(worker string, seconds int) string {
+	marker := c.marker + "-any"
+	w := ""
+	if worker != "" {
+		marker = c.workerMarker(worker)
+		w = fmt.Sprintf(`"worker_id":%q,`, worker)
+	}
+	return fmt.Sprintf(`{%s"command":"bash","path":"nap.sh","args":[%q,%q]}`, w, marker, strconv.Itoa(seconds))
+}
+
+// cleanup shuts the live workers down gracefully (SIGTERM) and fails the
+// test if that left any of their job processes behind, then kills whatever
+// is left: the scheduler, and the jobs of workers the test killed.
+func (c *cluster) cleanup() {
+	var wg sync.WaitGroup
+	for _, w := range c.workers {
+		p := w.proc
+		if p == nil || p.exited() {
+			continue
+		}
+		wg.Go(func() {
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+			if err := p.signal(syscall.SIGTERM); err != nil {
+				return
+			}
+			if exited, err := p.wait(30 * time.Second); !exited {
+				c.t.Errorf("%s did not exit within 30s of SIGTERM", w.name)
+			} else if err != nil {
+				c.t.Errorf("%s exit after SIGTERM: %v", w.name, err)
+			}
+			if left := waitNoMarked(c.workerMarker(w.name), 5*time.Second); len(left) > 0 {
+				c.t.Errorf("graceful shutdown of %s left job processes %v", w.name, left)
+			}
+		})
+	}
+	wg.Wait()
+	c.mu.Lock()
+	procs := c.procs
+	c.mu.Unlock()
+	for _, p := range procs {
+		p.kill()
+	}
+	// Jobs of killed workers outlive them until the worker starts again;
+	// end them here.
+	if left := markedProcs(c.marker); len(left) > 0 {
+		for _, pid := range left {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for _, w := range c.workers {
+		removeCgroupTree(cgroupDirFor(w.dataDir))
+	}
+	if c.t.Failed() {
+		for _, p := range procs {
+			raw, _ := os.ReadFile(p.logPath)
+			if len(raw) > 6000 {
+				raw = raw[len(raw)-6000:]
+			}
+			c.t.Logf("--- %s log (tail) ---\n%s", p.name, raw)
+		}
+	}
+}
+
+// rpcError is a Connect error body.
+type rpcError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// call makes a Connect unary JSON call on the scheduler. It returns the
+// HTTP status and, for errors, the Connect error body.
+func (c *cluster) call(method, body string, out any) (int, rpcError, error) {
+	res, err := c.client.Post("http://"+c.schedAdr+"/baton.v1.SchedulerService/"+method, "application/json", strings.NewReader(body))
+	if err != nil {
+		return 0, rpcError{}, err
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	if err != nil {
+		return res.StatusCode, rpcError{}, err
+	}
+	if res.StatusCode != http.StatusOK {
+		var e rpcError
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return res.StatusCode, e, fmt.Errorf("%s: HTTP %d: %s", method, res.StatusCode, raw)
+		}
+		return res.StatusCode, e, nil
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return res.StatusCode, rpcError{}, fmt.Errorf("%s: %v in %s", method, err, raw)
+		}
+	}
+	return res.StatusCode, rpcError{}, nil
+}
+
+// mustCall fails the test unless the call succeeds.
+func (c *cluster) mustCall(method, body string, out any) {
+	c.t.Helper()
+	code, e, err := c.call(method, body, out)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, body, err)
+	}
+	if code != http.StatusOK {
+		c.t.Fatalf("%s %s: HTTP %d %+v", method, body, code, e)
+	}
+}
+
+type jobStatus struct {
+	JobID    string `json:"jobId"`
+	WorkerID string `json:"workerId"`
+	State    string `json:"state"`
+	ExitCode *int   `json:"exitCode"`
+	Signal   string `json:"signal"`
+	Reason   string `json:"reason"`
+}
+
+func (s jobStatus) String() string {
+	ec := "-"
+	if s.ExitCode != nil {
+		ec = strconv.Itoa(*s.ExitCode)
+	}
+	return fmt.Sprintf("%s on %s: %s exit=%s signal=%q reason=%q", s.JobID, s.WorkerID, s.State, ec, s.Signal, s.Reason)
+}
+
+// start starts a job and returns its status.
+func (c *cluster) start(body string) jobStatus {
+	c.t.Helper()
+	var res struct {
+		JobID string      `json:"jobId"`
+		Jobs  []jobStatus `json:"jobs"`
+	}
+	c.mustCall("StartJob", body, &res)
+	if res.JobID == "" || len(res.Jobs) != 1 {
+		c.t.Fatalf("StartJob %s: %+v", body, res)
+	}
+	return res.Jobs[0]
+}
+
+func (c *cluster) query(id string) jobStatus {
+	c.t.Helper()
+	var res struct {
+		Status jobStatus `json:"status"`
+	}
+	c.mustCall("QueryJob", fmt.Sprintf(`{"job_id":%q}`, id), &res)
+	return res.Status
+}
+
+// waitJob polls QueryJob until ok holds, and returns the status.
+func (c *cluster) waitJob(id string, d time.Duration, what string, ok func(jobStatus) bool) jobStatus {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		st := c.query(id)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("job %s: not %s within %v; last %v", id, what, d, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *cluster) waitJobState(id, state string, d time.Duration) jobStatus {
+	c.t.Helper()
+	return c.waitJob(id, d, state, func(s jobStatus) bool { return s.State == state })
+}
+
+type rosterEntry struct {
+	Name         string    `json:"name"`
+	State        string    `json:"state"`
+	RegisteredAt time.Time `json:"registeredAt"`
+}
+
+// roster returns the ListWorkers entries by name.
+func (c *cluster) roster() map[string]rosterEntry {
+	c.t.Helper()
+	var res struct {
+		Workers []rosterEntry `json:"workers"`
+	}
+	c.mustCall("ListWorkers", `{}`, &res)
+	out := map[string]rosterEntry{}
+	for _, w := range res.Workers {
+		out[w.Name] = w
+	}
+	return out
+}
+
+// listWorkers returns worker name → state.
+func (c *cluster) listWorkers() map[string]string {
+	c.t.Helper()
+	out := map[string]string{}
+	for name, w := range c.roster() {
+		out[name] = w.State
+	}
+	return out
+}
+
+// waitWorkerState polls ListWorkers until name is in state and returns
+// when that was first seen.
+func (c *cluster) waitWorkerState(name, state string, d time.Duration) time.Time {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := c.listWorkers()[name]
+		if got == state {
+			return time.Now()
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("worker %s: not %s within %v (last %q)", name, state, d, got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// listJobs returns every job the scheduler lists.
+func (c *cluster) listJobs() []jobStatus {
+	c.t.Helper()
+	var all []jobStatus
+	token := ""
+	for range 1000 {
+		var res struct {
+			Jobs          []jobStatus `json:"jobs"`
+			NextPageToken string      `json:"nextPageToken"`
+		}
+		c.mustCall("ListJobs", fmt.Sprintf(`{"page_size":1000,"page_token":%q}`, token), &res)
+		all = append(all, res.Jobs...)
+		if res.NextPageToken == "" {
+			return all
+		}
+		token = res.NextPageToken
+	}
+	c.t.Fatal("ListJobs: too many pages")
+	return nil
+}
+
+// markedProcs lists live processes whose command line contains marker.
+func markedProcs(marker string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(raw, []byte(marker)) {
+			continue
+		}
+		if procState(pid) == "Z" {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
+// procStat returns the state and parent pid of pid from /proc/pid/stat.
+func procStat(pid int) (string, int) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", 0
+	}
+	s := string(raw)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 2 {
+		return "", 0
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	return f[0], ppid
+}
+
+func procState(pid int) string { st, _ := procStat(pid); return st }
+
+// zombieChildren lists the zombie children of parent.
+func zombieChildren(parent int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if st, ppid := procStat(pid); st == "Z" && ppid == parent {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func fdCount(pid int) int {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return -1
+	}
+	return len(entries)
+}
+
+// cgroupV2Mount is where cgroup v2 is mounted, or "".
+func cgroupV2Mount() string {
+	raw, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[2] == "cgroup2" {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// cgroupDirFor is the cgroup v2 parent of the worker with dataDir, or "".
+func cgroupDirFor(dataDir string) string {
+	mount := cgroupV2Mount()
+	if mount == "" {
+		return ""
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return filepath.Join(mount, "baton-"+hex.EncodeToString(sum[:4]))
+}
+
+// childCgroups lists the cgroup directories below dir.
+func childCgroups(dir string) []string {
+	var out []string
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			out = append(out, filepath.Join(dir, e.Name()))
+		}
+	}
+	return out
+}
+
+// removeCgroupTree kills what is left in a worker's cgroup tree and
+// removes it, best effort.
+func removeCgroupTree(dir string) {
+	if dir == "" {
+		return
+	}
+	if _, err := os.Stat(dir); err != nil {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(dir, "cgroup.kill"), []byte("1"), 0)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		raw, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+		if err != nil || bytes.Contains(raw, []byte("populated 0")) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var rm func(string)
+	rm = func(d string) {
+		for _, sub := range childCgroups(d) {
+			rm(sub)
+		}
+		_ = syscall.Rmdir(d)
+	}
+	rm(dir)
+}
