@@ -16,6 +16,7 @@ import (
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/providers/posflag"
 	"github.com/knadh/koanf/v2"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
 
@@ -271,4 +272,32 @@ func structMap(v reflect.Value) map[string]any {
 		}
 	}
 	return out
+}
+
+// configFlag is a command-line flag that sets one configuration key.
+type configFlag struct{ name, key, usage string }
+
+// flagKeys maps flag names to configuration keys.
+func flagKeys(flags []configFlag) map[string]string {
+	keys := make(map[string]string, len(flags))
+	for _, f := range flags {
+		keys[f.name] = f.key
+	}
+	return keys
+}
+
+// bindConfigFlags adds --config and flags to a daemon command; the returned
+// function loads the configuration into cfg, which holds the defaults.
+func bindConfigFlags(cmd *cobra.Command, flags []configFlag) func(cfg any) error {
+	var file string
+	fs := cmd.Flags()
+	fs.StringVar(&file, "config", os.Getenv("BATON_CONFIG"), "TOML config file")
+	for _, f := range flags {
+		fs.String(f.name, "", f.usage+" ("+f.key+")")
+	}
+	keys := flagKeys(flags)
+	return func(cfg any) error {
+		_, err := load(cfg, configSource{file: file, flags: fs, flagKeys: keys})
+		return err
+	}
 }

@@ -44,7 +44,7 @@ labels = { zone = "a", gpu = "no" }
 	_, err := load(&cfg, configSource{
 		file:     file,
 		flags:    flags,
-		flagKeys: workerFlags,
+		flagKeys: flagKeys(workerFlags),
 		environ:  []string{"BATON_WORKER_CAPACITY=7", "BATON_WORKER_RETENTION=1h", "BATON_JOB_ID=ignored", "HOME=/x"},
 	})
 	if err != nil {

@@ -70,32 +70,25 @@ func (c *SchedulerConfig) validate() error {
 	return errors.Join(errs...)
 }
 
-// schedulerFlags maps `baton scheduler` flags to config keys.
-var schedulerFlags = map[string]string{
-	"addr":       "grpc_server.addr",
-	"http-addr":  "http_server.addr",
-	"data-dir":   "scheduler.data_dir",
-	"log-level":  "log.level",
-	"log-format": "log.format",
+// schedulerFlags are `baton scheduler`'s flags besides --config.
+var schedulerFlags = []configFlag{
+	{"addr", "grpc_server.addr", "listen address"},
+	{"http-addr", "http_server.addr", "plain HTTP listener on loopback"},
+	{"data-dir", "scheduler.data_dir", "data directory"},
+	{"log-level", "log.level", "debug, info, warn or error"},
+	{"log-format", "log.format", "text, json or auto"},
 }
 
 func newSchedulerCommand() *cobra.Command {
-	var configFile string
 	cmd := &cobra.Command{
 		Use:   "scheduler",
 		Short: "Run the scheduler: it keeps the roster of workers and places jobs on them",
 		Args:  cobra.NoArgs,
 	}
-	flags := cmd.Flags()
-	flags.StringVar(&configFile, "config", os.Getenv("BATON_CONFIG"), "TOML config file")
-	flags.String("addr", "", "listen address (grpc_server.addr)")
-	flags.String("http-addr", "", "plain HTTP listener on loopback (http_server.addr)")
-	flags.String("data-dir", "", "data directory (scheduler.data_dir)")
-	flags.String("log-level", "", "debug, info, warn or error (log.level)")
-	flags.String("log-format", "", "text, json or auto (log.format)")
+	loadConfig := bindConfigFlags(cmd, schedulerFlags)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg := defaultSchedulerConfig()
-		if _, err := load(&cfg, configSource{file: configFile, flags: flags, flagKeys: schedulerFlags}); err != nil {
+		if err := loadConfig(&cfg); err != nil {
 			return err
 		}
 		if cfg.Scheduler.DataDir == "" {

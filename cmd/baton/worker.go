@@ -81,36 +81,27 @@ func (c *WorkerConfig) validate() error {
 	return errors.Join(errs...)
 }
 
-// workerFlags maps `baton worker` flags to config keys.
-var workerFlags = map[string]string{
-	"addr":        "grpc_server.addr",
-	"scheduler":   "scheduler.addr",
-	"name":        "worker.name",
-	"data-dir":    "worker.data_dir",
-	"scripts-dir": "worker.scripts_dir",
-	"log-level":   "log.level",
-	"log-format":  "log.format",
+// workerFlags are `baton worker`'s flags besides --config.
+var workerFlags = []configFlag{
+	{"addr", "grpc_server.addr", "listen address"},
+	{"scheduler", "scheduler.addr", "scheduler address"},
+	{"name", "worker.name", "worker name"},
+	{"data-dir", "worker.data_dir", "data directory"},
+	{"scripts-dir", "worker.scripts_dir", "scripts directory"},
+	{"log-level", "log.level", "debug, info, warn or error"},
+	{"log-format", "log.format", "text, json or auto"},
 }
 
 func newWorkerCommand() *cobra.Command {
-	var configFile string
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker: it runs jobs as OS processes for the scheduler",
 		Args:  cobra.NoArgs,
 	}
-	flags := cmd.Flags()
-	flags.StringVar(&configFile, "config", os.Getenv("BATON_CONFIG"), "TOML config file")
-	flags.String("addr", "", "listen address (grpc_server.addr)")
-	flags.String("scheduler", "", "scheduler address (scheduler.addr)")
-	flags.String("name", "", "worker name (worker.name)")
-	flags.String("data-dir", "", "data directory (worker.data_dir)")
-	flags.String("scripts-dir", "", "scripts directory (worker.scripts_dir)")
-	flags.String("log-level", "", "debug, info, warn or error (log.level)")
-	flags.String("log-format", "", "text, json or auto (log.format)")
+	loadConfig := bindConfigFlags(cmd, workerFlags)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		cfg := defaultWorkerConfig()
-		if _, err := load(&cfg, configSource{file: configFile, flags: flags, flagKeys: workerFlags}); err != nil {
+		if err := loadConfig(&cfg); err != nil {
 			return err
 		}
 		if cfg.Worker.DataDir == "" {
