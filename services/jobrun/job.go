@@ -175,6 +175,11 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	running := j.snapshotLocked()
 	j.mu.Unlock()
 	close(j.started)
+	// The copiers run before the pid is known; a limit they hit by now
+	// could not be acted on yet.
+	if j.out.limitWasHit() {
+		r.beginStop(j, StateFailed, "", "output limit of "+formatBytes(j.out.limit)+" reached")
+	}
 
 	if err := writeRecord(j.dir, toRecord(running, ticks, cg), false); err != nil {
 		logger.Error("cannot record the job as running", "error", err)
@@ -275,6 +280,7 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	oom := cg.oomKilled()
 	j.out.close()
 	writeErr := j.out.writeError()
+	limitHit := j.out.limitWasHit()
 
 	r.mu.Lock()
 	r.active--
@@ -292,6 +298,8 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	switch {
 	case j.stopping:
 		st.State, st.Reason = j.stopState, j.stopReason
+	case limitHit:
+		st.State, st.Reason = StateFailed, "output limit of "+formatBytes(j.out.limit)+" reached"
 	case oom:
 		st.State, st.Reason = StateFailed, "OOMKilled: the job exceeded its memory limit of "+formatBytes(cg.memory)
 	case writeErr != nil:
@@ -330,7 +338,9 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 func (r *Runner) beginStop(j *job, state State, by, reason string) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if j.stopping || j.st.State.Terminal() || j.pgid == 0 {
+	// A job whose main process already exited has ended on its own: its
+	// end is its exit, not this request (the waiter kills what is left).
+	if j.stopping || j.st.State.Terminal() || j.pgid == 0 || j.exited {
 		return
 	}
 	j.stopping, j.stopState, j.stopReason = true, state, reason

@@ -131,6 +131,13 @@ func (l *outputLog) writeError() error {
 	return l.writeErr
 }
 
+// limitWasHit reports whether the output limit was reached.
+func (l *outputLog) limitWasHit() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.limitHit
+}
+
 func (l *outputLog) close() {
 	for _, f := range []*os.File{l.stdout, l.stderr, l.index} {
 		if f != nil {
