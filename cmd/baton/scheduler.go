@@ -171,13 +171,15 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	case err = <-serveErr:
 	}
 	logger.Info("scheduler shutting down")
+	// The sweeper stops first: workers whose heartbeats fail while the
+	// listeners close must not be marked DOWN (nor their jobs LOST).
+	stopRun()
+	<-runDone
 	sched.SetNotServing()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Scheduler.ShutdownTimeout))
 	defer cancel()
 	for _, s := range servers {
 		_ = s.Shutdown(shutdownCtx)
 	}
-	stopRun()
-	<-runDone
 	return err
 }

@@ -185,6 +185,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	case err = <-serveErr:
 	}
 	logger.Info("worker shutting down")
+	w.SetNotServing()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Worker.ShutdownTimeout))
 	defer cancel()
 	drainCtx, cancelDrain := context.WithTimeout(shutdownCtx, 5*time.Second)

@@ -11,7 +11,10 @@ import (
 
 // errStreamWorkerDown is the cause of a relay cut because its worker went
 // DOWN or LEFT.
-var errStreamWorkerDown = errors.New("worker went down")
+var (
+	errStreamWorkerDown  = errors.New("worker went down")
+	errSchedulerStopping = errors.New("scheduler shutting down")
+)
 
 // StreamJobOutput relays a job's output from its worker. The relay ends
 // with Unavailable when the worker is marked DOWN (or leaves) meanwhile, or
@@ -32,6 +35,7 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
+	defer context.AfterFunc(s.stopping, func() { cancel(errSchedulerStopping) })()
 	go func() {
 		select {
 		case <-t.gone:
@@ -71,7 +75,7 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 	if err := ws.Err(); err != nil {
 		return h.relayError(ctx, t.id, err)
 	}
-	if errors.Is(context.Cause(ctx), errStreamWorkerDown) {
+	if cause := context.Cause(ctx); errors.Is(cause, errStreamWorkerDown) || errors.Is(cause, errSchedulerStopping) {
 		return h.relayError(ctx, t.id, nil)
 	}
 	return nil
@@ -82,6 +86,8 @@ func (h *handler) relayError(ctx context.Context, worker string, err error) erro
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errStreamWorkerDown):
 		return connect.NewError(connect.CodeUnavailable, errors.New("the job's worker went down; QueryJob reports the job's last known status"))
+	case errors.Is(cause, errSchedulerStopping):
+		return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler is shutting down; resume the stream from the last offset"))
 	case cause != nil:
 		// The client cancelled or its deadline passed.
 		return mapError(cause)

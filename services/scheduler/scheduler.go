@@ -66,6 +66,10 @@ type Scheduler struct {
 	logger  *slog.Logger
 	handler http.Handler
 	health  *grpchealth.StaticChecker
+	// stopping ends every relayed output stream when the scheduler shuts
+	// down: streams would otherwise hold the listener's drain open.
+	stopping    context.Context
+	stopStreams context.CancelFunc
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
@@ -97,6 +101,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Scheduler{opts: opts, store: opts.Store, logger: opts.Logger}
+	s.stopping, s.stopStreams = context.WithCancel(context.Background())
 	s.reg = newRegistry(opts.HTTPClient, opts.WorkerTLS)
 	workers, err := opts.Store.ListWorkers(ctx)
 	if err != nil {
@@ -118,10 +123,12 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 // Handler serves SchedulerService, gRPC health and reflection.
 func (s *Scheduler) Handler() http.Handler { return s.handler }
 
-// SetNotServing reports the service as not serving on the health endpoint,
-// the first step of a graceful shutdown.
+// SetNotServing is the first step of a graceful shutdown: the health
+// endpoint reports NOT_SERVING and every relayed output stream ends with
+// Unavailable, so that the listeners can drain the unary calls.
 func (s *Scheduler) SetNotServing() {
 	s.health.SetStatus(batonv1connect.SchedulerServiceName, grpchealth.StatusNotServing)
+	s.stopStreams()
 }
 
 // Run detects DOWN workers and prunes old jobs until ctx ends. Call it

@@ -27,7 +27,11 @@ var errBadPageToken = errors.New("page_token is not one this worker issued")
 type handler struct {
 	runner *jobrun.Runner
 	name   string
+	// stopping is cancelled when the worker shuts down.
+	stopping context.Context
 }
+
+var errStopping = errors.New("the worker is shutting down; resume the stream from the last offset")
 
 var _ batonv1connect.WorkerServiceHandler = (*handler)(nil)
 
@@ -162,6 +166,9 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 		Follow:  req.Msg.GetFollow(),
 		Streams: streamFromProto(req.Msg.GetStream()),
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(h.stopping, func() { cancel(errStopping) })()
 	// The message and chunk are reused: Send marshals before returning, and
 	// Data is only valid during the callback anyway.
 	st, err := h.runner.Output(ctx, req.Msg.GetJobId(), outReq, func(c jobrun.Chunk) error {
@@ -173,6 +180,9 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 		return stream.Send(msg)
 	})
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errStopping) {
+			return connect.NewError(connect.CodeUnavailable, errStopping)
+		}
 		if ctx.Err() != nil {
 			return mapError(ctx.Err())
 		}

@@ -45,6 +45,10 @@ type Worker struct {
 	health  *grpchealth.StaticChecker
 	changes *changeSet
 	logger  *slog.Logger
+	// stopping ends every output stream when the worker shuts down:
+	// following streams would otherwise hold the listener's drain open.
+	stopping    context.Context
+	stopStreams context.CancelFunc
 }
 
 // New opens the job runtime (recovering the job table from its data
@@ -60,6 +64,7 @@ func New(opts Options) (*Worker, error) {
 		opts.MaxCallDuration = 5 * time.Minute
 	}
 	w := &Worker{opts: opts, changes: newChangeSet(), logger: opts.Logger}
+	w.stopping, w.stopStreams = context.WithCancel(context.Background())
 	ropts := opts.Runner
 	ropts.Logger = opts.Logger
 	ropts.OnChange = w.changes.add
@@ -71,7 +76,7 @@ func New(opts Options) (*Worker, error) {
 
 	mux, health := serving.Mux(batonv1connect.WorkerServiceName)
 	path, h := batonv1connect.NewWorkerServiceHandler(
-		&handler{runner: runner, name: opts.Name},
+		&handler{runner: runner, name: opts.Name, stopping: w.stopping},
 		serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration)...,
 	)
 	mux.Handle(path, h)
@@ -86,9 +91,17 @@ func (w *Worker) Handler() http.Handler { return w.handler }
 // Runner is the worker's job runtime.
 func (w *Worker) Runner() *jobrun.Runner { return w.runner }
 
-// Close marks the worker not serving and stops every running job (SIGTERM,
-// grace, SIGKILL), waiting for them within ctx.
-func (w *Worker) Close(ctx context.Context) error {
+// SetNotServing is the first step of a graceful shutdown: the health
+// endpoint reports NOT_SERVING and every output stream ends with
+// Unavailable, so that the listener can drain the unary calls.
+func (w *Worker) SetNotServing() {
 	w.health.SetStatus(batonv1connect.WorkerServiceName, grpchealth.StatusNotServing)
+	w.stopStreams()
+}
+
+// Close stops serving (as SetNotServing) and stops every running job
+// (SIGTERM, grace, SIGKILL), waiting for them within ctx.
+func (w *Worker) Close(ctx context.Context) error {
+	w.SetNotServing()
 	return w.runner.Close(ctx)
 }
