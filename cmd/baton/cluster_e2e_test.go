@@ -29,7 +29,7 @@ func isTerminal(state string) bool {
 // output through the scheduler, stop a long job, and shut a worker down
 // gracefully.
 func TestClusterOriginalScenario(t *testing.T) {
-	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}})
+	c := newCluster(t, clusterOptions{workers: []string{"w1", "w2", "w3"}, heartbeatGrace: 3 * time.Second})
 	for name, st := range c.listWorkers() {
 		if st != "WORKER_STATE_READY" {
 			t.Errorf("worker %s is %s", name, st)
@@ -171,7 +171,7 @@ func TestClusterWorkerKilled(t *testing.T) {
 		t.Logf("after DOWN: %v", st)
 	}
 	if sawRunning > 0 {
-		t.Logf("note: %d QueryJob answers said RUNNING after the roster showed DOWN", sawRunning)
+		t.Errorf("%d QueryJob answers said RUNNING after the roster showed DOWN", sawRunning)
 	}
 	for end := time.Now().Add(time.Second); time.Now().Before(end); {
 		for _, id := range jobs {

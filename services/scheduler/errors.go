@@ -20,6 +20,7 @@ var (
 	errDraining          = errors.New("worker draining")
 	errNoWorkers         = errors.New("no ready worker")
 	errNoCapacity        = errors.New("no capacity")
+	errNoMatch           = errors.New("no matching worker")
 	errWrongWorker       = errors.New("job not on that worker")
 	errNotRegistered     = errors.New("worker not registered")
 )
@@ -64,6 +65,8 @@ var codes = []struct {
 	{errDraining, connect.CodeFailedPrecondition},
 	{errNoWorkers, connect.CodeUnavailable},
 	{errNoCapacity, connect.CodeResourceExhausted},
+	// A selector no ready worker matches will not succeed on retry.
+	{errNoMatch, connect.CodeFailedPrecondition},
 	{errWrongWorker, connect.CodeNotFound},
 	{errNotRegistered, connect.CodeNotFound},
 	{store.ErrNotFound, connect.CodeNotFound},

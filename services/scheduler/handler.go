@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -427,6 +428,14 @@ func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.Job
 		return st
 	}
 	t, ok := s.reg.target(j.WorkerID)
+	if ok && t.state == batonv1.WorkerState_WORKER_STATE_DOWN && !terminal(st.GetState()) {
+		// The roster turns DOWN just before the store marks the worker's
+		// jobs LOST: never report such a job as still running meanwhile.
+		lost := proto.CloneOf(st)
+		lost.State = batonv1.JobState_JOB_STATE_LOST
+		lost.Reason = "worker down: no heartbeat"
+		return lost
+	}
 	if !ok || !active(t.state) {
 		return st
 	}

@@ -108,7 +108,7 @@ func matches(labels, selector map[string]string) bool {
 func (r *registry) noneMatchingLocked() error {
 	for _, m := range r.members {
 		if m.w.State == batonv1.WorkerState_WORKER_STATE_READY {
-			return newError(errNoCapacity, "no ready worker has labels matching the selector")
+			return newError(errNoMatch, "no ready worker has labels matching the selector")
 		}
 	}
 	return newError(errNoWorkers, "no worker is ready; start a worker or wait for one to register")

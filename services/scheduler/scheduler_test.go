@@ -93,7 +93,7 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 		_, err := c.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", Selector: map[string]string{"zone": "z"}}))
-		wantCode(t, "no matching worker", err, connect.CodeResourceExhausted)
+		wantCode(t, "no matching worker", err, connect.CodeFailedPrecondition)
 	})
 
 	t.Run("least loaded spreads", func(t *testing.T) {
