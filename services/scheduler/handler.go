@@ -10,6 +10,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
@@ -45,15 +46,42 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
 	s.reg.register(m, msg, running, time.Now().Add(s.ttl()))
+	reported := make(map[string]bool, len(msg.GetJobs()))
 	for _, st := range msg.GetJobs() {
+		reported[st.GetJobId()] = true
 		s.reconcileJob(ctx, id, st)
 	}
+	s.forgetUnreported(ctx, id, reported)
 	s.persist(ctx, m)
 	s.logger.InfoContext(ctx, "worker registered", "worker_id", id, "address", msg.GetAddress(), "jobs", len(msg.GetJobs()))
 	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
 		WorkerId:          id,
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
 	}), nil
+}
+
+// forgetUnreported takes the registering worker's truth for running jobs
+// it no longer has (its data was wiped, or retention removed them): they
+// are LOST. PENDING jobs are left alone, since their StartJob may still be
+// in flight; a job this gets wrong is revived by the worker's next report.
+func (s *Scheduler) forgetUnreported(ctx context.Context, workerID string, reported map[string]bool) {
+	jobs, err := s.store.JobsOnWorker(ctx, workerID, true)
+	if err != nil {
+		s.logger.ErrorContext(ctx, "listing a worker's jobs failed", "worker_id", workerID, "error", err)
+		return
+	}
+	for _, j := range jobs {
+		if reported[j.ID] || j.Status.GetState() != batonv1.JobState_JOB_STATE_RUNNING {
+			continue
+		}
+		lost := proto.CloneOf(j.Status)
+		lost.State = batonv1.JobState_JOB_STATE_LOST
+		lost.Reason = "the worker no longer knows this job"
+		lost.EndedAt = timestamppb.Now()
+		if err := s.store.UpdateJobStatus(ctx, j.ID, lost); err != nil {
+			s.logger.ErrorContext(ctx, "marking a job lost failed", "job_id", j.ID, "error", err)
+		}
+	}
 }
 
 // reconcileJob records a status reported by the job's worker. A job the
@@ -255,17 +283,12 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
 	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartRequest(req, id, owner, group)))
 	cancel()
-	if err != nil {
-		s.reg.release(t.id)
-		if derr := s.store.DeleteJob(context.WithoutCancel(ctx), id); derr != nil && !errors.Is(derr, store.ErrNotFound) {
-			s.logger.ErrorContext(ctx, "deleting a job the worker did not start failed", "job_id", id, "error", derr)
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &workerError{worker: t.id, err: err}
+	var st *batonv1.JobStatus
+	if err == nil {
+		st = res.Msg.GetStatus()
+	} else if st, err = s.settleStart(ctx, t, job, err); err != nil {
+		return nil, err
 	}
-	st := res.Msg.GetStatus()
 	if st == nil {
 		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
 	}
@@ -282,6 +305,47 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 		}
 	}
 	return st, nil
+}
+
+// settleStart decides what a failed StartJob call to a worker left behind.
+// A refusal (bad spec, full, …) started nothing: the record goes. Otherwise
+// (timeout, connection lost) the worker may have started the job, so it is
+// asked; if it cannot answer, the record stays as LOST, which the worker's
+// next report revives, and the idempotency key keeps pointing at it: a
+// retried StartJob never starts a second process.
+func (s *Scheduler) settleStart(ctx context.Context, t target, job store.Job, callErr error) (*batonv1.JobStatus, error) {
+	ctx = context.WithoutCancel(ctx)
+	refused := false
+	switch connect.CodeOf(callErr) {
+	case connect.CodeInvalidArgument, connect.CodeNotFound, connect.CodePermissionDenied,
+		connect.CodeFailedPrecondition, connect.CodeResourceExhausted, connect.CodeAlreadyExists:
+		refused = true
+	default:
+		qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: job.ID}))
+		cancel()
+		switch {
+		case qerr == nil && res.Msg.GetStatus() != nil:
+			return res.Msg.GetStatus(), nil
+		case connect.CodeOf(qerr) == connect.CodeNotFound:
+			refused = true
+		}
+	}
+	s.reg.release(t.id)
+	if refused {
+		if err := s.store.DeleteJob(ctx, job.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.logger.ErrorContext(ctx, "deleting a job the worker did not start failed", "job_id", job.ID, "error", err)
+		}
+		return nil, &workerError{worker: t.id, err: callErr}
+	}
+	lost := proto.CloneOf(job.Status)
+	lost.JobId, lost.WorkerId, lost.Owner, lost.GroupId = job.ID, t.id, job.Owner, job.GroupID
+	lost.State = batonv1.JobState_JOB_STATE_LOST
+	lost.Reason = "start outcome unknown: the worker did not answer; its next report settles it"
+	if err := s.store.UpdateJobStatus(ctx, job.ID, lost); err != nil {
+		s.logger.ErrorContext(ctx, "recording a job with an unknown start failed", "job_id", job.ID, "error", err)
+	}
+	return nil, &workerError{worker: t.id, err: callErr}
 }
 
 // StopJob stops a job, or every job of a group, through its worker.

@@ -376,7 +376,39 @@ func TestHungWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := len(res.Msg.GetJobs()); n != 0 {
-		t.Errorf("hung worker has %d job records, want 0", n)
+	// The worker may have started the job before it stopped answering: the
+	// record stays, as LOST, until the worker's next report settles it.
+	if jobs := res.Msg.GetJobs(); len(jobs) != 1 || jobs[0].GetState() != batonv1.JobState_JOB_STATE_LOST {
+		t.Errorf("hung worker's job records: %v, want one LOST", jobs)
+	}
+}
+
+// TestRegistrationTakesTheWorkersTruth: a running job that a re-registering
+// worker no longer reports (its data was wiped) becomes LOST.
+func TestRegistrationTakesTheWorkersTruth(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, "", nil)
+	const jobID = "01890000-0000-7000-8000-0000000000cc"
+	register := func(jobs ...*batonv1.JobStatus) {
+		t.Helper()
+		_, err := s.client.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{
+			Name: "ghost", Address: "127.0.0.1:1", Jobs: jobs,
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
+	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("reported job is %v, want RUNNING", got)
+	}
+	register()
+	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_LOST {
+		t.Errorf("unreported job is %v, want LOST", got)
+	}
+	// The worker's own report wins again if the job turns up after all.
+	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
+	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_RUNNING {
+		t.Errorf("re-reported job is %v, want RUNNING", got)
 	}
 }
