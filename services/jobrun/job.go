@@ -53,8 +53,9 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		return Status{}, false, err
 	}
 	internal := func(what string, err error) (Status, bool, error) {
-		logger.Error("job setup failed", "step", what, "error", err)
-		return fail(fmt.Errorf("%w: the worker could not %s", ErrExec, what))
+		// No sentinel: the caller did nothing wrong, so the RPC layer
+		// reports a generic internal error and logs this one.
+		return fail(fmt.Errorf("the worker could not %s: %w", what, err))
 	}
 
 	if err := os.Mkdir(j.dir, 0o700); errors.Is(err, os.ErrExist) {
