@@ -327,9 +327,12 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 		r.log.Error("cannot record the end of the job", "job_id", j.id, "error", err)
 	}
 	cg.remove()
-	close(j.done)
 	r.log.Info("job ended", "job_id", j.id, "state", final.State.String(), "reason", final.Reason)
+	// OnChange runs before done closes: whoever waits for the job (Stop,
+	// Close) may rely on the change having been delivered, such as a worker
+	// sending its final heartbeat right after Close.
 	r.notifyChange(final)
+	close(j.done)
 }
 
 // beginStop starts the stop sequence once per job: SIGTERM to the process
