@@ -541,12 +541,7 @@ func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.Lis
 
 // ListWorkers lists the roster by name.
 func (h *handler) ListWorkers(_ context.Context, req *connect.Request[batonv1.ListWorkersRequest]) (*connect.Response[batonv1.ListWorkersResponse], error) {
-	ws := h.s.reg.list(req.Msg.GetStates())
-	res := &batonv1.ListWorkersResponse{Workers: make([]*batonv1.Worker, 0, len(ws))}
-	for _, w := range ws {
-		res.Workers = append(res.Workers, workerToProto(w))
-	}
-	return connect.NewResponse(res), nil
+	return connect.NewResponse(&batonv1.ListWorkersResponse{Workers: h.s.view.list(h.s.reg, req.Msg.GetStates())}), nil
 }
 
 // DrainWorker stops new placements on a worker.

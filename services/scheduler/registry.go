@@ -24,6 +24,10 @@ type registry struct {
 	// of a 10k-worker roster must not queue behind one another.
 	mu      sync.RWMutex
 	members map[string]*member // by worker id (== name)
+	// version counts roster changes other than a heartbeat's timestamp
+	// (joins, state changes, a changed running count), so cached views
+	// know when they are out of date.
+	version uint64
 }
 
 // member is one worker. Fields below opMu are guarded by registry.mu; the
@@ -71,6 +75,7 @@ func newRegistry(c *http.Client, useTLS bool) *registry {
 func (r *registry) load(workers []store.Worker, deadline time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.version++
 	for _, w := range workers {
 		m := &member{w: w, gone: make(chan struct{}), deadline: deadline}
 		m.client = r.newClient(w.Address)
@@ -116,6 +121,7 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.version++
 	if m.w.State != batonv1.WorkerState_WORKER_STATE_DRAINING {
 		m.w.State = batonv1.WorkerState_WORKER_STATE_READY
 	}
@@ -147,6 +153,9 @@ func (r *registry) heartbeat(m *member, running int32, deadline time.Time) (bato
 	if !m.live || !active(m.w.State) {
 		return m.w.State, false
 	}
+	if m.w.RunningJobs != running {
+		r.version++
+	}
 	m.w.RunningJobs = running
 	m.w.LastHeartbeat = time.Now()
 	m.deadline = deadline
@@ -166,6 +175,7 @@ func (r *registry) leave(id string) (*member, bool) {
 }
 
 func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
+	r.version++
 	m.w.State = st
 	m.w.RunningJobs = 0
 	m.live = false
@@ -180,6 +190,7 @@ func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
 func (r *registry) drain(id string) (*member, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.version++
 	m := r.members[id]
 	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
 		return nil, errWorkerNotFound(id)
@@ -285,4 +296,21 @@ func (r *registry) beginReport(m *member, ttl time.Duration) (end func()) {
 			m.deadline = time.Now().Add(ttl)
 		}
 	}
+}
+
+// listVersion is list plus the roster version it reflects.
+func (r *registry) listVersion() ([]store.Worker, uint64) {
+	r.mu.RLock()
+	v := r.version
+	r.mu.RUnlock()
+	// A change between the two reads only makes the view look older than
+	// it is, which leads to an extra rebuild, never to a stale one.
+	return r.list(nil), v
+}
+
+// currentVersion is the roster version.
+func (r *registry) currentVersion() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.version
 }

@@ -66,6 +66,7 @@ type Scheduler struct {
 	logger  *slog.Logger
 	handler http.Handler
 	health  *grpchealth.StaticChecker
+	view    rosterView
 	// stopping ends every relayed output stream when the scheduler shuts
 	// down: streams would otherwise hold the listener's drain open.
 	stopping    context.Context

@@ -98,14 +98,25 @@ func TestEndToEnd(t *testing.T) {
 
 	t.Run("least loaded spreads", func(t *testing.T) {
 		// Running counts are refreshed by heartbeats: wait until the jobs of
-		// the earlier steps are counted as ended everywhere.
+		// the earlier steps have ended, then for a heartbeat from every
+		// worker after that, which carries its true count.
+		waitFor(t, "earlier jobs to end", func() bool {
+			res, err := c.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{
+				States: []batonv1.JobState{batonv1.JobState_JOB_STATE_PENDING, batonv1.JobState_JOB_STATE_RUNNING},
+			}))
+			if err != nil {
+				t.Fatalf("ListJobs: %v", err)
+			}
+			return len(res.Msg.GetJobs()) == 0
+		})
+		ended := time.Now()
 		waitFor(t, "every worker idle", func() bool {
 			res, err := c.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
 			if err != nil {
 				t.Fatalf("ListWorkers: %v", err)
 			}
 			for _, w := range res.Msg.GetWorkers() {
-				if w.GetRunningJobs() != 0 {
+				if w.GetRunningJobs() != 0 || !w.GetLastHeartbeat().AsTime().After(ended) {
 					return false
 				}
 			}
