@@ -191,6 +191,48 @@ func TestEndToEnd(t *testing.T) {
 			}
 		}
 	})
+
+	t.Run("stop a group", func(t *testing.T) {
+		res := startJob(t, c, &batonv1.StartJobRequest{All: true, Selector: map[string]string{"zone": "b"}, Command: "sh", Path: "sleep.sh"})
+		if len(res.GetJobs()) != 2 {
+			t.Fatalf("fan-out over zone b started %d jobs, want 2", len(res.GetJobs()))
+		}
+		stop, err := c.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{GroupId: res.GetGroupId()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(stop.Msg.GetJobs()) != 2 {
+			t.Errorf("group stop returned %d jobs, want 2", len(stop.Msg.GetJobs()))
+		}
+		for _, st := range stop.Msg.GetJobs() {
+			if st.GetState() != batonv1.JobState_JOB_STATE_STOPPED {
+				t.Errorf("job %s on %s is %v after a group stop, want STOPPED", st.GetJobId(), st.GetWorkerId(), st.GetState())
+			}
+		}
+	})
+
+	// Last: it takes w1 out of placement for good.
+	t.Run("drain", func(t *testing.T) {
+		res, err := c.DrainWorker(t.Context(), connect.NewRequest(&batonv1.DrainWorkerRequest{WorkerId: "w1"}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := res.Msg.GetWorker().GetState(); got != batonv1.WorkerState_WORKER_STATE_DRAINING {
+			t.Fatalf("DrainWorker answered %v, want DRAINING", got)
+		}
+		_, err = c.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}))
+		wantCode(t, "start on a draining worker", err, connect.CodeFailedPrecondition)
+		_, err = c.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Selector: map[string]string{"zone": "a"}, Command: "sh", Path: "hello.sh"}))
+		wantCode(t, "selector matching only a draining worker", err, connect.CodeFailedPrecondition)
+		for range 4 {
+			if got := startJob(t, c, &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"}).GetJobs()[0].GetWorkerId(); got == "w1" {
+				t.Error("a job was placed on the draining worker")
+			}
+		}
+		if got := workerStates(t, c)["w1"]; got != batonv1.WorkerState_WORKER_STATE_DRAINING {
+			t.Errorf("ListWorkers shows w1 %v, want DRAINING", got)
+		}
+	})
 }
 
 func TestWorkerDownAndBack(t *testing.T) {
