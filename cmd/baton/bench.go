@@ -24,6 +24,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
@@ -417,7 +418,7 @@ func startLocalCluster(ctx context.Context, command string) (_ *localCluster, er
 	if err != nil {
 		return nil, err
 	}
-	if lc.addr, err = lc.serve(ctx, sched.Handler(), sched.Run, logger); err != nil {
+	if lc.addr, err = lc.serve(ctx, identity.AnonymousHandler(sched.Handler()), sched.Run, logger); err != nil {
 		return nil, err
 	}
 
@@ -440,7 +441,7 @@ func startLocalCluster(ctx context.Context, command string) (_ *localCluster, er
 		ready := make(chan struct{})
 		addr, err := lc.serve(ctx, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 			<-ready
-			w.Handler().ServeHTTP(rw, r)
+			identity.AnonymousHandler(w.Handler()).ServeHTTP(rw, r)
 		}), nil, logger)
 		if err != nil {
 			return nil, err

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/baton-run/baton/services/identity"
 )
 
 // newDevCommand starts a scheduler and two workers in one process, on
@@ -43,6 +45,9 @@ func newDevCommand() *cobra.Command {
 	return cmd
 }
 
+// devAdmin is the client identity `baton dev` issues for its user.
+var devAdmin = identity.Principal{Role: identity.RoleAdmin, Name: "dev"}
+
 type devConfig struct {
 	dataDir, scriptsDir, addr, httpAddr, logLevel string
 	workerPort                                    int
@@ -55,8 +60,24 @@ func runDev(ctx context.Context, dc devConfig) error {
 	if err != nil {
 		return fmt.Errorf("--addr: %w", err)
 	}
+	// The cluster runs over mutual TLS, like a real one: its own CA and
+	// certificates, made on the first run and reused afterwards.
+	workerNames := []string{"worker-1", "worker-2"}
+	principals := []identity.Principal{identity.Scheduler, devAdmin}
+	for _, n := range workerNames {
+		principals = append(principals, identity.Principal{Role: identity.RoleWorker, Name: n})
+	}
+	caFile, certs, err := ensureCerts(filepath.Join(dc.dataDir, "certs"), "dev", principals...)
+	if err != nil {
+		return fmt.Errorf("dev certificates: %w", err)
+	}
+	tlsFor := func(p identity.Principal, addr string) GRPCServerConfig {
+		return GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: caFile, CrtFile: certs[p][0], KeyFile: certs[p][1]}
+	}
+
 	sched := defaultSchedulerConfig()
-	sched.GRPCServer.Addr = dc.addr
+	sched.GRPCServer = tlsFor(identity.Scheduler, dc.addr)
+	sched.Scheduler.AuditFile = filepath.Join(dc.dataDir, "scheduler", "audit.log")
 	sched.HTTPServer.Addr = dc.httpAddr
 	sched.Scheduler.DataDir = filepath.Join(dc.dataDir, "scheduler")
 	sched.Log = LogConfig{Level: dc.logLevel, Format: "text"}
@@ -67,7 +88,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSched()
 	schedDone := make(chan error, 1)
-	go func() { schedDone <- runScheduler(schedCtx, sched) }()
+	go func() { schedDone <- runScheduler(schedCtx, sched, nil) }()
 	if err, exited := waitForListener(ctx, dc.addr, schedDone); err != nil {
 		stopSched()
 		if !exited {
@@ -79,11 +100,10 @@ func runDev(ctx context.Context, dc devConfig) error {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	var names []string
-	for i := range 2 {
+	for i, name := range workerNames {
 		w := defaultWorkerConfig()
-		name := "worker-" + strconv.Itoa(i+1)
 		names = append(names, name+" "+net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
-		w.GRPCServer.Addr = net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i))
+		w.GRPCServer = tlsFor(identity.Principal{Role: identity.RoleWorker, Name: name}, net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
 		w.Scheduler.Addr = dc.addr
 		w.Worker.Name = name
 		w.Worker.DataDir = filepath.Join(dc.dataDir, name)
@@ -97,16 +117,18 @@ func runDev(ctx context.Context, dc devConfig) error {
 		wg.Go(func() { errs[i] = runWorker(ctx, w) })
 	}
 
-	fmt.Printf(`Baton dev cluster is running (h2c on loopback, no TLS: every caller is an anonymous admin).
-  scheduler  http://%s   gRPC, gRPC-Web and Connect JSON
-  http api   http://%s
-  workers    %s, %s
-  data       %s
+	certDir := filepath.Dir(caFile)
+	fmt.Printf(`Baton dev cluster is running.
+  scheduler  https://%[1]s   mutual TLS: gRPC, gRPC-Web and Connect JSON
+  http api   http://%[2]s    plain HTTP on loopback, no tokens: every caller is an anonymous admin
+  workers    %[3]s, %[4]s
+  certs      %[5]s   (ca.crt, admin-dev.crt/.key for clients)
+  data       %[6]s
 Try:
-  curl -s -H 'Content-Type: application/json' -d '{"command":"bash","path":"count.sh"}' http://%s/baton.v1.SchedulerService/StartJob
-  curl -s -H 'Content-Type: application/json' -d '{}' http://%s/baton.v1.SchedulerService/ListWorkers
+  curl -s -H 'Content-Type: application/json' -d '{"command":"bash","path":"count.sh"}' http://%[2]s/baton.v1.SchedulerService/StartJob
+  curl -s --cacert %[5]s/ca.crt --cert %[5]s/admin-dev.crt --key %[5]s/admin-dev.key -H 'Content-Type: application/json' -d '{}' https://%[1]s/baton.v1.SchedulerService/ListWorkers
 Press Ctrl-C to stop.
-`, dc.addr, dc.httpAddr, names[0], names[1], dc.dataDir, dc.httpAddr, dc.httpAddr)
+`, dc.addr, dc.httpAddr, names[0], names[1], certDir, dc.dataDir)
 
 	wg.Wait()
 	stopSched()

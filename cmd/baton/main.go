@@ -56,5 +56,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newSchedulerCommand())
 	root.AddCommand(newWorkerCommand())
 	root.AddCommand(newBenchCommand())
+	root.AddCommand(newCertsCommand())
+	root.AddCommand(newTokenCommand())
 	return root
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
@@ -19,13 +21,24 @@ import (
 // SchedulerConfig is the configuration of `baton scheduler`.
 type SchedulerConfig struct {
 	GRPCServer GRPCServerConfig `koanf:"grpc_server"`
-	HTTPServer struct {
-		// Addr is an optional second listener, plain HTTP on loopback, for
-		// browsers and JSON clients; empty disables it.
-		Addr string `koanf:"addr"`
-	} `koanf:"http_server"`
-	Scheduler SchedulerSection `koanf:"scheduler"`
-	Log       LogConfig        `koanf:"log"`
+	HTTPServer HTTPServerConfig `koanf:"http_server"`
+	Scheduler  SchedulerSection `koanf:"scheduler"`
+	Log        LogConfig        `koanf:"log"`
+}
+
+// HTTPServerConfig is the [http_server] section: an optional second
+// listener serving the same API to browsers and JSON clients.
+type HTTPServerConfig struct {
+	// Addr is host:port; empty disables the listener.
+	Addr string `koanf:"addr"`
+	// CrtFile and KeyFile serve TLS; without them the listener is plain
+	// HTTP on loopback only.
+	CrtFile string `koanf:"crt_file"`
+	KeyFile string `koanf:"key_file"`
+	// Tokens are the bearer tokens accepted, as "role/name:sha256hex"
+	// entries from `baton token`. Without any, a plain listener treats
+	// every caller as an anonymous admin, as use_tls = false does.
+	Tokens []string `koanf:"tokens"`
 }
 
 // SchedulerSection is the [scheduler] section.
@@ -36,6 +49,9 @@ type SchedulerSection struct {
 	FailoverGrace     Duration `koanf:"failover_grace"`
 	Retention         Duration `koanf:"retention"`
 	ShutdownTimeout   Duration `koanf:"shutdown_timeout"`
+	// AuditFile receives one JSON line per mutating call and per denied
+	// call; empty disables the audit log.
+	AuditFile string `koanf:"audit_file"`
 }
 
 func defaultSchedulerConfig() SchedulerConfig {
@@ -67,6 +83,12 @@ func (c *SchedulerConfig) validate() error {
 			errs = append(errs, fmt.Errorf("http_server.addr %q: %w", c.HTTPServer.Addr, err))
 		}
 	}
+	if (c.HTTPServer.CrtFile == "") != (c.HTTPServer.KeyFile == "") {
+		errs = append(errs, errors.New("http_server.crt_file and http_server.key_file go together"))
+	}
+	if _, err := identity.ParseTokens(c.HTTPServer.Tokens); err != nil {
+		errs = append(errs, fmt.Errorf("http_server.tokens: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -97,25 +119,41 @@ func newSchedulerCommand() *cobra.Command {
 		if err := cfg.validate(); err != nil {
 			return err
 		}
-		return runScheduler(cmd.Context(), cfg)
+		reload := func() (SchedulerConfig, error) {
+			fresh := defaultSchedulerConfig()
+			if err := loadConfig(&fresh); err != nil {
+				return cfg, err
+			}
+			return fresh, fresh.validate()
+		}
+		return runScheduler(cmd.Context(), cfg, reload)
 	}
 	return cmd
 }
 
 // runScheduler serves until ctx ends, then shuts down in order: report not
 // serving, stop the listeners (bounded), stop the sweeper, close the store.
-func runScheduler(ctx context.Context, cfg SchedulerConfig) error {
+// On SIGHUP it reloads certificates, keys and tokens (from reload, when
+// not nil) and reopens the audit file.
+func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (SchedulerConfig, error)) error {
 	logger, err := newLogger(cfg.Log, os.Stderr)
 	if err != nil {
 		return err
 	}
-	serverTLS, err := cfg.GRPCServer.serverTLS()
+	creds, err := cfg.GRPCServer.credentials(identity.Scheduler)
 	if err != nil {
 		return err
 	}
-	clientTLS, err := cfg.GRPCServer.clientTLS()
+	tokens, err := identity.ParseTokens(cfg.HTTPServer.Tokens)
 	if err != nil {
 		return err
+	}
+	var audit *identity.AuditLog
+	if cfg.Scheduler.AuditFile != "" {
+		if audit, err = identity.OpenAuditLog(cfg.Scheduler.AuditFile); err != nil {
+			return err
+		}
+		defer audit.Close()
 	}
 	st, err := store.Open(ctx, filepath.Join(cfg.Scheduler.DataDir, "baton.db"))
 	if err != nil {
@@ -128,31 +166,68 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig) error {
 		HeartbeatGrace:    time.Duration(cfg.Scheduler.HeartbeatGrace),
 		FailoverGrace:     time.Duration(cfg.Scheduler.FailoverGrace),
 		Retention:         time.Duration(cfg.Scheduler.Retention),
-		HTTPClient:        serving.NewHTTPClient(clientTLS),
-		WorkerTLS:         cfg.GRPCServer.UseTLS,
+		WorkerTLS:         creds,
+		Audit:             audit,
 		Logger:            logger,
 	})
 	if err != nil {
 		return err
 	}
+	reloads := map[string]func() error{"audit file": audit.Reopen}
+
 	servers := make([]*serving.Server, 0, 2)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, sched.Handler(), serverTLS, logger)
+	var serverTLS *tls.Config
+	if creds != nil {
+		serverTLS = creds.ServerTLS()
+		reloads["certificates"] = creds.Reload
+	} else {
+		logger.Warn("serving without TLS: there is no identity, every caller counts as an anonymous admin; use this on loopback only")
+	}
+	grpcAuth := identity.NewAuthenticator(creds, nil, creds == nil)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(sched.Handler()), serverTLS, logger)
 	if err != nil {
 		return err
 	}
 	servers = append(servers, srv)
 	if cfg.HTTPServer.Addr != "" {
-		// Plain HTTP only: serving.Listen refuses anything but loopback.
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, sched.Handler(), nil, logger)
+		var httpTLS *tls.Config
+		if cfg.HTTPServer.CrtFile != "" {
+			kp, err := loadKeyPairFiles(cfg.HTTPServer.CrtFile, cfg.HTTPServer.KeyFile)
+			if err != nil {
+				_ = srv.Shutdown(context.Background())
+				return fmt.Errorf("http_server: %w", err)
+			}
+			httpTLS = kp.serverTLS()
+			reloads["http_server certificate"] = kp.reload
+		}
+		// Without TLS, serving.Listen refuses anything but loopback.
+		anonymous := httpTLS == nil && tokens.Len() == 0
+		httpAuth := identity.NewAuthenticator(nil, tokens, anonymous)
+		if reload != nil {
+			reloads["tokens"] = func() error {
+				fresh, err := reload()
+				if err != nil {
+					return err
+				}
+				t, err := identity.ParseTokens(fresh.HTTPServer.Tokens)
+				if err != nil {
+					return err
+				}
+				httpAuth.SetTokens(t)
+				return nil
+			}
+		}
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, httpAuth.Middleware(sched.Handler()), httpTLS, logger)
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
 			return err
 		}
 		servers = append(servers, hs)
+		if anonymous {
+			logger.Warn("http_server has no tokens: every caller there counts as an anonymous admin; it listens on loopback only", "http_addr", cfg.HTTPServer.Addr)
+		}
 	}
-	if serverTLS == nil {
-		logger.Warn("serving without TLS: there is no identity, every caller counts as an anonymous admin; use this on loopback only")
-	}
+	reloadOnHangup(ctx, logger, reloads)
 	logger.Info("scheduler serving", "addr", srv.Addr().String(), "tls", serverTLS != nil, "http_addr", cfg.HTTPServer.Addr, "data_dir", cfg.Scheduler.DataDir)
 
 	serveErr := make(chan error, len(servers))

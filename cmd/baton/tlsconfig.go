@@ -1,99 +1,110 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/baton-run/baton/services/identity"
 )
 
 // GRPCServerConfig is the [grpc_server] section: the daemon's RPC listener.
 type GRPCServerConfig struct {
 	// Addr is host:port to listen on.
 	Addr string `koanf:"addr"`
-	// UseTLS serves TLS 1.3; without it the listener is h2c on loopback only.
+	// UseTLS serves mutual TLS 1.3; without it the listener is h2c on
+	// loopback only and there is no identity.
 	UseTLS bool `koanf:"use_tls"`
 	// CrtFile and KeyFile are this daemon's certificate and private key (PEM).
 	CrtFile string `koanf:"crt_file"`
 	KeyFile string `koanf:"key_file"`
-	// CAFile is the cluster CA (PEM): peers' certificates must chain to it.
+	// CAFile is the cluster CA (PEM): peers' certificates must chain to it,
+	// and it names the cluster.
 	CAFile string `koanf:"ca_file"`
 }
 
-// serverTLS returns the listener's TLS config, or nil for h2c. With a CA file
-// the server asks for and verifies client certificates.
-func (c GRPCServerConfig) serverTLS() (*tls.Config, error) {
+// credentials loads the daemon's TLS identity, or returns nil without TLS.
+// want is the role the daemon's own certificate must have.
+func (c GRPCServerConfig) credentials(want identity.Principal) (*identity.Credentials, error) {
 	if !c.UseTLS {
 		return nil, nil
 	}
-	cert, err := loadKeyPair(c.CrtFile, c.KeyFile)
+	if c.CAFile == "" || c.CrtFile == "" || c.KeyFile == "" {
+		return nil, errors.New("grpc_server.use_tls needs grpc_server.ca_file, crt_file and key_file (see `baton certs`): peers are identified by their certificates")
+	}
+	creds, err := identity.LoadCredentials(c.CAFile, c.CrtFile, c.KeyFile)
 	if err != nil {
 		return nil, err
 	}
-	conf := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}
-	if c.CAFile != "" {
-		pool, err := loadCA(c.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		conf.ClientCAs = pool
-		conf.ClientAuth = tls.RequireAndVerifyClientCert
+	if self := creds.Self(); self.Role != want.Role || self.Name != want.Name {
+		return nil, fmt.Errorf("the certificate %s is %s, but this process runs as %s", c.CrtFile, self, want)
 	}
-	return conf, nil
+	return creds, nil
 }
 
-// clientTLS returns the TLS config for dialing peers: the cluster CA as the
-// only root when given, and this daemon's certificate as client certificate.
-func (c GRPCServerConfig) clientTLS() (*tls.Config, error) {
-	if !c.UseTLS {
-		return nil, nil
-	}
-	conf := &tls.Config{MinVersion: tls.VersionTLS13}
-	if c.CAFile != "" {
-		pool, err := loadCA(c.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		conf.RootCAs = pool
-	}
-	if c.CrtFile != "" {
-		cert, err := loadKeyPair(c.CrtFile, c.KeyFile)
-		if err != nil {
-			return nil, err
-		}
-		conf.Certificates = []tls.Certificate{cert}
-	}
-	return conf, nil
+// keyPair is a certificate and key reloaded from their files on demand,
+// for listeners that identify themselves but not their clients.
+type keyPair struct {
+	crtFile, keyFile string
+	cert             atomic.Pointer[tls.Certificate]
 }
 
-// loadKeyPair loads a certificate and refuses a private key that others can read.
-func loadKeyPair(crtFile, keyFile string) (tls.Certificate, error) {
-	if crtFile == "" || keyFile == "" {
-		return tls.Certificate{}, errors.New("grpc_server.use_tls needs grpc_server.crt_file and grpc_server.key_file")
-	}
-	info, err := os.Stat(keyFile)
+func loadKeyPairFiles(crtFile, keyFile string) (*keyPair, error) {
+	kp := &keyPair{crtFile: crtFile, keyFile: keyFile}
+	return kp, kp.reload()
+}
+
+func (kp *keyPair) reload() error {
+	info, err := os.Stat(kp.keyFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("private key: %w", err)
+		return fmt.Errorf("private key: %w", err)
 	}
 	if info.Mode().Perm()&0o077 != 0 {
-		return tls.Certificate{}, fmt.Errorf("private key %s is readable by others (mode %#o); run chmod 600 on it", keyFile, info.Mode().Perm())
+		return fmt.Errorf("private key %s is readable by others (mode %#o); run chmod 600 on it", kp.keyFile, info.Mode().Perm())
 	}
-	cert, err := tls.LoadX509KeyPair(crtFile, keyFile)
+	cert, err := tls.LoadX509KeyPair(kp.crtFile, kp.keyFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("load certificate: %w", err)
+		return fmt.Errorf("load certificate: %w", err)
 	}
-	return cert, nil
+	kp.cert.Store(&cert)
+	return nil
 }
 
-func loadCA(file string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("CA file: %w", err)
+// serverTLS serves the current certificate to every new connection.
+func (kp *keyPair) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.cert.Load(), nil },
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA file %s holds no PEM certificate", file)
-	}
-	return pool, nil
+}
+
+// reloadOnHangup runs every step on each SIGHUP until ctx ends: new
+// connections then use the new certificates; open ones keep theirs. A
+// failing step keeps what it had and is logged.
+func reloadOnHangup(ctx context.Context, logger *slog.Logger, steps map[string]func() error) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			for what, step := range steps {
+				if err := step(); err != nil {
+					logger.Error("reload failed; keeping the previous one", "what", what, "error", err)
+				} else {
+					logger.Info("reloaded", "what", what)
+				}
+			}
+		}
+	}()
 }

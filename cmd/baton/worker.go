@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/worker"
@@ -42,6 +44,9 @@ type WorkerSection struct {
 	OutputLimit     ByteSize          `koanf:"output_limit"`
 	Retention       Duration          `koanf:"retention"`
 	ShutdownTimeout Duration          `koanf:"shutdown_timeout"`
+	// AuditFile receives one JSON line per StartJob, StopJob and denied
+	// call, naming the client the scheduler acted for; empty disables it.
+	AuditFile string `koanf:"audit_file"`
 }
 
 func defaultWorkerConfig() WorkerConfig {
@@ -122,19 +127,32 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	if err != nil {
 		return err
 	}
-	serverTLS, err := cfg.GRPCServer.serverTLS()
+	creds, err := cfg.GRPCServer.credentials(identity.Principal{Role: identity.RoleWorker, Name: cfg.Worker.Name})
 	if err != nil {
 		return err
 	}
-	clientTLS, err := cfg.GRPCServer.clientTLS()
-	if err != nil {
-		return err
+	var serverTLS, clientTLS *tls.Config
+	reloads := map[string]func() error{}
+	if creds != nil {
+		serverTLS = creds.ServerTLS()
+		// The worker talks to the scheduler only, and knows it by its
+		// certificate's identity.
+		clientTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
+		reloads["certificates"] = creds.Reload
+	}
+	var audit *identity.AuditLog
+	if cfg.Worker.AuditFile != "" {
+		if audit, err = identity.OpenAuditLog(cfg.Worker.AuditFile); err != nil {
+			return err
+		}
+		defer audit.Close()
+		reloads["audit file"] = audit.Reopen
 	}
 	var scheduler batonv1connect.SchedulerServiceClient
 	if cfg.Scheduler.Addr != "" {
 		scheduler = batonv1connect.NewSchedulerServiceClient(
 			serving.NewHTTPClient(clientTLS),
-			serving.BaseURL(cfg.Scheduler.Addr, cfg.GRPCServer.UseTLS),
+			serving.BaseURL(cfg.Scheduler.Addr, creds != nil),
 		)
 	}
 	advertise := cfg.Worker.AdvertiseAddr
@@ -147,6 +165,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		Labels:    cfg.Worker.Labels,
 		Scheduler: scheduler,
 		Logger:    logger,
+		Audit:     audit,
 		Runner: jobrun.Options{
 			DataDir:         cfg.Worker.DataDir,
 			ScriptsDir:      cfg.Worker.ScriptsDir,
@@ -161,7 +180,8 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	if err != nil {
 		return err
 	}
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, w.Handler(), serverTLS, logger)
+	auth := identity.NewAuthenticator(creds, nil, creds == nil)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, auth.Middleware(w.Handler()), serverTLS, logger)
 	if err != nil {
 		_ = w.Close(context.Background())
 		return err
@@ -171,6 +191,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	}
 	logger.Info("worker serving", "worker", cfg.Worker.Name, "addr", srv.Addr().String(), "tls", serverTLS != nil, "scheduler", cfg.Scheduler.Addr)
 
+	reloadOnHangup(ctx, logger, reloads)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve() }()
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))

@@ -17,9 +17,6 @@ import (
 	"github.com/baton-run/baton/services/scheduler/store"
 )
 
-// anonymous owns every job until client identities exist.
-const anonymous = "anonymous"
-
 // handler implements SchedulerService on a Scheduler.
 type handler struct {
 	s *Scheduler
@@ -156,7 +153,7 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 
 // StartJob places and starts a job, or a group of jobs for a fan-out.
 func (h *handler) StartJob(ctx context.Context, req *connect.Request[batonv1.StartJobRequest]) (*connect.Response[batonv1.StartJobResponse], error) {
-	res, err := h.s.startJob(ctx, req.Msg, anonymous)
+	res, err := h.s.startJob(ctx, req.Msg, ownerName(caller(ctx)))
 	if err != nil {
 		return nil, mapError(err)
 	}
@@ -383,6 +380,9 @@ func (s *Scheduler) jobFor(ctx context.Context, id, worker string) (store.Job, e
 	if err != nil {
 		return store.Job{}, err
 	}
+	if !sees(caller(ctx), j.Owner) {
+		return store.Job{}, hidden("job", id)
+	}
 	if worker != "" && worker != j.WorkerID {
 		return store.Job{}, newError(errWrongWorker, "job %s is not on worker %q", id, worker)
 	}
@@ -394,6 +394,9 @@ func (s *Scheduler) groupJobs(ctx context.Context, id string) ([]store.Job, erro
 	g, err := s.store.GetGroup(ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	if !sees(caller(ctx), g.Owner) {
+		return nil, hidden("group", id)
 	}
 	jobs := make([]store.Job, 0, len(g.JobIDs))
 	for _, jid := range g.JobIDs {
@@ -442,7 +445,7 @@ func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatu
 	}
 	// No timeout of its own: stopping may rightly take the worker's whole
 	// grace period; the caller's deadline bounds it.
-	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: j.Owner}))
+	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: ownerName(caller(ctx))}))
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -521,9 +524,17 @@ func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.Job
 // ListJobs lists jobs from the store, newest first.
 func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.ListJobsRequest]) (*connect.Response[batonv1.ListJobsResponse], error) {
 	msg := req.Msg
+	owner := msg.GetOwner()
+	if p := caller(ctx); !seesAll(p) {
+		if owner != "" && owner != ownerName(p) {
+			// Another user's jobs: there are none this caller may see.
+			return connect.NewResponse(&batonv1.ListJobsResponse{}), nil
+		}
+		owner = ownerName(p)
+	}
 	jobs, next, err := h.s.store.ListJobs(ctx, store.JobFilter{
 		WorkerID:  msg.GetWorkerId(),
-		Owner:     msg.GetOwner(),
+		Owner:     owner,
 		GroupID:   msg.GetGroupId(),
 		States:    msg.GetStates(),
 		PageSize:  int(msg.GetPageSize()),

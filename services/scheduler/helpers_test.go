@@ -14,6 +14,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
@@ -54,7 +55,7 @@ func startScheduler(t *testing.T, dbPath string, tune func(*scheduler.Options)) 
 		st.Close()
 		t.Fatal(err)
 	}
-	srv, err := serving.Listen("127.0.0.1:0", s.Handler(), nil, nil)
+	srv, err := serving.Listen("127.0.0.1:0", identity.AnonymousHandler(s.Handler()), nil, nil)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -178,7 +179,7 @@ func startWorker(t *testing.T, name string, sched *testScheduler, labels map[str
 	}
 	var w *worker.Worker
 	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		w.Handler().ServeHTTP(rw, r)
+		identity.AnonymousHandler(w.Handler()).ServeHTTP(rw, r)
 	}), nil, nil)
 	if err != nil {
 		t.Fatal(err)

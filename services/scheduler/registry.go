@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"maps"
-	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -11,14 +10,13 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/scheduler/store"
-	"github.com/baton-run/baton/services/serving"
 )
 
 // registry is the roster in memory. Its lock guards only memory: no store
 // I/O and no network call happens under it. It is safe for concurrent use.
 type registry struct {
-	httpClient *http.Client
-	tls        bool
+	// dial makes the pooled client of one worker.
+	dial func(name, addr string) batonv1connect.WorkerServiceClient
 
 	// mu is a read-write lock: ListWorkers, lookups and heartbeats' reads
 	// of a 10k-worker roster must not queue behind one another.
@@ -66,8 +64,8 @@ type downed struct {
 	gen uint64
 }
 
-func newRegistry(c *http.Client, useTLS bool) *registry {
-	return &registry{httpClient: c, tls: useTLS, members: make(map[string]*member)}
+func newRegistry(dial func(name, addr string) batonv1connect.WorkerServiceClient) *registry {
+	return &registry{dial: dial, members: make(map[string]*member)}
 }
 
 // load fills the roster from the store. READY and DRAINING workers may stay
@@ -78,16 +76,12 @@ func (r *registry) load(workers []store.Worker, deadline time.Time) {
 	r.version++
 	for _, w := range workers {
 		m := &member{w: w, gone: make(chan struct{}), deadline: deadline}
-		m.client = r.newClient(w.Address)
+		m.client = r.dial(w.ID, w.Address)
 		if !active(w.State) {
 			close(m.gone)
 		}
 		r.members[w.ID] = m
 	}
-}
-
-func (r *registry) newClient(addr string) batonv1connect.WorkerServiceClient {
-	return batonv1connect.NewWorkerServiceClient(r.httpClient, serving.BaseURL(addr, r.tls))
 }
 
 // active reports whether a worker in state st heartbeats.
@@ -126,7 +120,7 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 		m.w.State = batonv1.WorkerState_WORKER_STATE_READY
 	}
 	if m.client == nil || m.w.Address != req.GetAddress() {
-		m.client = r.newClient(req.GetAddress())
+		m.client = r.dial(req.GetName(), req.GetAddress())
 	}
 	m.w.Name = req.GetName()
 	m.w.Address = req.GetAddress()

@@ -21,7 +21,7 @@ var (
 // its stream fails; a client that goes away cancels the worker's stream.
 func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[batonv1.StreamJobOutputRequest], stream *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
 	s := h.s
-	j, err := s.store.GetJob(ctx, req.Msg.GetJobId())
+	j, err := s.jobFor(ctx, req.Msg.GetJobId(), "")
 	if err != nil {
 		return mapError(err)
 	}

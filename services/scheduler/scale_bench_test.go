@@ -17,6 +17,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
@@ -97,7 +98,7 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 		}
 	})
 	b.Cleanup(func() { stopRun(); <-runDone })
-	schedAddr := serveScale(b, sched.Handler())
+	schedAddr := serveScale(b, identity.AnonymousHandler(sched.Handler()))
 
 	// A SchedulerService that answers heartbeats and nothing else.
 	noopPath, noopH := batonv1connect.NewSchedulerServiceHandler(noopScheduler{})

@@ -12,9 +12,11 @@ import (
 	"net/http"
 	"time"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -48,11 +50,19 @@ type Options struct {
 	// WorkerCallTimeout bounds unary calls to a worker that have no
 	// reason to wait (start, query).
 	WorkerCallTimeout time.Duration
-	// HTTPClient dials workers (h2c or TLS); one pooled client for all of
-	// them. Default: serving.NewHTTPClient(nil).
+	// HTTPClient dials workers over h2c; one pooled client for all of
+	// them. Default: serving.NewHTTPClient(nil). Ignored with WorkerTLS.
 	HTTPClient *http.Client
-	// WorkerTLS selects https rather than http for workers' base URLs.
-	WorkerTLS bool
+	// WorkerTLS, if set, dials workers over mutual TLS: each worker gets
+	// its own pooled client that accepts only the identity
+	// spiffe://<cluster>/worker/<its name>.
+	WorkerTLS *identity.Credentials
+	// Audit receives one line per mutating call and per denial; nil
+	// records nothing.
+	Audit *identity.AuditLog
+	// Interceptors run innermost, after authorization and validation,
+	// just around the handler (metrics, tests).
+	Interceptors []connect.Interceptor
 	// Logger receives the access log and diagnostics. Default: discard.
 	Logger *slog.Logger
 }
@@ -103,7 +113,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	}
 	s := &Scheduler{opts: opts, store: opts.Store, logger: opts.Logger}
 	s.stopping, s.stopStreams = context.WithCancel(context.Background())
-	s.reg = newRegistry(opts.HTTPClient, opts.WorkerTLS)
+	s.reg = newRegistry(s.dialer())
 	workers, err := opts.Store.ListWorkers(ctx)
 	if err != nil {
 		return nil, err
@@ -111,9 +121,10 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	s.reg.load(workers, time.Now().Add(opts.FailoverGrace))
 
 	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
+	authz := identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration)...,
+		serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, opts.Interceptors...)...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux
@@ -121,7 +132,26 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	return s, nil
 }
 
-// Handler serves SchedulerService, gRPC health and reflection.
+// dialer returns how the registry makes a worker's client. Every call
+// tells the worker which client the scheduler acts for.
+func (s *Scheduler) dialer() func(name, addr string) batonv1connect.WorkerServiceClient {
+	forward := connect.WithInterceptors(identity.ForwardOnBehalfOf())
+	if s.opts.WorkerTLS == nil {
+		return func(_, addr string) batonv1connect.WorkerServiceClient {
+			return batonv1connect.NewWorkerServiceClient(s.opts.HTTPClient, serving.BaseURL(addr, false), forward)
+		}
+	}
+	return func(name, addr string) batonv1connect.WorkerServiceClient {
+		want := identity.Principal{Role: identity.RoleWorker, Name: name}
+		hc := serving.NewHTTPClient(s.opts.WorkerTLS.ClientTLS(identity.Expect(want)))
+		return batonv1connect.NewWorkerServiceClient(hc, serving.BaseURL(addr, true), forward)
+	}
+}
+
+// Handler serves SchedulerService, gRPC health and reflection. It expects
+// the request context to carry the caller, as set by an
+// identity.Authenticator's middleware; without one every call is
+// Unauthenticated.
 func (s *Scheduler) Handler() http.Handler { return s.handler }
 
 // SetNotServing is the first step of a graceful shutdown: the health

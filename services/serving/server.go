@@ -147,17 +147,20 @@ func checkLoopback(addr string) error {
 }
 
 // HandlerOptions are the options every Baton service handler is built with:
-// one access-log line per call, a cap on unary call duration, schema
-// validation of requests, panic recovery, a request size limit and no
-// response compression. who names the service in the error a panic yields
-// ("the worker").
-func HandlerOptions(who string, logger *slog.Logger, maxCall time.Duration) []connect.HandlerOption {
+// one access-log line per call, authorization (authz, before anything
+// looks at the request), a cap on unary call duration, schema validation
+// of requests, panic recovery, a request size limit and no response
+// compression. who names the service in the error a panic yields ("the
+// worker"). inner interceptors run last, just around the handler.
+func HandlerOptions(who string, logger *slog.Logger, maxCall time.Duration, authz connect.Interceptor, inner ...connect.Interceptor) []connect.HandlerOption {
+	chain := []connect.Interceptor{
+		interceptors.NewAccessLog(logger),
+		authz,
+		interceptors.NewDeadline(maxCall),
+		validate.NewInterceptor(),
+	}
 	return []connect.HandlerOption{
-		connect.WithInterceptors(
-			interceptors.NewAccessLog(logger),
-			interceptors.NewDeadline(maxCall),
-			validate.NewInterceptor(),
-		),
+		connect.WithInterceptors(append(chain, inner...)...),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("internal error in %s; see its log", who))

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -67,7 +68,7 @@ func startWorker(t testing.TB, scripts map[string]string, tune func(*Options)) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := serving.Listen("127.0.0.1:0", w.Handler(), nil, nil)
+	srv, err := serving.Listen("127.0.0.1:0", identity.AnonymousHandler(w.Handler()), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"time"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -33,6 +35,12 @@ type Options struct {
 	MaxCallDuration time.Duration
 	// Logger receives the access log and diagnostics. Default: discard.
 	Logger *slog.Logger
+	// Audit receives one line per StartJob and StopJob and per denied
+	// call; nil records nothing.
+	Audit *identity.AuditLog
+	// Interceptors run innermost, after authorization and validation,
+	// just around the handler (metrics, tests).
+	Interceptors []connect.Interceptor
 }
 
 // Worker is one worker process's service: the job runtime, the
@@ -77,7 +85,8 @@ func New(opts Options) (*Worker, error) {
 	mux, health := serving.Mux(batonv1connect.WorkerServiceName)
 	path, h := batonv1connect.NewWorkerServiceHandler(
 		&handler{runner: runner, name: opts.Name, stopping: w.stopping},
-		serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration)...,
+		serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration,
+			identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger), opts.Interceptors...)...,
 	)
 	mux.Handle(path, h)
 	w.handler = mux
@@ -85,7 +94,10 @@ func New(opts Options) (*Worker, error) {
 	return w, nil
 }
 
-// Handler serves WorkerService, gRPC health and reflection.
+// Handler serves WorkerService, gRPC health and reflection. It expects the
+// request context to carry the caller, as set by an
+// identity.Authenticator's middleware; without one every call is
+// Unauthenticated.
 func (w *Worker) Handler() http.Handler { return w.handler }
 
 // Runner is the worker's job runtime.

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/baton-run/baton/services/identity"
 )
 
 // AccessLog logs one line per RPC when it ends: procedure, protocol, peer,
@@ -53,6 +55,12 @@ func (a *AccessLog) log(ctx context.Context, spec connect.Spec, peer connect.Pee
 		slog.String("procedure", spec.Procedure),
 		slog.String("protocol", peer.Protocol),
 		slog.String("peer", peer.Addr),
+	}
+	if p, ok := identity.FromContext(ctx); ok {
+		attrs = append(attrs, slog.String("principal", p.String()))
+	}
+	if obo := identity.OnBehalfOf(ctx); obo != "" {
+		attrs = append(attrs, slog.String("on_behalf_of", obo))
 	}
 	if err != nil {
 		c := connect.CodeOf(err)
