@@ -129,10 +129,16 @@ type IssueOptions struct {
 	IsCA bool
 }
 
-// Issue creates a key and a certificate for p, both PEM-encoded.
+// Issue creates a key and a certificate for p, both PEM-encoded. A role
+// Baton does not know is allowed (such a certificate authenticates and is
+// denied everything); `baton certs issue` offers only the known ones.
 func (a *Authority) Issue(p Principal, opts IssueOptions) (certPEMBytes, keyPEMBytes []byte, err error) {
-	if err := p.Validate(); err != nil {
-		return nil, nil, err
+	if p.Role.Valid() {
+		if err := p.Validate(); err != nil {
+			return nil, nil, err
+		}
+	} else if !ValidName(string(p.Role)) || (p.Name != "" && !ValidName(p.Name)) {
+		return nil, nil, fmt.Errorf("identity %q: role and name must be 1-63 letters, digits, '.', '_' or '-'", p)
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
