@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +43,9 @@ type benchOptions struct {
 	Worker    string
 	Baseline  bool
 	Local     bool
+	// MTLS, with Local, runs the load a second time on a local cluster
+	// that speaks mutual TLS, to compare with h2c.
+	MTLS bool
 }
 
 // benchStats are the figures of one way of running the jobs.
@@ -71,6 +75,12 @@ type benchResult struct {
 	Errors map[string]int `json:"errors"`
 	// Retries counts StartJob calls answered ResourceExhausted and retried.
 	Retries int `json:"resource_exhausted_retries"`
+	// MTLS is the same load on a local cluster over mutual TLS (clients
+	// with certificates, scheduler ↔ workers mTLS); MTLSP50Ratio and
+	// MTLSThroughputRatio compare it with Baton over h2c.
+	MTLS                *benchStats `json:"baton_mtls,omitempty"`
+	MTLSP50Ratio        float64     `json:"mtls_p50_ratio,omitempty"`
+	MTLSThroughputRatio float64     `json:"mtls_throughput_ratio,omitempty"`
 	// Exec is the same command run with os/exec, as a baseline.
 	Exec *benchStats `json:"exec,omitempty"`
 	// P50Ratio is Baton's p50 over exec's; ThroughputRatio is Baton's
@@ -108,6 +118,7 @@ with their state in a temporary directory, and stops them afterwards.`,
 	flags.StringVar(&opts.Worker, "worker", "", "run every job on this worker (default: the scheduler places them)")
 	flags.BoolVar(&opts.Baseline, "baseline", true, "also run the command with os/exec and compare")
 	flags.BoolVar(&opts.Local, "local", false, "start a scheduler and 2 workers in-process and bench them")
+	flags.BoolVar(&opts.MTLS, "mtls", false, "with --local: run the load again on a local cluster over mutual TLS and compare")
 	flags.StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if output != "table" && output != "json" {
@@ -133,37 +144,41 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 	if opts.Clients < 1 || opts.Jobs < 1 {
 		return nil, errors.New("--clients and --jobs must be at least 1")
 	}
+	if opts.MTLS && !opts.Local {
+		return nil, errors.New("--mtls needs --local: it compares two local clusters")
+	}
 	if opts.Local {
-		lc, err := startLocalCluster(ctx, opts.Command)
+		lc, err := startLocalCluster(ctx, opts.Command, false)
 		if err != nil {
 			return nil, err
 		}
 		defer lc.close()
 		opts.Scheduler = lc.addr
 	}
-	httpClient := serving.NewHTTPClient(nil)
-	defer httpClient.CloseIdleConnections()
-	client := batonv1connect.NewSchedulerServiceClient(httpClient, serving.BaseURL(opts.Scheduler, false))
-
 	res := &benchResult{
 		Scheduler: opts.Scheduler, Local: opts.Local, Clients: opts.Clients, Jobs: opts.Jobs,
 		Command: opts.Command, Args: opts.Args, Errors: map[string]int{},
 	}
-	var (
-		mu      sync.Mutex
-		retries atomic.Int64
-	)
-	stats, err := runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
-		err := runJob(ctx, client, opts, &retries)
-		if err != nil {
-			mu.Lock()
-			res.Errors[errorKey(err)]++
-			mu.Unlock()
-		}
-		return err
-	})
+	var retries atomic.Int64
+	stats, err := loadThrough(ctx, opts, opts.Scheduler, nil, res, &retries)
 	if err != nil {
 		return nil, err
+	}
+	if opts.MTLS {
+		lc, err := startLocalCluster(ctx, opts.Command, true)
+		if err != nil {
+			return nil, err
+		}
+		secure, err := loadThrough(ctx, opts, lc.addr, lc.clientTLS, res, &retries)
+		lc.close()
+		if err != nil {
+			return nil, err
+		}
+		res.MTLS = &secure
+		if stats.P50Ms > 0 && secure.JobsPerSec > 0 {
+			res.MTLSP50Ratio = secure.P50Ms / stats.P50Ms
+			res.MTLSThroughputRatio = secure.JobsPerSec / stats.JobsPerSec
+		}
 	}
 	res.Baton = stats
 	res.Retries = int(retries.Load())
@@ -184,6 +199,24 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 		res.ThroughputRatio = res.Baton.JobsPerSec / base.JobsPerSec
 	}
 	return res, nil
+}
+
+// loadThrough runs the load through the scheduler at addr, counting
+// errors into res.
+func loadThrough(ctx context.Context, opts benchOptions, addr string, clientTLS *tls.Config, res *benchResult, retries *atomic.Int64) (benchStats, error) {
+	httpClient := serving.NewHTTPClient(clientTLS)
+	defer httpClient.CloseIdleConnections()
+	client := batonv1connect.NewSchedulerServiceClient(httpClient, serving.BaseURL(addr, clientTLS != nil))
+	var mu sync.Mutex
+	return runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
+		err := runJob(ctx, client, opts, retries)
+		if err != nil {
+			mu.Lock()
+			res.Errors[errorKey(err)]++
+			mu.Unlock()
+		}
+		return err
+	})
 }
 
 // runLoad runs total calls of fn from clients goroutines and measures the
@@ -317,12 +350,18 @@ func printBench(w io.Writer, r *benchResult) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t\n", name, s.Completed, s.Failed, s.P50Ms, s.P90Ms, s.P99Ms, s.JobsPerSec)
 	}
 	row("baton", r.Baton)
+	if r.MTLS != nil {
+		row("baton mTLS", *r.MTLS)
+	}
 	if r.Exec != nil {
 		row("os/exec", *r.Exec)
 	}
 	_ = tw.Flush()
 	if r.Exec != nil {
 		fmt.Fprintf(w, "\nbaton/exec: p50 %.1fx, throughput %.2fx\n", r.P50Ratio, r.ThroughputRatio)
+	}
+	if r.MTLS != nil {
+		fmt.Fprintf(w, "mTLS/h2c: p50 %.2fx, throughput %.2fx\n", r.MTLSP50Ratio, r.MTLSThroughputRatio)
 	}
 	errs := "none"
 	if len(r.Errors) > 0 {
@@ -345,14 +384,17 @@ func printBench(w io.Writer, r *benchResult) {
 // localCluster is a scheduler and two workers served on loopback by this
 // process, with their state in a temporary directory.
 type localCluster struct {
-	addr    string
-	closers []func()
+	addr string
+	// clientTLS is what a client of a secure cluster dials with: an admin
+	// certificate; nil for h2c.
+	clientTLS *tls.Config
+	closers   []func()
 }
 
 // serve serves h on a loopback port until the cluster closes, and runs run
 // (if any) alongside; it returns the bound address.
-func (lc *localCluster) serve(ctx context.Context, h http.Handler, run func(context.Context) error, logger *slog.Logger) (string, error) {
-	srv, err := serving.Listen("127.0.0.1:0", h, nil, logger)
+func (lc *localCluster) serve(ctx context.Context, h http.Handler, serverTLS *tls.Config, run func(context.Context) error, logger *slog.Logger) (string, error) {
+	srv, err := serving.Listen("127.0.0.1:0", h, serverTLS, logger)
 	if err != nil {
 		return "", err
 	}
@@ -388,7 +430,9 @@ func (lc *localCluster) close() {
 
 // startLocalCluster starts the scheduler and two workers that allow command
 // (besides true, sh and bash), and waits until both workers are READY.
-func startLocalCluster(ctx context.Context, command string) (_ *localCluster, err error) {
+// secure makes it a cluster over mutual TLS with its own CA, as `baton
+// dev` runs; otherwise everything is h2c.
+func startLocalCluster(ctx context.Context, command string, secure bool) (_ *localCluster, err error) {
 	lc := &localCluster{}
 	defer func() {
 		if err != nil {
@@ -409,16 +453,44 @@ func startLocalCluster(ctx context.Context, command string) (_ *localCluster, er
 	lc.closers = append(lc.closers, func() { _ = st.Close() })
 	workerHTTP := serving.NewHTTPClient(nil)
 	lc.closers = append(lc.closers, workerHTTP.CloseIdleConnections)
+	names := []string{"bench-1", "bench-2"}
+	creds := map[identity.Principal]*identity.Credentials{}
+	if secure {
+		admin := identity.Principal{Role: identity.RoleAdmin, Name: "bench"}
+		principals := []identity.Principal{identity.Scheduler, admin}
+		for _, n := range names {
+			principals = append(principals, identity.Principal{Role: identity.RoleWorker, Name: n})
+		}
+		caFile, files, err := ensureCerts(filepath.Join(dir, "certs"), "bench", principals...)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range principals {
+			if creds[p], err = identity.LoadCredentials(caFile, files[p][0], files[p][1]); err != nil {
+				return nil, err
+			}
+		}
+		lc.clientTLS = creds[admin].ClientTLS(identity.Expect(identity.Scheduler))
+	}
+	// listen serves h as p: mutual TLS with p's certificate when secure.
+	listen := func(p identity.Principal, h http.Handler, run func(context.Context) error) (string, error) {
+		c := creds[p]
+		if c == nil {
+			return lc.serve(ctx, identity.AnonymousHandler(h), nil, run, logger)
+		}
+		return lc.serve(ctx, identity.NewAuthenticator(c, nil, false).Middleware(h), c.ServerTLS(), run, logger)
+	}
 	sched, err := scheduler.New(ctx, scheduler.Options{
 		Store:             st,
 		HeartbeatInterval: time.Second,
 		HTTPClient:        workerHTTP,
+		WorkerTLS:         creds[identity.Scheduler],
 		Logger:            logger,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if lc.addr, err = lc.serve(ctx, identity.AnonymousHandler(sched.Handler()), sched.Run, logger); err != nil {
+	if lc.addr, err = listen(identity.Scheduler, sched.Handler(), sched.Run); err != nil {
 		return nil, err
 	}
 
@@ -426,11 +498,18 @@ func startLocalCluster(ctx context.Context, command string) (_ *localCluster, er
 	if !strings.Contains(command, "/") && !slices.Contains(allowed, command) {
 		allowed = append(allowed, command)
 	}
-	schedHTTP := serving.NewHTTPClient(nil)
-	lc.closers = append(lc.closers, schedHTTP.CloseIdleConnections)
-	schedClient := batonv1connect.NewSchedulerServiceClient(schedHTTP, serving.BaseURL(lc.addr, false))
-	for i := range 2 {
-		name := fmt.Sprintf("bench-%d", i+1)
+	adminHTTP := serving.NewHTTPClient(lc.clientTLS)
+	lc.closers = append(lc.closers, adminHTTP.CloseIdleConnections)
+	adminClient := batonv1connect.NewSchedulerServiceClient(adminHTTP, serving.BaseURL(lc.addr, secure))
+	for _, name := range names {
+		self := identity.Principal{Role: identity.RoleWorker, Name: name}
+		var schedTLS *tls.Config
+		if secure {
+			schedTLS = creds[self].ClientTLS(identity.Expect(identity.Scheduler))
+		}
+		schedHTTP := serving.NewHTTPClient(schedTLS)
+		lc.closers = append(lc.closers, schedHTTP.CloseIdleConnections)
+		schedClient := batonv1connect.NewSchedulerServiceClient(schedHTTP, serving.BaseURL(lc.addr, secure))
 		scripts := filepath.Join(dir, name, "scripts")
 		if err := os.MkdirAll(scripts, 0o700); err != nil {
 			return nil, err
@@ -439,10 +518,10 @@ func startLocalCluster(ctx context.Context, command string) (_ *localCluster, er
 		// and hand calls to it once it does.
 		var w *worker.Worker
 		ready := make(chan struct{})
-		addr, err := lc.serve(ctx, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		addr, err := listen(self, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 			<-ready
-			identity.AnonymousHandler(w.Handler()).ServeHTTP(rw, r)
-		}), nil, logger)
+			w.Handler().ServeHTTP(rw, r)
+		}), nil)
 		if err != nil {
 			return nil, err
 		}
@@ -479,7 +558,7 @@ func startLocalCluster(ctx context.Context, command string) (_ *localCluster, er
 
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		res, err := schedClient.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{
+		res, err := adminClient.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{
 			States: []batonv1.WorkerState{batonv1.WorkerState_WORKER_STATE_READY},
 		}))
 		if err == nil && len(res.Msg.GetWorkers()) == 2 {

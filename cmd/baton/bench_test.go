@@ -52,3 +52,21 @@ func TestBenchCommandJSON(t *testing.T) {
 		t.Errorf("result %+v; want 6 completed, no baseline, no errors", res)
 	}
 }
+
+// TestBenchLocalMTLS runs the same load over a second local cluster that
+// speaks mutual TLS, and checks that every job went through both.
+func TestBenchLocalMTLS(t *testing.T) {
+	res, err := runBench(t.Context(), benchOptions{Local: true, MTLS: true, Clients: 4, Jobs: 20, Command: "true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Baton.Completed != 20 || res.MTLS == nil || res.MTLS.Completed != 20 || len(res.Errors) != 0 {
+		t.Fatalf("h2c %+v, mTLS %+v, errors %v; want 20 jobs through each", res.Baton, res.MTLS, res.Errors)
+	}
+	if res.MTLSP50Ratio <= 0 || res.MTLSThroughputRatio <= 0 {
+		t.Errorf("ratios %v, %v; want positive", res.MTLSP50Ratio, res.MTLSThroughputRatio)
+	}
+	if _, err := runBench(t.Context(), benchOptions{MTLS: true, Clients: 1, Jobs: 1, Command: "true"}); err == nil {
+		t.Error("--mtls without --local was accepted")
+	}
+}
