@@ -668,6 +668,7 @@ data_dir = %q
 			if !errors.As(err, &exit) || exit.ExitCode() == 0 {
 				t.Fatalf("baton %s: %v, want a non-zero exit\n%s", strings.Join(tc.args, " "), err, out)
 			}
+			t.Logf("refused: %s", strings.TrimSpace(out))
 			for _, w := range tc.want {
 				if !strings.Contains(out, w) {
 					t.Errorf("the error does not say %q:\n%s", w, out)
