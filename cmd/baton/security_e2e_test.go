@@ -373,7 +373,7 @@ func TestSecurityCluster(t *testing.T) {
 		t.Fatalf("alice StartJob: %v", err)
 	}
 	job := started.Msg.GetJobId()
-	if job == "" || len(started.Msg.GetJobs()) != 1 || started.Msg.GetJobs()[0].GetOwner() != "alice" {
+	if job == "" || len(started.Msg.GetJobs()) != 1 || started.Msg.GetJobs()[0].GetOwner() != "user/alice" {
 		t.Fatalf("alice StartJob answered %v, want one job owned by alice", started.Msg)
 	}
 	audit = append(audit, auditEntry{principal: "user/alice", procedure: procStart, decision: "allow", code: "ok", jobID: job, workerID: "w1"})
@@ -407,7 +407,7 @@ func TestSecurityCluster(t *testing.T) {
 	}
 	if q, err := alice.QueryJob(ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: job})); err != nil {
 		t.Errorf("alice QueryJob: %v", err)
-	} else if q.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED || q.Msg.GetStatus().GetOwner() != "alice" {
+	} else if q.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED || q.Msg.GetStatus().GetOwner() != "user/alice" {
 		t.Errorf("alice QueryJob: %v", q.Msg.GetStatus())
 	}
 	// Stopping a job that has ended is allowed to its owner, and changes
@@ -439,14 +439,14 @@ func TestSecurityCluster(t *testing.T) {
 		wantCode(t, "bob StreamJobOutput of alice's job", bobStream.Err(), connect.CodeNotFound)
 		_ = bobStream.Close()
 	}
-	for _, owner := range []string{"", "alice"} {
+	for _, owner := range []string{"", "user/alice"} {
 		list, err := bob.ListJobs(ctx, connect.NewRequest(&batonv1.ListJobsRequest{Owner: owner}))
 		if err != nil {
 			t.Errorf("bob ListJobs(owner=%q): %v", owner, err)
 			continue
 		}
 		for _, j := range list.Msg.GetJobs() {
-			if j.GetJobId() == job || j.GetOwner() != "bob" {
+			if j.GetJobId() == job || j.GetOwner() != "user/bob" {
 				t.Errorf("bob ListJobs(owner=%q) lists %v", owner, j)
 			}
 		}
@@ -454,7 +454,7 @@ func TestSecurityCluster(t *testing.T) {
 	// An admin sees every job.
 	if q, err := root.QueryJob(ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: job})); err != nil {
 		t.Errorf("root QueryJob of alice's job: %v", err)
-	} else if q.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED || q.Msg.GetStatus().GetOwner() != "alice" {
+	} else if q.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED || q.Msg.GetStatus().GetOwner() != "user/alice" {
 		t.Errorf("root QueryJob of alice's job: %v", q.Msg.GetStatus())
 	}
 	if list, err := root.ListJobs(ctx, connect.NewRequest(&batonv1.ListJobsRequest{})); err != nil {

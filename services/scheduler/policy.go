@@ -54,13 +54,10 @@ func caller(ctx context.Context) identity.Principal {
 	return p
 }
 
-// ownerName is what a job started by p records as its owner.
-func ownerName(p identity.Principal) string {
-	if p.Name == "" {
-		return string(p.Role)
-	}
-	return p.Name
-}
+// ownerName is what a job started by p records as its owner: the whole
+// principal ("user/alice"), so that an admin and a user who happen to share
+// a name do not share jobs.
+func ownerName(p identity.Principal) string { return p.String() }
 
 // seesAll reports whether p may see and act on every job (within what
 // its role may call at all); a user sees only its own.

@@ -301,8 +301,8 @@ func TestOwnership(t *testing.T) {
 		t.Fatal(err)
 	}
 	id := res.Msg.GetJobId()
-	if got := res.Msg.GetJobs()[0].GetOwner(); got != "alice" {
-		t.Errorf("owner %q, want alice", got)
+	if got := res.Msg.GetJobs()[0].GetOwner(); got != "user/alice" {
+		t.Errorf("owner %q, want user/alice", got)
 	}
 	if got := c.sawOnBehalfOf.Load(); got != "" {
 		t.Errorf("the scheduler believed a client's on-behalf-of header: %q", got)
@@ -324,7 +324,7 @@ func TestOwnership(t *testing.T) {
 		stream.Close()
 	}
 	wantCode(t, "bob streams alice's job", err, connect.CodeNotFound)
-	for _, owner := range []string{"", "alice"} {
+	for _, owner := range []string{"", "user/alice"} {
 		list, err := asBob.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{Owner: owner}))
 		if err != nil {
 			t.Fatal(err)
@@ -352,7 +352,7 @@ func TestOwnership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := st.Msg.GetStatus(); s.GetState() != batonv1.JobState_JOB_STATE_STOPPED || s.GetStoppedBy() != "root" {
+	if s := st.Msg.GetStatus(); s.GetState() != batonv1.JobState_JOB_STATE_STOPPED || s.GetStoppedBy() != "admin/root" {
 		t.Errorf("after the admin's stop: state %v stopped_by %q", s.GetState(), s.GetStoppedBy())
 	}
 	list, err := asAlice.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{}))
@@ -374,8 +374,8 @@ func TestBearerTokens(t *testing.T) {
 			req.Header().Set("Authorization", auth)
 		}
 		res, err := client.StartJob(t.Context(), req)
-		if err == nil && res.Msg.GetJobs()[0].GetOwner() != "tess" {
-			t.Errorf("owner %q, want tess", res.Msg.GetJobs()[0].GetOwner())
+		if err == nil && res.Msg.GetJobs()[0].GetOwner() != "user/tess" {
+			t.Errorf("owner %q, want user/tess", res.Msg.GetJobs()[0].GetOwner())
 		}
 		return err
 	}
