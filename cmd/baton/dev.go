@@ -63,6 +63,9 @@ func runDev(ctx context.Context, dc devConfig) error {
 	if err := sched.validate(); err != nil {
 		return err
 	}
+	if err := writeClientConfig(filepath.Join(dc.dataDir, "client.toml"), ClientSection{Scheduler: "http://" + dc.addr}); err != nil {
+		return err
+	}
 
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSched()
