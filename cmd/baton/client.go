@@ -84,6 +84,8 @@ type clientOptions struct {
 	configFile string
 	output     string
 	flags      *pflag.FlagSet
+	// environ replaces the process environment in tests.
+	environ []string
 }
 
 // bindClientFlags adds the client flags to cmd.
@@ -117,6 +119,7 @@ func (o *clientOptions) config() (ClientConfig, error) {
 		file:     clientConfigFile(o.configFile),
 		flags:    o.flags,
 		flagKeys: flagKeys(clientConfigFlags),
+		environ:  o.environ,
 	})
 	return cfg, err
 }
