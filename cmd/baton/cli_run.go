@@ -183,6 +183,10 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	if cmd.Context().Err() != nil {
+		// Interrupted before the handler above was in place.
+		return &exitError{code: signalExit(syscall.SIGINT)}
+	}
 	ctx := context.WithoutCancel(cmd.Context())
 	stderr := cmd.ErrOrStderr()
 
