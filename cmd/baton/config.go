@@ -122,12 +122,11 @@ func load(out any, src configSource) (*koanf.Koanf, error) {
 		Prefix:      envPrefix,
 		EnvironFunc: func() []string { return environ },
 		TransformFunc: func(name, value string) (string, any) {
-			if slices.Contains(envIgnored, name) {
-				return "", nil
-			}
 			key, ok := envKeys[name]
 			if !ok {
-				unknownEnv = append(unknownEnv, name)
+				if !slices.Contains(envIgnored, name) && !otherConfigEnv(name) {
+					unknownEnv = append(unknownEnv, name)
+				}
 				return "", nil
 			}
 			return key, envValue(leaves[key], value)

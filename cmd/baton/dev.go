@@ -84,6 +84,11 @@ func runDev(ctx context.Context, dc devConfig) error {
 	if err := sched.validate(); err != nil {
 		return err
 	}
+	if err := writeClientConfig(filepath.Join(dc.dataDir, "client.toml"), ClientSection{
+		Scheduler: "https://" + dc.addr, CAFile: caFile, CertFile: certs[devAdmin][0], KeyFile: certs[devAdmin][1],
+	}); err != nil {
+		return err
+	}
 
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSched()
@@ -125,6 +130,7 @@ func runDev(ctx context.Context, dc devConfig) error {
   certs      %[5]s   (ca.crt, admin-dev.crt/.key for clients)
   data       %[6]s
 Try:
+  go run ./cmd/baton run -- bash count.sh
   curl -s -H 'Content-Type: application/json' -d '{"command":"bash","path":"count.sh"}' http://%[2]s/baton.v1.SchedulerService/StartJob
   curl -s --cacert %[5]s/ca.crt --cert %[5]s/admin-dev.crt --key %[5]s/admin-dev.key -H 'Content-Type: application/json' -d '{}' https://%[1]s/baton.v1.SchedulerService/ListWorkers
 Press Ctrl-C to stop.

@@ -32,6 +32,10 @@ func run(args []string) int {
 	if errors.As(err, &exit) {
 		return exit.code
 	}
+	if usage := new(usageError); errors.As(err, &usage) {
+		fmt.Fprintf(os.Stderr, "baton: %s\n", usage.msg)
+		return 2
+	}
 	if ce := new(connect.Error); errors.As(err, &ce) {
 		fmt.Fprintf(os.Stderr, "baton: %s: %s\n", ce.Code(), ce.Message())
 	} else {
@@ -58,5 +62,11 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newCertsCommand())
 	root.AddCommand(newTokenCommand())
+	root.AddCommand(newRunCommand(), newStartCommand(), newStopCommand(), newStatusCommand(),
+		newLogsCommand(), newJobsCommand(), newWorkersCommand(), newDrainCommand())
+	root.AddCommand(newConfigCommand())
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return &usageError{msg: cmd.CommandPath() + ": " + err.Error()}
+	})
 	return root
 }

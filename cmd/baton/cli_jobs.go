@@ -1,0 +1,323 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+)
+
+// clientCall is what every client command needs once its flags are parsed.
+type clientCall struct {
+	ctx    context.Context
+	client *schedulerClient
+	format outputFormat
+	out    io.Writer
+	errOut io.Writer
+}
+
+// prepare checks the output flag, loads the configuration and builds the
+// client.
+func prepare(cmd *cobra.Command, co *clientOptions) (*clientCall, error) {
+	format, err := co.format()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := co.config()
+	if err != nil {
+		return nil, err
+	}
+	client, err := newSchedulerClient(cfg.Client)
+	if err != nil {
+		return nil, err
+	}
+	return &clientCall{ctx: cmd.Context(), client: client, format: format, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}, nil
+}
+
+// clientCommand builds a client command: its flags, and a RunE that
+// prepares the client before calling run.
+func clientCommand(cmd *cobra.Command, run func(c *clientCall, args []string) error) *cobra.Command {
+	co := bindClientFlags(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		c, err := prepare(cmd, co)
+		if err != nil {
+			return err
+		}
+		if err := run(c, args); err != nil {
+			return c.client.explain(err)
+		}
+		return nil
+	}
+	return cmd
+}
+
+// checkID refuses an argument that cannot be a job or group id before any
+// call is made.
+func checkID(what, id string) error {
+	if _, err := uuid.Parse(id); err != nil {
+		return usageErrorf("%s %q is not an id: job and group ids are UUIDs, as printed by baton start and baton jobs", what, id)
+	}
+	return nil
+}
+
+func newStopCommand() *cobra.Command {
+	return clientCommand(&cobra.Command{
+		Use:   "stop JOB",
+		Short: "Stop a job (or every job of a group) and print its final status",
+		Long: `stop sends the job SIGTERM and, after the worker's grace period, SIGKILL,
+waits for it to end and prints its final status. Stopping a finished job
+changes nothing and prints its status. JOB may also be a group id (from
+start --all): every job of the group is stopped.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+	}, func(c *clientCall, args []string) error {
+		id := args[0]
+		if err := checkID("JOB", id); err != nil {
+			return err
+		}
+		res, err := c.client.StopJob(c.ctx, connect.NewRequest(&batonv1.StopJobRequest{JobId: id}))
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			if g, gerr := c.client.StopJob(c.ctx, connect.NewRequest(&batonv1.StopJobRequest{GroupId: id})); gerr == nil {
+				res, err = g, nil
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if c.format == formatJSON {
+			return writeJSON(c.out, res.Msg)
+		}
+		if len(res.Msg.GetJobs()) > 1 {
+			return writeJobsTable(c.out, res.Msg.GetJobs(), liveStyle())
+		}
+		return writeJobStatus(c.out, res.Msg.GetStatus(), liveStyle())
+	})
+}
+
+func newStatusCommand() *cobra.Command {
+	return clientCommand(&cobra.Command{
+		Use:   "status JOB",
+		Short: "Show a job's status (or a group's jobs)",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+	}, func(c *clientCall, args []string) error {
+		id := args[0]
+		if err := checkID("JOB", id); err != nil {
+			return err
+		}
+		res, err := c.client.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: id}))
+		group := false
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			if g, gerr := c.client.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{GroupId: id})); gerr == nil {
+				res, err, group = g, nil, true
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if c.format == formatJSON {
+			return writeJSON(c.out, res.Msg)
+		}
+		if group {
+			return writeJobsTable(c.out, res.Msg.GetJobs(), liveStyle())
+		}
+		return writeJobStatus(c.out, res.Msg.GetStatus(), liveStyle())
+	})
+}
+
+func newLogsCommand() *cobra.Command {
+	var follow, onlyStdout, onlyStderr bool
+	var offset int64
+	cmd := &cobra.Command{
+		Use:   "logs JOB",
+		Short: "Print a job's output: stdout to stdout, stderr to stderr",
+		Long: `logs prints what the job has written so far, stdout to stdout and stderr to
+stderr, in the order it was produced; -f follows until the job ends.
+--offset skips bytes of the view asked for (both streams interleaved, or
+the one stream of --stdout or --stderr). With -o json each message of the
+stream is printed as one JSON object a line (JSON Lines), the job's final
+status last when following.`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the output until the job ends")
+	cmd.Flags().Int64Var(&offset, "offset", 0, "start this many bytes into the output")
+	cmd.Flags().BoolVar(&onlyStdout, "stdout", false, "only the job's standard output")
+	cmd.Flags().BoolVar(&onlyStderr, "stderr", false, "only the job's standard error")
+	return clientCommand(cmd, func(c *clientCall, args []string) error {
+		id := args[0]
+		if err := checkID("JOB", id); err != nil {
+			return err
+		}
+		if onlyStdout && onlyStderr {
+			return usageErrorf("--stdout and --stderr: give one, or neither for both")
+		}
+		if offset < 0 {
+			return usageErrorf("--offset must not be negative")
+		}
+		req := &batonv1.StreamJobOutputRequest{JobId: id, Offset: offset, Follow: follow}
+		switch {
+		case onlyStdout:
+			req.Stream = batonv1.OutputStream_OUTPUT_STREAM_STDOUT
+		case onlyStderr:
+			req.Stream = batonv1.OutputStream_OUTPUT_STREAM_STDERR
+		}
+		stream, err := c.client.StreamJobOutput(c.ctx, connect.NewRequest(req))
+		if err != nil {
+			return err
+		}
+		defer stream.Close()
+		for stream.Receive() {
+			msg := stream.Msg()
+			if c.format == formatJSON {
+				if err := writeJSONLine(c.out, msg); err != nil {
+					return err
+				}
+				continue
+			}
+			chunk := msg.GetChunk()
+			if chunk == nil {
+				continue
+			}
+			w := c.out
+			if chunk.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
+				w = c.errOut
+			}
+			if _, err := w.Write(chunk.GetData()); err != nil {
+				return err
+			}
+		}
+		if err := stream.Err(); err != nil {
+			// Ctrl-C while following is the normal way out.
+			if follow && errors.Is(c.ctx.Err(), context.Canceled) {
+				return nil
+			}
+			return err
+		}
+		return nil
+	})
+}
+
+func newJobsCommand() *cobra.Command {
+	var states []string
+	var worker string
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "jobs",
+		Short: "List jobs, newest first",
+		Long: `jobs lists jobs, newest first, fetching as many pages as --limit needs.
+With -o json it prints one JSON array of job statuses.`,
+		Args: usageArgs(cobra.NoArgs),
+	}
+	cmd.Flags().StringSliceVar(&states, "state", nil, "only jobs in these states: pending, running, succeeded, failed, stopped, timed_out, lost (repeat or comma-separate)")
+	cmd.Flags().StringVar(&worker, "worker", "", "only this worker's jobs (name or id)")
+	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many jobs (0: all)")
+	return clientCommand(cmd, func(c *clientCall, _ []string) error {
+		if limit < 0 {
+			return usageErrorf("--limit must not be negative")
+		}
+		req := &batonv1.ListJobsRequest{WorkerId: worker}
+		for _, s := range states {
+			st, err := parseJobState(s)
+			if err != nil {
+				return err
+			}
+			req.States = append(req.States, st)
+		}
+		jobs, more, err := listJobs(c.ctx, c.client, req, limit)
+		if err != nil {
+			return err
+		}
+		if c.format == formatJSON {
+			return writeJSONList(c.out, jobs)
+		}
+		if err := writeJobsTable(c.out, jobs, liveStyle()); err != nil {
+			return err
+		}
+		if more {
+			fmt.Fprintf(c.errOut, "(the first %d jobs; --limit 0 lists all)\n", limit)
+		}
+		return nil
+	})
+}
+
+// maxPageSize is the largest page ListJobs serves.
+const maxPageSize = 1000
+
+// listJobs pages through ListJobs until limit jobs (0: all) or the last
+// page; more says whether jobs were left out.
+func listJobs(ctx context.Context, client *schedulerClient, req *batonv1.ListJobsRequest, limit int) ([]*batonv1.JobStatus, bool, error) {
+	var jobs []*batonv1.JobStatus
+	for {
+		size := maxPageSize
+		if limit > 0 {
+			size = min(size, limit-len(jobs))
+		}
+		req.PageSize = int32(size)
+		res, err := client.ListJobs(ctx, connect.NewRequest(req))
+		if err != nil {
+			return nil, false, err
+		}
+		jobs = append(jobs, res.Msg.GetJobs()...)
+		next := res.Msg.GetNextPageToken()
+		if next == "" {
+			return jobs, false, nil
+		}
+		if limit > 0 && len(jobs) >= limit {
+			return jobs[:limit], true, nil
+		}
+		req.PageToken = next
+	}
+}
+
+// parseJobState accepts "running", "RUNNING" and "JOB_STATE_RUNNING".
+func parseJobState(s string) (batonv1.JobState, error) {
+	name := strings.ToUpper(strings.TrimSpace(s))
+	if !strings.HasPrefix(name, "JOB_STATE_") {
+		name = "JOB_STATE_" + name
+	}
+	v, ok := batonv1.JobState_value[name]
+	if !ok || v == 0 {
+		return 0, usageErrorf("--state %q: use pending, running, succeeded, failed, stopped, timed_out or lost", s)
+	}
+	return batonv1.JobState(v), nil
+}
+
+func newWorkersCommand() *cobra.Command {
+	return clientCommand(&cobra.Command{
+		Use:   "workers",
+		Short: "List the workers: state, address, running jobs, labels",
+		Long:  `workers lists the roster by name. With -o json it prints one JSON array of workers.`,
+		Args:  usageArgs(cobra.NoArgs),
+	}, func(c *clientCall, _ []string) error {
+		res, err := c.client.ListWorkers(c.ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		if err != nil {
+			return err
+		}
+		if c.format == formatJSON {
+			return writeJSONList(c.out, res.Msg.GetWorkers())
+		}
+		return writeWorkersTable(c.out, res.Msg.GetWorkers(), liveStyle())
+	})
+}
+
+func newDrainCommand() *cobra.Command {
+	return clientCommand(&cobra.Command{
+		Use:   "drain WORKER",
+		Short: "Stop placing jobs on a worker; its running jobs finish",
+		Args:  usageArgs(cobra.ExactArgs(1)),
+	}, func(c *clientCall, args []string) error {
+		res, err := c.client.DrainWorker(c.ctx, connect.NewRequest(&batonv1.DrainWorkerRequest{WorkerId: args[0]}))
+		if err != nil {
+			return err
+		}
+		if c.format == formatJSON {
+			return writeJSON(c.out, res.Msg)
+		}
+		return writeWorkersTable(c.out, []*batonv1.Worker{res.Msg.GetWorker()}, liveStyle())
+	})
+}

@@ -1,0 +1,489 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+)
+
+func TestScriptPathRule(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		arg  string
+		want bool
+	}{
+		{"count.sh", true},
+		{"tools/train.py", true},
+		{"./count.sh", true},
+		{"100", true},
+		{"-c", false},
+		{"--", false},
+		{"-", false},
+		{"", false},
+		{"/etc/passwd", false},
+		{"../count.sh", false},
+		{"a/../../b", false},
+		{"a/..", false},
+		{"..x/y", true},
+	}
+	for _, tt := range tests {
+		if got := scriptPathArg(tt.arg); got != tt.want {
+			t.Errorf("scriptPathArg(%q) = %v, want %v", tt.arg, got, tt.want)
+		}
+	}
+}
+
+// parseRunFlags parses run's flags as cobra would.
+func parseRunFlags(t *testing.T, args []string) (*runOptions, []string) {
+	t.Helper()
+	var ro runOptions
+	cmd := &cobra.Command{Use: "run"}
+	bindClientFlags(cmd)
+	bindRunFlags(cmd, &ro)
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	return &ro, cmd.Flags().Args()
+}
+
+func TestStartRequest(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want *batonv1.StartJobRequest
+		// usage is set when the command line must be refused.
+		usage string
+	}{
+		{
+			name: "script path from the first argument",
+			args: []string{"--", "bash", "count.sh", "a", "b"},
+			want: &batonv1.StartJobRequest{Command: "bash", Path: "count.sh", Args: []string{"a", "b"}},
+		},
+		{
+			name: "no dash-dash: flags stop at COMMAND",
+			args: []string{"--worker", "w1", "bash", "-c", "echo hi", "--all"},
+			want: &batonv1.StartJobRequest{WorkerId: "w1", Command: "bash", Args: []string{"-c", "echo hi", "--all"}},
+		},
+		{
+			name: "--no-path keeps the argument plain",
+			args: []string{"--no-path", "--", "python3", "data.csv"},
+			want: &batonv1.StartJobRequest{Command: "python3", Args: []string{"data.csv"}},
+		},
+		{
+			name: "an absolute path is an argument",
+			args: []string{"--", "cat", "/etc/hostname"},
+			want: &batonv1.StartJobRequest{Command: "cat", Args: []string{"/etc/hostname"}},
+		},
+		{
+			name: "command alone",
+			args: []string{"--", "true"},
+			want: &batonv1.StartJobRequest{Command: "true"},
+		},
+		{
+			name: "selectors, env, fan-out, timeout",
+			args: []string{"--selector", "zone=a", "--selector", "gpu=", "--env", "K=v=w", "--all", "--timeout", "90s", "--", "sh", "-c", "env"},
+			want: &batonv1.StartJobRequest{
+				Command: "sh", Args: []string{"-c", "env"}, All: true,
+				Selector: map[string]string{"zone": "a", "gpu": ""}, Env: map[string]string{"K": "v=w"},
+			},
+		},
+		{name: "pair without =", args: []string{"--env", "K", "--", "sh"}, usage: `--env "K"`},
+		{name: "pair without key", args: []string{"--selector", "=a", "--", "sh"}, usage: "--selector"},
+		{name: "--all with --worker", args: []string{"--all", "--worker", "w1", "--", "sh"}, usage: "--all and --worker"},
+		{name: "negative timeout", args: []string{"--timeout", "-1s", "--", "sh"}, usage: "--timeout"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ro, args := parseRunFlags(t, tt.args)
+			got, err := ro.startRequest(args)
+			if tt.usage != "" {
+				var ue *usageError
+				if !errors.As(err, &ue) || !strings.Contains(ue.msg, tt.usage) {
+					t.Fatalf("error = %v, want a usage error naming %q", err, tt.usage)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.name == "selectors, env, fan-out, timeout" {
+				if got.GetTimeout().AsDuration() != 90*time.Second {
+					t.Errorf("timeout = %v", got.GetTimeout())
+				}
+				got.Timeout = nil
+			}
+			if !proto.Equal(got, tt.want) {
+				t.Errorf("request = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestJobExitCode(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		st   *batonv1.JobStatus
+		want int
+	}{
+		{"success", &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_SUCCEEDED, ExitCode: proto.Int32(0)}, 0},
+		{"exit 3", &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_FAILED, ExitCode: proto.Int32(3)}, 3},
+		{"SIGKILL", &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_FAILED, Signal: "SIGKILL"}, 137},
+		{"stopped by SIGTERM", &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_STOPPED, Signal: "SIGTERM"}, 143},
+		{"timed out, exited 0 on SIGTERM", &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_TIMED_OUT, ExitCode: proto.Int32(0)}, 0},
+		{"lost: neither", &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_LOST}, 1},
+	}
+	for _, tt := range tests {
+		if got := jobExitCode(tt.st); got != tt.want {
+			t.Errorf("%s: %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestParseJobState(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"running", "RUNNING", "JOB_STATE_RUNNING", " Running "} {
+		if got, err := parseJobState(s); err != nil || got != batonv1.JobState_JOB_STATE_RUNNING {
+			t.Errorf("%q: %v, %v", s, got, err)
+		}
+	}
+	for _, s := range []string{"", "unspecified", "runing"} {
+		var ue *usageError
+		if _, err := parseJobState(s); !errors.As(err, &ue) {
+			t.Errorf("%q: error %v, want a usage error", s, err)
+		}
+	}
+}
+
+func TestSchedulerURL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		c       ClientSection
+		want    string
+		tls     bool
+		wantErr string
+	}{
+		{"default", defaultClientConfig().Client, "http://127.0.0.1:7070", false, ""},
+		{"host:port is h2c", ClientSection{Scheduler: "sched:7070"}, "http://sched:7070", false, ""},
+		{"host:port with a CA is TLS", ClientSection{Scheduler: "sched:7070", CAFile: "ca.pem"}, "https://sched:7070", true, ""},
+		{"https URL", ClientSection{Scheduler: "https://sched.example:443/"}, "https://sched.example:443", true, ""},
+		{"http URL with a certificate", ClientSection{Scheduler: "http://sched:7070", CertFile: "c.pem"}, "", false, "use https://"},
+		{"other scheme", ClientSection{Scheduler: "ftp://sched:21"}, "", false, "http (h2c) or https"},
+		{"no port", ClientSection{Scheduler: "sched"}, "", false, "host:port"},
+		{"empty", ClientSection{}, "", false, "empty"},
+	}
+	for _, tt := range tests {
+		got, useTLS, err := tt.c.schedulerURL()
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: error %v, want one saying %q", tt.name, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want || useTLS != tt.tls {
+			t.Errorf("%s: %q tls=%v err=%v, want %q tls=%v", tt.name, got, useTLS, err, tt.want, tt.tls)
+		}
+	}
+}
+
+// clientOptionsFor parses client flags and fixes the environment.
+func clientOptionsFor(t *testing.T, environ []string, args ...string) *clientOptions {
+	t.Helper()
+	cmd := &cobra.Command{Use: "jobs"}
+	co := bindClientFlags(cmd)
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	co.environ = environ
+	return co
+}
+
+func TestClientConfigLayers(t *testing.T) {
+	t.Parallel()
+	file := writeConfig(t, "[client]\nscheduler = \"https://from-file:7070\"\nca_file = \"/etc/baton/ca.pem\"\ntoken = \"file-token\"\n")
+	co := clientOptionsFor(t,
+		[]string{"BATON_CLIENT_TOKEN=env-token", "BATON_CLIENT_CA_FILE=/env/ca.pem", "BATON_WORKER_NAME=for-the-worker", "BATON_JOB_ID=x"},
+		"--config", file, "--ca", "/flag/ca.pem")
+	cfg, err := co.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ClientSection{Scheduler: "https://from-file:7070", CAFile: "/flag/ca.pem", Token: "env-token"}
+	if cfg.Client != want {
+		t.Errorf("config = %+v, want %+v", cfg.Client, want)
+	}
+
+	tests := []struct {
+		name    string
+		file    string
+		environ []string
+		want    string
+	}{
+		{"unknown key", "[client]\nschedular = \"x:1\"\n", nil, "schedular"},
+		{"a daemon's section", "[worker]\nname = \"x\"\n", nil, "worker"},
+		{"unknown variable", "", []string{"BATON_CLIENT_TOKN=x"}, "BATON_CLIENT_TOKN"},
+	}
+	for _, tt := range tests {
+		args := []string{"--config", writeConfig(t, tt.file+"\n")}
+		_, err := clientOptionsFor(t, append([]string{}, tt.environ...), args...).config()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: error %v, want one naming %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestDaemonIgnoresClientEnv: a shell exporting BATON_CLIENT_* for the CLI
+// can still start a worker, whose own typos are still caught.
+func TestDaemonIgnoresClientEnv(t *testing.T) {
+	t.Parallel()
+	cfg := defaultWorkerConfig()
+	if _, err := load(&cfg, configSource{environ: []string{"BATON_CLIENT_SCHEDULER=https://x:1", "BATON_WORKER_CAPACITY=3"}}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Worker.Capacity != 3 {
+		t.Errorf("capacity = %d", cfg.Worker.Capacity)
+	}
+	if _, err := load(&cfg, configSource{environ: []string{"BATON_CLIENT_SCHEDULR=x"}}); err == nil || !strings.Contains(err.Error(), "BATON_CLIENT_SCHEDULR") {
+		t.Errorf("error = %v, want one naming BATON_CLIENT_SCHEDULR", err)
+	}
+}
+
+func TestWriteClientConfig(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "dev", "client.toml")
+	want := ClientSection{Scheduler: "https://127.0.0.1:7070", CAFile: "/d/ca.pem", CertFile: "/d/admin.pem", KeyFile: "/d/admin-key.pem"}
+	if err := writeClientConfig(path, want); err != nil {
+		t.Fatal(err)
+	}
+	// Written twice: the second run of baton dev replaces the file.
+	if err := writeClientConfig(path, want); err != nil {
+		t.Fatal(err)
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Errorf("mode %#o, want 0600", info.Mode().Perm())
+	}
+	cfg, err := clientOptionsFor(t, []string{}, "--config", path).config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Client != want {
+		t.Errorf("read back %+v, want %+v", cfg.Client, want)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Errorf("directory holds %d entries, want only client.toml", len(entries))
+	}
+}
+
+// TestConfigPrintRoundTrips prints each command's effective config and
+// loads the output back as that command's config file.
+func TestConfigPrintRoundTrips(t *testing.T) {
+	t.Parallel()
+	printed := func(t *testing.T, args ...string) string {
+		t.Helper()
+		root := newRootCommand()
+		var out bytes.Buffer
+		root.SetOut(&out)
+		root.SetArgs(args)
+		if err := root.ExecuteContext(t.Context()); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		return out.String()
+	}
+	t.Run("worker", func(t *testing.T) {
+		t.Parallel()
+		file := writeConfig(t, "[worker]\nname = \"from-file\"\ncapacity = 5\nstop_grace = \"3s\"\n")
+		out := printed(t, "config", "print", "worker", "--config", file, "--name", "from-flag")
+		cfg := defaultWorkerConfig()
+		if _, err := load(&cfg, configSource{file: writeConfig(t, out), environ: []string{}}); err != nil {
+			t.Fatalf("%v in\n%s", err, out)
+		}
+		if cfg.Worker.Name != "from-flag" || cfg.Worker.Capacity != 5 || time.Duration(cfg.Worker.StopGrace) != 3*time.Second || cfg.Worker.DataDir == "" {
+			t.Errorf("printed config loads as %+v:\n%s", cfg.Worker, out)
+		}
+	})
+	t.Run("scheduler", func(t *testing.T) {
+		t.Parallel()
+		out := printed(t, "config", "print", "scheduler", "--config", writeConfig(t, "[http_server]\naddr = \"127.0.0.1:9\"\n"))
+		cfg := defaultSchedulerConfig()
+		if _, err := load(&cfg, configSource{file: writeConfig(t, out), environ: []string{}}); err != nil {
+			t.Fatalf("%v in\n%s", err, out)
+		}
+		if cfg.HTTPServer.Addr != "127.0.0.1:9" || cfg.GRPCServer.Addr != "127.0.0.1:7070" {
+			t.Errorf("printed config loads as %+v:\n%s", cfg, out)
+		}
+	})
+	t.Run("client hides the token", func(t *testing.T) {
+		t.Parallel()
+		file := writeConfig(t, "[client]\nscheduler = \"sched:7070\"\ntoken = \"s3cret\"\n")
+		for _, args := range [][]string{{"config", "print"}, {"config", "print", "client"}} {
+			out := printed(t, append(args, "--config", file)...)
+			if strings.Contains(out, "s3cret") || !strings.Contains(out, "<redacted>") || !strings.Contains(out, "sched:7070") {
+				t.Errorf("%v printed:\n%s", args, out)
+			}
+		}
+	})
+}
+
+// tokenRecorder is a scheduler that records the Authorization header of
+// each call.
+type tokenRecorder struct {
+	batonv1connect.UnimplementedSchedulerServiceHandler
+	mu   sync.Mutex
+	seen []string
+}
+
+func (r *tokenRecorder) record(h http.Header) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.seen = append(r.seen, h.Get("Authorization"))
+}
+
+func (r *tokenRecorder) ListWorkers(_ context.Context, req *connect.Request[batonv1.ListWorkersRequest]) (*connect.Response[batonv1.ListWorkersResponse], error) {
+	r.record(req.Header())
+	return connect.NewResponse(&batonv1.ListWorkersResponse{}), nil
+}
+
+func (r *tokenRecorder) StreamJobOutput(_ context.Context, req *connect.Request[batonv1.StreamJobOutputRequest], stream *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
+	r.record(req.Header())
+	return stream.Send(&batonv1.StreamJobOutputResponse{Event: &batonv1.StreamJobOutputResponse_Status{Status: &batonv1.JobStatus{}}})
+}
+
+// TestBearerToken: the token goes on unary calls and streams alike, over
+// the h2c transport the CLI uses.
+func TestBearerToken(t *testing.T) {
+	t.Parallel()
+	rec := &tokenRecorder{}
+	_, handler := batonv1connect.NewSchedulerServiceHandler(rec)
+	srv := httptest.NewUnstartedServer(handler)
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	client, err := newSchedulerClient(ClientSection{Scheduler: srv.URL, Token: " s3cret "})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{})); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := client.StreamJobOutput(t.Context(), connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: "x"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for stream.Receive() {
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.Close()
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if want := []string{"Bearer s3cret", "Bearer s3cret"}; !slices.Equal(rec.seen, want) {
+		t.Errorf("Authorization headers %q, want %q", rec.seen, want)
+	}
+
+	if _, err := newSchedulerClient(ClientSection{Scheduler: srv.URL, Token: "two words"}); err == nil {
+		t.Error("a token with a space was accepted")
+	}
+}
+
+// TestClientUnreachable: a refused connection is one line naming the URL.
+func TestClientUnreachable(t *testing.T) {
+	t.Parallel()
+	addr := freeAddr(t)
+	client, err := newSchedulerClient(ClientSection{Scheduler: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = client.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+	line := errorLine(client.explain(err))
+	if !strings.HasPrefix(line, "unavailable: cannot reach the scheduler at http://"+addr) || strings.Contains(line, "\n") {
+		t.Errorf("error line %q", line)
+	}
+}
+
+// writeTestKeyPair writes a self-signed certificate and its key, the key
+// with the given mode.
+func writeTestKeyPair(t *testing.T, keyMode os.FileMode) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "cli"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), keyMode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(keyFile, keyMode); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+func TestClientTLSConfig(t *testing.T) {
+	t.Parallel()
+	cert, key := writeTestKeyPair(t, 0o600)
+	conf, err := ClientSection{CAFile: cert, CertFile: cert, KeyFile: key}.tlsConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conf.MinVersion != 0x0304 || conf.RootCAs == nil || len(conf.Certificates) != 1 {
+		t.Errorf("tls config: min %#x, roots %v, %d certificates", conf.MinVersion, conf.RootCAs != nil, len(conf.Certificates))
+	}
+
+	openCert, openKey := writeTestKeyPair(t, 0o644)
+	if _, err := (ClientSection{CertFile: openCert, KeyFile: openKey}).tlsConfig(); err == nil || !strings.Contains(err.Error(), "readable by others") {
+		t.Errorf("a world-readable key: error %v", err)
+	}
+	if _, err := (ClientSection{CertFile: cert}).tlsConfig(); err == nil || !strings.Contains(err.Error(), "go together") {
+		t.Errorf("a certificate without its key: error %v", err)
+	}
+}

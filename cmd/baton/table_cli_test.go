@@ -1,0 +1,166 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
+
+// goldenNow is the fixed "now" the table goldens are rendered at.
+var goldenNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+func ago(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(goldenNow.Add(-d)) }
+
+// goldenJobs covers every way a job's row can look: running, each end,
+// a signal instead of a code, no code at all, quoting and truncation.
+func goldenJobs() []*batonv1.JobStatus {
+	return []*batonv1.JobStatus{
+		{
+			JobId: "01a21d30-755b-7399-a15e-335a9af14142", WorkerId: "worker-1", State: batonv1.JobState_JOB_STATE_RUNNING,
+			Pid: 4242, Owner: "alice", CreatedAt: ago(12 * time.Second), StartedAt: ago(11 * time.Second),
+			Spec: &batonv1.JobSpec{Command: "bash", Path: "count.sh"}, StdoutBytes: 24, Containment: "cgroup-v2",
+		},
+		{
+			JobId: "01a21d2f-90c9-744a-b4c6-5f0dc0503fca", WorkerId: "worker-2", State: batonv1.JobState_JOB_STATE_FAILED,
+			ExitCode: proto.Int32(3), Reason: "exited with code 3", Owner: "bob", CreatedAt: ago(5 * time.Minute),
+			Spec: &batonv1.JobSpec{Command: "sh", Args: []string{"-c", "echo out; echo err >&2; exit 3"}},
+		},
+		{
+			JobId: "01a21d2f-91fe-72a8-92e5-cc8b33e8dbb4", WorkerId: "worker-1", State: batonv1.JobState_JOB_STATE_FAILED,
+			Signal: "SIGKILL", Reason: "killed by signal KILL", Owner: "alice", CreatedAt: ago(3 * time.Hour),
+			Spec: &batonv1.JobSpec{Command: "bash", Args: []string{"-c", "kill -KILL $$"}},
+		},
+		{
+			JobId: "01a21d2e-0000-7000-8000-000000000001", WorkerId: "worker-2", State: batonv1.JobState_JOB_STATE_STOPPED,
+			Signal: "SIGTERM", Reason: "stopped by alice", Owner: "alice", StoppedBy: "alice", CreatedAt: ago(50 * time.Hour),
+			Spec: &batonv1.JobSpec{Command: "python3", Path: "tools/train.py", Args: []string{"--epochs", "100", "--data", "/srv/datasets/images-2026-11", "--it's"}},
+		},
+		{
+			JobId: "01a21d2e-0000-7000-8000-000000000002", WorkerId: "worker-3", State: batonv1.JobState_JOB_STATE_LOST,
+			Reason: "worker restarted", CreatedAt: ago(40 * time.Second),
+			Spec: &batonv1.JobSpec{Command: "bash", Path: "nap.sh"},
+		},
+		{
+			JobId: "01a21d2e-0000-7000-8000-000000000003", WorkerId: "worker-1", State: batonv1.JobState_JOB_STATE_SUCCEEDED,
+			ExitCode: proto.Int32(0), Owner: "spiffe://dev/user/carol", CreatedAt: ago(90 * time.Second),
+			Spec: &batonv1.JobSpec{Command: "true"},
+		},
+	}
+}
+
+func goldenWorkers() []*batonv1.Worker {
+	return []*batonv1.Worker{
+		{
+			WorkerId: "worker-1", Name: "worker-1", Address: "127.0.0.1:7071", State: batonv1.WorkerState_WORKER_STATE_READY,
+			Labels: map[string]string{"slot": "1", "gpu": "no"}, RunningJobs: 2, Capacity: 64, LastHeartbeat: ago(time.Second),
+		},
+		{
+			WorkerId: "worker-2", Name: "worker-2", Address: "10.0.0.7:7071", State: batonv1.WorkerState_WORKER_STATE_DRAINING,
+			RunningJobs: 1, LastHeartbeat: ago(4 * time.Second),
+		},
+		{
+			WorkerId: "worker-3", Name: "worker-3", Address: "10.0.0.8:7071", State: batonv1.WorkerState_WORKER_STATE_DOWN,
+			Labels: map[string]string{"zone": "b"}, Capacity: 8, LastHeartbeat: ago(2 * time.Hour),
+		},
+		{
+			WorkerId: "worker-4", Name: "worker-4", State: batonv1.WorkerState_WORKER_STATE_LEFT,
+		},
+	}
+}
+
+func goldenStatus() *batonv1.JobStatus {
+	return &batonv1.JobStatus{
+		JobId: "01a21d30-3bcb-72dd-97fe-c0ad8a69ebf3", WorkerId: "worker-2", State: batonv1.JobState_JOB_STATE_STOPPED,
+		Pid: 22068, Signal: "SIGKILL", Reason: "stopped by alice", Owner: "alice", StoppedBy: "alice",
+		GroupId:   "01a21d30-3bcb-72dd-97fe-c0ad8a69e000",
+		CreatedAt: ago(10 * time.Second), StartedAt: ago(9500 * time.Millisecond), EndedAt: ago(3 * time.Second),
+		Spec: &batonv1.JobSpec{
+			Command: "bash", Args: []string{"-c", `trap "" TERM; sleep 100`},
+			Env: map[string]string{"MODE": "fast", "A": "1"}, Timeout: durationpb.New(90 * time.Second),
+			WorkingDir: "work", Labels: map[string]string{"team": "infra"},
+		},
+		StdoutBytes: 1536, StderrBytes: 3 << 20, Containment: "cgroup-v2",
+	}
+}
+
+// TestTableGolden renders fixed data with the table functions and compares
+// with testdata/*.golden; go test -run TestTableGolden -update rewrites them.
+func TestTableGolden(t *testing.T) {
+	t.Parallel()
+	style := tableStyle{now: goldenNow, loc: time.UTC}
+	tests := []struct {
+		name   string
+		render func(*bytes.Buffer) error
+	}{
+		{"jobs", func(b *bytes.Buffer) error { return writeJobsTable(b, goldenJobs(), style) }},
+		{"jobs_empty", func(b *bytes.Buffer) error { return writeJobsTable(b, nil, style) }},
+		{"workers", func(b *bytes.Buffer) error { return writeWorkersTable(b, goldenWorkers(), style) }},
+		{"status", func(b *bytes.Buffer) error { return writeJobStatus(b, goldenStatus(), style) }},
+		{"status_running", func(b *bytes.Buffer) error { return writeJobStatus(b, goldenJobs()[0], style) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var got bytes.Buffer
+			if err := tt.render(&got); err != nil {
+				t.Fatal(err)
+			}
+			checkGolden(t, tt.name, got.Bytes())
+		})
+	}
+}
+
+func checkGolden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -run TestTableGolden -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from %s:\n--- got ---\n%s--- want ---\n%s", name, path, got, want)
+	}
+}
+
+// TestJSONListIsOneDocument checks that lists print as one JSON array
+// carrying protojson names, including the empty list.
+func TestJSONListIsOneDocument(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, 1, 6} {
+		var buf bytes.Buffer
+		if err := writeJSONList(&buf, goldenJobs()[:n]); err != nil {
+			t.Fatal(err)
+		}
+		var got []map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+			t.Fatalf("%d jobs: %v in %s", n, err, buf.Bytes())
+		}
+		if len(got) != n {
+			t.Fatalf("%d jobs: decoded %d", n, len(got))
+		}
+		if n > 0 && got[0]["jobId"] != goldenJobs()[0].GetJobId() {
+			t.Errorf("first job: %v", got[0])
+		}
+	}
+}
