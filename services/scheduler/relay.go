@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
@@ -63,6 +64,11 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 			st := ev.Status
 			st.WorkerId = j.WorkerID
 			out.Event = &batonv1.StreamJobOutputResponse_Status{Status: st}
+			// The final status is news the next heartbeat would bring: record
+			// it now, so that a ListJobs right after the stream agrees.
+			if err := s.store.ReconcileJobStatus(context.WithoutCancel(ctx), j.ID, proto.CloneOf(st)); err != nil {
+				s.logger.ErrorContext(ctx, "recording a streamed final status failed", "job_id", j.ID, "error", err)
+			}
 		default:
 			continue
 		}
