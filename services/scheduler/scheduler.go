@@ -15,6 +15,7 @@ import (
 	"connectrpc.com/grpchealth"
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -55,6 +56,9 @@ type Options struct {
 	WorkerTLS bool
 	// Logger receives the access log and diagnostics. Default: discard.
 	Logger *slog.Logger
+	// Metrics, if set, records the scheduler's metrics; serve its Handler
+	// at /metrics. Nil records nothing. One Metrics serves one Scheduler.
+	Metrics *metrics.Scheduler
 }
 
 // Scheduler is the scheduler's service: the roster, placement, forwarding
@@ -110,10 +114,14 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	}
 	s.reg.load(workers, time.Now().Add(opts.FailoverGrace))
 
+	hopts, err := s.instrument()
+	if err != nil {
+		return nil, err
+	}
 	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration)...,
+		append(hopts, serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration)...)...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux
