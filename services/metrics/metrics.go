@@ -82,6 +82,14 @@ func handlerFor(reg *prometheus.Registry) http.Handler {
 	})
 }
 
+// mount serves reg at GET /metrics and everything else with next.
+func mount(reg *prometheus.Registry, next http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", handlerFor(reg))
+	mux.Handle("/", next)
+	return mux
+}
+
 // jobStateLabel is the label value of a job state: "succeeded" for
 // JOB_STATE_SUCCEEDED.
 func jobStateLabel(s batonv1.JobState) string {

@@ -338,3 +338,42 @@ func TestHandlerServesTheRegistry(t *testing.T) {
 		}
 	}
 }
+
+func TestMountServesMetricsBesideTheService(t *testing.T) {
+	t.Parallel()
+	m := NewWorker()
+	m.OutputStreamed(7)
+	service := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "service "+r.Method+" "+r.URL.Path)
+	})
+	srv := httptest.NewServer(m.Mount(service))
+	t.Cleanup(srv.Close)
+	client := srv.Client()
+	tests := []struct {
+		method, path, want string
+	}{
+		{"GET", "/metrics", "baton_worker_output_streamed_bytes_total 7\n"},
+		{"POST", "/baton.v1.WorkerService/StartJob", "service POST /baton.v1.WorkerService/StartJob"},
+		{"POST", "/metrics", "service POST /metrics"},
+	}
+	for _, tc := range tests {
+		req, err := http.NewRequestWithContext(t.Context(), tc.method, srv.URL+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.Contains(string(body), tc.want) {
+			t.Errorf("%s %s: body %q lacks %q", tc.method, tc.path, body, tc.want)
+		}
+	}
+	rec := httptest.NewRecorder()
+	(*Worker)(nil).Mount(service).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if got := rec.Body.String(); got != "service GET /metrics" {
+		t.Errorf("nil Worker: GET /metrics answered %q, want the service's answer", got)
+	}
+}

@@ -47,6 +47,16 @@ func (m *Scheduler) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the registry's metrics in the Prometheus formats.
 func (m *Scheduler) Handler() http.Handler { return handlerFor(m.reg) }
 
+// Mount returns a handler that serves the metrics at GET /metrics and
+// every other request with next, the component's own handler. On a nil
+// *Scheduler it returns next.
+func (m *Scheduler) Mount(next http.Handler) http.Handler {
+	if m == nil {
+		return next
+	}
+	return mount(m.reg, next)
+}
+
 // Interceptor times the scheduler's RPCs; see [RPC].
 func (m *Scheduler) Interceptor() connect.Interceptor { return m.rpc }
 

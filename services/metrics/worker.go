@@ -49,6 +49,16 @@ func (m *Worker) Registry() *prometheus.Registry { return m.reg }
 // Handler serves the registry's metrics in the Prometheus formats.
 func (m *Worker) Handler() http.Handler { return handlerFor(m.reg) }
 
+// Mount returns a handler that serves the metrics at GET /metrics and
+// every other request with next, the component's own handler. On a nil
+// *Worker it returns next.
+func (m *Worker) Mount(next http.Handler) http.Handler {
+	if m == nil {
+		return next
+	}
+	return mount(m.reg, next)
+}
+
 // Interceptor times the worker's RPCs; see [RPC].
 func (m *Worker) Interceptor() connect.Interceptor { return m.rpc }
 
