@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
@@ -122,6 +123,9 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig) error {
 		return err
 	}
 	defer st.Close()
+	// The scheduler's registry also carries the process's go_* and
+	// process_* metrics: one per process, and `baton dev` has one scheduler.
+	m := metrics.NewScheduler(metrics.WithProcessMetrics())
 	sched, err := scheduler.New(ctx, scheduler.Options{
 		Store:             st,
 		HeartbeatInterval: time.Duration(cfg.Scheduler.HeartbeatInterval),
@@ -131,19 +135,21 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig) error {
 		HTTPClient:        serving.NewHTTPClient(clientTLS),
 		WorkerTLS:         cfg.GRPCServer.UseTLS,
 		Logger:            logger,
+		Metrics:           m,
 	})
 	if err != nil {
 		return err
 	}
+	handler := m.Mount(sched.Handler())
 	servers := make([]*serving.Server, 0, 2)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, sched.Handler(), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, handler, serverTLS, logger)
 	if err != nil {
 		return err
 	}
 	servers = append(servers, srv)
 	if cfg.HTTPServer.Addr != "" {
 		// Plain HTTP only: serving.Listen refuses anything but loopback.
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, sched.Handler(), nil, logger)
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, handler, nil, logger)
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
 			return err

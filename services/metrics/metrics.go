@@ -104,14 +104,14 @@ func workerStateLabel(s batonv1.WorkerState) string {
 
 // newJobCounters returns the started and finished-by-state counters of a
 // component, registered with reg.
-func newJobCounters(reg prometheus.Registerer, subsystem, where string) (prometheus.Counter, *prometheus.CounterVec) {
+func newJobCounters(reg prometheus.Registerer, subsystem, startedHelp, finishedHelp string) (prometheus.Counter, *prometheus.CounterVec) {
 	started := prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: subsystem, Name: "jobs_started_total",
-		Help: "Jobs started " + where + ".",
+		Help: startedHelp,
 	})
 	finished := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: subsystem, Name: "jobs_finished_total",
-		Help: "Jobs that reached a final state " + where + ", by that state.",
+		Help: finishedHelp,
 	}, []string{"state"})
 	for _, s := range jobEnds {
 		finished.WithLabelValues(jobStateLabel(s))

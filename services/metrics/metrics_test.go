@@ -207,7 +207,7 @@ func TestWorkerMetrics(t *testing.T) {
 # TYPE baton_worker_heartbeats_sent_total counter
 baton_worker_heartbeats_sent_total{result="error"} 1
 baton_worker_heartbeats_sent_total{result="ok"} 2
-# HELP baton_worker_jobs_finished_total Jobs that reached a final state by this worker, by that state.
+# HELP baton_worker_jobs_finished_total Jobs of this worker that reached a final state, by that state.
 # TYPE baton_worker_jobs_finished_total counter
 baton_worker_jobs_finished_total{state="failed"} 0
 baton_worker_jobs_finished_total{state="lost"} 0
@@ -217,7 +217,7 @@ baton_worker_jobs_finished_total{state="timed_out"} 1
 # HELP baton_worker_jobs_running Jobs starting or running on this worker.
 # TYPE baton_worker_jobs_running gauge
 baton_worker_jobs_running 2
-# HELP baton_worker_jobs_started_total Jobs started by this worker.
+# HELP baton_worker_jobs_started_total Jobs whose process this worker started.
 # TYPE baton_worker_jobs_started_total counter
 baton_worker_jobs_started_total 3
 # HELP baton_worker_output_streamed_bytes_total Bytes of job output sent to followers by StreamJobOutput.

@@ -27,7 +27,9 @@ type Scheduler struct {
 func NewScheduler(opts ...Option) *Scheduler {
 	reg := newRegistry(opts)
 	m := &Scheduler{reg: reg, rpc: newRPC(reg, "scheduler")}
-	m.jobsStarted, m.jobsFinished = newJobCounters(reg, "scheduler", "on workers by this scheduler")
+	m.jobsStarted, m.jobsFinished = newJobCounters(reg, "scheduler",
+		"Jobs this scheduler started on workers.",
+		"Jobs that reached a final state, by that state, as the scheduler recorded it. A LOST job its worker later reports is counted again with its true end.")
 	m.heartbeats = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "scheduler", Name: "heartbeats_received_total",
 		Help: "Heartbeats received from workers, answered or not.",

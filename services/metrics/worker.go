@@ -28,7 +28,9 @@ type Worker struct {
 func NewWorker(opts ...Option) *Worker {
 	reg := newRegistry(opts)
 	m := &Worker{reg: reg, rpc: newRPC(reg, "worker")}
-	m.jobsStarted, m.jobsFinished = newJobCounters(reg, "worker", "by this worker")
+	m.jobsStarted, m.jobsFinished = newJobCounters(reg, "worker",
+		"Jobs whose process this worker started.",
+		"Jobs of this worker that reached a final state, by that state.")
 	m.streamed = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Subsystem: "worker", Name: "output_streamed_bytes_total",
 		Help: "Bytes of job output sent to followers by StreamJobOutput.",
