@@ -116,6 +116,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 		w.Worker.Labels = map[string]string{"slot": strconv.Itoa(i + 1)}
 		w.Worker.StopGrace = Duration(5 * time.Second)
 		w.Log = sched.Log
+		w.sharesProcess = true
 		if err := w.validate(); err != nil {
 			return err
 		}

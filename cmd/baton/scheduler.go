@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
@@ -160,6 +161,9 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		return err
 	}
 	defer st.Close()
+	// The scheduler's registry also carries the process's go_* and
+	// process_* metrics: one per process, and `baton dev` has one scheduler.
+	m := metrics.NewScheduler(metrics.WithProcessMetrics())
 	sched, err := scheduler.New(ctx, scheduler.Options{
 		Store:             st,
 		HeartbeatInterval: time.Duration(cfg.Scheduler.HeartbeatInterval),
@@ -169,6 +173,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		WorkerTLS:         creds,
 		Audit:             audit,
 		Logger:            logger,
+		Metrics:           m,
 	})
 	if err != nil {
 		return err
@@ -183,8 +188,10 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 	} else {
 		logger.Warn("serving without TLS: there is no identity, every caller counts as an anonymous admin; use this on loopback only")
 	}
+	// /metrics is served beside the API, before authentication: on the
+	// mTLS listener only a certificate of the cluster gets that far.
 	grpcAuth := identity.NewAuthenticator(creds, nil, creds == nil)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(sched.Handler()), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, m.Mount(grpcAuth.Middleware(sched.Handler())), serverTLS, logger)
 	if err != nil {
 		return err
 	}
@@ -217,7 +224,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 				return nil
 			}
 		}
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, httpAuth.Middleware(sched.Handler()), httpTLS, logger)
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, m.Mount(httpAuth.Middleware(sched.Handler())), httpTLS, logger)
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
 			return err

@@ -15,6 +15,7 @@ import (
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/worker"
 )
@@ -28,6 +29,11 @@ type WorkerConfig struct {
 	} `koanf:"scheduler"`
 	Worker WorkerSection `koanf:"worker"`
 	Log    LogConfig     `koanf:"log"`
+
+	// sharesProcess is set by `baton dev`, whose workers run in the
+	// scheduler's process: the go_* and process_* metrics are then the
+	// scheduler's to report.
+	sharesProcess bool
 }
 
 // WorkerSection is the [worker] section.
@@ -159,6 +165,11 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	if advertise == "" {
 		advertise = advertiseAddr(cfg.GRPCServer.Addr)
 	}
+	var mopts []metrics.Option
+	if !cfg.sharesProcess {
+		mopts = append(mopts, metrics.WithProcessMetrics())
+	}
+	m := metrics.NewWorker(mopts...)
 	w, err := worker.New(worker.Options{
 		Name:      cfg.Worker.Name,
 		Address:   advertise,
@@ -166,6 +177,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		Scheduler: scheduler,
 		Logger:    logger,
 		Audit:     audit,
+		Metrics:   m,
 		Runner: jobrun.Options{
 			DataDir:         cfg.Worker.DataDir,
 			ScriptsDir:      cfg.Worker.ScriptsDir,
@@ -181,7 +193,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		return err
 	}
 	auth := identity.NewAuthenticator(creds, nil, creds == nil)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, auth.Middleware(w.Handler()), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, m.Mount(auth.Middleware(w.Handler())), serverTLS, logger)
 	if err != nil {
 		_ = w.Close(context.Background())
 		return err

@@ -126,6 +126,7 @@ func (h *handler) DeregisterWorker(ctx context.Context, req *connect.Request[bat
 // registers again with its whole job table.
 func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.HeartbeatRequest]) (*connect.Response[batonv1.HeartbeatResponse], error) {
 	s := h.s
+	s.opts.Metrics.HeartbeatReceived()
 	id := req.Msg.GetWorkerId()
 	m := s.reg.get(id)
 	if m == nil {
@@ -301,6 +302,7 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 			st.CreatedAt = j.Status.GetCreatedAt()
 		}
 	}
+	s.opts.Metrics.JobStarted()
 	return st, nil
 }
 

@@ -57,9 +57,11 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 	for ws.Receive() {
 		msg := ws.Msg()
 		out := &batonv1.StreamJobOutputResponse{}
+		relayed := 0
 		switch ev := msg.GetEvent().(type) {
 		case *batonv1.WorkerServiceStreamJobOutputResponse_Chunk:
 			out.Event = &batonv1.StreamJobOutputResponse_Chunk{Chunk: ev.Chunk}
+			relayed = len(ev.Chunk.GetData())
 		case *batonv1.WorkerServiceStreamJobOutputResponse_Status:
 			st := ev.Status
 			st.WorkerId = j.WorkerID
@@ -77,6 +79,7 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 			// stream.
 			return err
 		}
+		s.opts.Metrics.OutputRelayed(relayed)
 	}
 	if err := ws.Err(); err != nil {
 		return h.relayError(ctx, t.id, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -65,6 +66,9 @@ type Options struct {
 	Interceptors []connect.Interceptor
 	// Logger receives the access log and diagnostics. Default: discard.
 	Logger *slog.Logger
+	// Metrics, if set, records the scheduler's metrics; serve its Handler
+	// at /metrics. Nil records nothing. One Metrics serves one Scheduler.
+	Metrics *metrics.Scheduler
 }
 
 // Scheduler is the scheduler's service: the roster, placement, forwarding
@@ -120,11 +124,15 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	}
 	s.reg.load(workers, time.Now().Add(opts.FailoverGrace))
 
+	hopts, err := s.instrument()
+	if err != nil {
+		return nil, err
+	}
 	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
 	authz := identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, opts.Interceptors...)...,
+		append(hopts, serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, opts.Interceptors...)...)...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux

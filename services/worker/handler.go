@@ -16,6 +16,7 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/metrics"
 )
 
 const defaultPageSize = 100
@@ -29,6 +30,8 @@ type handler struct {
 	name   string
 	// stopping is cancelled when the worker shuts down.
 	stopping context.Context
+	// metrics counts the output streamed; nil records nothing.
+	metrics *metrics.Worker
 }
 
 var errStopping = errors.New("the worker is shutting down; resume the stream from the last offset")
@@ -177,7 +180,11 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 		chunk.Offset = c.Offset
 		chunk.Time = timestamppb.New(c.Time)
 		msg.Event = &batonv1.WorkerServiceStreamJobOutputResponse_Chunk{Chunk: chunk}
-		return stream.Send(msg)
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+		h.metrics.OutputStreamed(len(c.Data))
+		return nil
 	})
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, errStopping) {

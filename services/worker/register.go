@@ -126,6 +126,7 @@ func (w *Worker) beat(ctx context.Context, id string) (time.Duration, error) {
 		req.Changes = append(req.Changes, statusToProto(st.status, w.opts.Name))
 	}
 	res, err := w.opts.Scheduler.Heartbeat(ctx, connect.NewRequest(req))
+	w.opts.Metrics.HeartbeatSent(err)
 	if err != nil {
 		return 0, err
 	}

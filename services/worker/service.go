@@ -13,6 +13,7 @@ import (
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/serving"
 )
 
@@ -39,8 +40,11 @@ type Options struct {
 	// call; nil records nothing.
 	Audit *identity.AuditLog
 	// Interceptors run innermost, after authorization and validation,
-	// just around the handler (metrics, tests).
+	// just around the handler (tests).
 	Interceptors []connect.Interceptor
+	// Metrics, if set, records the worker's metrics; serve its Handler at
+	// /metrics. Nil records nothing. One Metrics serves one Worker.
+	Metrics *metrics.Worker
 }
 
 // Worker is one worker process's service: the job runtime, the
@@ -75,23 +79,45 @@ func New(opts Options) (*Worker, error) {
 	w.stopping, w.stopStreams = context.WithCancel(context.Background())
 	ropts := opts.Runner
 	ropts.Logger = opts.Logger
-	ropts.OnChange = w.changes.add
+	ropts.OnChange = w.jobChanged
 	runner, err := jobrun.New(ropts)
 	if err != nil {
 		return nil, err
 	}
 	w.runner = runner
 
+	hopts := serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration,
+		identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger), opts.Interceptors...)
+	if m := opts.Metrics; m != nil {
+		if err := m.ObserveRunning(runner.Running); err != nil {
+			_ = runner.Close(context.Background())
+			return nil, err
+		}
+		// First, so that it also times the calls validation rejects.
+		hopts = append([]connect.HandlerOption{connect.WithInterceptors(m.Interceptor())}, hopts...)
+	}
 	mux, health := serving.Mux(batonv1connect.WorkerServiceName)
 	path, h := batonv1connect.NewWorkerServiceHandler(
-		&handler{runner: runner, name: opts.Name, stopping: w.stopping},
-		serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration,
-			identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger), opts.Interceptors...)...,
+		&handler{runner: runner, name: opts.Name, stopping: w.stopping, metrics: opts.Metrics},
+		hopts...,
 	)
 	mux.Handle(path, h)
 	w.handler = mux
 	w.health = health
 	return w, nil
+}
+
+// jobChanged queues a job's change for the next heartbeat and counts job
+// starts and ends. jobrun reports RUNNING once per job, when its process
+// started, and its terminal state once.
+func (w *Worker) jobChanged(st jobrun.Status) {
+	w.changes.add(st)
+	switch {
+	case st.State == jobrun.StateRunning:
+		w.opts.Metrics.JobStarted()
+	case st.State.Terminal():
+		w.opts.Metrics.JobFinished(jobStates[st.State])
+	}
 }
 
 // Handler serves WorkerService, gRPC health and reflection. It expects the

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -50,9 +51,30 @@ type SQLite struct {
 
 	mu    sync.Mutex
 	stmts map[string]*sql.Stmt // prepared on first use, by query text
+
+	// onJobEnd is called after a write that ended a job; see ObserveJobEnds.
+	onJobEnd atomic.Pointer[func(batonv1.JobState)]
 }
 
-var _ Store = (*SQLite)(nil)
+var (
+	_ Store          = (*SQLite)(nil)
+	_ JobEndObserver = (*SQLite)(nil)
+)
+
+// ObserveJobEnds implements [JobEndObserver].
+func (s *SQLite) ObserveJobEnds(fn func(batonv1.JobState)) {
+	s.onJobEnd.Store(&fn)
+}
+
+// jobsEnded reports n jobs that reached state to the observer, if any. It
+// is called after the transaction committed, with no lock held.
+func (s *SQLite) jobsEnded(state batonv1.JobState, n int) {
+	if fn := s.onJobEnd.Load(); fn != nil && *fn != nil {
+		for range n {
+			(*fn)(state)
+		}
+	}
+}
 
 // Open opens the store in the SQLite file at path, creating the file (mode
 // 0600) and its parent directory (mode 0700) if needed, and brings its schema
@@ -462,7 +484,9 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 	if st == nil {
 		return fmt.Errorf("update job %s: nil status", id)
 	}
+	ended := false
 	err := s.write(ctx, func(tx *writer) error {
+		ended = false
 		row, err := tx.queryRow(ctx, `SELECT `+jobColumns+`, state FROM jobs WHERE job_id = ?`, id)
 		if err != nil {
 			return err
@@ -493,6 +517,9 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		}
 		_, err = tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
 			int32(next.GetState()), endedAt(next), blob, id)
+		// A LOST job its worker reports with its true end has ended again;
+		// a repeated LOST has not.
+		ended = isTerminal(next.GetState()) && next.GetState() != batonv1.JobState(state)
 		return err
 	})
 	if err != nil {
@@ -500,6 +527,9 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 			return err
 		}
 		return fmt.Errorf("update job %s: %w", id, err)
+	}
+	if ended {
+		s.jobsEnded(st.GetState(), 1)
 	}
 	return nil
 }
@@ -648,6 +678,7 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 	if err != nil {
 		return 0, fmt.Errorf("mark jobs of worker %s lost: %w", workerID, err)
 	}
+	s.jobsEnded(batonv1.JobState_JOB_STATE_LOST, n)
 	return n, nil
 }
 

@@ -116,6 +116,19 @@ type Store interface {
 	Close() error
 }
 
+// JobEndObserver is implemented by stores that report jobs reaching a
+// terminal state, for the scheduler's jobs-finished metric. The store knows
+// exactly when a job's state changes: its callers see the same end several
+// times (from StopJob, QueryJob and the worker's heartbeat).
+type JobEndObserver interface {
+	// ObserveJobEnds makes the store call fn with the new state after
+	// every write that moved a job into a terminal state: from a
+	// non-terminal state, or from LOST to the end its worker reported. fn
+	// replaces any earlier one; it is called with no lock held and must
+	// return quickly.
+	ObserveJobEnds(fn func(batonv1.JobState))
+}
+
 // Worker is one roster entry.
 type Worker struct {
 	ID      string

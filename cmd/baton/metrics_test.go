@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freePortPair finds a port p such that p and p+1 are both free, for the
+// two workers of `baton dev`.
+func freePortPair(t *testing.T) int {
+	t.Helper()
+	for range 50 {
+		a, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := a.Addr().(*net.TCPAddr).Port
+		b, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
+		a.Close()
+		if err == nil {
+			b.Close()
+			return p
+		}
+	}
+	t.Fatal("no two consecutive free ports")
+	return 0
+}
+
+func getMetrics(t *testing.T, client *http.Client, addr string) string {
+	t.Helper()
+	res, err := client.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("GET %s/metrics: %v", addr, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s/metrics: %s %v", addr, res.Status, err)
+	}
+	return string(body)
+}
+
+// TestDevServesMetrics runs `baton dev` in this process, starts a job
+// through the JSON API and checks that every listener serves its own
+// /metrics: the scheduler's two with the job counted, each worker's own.
+func TestDevServesMetrics(t *testing.T) {
+	t.Parallel()
+	addr, httpAddr := freeAddr(t), freeAddr(t)
+	port := freePortPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runDev(ctx, devConfig{
+			dataDir: t.TempDir(), scriptsDir: filepath.Join("..", "..", "examples", "scripts"),
+			addr: addr, httpAddr: httpAddr, workerPort: port, logLevel: "error",
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("baton dev: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Error("baton dev did not stop")
+		}
+	})
+	worker1 := "127.0.0.1:" + strconv.Itoa(port)
+	waitListening(t, httpAddr)
+	waitListening(t, worker1)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
+	t.Cleanup(client.CloseIdleConnections)
+
+	// Both workers registered, then one job that ends at once.
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(getMetrics(t, client, httpAddr), `baton_scheduler_workers{state="ready"} 2`) {
+		if time.Now().After(deadline) {
+			t.Fatal("the scheduler's metrics never showed two READY workers")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var started struct {
+		JobID string `json:"jobId"`
+	}
+	if code := postJSON(t, "http://"+httpAddr+"/baton.v1.SchedulerService/StartJob", `{"command":"sh","args":["-c","exit 3"]}`, &started); code != 200 {
+		t.Fatalf("StartJob: HTTP %d", code)
+	}
+	want := []string{
+		"baton_scheduler_jobs_started_total 1\n",
+		`baton_scheduler_jobs_finished_total{state="failed"} 1` + "\n",
+		"baton_scheduler_jobs_running 0\n",
+		`baton_scheduler_rpc_duration_seconds_count{code="ok",procedure="/baton.v1.SchedulerService/StartJob"} 1` + "\n",
+		"go_goroutines ",
+	}
+	var body string
+	for {
+		body = getMetrics(t, client, httpAddr)
+		missing := 0
+		for _, w := range want {
+			if !strings.Contains(body, w) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the scheduler's /metrics lacks some of %q:\n%s", want, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The gRPC listener serves the same registry.
+	if grpcSide := getMetrics(t, client, addr); !strings.Contains(grpcSide, want[1]) {
+		t.Errorf("/metrics on the gRPC listener lacks %q", want[1])
+	}
+	// Each worker has its own registry, without the process's metrics.
+	var jobs int
+	for _, w := range []string{worker1, "127.0.0.1:" + strconv.Itoa(port+1)} {
+		body := getMetrics(t, client, w)
+		if strings.Contains(body, "go_goroutines") {
+			t.Errorf("worker %s reports go_goroutines; in baton dev only the scheduler does", w)
+		}
+		if !strings.Contains(body, `baton_worker_heartbeats_sent_total{result="ok"}`) {
+			t.Errorf("worker %s /metrics lacks its heartbeats:\n%s", w, body)
+		}
+		if strings.Contains(body, "baton_worker_jobs_started_total 1\n") {
+			jobs++
+		}
+	}
+	if jobs != 1 {
+		t.Errorf("%d workers counted the job as started, want exactly 1", jobs)
+	}
+}

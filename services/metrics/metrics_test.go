@@ -1,0 +1,379 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+)
+
+// rpcCount returns the number of observations of the RPC histogram for
+// procedure and code, or 0 when there is no such series.
+func rpcCount(t *testing.T, g prometheus.Gatherer, name, procedure, code string) uint64 {
+	t.Helper()
+	families, err := g.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if label(m, "procedure") == procedure && label(m, "code") == code {
+				return m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return 0
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+// serveEcho serves a unary and a server-streaming procedure through the
+// interceptor; a request whose value is "fail" gets NotFound.
+func serveEcho(t *testing.T, ic connect.Interceptor) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle("/test.Echo/Unary", connect.NewUnaryHandler("/test.Echo/Unary",
+		func(_ context.Context, req *connect.Request[wrapperspb.StringValue]) (*connect.Response[emptypb.Empty], error) {
+			if req.Msg.GetValue() == "fail" {
+				return nil, connect.NewError(connect.CodeNotFound, errors.New("no such thing"))
+			}
+			return connect.NewResponse(&emptypb.Empty{}), nil
+		}, connect.WithInterceptors(ic)))
+	mux.Handle("/test.Echo/Stream", connect.NewServerStreamHandler("/test.Echo/Stream",
+		func(_ context.Context, req *connect.Request[wrapperspb.StringValue], s *connect.ServerStream[emptypb.Empty]) error {
+			if err := s.Send(&emptypb.Empty{}); err != nil {
+				return err
+			}
+			if req.Msg.GetValue() == "fail" {
+				return connect.NewError(connect.CodeUnavailable, errors.New("gone"))
+			}
+			return nil
+		}, connect.WithInterceptors(ic)))
+	srv := httptest.NewUnstartedServer(mux)
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestRPCInterceptorRecordsProcedureAndCode(t *testing.T) {
+	t.Parallel()
+	m := NewScheduler()
+	srv := serveEcho(t, m.Interceptor())
+	tests := []struct {
+		name      string
+		protocol  connect.ClientOption
+		procedure string
+		value     string
+		stream    bool
+		wantCode  string
+	}{
+		{name: "unary ok over connect", protocol: nil, procedure: "/test.Echo/Unary", value: "x", wantCode: "ok"},
+		{name: "unary not found over grpc", protocol: connect.WithGRPC(), procedure: "/test.Echo/Unary", value: "fail", wantCode: "not_found"},
+		{name: "stream ok over grpc-web", protocol: connect.WithGRPCWeb(), procedure: "/test.Echo/Stream", value: "x", stream: true, wantCode: "ok"},
+		{name: "stream unavailable over connect", protocol: nil, procedure: "/test.Echo/Stream", value: "fail", stream: true, wantCode: "unavailable"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			// Not parallel: each case counts the observations it adds.
+			before := rpcCount(t, m.Registry(), "baton_scheduler_rpc_duration_seconds", tc.procedure, tc.wantCode)
+			var opts []connect.ClientOption
+			if tc.protocol != nil {
+				opts = append(opts, tc.protocol)
+			}
+			hc := srv.Client()
+			req := connect.NewRequest(wrapperspb.String(tc.value))
+			var err error
+			if tc.stream {
+				c := connect.NewClient[wrapperspb.StringValue, emptypb.Empty](hc, srv.URL+tc.procedure, opts...)
+				s, serr := c.CallServerStream(t.Context(), req)
+				if serr != nil {
+					t.Fatal(serr)
+				}
+				for s.Receive() {
+				}
+				err = s.Err()
+				s.Close()
+			} else {
+				c := connect.NewClient[wrapperspb.StringValue, emptypb.Empty](hc, srv.URL+tc.procedure, opts...)
+				_, err = c.CallUnary(t.Context(), req)
+			}
+			if got := codeLabel(err); got != tc.wantCode {
+				t.Fatalf("call ended with %q (%v), want %q", got, err, tc.wantCode)
+			}
+			after := rpcCount(t, m.Registry(), "baton_scheduler_rpc_duration_seconds", tc.procedure, tc.wantCode)
+			if after != before+1 {
+				t.Errorf("observations of %s code=%s: %d, then %d; want one more", tc.procedure, tc.wantCode, before, after)
+			}
+		})
+	}
+}
+
+func TestRosterCollectorReadsStateAtScrape(t *testing.T) {
+	t.Parallel()
+	m := NewScheduler()
+	var mu sync.Mutex
+	roster := Roster{Workers: map[batonv1.WorkerState]int{batonv1.WorkerState_WORKER_STATE_READY: 2}, RunningJobs: 3}
+	if err := m.ObserveRoster(func() Roster {
+		mu.Lock()
+		defer mu.Unlock()
+		return roster
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := func(ready, draining, down, left, running int) string {
+		return fmt.Sprintf(`# HELP baton_scheduler_jobs_running Jobs running or being placed on workers, as their last heartbeats reported.
+# TYPE baton_scheduler_jobs_running gauge
+baton_scheduler_jobs_running %d
+# HELP baton_scheduler_workers Workers in the roster, by state.
+# TYPE baton_scheduler_workers gauge
+baton_scheduler_workers{state="down"} %d
+baton_scheduler_workers{state="draining"} %d
+baton_scheduler_workers{state="left"} %d
+baton_scheduler_workers{state="ready"} %d
+`, running, down, draining, left, ready)
+	}
+	names := []string{"baton_scheduler_workers", "baton_scheduler_jobs_running"}
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want(2, 0, 0, 0, 3)), names...); err != nil {
+		t.Error(err)
+	}
+	mu.Lock()
+	roster = Roster{Workers: map[batonv1.WorkerState]int{
+		batonv1.WorkerState_WORKER_STATE_READY:    1,
+		batonv1.WorkerState_WORKER_STATE_DRAINING: 1,
+		batonv1.WorkerState_WORKER_STATE_DOWN:     4,
+		batonv1.WorkerState_WORKER_STATE_LEFT:     5,
+	}, RunningJobs: 0}
+	mu.Unlock()
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want(1, 1, 4, 5, 0)), names...); err != nil {
+		t.Error(err)
+	}
+	if err := m.ObserveRoster(func() Roster { return Roster{} }); err == nil {
+		t.Error("a second ObserveRoster on the same metrics succeeded; want an error")
+	}
+}
+
+func TestWorkerMetrics(t *testing.T) {
+	t.Parallel()
+	m := NewWorker()
+	running := 0
+	var mu sync.Mutex
+	if err := m.ObserveRunning(func() int { mu.Lock(); defer mu.Unlock(); return running }); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ObserveRunning(func() int { return 0 }); err == nil {
+		t.Error("a second ObserveRunning on the same metrics succeeded; want an error")
+	}
+	mu.Lock()
+	running = 2
+	mu.Unlock()
+	m.JobStarted()
+	m.JobStarted()
+	m.JobStarted()
+	m.JobFinished(batonv1.JobState_JOB_STATE_SUCCEEDED)
+	m.JobFinished(batonv1.JobState_JOB_STATE_TIMED_OUT)
+	m.OutputStreamed(5)
+	m.OutputStreamed(0)
+	m.OutputStreamed(1 << 20)
+	m.HeartbeatSent(nil)
+	m.HeartbeatSent(nil)
+	m.HeartbeatSent(errors.New("unreachable"))
+	const want = `# HELP baton_worker_heartbeats_sent_total Heartbeats sent to the scheduler, by result (ok or error).
+# TYPE baton_worker_heartbeats_sent_total counter
+baton_worker_heartbeats_sent_total{result="error"} 1
+baton_worker_heartbeats_sent_total{result="ok"} 2
+# HELP baton_worker_jobs_finished_total Jobs of this worker that reached a final state, by that state.
+# TYPE baton_worker_jobs_finished_total counter
+baton_worker_jobs_finished_total{state="failed"} 0
+baton_worker_jobs_finished_total{state="lost"} 0
+baton_worker_jobs_finished_total{state="stopped"} 0
+baton_worker_jobs_finished_total{state="succeeded"} 1
+baton_worker_jobs_finished_total{state="timed_out"} 1
+# HELP baton_worker_jobs_running Jobs starting or running on this worker.
+# TYPE baton_worker_jobs_running gauge
+baton_worker_jobs_running 2
+# HELP baton_worker_jobs_started_total Jobs whose process this worker started.
+# TYPE baton_worker_jobs_started_total counter
+baton_worker_jobs_started_total 3
+# HELP baton_worker_output_streamed_bytes_total Bytes of job output sent to followers by StreamJobOutput.
+# TYPE baton_worker_output_streamed_bytes_total counter
+baton_worker_output_streamed_bytes_total 1.048581e+06
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want),
+		"baton_worker_heartbeats_sent_total", "baton_worker_jobs_finished_total", "baton_worker_jobs_running",
+		"baton_worker_jobs_started_total", "baton_worker_output_streamed_bytes_total"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestNilMetricsRecordNothing(t *testing.T) {
+	t.Parallel()
+	var s *Scheduler
+	s.JobStarted()
+	s.JobFinished(batonv1.JobState_JOB_STATE_FAILED)
+	s.HeartbeatReceived()
+	s.OutputRelayed(10)
+	var w *Worker
+	w.JobStarted()
+	w.JobFinished(batonv1.JobState_JOB_STATE_FAILED)
+	w.OutputStreamed(10)
+	w.HeartbeatSent(nil)
+}
+
+// TestRegistriesAreSeparate checks what `baton dev` relies on: a scheduler
+// and two workers in one process each report their own numbers, and
+// nothing lands in the global registry.
+func TestRegistriesAreSeparate(t *testing.T) {
+	t.Parallel()
+	s := NewScheduler(WithProcessMetrics())
+	w1, w2 := NewWorker(), NewWorker()
+	w1.JobStarted()
+	w2.JobStarted()
+	w2.JobStarted()
+	s.JobStarted()
+	for _, tc := range []struct {
+		name string
+		c    prometheus.Counter
+		want float64
+	}{
+		{"scheduler", s.jobsStarted, 1},
+		{"worker 1", w1.jobsStarted, 1},
+		{"worker 2", w2.jobsStarted, 2},
+	} {
+		if got := testutil.ToFloat64(tc.c); got != tc.want {
+			t.Errorf("%s: jobs started = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if n, err := testutil.GatherAndCount(s.Registry(), "go_goroutines", "process_cpu_seconds_total"); err != nil || n != 2 {
+		t.Errorf("scheduler registry with process metrics: %d of go_goroutines and process_cpu_seconds_total (%v), want 2", n, err)
+	}
+	if n, _ := testutil.GatherAndCount(w1.Registry(), "go_goroutines"); n != 0 {
+		t.Errorf("worker registry without process metrics has go_goroutines")
+	}
+	families, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "baton_") {
+			t.Errorf("%s is in the default registry", f.GetName())
+		}
+	}
+}
+
+// TestMetricNamesFollowConventions runs promlint over every metric, with
+// each series present.
+func TestMetricNamesFollowConventions(t *testing.T) {
+	t.Parallel()
+	s := NewScheduler()
+	if err := s.ObserveRoster(func() Roster { return Roster{} }); err != nil {
+		t.Fatal(err)
+	}
+	s.rpc.observe("/baton.v1.SchedulerService/StartJob", nil, time.Now())
+	w := NewWorker()
+	if err := w.ObserveRunning(func() int { return 0 }); err != nil {
+		t.Fatal(err)
+	}
+	w.rpc.observe("/baton.v1.WorkerService/StartJob", nil, time.Now())
+	for _, g := range []prometheus.Gatherer{s.Registry(), w.Registry()} {
+		problems, err := testutil.GatherAndLint(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("%s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+func TestHandlerServesTheRegistry(t *testing.T) {
+	t.Parallel()
+	m := NewScheduler()
+	m.HeartbeatReceived()
+	m.OutputRelayed(42)
+	srv := httptest.NewServer(m.Handler())
+	t.Cleanup(srv.Close)
+	res, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"baton_scheduler_heartbeats_received_total 1",
+		"baton_scheduler_output_relayed_bytes_total 42",
+		"baton_scheduler_jobs_started_total 0",
+		`baton_scheduler_jobs_finished_total{state="lost"} 0`,
+	} {
+		if !strings.Contains(string(body), line+"\n") {
+			t.Errorf("/metrics lacks %q:\n%s", line, body)
+		}
+	}
+}
+
+func TestMountServesMetricsBesideTheService(t *testing.T) {
+	t.Parallel()
+	m := NewWorker()
+	m.OutputStreamed(7)
+	service := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "service "+r.Method+" "+r.URL.Path)
+	})
+	srv := httptest.NewServer(m.Mount(service))
+	t.Cleanup(srv.Close)
+	client := srv.Client()
+	tests := []struct {
+		method, path, want string
+	}{
+		{"GET", "/metrics", "baton_worker_output_streamed_bytes_total 7\n"},
+		{"POST", "/baton.v1.WorkerService/StartJob", "service POST /baton.v1.WorkerService/StartJob"},
+		{"POST", "/metrics", "service POST /metrics"},
+	}
+	for _, tc := range tests {
+		req, err := http.NewRequestWithContext(t.Context(), tc.method, srv.URL+tc.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if !strings.Contains(string(body), tc.want) {
+			t.Errorf("%s %s: body %q lacks %q", tc.method, tc.path, body, tc.want)
+		}
+	}
+	rec := httptest.NewRecorder()
+	(*Worker)(nil).Mount(service).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if got := rec.Body.String(); got != "service GET /metrics" {
+		t.Errorf("nil Worker: GET /metrics answered %q, want the service's answer", got)
+	}
+}

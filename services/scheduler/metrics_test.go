@@ -1,0 +1,286 @@
+package scheduler_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/metrics"
+	"github.com/baton-run/baton/services/scheduler"
+	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/worker"
+)
+
+// scrape fetches url's /metrics over HTTP and parses it.
+func scrape(t *testing.T, client *http.Client, url string) map[string]*dto.MetricFamily {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s/metrics: %v", url, err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s/metrics: %s", url, res.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(res.Body)
+	if err != nil {
+		t.Fatalf("parse %s/metrics: %v", url, err)
+	}
+	return families
+}
+
+// value returns the value of the series of family name with the given
+// labels (name=value pairs): a counter's or gauge's value, a histogram's
+// observation count. ok is false when there is no such series.
+func value(families map[string]*dto.MetricFamily, name string, labels ...string) (v float64, ok bool) {
+	f := families[name]
+	if f == nil {
+		return 0, false
+	}
+	want := map[string]string{}
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		want[k] = v
+	}
+next:
+	for _, m := range f.GetMetric() {
+		if len(m.GetLabel()) != len(want) {
+			continue
+		}
+		for _, l := range m.GetLabel() {
+			if want[l.GetName()] != l.GetValue() {
+				continue next
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+type seriesWant struct {
+	name   string
+	labels []string
+	want   float64
+	// atLeast accepts any value from want up (heartbeats keep coming).
+	atLeast bool
+}
+
+func (s seriesWant) String() string {
+	return fmt.Sprintf("%s{%s}", s.name, strings.Join(s.labels, ","))
+}
+
+// check reports the series that are missing or have another value.
+func check(families map[string]*dto.MetricFamily, wants []seriesWant) []string {
+	var bad []string
+	for _, w := range wants {
+		got, ok := value(families, w.name, w.labels...)
+		switch {
+		case !ok:
+			bad = append(bad, w.String()+" missing")
+		case w.atLeast && got < w.want:
+			bad = append(bad, fmt.Sprintf("%s = %v, want at least %v", w, got, w.want))
+		case !w.atLeast && got != w.want:
+			bad = append(bad, fmt.Sprintf("%s = %v, want %v", w, got, w.want))
+		}
+	}
+	return bad
+}
+
+// startMeteredWorker starts a worker with metrics, serving them at
+// /metrics beside WorkerService as `baton worker` does, and returns its URL.
+func startMeteredWorker(t *testing.T, name string, sched *testScheduler, m *metrics.Worker) string {
+	t.Helper()
+	root := t.TempDir()
+	scriptsDir := filepath.Join(root, "scripts")
+	if err := os.MkdirAll(scriptsDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for n, body := range scripts {
+		if err := os.WriteFile(filepath.Join(scriptsDir, n), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var h http.Handler
+	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(rw, r)
+	}), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schedHTTP := serving.NewHTTPClient(nil)
+	w, err := worker.New(worker.Options{
+		Name:      name,
+		Address:   srv.Addr().String(),
+		Scheduler: batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url),
+		Metrics:   m,
+		Runner: jobrun.Options{
+			DataDir:         filepath.Join(root, "data"),
+			ScriptsDir:      scriptsDir,
+			AllowedCommands: []string{"sh"},
+			StopGrace:       500 * time.Millisecond,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = m.Mount(w.Handler())
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve() }()
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = w.Run(runCtx)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopRun()
+		<-runDone
+		_ = srv.Shutdown(ctx)
+		<-serveDone
+		if err := w.Close(ctx); err != nil {
+			t.Errorf("close worker: %v", err)
+		}
+		schedHTTP.CloseIdleConnections()
+	})
+	return "http://" + srv.Addr().String()
+}
+
+// TestMetricsAfterAJob runs a job through a scheduler and a worker that
+// both record metrics, and checks what a Prometheus scrape of each shows.
+func TestMetricsAfterAJob(t *testing.T) {
+	t.Parallel()
+	sm, wm := metrics.NewScheduler(metrics.WithProcessMetrics()), metrics.NewWorker()
+	sched := startScheduler(t, "", func(o *scheduler.Options) { o.Metrics = sm })
+	// A second listener on the same scheduler, with /metrics mounted, as
+	// `baton scheduler` serves its grpc_server and http_server.
+	mounted, err := serving.Listen("127.0.0.1:0", sm.Mount(sched.Handler()), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mountedDone := make(chan error, 1)
+	go func() { mountedDone <- mounted.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = mounted.Shutdown(ctx)
+		<-mountedDone
+	})
+	schedURL := "http://" + mounted.Addr().String()
+	workerURL := startMeteredWorker(t, "w1", sched, wm)
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+
+	scrapeHTTP := serving.NewHTTPClient(nil)
+	t.Cleanup(scrapeHTTP.CloseIdleConnections)
+	// Through the mounted listener: the RPCs it serves are timed too.
+	client := batonv1connect.NewSchedulerServiceClient(scrapeHTTP, schedURL, connect.WithGRPC())
+	res, err := client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"}))
+	if err != nil {
+		t.Fatalf("StartJob: %v", err)
+	}
+	id := res.Msg.GetJobId()
+	stream, err := client.StreamJobOutput(t.Context(), connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: id, Follow: true}))
+	if err != nil {
+		t.Fatalf("StreamJobOutput: %v", err)
+	}
+	var out strings.Builder
+	for stream.Receive() {
+		out.Write(stream.Msg().GetChunk().GetData())
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatalf("StreamJobOutput: %v", err)
+	}
+	stream.Close()
+	if out.String() != "hello\n" {
+		t.Fatalf("output %q, want %q", out.String(), "hello\n")
+	}
+	// A call for a job that does not exist, and one the schema rejects.
+	missing, _ := uuid.NewV7()
+	_, err = client.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{JobId: missing.String()}))
+	wantCode(t, "QueryJob(unknown id)", err, connect.CodeNotFound)
+	_, err = client.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{JobId: "not-a-uuid"}))
+	wantCode(t, "QueryJob(bad id)", err, connect.CodeInvalidArgument)
+
+	const (
+		schedRPC  = "baton_scheduler_rpc_duration_seconds"
+		workerRPC = "baton_worker_rpc_duration_seconds"
+		svc       = "/baton.v1.SchedulerService/"
+		wsvc      = "/baton.v1.WorkerService/"
+	)
+	schedWants := []seriesWant{
+		{name: "baton_scheduler_jobs_started_total", want: 1},
+		{name: "baton_scheduler_jobs_finished_total", labels: []string{"state=succeeded"}, want: 1},
+		{name: "baton_scheduler_jobs_finished_total", labels: []string{"state=failed"}, want: 0},
+		{name: "baton_scheduler_jobs_finished_total", labels: []string{"state=lost"}, want: 0},
+		{name: "baton_scheduler_jobs_running", want: 0},
+		{name: "baton_scheduler_workers", labels: []string{"state=ready"}, want: 1},
+		{name: "baton_scheduler_workers", labels: []string{"state=down"}, want: 0},
+		{name: "baton_scheduler_heartbeats_received_total", want: 1, atLeast: true},
+		{name: "baton_scheduler_output_relayed_bytes_total", want: 6},
+		{name: schedRPC, labels: []string{"procedure=" + svc + "StartJob", "code=ok"}, want: 1},
+		{name: schedRPC, labels: []string{"procedure=" + svc + "StreamJobOutput", "code=ok"}, want: 1},
+		{name: schedRPC, labels: []string{"procedure=" + svc + "QueryJob", "code=not_found"}, want: 1},
+		{name: schedRPC, labels: []string{"procedure=" + svc + "QueryJob", "code=invalid_argument"}, want: 1},
+		{name: schedRPC, labels: []string{"procedure=" + svc + "RegisterWorker", "code=ok"}, want: 1},
+		{name: schedRPC, labels: []string{"procedure=" + svc + "Heartbeat", "code=ok"}, want: 1, atLeast: true},
+		{name: "go_goroutines", want: 1, atLeast: true},
+	}
+	workerWants := []seriesWant{
+		{name: "baton_worker_jobs_started_total", want: 1},
+		{name: "baton_worker_jobs_finished_total", labels: []string{"state=succeeded"}, want: 1},
+		{name: "baton_worker_jobs_finished_total", labels: []string{"state=stopped"}, want: 0},
+		{name: "baton_worker_jobs_running", want: 0},
+		{name: "baton_worker_output_streamed_bytes_total", want: 6},
+		{name: "baton_worker_heartbeats_sent_total", labels: []string{"result=ok"}, want: 1, atLeast: true},
+		{name: "baton_worker_heartbeats_sent_total", labels: []string{"result=error"}, want: 0},
+		{name: workerRPC, labels: []string{"procedure=" + wsvc + "StartJob", "code=ok"}, want: 1},
+		{name: workerRPC, labels: []string{"procedure=" + wsvc + "StreamJobOutput", "code=ok"}, want: 1},
+	}
+	// The job's end reaches the scheduler with the worker's next heartbeat.
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		bad := check(scrape(t, scrapeHTTP, schedURL), schedWants)
+		if len(bad) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("scheduler /metrics after %v:\n  %s", waitTimeout, strings.Join(bad, "\n  "))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if bad := check(scrape(t, scrapeHTTP, workerURL), workerWants); len(bad) > 0 {
+		t.Errorf("worker /metrics:\n  %s", strings.Join(bad, "\n  "))
+	}
+	// The worker's own registry holds no process metrics: in `baton dev`
+	// they belong to the scheduler's.
+	if _, ok := value(scrape(t, scrapeHTTP, workerURL), "go_goroutines"); ok {
+		t.Error("worker /metrics has go_goroutines; want them only where asked for")
+	}
+}
