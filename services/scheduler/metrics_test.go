@@ -18,6 +18,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
@@ -149,7 +150,7 @@ func startMeteredWorker(t *testing.T, name string, sched *testScheduler, m *metr
 	if err != nil {
 		t.Fatal(err)
 	}
-	h = m.Mount(w.Handler())
+	h = m.Mount(identity.AnonymousHandler(w.Handler()))
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
 	runCtx, stopRun := context.WithCancel(context.Background())
@@ -181,7 +182,7 @@ func TestMetricsAfterAJob(t *testing.T) {
 	sched := startScheduler(t, "", func(o *scheduler.Options) { o.Metrics = sm })
 	// A second listener on the same scheduler, with /metrics mounted, as
 	// `baton scheduler` serves its grpc_server and http_server.
-	mounted, err := serving.Listen("127.0.0.1:0", sm.Mount(sched.Handler()), nil, nil)
+	mounted, err := serving.Listen("127.0.0.1:0", sm.Mount(identity.AnonymousHandler(sched.Handler())), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
