@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -33,9 +34,14 @@ func freePortPair(t *testing.T) int {
 	return 0
 }
 
+// getMetrics fetches /metrics from addr, over TLS when addr is "tls:host:port".
 func getMetrics(t *testing.T, client *http.Client, addr string) string {
 	t.Helper()
-	res, err := client.Get("http://" + addr + "/metrics")
+	scheme := "http://"
+	if strings.HasPrefix(addr, "tls:") {
+		scheme, addr = "https://", strings.TrimPrefix(addr, "tls:")
+	}
+	res, err := client.Get(scheme + addr + "/metrics")
 	if err != nil {
 		t.Fatalf("GET %s/metrics: %v", addr, err)
 	}
@@ -56,9 +62,10 @@ func TestDevServesMetrics(t *testing.T) {
 	port := freePortPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
+	dataDir := t.TempDir()
 	go func() {
 		done <- runDev(ctx, devConfig{
-			dataDir: t.TempDir(), scriptsDir: filepath.Join("..", "..", "examples", "scripts"),
+			dataDir: dataDir, scriptsDir: filepath.Join("..", "..", "examples", "scripts"),
 			addr: addr, httpAddr: httpAddr, workerPort: port, logLevel: "error",
 		})
 	}()
@@ -117,14 +124,29 @@ func TestDevServesMetrics(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The mutual-TLS listeners (the scheduler's gRPC one, the workers')
+	// serve /metrics to a certificate of the cluster.
+	certs := filepath.Join(dataDir, "certs")
+	pair, err := tls.LoadX509KeyPair(filepath.Join(certs, "admin-dev.crt"), filepath.Join(certs, "admin-dev.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := loadCA(filepath.Join(certs, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{pair},
+	}}}
+	t.Cleanup(tlsClient.CloseIdleConnections)
 	// The gRPC listener serves the same registry.
-	if grpcSide := getMetrics(t, client, addr); !strings.Contains(grpcSide, want[1]) {
+	if grpcSide := getMetrics(t, tlsClient, "tls:"+addr); !strings.Contains(grpcSide, want[1]) {
 		t.Errorf("/metrics on the gRPC listener lacks %q", want[1])
 	}
 	// Each worker has its own registry, without the process's metrics.
 	var jobs int
 	for _, w := range []string{worker1, "127.0.0.1:" + strconv.Itoa(port+1)} {
-		body := getMetrics(t, client, w)
+		body := getMetrics(t, tlsClient, "tls:"+w)
 		if strings.Contains(body, "go_goroutines") {
 			t.Errorf("worker %s reports go_goroutines; in baton dev only the scheduler does", w)
 		}
