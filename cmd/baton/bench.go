@@ -160,37 +160,54 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 		Command: opts.Command, Args: opts.Args, Errors: map[string]int{},
 	}
 	var retries atomic.Int64
-	stats, err := loadThrough(ctx, opts, opts.Scheduler, nil, res, &retries)
-	if err != nil {
-		return nil, err
-	}
-	if opts.MTLS {
+	var plain, secure loadSample
+	if !opts.MTLS {
+		var err error
+		if plain, err = loadThrough(ctx, opts, opts.Jobs, opts.Scheduler, nil, res, &retries); err != nil {
+			return nil, err
+		}
+	} else {
 		lc, err := startLocalCluster(ctx, opts.Command, true)
 		if err != nil {
 			return nil, err
 		}
-		secure, err := loadThrough(ctx, opts, lc.addr, lc.clientTLS, res, &retries)
-		lc.close()
-		if err != nil {
-			return nil, err
+		defer lc.close()
+		// Rounds alternate between the two clusters, so that a change in
+		// the machine's load (it is shared) weighs on both alike.
+		rounds := min(benchRounds, opts.Jobs)
+		for r := range rounds {
+			n := opts.Jobs/rounds + btoi(r < opts.Jobs%rounds)
+			p, err := loadThrough(ctx, opts, n, opts.Scheduler, nil, res, &retries)
+			if err != nil {
+				return nil, err
+			}
+			plain.merge(p)
+			q, err := loadThrough(ctx, opts, n, lc.addr, lc.clientTLS, res, &retries)
+			if err != nil {
+				return nil, err
+			}
+			secure.merge(q)
 		}
-		res.MTLS = &secure
-		if stats.P50Ms > 0 && secure.JobsPerSec > 0 {
-			res.MTLSP50Ratio = secure.P50Ms / stats.P50Ms
-			res.MTLSThroughputRatio = secure.JobsPerSec / stats.JobsPerSec
-		}
+		st := secure.stats()
+		res.MTLS = &st
+	}
+	stats := plain.stats()
+	if res.MTLS != nil && stats.P50Ms > 0 && stats.JobsPerSec > 0 {
+		res.MTLSP50Ratio = res.MTLS.P50Ms / stats.P50Ms
+		res.MTLSThroughputRatio = res.MTLS.JobsPerSec / stats.JobsPerSec
 	}
 	res.Baton = stats
 	res.Retries = int(retries.Load())
 	if !opts.Baseline {
 		return res, nil
 	}
-	base, err := runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
+	sample, err := runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
 		return exec.CommandContext(ctx, opts.Command, opts.Args...).Run()
 	})
 	if err != nil {
 		return nil, err
 	}
+	base := sample.stats()
 	res.Exec = &base
 	if base.P50Ms > 0 {
 		res.P50Ratio = res.Baton.P50Ms / base.P50Ms
@@ -203,12 +220,12 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 
 // loadThrough runs the load through the scheduler at addr, counting
 // errors into res.
-func loadThrough(ctx context.Context, opts benchOptions, addr string, clientTLS *tls.Config, res *benchResult, retries *atomic.Int64) (benchStats, error) {
+func loadThrough(ctx context.Context, opts benchOptions, jobs int, addr string, clientTLS *tls.Config, res *benchResult, retries *atomic.Int64) (loadSample, error) {
 	httpClient := serving.NewHTTPClient(clientTLS)
 	defer httpClient.CloseIdleConnections()
 	client := batonv1connect.NewSchedulerServiceClient(httpClient, serving.BaseURL(addr, clientTLS != nil))
 	var mu sync.Mutex
-	return runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
+	return runLoad(ctx, opts.Clients, jobs, func(ctx context.Context) error {
 		err := runJob(ctx, client, opts, retries)
 		if err != nil {
 			mu.Lock()
@@ -219,10 +236,51 @@ func loadThrough(ctx context.Context, opts benchOptions, addr string, clientTLS 
 	})
 }
 
+// benchRounds is how many alternating rounds --mtls splits the jobs into.
+const benchRounds = 4
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// loadSample is what a load measured: the latency of each call that
+// succeeded, the failures and the wall time.
+type loadSample struct {
+	times  []time.Duration
+	failed int
+	wall   time.Duration
+}
+
+// merge adds another run's measurements, as if both were one run.
+func (s *loadSample) merge(o loadSample) {
+	s.times = append(s.times, o.times...)
+	s.failed += o.failed
+	s.wall += o.wall
+}
+
+func (s loadSample) stats() benchStats {
+	times := slices.Sorted(slices.Values(s.times))
+	st := benchStats{
+		Completed: len(times),
+		Failed:    s.failed,
+		P50Ms:     percentileMs(times, 0.50),
+		P90Ms:     percentileMs(times, 0.90),
+		P99Ms:     percentileMs(times, 0.99),
+		WallSec:   s.wall.Seconds(),
+	}
+	if s.wall > 0 {
+		st.JobsPerSec = float64(len(times)) / s.wall.Seconds()
+	}
+	return st
+}
+
 // runLoad runs total calls of fn from clients goroutines and measures the
 // latency of those that succeed and the sustained rate. It fails only when
 // ctx ends.
-func runLoad(ctx context.Context, clients, total int, fn func(context.Context) error) (benchStats, error) {
+func runLoad(ctx context.Context, clients, total int, fn func(context.Context) error) (loadSample, error) {
 	var (
 		next   atomic.Int64
 		failed atomic.Int64
@@ -247,20 +305,10 @@ func runLoad(ctx context.Context, clients, total int, fn func(context.Context) e
 		})
 	}
 	wg.Wait()
-	wall := time.Since(start)
 	if err := ctx.Err(); err != nil {
-		return benchStats{}, err
+		return loadSample{}, err
 	}
-	slices.Sort(times)
-	return benchStats{
-		Completed:  len(times),
-		Failed:     int(failed.Load()),
-		P50Ms:      percentileMs(times, 0.50),
-		P90Ms:      percentileMs(times, 0.90),
-		P99Ms:      percentileMs(times, 0.99),
-		JobsPerSec: float64(len(times)) / wall.Seconds(),
-		WallSec:    wall.Seconds(),
-	}, nil
+	return loadSample{times: times, failed: int(failed.Load()), wall: time.Since(start)}, nil
 }
 
 // percentileMs is the nearest-rank percentile of sorted durations, in ms.
