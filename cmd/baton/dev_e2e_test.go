@@ -1,0 +1,154 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDevClusterFromScratch runs `baton dev` as a user would on a fresh
+// machine (an empty HOME): the client commands find it by themselves over
+// mutual TLS, Ctrl-C stops everything with nothing left behind, and a
+// second start reuses the data and certificates of the first.
+func TestDevClusterFromScratch(t *testing.T) {
+	bin := sharedBaton(t)
+	home := t.TempDir()
+	repo, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, httpAddr, port := freeAddr(t), freeAddr(t), freePortPair(t)
+	env := []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+	baton := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, args...)
+		cmd.Env, cmd.Dir = env, repo
+		return cmd
+	}
+	startDev := func() (*exec.Cmd, *lockedBuffer) {
+		t.Helper()
+		out := &lockedBuffer{}
+		dev := baton("dev", "--addr", addr, "--http-addr", httpAddr, "--worker-port", strconv.Itoa(port))
+		dev.Stdout, dev.Stderr = out, out
+		if err := dev.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = dev.Process.Kill(); _, _ = dev.Process.Wait() })
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			cmd := baton("workers", "-o", "json")
+			b, err := cmd.Output()
+			var workers []map[string]any
+			if err == nil && json.Unmarshal(b, &workers) == nil && len(workers) == 2 &&
+				workers[0]["state"] == "WORKER_STATE_READY" && workers[1]["state"] == "WORKER_STATE_READY" {
+				return dev, out
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the dev cluster did not get two READY workers: %v %s\n%s", err, b, out.String())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	stopDev := func(dev *exec.Cmd, out *lockedBuffer) {
+		t.Helper()
+		if err := dev.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- dev.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("baton dev after Ctrl-C: %v\n%s", err, out.String())
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("baton dev did not stop after Ctrl-C\n%s", out.String())
+		}
+	}
+
+	dev, out := startDev()
+	if !strings.Contains(out.String(), "https://"+addr) {
+		t.Errorf("dev did not print its mutual-TLS address:\n%s", out.String())
+	}
+	var stdout, stderr bytes.Buffer
+	run := baton("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+	run.Stdout, run.Stderr = &stdout, &stderr
+	err = run.Run()
+	if code := exitCode(t, err); code != 3 || stdout.String() != "out\n" || stderr.String() != "err\n" {
+		t.Errorf("run: exit %d, stdout %q, stderr %q; want 3, \"out\\n\", \"err\\n\"", code, stdout.String(), stderr.String())
+	}
+	// A job still running when the cluster stops, marked so that a
+	// leftover process is found in /proc.
+	marker := "baton-dev-leftover-" + strconv.Itoa(os.Getpid())
+	detached, err := baton("run", "--detach", "--", "bash", "-c", "exec -a "+marker+" sleep 300").Output()
+	if err != nil {
+		t.Fatalf("run --detach: %v", err)
+	}
+	jobID := strings.TrimSpace(string(detached))
+	ca, err := os.ReadFile(filepath.Join(home, ".local", "state", "baton", "dev", "certs", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !processWithArg0(marker); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the detached job never ran")
+		}
+	}
+	stopDev(dev, out)
+	if processWithArg0(marker) {
+		t.Error("a job's process outlived baton dev")
+	}
+
+	// The second start keeps the CA and the history.
+	dev, out = startDev()
+	again, err := os.ReadFile(filepath.Join(home, ".local", "state", "baton", "dev", "certs", "ca.crt"))
+	if err != nil || !bytes.Equal(ca, again) {
+		t.Errorf("the second start made a new CA (%v)", err)
+	}
+	status, err := baton("status", "-o", "json", jobID).Output()
+	if err != nil || !strings.Contains(string(status), "JOB_STATE_STOPPED") {
+		t.Errorf("status of the job from the first run: %v %s", err, status)
+	}
+	stopDev(dev, out)
+}
+
+// processWithArg0 reports whether a live process has argv[0] == name.
+func processWithArg0(name string) bool {
+	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, f := range dirs {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if arg0, _, _ := bytes.Cut(b, []byte{0}); string(arg0) == name {
+			return true
+		}
+	}
+	return false
+}
+
+// lockedBuffer is a bytes.Buffer that a process's output copier and the
+// test may use at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
