@@ -123,6 +123,25 @@ func TestOriginalConfigLoads(t *testing.T) {
 	}
 }
 
+// TestMutualTLSExamplesLoad keeps the mTLS example configs valid.
+func TestMutualTLSExamplesLoad(t *testing.T) {
+	t.Parallel()
+	w := defaultWorkerConfig()
+	if _, err := load(&w, configSource{file: "../../examples/config/mtls/worker.toml", environ: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.validate(); err != nil || !w.GRPCServer.UseTLS || w.GRPCServer.CAFile == "" {
+		t.Errorf("worker: %v, %+v", err, w.GRPCServer)
+	}
+	s := defaultSchedulerConfig()
+	if _, err := load(&s, configSource{file: "../../examples/config/mtls/scheduler.toml", environ: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.validate(); err != nil || s.Scheduler.AuditFile == "" || s.HTTPServer.CrtFile == "" {
+		t.Errorf("scheduler: %v, %+v", err, s)
+	}
+}
+
 func TestByteSizeRoundTrip(t *testing.T) {
 	t.Parallel()
 	for _, text := range []string{"64MiB", "1GiB", "1000", "10KiB"} {
