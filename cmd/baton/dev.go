@@ -99,6 +99,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 
 	fmt.Printf(`Baton dev cluster is running (h2c on loopback, no TLS: every caller is an anonymous admin).
   scheduler  http://%s   gRPC, gRPC-Web and Connect JSON
+  web page   http://%s/   workers, jobs and live output in the browser
   http api   http://%s
   workers    %s, %s
   data       %s
@@ -106,7 +107,7 @@ Try:
   curl -s -H 'Content-Type: application/json' -d '{"command":"bash","path":"count.sh"}' http://%s/baton.v1.SchedulerService/StartJob
   curl -s -H 'Content-Type: application/json' -d '{}' http://%s/baton.v1.SchedulerService/ListWorkers
 Press Ctrl-C to stop.
-`, dc.addr, dc.httpAddr, names[0], names[1], dc.dataDir, dc.httpAddr, dc.httpAddr)
+`, dc.addr, dc.httpAddr, dc.httpAddr, names[0], names[1], dc.dataDir, dc.httpAddr, dc.httpAddr)
 
 	wg.Wait()
 	stopSched()

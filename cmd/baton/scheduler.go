@@ -14,6 +14,7 @@ import (
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/webui"
 )
 
 // SchedulerConfig is the configuration of `baton scheduler`.
@@ -143,7 +144,8 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig) error {
 	servers = append(servers, srv)
 	if cfg.HTTPServer.Addr != "" {
 		// Plain HTTP only: serving.Listen refuses anything but loopback.
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, sched.Handler(), nil, logger)
+		// The web page takes / and its assets; the API keeps its routes.
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, webui.Handler(sched.Handler()), nil, logger)
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
 			return err
