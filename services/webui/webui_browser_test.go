@@ -113,7 +113,7 @@ func (a *securedAPI) stream(w http.ResponseWriter, r *http.Request) {
 		raw, _ := json.Marshal(map[string]any{"chunk": map[string]any{"stream": stream, "data": data, "offset": fmt.Sprint(offset)}})
 		return string(raw)
 	}
-	out := []byte("h\u00e9llo <i>w\u00f6rld</i>\n") // é and ö are two bytes each
+	out := []byte("h\u00e9llo <i>w\u00f6rld</i>\n")    // é and ö are two bytes each
 	send(0, chunk("OUTPUT_STREAM_STDOUT", out[:2], 0)) // ends inside é
 	send(0, chunk("OUTPUT_STREAM_STDOUT", out[2:], 2))
 	send(0, chunk("OUTPUT_STREAM_STDERR", []byte("boom\n"), len(out)))
