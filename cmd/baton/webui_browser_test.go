@@ -312,7 +312,9 @@ func TestWebPageInBrowser(t *testing.T) {
 	// stderr is shown apart.
 	do(t, ctx, chromedp.Evaluate[chromedp.Void](`location.hash = "#/new"`))
 	waitJS(t, ctx, 10*time.Second, "the start form", `!!document.getElementById("new-submit")`, describePageJS)
-	script := `echo "fetching 3 files"; echo "<b>x</b> and <script>document.title='owned'</script> are printed as text"; ` +
+	// The pauses keep the screenshot's lines in the order they were
+	// written: the two pipes are read apart.
+	script := `echo "fetching 3 files"; echo "<b>x</b> and <script>document.title='owned'</script> are printed as text"; sleep 0.2; ` +
 		`echo "warning: retrying file 2 (this line is on stderr)" >&2; sleep 0.2; echo "done"`
 	fill(t, ctx, map[string]string{"new-command": "sh", "new-path": "", "new-args": "-c\n" + script})
 	do(t, ctx, chromedp.Click(chromedp.ID("new-submit")))
