@@ -19,6 +19,7 @@ export function renderJob(root, jobId, ui) {
 
   const title = el("h2", {}, "Job ", el("span", { class: "mono" }, jobId));
   const stateSlot = el("span", { id: "job-state-badge" });
+  const durationEl = el("span", { id: "job-duration" });
   const facts = el("dl", { class: "facts", id: "job-facts" });
   const stopButton = el("button", { type: "button", class: "button danger", id: "job-stop", disabled: true }, "Stop");
   const streamNote = el("span", { class: "stream-note", id: "job-stream-note" }, "connecting…");
@@ -46,6 +47,7 @@ export function renderJob(root, jobId, ui) {
     stateSlot.replaceChildren(badge(s.state));
     stateSlot.dataset.state = shortState(s.state);
     const exit = s.exitCode !== undefined ? String(s.exitCode) : "—";
+    durationEl.textContent = s.startedAt ? duration(s.startedAt, isTerminal(s.state) ? s.endedAt : null) : "";
     const rows = [
       ["State", el("span", { id: "job-state" }, shortState(s.state))],
       ["Exit code", el("span", { id: "job-exit" }, exit)],
@@ -56,7 +58,7 @@ export function renderJob(root, jobId, ui) {
       ["Created", timeTitle(s.createdAt) || "—"],
       s.startedAt && ["Started", timeTitle(s.startedAt)],
       s.endedAt && ["Ended", timeTitle(s.endedAt)],
-      s.startedAt && ["Duration", duration(s.startedAt, isTerminal(s.state) ? s.endedAt : null)],
+      s.startedAt && ["Duration", durationEl],
       s.pid && !isTerminal(s.state) && ["PID", String(s.pid)],
       s.owner && ["Owner", s.owner],
       s.stoppedBy && ["Stopped by", s.stoppedBy],
@@ -98,6 +100,7 @@ export function renderJob(root, jobId, ui) {
 
   async function follow() {
     let delay = 500;
+    let failures = 0;
     for (;;) {
       streamNote.textContent = "following live";
       streamNote.className = "stream-note live";
@@ -119,7 +122,11 @@ export function renderJob(root, jobId, ui) {
         }
       } catch (err) {
         if (aborter.signal.aborted) return;
-        if (err.code !== "unavailable" && err.code !== "deadline_exceeded") {
+        failures++;
+        // A job that has ended on a worker that stays unreachable has no
+        // output to wait for: say so rather than retry forever.
+        const hopeless = failures >= 3 && status && isTerminal(status.state);
+        if ((err.code !== "unavailable" && err.code !== "deadline_exceeded") || hopeless) {
           streamNote.textContent = "stopped following";
           streamNote.className = "stream-note";
           ui.error(err, "Following the output");
@@ -179,9 +186,15 @@ export function renderJob(root, jobId, ui) {
       ui.error(err, "Loading job " + jobId);
     });
 
+  // While the job runs, its duration counts up.
+  const ticker = setInterval(() => {
+    if (status && !isTerminal(status.state) && status.startedAt) durationEl.textContent = duration(status.startedAt, null);
+  }, 1000);
+
   return () => {
     aborter.abort();
     clearTimeout(stopArmed);
+    clearInterval(ticker);
   };
 }
 
