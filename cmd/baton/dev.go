@@ -125,6 +125,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 
 	certDir := filepath.Dir(caFile)
 	fmt.Printf(`Baton dev cluster is running.
+  web page   http://%[2]s/   workers, jobs and live output in the browser
   scheduler  https://%[1]s   mutual TLS: gRPC, gRPC-Web and Connect JSON
   http api   http://%[2]s    plain HTTP on loopback, no tokens: every caller is an anonymous admin
   workers    %[3]s, %[4]s

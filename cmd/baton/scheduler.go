@@ -17,6 +17,7 @@ import (
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/webui"
 )
 
 // SchedulerConfig is the configuration of `baton scheduler`.
@@ -224,7 +225,8 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 				return nil
 			}
 		}
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, m.Mount(httpAuth.Middleware(sched.Handler())), httpTLS, logger)
+		// The web page takes / and its assets; the API keeps its routes.
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, m.Mount(webui.Handler(httpAuth.Middleware(sched.Handler()))), httpTLS, logger)
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
 			return err
