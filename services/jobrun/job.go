@@ -185,6 +185,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 // leaves a job directory without one, which the next start reports as
 // LOST, and a cgroup that its sweep kills.
 func (r *Runner) recordRunning(j *job, pid int) {
+
 	defer close(j.recorded)
 	ticks, err := procStartTicks(pid)
 	if err != nil {
@@ -195,7 +196,7 @@ func (r *Runner) recordRunning(j *job, pid int) {
 	st := j.snapshotLocked()
 	cg := j.cg
 	j.mu.Unlock()
-	if err := writeRecord(j.dir, toRecord(st, ticks, cg), false); err != nil {
+	if err := writeFirstRecord(j.dir, toRecord(st, ticks, cg)); err != nil {
 		r.log.Error("cannot record the job as running", "job_id", j.id, "error", err)
 	}
 }

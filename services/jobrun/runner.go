@@ -526,6 +526,8 @@ func describeLoadError(err error) string {
 		return "job.json is missing"
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "job.json is truncated"
+	case errors.Is(err, errEmptyRecord):
+		return "job.json is empty"
 	}
 	return unwrapPathError(err).Error()
 }

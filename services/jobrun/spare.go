@@ -9,8 +9,8 @@ import (
 
 // spareDirs is how many job directories the Runner keeps built ahead.
 //
-// A job directory is five file-system objects (the directory, its work
-// directory and three empty output files). Creating them costs about as much
+// A job directory is six file-system objects (the directory, its work
+// directory, three empty output files and an empty record). Creating them costs about as much
 // as starting /bin/true itself on a VM disk, while renaming a ready-made
 // directory into place is one cheap metadata update. So the Runner keeps a
 // few built ahead in DataDir/spares (beside DataDir/jobs, on the same file
@@ -19,8 +19,9 @@ import (
 // each is renamed away exactly once.
 const spareDirs = 2
 
-// buildJobDir creates dir with its work directory and empty output files,
-// all private to the worker's user (0700 and 0600).
+// buildJobDir creates dir with its work directory, empty output files and
+// an empty record (see writeFirstRecord), all private to the worker's user
+// (0700 and 0600).
 func buildJobDir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
@@ -28,7 +29,7 @@ func buildJobDir(dir string) error {
 	if err := os.Mkdir(filepath.Join(dir, workDirName), 0o700); err != nil {
 		return err
 	}
-	for _, name := range []string{stdoutFile, stderrFile, indexFile} {
+	for _, name := range []string{stdoutFile, stderrFile, indexFile, recordFile} {
 		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {
 			return err
