@@ -1,15 +1,12 @@
 package jobrun
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // copierDrainTimeout bounds how long the waiter waits for the copiers after
@@ -233,14 +230,7 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	// Wait for the exit without reaping it (waitid(2) WNOWAIT). While the
 	// leader is an unreaped zombie its pid, and with it the process group
 	// ID, cannot be reused, so signalling -pgid until cmd.Wait is safe.
-	var info unix.Siginfo
-	var werr error
-	for {
-		werr = unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if !errors.Is(werr, unix.EINTR) {
-			break
-		}
-	}
+	werr := awaitExit(pid)
 	j.mu.Lock()
 	j.exited = true // from here on nobody signals the pid or the pgid
 	cg := j.cg
