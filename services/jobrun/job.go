@@ -85,9 +85,10 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.out = out
 	j.st.Cgroup = cg.mode()
 	j.mu.Unlock()
-	// No record is written before the spawn: a worker that dies in between
-	// leaves a job directory without job.json, which the next start reports
-	// as LOST, and a cgroup that its sweep kills.
+	// No record is written before the spawn (the waiter writes the first,
+	// see recordRunning): a worker that dies in between leaves a job
+	// directory with an empty job.json, which the next start reports as
+	// LOST, and a cgroup that its sweep kills.
 
 	if pipes[0], pipes[1], err = os.Pipe(); err != nil {
 		return internal("create pipes", err)
@@ -179,10 +180,9 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 // file-system operations that need not delay the reply. The process is not
 // reaped before this returns (the waiter reaps it), so its pid and start
 // time are still its own. A worker that dies before the record is written
-// leaves a job directory without one, which the next start reports as
+// leaves the empty job.json of buildJobDir, which the next start reports as
 // LOST, and a cgroup that its sweep kills.
 func (r *Runner) recordRunning(j *job, pid int) {
-
 	defer close(j.recorded)
 	ticks, err := procStartTicks(pid)
 	if err != nil {
