@@ -283,6 +283,20 @@ func writeFile(dir, name, value string) error {
 	return os.WriteFile(filepath.Join(dir, name), []byte(value), 0o644)
 }
 
+// writeExisting writes value to an existing file such as a cgroup control
+// file: open, write, close, without os.WriteFile's O_CREATE|O_TRUNC.
+func writeExisting(path, value string) error {
+	fd, err := syscall.Open(path, syscall.O_WRONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = syscall.Write(fd, []byte(value))
+	if cerr := syscall.Close(fd); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // attach moves pid into the job's v1 directories.
 func (c *jobCgroup) attach(pid int) error {
 	if c == nil {
@@ -303,7 +317,9 @@ func (c *jobCgroup) kill() {
 		return
 	}
 	if c.v2 != "" {
-		killCgroupDir(c.v2)
+		// The v2 parent was checked for cgroup.kill when it was detected,
+		// so no stat first.
+		_ = writeExisting(filepath.Join(c.v2, "cgroup.kill"), "1")
 		return
 	}
 	for _, dir := range c.v1 {

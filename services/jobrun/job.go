@@ -1,15 +1,12 @@
 package jobrun
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // copierDrainTimeout bounds how long the waiter waits for the copiers after
@@ -49,6 +46,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		r.mu.Unlock()
 		j.startErr = err
 		close(j.started)
+		close(j.recorded)
 		close(j.done)
 		return Status{}, false, err
 	}
@@ -58,34 +56,20 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		return fail(fmt.Errorf("the worker could not %s: %w", what, err))
 	}
 
-	if err := os.Mkdir(j.dir, 0o700); errors.Is(err, os.ErrExist) {
-		// Not a known job (it would be in r.jobs): the remains of a failed
-		// cleanup. Start afresh.
-		if err := os.RemoveAll(j.dir); err != nil {
-			return internal("prepare the job directory", err)
-		}
-		if err := os.Mkdir(j.dir, 0o700); err != nil {
-			return internal("create the job directory", err)
-		}
-	} else if err != nil {
+	if err := r.makeJobDir(j.dir); err != nil {
 		return internal("create the job directory", err)
 	}
 	limit := j.spec.OutputLimit
 	if limit == 0 {
 		limit = r.opts.OutputLimit
 	}
-	var err error
-	if out, err = createOutput(j.dir, limit); err != nil {
-		return internal("create the output files", err)
-	}
+	out = &outputLog{dir: j.dir, limit: limit}
 	work := p.workDir
 	if work == "" {
 		work = filepath.Join(j.dir, workDirName)
-		if err := os.Mkdir(work, 0o700); err != nil {
-			return internal("create the working directory", err)
-		}
 	}
 	limits := j.spec.MemoryLimit > 0 || j.spec.CPULimit > 0
+	var err error
 	cg, cgFD, err = r.cg.create(j.id, j.spec.MemoryLimit, j.spec.CPULimit)
 	if err != nil {
 		if limits {
@@ -101,9 +85,10 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.out = out
 	j.st.Cgroup = cg.mode()
 	j.mu.Unlock()
-	// No record is written before the spawn: a worker that dies in between
-	// leaves a job directory without job.json, which the next start reports
-	// as LOST, and a cgroup that its sweep kills.
+	// No record is written before the spawn (the waiter writes the first,
+	// see recordRunning): a worker that dies in between leaves a job
+	// directory with an empty job.json, which the next start reports as
+	// LOST, and a cgroup that its sweep kills.
 
 	if pipes[0], pipes[1], err = os.Pipe(); err != nil {
 		return internal("create pipes", err)
@@ -156,11 +141,6 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		logger.Error("cannot attach the job to its cgroups", "error", err)
 		return fail(fmt.Errorf("%w: the worker could not apply resource limits", ErrLimitsUnsupported))
 	}
-	ticks, err := procStartTicks(pid)
-	if err != nil {
-		logger.Warn("cannot read the job's start time", "error", err)
-	}
-
 	for i, s := range []Stream{StreamStdout, StreamStderr} {
 		go r.copyStream(j, s, pipes[2*i], j.copied[i])
 	}
@@ -172,7 +152,6 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.st.PID = pid
 	j.st.StartedAt = time.Now()
 	j.pgid = pid
-	j.startTicks = ticks
 	running := j.snapshotLocked()
 	j.mu.Unlock()
 	close(j.started)
@@ -182,9 +161,6 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		r.beginStop(j, StateFailed, "", "output limit of "+formatBytes(j.out.limit)+" reached")
 	}
 
-	if err := writeRecord(j.dir, toRecord(running, ticks, cg), false); err != nil {
-		logger.Error("cannot record the job as running", "error", err)
-	}
 	if t := j.spec.Timeout; t > 0 {
 		j.mu.Lock()
 		j.deadline = time.AfterFunc(t, func() {
@@ -196,6 +172,30 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	r.notifyChange(running)
 	go r.wait(j, cmd, [2]*os.File{outR, errR})
 	return running, true, nil
+}
+
+// recordRunning writes the record that lets a restarted worker report the
+// job as LOST and kill what it left behind: pid, start time, cgroups. The
+// waiter writes it while the job runs, not Start: it costs a handful of
+// file-system operations that need not delay the reply. The process is not
+// reaped before this returns (the waiter reaps it), so its pid and start
+// time are still its own. A worker that dies before the record is written
+// leaves the empty job.json of buildJobDir, which the next start reports as
+// LOST, and a cgroup that its sweep kills.
+func (r *Runner) recordRunning(j *job, pid int) {
+	defer close(j.recorded)
+	ticks, err := procStartTicks(pid)
+	if err != nil {
+		r.log.Warn("cannot read the job's start time", "job_id", j.id, "error", err)
+	}
+	j.mu.Lock()
+	j.startTicks = ticks
+	st := j.snapshotLocked()
+	cg := j.cg
+	j.mu.Unlock()
+	if err := writeFirstRecord(j.dir, toRecord(st, ticks, cg)); err != nil {
+		r.log.Error("cannot record the job as running", "job_id", j.id, "error", err)
+	}
 }
 
 // copyStream is the one copier of a stream: it moves bytes from the pipe to
@@ -226,17 +226,11 @@ func (r *Runner) copyStream(j *job, s Stream, rd *os.File, done chan struct{}) {
 // wait is the job's one waiter goroutine. It alone reaps the process.
 func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	pid := cmd.Process.Pid
+	r.recordRunning(j, pid)
 	// Wait for the exit without reaping it (waitid(2) WNOWAIT). While the
 	// leader is an unreaped zombie its pid, and with it the process group
 	// ID, cannot be reused, so signalling -pgid until cmd.Wait is safe.
-	var info unix.Siginfo
-	var werr error
-	for {
-		werr = unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
-		if !errors.Is(werr, unix.EINTR) {
-			break
-		}
-	}
+	werr := awaitExit(pid)
 	j.mu.Lock()
 	j.exited = true // from here on nobody signals the pid or the pgid
 	cg := j.cg
@@ -332,6 +326,9 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	// Close) may rely on the change having been delivered, such as a worker
 	// sending its final heartbeat right after Close.
 	r.notifyChange(final)
+	// Before done: whoever waits for the job to be over (Stop, a test of
+	// the disk layout) sees the worker idle again.
+	r.refillSpares()
 	close(j.done)
 }
 

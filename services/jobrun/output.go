@@ -59,9 +59,12 @@ func decodeRecord(b []byte) indexRecord {
 
 // outputLog is the write side of a job's output. The copiers of both streams
 // append through it; mu serialises appends so that index order is the order
-// in which writes were stored.
+// in which writes were stored. The files exist from the start (see
+// buildJobDir) but are opened on the first write to them: a job that prints
+// nothing costs no open or close.
 type outputLog struct {
 	mu         sync.Mutex
+	dir        string
 	stdout     *os.File
 	stderr     *os.File
 	index      *os.File
@@ -99,17 +102,25 @@ func (l *outputLog) append(j *job, stream Stream, p []byte, now time.Time) appen
 		return limitReached
 	}
 	rec := indexRecord{time: now.UnixNano(), stdoutBefore: l.outN, stderrBefore: l.errN, length: uint32(len(p)), stream: stream}
-	f := l.stdout
+	f, name := &l.stdout, stdoutFile
 	if stream == StreamStderr {
-		f = l.stderr
+		f, name = &l.stderr, stderrFile
 	}
 	// A failed write may leave stray bytes at the end of the stream file; no
 	// index record covers them, so readers never see them.
-	if _, err := f.Write(p); err != nil {
+	if err := l.open(f, name); err != nil {
+		l.discarding, l.writeErr = true, err
+		return writeFailed
+	}
+	if _, err := (*f).Write(p); err != nil {
 		l.discarding, l.writeErr = true, err
 		return writeFailed
 	}
 	rec.encode(l.rec[:])
+	if err := l.open(&l.index, indexFile); err != nil {
+		l.discarding, l.writeErr = true, err
+		return writeFailed
+	}
 	if _, err := l.index.Write(l.rec[:]); err != nil {
 		l.discarding, l.writeErr = true, err
 		return writeFailed
@@ -138,7 +149,11 @@ func (l *outputLog) limitWasHit() bool {
 	return l.limitHit
 }
 
+// close closes the files. Appends after it are dropped.
 func (l *outputLog) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.discarding = true
 	for _, f := range []*os.File{l.stdout, l.stderr, l.index} {
 		if f != nil {
 			_ = f.Close()
@@ -146,23 +161,19 @@ func (l *outputLog) close() {
 	}
 }
 
-func createOutput(dir string, limit int64) (*outputLog, error) {
-	l := &outputLog{limit: limit}
-	var err error
-	open := func(name string) *os.File {
-		if err != nil {
-			return nil
-		}
-		var f *os.File
-		f, err = os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		return f
+// open opens one of the job's files for writing unless it is open. The
+// file is normally there, empty; O_CREATE only covers one deleted behind the
+// worker's back. Called with l.mu held.
+func (l *outputLog) open(f **os.File, name string) error {
+	if *f != nil {
+		return nil
 	}
-	l.stdout, l.stderr, l.index = open(stdoutFile), open(stderrFile), open(indexFile)
+	h, err := os.OpenFile(filepath.Join(l.dir, name), os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
-		l.close()
-		return nil, err
+		return err
 	}
-	return l, nil
+	*f = h
+	return nil
 }
 
 // OutputRequest selects what Runner.Output sends. The zero value reads both

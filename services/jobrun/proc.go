@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // signalGroup sends sig to every process of the group. kill(2): a negative
@@ -40,4 +42,68 @@ func procStartTicks(pid int) (uint64, error) {
 		return 0, errors.New("malformed stat")
 	}
 	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// awaitExit returns once our child pid has exited, without reaping it
+// (waitid(2) WNOWAIT). It waits in the runtime's poller on a pidfd, which
+// becomes readable when the process exits: no thread is blocked per running
+// job, and the exit is seen in the same poll as the EOF of the job's pipes,
+// with one wake-up instead of two. Where pidfds cannot be polled it falls
+// back to a blocking waitid. It returns an error only if pid is not a child
+// that can be waited for.
+func awaitExit(pid int) error {
+	if ok, err := awaitExitPidfd(pid); ok {
+		return err
+	}
+	var info unix.Siginfo
+	for {
+		err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
+// awaitExitPidfd is awaitExit through a polled pidfd; ok is false if that
+// is not possible here.
+func awaitExitPidfd(pid int) (ok bool, err error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return false, nil
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		_ = unix.Close(fd)
+		return false, nil
+	}
+	// Non-blocking, so os.NewFile registers it with the poller.
+	f := os.NewFile(uintptr(fd), "pidfd")
+	defer f.Close()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return false, nil
+	}
+	var werr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			var info unix.Siginfo
+			werr = unix.Waitid(unix.P_PIDFD, int(fd), &info, unix.WEXITED|unix.WNOWAIT|unix.WNOHANG, nil)
+			switch {
+			case errors.Is(werr, unix.EINTR):
+				continue
+			case errors.Is(werr, unix.EAGAIN):
+				werr = nil
+				return false // running: wait until the pidfd is readable
+			case werr != nil:
+				return true
+			}
+			// With WNOHANG and no exit yet, the kernel leaves the
+			// siginfo zeroed.
+			return info.Signo != 0
+		}
+	})
+	if err != nil {
+		// The pidfd cannot be polled after all: block instead.
+		return false, nil
+	}
+	return true, werr
 }

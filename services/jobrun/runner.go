@@ -29,6 +29,7 @@ type Runner struct {
 	log        *slog.Logger
 	scriptsDir string // absolute, symlinks resolved
 	jobsDir    string
+	sparesDir  string // ready-made job directories, see spareDirs
 	tag        string // names this DataDir's cgroup directories
 	allowed    map[string]string
 	cg         cgroupHost
@@ -37,6 +38,11 @@ type Runner struct {
 	jobs   map[string]*job
 	active int
 	closed bool
+
+	spareMu        sync.Mutex // guards spares, sparesBuilding, sparesClosed
+	spares         []string   // ready-made job directories, see spareDirs
+	sparesBuilding int
+	sparesClosed   bool
 
 	crashed     atomic.Bool // test hook: behave as if the worker died
 	stopJanitor chan struct{}
@@ -47,12 +53,13 @@ type Runner struct {
 // job is one job. Fields above mu are set before the job is shared and never
 // change; started and done are closed exactly once.
 type job struct {
-	id      string
-	dir     string
-	spec    Spec
-	started chan struct{} // closed when spawn finished; startErr says how
-	done    chan struct{} // closed after the final state is recorded
-	copied  [2]chan struct{}
+	id       string
+	dir      string
+	spec     Spec
+	started  chan struct{} // closed when spawn finished; startErr says how
+	recorded chan struct{} // closed after the waiter wrote the running record
+	done     chan struct{} // closed after the final state is recorded
+	copied   [2]chan struct{}
 
 	startErr error // written before close(started)
 	out      *outputLog
@@ -130,6 +137,7 @@ func New(opts Options) (*Runner, error) {
 		log:         opts.Logger,
 		scriptsDir:  scripts,
 		jobsDir:     jobsDir,
+		sparesDir:   filepath.Join(dataDir, "spares"),
 		tag:         dataDirTag(dataDir),
 		allowed:     resolveAllowed(names, explicit, opts.Logger),
 		jobs:        make(map[string]*job),
@@ -139,6 +147,7 @@ func New(opts Options) (*Runner, error) {
 	r.cg = detectCgroups(opts.CgroupParent, dataDir, r.log)
 	r.load()
 	r.cg.sweep(r.log)
+	r.openSpares()
 	go r.janitor()
 	return r, nil
 }
@@ -191,13 +200,14 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 			return Status{}, false, fmt.Errorf("%w: %d jobs are running; try again later", ErrCapacity, c)
 		}
 		j := &job{
-			id:      id,
-			dir:     filepath.Join(r.jobsDir, id),
-			spec:    spec,
-			started: make(chan struct{}),
-			done:    make(chan struct{}),
-			copied:  [2]chan struct{}{make(chan struct{}), make(chan struct{})},
-			notify:  make(chan struct{}),
+			id:       id,
+			dir:      filepath.Join(r.jobsDir, id),
+			spec:     spec,
+			started:  make(chan struct{}),
+			recorded: make(chan struct{}),
+			done:     make(chan struct{}),
+			copied:   [2]chan struct{}{make(chan struct{}), make(chan struct{})},
+			notify:   make(chan struct{}),
 			st: Status{
 				ID: id, Spec: spec, State: StatePending, ExitCode: -1, CreatedAt: time.Now(),
 			},
@@ -346,21 +356,29 @@ func (r *Runner) Close(ctx context.Context) error {
 		}
 	}
 	<-r.janitorDone
+	r.removeSpares()
 	if err == nil {
 		r.cg.removeParents()
 	}
 	return err
 }
 
-// simulateCrash makes the Runner behave as if the worker process died: it
-// stops the janitor and refuses new jobs, and its waiters reap their
-// processes but record nothing. Tests use it to hand a DataDir to a second
-// Runner.
+// simulateCrash makes the Runner behave as if the worker process died after
+// its running jobs were recorded: it stops the janitor and refuses new jobs,
+// and its waiters reap their processes but record nothing more. Tests use it
+// to hand a DataDir to a second Runner.
 func (r *Runner) simulateCrash() {
-	r.crashed.Store(true)
 	r.mu.Lock()
 	r.closed = true
+	jobs := slices.Collect(maps.Values(r.jobs))
 	r.mu.Unlock()
+	for _, j := range jobs {
+		<-j.started
+		if j.startErr == nil {
+			<-j.recorded
+		}
+	}
+	r.crashed.Store(true)
 	r.closeOnce.Do(func() { close(r.stopJanitor) })
 	<-r.janitorDone
 }
@@ -463,7 +481,7 @@ func closedChan() chan struct{} {
 func (r *Runner) loadJob(id string) *job {
 	dir := filepath.Join(r.jobsDir, id)
 	j := &job{
-		id: id, dir: dir, started: closedChan(), done: closedChan(),
+		id: id, dir: dir, started: closedChan(), recorded: closedChan(), done: closedChan(),
 		notify: make(chan struct{}), complete: true,
 	}
 	rec, err := readRecord(dir)
@@ -508,6 +526,8 @@ func describeLoadError(err error) string {
 		return "job.json is missing"
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return "job.json is truncated"
+	case errors.Is(err, errEmptyRecord):
+		return "job.json is empty"
 	}
 	return unwrapPathError(err).Error()
 }

@@ -95,13 +95,19 @@ type plan struct {
 // resolve checks every path of the spec against the scripts directory. It
 // creates nothing.
 func (r *Runner) resolve(spec *Spec) (*plan, error) {
+	p := &plan{}
+	if exe, ok := r.allowed[spec.Command]; ok && spec.Path == "" && spec.Dir == "" {
+		// Nothing to look up in the scripts directory: skip opening it.
+		p.path = exe
+		p.args = append([]string{filepath.Base(spec.Command)}, spec.Args...)
+		return p, nil
+	}
 	root, err := os.OpenRoot(r.scriptsDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: the scripts directory is unavailable", ErrExec)
 	}
 	defer root.Close()
 
-	p := &plan{}
 	cmd := spec.Command
 	if exe, ok := r.allowed[cmd]; ok {
 		p.path = exe

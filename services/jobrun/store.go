@@ -2,6 +2,7 @@ package jobrun
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -110,11 +111,41 @@ func writeRecord(dir string, rec record, durable bool) error {
 	return nil
 }
 
+// writeFirstRecord writes the first record of a job into the empty job.json
+// that buildJobDir made, in place: there is no earlier record that a crash
+// could destroy, so no temporary file and rename are needed. A worker crash
+// cannot tear the record either: one write(2) of a regular file completes or
+// does not happen. (A machine crash can, but ends the job too, and a record
+// that does not parse is reported as LOST, the job's true fate.)
+func writeFirstRecord(dir string, rec record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, recordFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// errEmptyRecord is the record of a job directory whose job was never
+// recorded: the worker stopped between taking the directory and writing the
+// first record.
+var errEmptyRecord = errors.New("job.json is empty")
+
 func readRecord(dir string) (record, error) {
 	var rec record
 	b, err := os.ReadFile(filepath.Join(dir, recordFile))
 	if err != nil {
 		return rec, err
+	}
+	if len(b) == 0 {
+		return rec, errEmptyRecord
 	}
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return rec, err
