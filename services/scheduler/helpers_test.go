@@ -168,15 +168,7 @@ var scripts = map[string]string{
 func startWorker(t *testing.T, name string, sched *testScheduler, labels map[string]string) *testWorker {
 	t.Helper()
 	root := t.TempDir()
-	scriptsDir := filepath.Join(root, "scripts")
-	if err := os.MkdirAll(scriptsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for n, body := range scripts {
-		if err := os.WriteFile(filepath.Join(scriptsDir, n), []byte(body), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scriptsDir := makeScripts(t, root)
 	var w *worker.Worker
 	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		identity.AnonymousHandler(w.Handler()).ServeHTTP(rw, r)
@@ -222,6 +214,22 @@ func startWorker(t *testing.T, name string, sched *testScheduler, labels map[str
 		schedHTTP.CloseIdleConnections()
 	})
 	return &testWorker{name: name, sched: client}
+}
+
+// makeScripts writes the test scripts into root/scripts and returns that
+// directory.
+func makeScripts(t *testing.T, root string) string {
+	t.Helper()
+	dir := filepath.Join(root, "scripts")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for n, body := range scripts {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // waitFor polls cond until it holds, failing the test after waitTimeout.

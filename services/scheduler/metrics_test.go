@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -118,15 +117,7 @@ func check(families map[string]*dto.MetricFamily, wants []seriesWant) []string {
 func startMeteredWorker(t *testing.T, name string, sched *testScheduler, m *metrics.Worker) string {
 	t.Helper()
 	root := t.TempDir()
-	scriptsDir := filepath.Join(root, "scripts")
-	if err := os.MkdirAll(scriptsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for n, body := range scripts {
-		if err := os.WriteFile(filepath.Join(scriptsDir, n), []byte(body), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scriptsDir := makeScripts(t, root)
 	var h http.Handler
 	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(rw, r)

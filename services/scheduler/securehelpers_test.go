@@ -301,15 +301,7 @@ func (c *secureCluster) startWorker(t *testing.T, name, certName string) {
 	p := identity.Principal{Role: identity.RoleWorker, Name: certName}
 	creds := c.creds(t, p)
 	root := t.TempDir()
-	scriptsDir := filepath.Join(root, "scripts")
-	if err := os.MkdirAll(scriptsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for n, body := range scripts {
-		if err := os.WriteFile(filepath.Join(scriptsDir, n), []byte(body), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	scriptsDir := makeScripts(t, root)
 	var w *worker.Worker
 	ready := make(chan struct{})
 	handler := func(auth *identity.Authenticator) http.Handler {
