@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
