@@ -1,0 +1,318 @@
+package serving_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/serving"
+)
+
+// waitTimeout bounds every wait; machines are shared and noisy.
+const waitTimeout = 20 * time.Second
+
+// observation is what a QueryJob handler saw of its context.
+type observation struct {
+	deadline    time.Time
+	hasDeadline bool
+	// err is the context's error when the handler returned: set when the
+	// call's deadline passed (or the client went away) while it blocked.
+	err error
+}
+
+// probe tells the fake worker how to answer QueryJob for one job id.
+type probe struct {
+	// release, if not nil, blocks the handler until it is closed or the
+	// call's context ends.
+	release chan struct{}
+	// seen receives one observation per call; sends never block (extra
+	// calls beyond its capacity are dropped).
+	seen chan observation
+}
+
+// fakeWorker is a WorkerService whose QueryJob answers at once, or blocks
+// for the job ids a test registered a probe for. It counts calls and how
+// many run at once. Safe for concurrent use.
+type fakeWorker struct {
+	batonv1connect.UnimplementedWorkerServiceHandler
+
+	probes     sync.Map // job id → *probe
+	calls      atomic.Int64
+	running    atomic.Int64
+	maxRunning atomic.Int64
+}
+
+func (w *fakeWorker) QueryJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
+	w.calls.Add(1)
+	n := w.running.Add(1)
+	defer w.running.Add(-1)
+	for {
+		m := w.maxRunning.Load()
+		if n <= m || w.maxRunning.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	v, ok := w.probes.Load(req.Msg.GetJobId())
+	if !ok {
+		return connect.NewResponse(&batonv1.WorkerServiceQueryJobResponse{Done: true}), nil
+	}
+	p := v.(*probe)
+	dl, hasDL := ctx.Deadline()
+	if p.release != nil {
+		select {
+		case <-p.release:
+		case <-ctx.Done():
+		}
+	}
+	select {
+	case p.seen <- observation{deadline: dl, hasDeadline: hasDL, err: ctx.Err()}:
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&batonv1.WorkerServiceQueryJobResponse{Done: true}), nil
+}
+
+// addProbe registers a probe for a fresh job id and returns the id. With
+// block set, the handler blocks until the test ends or release is closed.
+func (w *fakeWorker) addProbe(t *testing.T, block bool, capacity int) (string, *probe) {
+	t.Helper()
+	p := &probe{seen: make(chan observation, capacity)}
+	if block {
+		p.release = make(chan struct{})
+		var once sync.Once
+		t.Cleanup(func() { once.Do(func() { close(p.release) }) })
+	}
+	id := uuid.NewString()
+	w.probes.Store(id, p)
+	return id, p
+}
+
+// testServer is a fakeWorker behind the same stack as a real worker: a
+// serving listener with the given limits, the anonymous (plaintext)
+// authenticator and serving.HandlerOptions (access log, authorization,
+// deadline cap, validation).
+type testServer struct {
+	addr string
+	url  string
+	svc  *fakeWorker
+	// httpRequests counts requests that reached the HTTP handler at all.
+	httpRequests atomic.Int64
+}
+
+func startServer(t *testing.T, limits serving.Limits, maxCall time.Duration, tlsConf *tls.Config) *testServer {
+	t.Helper()
+	ts := &testServer{svc: &fakeWorker{}}
+	logger := slog.New(slog.DiscardHandler)
+	policy := identity.Policy{batonv1connect.WorkerServiceQueryJobProcedure: {Roles: []identity.Role{identity.RoleAdmin}}}
+	mux, _ := serving.Mux(batonv1connect.WorkerServiceName)
+	mux.Handle(batonv1connect.NewWorkerServiceHandler(ts.svc,
+		serving.HandlerOptions("the test worker", logger, maxCall, identity.NewAuthorizer(policy, nil, logger))...))
+	inner := identity.AnonymousHandler(mux)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ts.httpRequests.Add(1)
+		inner.ServeHTTP(w, r)
+	})
+	srv, err := serving.ListenWithLimits("127.0.0.1:0", h, tlsConf, logger, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() {
+		// Registered after the probes' cleanups, so it runs before them:
+		// cut whatever still blocks rather than wait for it.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = srv.Shutdown(ctx)
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	ts.addr = srv.Addr().String()
+	ts.url = serving.BaseURL(ts.addr, tlsConf != nil)
+	return ts
+}
+
+// protocols are the three wire protocols every Baton endpoint speaks.
+var protocols = []struct {
+	name string
+	opts []connect.ClientOption
+}{
+	{"connect", nil},
+	{"grpc", []connect.ClientOption{connect.WithGRPC()}},
+	{"grpcweb", []connect.ClientOption{connect.WithGRPCWeb()}},
+}
+
+// client returns a generated WorkerService client of the server over h2c.
+func (ts *testServer) client(t *testing.T, hc *http.Client, opts ...connect.ClientOption) batonv1connect.WorkerServiceClient {
+	t.Helper()
+	if hc == nil {
+		hc = serving.NewHTTPClient(nil)
+		t.Cleanup(hc.CloseIdleConnections)
+	}
+	return batonv1connect.NewWorkerServiceClient(hc, ts.url, opts...)
+}
+
+func queryJob(ctx context.Context, c batonv1connect.WorkerServiceClient, id string) error {
+	_, err := c.QueryJob(ctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: id}))
+	return err
+}
+
+// receive waits for one observation.
+func receive(t *testing.T, p *probe) observation {
+	t.Helper()
+	select {
+	case o := <-p.seen:
+		return o
+	case <-time.After(waitTimeout):
+		t.Fatal("the handler never reported")
+		return observation{}
+	}
+}
+
+// headerTransport sets one request header on every request, overriding
+// what the Connect client wrote: a client that sends what it likes.
+type headerTransport struct {
+	base        http.RoundTripper
+	name, value string
+}
+
+func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set(h.name, h.value)
+	return h.base.RoundTrip(r)
+}
+
+// TestClientDeadlines is RELIABILITY.md C8 H4 on a listener: a client's
+// short deadline ends a blocked call with DeadlineExceeded and cancels the
+// handler's context; an absent or huge client timeout is clamped to the
+// server's cap on every protocol.
+func TestClientDeadlines(t *testing.T) {
+	t.Parallel()
+	// A cap far from every client value below, so that a handler deadline
+	// near it can only come from the clamp.
+	const maxCall = time.Hour
+	ts := startServer(t, serving.Limits{}, maxCall, nil)
+
+	t.Run("short deadline", func(t *testing.T) {
+		t.Parallel()
+		for _, proto := range protocols {
+			t.Run(proto.name, func(t *testing.T) {
+				t.Parallel()
+				id, p := ts.svc.addProbe(t, true, 1)
+				ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+				defer cancel()
+				start := time.Now()
+				err := queryJob(ctx, ts.client(t, nil, proto.opts...), id)
+				elapsed := time.Since(start)
+				if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+					t.Fatalf("QueryJob with a 100ms deadline: %v, want deadline_exceeded", err)
+				}
+				// The handler's context ends by its own deadline or, when the
+				// client gives up first and resets the stream, by
+				// cancellation: either way it does not keep running.
+				o := receive(t, p)
+				if !errors.Is(o.err, context.DeadlineExceeded) && !errors.Is(o.err, context.Canceled) {
+					t.Errorf("the handler's context ended with %v, want it cancelled", o.err)
+				}
+				if !o.hasDeadline {
+					t.Error("the handler saw no deadline")
+				}
+				t.Logf("deadline_exceeded after %v; handler context: %v", elapsed, o.err)
+			})
+		}
+	})
+
+	// clamped: the client's timeout reaches the server as no deadline or
+	// one beyond the cap, and the handler sees the cap.
+	clamped := []struct {
+		name   string
+		header string // a timeout header the client forces, if any
+		value  string
+		ctx    time.Duration // the client's own context timeout, if any
+	}{
+		{name: "none"},
+		// 10^10 ms: the Connect client drops a timeout of more than ten
+		// digits (effectively unbounded); gRPC sends "10000000S".
+		{name: "1e10ms context", ctx: 1e10 * time.Millisecond},
+		{name: "connect-timeout-ms 9999999999", header: "Connect-Timeout-Ms", value: "9999999999"},
+		{name: "grpc-timeout 99999999S", header: "Grpc-Timeout", value: "99999999S"},
+		// More hours than a time.Duration holds: the gRPC handler takes it
+		// as no timeout.
+		{name: "grpc-timeout 99999999H", header: "Grpc-Timeout", value: "99999999H"},
+	}
+	for _, tt := range clamped {
+		for _, proto := range protocols {
+			if tt.header == "Connect-Timeout-Ms" && proto.name != "connect" ||
+				tt.header == "Grpc-Timeout" && proto.name == "connect" {
+				continue
+			}
+			t.Run(tt.name+"/"+proto.name, func(t *testing.T) {
+				t.Parallel()
+				id, p := ts.svc.addProbe(t, false, 1)
+				hc := serving.NewHTTPClient(nil)
+				t.Cleanup(hc.CloseIdleConnections)
+				if tt.header != "" {
+					hc.Transport = headerTransport{hc.Transport, tt.header, tt.value}
+				}
+				ctx := t.Context()
+				if tt.ctx > 0 {
+					var cancel context.CancelFunc
+					ctx, cancel = context.WithTimeout(ctx, tt.ctx)
+					defer cancel()
+				}
+				start := time.Now()
+				if err := queryJob(ctx, ts.client(t, hc, proto.opts...), id); err != nil {
+					t.Fatalf("QueryJob: %v", err)
+				}
+				o := receive(t, p)
+				if !o.hasDeadline {
+					t.Fatal("the handler got no deadline: the cap was not applied")
+				}
+				// The cap counts from when the server saw the call, which
+				// is after start: at most maxCall past start plus the
+				// call's own duration. The lower bound is far below the
+				// cap only to stay clear of a slow machine.
+				if hi := start.Add(maxCall + time.Since(start)); o.deadline.After(hi) {
+					t.Errorf("handler deadline %v past the call, want at most the cap %v", o.deadline.Sub(start), maxCall)
+				}
+				if lo := start.Add(maxCall / 2); o.deadline.Before(lo) {
+					t.Errorf("handler deadline %v past the call, want about the cap %v", o.deadline.Sub(start), maxCall)
+				}
+			})
+		}
+	}
+
+	// The Connect protocol allows at most ten digits of milliseconds: a
+	// longer timeout is a malformed request, refused before any handler.
+	t.Run("connect-timeout-ms 1e10", func(t *testing.T) {
+		t.Parallel()
+		id, p := ts.svc.addProbe(t, false, 1)
+		hc := serving.NewHTTPClient(nil)
+		t.Cleanup(hc.CloseIdleConnections)
+		hc.Transport = headerTransport{hc.Transport, "Connect-Timeout-Ms", "10000000000"}
+		err := queryJob(t.Context(), ts.client(t, hc), id)
+		if connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Fatalf("QueryJob with an 11-digit timeout: %v, want invalid_argument", err)
+		}
+		select {
+		case <-p.seen:
+			t.Error("the handler ran")
+		default:
+		}
+	})
+}
