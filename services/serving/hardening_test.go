@@ -1,11 +1,17 @@
 package serving_test
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -54,16 +60,21 @@ type fakeWorker struct {
 	maxRunning atomic.Int64
 }
 
-func (w *fakeWorker) QueryJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
+// enter counts a call as running; the returned func ends it.
+func (w *fakeWorker) enter() func() {
 	w.calls.Add(1)
 	n := w.running.Add(1)
-	defer w.running.Add(-1)
 	for {
 		m := w.maxRunning.Load()
 		if n <= m || w.maxRunning.CompareAndSwap(m, n) {
 			break
 		}
 	}
+	return func() { w.running.Add(-1) }
+}
+
+func (w *fakeWorker) QueryJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
+	defer w.enter()()
 	v, ok := w.probes.Load(req.Msg.GetJobId())
 	if !ok {
 		return connect.NewResponse(&batonv1.WorkerServiceQueryJobResponse{Done: true}), nil
@@ -87,18 +98,20 @@ func (w *fakeWorker) QueryJob(ctx context.Context, req *connect.Request[batonv1.
 }
 
 // addProbe registers a probe for a fresh job id and returns the id. With
-// block set, the handler blocks until the test ends or release is closed.
-func (w *fakeWorker) addProbe(t *testing.T, block bool, capacity int) (string, *probe) {
+// block set, the handler blocks until unblock is called or the test ends.
+func (w *fakeWorker) addProbe(t *testing.T, block bool, capacity int) (id string, p *probe, unblock func()) {
 	t.Helper()
-	p := &probe{seen: make(chan observation, capacity)}
+	p = &probe{seen: make(chan observation, capacity)}
+	unblock = func() {}
 	if block {
 		p.release = make(chan struct{})
 		var once sync.Once
-		t.Cleanup(func() { once.Do(func() { close(p.release) }) })
+		unblock = func() { once.Do(func() { close(p.release) }) }
+		t.Cleanup(unblock)
 	}
-	id := uuid.NewString()
+	id = uuid.NewString()
 	w.probes.Store(id, p)
-	return id, p
+	return id, p, unblock
 }
 
 // testServer is a fakeWorker behind the same stack as a real worker: a
@@ -184,6 +197,19 @@ func receive(t *testing.T, p *probe) observation {
 	}
 }
 
+// waitFor polls cond until it holds, failing the test after waitTimeout
+// with what describe says then.
+func waitFor(t *testing.T, what string, cond func() bool, describe func() string) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s: %s", what, describe())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // headerTransport sets one request header on every request, overriding
 // what the Connect client wrote: a client that sends what it likes.
 type headerTransport struct {
@@ -213,7 +239,7 @@ func TestClientDeadlines(t *testing.T) {
 		for _, proto := range protocols {
 			t.Run(proto.name, func(t *testing.T) {
 				t.Parallel()
-				id, p := ts.svc.addProbe(t, true, 1)
+				id, p, _ := ts.svc.addProbe(t, true, 1)
 				ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
 				defer cancel()
 				start := time.Now()
@@ -263,7 +289,7 @@ func TestClientDeadlines(t *testing.T) {
 			}
 			t.Run(tt.name+"/"+proto.name, func(t *testing.T) {
 				t.Parallel()
-				id, p := ts.svc.addProbe(t, false, 1)
+				id, p, _ := ts.svc.addProbe(t, false, 1)
 				hc := serving.NewHTTPClient(nil)
 				t.Cleanup(hc.CloseIdleConnections)
 				if tt.header != "" {
@@ -301,7 +327,7 @@ func TestClientDeadlines(t *testing.T) {
 	// longer timeout is a malformed request, refused before any handler.
 	t.Run("connect-timeout-ms 1e10", func(t *testing.T) {
 		t.Parallel()
-		id, p := ts.svc.addProbe(t, false, 1)
+		id, p, _ := ts.svc.addProbe(t, false, 1)
 		hc := serving.NewHTTPClient(nil)
 		t.Cleanup(hc.CloseIdleConnections)
 		hc.Transport = headerTransport{hc.Transport, "Connect-Timeout-Ms", "10000000000"}
@@ -313,6 +339,213 @@ func TestClientDeadlines(t *testing.T) {
 		case <-p.seen:
 			t.Error("the handler ran")
 		default:
+		}
+	})
+}
+
+// queryPath is the Connect GET request for QueryJob of id (QueryJob has no
+// side effects, so Connect serves it over GET: a request that is a single
+// HEADERS frame).
+func queryPath(id string) string {
+	return batonv1connect.WorkerServiceQueryJobProcedure + "?connect=v1&encoding=json&message=" +
+		url.QueryEscape(`{"jobId":"`+id+`"}`)
+}
+
+// streamTally is what one raw HTTP/2 connection saw of its streams. Safe
+// for concurrent use.
+type streamTally struct {
+	mu       sync.Mutex
+	answered map[uint32]bool   // stream ended by the server's response
+	reset    map[uint32]uint32 // stream reset by the server, with the code
+	goAway   *h2Frame
+	err      error // why reading stopped
+}
+
+// tally reads frames until the connection ends.
+func tally(c *h2Conn) *streamTally {
+	st := &streamTally{answered: map[uint32]bool{}, reset: map[uint32]uint32{}}
+	go func() {
+		for {
+			f, err := c.readFrame()
+			st.mu.Lock()
+			switch {
+			case err != nil:
+				st.err = err
+			case f.typ == frameRSTStream:
+				st.reset[f.stream] = f.errorCode()
+			case f.typ == frameGoAway:
+				st.goAway = &f
+			case (f.typ == frameHeaders || f.typ == frameData) && f.flags&flagEndStream != 0:
+				st.answered[f.stream] = true
+			}
+			st.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return st
+}
+
+func (st *streamTally) counts() (answered, reset int) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.answered), len(st.reset)
+}
+
+func (st *streamTally) String() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	s := fmt.Sprintf("%d streams answered, %d reset", len(st.answered), len(st.reset))
+	if st.goAway != nil {
+		s += fmt.Sprintf(", GOAWAY code %d", st.goAway.errorCode())
+	}
+	if st.err != nil {
+		s += fmt.Sprintf(", read error %v", st.err)
+	}
+	return s
+}
+
+// TestStreamLimitPerConnection is RELIABILITY.md C8 H2: one HTTP/2
+// connection opening 1000 streams to a blocking handler never has more
+// than MaxConcurrentStreams handlers running, and every stream ends once
+// the handlers are unblocked.
+func TestStreamLimitPerConnection(t *testing.T) {
+	t.Parallel()
+	const (
+		maxStreams = 20
+		streams    = 1000
+	)
+
+	// A peer that ignores the server's SETTINGS and opens all its streams
+	// at once: the streams past the limit are reset, never queued.
+	t.Run("hostile peer", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, serving.Limits{MaxConcurrentStreams: maxStreams}, time.Hour, nil)
+		id, _, unblock := ts.svc.addProbe(t, true, 0)
+		c := dialH2(t, ts.addr)
+		st := tally(c)
+		block := getRequest(ts.addr, queryPath(id))
+		for i := range streams {
+			if err := c.writeFrame(frameHeaders, flagEndHeaders|flagEndStream, uint32(2*i+1), block); err != nil {
+				t.Fatalf("opening stream %d: %v (%v)", i, err, st)
+			}
+		}
+		describe := func() string {
+			return fmt.Sprintf("%d handlers running; %v", ts.svc.running.Load(), st)
+		}
+		waitFor(t, "every stream to be running or reset", func() bool {
+			_, reset := st.counts()
+			return int(ts.svc.running.Load())+reset == streams
+		}, describe)
+		if n := ts.svc.maxRunning.Load(); n > maxStreams {
+			t.Errorf("%d handlers ran at once on one connection, want at most %d", n, maxStreams)
+		}
+		if n := ts.svc.running.Load(); n == 0 {
+			t.Error("no handler ran: the test did not load the server")
+		}
+		unblock()
+		waitFor(t, "every stream to end", func() bool {
+			answered, reset := st.counts()
+			return answered+reset == streams
+		}, describe)
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.goAway != nil {
+			t.Errorf("the server sent GOAWAY (code %d) instead of refusing streams", st.goAway.errorCode())
+		}
+		for stream, code := range st.reset {
+			if code != errCodeRefusedStream && code != errCodeProtocol {
+				t.Errorf("stream %d reset with code %d, want REFUSED_STREAM or PROTOCOL_ERROR", stream, code)
+			}
+		}
+		if got, want := ts.svc.calls.Load(), int64(len(st.answered)); got != want {
+			t.Errorf("%d handler calls for %d answered streams", got, want)
+		}
+		t.Logf("%d streams answered, %d refused; at most %d handlers at once", len(st.answered), len(st.reset), ts.svc.maxRunning.Load())
+	})
+}
+
+// TestHeaderBomb is RELIABILITY.md C8 H5: a request with 1 MiB of headers
+// is refused under MaxHeaderBytes, on HTTP/1 (431) and HTTP/2 (the stream
+// or the connection is reset), and reaches no handler.
+func TestHeaderBomb(t *testing.T) {
+	t.Parallel()
+	const bomb = 1 << 20
+	value := strings.Repeat("a", 1000)
+
+	t.Run("http1", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, serving.Limits{}, time.Hour, nil)
+		conn, err := net.Dial("tcp", ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(waitTimeout))
+		var req bytes.Buffer
+		req.WriteString("POST " + batonv1connect.WorkerServiceQueryJobProcedure + " HTTP/1.1\r\nHost: " + ts.addr + "\r\nContent-Type: application/json\r\n")
+		for i := 0; req.Len() < bomb; i++ {
+			fmt.Fprintf(&req, "X-Bomb-%d: %s\r\n", i, value)
+		}
+		req.WriteString("Content-Length: 2\r\n\r\n{}")
+		// The server answers before it has read everything: write
+		// meanwhile, and ignore the write failing once it hangs up.
+		go func() { _, _ = conn.Write(req.Bytes()) }()
+		res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("reading the answer to 1 MiB of headers: %v", err)
+		}
+		_ = res.Body.Close()
+		if res.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("1 MiB of headers: status %s, want 431", res.Status)
+		}
+		if n := ts.httpRequests.Load(); n != 0 {
+			t.Errorf("%d requests reached the handler", n)
+		}
+	})
+
+	t.Run("http2", func(t *testing.T) {
+		t.Parallel()
+		ts := startServer(t, serving.Limits{}, time.Hour, nil)
+		c := dialH2(t, ts.addr)
+		st := tally(c)
+		block := getRequest(ts.addr, queryPath(uuid.NewString()))
+		for i := 0; len(block) < bomb; i++ {
+			block = append(block, hpackField(fmt.Sprintf("x-bomb-%d", i), value)...)
+		}
+		// HEADERS then CONTINUATION frames of the size every peer must
+		// accept (16 KiB); writes stop mattering once the server hangs up.
+		go func() {
+			const frame = 16 << 10
+			for off := 0; off < len(block); off += frame {
+				end := min(off+frame, len(block))
+				typ, flags := byte(frameContinuation), byte(0)
+				if off == 0 {
+					typ, flags = frameHeaders, flagEndStream
+				}
+				if end == len(block) {
+					flags |= flagEndHeaders
+				}
+				if c.writeFrame(typ, flags, 1, block[off:end]) != nil {
+					return
+				}
+			}
+		}()
+		waitFor(t, "the server to refuse the request", func() bool {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			return st.reset[1] != 0 || st.goAway != nil || st.err != nil || st.answered[1]
+		}, st.String)
+		st.mu.Lock()
+		answered := st.answered[1]
+		st.mu.Unlock()
+		if answered {
+			t.Error("the server answered a request with 1 MiB of headers")
+		}
+		t.Logf("refused: %v", st)
+		if n := ts.httpRequests.Load(); n != 0 {
+			t.Errorf("%d requests reached the handler", n)
 		}
 	})
 }
