@@ -7,10 +7,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -548,4 +551,185 @@ func TestHeaderBomb(t *testing.T) {
 			t.Errorf("%d requests reached the handler", n)
 		}
 	})
+}
+
+// openFDs counts the process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("cannot count open files: %v", err)
+	}
+	return len(ents)
+}
+
+// slowPeer is one attacking connection: it writes head at once, then trickle
+// one byte per second, and reports when the server hung up.
+type slowPeer struct {
+	kind   string
+	head   string
+	drip   string // repeated as needed
+	closed time.Duration
+	err    error // the read error that ended the connection
+}
+
+// run dials addr and plays the peer until the server closes the
+// connection or bound passes.
+func (p *slowPeer) run(addr string, bound time.Duration) {
+	start := time.Now()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		p.err = err
+		return
+	}
+	defer conn.Close()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		if _, err := io.WriteString(conn, p.head); err != nil {
+			return
+		}
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if _, err := conn.Write([]byte{p.drip[i%len(p.drip)]}); err != nil {
+				return
+			}
+		}
+	}()
+	_ = conn.SetReadDeadline(start.Add(bound))
+	// Whatever the server says (an alert, a 4xx) is read and dropped: only
+	// the end of the connection counts.
+	_, err = io.Copy(io.Discard, conn)
+	p.closed = time.Since(start)
+	if err == nil {
+		err = io.EOF
+	}
+	p.err = err
+}
+
+// TestSlowloris is RELIABILITY.md C8 H1: 500 HTTP/1 connections sending
+// one header byte per second, and h2c and TLS peers that never finish
+// their preface or handshake, are all closed by the server after
+// ReadHeaderTimeout; meanwhile normal calls keep succeeding, no attacker
+// reaches a handler, and the process's file descriptors come back.
+//
+// Not parallel: it counts the whole process's file descriptors.
+func TestSlowloris(t *testing.T) {
+	const (
+		readHeaderTimeout = time.Second
+		http1Peers        = 500
+		h2cPeers          = 25
+		tlsPeers          = 25
+		// The server must hang up on its own: this bound only keeps a
+		// broken server from hanging the test, and is far past
+		// ReadHeaderTimeout + 1 s for a loaded machine.
+		bound = readHeaderTimeout + 15*time.Second
+	)
+	limits := serving.Limits{ReadHeaderTimeout: readHeaderTimeout}
+	ts := startServer(t, limits, time.Hour, nil)
+	cert, _ := serving.SelfSigned(t)
+	tlsTS := startServer(t, limits, time.Hour, &tls.Config{Certificates: []tls.Certificate{cert}})
+
+	c := ts.client(t, nil)
+	if err := queryJob(t.Context(), c, uuid.NewString()); err != nil {
+		t.Fatal(err)
+	}
+	baseline := openFDs(t)
+
+	var peers []*slowPeer
+	addrs := map[*slowPeer]string{}
+	for range http1Peers {
+		p := &slowPeer{
+			kind: "http1 headers",
+			head: "POST " + batonv1connect.WorkerServiceQueryJobProcedure + " HTTP/1.1\r\nHost: " + ts.addr + "\r\nX-Slow: ",
+			drip: "abcdefghijklmnopqrstuvwxyz",
+		}
+		peers, addrs[p] = append(peers, p), ts.addr
+	}
+	for i := range h2cPeers {
+		// Half send a preface cut short at once, half drip the whole
+		// preface byte by byte.
+		p := &slowPeer{kind: "h2c partial preface", head: "PRI * HTTP/2.0\r\n\r\nSM", drip: "\r"}
+		if i%2 == 1 {
+			p = &slowPeer{kind: "h2c dripped preface", head: "P", drip: "RI * HTTP/2.0\r\n\r\nSM\r\n\r\nP"}
+		}
+		peers, addrs[p] = append(peers, p), ts.addr
+	}
+	for range tlsPeers {
+		// The first bytes of a TLS record header (handshake, TLS 1.0
+		// record version), then one byte a second.
+		p := &slowPeer{kind: "tls handshake", head: "\x16\x03\x01", drip: "\x02\x00"}
+		peers, addrs[p] = append(peers, p), tlsTS.addr
+	}
+
+	var wg sync.WaitGroup
+	for _, p := range peers {
+		wg.Go(func() { p.run(addrs[p], bound) })
+	}
+	attackDone := make(chan struct{})
+	go func() { wg.Wait(); close(attackDone) }()
+
+	// Normal calls during the attack, one after another, until it ends.
+	var latencies []time.Duration
+	var callErrs []error
+calls:
+	for {
+		select {
+		case <-attackDone:
+			break calls
+		default:
+		}
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		start := time.Now()
+		err := queryJob(ctx, c, uuid.NewString())
+		cancel()
+		latencies = append(latencies, time.Since(start))
+		if err != nil {
+			callErrs = append(callErrs, err)
+		}
+	}
+
+	closed := map[string][]time.Duration{}
+	for _, p := range peers {
+		var ne net.Error
+		switch {
+		case errors.As(p.err, &ne) && ne.Timeout():
+			t.Errorf("%s: the server kept the connection open for %v", p.kind, bound)
+		case p.closed == 0:
+			t.Errorf("%s: %v", p.kind, p.err)
+		default:
+			closed[p.kind] = append(closed[p.kind], p.closed)
+		}
+	}
+	for kind, ds := range closed {
+		slices.Sort(ds)
+		t.Logf("%s: %d closed by the server after %v (median) to %v (max)", kind, len(ds), ds[len(ds)/2], ds[len(ds)-1])
+	}
+
+	if len(callErrs) > 0 {
+		t.Errorf("%d of %d normal calls failed during the attack, first: %v", len(callErrs), len(latencies), callErrs[0])
+	}
+	slices.Sort(latencies)
+	t.Logf("%d normal calls during the attack: p50 %v, p99 %v, max %v", len(latencies),
+		latencies[len(latencies)/2], latencies[len(latencies)*99/100], latencies[len(latencies)-1])
+	// Every call that reached the service, and every request that reached
+	// the HTTP handler, was a normal call (plus the warm-up).
+	if got, want := ts.svc.calls.Load(), int64(len(latencies)+1); got != want {
+		t.Errorf("the service handled %d calls, want the %d normal ones", got, want)
+	}
+	if got, want := ts.httpRequests.Load(), int64(len(latencies)+1); got != want {
+		t.Errorf("the HTTP handler saw %d requests, want the %d normal ones", got, want)
+	}
+	if n := tlsTS.httpRequests.Load(); n != 0 {
+		t.Errorf("%d requests reached the TLS listener's handler", n)
+	}
+	waitFor(t, "open files to come back to the baseline", func() bool {
+		return openFDs(t) <= baseline
+	}, func() string { return fmt.Sprintf("%d open, %d before the attack", openFDs(t), baseline) })
 }

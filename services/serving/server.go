@@ -136,7 +136,7 @@ func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, lo
 		ln = tls.NewListener(ln, withALPN(tlsConf))
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           refusePRI(handler),
 		Protocols:         &protocols,
 		ReadHeaderTimeout: limits.ReadHeaderTimeout,
 		IdleTimeout:       limits.IdleTimeout,
@@ -150,6 +150,22 @@ func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, lo
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	return &Server{srv: srv, ln: ln, logger: logger}, nil
+}
+
+// refusePRI answers 400 to "PRI * HTTP/2.0" requests without calling h.
+// net/http hands one to the handler when an h2c peer sends a preface cut
+// short and stalls: once ReadHeaderTimeout ends the wait for the rest, the
+// bytes it has read parse as a complete HTTP/1 request. It is never a call;
+// nothing behind the listener should see it.
+func refusePRI(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "PRI" {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "incomplete HTTP/2 connection preface", http.StatusBadRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // withALPN advertises h2 and http/1.1, since tls.NewListener bypasses the
