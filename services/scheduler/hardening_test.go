@@ -2,10 +2,12 @@ package scheduler_test
 
 import (
 	"context"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/scheduler"
+	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/worker"
 )
@@ -227,4 +230,185 @@ func TestDeadlinePropagation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// callGate is an innermost interceptor that, once armed, holds ListWorkers
+// calls until release is closed, and counts those and the output streams
+// in flight.
+type callGate struct {
+	armed   atomic.Bool
+	release chan struct{}
+	unary   atomic.Int64
+	streams atomic.Int64
+}
+
+func (g *callGate) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if g.armed.Load() && req.Spec().Procedure == batonv1connect.SchedulerServiceListWorkersProcedure {
+			g.unary.Add(1)
+			select {
+			case <-g.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return next(ctx, req)
+	}
+}
+
+func (g *callGate) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (g *callGate) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if conn.Spec().Procedure == batonv1connect.SchedulerServiceStreamJobOutputProcedure {
+			g.streams.Add(1)
+		}
+		return next(ctx, conn)
+	}
+}
+
+// TestGracefulShutdown is RELIABILITY.md C8 H7 in process: with 50 unary
+// calls and 10 output streams in flight, the scheduler's shutdown (as
+// cmd/baton does it on SIGTERM: SetNotServing, then Shutdown with a drain
+// timeout) refuses new connections at once, ends the streams with
+// Unavailable, and lets the unary calls finish.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	const (
+		unary   = 50
+		streams = 10
+		drain   = 10 * time.Second
+	)
+	gate := &callGate{release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(gate.release) }) }
+	t.Cleanup(release)
+
+	st, err := store.Open(t.Context(), filepath.Join(t.TempDir(), "baton.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerHTTP := serving.NewHTTPClient(nil)
+	s, err := scheduler.New(t.Context(), scheduler.Options{Store: st, HTTPClient: workerHTTP, Interceptors: []connect.Interceptor{gate}})
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	srv, err := serving.Listen("127.0.0.1:0", identity.AnonymousHandler(s.Handler()), nil, nil)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	addr := srv.Addr().String()
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve() }()
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = s.Run(runCtx)
+	}()
+	clientHTTP := serving.NewHTTPClient(nil)
+	t.Cleanup(func() {
+		release()
+		stopRun()
+		<-runDone
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_ = srv.Shutdown(ctx) // a no-op once the test's own shutdown ran
+		workerHTTP.CloseIdleConnections()
+		clientHTTP.CloseIdleConnections()
+		if err := st.Close(); err != nil {
+			t.Errorf("close store: %v", err)
+		}
+	})
+	ts := &testScheduler{Scheduler: s, url: "http://" + addr, client: batonv1connect.NewSchedulerServiceClient(clientHTTP, "http://"+addr)}
+	startWorker(t, "w1", ts, nil)
+	waitWorkers(t, ts.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	jobID := startJob(t, ts.client, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "sleep.sh"}).GetJobId()
+
+	gate.armed.Store(true)
+	streamErrs := make(chan error, streams)
+	for range streams {
+		go func() {
+			stream, err := ts.client.StreamJobOutput(t.Context(), connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: jobID, Follow: true}))
+			if err != nil {
+				streamErrs <- err
+				return
+			}
+			defer stream.Close()
+			for stream.Receive() {
+			}
+			streamErrs <- stream.Err()
+		}()
+	}
+	unaryErrs := make(chan error, unary)
+	for range unary {
+		go func() {
+			_, err := ts.client.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+			unaryErrs <- err
+		}()
+	}
+	waitFor(t, "the calls to be in flight", func() bool {
+		return gate.unary.Load() == unary && gate.streams.Load() == streams
+	})
+
+	start := time.Now()
+	s.SetNotServing()
+	shutdownDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), drain)
+		defer cancel()
+		shutdownDone <- srv.Shutdown(ctx)
+	}()
+
+	timeout := time.After(waitTimeout)
+	for i := range streams {
+		select {
+		case err := <-streamErrs:
+			wantCode(t, "an output stream at shutdown", err, connect.CodeUnavailable)
+		case <-timeout:
+			t.Fatalf("only %d of %d streams ended", i, streams)
+		}
+	}
+	// New connections are refused while the unary calls are still held.
+	waitFor(t, "the listener to refuse connections", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err != nil
+	})
+	refused := time.Since(start)
+	select {
+	case err := <-unaryErrs:
+		t.Fatalf("a held unary call ended before it was released: %v", err)
+	default:
+	}
+
+	release()
+	for i := range unary {
+		select {
+		case err := <-unaryErrs:
+			if err != nil {
+				t.Errorf("in-flight ListWorkers during shutdown: %v", err)
+			}
+		case <-timeout:
+			t.Fatalf("only %d of %d unary calls ended", i, unary)
+		}
+	}
+	select {
+	case err := <-shutdownDone:
+		if err != nil {
+			t.Errorf("Shutdown did not drain within %v: %v", drain, err)
+		}
+	case <-timeout:
+		t.Fatal("Shutdown did not return")
+	}
+	if err := <-serveDone; err != nil {
+		t.Errorf("Serve: %v", err)
+	}
+	t.Logf("streams ended and new connections refused %v after shutdown began; drained in %v", refused, time.Since(start))
 }
