@@ -1,35 +1,80 @@
 package serving
 
 import (
-	"math"
-
-	"connectrpc.com/connect"
-	"connectrpc.com/validate"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"time"
 
+	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"connectrpc.com/validate"
 
 	"github.com/baton-run/baton/services/internal/interceptors"
 )
 
-// Limits shared by every listener. Streams have no write timeout on purpose:
+// The limits every listener has unless Limits says otherwise
+// (RELIABILITY.md C8). Streams have no write timeout on purpose:
 // http.Server.WriteTimeout would cut long output streams.
 const (
-	readHeaderTimeout    = 5 * time.Second
-	idleTimeout          = 2 * time.Minute
-	maxHeaderBytes       = 64 << 10
-	maxConcurrentStreams = 250
+	// DefaultReadHeaderTimeout is Limits.ReadHeaderTimeout's default.
+	DefaultReadHeaderTimeout = 5 * time.Second
+	// DefaultIdleTimeout is Limits.IdleTimeout's default.
+	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultMaxHeaderBytes is Limits.MaxHeaderBytes's default.
+	DefaultMaxHeaderBytes = 64 << 10
+	// DefaultMaxConcurrentStreams is Limits.MaxConcurrentStreams's
+	// default: net/http's own default, set explicitly so that it is
+	// visible and does not move with Go releases.
+	DefaultMaxConcurrentStreams = 250
 	// MaxMessageBytes caps one request message (Connect ReadMaxBytes).
 	MaxMessageBytes = 4 << 20
 )
+
+// Limits protect a listener from slow, greedy or hostile peers. A zero field
+// takes its default; production listeners use the defaults, and tests shrink
+// them so that an attack can be played out in seconds.
+type Limits struct {
+	// ReadHeaderTimeout bounds how long a connection may take to deliver a
+	// request's headers: the TLS handshake, the h2c preface and HTTP/1
+	// headers all fall under it, so a slowloris peer is cut after it.
+	// Default DefaultReadHeaderTimeout.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout closes a keep-alive connection (HTTP/1 or HTTP/2) that
+	// has no request in flight. Default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps a request's headers: the HTTP/1 request line and
+	// header block (answered 431), or the HTTP/2 header list. Default
+	// DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// MaxConcurrentStreams caps the streams, hence the running handlers,
+	// of one HTTP/2 connection; streams a peer opens beyond it are reset.
+	// Default DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams int
+}
+
+// withDefaults fills in the zero fields.
+func (l Limits) withDefaults() Limits {
+	if l.ReadHeaderTimeout <= 0 {
+		l.ReadHeaderTimeout = DefaultReadHeaderTimeout
+	}
+	if l.IdleTimeout <= 0 {
+		l.IdleTimeout = DefaultIdleTimeout
+	}
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if l.MaxConcurrentStreams <= 0 {
+		l.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	return l
+}
 
 // ErrPlaintextNotLoopback is returned when h2c is asked for on an address that
 // is not loopback: without TLS there is no identity, so plain mode is only for
@@ -56,10 +101,18 @@ type Server struct {
 	logger *slog.Logger
 }
 
-// Listen binds addr and prepares a server for handler. With tlsConf nil the
-// server speaks HTTP/1.1 and h2c and addr must be a loopback address; with
-// tlsConf it speaks HTTP/1.1 and HTTP/2 over TLS 1.3 only.
+// Listen binds addr and prepares a server for handler with the default
+// Limits. With tlsConf nil the server speaks HTTP/1.1 and h2c and addr must
+// be a loopback address; with tlsConf it speaks HTTP/1.1 and HTTP/2 over
+// TLS 1.3 only.
 func Listen(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger) (*Server, error) {
+	return ListenWithLimits(addr, handler, tlsConf, logger, Limits{})
+}
+
+// ListenWithLimits is Listen with limits of the caller's choosing; zero
+// fields of limits take their defaults.
+func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger, limits Limits) (*Server, error) {
+	limits = limits.withDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -83,13 +136,13 @@ func Listen(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog
 		ln = tls.NewListener(ln, withALPN(tlsConf))
 	}
 	srv := &http.Server{
-		Handler:           handler,
+		Handler:           refusePRI(handler),
 		Protocols:         &protocols,
-		ReadHeaderTimeout: readHeaderTimeout,
-		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+		ReadHeaderTimeout: limits.ReadHeaderTimeout,
+		IdleTimeout:       limits.IdleTimeout,
+		MaxHeaderBytes:    limits.MaxHeaderBytes,
 		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: maxConcurrentStreams,
+			MaxConcurrentStreams: limits.MaxConcurrentStreams,
 			MaxReadFrameSize:     1 << 20,
 			SendPingTimeout:      15 * time.Second,
 			PingTimeout:          15 * time.Second,
@@ -97,6 +150,22 @@ func Listen(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	return &Server{srv: srv, ln: ln, logger: logger}, nil
+}
+
+// refusePRI answers 400 to "PRI * HTTP/2.0" requests without calling h.
+// net/http hands one to the handler when an h2c peer sends a preface cut
+// short and stalls: once ReadHeaderTimeout ends the wait for the rest, the
+// bytes it has read parse as a complete HTTP/1 request. It is never a call;
+// nothing behind the listener should see it.
+func refusePRI(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == "PRI" {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "incomplete HTTP/2 connection preface", http.StatusBadRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // withALPN advertises h2 and http/1.1, since tls.NewListener bypasses the

@@ -156,7 +156,7 @@ func TestSlowHeadersAreCut(t *testing.T) {
 	}
 	// The server must hang up on its own; the generous bound only keeps a
 	// broken server from hanging the test.
-	_ = conn.SetReadDeadline(time.Now().Add(readHeaderTimeout + 20*time.Second))
+	_ = conn.SetReadDeadline(time.Now().Add(DefaultReadHeaderTimeout + 20*time.Second))
 	buf := make([]byte, 512)
 	for {
 		if _, err := conn.Read(buf); err != nil {
