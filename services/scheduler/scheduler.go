@@ -143,7 +143,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 // dialer returns how the registry makes a worker's client. Every call
 // tells the worker which client the scheduler acts for.
 func (s *Scheduler) dialer() func(name, addr string) batonv1connect.WorkerServiceClient {
-	forward := connect.WithInterceptors(identity.ForwardOnBehalfOf())
+	forward := connect.WithInterceptors(identity.ForwardOnBehalfOf(), trimDeadline{})
 	if s.opts.WorkerTLS == nil {
 		return func(_, addr string) batonv1connect.WorkerServiceClient {
 			return batonv1connect.NewWorkerServiceClient(s.opts.HTTPClient, serving.BaseURL(addr, false), forward)
@@ -154,6 +154,37 @@ func (s *Scheduler) dialer() func(name, addr string) batonv1connect.WorkerServic
 		hc := serving.NewHTTPClient(s.opts.WorkerTLS.ClientTLS(identity.Expect(want)))
 		return batonv1connect.NewWorkerServiceClient(hc, serving.BaseURL(addr, true), forward)
 	}
+}
+
+// deadlineMargin is taken off the deadline the scheduler passes on to a
+// worker. A deadline travels as the time remaining, which the receiver
+// counts from when the request arrives: without a margin each hop would
+// end a little later than its caller (RELIABILITY.md H4 wants the worker
+// to give up no later than the client).
+const deadlineMargin = 5 * time.Millisecond
+
+// trimDeadline is the client interceptor that takes deadlineMargin off
+// unary calls to workers. Streams keep their deadline: they have no
+// timeout of their own to stay within.
+type trimDeadline struct{}
+
+func (trimDeadline) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) > 2*deadlineMargin {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, dl.Add(-deadlineMargin))
+			defer cancel()
+		}
+		return next(ctx, req)
+	}
+}
+
+func (trimDeadline) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (trimDeadline) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }
 
 // Handler serves SchedulerService, gRPC health and reflection. It expects
