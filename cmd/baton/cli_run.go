@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptrace"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -316,6 +317,12 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 	go func() { wg.Wait(); close(allDone) }()
 
 	stopping := false
+	// delivered is closed once the stop request is on the wire (or its
+	// call ended): a second Ctrl-C must not cut it off before the
+	// scheduler has it, or the job would go on running.
+	delivered := make(chan struct{})
+	var deliveredOnce sync.Once
+	markDelivered := func() { deliveredOnce.Do(func() { close(delivered) }) }
 	stop := func() {
 		stopping = true
 		what := "job " + a.res.GetJobId()
@@ -324,8 +331,12 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 			what, req = "group "+g, &batonv1.StopJobRequest{GroupId: g}
 		}
 		a.printErr("baton: stopping %s (Ctrl-C again to detach)\n", what)
+		traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			WroteRequest: func(httptrace.WroteRequestInfo) { markDelivered() },
+		})
 		go func() {
-			if _, err := a.client.StopJob(ctx, connect.NewRequest(req)); err != nil {
+			defer markDelivered()
+			if _, err := a.client.StopJob(traced, connect.NewRequest(req)); err != nil {
 				a.printErr("baton: stop: %s\n", errorLine(a.client.explain(err)))
 			}
 		}()
@@ -341,6 +352,10 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 			if !stopping {
 				stop()
 				continue
+			}
+			select {
+			case <-delivered:
+			case <-time.After(stopDeliveryWait):
 			}
 			cancel()
 			a.printErr("baton: detached; the job goes on stopping (baton status %s)\n", a.res.GetJobId())
@@ -481,7 +496,10 @@ func (s *outputSink) flush() {
 const (
 	resumeAttempts = 20
 	resumeFirst    = 200 * time.Millisecond
-	resumeMax      = 3 * time.Second
+	// stopDeliveryWait bounds how long a second Ctrl-C waits for the stop
+	// request to reach the scheduler.
+	stopDeliveryWait = 3 * time.Second
+	resumeMax        = 3 * time.Second
 )
 
 // followOutput streams a job's output (both streams, interleaved, from

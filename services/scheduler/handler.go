@@ -445,21 +445,37 @@ func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatu
 	if !active(t.state) {
 		return nil, errWorkerGone(t.id, t.state)
 	}
-	// No timeout of its own: stopping may rightly take the worker's whole
-	// grace period; the caller's deadline bounds it.
-	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: ownerName(caller(ctx))}))
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
+	// A stop once received is carried out even if the caller hangs up (a
+	// CLI detaching on a second Ctrl-C): the call to the worker does not
+	// share the caller's cancellation, and its result is recorded either
+	// way. Stopping may rightly take the worker's whole grace period, so
+	// its bound is the longest call the scheduler serves.
+	type result struct {
+		st  *batonv1.JobStatus
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallDuration)
+		defer cancel()
+		res, err := t.client.StopJob(wctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: ownerName(caller(ctx))}))
+		if err != nil {
+			done <- result{err: &workerError{worker: t.id, err: err}}
+			return
 		}
-		return nil, &workerError{worker: t.id, err: err}
+		st := res.Msg.GetStatus()
+		st.WorkerId = j.WorkerID
+		if err := s.store.UpdateJobStatus(wctx, j.ID, st); err != nil {
+			s.logger.ErrorContext(wctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
+		}
+		done <- result{st: st}
+	}()
+	select {
+	case r := <-done:
+		return r.st, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	st := res.Msg.GetStatus()
-	st.WorkerId = j.WorkerID
-	if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), j.ID, st); err != nil {
-		s.logger.ErrorContext(ctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
-	}
-	return st, nil
 }
 
 // QueryJob reports a job's status, fresh from its worker when it can be
