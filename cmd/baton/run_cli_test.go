@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -244,7 +246,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 		if code := a.exit(t, 30*time.Second); code != 128+15 {
 			t.Errorf("exit %d, want 143; stderr %q", code, a.stderr.all())
 		}
-		st := c.waitJob(id, 10*time.Second, "STOPPED", func(s jobStatus) bool { return isTerminal(s.State) })
+		st := waitJobIn(t, c, id, 10*time.Second, "STOPPED", func(s jobStatus) bool { return isTerminal(s.State) })
 		if st.State != "JOB_STATE_STOPPED" || st.Signal != "SIGTERM" {
 			t.Errorf("job ended %v, want STOPPED by SIGTERM", st)
 		}
@@ -270,7 +272,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 		if code := a.exit(t, 30*time.Second); code != 128+2 {
 			t.Errorf("exit %d, want 130; stderr %q", code, a.stderr.all())
 		}
-		st := c.waitJob(id, 30*time.Second, "done", func(s jobStatus) bool { return isTerminal(s.State) })
+		st := waitJobIn(t, c, id, 30*time.Second, "done", func(s jobStatus) bool { return isTerminal(s.State) })
 		if st.State != "JOB_STATE_STOPPED" || st.Signal != "SIGKILL" {
 			t.Errorf("job ended %v, want STOPPED by SIGKILL", st)
 		}
@@ -391,4 +393,24 @@ func TestCLIAgainstCluster(t *testing.T) {
 			t.Errorf("workers with BATON_CLIENT_SCHEDULER: %v, %s", err, out)
 		}
 	})
+}
+
+// waitJobIn is cluster.waitJob for a subtest: it fails t, not the test
+// that made the cluster (FailNow must run on the failing test's goroutine).
+func waitJobIn(t *testing.T, c *cluster, id string, d time.Duration, what string, ok func(jobStatus) bool) jobStatus {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var res struct {
+			Status jobStatus `json:"status"`
+		}
+		code, rpcErr, err := c.call("QueryJob", fmt.Sprintf(`{"job_id":%q}`, id), &res)
+		if err == nil && code == http.StatusOK && ok(res.Status) {
+			return res.Status
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s: not %s within %v; last %v (HTTP %d %v %v)", id, what, d, res.Status, code, rpcErr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
