@@ -3,8 +3,6 @@ package scheduler
 import (
 	"maps"
 	"net/http"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +26,9 @@ type registry struct {
 	// (joins, state changes, a changed running count), so cached views
 	// know when they are out of date.
 	version uint64
+	// joined counts members added to members (none is ever removed), so
+	// that the roster view knows when to sort its order again.
+	joined uint64
 }
 
 // member is one worker. Fields below opMu are guarded by registry.mu; the
@@ -57,6 +58,10 @@ type member struct {
 	// processed. A worker that is talking to us is not down, however long
 	// the store takes to record what it said.
 	reporting int
+	// rev is the roster version of the worker's last change other than a
+	// heartbeat's timestamp: the roster view re-encodes only the workers
+	// whose rev moved.
+	rev uint64
 }
 
 // downed is a worker the sweeper marked DOWN.
@@ -77,13 +82,22 @@ func (r *registry) load(workers []store.Worker, deadline time.Time) {
 	defer r.mu.Unlock()
 	r.version++
 	for _, w := range workers {
-		m := &member{w: w, gone: make(chan struct{}), deadline: deadline}
+		m := &member{w: w, gone: make(chan struct{}), deadline: deadline, rev: r.version}
 		m.client = r.newClient(w.Address)
 		if !active(w.State) {
 			close(m.gone)
 		}
+		if r.members[w.ID] == nil {
+			r.joined++
+		}
 		r.members[w.ID] = m
 	}
+}
+
+// changedLocked records a change of m other than its heartbeat time.
+func (r *registry) changedLocked(m *member) {
+	r.version++
+	m.rev = r.version
 }
 
 func (r *registry) newClient(addr string) batonv1connect.WorkerServiceClient {
@@ -111,6 +125,7 @@ func (r *registry) getOrCreate(id string) *member {
 		m = &member{w: store.Worker{ID: id, Name: id, State: batonv1.WorkerState_WORKER_STATE_UNSPECIFIED}, gone: make(chan struct{})}
 		close(m.gone)
 		r.members[id] = m
+		r.joined++
 	}
 	return m
 }
@@ -121,7 +136,7 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.version++
+	r.changedLocked(m)
 	if m.w.State != batonv1.WorkerState_WORKER_STATE_DRAINING {
 		m.w.State = batonv1.WorkerState_WORKER_STATE_READY
 	}
@@ -154,7 +169,7 @@ func (r *registry) heartbeat(m *member, running int32, deadline time.Time) (bato
 		return m.w.State, false
 	}
 	if m.w.RunningJobs != running {
-		r.version++
+		r.changedLocked(m)
 	}
 	m.w.RunningJobs = running
 	m.w.LastHeartbeat = time.Now()
@@ -175,7 +190,7 @@ func (r *registry) leave(id string) (*member, bool) {
 }
 
 func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
-	r.version++
+	r.changedLocked(m)
 	m.w.State = st
 	m.w.RunningJobs = 0
 	m.live = false
@@ -190,7 +205,6 @@ func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
 func (r *registry) drain(id string) (*member, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.version++
 	m := r.members[id]
 	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
 		return nil, errWorkerNotFound(id)
@@ -198,6 +212,7 @@ func (r *registry) drain(id string) (*member, error) {
 	if !active(m.w.State) {
 		return nil, errWorkerGone(id, m.w.State)
 	}
+	r.changedLocked(m)
 	m.w.State = batonv1.WorkerState_WORKER_STATE_DRAINING
 	return m, nil
 }
@@ -251,27 +266,6 @@ func (r *registry) target(id string) (target, bool) {
 	return target{id: id, state: m.w.State, client: m.client, gone: m.gone}, true
 }
 
-// list returns the roster entries in the given states (all when empty),
-// sorted by name.
-func (r *registry) list(states []batonv1.WorkerState) []store.Worker {
-	r.mu.RLock()
-	out := make([]store.Worker, 0, len(r.members))
-	for _, m := range r.members {
-		if m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
-			continue
-		}
-		if len(states) > 0 && !slices.Contains(states, m.w.State) {
-			continue
-		}
-		// Labels are shared, not copied: register replaces the map and
-		// nothing ever changes one in place.
-		out = append(out, m.w)
-	}
-	r.mu.RUnlock()
-	slices.SortFunc(out, func(a, b store.Worker) int { return strings.Compare(a.Name, b.Name) })
-	return out
-}
-
 // release gives back a placement reservation after a failed start.
 func (r *registry) release(id string) {
 	r.mu.Lock()
@@ -296,21 +290,4 @@ func (r *registry) beginReport(m *member, ttl time.Duration) (end func()) {
 			m.deadline = time.Now().Add(ttl)
 		}
 	}
-}
-
-// listVersion is list plus the roster version it reflects.
-func (r *registry) listVersion() ([]store.Worker, uint64) {
-	r.mu.RLock()
-	v := r.version
-	r.mu.RUnlock()
-	// A change between the two reads only makes the view look older than
-	// it is, which leads to an extra rebuild, never to a stale one.
-	return r.list(nil), v
-}
-
-// currentVersion is the roster version.
-func (r *registry) currentVersion() uint64 {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.version
 }

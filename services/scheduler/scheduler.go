@@ -113,7 +113,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration)...,
+		append(serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration), s.view.codec())...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux
