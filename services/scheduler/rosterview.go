@@ -137,24 +137,28 @@ func (v *rosterView) current(reg *registry) *rosterList {
 	cur := v.cur.Load()
 	resync := cur == nil || now.Sub(cur.synced) > rosterViewTTL
 
-	reg.mu.RLock()
-	if !resync && reg.version == v.version {
-		reg.mu.RUnlock()
+	version := reg.version.Load()
+	if !resync && version == v.version {
 		return cur
 	}
+	reg.mu.RLock()
 	resorted := false
 	if reg.joined != v.joined || cur == nil {
 		v.resortLocked(reg)
 		resorted = true
 	}
-	v.version = reg.version
-	// Copy what changed under the lock; encode after it, so heartbeats wait
-	// only for the walk.
+	// A change after the version was read moves it again: the next call
+	// walks again, so no change is missed.
+	v.version = version
+	// Copy what changed under the locks; encode after them, so that
+	// heartbeats wait only for the walk.
 	var stale []int
 	for i := range v.slots {
 		s := &v.slots[i]
 		m := s.m
+		m.hot.Lock()
 		if m.rev == s.rev && (!resync || s.pb == nil || m.w.LastHeartbeat.Equal(s.hb)) {
+			m.hot.Unlock()
 			continue
 		}
 		s.rev, s.hb = m.rev, m.w.LastHeartbeat
@@ -163,6 +167,7 @@ func (v *rosterView) current(reg *registry) *rosterList {
 			s.pb = workerToProto(m.w)
 			stale = append(stale, i)
 		}
+		m.hot.Unlock()
 	}
 	reg.mu.RUnlock()
 

@@ -150,6 +150,8 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 		b.ReportMetric(float64(p.Errors), p.Name+"-errors")
 	}
 	b.ReportMetric(float64(r.Reregistered), "reregistrations")
+	b.ReportMetric(r.HB.CPUPressure, "cpu-pressure-hb")
+	b.ReportMetric(r.Full.CPUPressure, "cpu-pressure-full")
 	b.Logf("window %s; %d workers registered in %.1fs; calls: %s; roster after: %v; load average before/after: %s / %s",
 		window, scaleWorkers, float64(scaleWorkers)/r.RegistrationsPerSec, r.calls(), r.States, r.LoadAvgBefore, r.LoadAvgAfter)
 	if r.FirstErrors != "" {
@@ -184,6 +186,10 @@ type scaleWindowResult struct {
 	Rate       float64 // heartbeats answered per second
 	P99Ms      float64 // of heartbeats
 	Errors     int
+	// CPUPressure is the share of the window in which some runnable task
+	// on the machine waited for a CPU (PSI "some", see
+	// /proc/pressure/cpu): the other tenants' load and our own.
+	CPUPressure float64
 }
 
 // scaleProbe is one API call's figures in the full window.
@@ -401,7 +407,7 @@ func (f *scaleFleet) measure(d time.Duration, extra func(context.Context, *sync.
 	f.mu.Lock()
 	f.lat = lat
 	f.mu.Unlock()
-	sched0, self0, t0 := procCPU(f.schedPID), cpuTime(), time.Now()
+	sched0, self0, psi0, t0 := procCPU(f.schedPID), cpuTime(), cpuPressure(), time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	var wg sync.WaitGroup
 	if extra != nil {
@@ -415,11 +421,12 @@ func (f *scaleFleet) measure(d time.Duration, extra func(context.Context, *sync.
 	f.mu.Unlock()
 	wall := time.Since(t0)
 	return scaleWindowResult{
-		SchedCores: (procCPU(f.schedPID) - sched0).Seconds() / wall.Seconds(),
-		LoadCores:  (cpuTime() - self0).Seconds() / wall.Seconds(),
-		Rate:       float64(len(lat.d)) / wall.Seconds(),
-		P99Ms:      lat.percentileMs(0.99),
-		Errors:     lat.errs,
+		SchedCores:  (procCPU(f.schedPID) - sched0).Seconds() / wall.Seconds(),
+		LoadCores:   (cpuTime() - self0).Seconds() / wall.Seconds(),
+		Rate:        float64(len(lat.d)) / wall.Seconds(),
+		P99Ms:       lat.percentileMs(0.99),
+		Errors:      lat.errs,
+		CPUPressure: (cpuPressure() - psi0).Seconds() / wall.Seconds(),
 	}
 }
 
@@ -530,6 +537,26 @@ func procCPU(pid int) time.Duration {
 		return 0
 	}
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// cpuPressure is the machine's total CPU stall time (PSI "some") so far, 0
+// where the kernel does not report it.
+func cpuPressure() time.Duration {
+	data, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return 0
+	}
+	// some avg10=1.00 avg60=2.00 avg300=3.00 total=123456 (microseconds)
+	line, _, _ := strings.Cut(string(data), "\n")
+	i := strings.Index(line, "total=")
+	if !strings.HasPrefix(line, "some ") || i < 0 {
+		return 0
+	}
+	us, err := strconv.ParseInt(strings.TrimSpace(line[i+len("total="):]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return time.Duration(us) * time.Microsecond
 }
 
 // loadAvg is the machine's 1, 5 and 15-minute load averages, from
