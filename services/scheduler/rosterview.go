@@ -180,8 +180,8 @@ func (v *rosterView) current(reg *registry) *rosterList {
 		synced = cur.synced
 	}
 	if !resorted && len(stale) == 0 && cur != nil {
-		// Only the heartbeat times checked out, or a change undone (a
-		// reservation given back): same answer, newer date.
+		// Nothing listed changed (the heartbeat times checked out, or only
+		// a worker not yet listed moved): same answer, newer date.
 		next := &rosterList{synced: synced, res: cur.res, enc: cur.enc}
 		v.cur.Store(next)
 		return next
