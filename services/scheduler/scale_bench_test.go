@@ -47,6 +47,9 @@ const (
 	scaleLoadEnv = "BATON_SCALE_LOAD"
 	scalePIDEnv  = "BATON_SCALE_PID"
 	scaleOutEnv  = "BATON_SCALE_OUT"
+	// scaleLoadProfileEnv names a file for the load process's CPU profile
+	// (the benchmark's own -test.cpuprofile covers the scheduler).
+	scaleLoadProfileEnv = "BATON_SCALE_LOAD_PROFILE"
 )
 
 // BenchmarkScale10kWorkers measures the scheduler with 10,000 simulated
@@ -110,12 +113,23 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 	schedAddr := serveScale(b, sched.Handler())
 
 	out := filepath.Join(b.TempDir(), "load.json")
-	load := exec.Command(os.Args[0], "-test.run=^TestScaleLoad$", "-test.count=1", "-test.timeout=0")
+	args := []string{"-test.run=^TestScaleLoad$", "-test.count=1", "-test.timeout=0"}
+	if p := os.Getenv(scaleLoadProfileEnv); p != "" {
+		args = append(args, "-test.cpuprofile="+p)
+	}
+	load := exec.Command(os.Args[0], args...)
 	load.Env = append(os.Environ(),
 		scaleLoadEnv+"="+schedAddr,
 		scalePIDEnv+"="+strconv.Itoa(os.Getpid()),
 		scaleOutEnv+"="+out,
 		scaleWindowEnv+"="+window.String(),
+		// The load stands in for other machines; it is tuned to take as
+		// little of the shared cores as it can. Each fake's goroutine
+		// sleeps 5 s between calls, long enough for the collector to
+		// shrink its stack, which the next call grows again; and every
+		// collection scans 10,000 goroutine stacks, so fewer of them.
+		"GODEBUG=gcshrinkstackoff=1,"+os.Getenv("GODEBUG"),
+		"GOGC=400",
 	)
 	var loadOut bytes.Buffer
 	load.Stdout, load.Stderr = &loadOut, &loadOut
