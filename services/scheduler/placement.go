@@ -31,7 +31,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		m.hot.Lock()
 		m.w.RunningJobs++
 		m.hot.Unlock()
-		return []target{{id: id, state: m.w.State, client: m.client, gone: m.gone}}, nil
+		return []target{r.targetLocked(m)}, nil
 	}
 
 	if req.GetAll() {
@@ -50,7 +50,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 			m.hot.Lock()
 			m.w.RunningJobs++
 			m.hot.Unlock()
-			out = append(out, target{id: m.w.ID, state: m.w.State, client: m.client, gone: m.gone})
+			out = append(out, r.targetLocked(m))
 		}
 		return out, nil
 	}
@@ -72,7 +72,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		}
 		best.hot.Unlock()
 		if ok {
-			return []target{{id: best.w.ID, state: best.w.State, client: best.client, gone: best.gone}}, nil
+			return []target{r.targetLocked(best)}, nil
 		}
 	}
 }
