@@ -115,7 +115,12 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 		}
 	})
 	b.Cleanup(func() { stopRun(); <-runDone })
-	schedAddr := serveScale(b, sched.Handler())
+	// Time each call inside the scheduler's process too (from its request
+	// to its handler's return, connect's decoding and encoding included),
+	// to tell the scheduler's own time from the transport's and the
+	// machine's.
+	inside := &serverTimes{byPath: map[string]*latencies{}}
+	schedAddr := serveScale(b, inside.wrap(sched.Handler()))
 
 	out := filepath.Join(b.TempDir(), "load.json")
 	args := []string{"-test.run=^TestScaleLoad$", "-test.count=1", "-test.timeout=0"}
@@ -168,6 +173,16 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 		b.ReportMetric(p.MaxMs, p.Name+"-max-ms")
 		b.ReportMetric(float64(p.Errors), p.Name+"-errors")
 	}
+	for name, proc := range map[string]string{
+		"inside-hb":    batonv1connect.SchedulerServiceHeartbeatProcedure,
+		"inside-list":  batonv1connect.SchedulerServiceListWorkersProcedure,
+		"inside-start": batonv1connect.SchedulerServiceStartJobProcedure,
+	} {
+		if l := inside.get(proc); l != nil {
+			b.ReportMetric(l.percentileMs(0.50), name+"-p50-ms")
+			b.ReportMetric(l.percentileMs(0.99), name+"-p99-ms")
+		}
+	}
 	b.ReportMetric(float64(r.Reregistered), "reregistrations")
 	b.ReportMetric(r.HB.CPUPressure, "cpu-pressure-hb")
 	b.ReportMetric(r.Full.CPUPressure, "cpu-pressure-full")
@@ -176,6 +191,34 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 	if r.FirstErrors != "" {
 		b.Logf("first errors: %s", r.FirstErrors)
 	}
+}
+
+// serverTimes times the calls an http.Handler serves, by path.
+type serverTimes struct {
+	mu     sync.Mutex
+	byPath map[string]*latencies
+}
+
+func (s *serverTimes) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t0 := time.Now()
+		h.ServeHTTP(w, r)
+		d := time.Since(t0)
+		s.mu.Lock()
+		l := s.byPath[r.URL.Path]
+		if l == nil {
+			l = &latencies{}
+			s.byPath[r.URL.Path] = l
+		}
+		s.mu.Unlock()
+		l.addLocked(d, nil)
+	})
+}
+
+func (s *serverTimes) get(path string) *latencies {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byPath[path]
 }
 
 // scaleResult is what the load process measured.
