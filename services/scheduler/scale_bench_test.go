@@ -77,7 +77,9 @@ const (
 //
 // CPU is each process's user+sys time over the window's wall time, in
 // cores, read by the load process from /proc/<pid>/stat for the scheduler
-// and getrusage for itself.
+// and getrusage for itself. Latencies are the callers'; the inside-*
+// figures time the same calls within the scheduler's process, from
+// request to handler return, over the whole run.
 func BenchmarkScale10kWorkers(b *testing.B) {
 	if testing.Short() {
 		b.Skip("10k-worker scale run skipped in -short mode")
@@ -580,17 +582,6 @@ func (l *latencies) percentileMs(p float64) float64 {
 	slices.Sort(s)
 	i := min(max(int(float64(len(s))*p+0.999999)-1, 0), len(s)-1)
 	return float64(s[i]) / float64(time.Millisecond)
-}
-
-// busy is the sum of the durations.
-func (l *latencies) busy() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var sum time.Duration
-	for _, d := range l.d {
-		sum += d
-	}
-	return sum
 }
 
 // cpuTime is the process's user plus system CPU time so far.
