@@ -568,9 +568,17 @@ func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.Lis
 	return connect.NewResponse(res), nil
 }
 
-// ListWorkers lists the roster by name.
+// ListWorkers lists the roster by name, from the roster view.
 func (h *handler) ListWorkers(_ context.Context, req *connect.Request[batonv1.ListWorkersRequest]) (*connect.Response[batonv1.ListWorkersResponse], error) {
-	return connect.NewResponse(&batonv1.ListWorkersResponse{Workers: h.s.view.list(h.s.reg, req.Msg.GetStates())}), nil
+	q := listQuery{states: req.Msg.GetStates(), pageSize: int(req.Msg.GetPageSize())}
+	if tok := req.Msg.GetPageToken(); tok != "" {
+		after, err := parsePageToken(tok)
+		if err != nil {
+			return nil, mapError(err)
+		}
+		q.after = after
+	}
+	return connect.NewResponse(h.s.view.list(h.s.reg, q)), nil
 }
 
 // DrainWorker stops new placements on a worker.

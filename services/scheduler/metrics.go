@@ -3,7 +3,6 @@ package scheduler
 import (
 	"connectrpc.com/connect"
 
-	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
 )
@@ -33,12 +32,6 @@ func (s *Scheduler) instrument() ([]connect.HandlerOption, error) {
 // rosterMetrics counts the roster's workers by state and the jobs running
 // on them, at scrape time.
 func (s *Scheduler) rosterMetrics() metrics.Roster {
-	r := metrics.Roster{Workers: make(map[batonv1.WorkerState]int, 4)}
-	for _, w := range s.reg.list(nil) {
-		r.Workers[w.State]++
-		if active(w.State) {
-			r.RunningJobs += int(w.RunningJobs)
-		}
-	}
-	return r
+	byState, running := s.reg.tally()
+	return metrics.Roster{Workers: byState, RunningJobs: running}
 }

@@ -11,9 +11,13 @@ import (
 // release when the start fails; the next heartbeat sets the true count):
 // the named worker; every READY worker matching the selector, for a
 // fan-out; or else the least-loaded READY matching worker with room.
+//
+// It holds the roster lock for reading only, so heartbeats (which take
+// only their member's lock) and other placements go on meanwhile; running
+// counts are read and reserved under each member's own lock.
 func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	if id := req.GetWorkerId(); id != "" {
 		m := r.members[id]
 		switch {
@@ -24,8 +28,10 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		case m.w.State != batonv1.WorkerState_WORKER_STATE_READY:
 			return nil, errWorkerGone(id, m.w.State)
 		}
+		m.hot.Lock()
 		m.w.RunningJobs++
-		return []target{{id: id, state: m.w.State, client: m.client, gone: m.gone}}, nil
+		m.hot.Unlock()
+		return []target{r.targetLocked(m)}, nil
 	}
 
 	if req.GetAll() {
@@ -41,56 +47,81 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		slices.SortFunc(matching, func(a, b *member) int { return cmp.Compare(a.w.ID, b.w.ID) })
 		out := make([]target, 0, len(matching))
 		for _, m := range matching {
+			m.hot.Lock()
 			m.w.RunningJobs++
-			out = append(out, target{id: m.w.ID, state: m.w.State, client: m.client, gone: m.gone})
+			m.hot.Unlock()
+			out = append(out, r.targetLocked(m))
 		}
 		return out, nil
 	}
-	// One pass, no allocation: this runs under the roster lock on every
-	// StartJob, with thousands of workers.
+	// A concurrent placement may fill the chosen worker between the scan
+	// and the reservation; then scan again. Each round reserves a slot or
+	// finds the workers fuller, so this ends.
+	for {
+		best, matched := r.leastLoadedLocked(req.GetSelector())
+		if !matched {
+			return nil, r.noneMatchingLocked()
+		}
+		if best == nil {
+			return nil, newError(errNoCapacity, "every matching worker runs as many jobs as it can; retry later")
+		}
+		best.hot.Lock()
+		ok := best.w.Capacity <= 0 || best.w.RunningJobs < best.w.Capacity
+		if ok {
+			best.w.RunningJobs++
+		}
+		best.hot.Unlock()
+		if ok {
+			return []target{r.targetLocked(best)}, nil
+		}
+	}
+}
+
+// leastLoadedLocked is the least-loaded READY worker matching selector
+// with room, and whether any READY worker matched at all. One pass, no
+// allocation: it runs on every StartJob, with thousands of workers. The
+// caller holds r.mu.
+func (r *registry) leastLoadedLocked(selector map[string]string) (*member, bool) {
 	var best *member
+	var bestRunning int32
 	matched := false
 	for _, m := range r.members {
-		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY || !matches(m.w.Labels, req.GetSelector()) {
+		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY || !matches(m.w.Labels, selector) {
 			continue
 		}
 		matched = true
-		if m.w.Capacity > 0 && m.w.RunningJobs >= m.w.Capacity {
+		m.hot.Lock()
+		running := m.w.RunningJobs
+		m.hot.Unlock()
+		if m.w.Capacity > 0 && running >= m.w.Capacity {
 			continue
 		}
-		if best == nil || lessLoaded(m, best) {
-			best = m
+		if best == nil || lessLoaded(m, running, best, bestRunning) {
+			best, bestRunning = m, running
 		}
 	}
-	if !matched {
-		return nil, r.noneMatchingLocked()
-	}
-	if best == nil {
-		return nil, newError(errNoCapacity, "every matching worker runs as many jobs as it can; retry later")
-	}
-	best.w.RunningJobs++
-	return []target{{id: best.w.ID, state: best.w.State, client: best.client, gone: best.gone}}, nil
+	return best, matched
 }
 
-// lessLoaded orders workers by the share of their capacity in use (an
-// unlimited worker counts as empty), then by running jobs, then by id so
-// that placement is deterministic.
-func lessLoaded(a, b *member) bool {
-	la, lb := load(a), load(b)
+// lessLoaded orders workers, given their running counts, by the share of
+// their capacity in use (an unlimited worker counts as empty), then by
+// running jobs, then by id so that placement is deterministic.
+func lessLoaded(a *member, ra int32, b *member, rb int32) bool {
+	la, lb := load(ra, a.w.Capacity), load(rb, b.w.Capacity)
 	if la != lb {
 		return la < lb
 	}
-	if a.w.RunningJobs != b.w.RunningJobs {
-		return a.w.RunningJobs < b.w.RunningJobs
+	if ra != rb {
+		return ra < rb
 	}
 	return a.w.ID < b.w.ID
 }
 
-func load(m *member) float64 {
-	if m.w.Capacity <= 0 {
+func load(running, capacity int32) float64 {
+	if capacity <= 0 {
 		return 0
 	}
-	return float64(m.w.RunningJobs) / float64(m.w.Capacity)
+	return float64(running) / float64(capacity)
 }
 
 // matches reports whether labels hold every pair of selector.

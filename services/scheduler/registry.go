@@ -2,9 +2,8 @@ package scheduler
 
 import (
 	"maps"
-	"slices"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -12,29 +11,52 @@ import (
 	"github.com/baton-run/baton/services/scheduler/store"
 )
 
-// registry is the roster in memory. Its lock guards only memory: no store
-// I/O and no network call happens under it. It is safe for concurrent use.
+// registry is the roster in memory. Its locks guard only memory: no store
+// I/O and no network call happens under them. It is safe for concurrent
+// use.
+//
+// Heartbeats take no registry-wide lock: a heartbeat looks its member up in
+// index and changes only the member's own fields, under member.hot. With
+// 10,000 workers that is 2,000 heartbeats a second; when they took the
+// roster lock three times each, a CPU-starved machine turned that lock into
+// a convoy (Go's mutex hands a contended lock to the next waiter in line,
+// which must first be scheduled) and heartbeats queued for seconds.
 type registry struct {
 	// dial makes the pooled client of one worker.
 	dial func(name, addr string) batonv1connect.WorkerServiceClient
 
-	// mu is a read-write lock: ListWorkers, lookups and heartbeats' reads
-	// of a 10k-worker roster must not queue behind one another.
+	// mu guards members, joined and the members' cold fields (see member).
+	// Walks of the roster (placement, the roster view, the sweeper) hold
+	// it for reading or writing.
 	mu      sync.RWMutex
 	members map[string]*member // by worker id (== name)
+	// joined counts members added to members (none is ever removed), so
+	// that the roster view knows when to sort its order again.
+	joined uint64
+	// index holds the same members as members, for lookups without mu.
+	index sync.Map // string → *member
 	// version counts roster changes other than a heartbeat's timestamp
 	// (joins, state changes, a changed running count), so cached views
 	// know when they are out of date.
-	version uint64
+	version atomic.Uint64
 }
 
-// member is one worker. Fields below opMu are guarded by registry.mu; the
+// member is one worker.
+//
+// Its fields have two guards. The cold ones (the roster entry's name,
+// address, labels, capacity and registration time; gen, gone, client) are
+// guarded by registry.mu. The hot ones, which a heartbeat changes, are
+// guarded by hot: the entry's running count and last heartbeat, deadline,
+// reporting and rev. State and live are written holding both, so either
+// one is enough to read them. Lock order: registry.mu, then hot. The
 // labels map is never modified once stored, only replaced.
 type member struct {
 	// opMu serialises the multi-step changes of one worker (registration,
 	// heartbeat, the DOWN transition) and the store writes they make, so
-	// that they land in order. It is never taken while holding registry.mu.
+	// that they land in order. It is never taken while holding registry.mu
+	// or hot.
 	opMu sync.Mutex
+	hot  sync.Mutex
 
 	w store.Worker
 	// deadline is when the worker is marked DOWN without a heartbeat; it
@@ -49,12 +71,19 @@ type member struct {
 	gen uint64
 	// gone is closed when the worker goes DOWN or LEFT; relayed streams
 	// watch it. A new registration replaces it.
-	gone   chan struct{}
+	gone chan struct{}
+	// client calls the worker; nil until first needed (see targetLocked).
+	// It is written holding registry.mu (either mode) and hot, and read
+	// holding hot.
 	client batonv1connect.WorkerServiceClient
 	// reporting counts the worker's registrations and heartbeats being
 	// processed. A worker that is talking to us is not down, however long
 	// the store takes to record what it said.
 	reporting int
+	// rev is the roster version of the worker's last change other than a
+	// heartbeat's timestamp: the roster view re-encodes only the workers
+	// whose rev moved.
+	rev uint64
 }
 
 // downed is a worker the sweeper marked DOWN.
@@ -73,15 +102,28 @@ func newRegistry(dial func(name, addr string) batonv1connect.WorkerServiceClient
 func (r *registry) load(workers []store.Worker, deadline time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.version++
 	for _, w := range workers {
-		m := &member{w: w, gone: make(chan struct{}), deadline: deadline}
-		m.client = r.dial(w.ID, w.Address)
+		m := &member{w: w, gone: make(chan struct{}), deadline: deadline, rev: r.version.Add(1)}
 		if !active(w.State) {
 			close(m.gone)
 		}
-		r.members[w.ID] = m
+		r.addLocked(m)
 	}
+}
+
+// addLocked adds (or replaces) m; the caller holds r.mu.
+func (r *registry) addLocked(m *member) {
+	if r.members[m.w.ID] == nil {
+		r.joined++
+	}
+	r.members[m.w.ID] = m
+	r.index.Store(m.w.ID, m)
+}
+
+// changedHot records a change of m other than its heartbeat time; the
+// caller holds m.hot.
+func (r *registry) changedHot(m *member) {
+	m.rev = r.version.Add(1)
 }
 
 // active reports whether a worker in state st heartbeats.
@@ -89,22 +131,26 @@ func active(st batonv1.WorkerState) bool {
 	return st == batonv1.WorkerState_WORKER_STATE_READY || st == batonv1.WorkerState_WORKER_STATE_DRAINING
 }
 
-// get returns the member with id, or nil.
+// get returns the member with id, or nil. It takes no lock.
 func (r *registry) get(id string) *member {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.members[id]
+	if m, ok := r.index.Load(id); ok {
+		return m.(*member)
+	}
+	return nil
 }
 
 // getOrCreate returns the member with id, adding an empty one if needed.
 func (r *registry) getOrCreate(id string) *member {
+	if m := r.get(id); m != nil {
+		return m
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := r.members[id]
 	if m == nil {
 		m = &member{w: store.Worker{ID: id, Name: id, State: batonv1.WorkerState_WORKER_STATE_UNSPECIFIED}, gone: make(chan struct{})}
 		close(m.gone)
-		r.members[id] = m
+		r.addLocked(m)
 	}
 	return m
 }
@@ -115,12 +161,14 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.version++
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	r.changedHot(m)
 	if m.w.State != batonv1.WorkerState_WORKER_STATE_DRAINING {
 		m.w.State = batonv1.WorkerState_WORKER_STATE_READY
 	}
-	if m.client == nil || m.w.Address != req.GetAddress() {
-		m.client = r.dial(req.GetName(), req.GetAddress())
+	if m.w.Address != req.GetAddress() {
+		m.client = nil // made again, for the new address, on first use
 	}
 	m.w.Name = req.GetName()
 	m.w.Address = req.GetAddress()
@@ -140,18 +188,19 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 }
 
 // heartbeat refreshes a live worker and returns its state, or false when
-// the worker must register again.
+// the worker must register again. It takes only m's own lock.
 func (r *registry) heartbeat(m *member, running int32, deadline time.Time) (batonv1.WorkerState, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	now := time.Now()
+	m.hot.Lock()
+	defer m.hot.Unlock()
 	if !m.live || !active(m.w.State) {
 		return m.w.State, false
 	}
 	if m.w.RunningJobs != running {
-		r.version++
+		r.changedHot(m)
 	}
 	m.w.RunningJobs = running
-	m.w.LastHeartbeat = time.Now()
+	m.w.LastHeartbeat = now
 	m.deadline = deadline
 	return m.w.State, true
 }
@@ -161,15 +210,22 @@ func (r *registry) leave(id string) (*member, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	m := r.members[id]
-	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+	if m == nil {
+		return nil, false
+	}
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	if m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
 		return nil, false
 	}
 	r.endLocked(m, batonv1.WorkerState_WORKER_STATE_LEFT)
 	return m, true
 }
 
+// endLocked ends m's membership in state st; the caller holds r.mu and
+// m.hot.
 func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
-	r.version++
+	r.changedHot(m)
 	m.w.State = st
 	m.w.RunningJobs = 0
 	m.live = false
@@ -184,7 +240,6 @@ func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
 func (r *registry) drain(id string) (*member, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.version++
 	m := r.members[id]
 	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
 		return nil, errWorkerNotFound(id)
@@ -192,6 +247,9 @@ func (r *registry) drain(id string) (*member, error) {
 	if !active(m.w.State) {
 		return nil, errWorkerGone(id, m.w.State)
 	}
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	r.changedHot(m)
 	m.w.State = batonv1.WorkerState_WORKER_STATE_DRAINING
 	return m, nil
 }
@@ -202,10 +260,15 @@ func (r *registry) expire(now time.Time) []downed {
 	defer r.mu.Unlock()
 	var out []downed
 	for id, m := range r.members {
-		if active(m.w.State) && now.After(m.deadline) && m.reporting == 0 {
+		if !active(m.w.State) {
+			continue
+		}
+		m.hot.Lock()
+		if now.After(m.deadline) && m.reporting == 0 {
 			r.endLocked(m, batonv1.WorkerState_WORKER_STATE_DOWN)
 			out = append(out, downed{m: m, id: id, gen: m.gen})
 		}
+		m.hot.Unlock()
 	}
 	return out
 }
@@ -221,9 +284,32 @@ func (r *registry) stillDown(m *member, gen uint64) bool {
 func (r *registry) snapshot(m *member) store.Worker {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
+	m.hot.Lock()
+	defer m.hot.Unlock()
 	w := m.w
 	w.Labels = maps.Clone(w.Labels)
 	return w
+}
+
+// tally counts the workers by state and the jobs running on active ones,
+// for the metrics; it copies nothing else.
+func (r *registry) tally() (byState map[batonv1.WorkerState]int, running int) {
+	byState = make(map[batonv1.WorkerState]int, 4)
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, m := range r.members {
+		m.hot.Lock()
+		st, n := m.w.State, m.w.RunningJobs
+		m.hot.Unlock()
+		if st == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+			continue // created by a registration still in progress
+		}
+		byState[st]++
+		if active(st) {
+			running += int(n)
+		}
+	}
+	return byState, running
 }
 
 // target is what a call to a worker needs, copied out of the registry.
@@ -242,69 +328,51 @@ func (r *registry) target(id string) (target, bool) {
 	if m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
 		return target{}, false
 	}
-	return target{id: id, state: m.w.State, client: m.client, gone: m.gone}, true
+	return r.targetLocked(m), true
 }
 
-// list returns the roster entries in the given states (all when empty),
-// sorted by name.
-func (r *registry) list(states []batonv1.WorkerState) []store.Worker {
-	r.mu.RLock()
-	out := make([]store.Worker, 0, len(r.members))
-	for _, m := range r.members {
-		if m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
-			continue
-		}
-		if len(states) > 0 && !slices.Contains(states, m.w.State) {
-			continue
-		}
-		// Labels are shared, not copied: register replaces the map and
-		// nothing ever changes one in place.
-		out = append(out, m.w)
+// targetLocked returns m as a call target; the caller holds r.mu, in
+// either mode.
+func (r *registry) targetLocked(m *member) target {
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	// The client is made on first use: one holds a connect client per
+	// WorkerService method, ~7 KB, and at 10,000 workers they were most
+	// of the heap the collector had to mark (68 of ~80 MB), its cycles
+	// long enough to show in the tail of every call.
+	if m.client == nil {
+		m.client = r.dial(m.w.ID, m.w.Address)
 	}
-	r.mu.RUnlock()
-	slices.SortFunc(out, func(a, b store.Worker) int { return strings.Compare(a.Name, b.Name) })
-	return out
+	return target{id: m.w.ID, state: m.w.State, client: m.client, gone: m.gone}
 }
 
 // release gives back a placement reservation after a failed start.
 func (r *registry) release(id string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if m := r.members[id]; m != nil && m.w.RunningJobs > 0 {
+	m := r.get(id)
+	if m == nil {
+		return
+	}
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	if m.w.RunningJobs > 0 {
 		m.w.RunningJobs--
 	}
 }
 
 // beginReport marks a registration or heartbeat of m as in progress; the
 // returned func ends it and restarts the worker's deadline from now, since
-// the report may have taken a while to record.
+// the report may have taken a while to record. It takes only m's own lock.
 func (r *registry) beginReport(m *member, ttl time.Duration) (end func()) {
-	r.mu.Lock()
+	m.hot.Lock()
 	m.reporting++
-	r.mu.Unlock()
+	m.hot.Unlock()
 	return func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
+		now := time.Now()
+		m.hot.Lock()
+		defer m.hot.Unlock()
 		m.reporting--
 		if m.live && active(m.w.State) {
-			m.deadline = time.Now().Add(ttl)
+			m.deadline = now.Add(ttl)
 		}
 	}
-}
-
-// listVersion is list plus the roster version it reflects.
-func (r *registry) listVersion() ([]store.Worker, uint64) {
-	r.mu.RLock()
-	v := r.version
-	r.mu.RUnlock()
-	// A change between the two reads only makes the view look older than
-	// it is, which leads to an extra rebuild, never to a stale one.
-	return r.list(nil), v
-}
-
-// currentVersion is the roster version.
-func (r *registry) currentVersion() uint64 {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.version
 }

@@ -1,12 +1,18 @@
 package scheduler_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -14,6 +20,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
@@ -21,6 +29,7 @@ import (
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/worker"
 )
 
 // Shape of BenchmarkScale10kWorkers.
@@ -30,32 +39,49 @@ const (
 	scaleClients       = 8  // HTTP clients (connections) the fakes share
 	scaleRegistrations = 64 // registrations in flight at once
 	scaleProbeRate     = 20 // ListWorkers and StartJob calls per second, each
+	scalePageSize      = 500
 	// scaleWindowEnv sets the length of each measured window (a Go
-	// duration); default scaleWindow. The run takes about 3 windows plus
-	// the registrations.
+	// duration); default scaleWindow. The run takes about 2 windows plus
+	// the registrations and one heartbeat interval.
 	scaleWindowEnv = "BATON_SCALE_WINDOW"
 	scaleWindow    = 10 * time.Second
+	// scaleLoadEnv, set in the load process only, is the scheduler's
+	// address; scalePIDEnv its process id and scaleOutEnv the file the
+	// load process writes its figures to.
+	scaleLoadEnv = "BATON_SCALE_LOAD"
+	scalePIDEnv  = "BATON_SCALE_PID"
+	scaleOutEnv  = "BATON_SCALE_OUT"
+	// scaleLoadProfileEnv names a file for the load process's CPU profile
+	// (the benchmark's own -test.cpuprofile covers the scheduler).
+	scaleLoadProfileEnv = "BATON_SCALE_LOAD_PROFILE"
+	// scaleProbesEnv limits the full window's calls to a comma-separated
+	// subset of list, list-page and start.
+	scaleProbesEnv = "BATON_SCALE_PROBES"
 )
 
 // BenchmarkScale10kWorkers measures the scheduler with 10,000 simulated
-// workers: in-process fakes that register and heartbeat over the real
-// protocol (h2c on loopback, the generated client) every 5 s, staggered.
-// Every fake advertises one address, served by a fake WorkerService that
-// answers StartJob and QueryJob at once.
+// workers: fakes that register and heartbeat over the real protocol (h2c on
+// loopback, the generated client) every 5 s, staggered. Every fake
+// advertises one address, served by a fake WorkerService that answers
+// StartJob and QueryJob at once.
 //
-// Three windows are measured, in this order:
+// The scheduler runs in this process and nothing else does: the fakes, the
+// fake WorkerService and the API callers run in a second process (this test
+// binary again, as TestScaleLoad), so that the scheduler's CPU is its own
+// process's and its heap and collector are not the fakes'. Both processes
+// share the machine's cores, as a scheduler and its clients would.
 //
-//   - noop: the fakes heartbeat against a SchedulerService that only
-//     answers; its CPU is the fakes' own (client) cost plus the HTTP and
-//     Connect serving cost;
-//   - hb: the fakes heartbeat against the real scheduler;
-//   - full: as hb, plus ListWorkers and StartJob at 20 calls/s each.
+// Two windows are measured, in this order:
 //
-// CPU is the process's (getrusage user+sys) over the window's wall time, in
-// cores. The fakes run in the same process, so sched-cores-hb (hb - noop)
-// is the estimate of the scheduler's own cost of heartbeats; the full
-// window also includes decoding ListWorkers responses of 10,000 workers on
-// the client side.
+//   - hb: the fakes heartbeat;
+//   - full: as hb, plus ListWorkers (all workers), ListWorkers (first page
+//     of 500) and StartJob at 20 calls/s each, open loop.
+//
+// CPU is each process's user+sys time over the window's wall time, in
+// cores, read by the load process from /proc/<pid>/stat for the scheduler
+// and getrusage for itself. Latencies are the callers'; the inside-*
+// figures time the same calls within the scheduler's process, from
+// request to handler return, over the whole run.
 func BenchmarkScale10kWorkers(b *testing.B) {
 	if testing.Short() {
 		b.Skip("10k-worker scale run skipped in -short mode")
@@ -70,17 +96,12 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 	}
 	ctx := context.Background()
 
-	// The fake WorkerService every fake worker advertises.
-	fakeWorkerAddr := serveScale(b, fakeWorkerHandler())
-
-	// The scheduler under test.
 	st, err := store.Open(ctx, filepath.Join(b.TempDir(), "baton.db"))
 	if err != nil {
 		b.Fatal(err)
 	}
-	timed := &timedStore{Store: st}
 	workerHTTP := serving.NewHTTPClient(nil)
-	sched, err := scheduler.New(ctx, scheduler.Options{Store: timed, HTTPClient: workerHTTP, HeartbeatInterval: scaleHeartbeat})
+	sched, err := scheduler.New(ctx, scheduler.Options{Store: st, HTTPClient: workerHTTP, HeartbeatInterval: scaleHeartbeat})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -98,48 +119,187 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 		}
 	})
 	b.Cleanup(func() { stopRun(); <-runDone })
-	schedAddr := serveScale(b, identity.AnonymousHandler(sched.Handler()))
+	// Time each call inside the scheduler's process too (from its request
+	// to its handler's return, connect's decoding and encoding included),
+	// to tell the scheduler's own time from the transport's and the
+	// machine's.
+	inside := &serverTimes{byPath: map[string]*latencies{}}
+	schedAddr := serveScale(b, identity.AnonymousHandler(inside.wrap(sched.Handler())))
 
-	// A SchedulerService that answers heartbeats and nothing else.
-	noopPath, noopH := batonv1connect.NewSchedulerServiceHandler(noopScheduler{})
-	noopMux := http.NewServeMux()
-	noopMux.Handle(noopPath, noopH)
-	noopAddr := serveScale(b, noopMux)
+	out := filepath.Join(b.TempDir(), "load.json")
+	args := []string{"-test.run=^TestScaleLoad$", "-test.count=1", "-test.timeout=0"}
+	if p := os.Getenv(scaleLoadProfileEnv); p != "" {
+		args = append(args, "-test.cpuprofile="+p)
+	}
+	load := exec.Command(os.Args[0], args...)
+	load.Env = append(os.Environ(),
+		scaleLoadEnv+"="+schedAddr,
+		scalePIDEnv+"="+strconv.Itoa(os.Getpid()),
+		scaleOutEnv+"="+out,
+		scaleWindowEnv+"="+window.String(),
+		// The load stands in for other machines; it is tuned to take as
+		// little of the shared cores as it can. Each fake's goroutine
+		// sleeps 5 s between calls, long enough for the collector to
+		// shrink its stack, which the next call grows again; and every
+		// collection scans 10,000 goroutine stacks, so fewer of them.
+		"GODEBUG=gcshrinkstackoff=1,"+os.Getenv("GODEBUG"),
+		"GOGC=400",
+	)
+	var loadOut bytes.Buffer
+	load.Stdout, load.Stderr = &loadOut, &loadOut
+	b.ResetTimer()
+	if err := load.Run(); err != nil {
+		b.Fatalf("load process: %v\n%s", err, loadOut.Bytes())
+	}
+	b.StopTimer()
+	data, err := os.ReadFile(out)
+	if err != nil {
+		b.Fatalf("load process wrote no figures: %v\n%s", err, loadOut.Bytes())
+	}
+	var r scaleResult
+	if err := json.Unmarshal(data, &r); err != nil {
+		b.Fatal(err)
+	}
+
+	b.ReportMetric(r.RegistrationsPerSec, "registrations/s")
+	b.ReportMetric(r.HB.SchedCores, "sched-cores-hb")
+	b.ReportMetric(r.Full.SchedCores, "sched-cores-full")
+	b.ReportMetric(r.HB.LoadCores, "load-cores-hb")
+	b.ReportMetric(r.Full.LoadCores, "load-cores-full")
+	b.ReportMetric(r.HB.Rate, "hb/s")
+	b.ReportMetric(r.Full.Rate, "hb/s-full")
+	b.ReportMetric(r.HB.P99Ms, "hb-p99-ms")
+	b.ReportMetric(r.Full.P99Ms, "hb-p99-ms-full")
+	b.ReportMetric(float64(r.HB.Errors+r.Full.Errors), "hb-errors")
+	for _, p := range r.Probes {
+		b.ReportMetric(p.P50Ms, p.Name+"-p50-ms")
+		b.ReportMetric(p.P99Ms, p.Name+"-p99-ms")
+		b.ReportMetric(p.MaxMs, p.Name+"-max-ms")
+		b.ReportMetric(float64(p.Errors), p.Name+"-errors")
+	}
+	for name, proc := range map[string]string{
+		"inside-hb":    batonv1connect.SchedulerServiceHeartbeatProcedure,
+		"inside-list":  batonv1connect.SchedulerServiceListWorkersProcedure,
+		"inside-start": batonv1connect.SchedulerServiceStartJobProcedure,
+	} {
+		if l := inside.get(proc); l != nil {
+			b.ReportMetric(l.percentileMs(0.50), name+"-p50-ms")
+			b.ReportMetric(l.percentileMs(0.99), name+"-p99-ms")
+		}
+	}
+	b.ReportMetric(float64(r.Reregistered), "reregistrations")
+	b.ReportMetric(r.HB.CPUPressure, "cpu-pressure-hb")
+	b.ReportMetric(r.Full.CPUPressure, "cpu-pressure-full")
+	b.Logf("window %s; %d workers registered in %.1fs; calls: %s; roster after: %v; load average before/after: %s / %s",
+		window, scaleWorkers, float64(scaleWorkers)/r.RegistrationsPerSec, r.calls(), r.States, r.LoadAvgBefore, r.LoadAvgAfter)
+	if r.FirstErrors != "" {
+		b.Logf("first errors: %s", r.FirstErrors)
+	}
+}
+
+// serverTimes times the calls an http.Handler serves, by path.
+type serverTimes struct {
+	mu     sync.Mutex
+	byPath map[string]*latencies
+}
+
+func (s *serverTimes) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t0 := time.Now()
+		h.ServeHTTP(w, r)
+		d := time.Since(t0)
+		s.mu.Lock()
+		l := s.byPath[r.URL.Path]
+		if l == nil {
+			l = &latencies{}
+			s.byPath[r.URL.Path] = l
+		}
+		s.mu.Unlock()
+		l.addLocked(d, nil)
+	})
+}
+
+func (s *serverTimes) get(path string) *latencies {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byPath[path]
+}
+
+// scaleResult is what the load process measured.
+type scaleResult struct {
+	RegistrationsPerSec float64
+	HB, Full            scaleWindowResult
+	Probes              []scaleProbe
+	Reregistered        int64
+	States              map[string]int
+	LoadAvgBefore       string
+	LoadAvgAfter        string
+	FirstErrors         string
+}
+
+func (r scaleResult) calls() string {
+	var parts []string
+	for _, p := range r.Probes {
+		parts = append(parts, fmt.Sprintf("%s %d", p.Name, p.Calls))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// scaleWindowResult is one measured window.
+type scaleWindowResult struct {
+	SchedCores float64 // the scheduler process's CPU time over wall time
+	LoadCores  float64 // the load process's
+	Rate       float64 // heartbeats answered per second
+	P99Ms      float64 // of heartbeats
+	Errors     int
+	// CPUPressure is the share of the window in which some runnable task
+	// on the machine waited for a CPU (PSI "some", see
+	// /proc/pressure/cpu): the other tenants' load and our own.
+	CPUPressure float64
+}
+
+// scaleProbe is one API call's figures in the full window.
+type scaleProbe struct {
+	Name                string
+	Calls, Errors       int
+	P50Ms, P99Ms, MaxMs float64
+}
+
+// TestScaleLoad is the load process of BenchmarkScale10kWorkers; it is
+// skipped unless that benchmark started it.
+func TestScaleLoad(t *testing.T) {
+	schedAddr := os.Getenv(scaleLoadEnv)
+	if schedAddr == "" {
+		t.Skip("the load process of BenchmarkScale10kWorkers")
+	}
+	schedPID, err := strconv.Atoi(os.Getenv(scalePIDEnv))
+	if err != nil {
+		t.Fatalf("%s: %v", scalePIDEnv, err)
+	}
+	window, err := time.ParseDuration(os.Getenv(scaleWindowEnv))
+	if err != nil {
+		t.Fatalf("%s: %v", scaleWindowEnv, err)
+	}
+	ctx := context.Background()
+	fakeWorkerAddr := serveScale(t, fakeWorkerHandler())
 
 	httpClients := make([]*http.Client, scaleClients)
-	real := make([]batonv1connect.SchedulerServiceClient, scaleClients)
-	noop := make([]batonv1connect.SchedulerServiceClient, scaleClients)
+	clients := make([]batonv1connect.SchedulerServiceClient, scaleClients)
 	for i := range httpClients {
 		httpClients[i] = serving.NewHTTPClient(nil)
-		real[i] = batonv1connect.NewSchedulerServiceClient(httpClients[i], serving.BaseURL(schedAddr, false))
-		noop[i] = batonv1connect.NewSchedulerServiceClient(httpClients[i], serving.BaseURL(noopAddr, false))
+		clients[i] = batonv1connect.NewSchedulerServiceClient(httpClients[i], serving.BaseURL(schedAddr, false))
 	}
-	b.Cleanup(func() {
+	t.Cleanup(func() {
 		for _, c := range httpClients {
 			c.CloseIdleConnections()
 		}
 	})
+	var r scaleResult
+	r.LoadAvgBefore = loadAvg()
 
-	fleet := &scaleFleet{addr: fakeWorkerAddr, real: real, noop: noop, registered: make([]atomic.Bool, scaleWorkers)}
-	fleet.toNoop.Store(true)
-	hbCtx, stopHB := context.WithCancel(ctx)
-	var hbWG sync.WaitGroup
-	b.Cleanup(func() { stopHB(); hbWG.Wait() })
-	start := time.Now()
-	for i := range scaleWorkers {
-		hbWG.Go(func() {
-			// Spread the fakes uniformly over one interval.
-			offset := time.Duration(int64(scaleHeartbeat) * int64(i) / scaleWorkers)
-			fleet.heartbeatLoop(hbCtx, i, time.Until(start.Add(offset)))
-		})
-	}
-
-	b.ResetTimer()
-	noopWin := fleet.measure(window, nil)
-
-	// Register every fake with the real scheduler; each heartbeats to it
-	// once registered.
-	fleet.toNoop.Store(false)
+	// Register every fake, scaleRegistrations at a time; each heartbeats
+	// once registered, at its place in the interval.
+	fleet := &scaleFleet{addr: fakeWorkerAddr, clients: clients, schedPID: schedPID}
 	regStart := time.Now()
 	var regErrs atomic.Int64
 	sem := make(chan struct{}, scaleRegistrations)
@@ -148,86 +308,126 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 		sem <- struct{}{}
 		regWG.Go(func() {
 			defer func() { <-sem }()
-			if err := fleet.register(ctx, real[i%scaleClients], i); err != nil {
+			if err := fleet.register(ctx, clients[i%scaleClients], i); err != nil {
 				regErrs.Add(1)
 			}
 		})
 	}
 	regWG.Wait()
-	regTime := time.Since(regStart)
+	r.RegistrationsPerSec = float64(scaleWorkers) / time.Since(regStart).Seconds()
 	if n := regErrs.Load(); n > 0 {
-		b.Fatalf("%d of %d registrations failed", n, scaleWorkers)
+		t.Fatalf("%d of %d registrations failed", n, scaleWorkers)
 	}
-	// Let one interval of heartbeats reach the real scheduler before
-	// measuring.
+	hbCtx, stopHB := context.WithCancel(ctx)
+	var hbWG sync.WaitGroup
+	t.Cleanup(func() { stopHB(); hbWG.Wait() })
+	start := time.Now()
+	for i := range scaleWorkers {
+		hbWG.Go(func() {
+			// Spread the fakes uniformly over one interval.
+			offset := time.Duration(int64(scaleHeartbeat) * int64(i) / scaleWorkers)
+			fleet.heartbeatLoop(hbCtx, i, time.Until(start.Add(offset)))
+		})
+	}
+	// Let one interval of heartbeats through before measuring.
 	time.Sleep(scaleHeartbeat)
-	timed.start()
-	hbWin := fleet.measure(window, nil)
-	upserts := timed.stop()
+	r.HB = fleet.measure(window, nil)
 
-	var listLat, startLat latencies
-	fullWin := fleet.measure(window, func(ctx context.Context, wg *sync.WaitGroup) {
-		probe(ctx, wg, scaleProbeRate, &listLat, func(ctx context.Context, n int) error {
-			res, err := real[n%scaleClients].ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
-			if err == nil && len(res.Msg.GetWorkers()) != scaleWorkers {
-				return fmt.Errorf("ListWorkers: %d workers, want %d", len(res.Msg.GetWorkers()), scaleWorkers)
+	// Each kind of API call has a connection of its own, as separate
+	// clients would: a 10,000-worker answer takes ~47 DATA frames, which
+	// the server writes one at a time per connection, and the fakes'
+	// heartbeats should not queue behind them on a connection that real
+	// workers would not share.
+	api := make([]batonv1connect.SchedulerServiceClient, 2)
+	for i := range api {
+		c := serving.NewHTTPClient(nil)
+		t.Cleanup(c.CloseIdleConnections)
+		api[i] = batonv1connect.NewSchedulerServiceClient(c, serving.BaseURL(schedAddr, false))
+	}
+	// The whole-roster caller counts the answer's workers on the wire
+	// instead of building 10,000 messages: decoding is the client's cost
+	// (~6 ms of CPU a call here), and on two shared cores it would be
+	// charged to the scheduler's latency.
+	rawHTTP := serving.NewHTTPClient(nil)
+	t.Cleanup(rawHTTP.CloseIdleConnections)
+	rawLister := connect.NewClient[batonv1.ListWorkersRequest, rawList](rawHTTP,
+		serving.BaseURL(schedAddr, false)+batonv1connect.SchedulerServiceListWorkersProcedure,
+		connect.WithCodec(rawCodec{}))
+	type probeSpec struct {
+		name string
+		lat  *latencies
+		call func(context.Context, int) error
+	}
+	probes := []probeSpec{
+		{name: "list", lat: &latencies{}, call: func(ctx context.Context, n int) error {
+			res, err := rawLister.CallUnary(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+			if err == nil && res.Msg.workers != scaleWorkers {
+				return fmt.Errorf("ListWorkers: %d workers, want %d", res.Msg.workers, scaleWorkers)
 			}
 			return err
-		})
-		probe(ctx, wg, scaleProbeRate, &startLat, func(ctx context.Context, n int) error {
-			_, err := real[n%scaleClients].StartJob(ctx, connect.NewRequest(&batonv1.StartJobRequest{Command: "true"}))
+		}},
+		{name: "list-page", lat: &latencies{}, call: func(ctx context.Context, n int) error {
+			res, err := api[0].ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{PageSize: scalePageSize}))
+			if err == nil && (len(res.Msg.GetWorkers()) != scalePageSize || res.Msg.GetNextPageToken() == "") {
+				return fmt.Errorf("ListWorkers: a page of %d workers (next page %q), want %d and a next page",
+					len(res.Msg.GetWorkers()), res.Msg.GetNextPageToken(), scalePageSize)
+			}
 			return err
-		})
+		}},
+		{name: "start", lat: &latencies{}, call: func(ctx context.Context, n int) error {
+			_, err := api[1].StartJob(ctx, connect.NewRequest(&batonv1.StartJobRequest{Command: "true"}))
+			return err
+		}},
+	}
+	if v := os.Getenv(scaleProbesEnv); v != "" {
+		want := strings.Split(v, ",")
+		probes = slices.DeleteFunc(probes, func(p probeSpec) bool { return !slices.Contains(want, p.name) })
+	}
+	r.Full = fleet.measure(window, func(ctx context.Context, wg *sync.WaitGroup) {
+		for i := range probes {
+			probe(ctx, wg, scaleProbeRate, probes[i].lat, probes[i].call)
+		}
 	})
-	b.StopTimer()
+	r.LoadAvgAfter = loadAvg()
+	var firstErrs []string
+	for i := range probes {
+		p := &probes[i]
+		r.Probes = append(r.Probes, scaleProbe{
+			Name: p.name, Calls: len(p.lat.d), Errors: p.lat.errs,
+			P50Ms: p.lat.percentileMs(0.50), P99Ms: p.lat.percentileMs(0.99), MaxMs: p.lat.percentileMs(1),
+		})
+		if p.lat.firstErr != nil {
+			firstErrs = append(firstErrs, fmt.Sprintf("%s: %v", p.name, p.lat.firstErr))
+		}
+	}
+	if err := fleet.firstErr(); err != nil {
+		firstErrs = append(firstErrs, fmt.Sprintf("heartbeat: %v", err))
+	}
+	r.FirstErrors = strings.Join(firstErrs, "; ")
+	r.Reregistered = fleet.reregistered.Load()
 
-	states := map[batonv1.WorkerState]int{}
-	res, err := real[0].ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+	res, err := api[0].ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
+	r.States = map[string]int{}
 	for _, w := range res.Msg.GetWorkers() {
-		states[w.GetState()]++
+		r.States[w.GetState().String()]++
 	}
-
-	b.ReportMetric(float64(scaleWorkers)/regTime.Seconds(), "registrations/s")
-	b.ReportMetric(noopWin.cores, "noop-cores")
-	b.ReportMetric(hbWin.cores, "hb-cores")
-	b.ReportMetric(fullWin.cores, "full-cores")
-	b.ReportMetric(hbWin.cores-noopWin.cores, "sched-cores-hb")
-	b.ReportMetric(fullWin.cores-noopWin.cores, "sched-cores-full")
-	b.ReportMetric(hbWin.rate, "hb/s")
-	b.ReportMetric(fullWin.rate, "hb/s-full")
-	b.ReportMetric(hbWin.lat.percentileMs(0.99), "hb-p99-ms")
-	b.ReportMetric(fullWin.lat.percentileMs(0.99), "hb-p99-ms-full")
-	b.ReportMetric(float64(hbWin.errs+fullWin.errs), "hb-errors")
-	b.ReportMetric(listLat.percentileMs(0.50), "list-p50-ms")
-	b.ReportMetric(listLat.percentileMs(0.99), "list-p99-ms")
-	b.ReportMetric(float64(listLat.errs), "list-errors")
-	b.ReportMetric(startLat.percentileMs(0.50), "start-p50-ms")
-	b.ReportMetric(startLat.percentileMs(0.99), "start-p99-ms")
-	b.ReportMetric(float64(startLat.errs), "start-errors")
-	b.ReportMetric(float64(fleet.reregistered.Load()), "reregistrations")
-	b.ReportMetric(float64(len(upserts.d))/hbWin.wall.Seconds(), "upserts/s-hb")
-	b.ReportMetric(upserts.percentileMs(0.50), "upsert-p50-ms")
-	b.ReportMetric(upserts.percentileMs(0.99), "upsert-p99-ms")
-	b.ReportMetric(upserts.busy().Seconds()/hbWin.wall.Seconds(), "upsert-busy")
-	b.Logf("window %s; %d workers registered in %s; calls: ListWorkers %d, StartJob %d; roster after: %v",
-		window, scaleWorkers, regTime.Round(time.Millisecond), len(listLat.d), len(startLat.d), states)
-	if listLat.firstErr != nil || startLat.firstErr != nil || fleet.firstErr() != nil {
-		b.Logf("first errors: ListWorkers %v; StartJob %v; heartbeat %v", listLat.firstErr, startLat.firstErr, fleet.firstErr())
+	data, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(os.Getenv(scaleOutEnv), data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // scaleFleet is the set of fake workers.
 type scaleFleet struct {
-	addr string
-	// real and noop are the clients the fakes share, to the scheduler and
-	// to the no-op service; toNoop sends every heartbeat to the latter,
-	// else only registered fakes heartbeat, to the scheduler.
-	real, noop []batonv1connect.SchedulerServiceClient
-	toNoop     atomic.Bool
-	registered []atomic.Bool
+	addr     string
+	clients  []batonv1connect.SchedulerServiceClient // shared by the fakes
+	schedPID int
 
 	mu  sync.Mutex
 	lat *latencies // of the current window; nil between windows
@@ -243,9 +443,6 @@ func (f *scaleFleet) register(ctx context.Context, c batonv1connect.SchedulerSer
 	_, err := c.RegisterWorker(ctx, connect.NewRequest(&batonv1.RegisterWorkerRequest{
 		Name: scaleName(i), Address: f.addr, Capacity: 64,
 	}))
-	if err == nil {
-		f.registered[i].Store(true)
-	}
 	return err
 }
 
@@ -254,6 +451,7 @@ func (f *scaleFleet) heartbeatLoop(ctx context.Context, i int, delay time.Durati
 	t := time.NewTimer(max(delay, 0))
 	defer t.Stop()
 	req := &batonv1.HeartbeatRequest{WorkerId: scaleName(i)}
+	c := f.clients[i%scaleClients]
 	for {
 		select {
 		case <-ctx.Done():
@@ -261,13 +459,6 @@ func (f *scaleFleet) heartbeatLoop(ctx context.Context, i int, delay time.Durati
 		case <-t.C:
 		}
 		t.Reset(scaleHeartbeat)
-		c := f.noop[i%scaleClients]
-		if !f.toNoop.Load() {
-			if !f.registered[i].Load() {
-				continue
-			}
-			c = f.real[i%scaleClients]
-		}
 		t0 := time.Now()
 		_, err := c.Heartbeat(ctx, connect.NewRequest(req))
 		d := time.Since(t0)
@@ -300,15 +491,6 @@ func (f *scaleFleet) firstErr() error {
 	return f.err
 }
 
-// scaleWindowResult is one measured window.
-type scaleWindowResult struct {
-	cores float64 // process CPU time over wall time
-	rate  float64 // heartbeats answered per second
-	errs  int
-	lat   *latencies
-	wall  time.Duration
-}
-
 // measure runs extra (if any) for d and returns the window's figures.
 // extra starts its goroutines on wg and stops when its context ends.
 func (f *scaleFleet) measure(d time.Duration, extra func(context.Context, *sync.WaitGroup)) scaleWindowResult {
@@ -316,7 +498,7 @@ func (f *scaleFleet) measure(d time.Duration, extra func(context.Context, *sync.
 	f.mu.Lock()
 	f.lat = lat
 	f.mu.Unlock()
-	cpu0, t0 := cpuTime(), time.Now()
+	sched0, self0, psi0, t0 := procCPU(f.schedPID), cpuTime(), cpuPressure(), time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	var wg sync.WaitGroup
 	if extra != nil {
@@ -330,11 +512,12 @@ func (f *scaleFleet) measure(d time.Duration, extra func(context.Context, *sync.
 	f.mu.Unlock()
 	wall := time.Since(t0)
 	return scaleWindowResult{
-		cores: (cpuTime() - cpu0).Seconds() / wall.Seconds(),
-		rate:  float64(len(lat.d)) / wall.Seconds(),
-		errs:  lat.errs,
-		lat:   lat,
-		wall:  wall,
+		SchedCores:  (procCPU(f.schedPID) - sched0).Seconds() / wall.Seconds(),
+		LoadCores:   (cpuTime() - self0).Seconds() / wall.Seconds(),
+		Rate:        float64(len(lat.d)) / wall.Seconds(),
+		P99Ms:       lat.percentileMs(0.99),
+		Errors:      lat.errs,
+		CPUPressure: (cpuPressure() - psi0).Seconds() / wall.Seconds(),
 	}
 }
 
@@ -403,52 +586,6 @@ func (l *latencies) percentileMs(p float64) float64 {
 	return float64(s[i]) / float64(time.Millisecond)
 }
 
-// busy is the sum of the durations.
-func (l *latencies) busy() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var sum time.Duration
-	for _, d := range l.d {
-		sum += d
-	}
-	return sum
-}
-
-// timedStore times UpsertWorker, the store write every registration and
-// heartbeat makes, between start and stop. The time includes waiting for
-// the store's single writer.
-type timedStore struct {
-	store.Store
-	mu  sync.Mutex
-	lat *latencies
-}
-
-func (s *timedStore) start() {
-	s.mu.Lock()
-	s.lat = &latencies{}
-	s.mu.Unlock()
-}
-
-func (s *timedStore) stop() *latencies {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	l := s.lat
-	s.lat = nil
-	return l
-}
-
-func (s *timedStore) UpsertWorker(ctx context.Context, w store.Worker) error {
-	t0 := time.Now()
-	err := s.Store.UpsertWorker(ctx, w)
-	d := time.Since(t0)
-	s.mu.Lock()
-	if s.lat != nil {
-		s.lat.addLocked(d, err)
-	}
-	s.mu.Unlock()
-	return err
-}
-
 // cpuTime is the process's user plus system CPU time so far.
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
@@ -458,8 +595,67 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// serveScale serves h over h2c on a loopback port until the benchmark ends.
-func serveScale(b *testing.B, h http.Handler) string {
+// procCPU is process pid's user plus system CPU time so far, from
+// proc(5) /proc/<pid>/stat: fields 14 and 15, in clock ticks of 1/100 s
+// (USER_HZ, 100 on every Linux architecture Go runs on), counting all its
+// threads. It is 0 if the file cannot be read.
+func procCPU(pid int) time.Duration {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; the fields after it
+	// start after its closing parenthesis, with field 3.
+	rest := data[bytes.LastIndexByte(data, ')')+1:]
+	f := strings.Fields(string(rest))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// cpuPressure is the machine's total CPU stall time (PSI "some") so far, 0
+// where the kernel does not report it.
+func cpuPressure() time.Duration {
+	data, err := os.ReadFile("/proc/pressure/cpu")
+	if err != nil {
+		return 0
+	}
+	// some avg10=1.00 avg60=2.00 avg300=3.00 total=123456 (microseconds)
+	line, _, _ := strings.Cut(string(data), "\n")
+	i := strings.Index(line, "total=")
+	if !strings.HasPrefix(line, "some ") || i < 0 {
+		return 0
+	}
+	us, err := strconv.ParseInt(strings.TrimSpace(line[i+len("total="):]), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
+// loadAvg is the machine's 1, 5 and 15-minute load averages, from
+// /proc/loadavg: the benchmark shares the machine.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// serveScale serves h over h2c on a loopback port until the test or
+// benchmark ends.
+func serveScale(b testing.TB, h http.Handler) string {
 	b.Helper()
 	srv, err := serving.Listen("127.0.0.1:0", h, nil, nil)
 	if err != nil {
@@ -484,11 +680,15 @@ type fakeWorker struct {
 	batonv1connect.UnimplementedWorkerServiceHandler
 }
 
+// fakeWorkerHandler serves fakeWorker with a real worker's handler
+// options (no response compression, in particular).
 func fakeWorkerHandler() http.Handler {
-	path, h := batonv1connect.NewWorkerServiceHandler(fakeWorker{})
+	logger := slog.New(slog.DiscardHandler)
+	path, h := batonv1connect.NewWorkerServiceHandler(fakeWorker{},
+		serving.HandlerOptions("the fake worker", logger, time.Minute, identity.NewAuthorizer(worker.Policy(), nil, logger))...)
 	mux := http.NewServeMux()
 	mux.Handle(path, h)
-	return mux
+	return identity.AnonymousHandler(mux)
 }
 
 func (fakeWorker) StartJob(_ context.Context, req *connect.Request[batonv1.WorkerServiceStartJobRequest]) (*connect.Response[batonv1.WorkerServiceStartJobResponse], error) {
@@ -506,11 +706,49 @@ func (fakeWorker) QueryJob(_ context.Context, req *connect.Request[batonv1.Worke
 	}), nil
 }
 
-// noopScheduler answers heartbeats and does nothing else.
-type noopScheduler struct {
-	batonv1connect.UnimplementedSchedulerServiceHandler
+// rawList is a ListWorkersResponse left encoded: how many workers it
+// holds.
+type rawList struct {
+	workers int
 }
 
-func (noopScheduler) Heartbeat(context.Context, *connect.Request[batonv1.HeartbeatRequest]) (*connect.Response[batonv1.HeartbeatResponse], error) {
-	return connect.NewResponse(&batonv1.HeartbeatResponse{State: batonv1.WorkerState_WORKER_STATE_READY}), nil
+// rawCodec is the binary protobuf codec, except that it reads a rawList by
+// counting field 1 (workers) on the wire.
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return "proto" }
+
+func (rawCodec) Marshal(msg any) ([]byte, error) {
+	pm, ok := msg.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a protobuf message", msg)
+	}
+	return proto.Marshal(pm)
+}
+
+func (rawCodec) Unmarshal(data []byte, msg any) error {
+	l, ok := msg.(*rawList)
+	if !ok {
+		pm, ok := msg.(proto.Message)
+		if !ok {
+			return fmt.Errorf("%T is not a protobuf message", msg)
+		}
+		return proto.Unmarshal(data, pm)
+	}
+	for len(data) > 0 {
+		num, typ, n := protowire.ConsumeTag(data)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		data = data[n:]
+		n = protowire.ConsumeFieldValue(num, typ, data)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		data = data[n:]
+		if num == 1 {
+			l.workers++
+		}
+	}
+	return nil
 }

@@ -132,7 +132,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	authz := identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		append(hopts, serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, opts.Interceptors...)...)...,
+		append(append(hopts, serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, opts.Interceptors...)...), s.view.codec())...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux

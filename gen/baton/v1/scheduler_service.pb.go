@@ -1348,11 +1348,18 @@ func (*StreamJobOutputResponse_Chunk) isStreamJobOutputResponse_Event() {}
 
 func (*StreamJobOutputResponse_Status) isStreamJobOutputResponse_Event() {}
 
-// ListWorkersRequest filters the roster.
+// ListWorkersRequest filters the roster, and may ask for it a page at a time.
 type ListWorkersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// states keeps only workers in these states; empty means all.
-	States        []WorkerState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=baton.v1.WorkerState" json:"states,omitempty"`
+	States []WorkerState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=baton.v1.WorkerState" json:"states,omitempty"`
+	// page_size is the most workers to return; zero means all of them, in one
+	// answer (as before paging existed).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues a previous listing (its next_page_token): the page
+	// starts after the last worker of the previous one, by name, so workers that
+	// join meanwhile are not skipped if they sort later.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1394,11 +1401,28 @@ func (x *ListWorkersRequest) GetStates() []WorkerState {
 	return nil
 }
 
-// ListWorkersResponse is the roster.
+func (x *ListWorkersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListWorkersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListWorkersResponse is the roster, or one page of it.
 type ListWorkersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// workers is every matching worker, by name.
-	Workers       []*Worker `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	// workers is every matching worker, or this page's, by name.
+	Workers []*Worker `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	// next_page_token fetches the next page; empty on the last page and when
+	// page_size was zero.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1438,6 +1462,13 @@ func (x *ListWorkersResponse) GetWorkers() []*Worker {
 		return x.Workers
 	}
 	return nil
+}
+
+func (x *ListWorkersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 // DrainWorkerRequest stops new placements on a worker.
@@ -1651,11 +1682,16 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x17StreamJobOutputResponse\x12-\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
 	"\x06status\x18\x02 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
-	"\x05event\"V\n" +
+	"\x05event\"\xba\x01\n" +
 	"\x12ListWorkersRequest\x12@\n" +
-	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x04\"\a\x82\x01\x04\x10\x01 \x00R\x06states\"A\n" +
+	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x04\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
+	"\tpage_size\x18\x02 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\x90N(\x00R\bpageSize\x129\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tB\x1a\xbaH\x17r\x15\x18\x80\x012\x10^[A-Za-z0-9_-]*$R\tpageToken\"i\n" +
 	"\x13ListWorkersResponse\x12*\n" +
-	"\aworkers\x18\x01 \x03(\v2\x10.baton.v1.WorkerR\aworkers\"[\n" +
+	"\aworkers\x18\x01 \x03(\v2\x10.baton.v1.WorkerR\aworkers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"[\n" +
 	"\x12DrainWorkerRequest\x12E\n" +
 	"\tworker_id\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\"?\n" +
 	"\x13DrainWorkerResponse\x12(\n" +
