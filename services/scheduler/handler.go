@@ -135,7 +135,11 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 	defer s.reg.beginReport(m, s.ttl())()
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
-	state, ok := s.reg.heartbeat(m, req.Msg.GetRunningJobs(), time.Now().Add(s.ttl()))
+	changed := make([]string, 0, len(req.Msg.GetChanges()))
+	for _, st := range req.Msg.GetChanges() {
+		changed = append(changed, st.GetJobId())
+	}
+	state, ok := s.reg.heartbeat(m, req.Msg.GetRunningJobs(), changed, time.Now().Add(s.ttl()))
 	if !ok {
 		return nil, mapError(newError(errNotRegistered, "worker %q is not registered; register again", id))
 	}
@@ -290,6 +294,7 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 	if st == nil {
 		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
 	}
+	s.reg.confirm(t.id, id)
 	st.JobId, st.WorkerId, st.Owner, st.GroupId = id, t.id, owner, group
 	if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), id, st); err != nil {
 		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", id, "error", err)

@@ -7,8 +7,9 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
-// place picks the workers for req and reserves a slot on each (returned by
-// release when the start fails; the next heartbeat sets the true count):
+// place picks the workers for req and reserves a slot on each (given back
+// by release when the start fails, turned into a started job by confirm;
+// see startCount):
 // the named worker; every READY worker matching the selector, for a
 // fan-out; or else the least-loaded READY matching worker with room.
 //
@@ -29,7 +30,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 			return nil, errWorkerGone(id, m.w.State)
 		}
 		m.hot.Lock()
-		m.w.RunningJobs++
+		r.reserveHot(m)
 		m.hot.Unlock()
 		return []target{r.targetLocked(m)}, nil
 	}
@@ -48,7 +49,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		out := make([]target, 0, len(matching))
 		for _, m := range matching {
 			m.hot.Lock()
-			m.w.RunningJobs++
+			r.reserveHot(m)
 			m.hot.Unlock()
 			out = append(out, r.targetLocked(m))
 		}
@@ -68,7 +69,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		best.hot.Lock()
 		ok := best.w.Capacity <= 0 || best.w.RunningJobs < best.w.Capacity
 		if ok {
-			best.w.RunningJobs++
+			r.reserveHot(best)
 		}
 		best.hot.Unlock()
 		if ok {

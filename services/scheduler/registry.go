@@ -80,6 +80,8 @@ type member struct {
 	// processed. A worker that is talking to us is not down, however long
 	// the store takes to record what it said.
 	reporting int
+	// starts makes up w.RunningJobs; see startCount.
+	starts startCount
 	// rev is the roster version of the worker's last change other than a
 	// heartbeat's timestamp: the roster view re-encodes only the workers
 	// whose rev moved.
@@ -174,7 +176,7 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	m.w.Address = req.GetAddress()
 	m.w.Labels = maps.Clone(req.GetLabels())
 	m.w.Capacity = req.GetCapacity()
-	m.w.RunningJobs = running
+	r.resetHot(m, running)
 	m.w.LastHeartbeat = now
 	m.w.RegisteredAt = now
 	m.deadline = deadline
@@ -188,18 +190,17 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 }
 
 // heartbeat refreshes a live worker and returns its state, or false when
-// the worker must register again. It takes only m's own lock.
-func (r *registry) heartbeat(m *member, running int32, deadline time.Time) (batonv1.WorkerState, bool) {
+// the worker must register again. running is the worker's count and
+// changed the jobs the heartbeat reports changes of. It takes only m's own
+// lock.
+func (r *registry) heartbeat(m *member, running int32, changed []string, deadline time.Time) (batonv1.WorkerState, bool) {
 	now := time.Now()
 	m.hot.Lock()
 	defer m.hot.Unlock()
 	if !m.live || !active(m.w.State) {
 		return m.w.State, false
 	}
-	if m.w.RunningJobs != running {
-		r.changedHot(m)
-	}
-	m.w.RunningJobs = running
+	r.reportedHot(m, running, changed)
 	m.w.LastHeartbeat = now
 	m.deadline = deadline
 	return m.w.State, true
@@ -227,6 +228,7 @@ func (r *registry) leave(id string) (*member, bool) {
 func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
 	r.changedHot(m)
 	m.w.State = st
+	m.starts = startCount{pending: m.starts.pending}
 	m.w.RunningJobs = 0
 	m.live = false
 	select {
@@ -354,8 +356,11 @@ func (r *registry) release(id string) {
 	}
 	m.hot.Lock()
 	defer m.hot.Unlock()
-	if m.w.RunningJobs > 0 {
-		m.w.RunningJobs--
+	if m.starts.pending > 0 {
+		m.starts.pending--
+	}
+	if active(m.w.State) {
+		r.totalHot(m)
 	}
 }
 

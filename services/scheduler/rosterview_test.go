@@ -80,7 +80,7 @@ func TestRosterView(t *testing.T) {
 			}
 		}, []string{"w1:WORKER_STATE_READY:0", "w2:WORKER_STATE_DRAINING:0", "w3:WORKER_STATE_READY:0"}},
 		{"running count from a heartbeat", func() {
-			if _, ok := r.heartbeat(r.get("w3"), 2, time.Now().Add(time.Minute)); !ok {
+			if _, ok := r.heartbeat(r.get("w3"), 2, nil, time.Now().Add(time.Minute)); !ok {
 				t.Fatal("heartbeat refused")
 			}
 		}, []string{"w1:WORKER_STATE_READY:0", "w2:WORKER_STATE_DRAINING:0", "w3:WORKER_STATE_READY:2"}},

@@ -1,0 +1,93 @@
+package scheduler
+
+// How the scheduler counts a worker's running jobs, for placement.
+//
+// A heartbeat carries the worker's count, but that count can be older than
+// a start the scheduler just made: the worker may build a heartbeat, then
+// accept a StartJob, and the heartbeat arrive after the StartJob's answer.
+// Taking its count as it is would forget that job, and least-loaded
+// placement would pick the same worker twice. So the count is
+//
+//	reported + pending + len(unreported)
+//
+// where reported is the worker's last count, pending the placements whose
+// start has no outcome yet, and unreported the jobs started since that no
+// heartbeat has mentioned. Heartbeats list every job that changed since
+// the previous one, a start included, so a job leaves unreported with the
+// first heartbeat that names it; a heartbeat that names a job before its
+// start's answer is remembered for two heartbeats (early), so that the
+// answer does not count the job again. Every field here is guarded by
+// member.hot.
+type startCount struct {
+	reported   int32
+	pending    int32
+	unreported map[string]struct{}
+	// early holds jobs that the latest two heartbeats named before their
+	// start was confirmed: [0] the latest, [1] the one before.
+	early [2]map[string]struct{}
+}
+
+// totalHot sets m's running count from its parts; the caller holds m.hot.
+func (r *registry) totalHot(m *member) {
+	c := &m.starts
+	n := c.reported + c.pending + int32(len(c.unreported))
+	if m.w.RunningJobs != n {
+		r.changedHot(m)
+		m.w.RunningJobs = n
+	}
+}
+
+// reserveHot counts a placement on m; the caller holds m.hot.
+func (r *registry) reserveHot(m *member) {
+	m.starts.pending++
+	r.totalHot(m)
+}
+
+// confirm turns worker id's reservation into the started job jobID.
+func (r *registry) confirm(id, jobID string) {
+	m := r.get(id)
+	if m == nil {
+		return
+	}
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	c := &m.starts
+	if c.pending > 0 {
+		c.pending--
+	}
+	_, seen0 := c.early[0][jobID]
+	_, seen1 := c.early[1][jobID]
+	if !seen0 && !seen1 {
+		if c.unreported == nil {
+			c.unreported = make(map[string]struct{})
+		}
+		c.unreported[jobID] = struct{}{}
+	}
+	r.totalHot(m)
+}
+
+// reportedHot takes a heartbeat's count and the jobs it names; the caller
+// holds m.hot.
+func (r *registry) reportedHot(m *member, running int32, changed []string) {
+	c := &m.starts
+	c.early[1], c.early[0] = c.early[0], nil
+	for _, id := range changed {
+		if _, ok := c.unreported[id]; ok {
+			delete(c.unreported, id)
+			continue
+		}
+		if c.early[0] == nil {
+			c.early[0] = make(map[string]struct{})
+		}
+		c.early[0][id] = struct{}{}
+	}
+	c.reported = running
+	r.totalHot(m)
+}
+
+// resetHot starts counting afresh from a registration's whole job table;
+// starts still in flight stay pending. The caller holds m.hot.
+func (r *registry) resetHot(m *member, running int32) {
+	m.starts = startCount{reported: running, pending: m.starts.pending}
+	r.totalHot(m)
+}
