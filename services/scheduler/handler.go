@@ -303,9 +303,8 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 		st.Spec = job.Status.GetSpec()
 	}
 	if st.GetCreatedAt() == nil {
-		if j, err := s.store.GetJob(ctx, id); err == nil {
-			st.CreatedAt = j.Status.GetCreatedAt()
-		}
+		// What the store holds: it keeps created_at to the nanosecond.
+		st.CreatedAt = timestamppb.New(job.CreatedAt)
 	}
 	s.opts.Metrics.JobStarted()
 	return st, nil
