@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
 )
 
@@ -48,9 +49,25 @@ func (a *AccessLog) WrapStreamingHandler(next connect.StreamingHandlerFunc) conn
 	}
 }
 
+// routine are procedures whose successful calls are logged at debug level:
+// 10,000 workers heartbeating every 5 s would otherwise be 2,000 info
+// lines a second.
+var routine = map[string]bool{
+	batonv1connect.SchedulerServiceHeartbeatProcedure: true,
+}
+
 func (a *AccessLog) log(ctx context.Context, spec connect.Spec, peer connect.Peer, agent string, start time.Time, err error) {
 	code := "ok"
 	level := slog.LevelInfo
+	switch c := connect.CodeOf(err); {
+	case err == nil && routine[spec.Procedure]:
+		level = slog.LevelDebug
+	case err != nil && (c == connect.CodeInternal || c == connect.CodeUnknown):
+		level = slog.LevelError
+	}
+	if !a.logger.Enabled(ctx, level) {
+		return
+	}
 	attrs := []slog.Attr{
 		slog.String("procedure", spec.Procedure),
 		slog.String("protocol", peer.Protocol),
@@ -66,7 +83,6 @@ func (a *AccessLog) log(ctx context.Context, spec connect.Spec, peer connect.Pee
 		c := connect.CodeOf(err)
 		code = c.String()
 		if c == connect.CodeInternal || c == connect.CodeUnknown {
-			level = slog.LevelError
 			attrs = append(attrs, slog.String("error", errorDetail(err)))
 		} else {
 			msg := err.Error()

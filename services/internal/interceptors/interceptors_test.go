@@ -71,3 +71,49 @@ func TestInternalHidesTheCauseAndLogsIt(t *testing.T) {
 		t.Errorf("the access log lacks the cause or the code:\n%s", logs.String())
 	}
 }
+
+// specRequest is a request of a given procedure.
+type specRequest struct {
+	*connect.Request[emptypb.Empty]
+	spec connect.Spec
+}
+
+func (r specRequest) Spec() connect.Spec { return r.spec }
+
+// TestAccessLogLevels: routine successes go to debug, failures never do,
+// and internal errors reach a logger that shows only warnings and worse.
+func TestAccessLogLevels(t *testing.T) {
+	t.Parallel()
+	heartbeat := connect.Spec{Procedure: "/baton.v1.SchedulerService/Heartbeat"}
+	start := connect.Spec{Procedure: "/baton.v1.SchedulerService/StartJob"}
+	tests := []struct {
+		name    string
+		level   slog.Level
+		spec    connect.Spec
+		err     error
+		logged  bool
+		wantLvl string
+	}{
+		{"a heartbeat at info", slog.LevelInfo, heartbeat, nil, false, ""},
+		{"a heartbeat at debug", slog.LevelDebug, heartbeat, nil, true, "DEBUG"},
+		{"a refused heartbeat", slog.LevelInfo, heartbeat, connect.NewError(connect.CodeNotFound, errors.New("register again")), true, "INFO"},
+		{"a start", slog.LevelInfo, start, nil, true, "INFO"},
+		{"an internal error at warn", slog.LevelWarn, start, Internal("x", errors.New("cause")), true, "ERROR"},
+		{"a bad request at warn", slog.LevelWarn, start, connect.NewError(connect.CodeInvalidArgument, errors.New("bad")), false, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var logs bytes.Buffer
+			log := NewAccessLog(slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: tc.level})))
+			next := func(context.Context, connect.AnyRequest) (connect.AnyResponse, error) { return nil, tc.err }
+			_, _ = log.WrapUnary(next)(t.Context(), specRequest{connect.NewRequest(&emptypb.Empty{}), tc.spec})
+			if got := logs.Len() > 0; got != tc.logged {
+				t.Fatalf("logged %v, want %v: %s", got, tc.logged, logs.String())
+			}
+			if tc.logged && !strings.Contains(logs.String(), `"level":"`+tc.wantLvl+`"`) {
+				t.Errorf("want level %s: %s", tc.wantLvl, logs.String())
+			}
+		})
+	}
+}
