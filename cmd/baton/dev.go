@@ -92,6 +92,23 @@ func runDev(ctx context.Context, dc devConfig) error {
 
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopSched()
+	// Refuse addresses something else holds: waitForListener below would
+	// take that something for our scheduler.
+	addrs := []string{dc.addr, dc.httpAddr}
+	for i := range workerNames {
+		addrs = append(addrs, net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
+	}
+	for _, a := range addrs {
+		if a == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("%s is taken (another baton dev?); pick other ports with --addr, --http-addr and --worker-port: %w", a, err)
+		}
+		_ = ln.Close()
+	}
+
 	schedDone := make(chan error, 1)
 	go func() { schedDone <- runScheduler(schedCtx, sched, nil) }()
 	if err, exited := waitForListener(ctx, dc.addr, schedDone); err != nil {
@@ -102,6 +119,10 @@ func runDev(ctx context.Context, dc devConfig) error {
 		return err
 	}
 
+	// A worker that fails (say, its port was taken meanwhile) stops the
+	// whole cluster, rather than leaving half of it running.
+	ctx, stopWorkers := context.WithCancel(ctx)
+	defer stopWorkers()
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	var names []string
@@ -120,7 +141,11 @@ func runDev(ctx context.Context, dc devConfig) error {
 		if err := w.validate(); err != nil {
 			return err
 		}
-		wg.Go(func() { errs[i] = runWorker(ctx, w) })
+		wg.Go(func() {
+			if errs[i] = runWorker(ctx, w); errs[i] != nil {
+				stopWorkers()
+			}
+		})
 	}
 
 	certDir := filepath.Dir(caFile)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -151,4 +152,22 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestDevRefusesTakenPorts: a port held by something else is an error that
+// names it, not a cluster that half starts.
+func TestDevRefusesTakenPorts(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	err = runDev(t.Context(), devConfig{
+		dataDir: t.TempDir(), scriptsDir: filepath.Join("..", "..", "examples", "scripts"),
+		addr: freeAddr(t), httpAddr: taken.Addr().String(), workerPort: freePortPair(t), logLevel: "error",
+	})
+	if err == nil || !strings.Contains(err.Error(), taken.Addr().String()+" is taken") {
+		t.Errorf("runDev with a taken port: %v", err)
+	}
 }
