@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -319,14 +320,19 @@ type spinner struct {
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
+	w    io.Writer
+	tty  bool
+	msg  atomic.Pointer[string]
+	said sync.Once
 }
 
 // spinnerDelay is how long a wait lasts before the spinner appears.
 const spinnerDelay = 200 * time.Millisecond
 
 func startSpinner(w io.Writer, msg string) *spinner {
-	s := &spinner{stop: make(chan struct{}), done: make(chan struct{})}
-	if !isTTY(w) {
+	s := &spinner{stop: make(chan struct{}), done: make(chan struct{}), w: w, tty: isTTY(w)}
+	s.msg.Store(&msg)
+	if !s.tty {
 		close(s.done)
 		return s
 	}
@@ -344,13 +350,23 @@ func startSpinner(w io.Writer, msg string) *spinner {
 				}
 				return
 			case <-timer.C:
-				fmt.Fprintf(w, "\r%s %s", frames[i%len(frames)], msg)
+				fmt.Fprintf(w, "\r\033[K%s %s", frames[i%len(frames)], *s.msg.Load())
 				shown = true
 				timer.Reset(100 * time.Millisecond)
 			}
 		}
 	}()
 	return s
+}
+
+// say changes what the spinner says; without a terminal it writes the news
+// once, as a line.
+func (s *spinner) say(msg string) {
+	if s.tty {
+		s.msg.Store(&msg)
+		return
+	}
+	s.said.Do(func() { fmt.Fprintln(s.w, "baton: "+msg) })
 }
 
 // end erases the spinner and returns once it is gone; safe to call twice.

@@ -33,6 +33,7 @@ type runOptions struct {
 	env       []string
 	noPath    bool
 	detach    bool
+	noWait    bool
 }
 
 func bindRunFlags(cmd *cobra.Command, o *runOptions) {
@@ -45,6 +46,7 @@ func bindRunFlags(cmd *cobra.Command, o *runOptions) {
 	fs.DurationVar(&o.timeout, "timeout", 0, "end the job as TIMED_OUT after this long (0: no timeout)")
 	fs.StringArrayVar(&o.env, "env", nil, "set K=V in the job's environment (repeat for more)")
 	fs.BoolVar(&o.noPath, "no-path", false, "pass COMMAND's first argument as a plain argument, never as a script path")
+	fs.BoolVar(&o.noWait, "no-wait", false, "fail at once when every matching worker is full, rather than wait for a slot")
 }
 
 // scriptPathArg reports whether COMMAND's first argument is sent as the
@@ -200,8 +202,25 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	startDone := make(chan started, 1)
 	spin := startSpinner(stderr, "placing the job…")
 	go func() {
-		res, err := client.StartJob(startCtx, connect.NewRequest(req))
-		startDone <- started{res, err}
+		// Every matching worker full: wait for a slot, as srun does, and
+		// try again with growing pauses. A refused start started nothing,
+		// so trying again cannot run the job twice.
+		pause := 250 * time.Millisecond
+		for {
+			res, err := client.StartJob(startCtx, connect.NewRequest(req))
+			if connect.CodeOf(err) != connect.CodeResourceExhausted || ro.noWait {
+				startDone <- started{res, err}
+				return
+			}
+			spin.say("every matching worker is full; waiting for a free slot (Ctrl-C gives up)…")
+			select {
+			case <-startCtx.Done():
+				startDone <- started{nil, err}
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, 5*time.Second)
+		}
 	}()
 	var interrupted os.Signal
 	var st started

@@ -414,3 +414,28 @@ func waitJobIn(t *testing.T, c *cluster, id string, d time.Duration, what string
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestCLIWaitsForASlot: with every worker full, run waits for a slot (and
+// says so) unless --no-wait, which fails at once with resource_exhausted.
+func TestCLIWaitsForASlot(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, clusterOptions{workers: []string{"w1"}, capacity: 1})
+	e := newCLIEnv(t, c)
+	busy := e.run(t, "start", "--", "bash", "-c", "sleep 100")
+	id := strings.TrimSpace(busy.stdout)
+	if busy.code != 0 || checkID("start's output", id) != nil {
+		t.Fatalf("start: %+v", busy)
+	}
+	if full := e.run(t, "run", "--no-wait", "--", "true"); full.code != 1 || !strings.Contains(full.stderr, "resource_exhausted") {
+		t.Errorf("run --no-wait on a full cluster: %+v", full)
+	}
+	waiting := e.start(t, "run", "--", "bash", "-c", "echo got a slot")
+	waiting.stderr.waitFor(t, regexp.MustCompile(`waiting for a free slot`), 30*time.Second)
+	if stopped := e.run(t, "stop", id); stopped.code != 0 {
+		t.Fatalf("stop: %+v", stopped)
+	}
+	waiting.stdout.waitFor(t, regexp.MustCompile(`^got a slot$`), 30*time.Second)
+	if code := waiting.exit(t, 30*time.Second); code != 0 {
+		t.Errorf("the waiting run exited %d, want 0", code)
+	}
+}
