@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -17,95 +16,13 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/baton-run/baton/services/webui/browsertest"
 )
 
 // The web page in a real browser: headless Chromium (Debian's chromium)
 // driven through the DevTools protocol against a dev cluster run in-process
 // with runDev, the scheduler serving the page on its HTTP listener.
-
-// findChromium returns the browser to drive. Without one the test is
-// skipped on a developer machine, but fails under CI (CI set), where
-// .ci/run installs Debian's chromium: it must never pass silently there.
-func findChromium(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("BATON_CHROMIUM"); p != "" {
-		return p
-	}
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("no chromium found, and CI is set: install Debian's chromium (.ci/run does) or set BATON_CHROMIUM")
-	}
-	t.Skip("no chromium found (apt-get install chromium, or set BATON_CHROMIUM); set CI to make this a failure")
-	return ""
-}
-
-// newBrowser starts headless Chromium with the flags a closed network needs
-// and returns a tab's context and the console messages collected so far.
-func newBrowser(t *testing.T, parent context.Context) (context.Context, func() []string) {
-	t.Helper()
-	home := t.TempDir()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(parent,
-		chromedp.ExecPath(findChromium(t)),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Env("HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_CACHE_HOME="+home),
-	)
-	ctx, cancelTab := chromedp.NewContext(allocCtx)
-	var (
-		mu   sync.Mutex
-		msgs []string
-	)
-	t.Cleanup(func() {
-		cancelTab()
-		cancelAlloc()
-		if t.Failed() {
-			mu.Lock()
-			defer mu.Unlock()
-			t.Logf("console errors seen:\n%s", strings.Join(msgs, "\n"))
-		}
-	})
-	// Start the browser now, so that the console subscription below sees
-	// the tab from its first message.
-	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatalf("starting chromium: %v", err)
-	}
-	messages := chromedp.Console(ctx)
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			line := fmt.Sprintf("%s (%s:%d)", m, m.URL, m.Line)
-			switch m.Type {
-			case chromedp.ConsoleError, chromedp.ConsoleException:
-				mu.Lock()
-				msgs = append(msgs, line)
-				mu.Unlock()
-			default:
-				t.Logf("console %s", line)
-			}
-		}
-	}()
-	return ctx, func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(msgs)
-	}
-}
 
 // waitJS evaluates expr until it returns true, and fails the test with
 // what describe (another expression) shows when it does not in time.
@@ -207,7 +124,7 @@ const describePageJS = `location.hash + " | " + [...document.querySelectorAll("s
 // and followed live to SUCCEEDED with exit code 0; markup in output shown
 // as text; 1,000 jobs paged; a phone-sized screen; no console errors.
 func TestWebPageInBrowser(t *testing.T) {
-	findChromium(t)
+	browsertest.Chromium(t)
 	addr, httpAddr := freeAddr(t), freeAddr(t)
 	workerPort := freePortPair(t)
 	base := "http://" + httpAddr
@@ -234,7 +151,7 @@ func TestWebPageInBrowser(t *testing.T) {
 	waitListening(t, httpAddr)
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
 
-	ctx, consoleErrors := newBrowser(t, context.Background())
+	ctx, consoleErrors := browsertest.Start(t, context.Background(), nil)
 	do(t, ctx, chromedp.EmulateViewport(1280, 860), chromedp.Navigate(base+"/"))
 
 	// The roster: both dev workers READY.

@@ -8,8 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +15,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/baton-run/baton/services/webui/browsertest"
 )
 
 // The page's side of tokens and of the Connect stream envelope, in headless
@@ -121,70 +121,17 @@ func (a *securedAPI) stream(w http.ResponseWriter, r *http.Request) {
 	send(2, `{}`)
 }
 
-func findChromium(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("BATON_CHROMIUM"); p != "" {
-		return p
-	}
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatal("no chromium found, and CI is set: install Debian's chromium (.ci/run does) or set BATON_CHROMIUM")
-	}
-	t.Skip("no chromium found (apt-get install chromium, or set BATON_CHROMIUM); set CI to make this a failure")
-	return ""
-}
-
 func TestTokenAndStreamInBrowser(t *testing.T) {
-	chromium := findChromium(t)
 	api := &securedAPI{}
 	srv := httptest.NewServer(Handler(api))
 	t.Cleanup(srv.Close)
 
-	home := t.TempDir()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromium),
-		chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Env("HOME="+home, "XDG_CONFIG_HOME="+home, "XDG_CACHE_HOME="+home),
-	)
-	ctx, cancelTab := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() { cancelTab(); cancelAlloc() })
-	if err := chromedp.Do(ctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatalf("starting chromium: %v", err)
-	}
-	var (
-		mu       sync.Mutex
-		problems []string
-	)
-	messages := chromedp.Console(ctx)
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			// The browser itself logs every 401 answer as a failed
-			// resource load; that is the server's answer, not the page's
-			// error. Anything the page logs or throws is.
-			if m.Source == "network" && strings.Contains(m.Text, "401") {
-				continue
-			}
-			if m.Type == chromedp.ConsoleError || m.Type == chromedp.ConsoleException {
-				mu.Lock()
-				problems = append(problems, m.String())
-				mu.Unlock()
-			}
-		}
-	}()
+	// The browser itself logs every 401 answer as a failed resource load;
+	// that is the server's answer, not the page's error. Anything the page
+	// logs or throws is.
+	ctx, consoleErrors := browsertest.Start(t, context.Background(), func(m chromedp.ConsoleMessage) bool {
+		return m.Source == "network" && strings.Contains(m.Text, "401")
+	})
 
 	eval := func(expr string) string {
 		t.Helper()
@@ -267,9 +214,7 @@ func TestTokenAndStreamInBrowser(t *testing.T) {
 	}
 	wait("the permission_denied message", `!document.getElementById("banner").hidden && document.getElementById("banner").textContent.includes("permission_denied") && document.getElementById("banner").textContent.includes("viewers cannot read") && !document.getElementById("token-panel").hidden`)
 
-	mu.Lock()
-	defer mu.Unlock()
-	if len(problems) > 0 {
+	if problems := consoleErrors(); len(problems) > 0 {
 		t.Errorf("console errors:\n%s", strings.Join(problems, "\n"))
 	}
 }
