@@ -3,8 +3,6 @@ package scheduler_test
 import (
 	"context"
 	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -16,11 +14,9 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
-	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
-	"github.com/baton-run/baton/services/worker"
 )
 
 // handlerDeadline is the deadline one handler's context carried.
@@ -73,65 +69,6 @@ func (r *deadlineRecorder) last(t *testing.T, procedure string) handlerDeadline 
 	return s[len(s)-1]
 }
 
-// startObservedWorker is startWorker with interceptors around the worker's
-// handlers.
-func startObservedWorker(t *testing.T, name string, sched *testScheduler, interceptors ...connect.Interceptor) {
-	t.Helper()
-	root := t.TempDir()
-	scriptsDir := filepath.Join(root, "scripts")
-	if err := os.MkdirAll(scriptsDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for n, body := range scripts {
-		if err := os.WriteFile(filepath.Join(scriptsDir, n), []byte(body), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var w *worker.Worker
-	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		identity.AnonymousHandler(w.Handler()).ServeHTTP(rw, r)
-	}), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	schedHTTP := serving.NewHTTPClient(nil)
-	w, err = worker.New(worker.Options{
-		Name:         name,
-		Address:      srv.Addr().String(),
-		Scheduler:    batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url),
-		Interceptors: interceptors,
-		Runner: jobrun.Options{
-			DataDir:         filepath.Join(root, "data"),
-			ScriptsDir:      scriptsDir,
-			AllowedCommands: []string{"sh"},
-			StopGrace:       500 * time.Millisecond,
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve() }()
-	runCtx, stopRun := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() {
-		defer close(runDone)
-		_ = w.Run(runCtx)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stopRun()
-		<-runDone
-		_ = srv.Shutdown(ctx)
-		<-serveDone
-		if err := w.Close(ctx); err != nil {
-			t.Errorf("close worker: %v", err)
-		}
-		schedHTTP.CloseIdleConnections()
-	})
-}
-
 // TestDeadlinePropagation is RELIABILITY.md C8 H4 across the hop: the
 // scheduler calls the worker with what is left of its client's deadline,
 // so the worker's handler never has longer than the client waits (StartJob
@@ -148,7 +85,7 @@ func TestDeadlinePropagation(t *testing.T) {
 	s := startScheduler(t, "", func(o *scheduler.Options) {
 		o.Interceptors = []connect.Interceptor{schedRec}
 	})
-	startObservedWorker(t, "w1", s, workerRec)
+	startWorkerWith(t, "w1", s, workerSetup{interceptors: []connect.Interceptor{workerRec}})
 	waitWorkers(t, s.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
 
 	var jobID string

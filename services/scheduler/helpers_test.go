@@ -16,6 +16,7 @@ import (
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
@@ -158,6 +159,7 @@ func (c *switchableClient) DeregisterWorker(ctx context.Context, req *connect.Re
 type testWorker struct {
 	name  string
 	sched *switchableClient
+	url   string
 }
 
 var scripts = map[string]string{
@@ -167,22 +169,40 @@ var scripts = map[string]string{
 
 func startWorker(t *testing.T, name string, sched *testScheduler, labels map[string]string) *testWorker {
 	t.Helper()
+	return startWorkerWith(t, name, sched, workerSetup{labels: labels})
+}
+
+// workerSetup is what tests vary about a test worker.
+type workerSetup struct {
+	labels       map[string]string
+	interceptors []connect.Interceptor
+	metrics      *metrics.Worker
+}
+
+// startWorkerWith starts a real worker served over h2c (anonymous, as in
+// plain mode), registered with sched through a switchableClient; its
+// metrics, if any, are served at /metrics as `baton worker` does. It stops
+// with the test.
+func startWorkerWith(t *testing.T, name string, sched *testScheduler, setup workerSetup) *testWorker {
+	t.Helper()
 	root := t.TempDir()
 	scriptsDir := makeScripts(t, root)
-	var w *worker.Worker
+	var h http.Handler
 	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		identity.AnonymousHandler(w.Handler()).ServeHTTP(rw, r)
+		h.ServeHTTP(rw, r)
 	}), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	schedHTTP := serving.NewHTTPClient(nil)
 	client := &switchableClient{target: batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url)}
-	w, err = worker.New(worker.Options{
-		Name:      name,
-		Address:   srv.Addr().String(),
-		Labels:    labels,
-		Scheduler: client,
+	w, err := worker.New(worker.Options{
+		Name:         name,
+		Address:      srv.Addr().String(),
+		Labels:       setup.labels,
+		Scheduler:    client,
+		Interceptors: setup.interceptors,
+		Metrics:      setup.metrics,
 		Runner: jobrun.Options{
 			DataDir:         filepath.Join(root, "data"),
 			ScriptsDir:      scriptsDir,
@@ -193,6 +213,7 @@ func startWorker(t *testing.T, name string, sched *testScheduler, labels map[str
 	if err != nil {
 		t.Fatal(err)
 	}
+	h = setup.metrics.Mount(identity.AnonymousHandler(w.Handler()))
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- srv.Serve() }()
 	runCtx, stopRun := context.WithCancel(context.Background())
@@ -213,7 +234,7 @@ func startWorker(t *testing.T, name string, sched *testScheduler, labels map[str
 		}
 		schedHTTP.CloseIdleConnections()
 	})
-	return &testWorker{name: name, sched: client}
+	return &testWorker{name: name, sched: client, url: "http://" + srv.Addr().String()}
 }
 
 // makeScripts writes the test scripts into root/scripts and returns that

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,11 +17,9 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
-	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/serving"
-	"github.com/baton-run/baton/services/worker"
 )
 
 // scrape fetches url's /metrics over HTTP and parses it.
@@ -112,59 +109,6 @@ func check(families map[string]*dto.MetricFamily, wants []seriesWant) []string {
 	return bad
 }
 
-// startMeteredWorker starts a worker with metrics, serving them at
-// /metrics beside WorkerService as `baton worker` does, and returns its URL.
-func startMeteredWorker(t *testing.T, name string, sched *testScheduler, m *metrics.Worker) string {
-	t.Helper()
-	root := t.TempDir()
-	scriptsDir := makeScripts(t, root)
-	var h http.Handler
-	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-		h.ServeHTTP(rw, r)
-	}), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	schedHTTP := serving.NewHTTPClient(nil)
-	w, err := worker.New(worker.Options{
-		Name:      name,
-		Address:   srv.Addr().String(),
-		Scheduler: batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url),
-		Metrics:   m,
-		Runner: jobrun.Options{
-			DataDir:         filepath.Join(root, "data"),
-			ScriptsDir:      scriptsDir,
-			AllowedCommands: []string{"sh"},
-			StopGrace:       500 * time.Millisecond,
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h = m.Mount(identity.AnonymousHandler(w.Handler()))
-	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve() }()
-	runCtx, stopRun := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() {
-		defer close(runDone)
-		_ = w.Run(runCtx)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stopRun()
-		<-runDone
-		_ = srv.Shutdown(ctx)
-		<-serveDone
-		if err := w.Close(ctx); err != nil {
-			t.Errorf("close worker: %v", err)
-		}
-		schedHTTP.CloseIdleConnections()
-	})
-	return "http://" + srv.Addr().String()
-}
-
 // TestMetricsAfterAJob runs a job through a scheduler and a worker that
 // both record metrics, and checks what a Prometheus scrape of each shows.
 func TestMetricsAfterAJob(t *testing.T) {
@@ -186,7 +130,7 @@ func TestMetricsAfterAJob(t *testing.T) {
 		<-mountedDone
 	})
 	schedURL := "http://" + mounted.Addr().String()
-	workerURL := startMeteredWorker(t, "w1", sched, wm)
+	workerURL := startWorkerWith(t, "w1", sched, workerSetup{metrics: wm}).url
 	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
 
 	scrapeHTTP := serving.NewHTTPClient(nil)
