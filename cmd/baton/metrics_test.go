@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -12,27 +11,6 @@ import (
 	"testing"
 	"time"
 )
-
-// freePortPair finds a port p such that p and p+1 are both free, for the
-// two workers of `baton dev`.
-func freePortPair(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		a, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := a.Addr().(*net.TCPAddr).Port
-		b, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
-		a.Close()
-		if err == nil {
-			b.Close()
-			return p
-		}
-	}
-	t.Fatal("no two consecutive free ports")
-	return 0
-}
 
 // getMetrics fetches /metrics from addr, over TLS when addr is "tls:host:port".
 func getMetrics(t *testing.T, client *http.Client, addr string) string {

@@ -13,7 +13,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -30,14 +32,53 @@ func buildBaton(t *testing.T) string {
 	return bin
 }
 
+// freeAddr returns a loopback address nothing listens on, for a server the
+// test starts later.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return "127.0.0.1:" + strconv.Itoa(freePorts(t, 1))
+}
+
+// freePortPair returns a port p such that p and p+1 are free on loopback,
+// for the two workers of `baton dev`.
+func freePortPair(t *testing.T) int {
+	t.Helper()
+	return freePorts(t, 2)
+}
+
+// nextPort walks the ports freePorts hands out. They lie below the
+// kernel's ephemeral range (ip_local_port_range, 32768 and up here): a
+// port taken from that range and freed again may become the source port of
+// any outgoing connection before the server binds it, which fails the bind
+// with "address already in use". Each port is handed out once per process.
+var nextPort atomic.Int32
+
+// freePorts returns the first of n consecutive loopback ports that are free
+// now.
+func freePorts(t *testing.T, n int) int {
+	t.Helper()
+	nextPort.CompareAndSwap(0, int32(20000+os.Getpid()%4000))
+	for range 500 {
+		p := int(nextPort.Add(int32(n))) - n
+		if p+n >= 32768 {
+			nextPort.Store(20000)
+			continue
+		}
+		free := true
+		for i := range n {
+			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))
+			if err != nil {
+				free = false
+				break
+			}
+			_ = ln.Close()
+		}
+		if free {
+			return p
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatalf("no %d free consecutive ports below the ephemeral range", n)
+	return 0
 }
 
 // postJSON makes a Connect unary call with a JSON body, as curl would.
