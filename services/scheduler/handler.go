@@ -352,6 +352,13 @@ func (s *Scheduler) settleStart(ctx context.Context, t target, job store.Job, ca
 }
 
 // StopJob stops a job, or every job of a group, through its worker.
+//
+// A stop once received is carried out even if the caller hangs up (a CLI
+// detaching on a second Ctrl-C closes its connection right after the
+// request is written): the Detach interceptor gives this handler a context
+// the caller's cancellation does not reach, from the first store read to
+// the worker's answer. Stopping may rightly take the worker's whole grace
+// period, so its bound is the longest call the scheduler serves.
 func (h *handler) StopJob(ctx context.Context, req *connect.Request[batonv1.StopJobRequest]) (*connect.Response[batonv1.StopJobResponse], error) {
 	s := h.s
 	if gid := req.Msg.GetGroupId(); gid != "" {
@@ -449,37 +456,16 @@ func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatu
 	if !active(t.state) {
 		return nil, errWorkerGone(t.id, t.state)
 	}
-	// A stop once received is carried out even if the caller hangs up (a
-	// CLI detaching on a second Ctrl-C): the call to the worker does not
-	// share the caller's cancellation, and its result is recorded either
-	// way. Stopping may rightly take the worker's whole grace period, so
-	// its bound is the longest call the scheduler serves.
-	type result struct {
-		st  *batonv1.JobStatus
-		err error
+	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: ownerName(caller(ctx))}))
+	if err != nil {
+		return nil, &workerError{worker: t.id, err: err}
 	}
-	done := make(chan result, 1)
-	go func() {
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxCallDuration)
-		defer cancel()
-		res, err := t.client.StopJob(wctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: ownerName(caller(ctx))}))
-		if err != nil {
-			done <- result{err: &workerError{worker: t.id, err: err}}
-			return
-		}
-		st := res.Msg.GetStatus()
-		st.WorkerId = j.WorkerID
-		if err := s.store.UpdateJobStatus(wctx, j.ID, st); err != nil {
-			s.logger.ErrorContext(wctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
-		}
-		done <- result{st: st}
-	}()
-	select {
-	case r := <-done:
-		return r.st, r.err
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	st := res.Msg.GetStatus()
+	st.WorkerId = j.WorkerID
+	if err := s.store.UpdateJobStatus(ctx, j.ID, st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
 	}
+	return st, nil
 }
 
 // QueryJob reports a job's status, fresh from its worker when it can be

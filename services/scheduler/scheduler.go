@@ -17,6 +17,7 @@ import (
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
@@ -130,9 +131,11 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	}
 	mux, health := serving.Mux(batonv1connect.SchedulerServiceName)
 	authz := identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger)
+	// A stop once received is carried out even if its caller hangs up.
+	inner := append([]connect.Interceptor{interceptors.NewDetach(batonv1connect.SchedulerServiceStopJobProcedure)}, opts.Interceptors...)
 	path, h := batonv1connect.NewSchedulerServiceHandler(
 		&handler{s: s},
-		append(append(hopts, serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, opts.Interceptors...)...), s.view.codec())...,
+		append(append(hopts, serving.HandlerOptions("the scheduler", opts.Logger, maxCallDuration, authz, inner...)...), s.view.codec())...,
 	)
 	mux.Handle(path, h)
 	s.handler = mux

@@ -12,6 +12,7 @@ import (
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/serving"
@@ -86,8 +87,10 @@ func New(opts Options) (*Worker, error) {
 	}
 	w.runner = runner
 
+	// A stop once received is carried out even if the scheduler hangs up.
+	inner := append([]connect.Interceptor{interceptors.NewDetach(batonv1connect.WorkerServiceStopJobProcedure)}, opts.Interceptors...)
 	hopts := serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration,
-		identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger), opts.Interceptors...)
+		identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger), inner...)
 	if m := opts.Metrics; m != nil {
 		if err := m.ObserveRunning(runner.Running); err != nil {
 			_ = runner.Close(context.Background())
