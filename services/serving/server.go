@@ -219,7 +219,7 @@ func checkLoopback(addr string) error {
 // one access-log line per call, authorization (authz, before anything
 // looks at the request), a cap on unary call duration, schema validation
 // of requests, panic recovery, a request size limit and no response
-// compression. who names the service in the error a panic yields ("the
+// compression, and JSON that refuses unknown fields and enum names. who names the service in the error a panic yields ("the
 // worker"). inner interceptors run last, just around the handler.
 func HandlerOptions(who string, logger *slog.Logger, maxCall time.Duration, authz connect.Interceptor, inner ...connect.Interceptor) []connect.HandlerOption {
 	chain := []connect.Interceptor{
@@ -228,7 +228,7 @@ func HandlerOptions(who string, logger *slog.Logger, maxCall time.Duration, auth
 		interceptors.NewDeadline(maxCall),
 		validate.NewInterceptor(),
 	}
-	return []connect.HandlerOption{
+	return append(strictJSONCodecs(),
 		connect.WithInterceptors(append(chain, inner...)...),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.ErrorContext(ctx, "handler panic", "procedure", spec.Procedure, "panic", p)
@@ -240,5 +240,5 @@ func HandlerOptions(who string, logger *slog.Logger, maxCall time.Duration, auth
 		// spent deflating it is taken from the jobs (it capped one follower
 		// at ~45 MB/s here). Compressed requests are still accepted.
 		connect.WithCompressMinBytes(math.MaxInt32),
-	}
+	)
 }
