@@ -46,7 +46,9 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	reported := make(map[string]bool, len(msg.GetJobs()))
 	for _, st := range msg.GetJobs() {
 		reported[st.GetJobId()] = true
-		s.reconcileJob(ctx, id, st)
+		if err := s.recordReport(ctx, id, st); err != nil {
+			return nil, err
+		}
 	}
 	s.forgetUnreported(ctx, id, reported)
 	s.persist(ctx, m)
@@ -81,25 +83,35 @@ func (s *Scheduler) forgetUnreported(ctx context.Context, workerID string, repor
 	}
 }
 
-// reconcileJob records a status reported by the job's worker. A job the
-// store does not know (started before a failed StartJob gave up on it, or
-// pruned) is added.
-func (s *Scheduler) reconcileJob(ctx context.Context, workerID string, st *batonv1.JobStatus) {
+// recordReport records what worker workerID reports about one of its
+// jobs (see store.ApplyWorkerReport for what a report may change). A
+// worker speaks only for the jobs this scheduler placed on it: a report
+// about a job placed elsewhere, or one the store does not have (never
+// placed, or pruned), changes nothing and is logged. The error is for a
+// report that could not be stored: the worker must keep it and send it
+// again, so the call that carried it fails as unavailable.
+func (s *Scheduler) recordReport(ctx context.Context, workerID string, st *batonv1.JobStatus) error {
 	ctx = context.WithoutCancel(ctx)
-	st.WorkerId = workerID
-	err := s.store.ReconcileJobStatus(ctx, st.GetJobId(), st)
-	if errors.Is(err, store.ErrNotFound) {
-		j := store.Job{ID: st.GetJobId(), WorkerID: workerID, Status: st}
-		err = s.store.CreateJob(ctx, j)
-		if errors.Is(err, store.ErrNotFound) {
-			// Its group was pruned: keep the job on its own.
-			st.GroupId = ""
-			err = s.store.CreateJob(ctx, j)
-		}
+	err := s.store.ApplyWorkerReport(ctx, workerID, st.GetJobId(), st)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotOnWorker):
+		s.logger.WarnContext(ctx, "ignored a worker's report about a job not placed on it", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
+		return nil
 	}
-	if err != nil {
-		s.logger.ErrorContext(ctx, "recording a job reported by its worker failed", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
-	}
+	s.logger.ErrorContext(ctx, "recording a job reported by its worker failed", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
+	return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler could not record the report; send it again"))
+}
+
+// withIdentity gives a status a worker sent back the identity the
+// scheduler's record holds: job, worker, owner, group, spec and creation
+// time are the scheduler's, never the worker's word.
+func withIdentity(j store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
+	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
+	st.Spec = j.Status.GetSpec()
+	st.CreatedAt = timestamppb.New(j.CreatedAt)
+	return st
 }
 
 // DeregisterWorker marks a worker LEFT. Its jobs keep their last reported
@@ -144,7 +156,9 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 		return nil, mapError(newError(errNotRegistered, "worker %q is not registered; register again", id))
 	}
 	for _, st := range req.Msg.GetChanges() {
-		s.reconcileJob(ctx, id, st)
+		if err := s.recordReport(ctx, id, st); err != nil {
+			return nil, err
+		}
 	}
 	// The roster entry is not written back: a heartbeat changes only the
 	// last-heartbeat time and the running count, which live in memory (10k
@@ -295,16 +309,9 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
 	}
 	s.reg.confirm(t.id, id)
-	st.JobId, st.WorkerId, st.Owner, st.GroupId = id, t.id, owner, group
-	if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), id, st); err != nil {
+	st = withIdentity(job, st)
+	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), t.id, id, st); err != nil {
 		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", id, "error", err)
-	}
-	if st.GetSpec() == nil {
-		st.Spec = job.Status.GetSpec()
-	}
-	if st.GetCreatedAt() == nil {
-		// What the store holds: it keeps created_at to the nanosecond.
-		st.CreatedAt = timestamppb.New(job.CreatedAt)
 	}
 	s.opts.Metrics.JobStarted()
 	return st, nil
@@ -460,9 +467,8 @@ func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatu
 	if err != nil {
 		return nil, &workerError{worker: t.id, err: err}
 	}
-	st := res.Msg.GetStatus()
-	st.WorkerId = j.WorkerID
-	if err := s.store.UpdateJobStatus(ctx, j.ID, st); err != nil {
+	st := withIdentity(j, res.Msg.GetStatus())
+	if err := s.store.ApplyWorkerReport(ctx, j.WorkerID, j.ID, st); err != nil {
 		s.logger.ErrorContext(ctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
 	}
 	return st, nil
@@ -521,9 +527,8 @@ func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.Job
 		s.logger.DebugContext(ctx, "worker did not report a job; using the stored status", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
 		return st
 	}
-	fresh := res.Msg.GetStatus()
-	fresh.WorkerId = j.WorkerID
-	if err := s.store.ReconcileJobStatus(context.WithoutCancel(ctx), j.ID, fresh); err != nil {
+	fresh := withIdentity(j, res.Msg.GetStatus())
+	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, fresh); err != nil {
 		s.logger.ErrorContext(ctx, "recording a job's status failed", "job_id", j.ID, "error", err)
 	}
 	return fresh

@@ -63,12 +63,11 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 			out.Event = &batonv1.StreamJobOutputResponse_Chunk{Chunk: ev.Chunk}
 			relayed = len(ev.Chunk.GetData())
 		case *batonv1.WorkerServiceStreamJobOutputResponse_Status:
-			st := ev.Status
-			st.WorkerId = j.WorkerID
+			st := withIdentity(j, ev.Status)
 			out.Event = &batonv1.StreamJobOutputResponse_Status{Status: st}
 			// The final status is news the next heartbeat would bring: record
 			// it now, so that a ListJobs right after the stream agrees.
-			if err := s.store.ReconcileJobStatus(context.WithoutCancel(ctx), j.ID, proto.CloneOf(st)); err != nil {
+			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, proto.CloneOf(st)); err != nil {
 				s.logger.ErrorContext(ctx, "recording a streamed final status failed", "job_id", j.ID, "error", err)
 			}
 		default:

@@ -12,6 +12,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/services/scheduler"
+	"github.com/baton-run/baton/services/scheduler/store"
 )
 
 const (
@@ -450,6 +451,21 @@ func TestRegistrationTakesTheWorkersTruth(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A worker speaks only of jobs placed on it: an unknown job it reports
+	// is not taken in.
+	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
+	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_UNSPECIFIED {
+		t.Fatalf("a job the scheduler never placed is stored as %v", got)
+	}
+	// Place it, as a StartJob would have.
+	st, err := store.Open(t.Context(), s.dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.CreateJob(t.Context(), store.Job{ID: jobID, WorkerID: "ghost", Owner: "anonymous"}); err != nil {
+		t.Fatal(err)
 	}
 	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
 	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_RUNNING {

@@ -1,6 +1,7 @@
 package store_test
 
 import (
+	"context"
 	"slices"
 	"sync"
 	"testing"
@@ -66,7 +67,9 @@ func TestObserveJobEnds(t *testing.T) {
 			for _, w := range tc.writes {
 				update := s.UpdateJobStatus
 				if w.reconcile {
-					update = s.ReconcileJobStatus
+					update = func(ctx context.Context, id string, st *batonv1.JobStatus) error {
+						return s.ApplyWorkerReport(ctx, j.WorkerID, id, st)
+					}
 				}
 				if err := update(t.Context(), j.ID, terminal(j, w.state, epoch.Add(time.Hour))); err != nil {
 					t.Fatal(err)

@@ -5,13 +5,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/services/scheduler/store"
 )
 
-func TestReconcileJobStatus(t *testing.T) {
+func TestApplyWorkerReport(t *testing.T) {
 	t.Parallel()
 	end := epoch.Add(time.Hour)
 	running := &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING, Pid: 77}
@@ -38,8 +39,8 @@ func TestReconcileJobStatus(t *testing.T) {
 			if err := s.UpdateJobStatus(t.Context(), j.ID, &batonv1.JobStatus{State: tc.first, Pid: 77}); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.ReconcileJobStatus(t.Context(), j.ID, tc.report); err != nil {
-				t.Fatalf("ReconcileJobStatus: %v", err)
+			if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, tc.report); err != nil {
+				t.Fatalf("ApplyWorkerReport: %v", err)
 			}
 			got := mustGetJob(t, t.Context(), s, j.ID)
 			if got.Status.GetState() != tc.wantState {
@@ -60,12 +61,57 @@ func TestReconcileJobStatus(t *testing.T) {
 	}
 }
 
-func TestReconcileJobStatusNotFound(t *testing.T) {
+func TestApplyWorkerReportNotFound(t *testing.T) {
 	t.Parallel()
 	s, _ := openStore(t)
-	err := s.ReconcileJobStatus(t.Context(), jobID(1), &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING})
+	err := s.ApplyWorkerReport(t.Context(), "w1", jobID(1), &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING})
 	if !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("ReconcileJobStatus(missing) = %v, want ErrNotFound", err)
+		t.Errorf("ApplyWorkerReport(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+// A worker's report changes only what a worker knows, only on its own
+// jobs, and only forward in the job's life.
+func TestApplyWorkerReportScope(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	j := newJob(1, "w1", "alice")
+	j.Status = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: &batonv1.JobSpec{Command: "sh", Path: "real.sh"}}
+	mustCreateJob(t, t.Context(), s, j)
+
+	forged := &batonv1.JobStatus{
+		JobId: j.ID, WorkerId: "w2", Owner: "user/mallory", GroupId: "g-forged",
+		State: batonv1.JobState_JOB_STATE_SUCCEEDED, ExitCode: new(int32(0)), Reason: "forged by w2",
+		Spec: &batonv1.JobSpec{Command: "sh", Path: "forged.sh"}, CreatedAt: timestamppb.New(epoch.Add(-time.Hour)),
+	}
+	if err := s.ApplyWorkerReport(t.Context(), "w2", j.ID, forged); !errors.Is(err, store.ErrNotOnWorker) {
+		t.Errorf("a report from another worker = %v, want ErrNotOnWorker", err)
+	}
+	if got := mustGetJob(t, t.Context(), s, j.ID); got.Status.GetState() != batonv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("another worker's report moved the job to %v", got.Status.GetState())
+	}
+
+	// Its own worker: the state moves, the identity does not.
+	running := proto.CloneOf(forged)
+	running.State, running.Pid, running.ExitCode, running.Reason = batonv1.JobState_JOB_STATE_RUNNING, 42, nil, ""
+	if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, running); err != nil {
+		t.Fatal(err)
+	}
+	got := mustGetJob(t, t.Context(), s, j.ID).Status
+	if got.GetState() != batonv1.JobState_JOB_STATE_RUNNING || got.GetPid() != 42 {
+		t.Errorf("after its worker's report: %v pid %d, want RUNNING pid 42", got.GetState(), got.GetPid())
+	}
+	if got.GetOwner() != "alice" || got.GetWorkerId() != "w1" || got.GetGroupId() != "" || got.GetSpec().GetPath() != "real.sh" || !got.GetCreatedAt().AsTime().Equal(j.CreatedAt) {
+		t.Errorf("a report changed the job's identity: owner %q worker %q group %q spec %v created %v",
+			got.GetOwner(), got.GetWorkerId(), got.GetGroupId(), got.GetSpec(), got.GetCreatedAt().AsTime())
+	}
+
+	// Backward is ignored: a late PENDING after RUNNING.
+	if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGetJob(t, t.Context(), s, j.ID).Status; got.GetState() != batonv1.JobState_JOB_STATE_RUNNING || got.GetPid() != 42 {
+		t.Errorf("a backward report moved the job to %v pid %d", got.GetState(), got.GetPid())
 	}
 }
 

@@ -470,17 +470,65 @@ func (s *SQLite) GetJobByIdempotencyKey(ctx context.Context, owner, key string) 
 
 // UpdateJobStatus implements [Store].
 func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, st, false)
+	return s.updateJobStatus(ctx, id, st, func(old Job) (*batonv1.JobStatus, error) {
+		if isTerminal(old.Status.GetState()) {
+			return nil, nil
+		}
+		next := proto.CloneOf(st)
+		if next.Spec == nil {
+			next.Spec = old.Status.GetSpec()
+		}
+		return next, nil
+	})
 }
 
-// ReconcileJobStatus implements [Store].
-func (s *SQLite) ReconcileJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, st, true)
+// ApplyWorkerReport implements [Store].
+func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st *batonv1.JobStatus) error {
+	return s.updateJobStatus(ctx, id, st, func(old Job) (*batonv1.JobStatus, error) {
+		if old.WorkerID != workerID {
+			return nil, fmt.Errorf("job %s is on worker %q, not %q: %w", id, old.WorkerID, workerID, ErrNotOnWorker)
+		}
+		was, now := old.Status.GetState(), st.GetState()
+		switch {
+		case was == batonv1.JobState_JOB_STATE_LOST:
+			// The worker's real state replaces LOST, even RUNNING.
+		case isTerminal(was), lifeStage(now) < lifeStage(was):
+			return nil, nil
+		}
+		next := proto.CloneOf(old.Status)
+		next.State = now
+		next.Pid = st.GetPid()
+		next.ExitCode = st.ExitCode
+		next.Signal = st.GetSignal()
+		next.Reason = st.GetReason()
+		next.StartedAt = st.GetStartedAt()
+		next.EndedAt = st.GetEndedAt()
+		next.StoppedBy = st.GetStoppedBy()
+		next.StdoutBytes = st.GetStdoutBytes()
+		next.StderrBytes = st.GetStderrBytes()
+		next.Containment = st.GetContainment()
+		return next, nil
+	})
 }
 
-// updateJobStatus replaces the status of job id unless it is terminal;
-// with fromLost, a LOST job counts as not terminal.
-func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus, fromLost bool) error {
+// lifeStage orders a job's states along its life: a report may only move a
+// job to the same stage or a later one.
+func lifeStage(s batonv1.JobState) int {
+	switch {
+	case s == batonv1.JobState_JOB_STATE_PENDING:
+		return 1
+	case s == batonv1.JobState_JOB_STATE_RUNNING:
+		return 2
+	case isTerminal(s):
+		return 3
+	}
+	return 0
+}
+
+// updateJobStatus writes the status next(old) returns for job id, or
+// leaves the job as it is when next returns none. The identity fields
+// always stay the stored ones.
+func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus, next func(old Job) (*batonv1.JobStatus, error)) error {
 	if st == nil {
 		return fmt.Errorf("update job %s: nil status", id)
 	}
@@ -499,31 +547,31 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		if err != nil {
 			return err
 		}
-		if isTerminal(batonv1.JobState(state)) && (!fromLost || batonv1.JobState(state) != batonv1.JobState_JOB_STATE_LOST) {
-			return nil
+		upd, err := next(old)
+		if upd == nil || err != nil {
+			return err
 		}
-		next := proto.CloneOf(st)
-		next.JobId, next.WorkerId, next.Owner, next.GroupId = old.ID, old.WorkerID, old.Owner, old.GroupID
-		next.CreatedAt = timestamppb.New(old.CreatedAt)
-		if next.Spec == nil {
-			next.Spec = old.Status.GetSpec()
+		upd.JobId, upd.WorkerId, upd.Owner, upd.GroupId = old.ID, old.WorkerID, old.Owner, old.GroupID
+		upd.CreatedAt = timestamppb.New(old.CreatedAt)
+		if isTerminal(upd.GetState()) && upd.GetEndedAt() == nil {
+			upd.EndedAt = timestamppb.Now()
 		}
-		if isTerminal(next.GetState()) && next.GetEndedAt() == nil {
-			next.EndedAt = timestamppb.Now()
+		if !isTerminal(upd.GetState()) {
+			upd.EndedAt = nil
 		}
-		blob, err := proto.Marshal(next)
+		blob, err := proto.Marshal(upd)
 		if err != nil {
 			return err
 		}
 		_, err = tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
-			int32(next.GetState()), endedAt(next), blob, id)
+			int32(upd.GetState()), endedAt(upd), blob, id)
 		// A LOST job its worker reports with its true end has ended again;
 		// a repeated LOST has not.
-		ended = isTerminal(next.GetState()) && next.GetState() != batonv1.JobState(state)
+		ended = isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState(state)
 		return err
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotOnWorker) {
 			return err
 		}
 		return fmt.Errorf("update job %s: %w", id, err)

@@ -28,6 +28,9 @@ var (
 	// ErrInvalidPageToken reports a page token this store did not issue, or
 	// one issued for a different filter.
 	ErrInvalidPageToken = errors.New("invalid page token")
+	// ErrNotOnWorker reports a worker's report about a job the scheduler
+	// placed on another worker.
+	ErrNotOnWorker = errors.New("job placed on another worker")
 	// ErrSchemaTooNew reports a database written by a newer version of the
 	// scheduler than this one; opening it could corrupt it.
 	ErrSchemaTooNew = errors.New("the database was written by a newer scheduler")
@@ -78,11 +81,20 @@ type Store interface {
 	// kept from the stored status. A terminal st without ended_at is given
 	// the current time.
 	UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error
-	// ReconcileJobStatus is UpdateJobStatus for a status reported by the
-	// job's worker itself: it may also move a job out of JOB_STATE_LOST,
-	// since LOST only records that the scheduler stopped hearing about the
-	// job, and the worker knows better. Other terminal states stay sticky.
-	ReconcileJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error
+	// ApplyWorkerReport records what worker workerID reports about job id.
+	// Only what a worker knows is taken from st: state, pid, exit code,
+	// signal, reason, start and end times, stopped_by, byte counts and
+	// containment. The job's identity, owner, spec and group stay the
+	// scheduler's. The job's life only moves forward (PENDING, RUNNING, an
+	// end) and an end is final, except JOB_STATE_LOST: LOST only records
+	// that the scheduler stopped hearing about the job, and its worker's
+	// report of its real state replaces it. A report that would move the
+	// job backward or change an end is ignored (nil).
+	//
+	// It returns ErrNotFound for a job the store does not have, and
+	// ErrNotOnWorker for a job placed on another worker: a worker reports
+	// only on its own jobs.
+	ApplyWorkerReport(ctx context.Context, workerID, id string, st *batonv1.JobStatus) error
 	// DeleteJob removes job id, or returns ErrNotFound. It is for a job
 	// whose worker refused to start it: such a job never existed.
 	DeleteJob(ctx context.Context, id string) error
