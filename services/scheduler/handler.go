@@ -483,7 +483,9 @@ func (h *handler) QueryJob(ctx context.Context, req *connect.Request[batonv1.Que
 		if err != nil {
 			return nil, mapError(err)
 		}
-		out, _ := each(jobs, func(j store.Job) (*batonv1.JobStatus, error) { return s.currentStatus(ctx, j), nil })
+		out, _ := each(jobs, func(j store.Job) (*batonv1.JobStatus, error) {
+			return redacted(caller(ctx), s.currentStatus(ctx, j)), nil
+		})
 		res := &batonv1.QueryJobResponse{Jobs: out}
 		res.Done, res.Error, res.ErrorText = groupSummary(out)
 		if len(out) > 0 {
@@ -495,7 +497,7 @@ func (h *handler) QueryJob(ctx context.Context, req *connect.Request[batonv1.Que
 	if err != nil {
 		return nil, mapError(err)
 	}
-	st := s.currentStatus(ctx, j)
+	st := redacted(caller(ctx), s.currentStatus(ctx, j))
 	res := &batonv1.QueryJobResponse{Status: st}
 	res.Done, res.Error, res.ErrorText = summary(st)
 	return connect.NewResponse(res), nil
@@ -538,7 +540,8 @@ func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.Job
 func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.ListJobsRequest]) (*connect.Response[batonv1.ListJobsResponse], error) {
 	msg := req.Msg
 	owner := msg.GetOwner()
-	if p := caller(ctx); !seesAll(p) {
+	p := caller(ctx)
+	if !seesAll(p) {
 		if owner != "" && owner != ownerName(p) {
 			// Another user's jobs: there are none this caller may see.
 			return connect.NewResponse(&batonv1.ListJobsResponse{}), nil
@@ -558,7 +561,7 @@ func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.Lis
 	}
 	res := &batonv1.ListJobsResponse{NextPageToken: next, Jobs: make([]*batonv1.JobStatus, 0, len(jobs))}
 	for _, j := range jobs {
-		res.Jobs = append(res.Jobs, j.Status)
+		res.Jobs = append(res.Jobs, redacted(p, j.Status))
 	}
 	return connect.NewResponse(res), nil
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 
+	"google.golang.org/protobuf/proto"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/scheduler/store"
@@ -68,6 +71,21 @@ func seesAll(p identity.Principal) bool {
 // sees reports whether p may see a job or group owned by owner.
 func sees(p identity.Principal, owner string) bool {
 	return seesAll(p) || owner == ownerName(p)
+}
+
+// redacted is st as p may see it: a job's env values are for its owner and
+// admins only; anyone else who may see the job (a viewer) gets the names
+// with the values replaced by "[redacted]". st itself is never changed.
+func redacted(p identity.Principal, st *batonv1.JobStatus) *batonv1.JobStatus {
+	env := st.GetSpec().GetEnv()
+	if len(env) == 0 || p.Anonymous || p.Role == identity.RoleAdmin || st.GetOwner() == ownerName(p) {
+		return st
+	}
+	out := proto.CloneOf(st)
+	for name := range out.Spec.Env {
+		out.Spec.Env[name] = "[redacted]"
+	}
+	return out
 }
 
 // hidden is the error for a job p may not see: the same as for a job that

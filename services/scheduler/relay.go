@@ -5,7 +5,6 @@ import (
 	"errors"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
@@ -64,12 +63,12 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 			relayed = len(ev.Chunk.GetData())
 		case *batonv1.WorkerServiceStreamJobOutputResponse_Status:
 			st := withIdentity(j, ev.Status)
-			out.Event = &batonv1.StreamJobOutputResponse_Status{Status: st}
 			// The final status is news the next heartbeat would bring: record
 			// it now, so that a ListJobs right after the stream agrees.
-			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, proto.CloneOf(st)); err != nil {
+			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, st); err != nil {
 				s.logger.ErrorContext(ctx, "recording a streamed final status failed", "job_id", j.ID, "error", err)
 			}
+			out.Event = &batonv1.StreamJobOutputResponse_Status{Status: redacted(caller(ctx), st)}
 		default:
 			continue
 		}
