@@ -50,7 +50,9 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 			return nil, err
 		}
 	}
-	s.forgetUnreported(ctx, id, reported)
+	if err := s.settleUnreported(ctx, id, reported); err != nil {
+		return nil, err
+	}
 	s.persist(ctx, m)
 	s.logger.InfoContext(ctx, "worker registered", "worker_id", id, "address", msg.GetAddress(), "jobs", len(msg.GetJobs()))
 	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
@@ -59,28 +61,75 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	}), nil
 }
 
-// forgetUnreported takes the registering worker's truth for running jobs
-// it no longer has (its data was wiped, or retention removed them): they
-// are LOST. PENDING jobs are left alone, since their StartJob may still be
-// in flight; a job this gets wrong is revived by the worker's next report.
-func (s *Scheduler) forgetUnreported(ctx context.Context, workerID string, reported map[string]bool) {
+// settleUnreported asks the registering worker after each job the store
+// holds as RUNNING on it that its registration did not list: the
+// registration lists only the jobs a worker runs, so such a job ended while
+// the scheduler was not hearing (its end is the answer), or the worker no
+// longer knows it (its data was wiped, or retention removed it): LOST.
+// PENDING jobs are left alone, since their StartJob may still be in flight.
+// A job whose worker does not answer keeps its state until the next
+// registration.
+func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, reported map[string]bool) error {
+	ctx = context.WithoutCancel(ctx)
 	jobs, err := s.store.JobsOnWorker(ctx, workerID, true)
 	if err != nil {
 		s.logger.ErrorContext(ctx, "listing a worker's jobs failed", "worker_id", workerID, "error", err)
-		return
+		return unavailable()
 	}
+	t, ok := s.reg.target(workerID)
+	if !ok {
+		return nil
+	}
+	var asks []store.Job
 	for _, j := range jobs {
-		if reported[j.ID] || j.Status.GetState() != batonv1.JobState_JOB_STATE_RUNNING {
-			continue
+		if !reported[j.ID] && j.Status.GetState() == batonv1.JobState_JOB_STATE_RUNNING {
+			asks = append(asks, j)
 		}
+	}
+	errs := make([]error, len(asks))
+	limit := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i, j := range asks {
+		limit <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-limit }()
+			errs[i] = s.settleOne(ctx, t, j)
+		})
+	}
+	wg.Wait()
+	if errors.Join(errs...) != nil {
+		return unavailable()
+	}
+	return nil
+}
+
+// settleOne asks worker t after job j and records the answer.
+func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error {
+	qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	res, err := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: j.ID}))
+	cancel()
+	switch {
+	case err == nil:
+		return s.recordReport(ctx, t.id, res.Msg.GetStatus())
+	case connect.CodeOf(err) == connect.CodeNotFound:
 		lost := proto.CloneOf(j.Status)
 		lost.State = batonv1.JobState_JOB_STATE_LOST
 		lost.Reason = "the worker no longer knows this job"
 		lost.EndedAt = timestamppb.Now()
 		if err := s.store.UpdateJobStatus(ctx, j.ID, lost); err != nil {
 			s.logger.ErrorContext(ctx, "marking a job lost failed", "job_id", j.ID, "error", err)
+			return unavailable()
 		}
+		return nil
 	}
+	s.logger.WarnContext(ctx, "could not ask a registering worker about a job", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
+	return nil
+}
+
+// unavailable is the answer to a worker whose report could not be stored:
+// it keeps the report and sends it again.
+func unavailable() error {
+	return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler could not record the report; send it again"))
 }
 
 // recordReport records what worker workerID reports about one of its
@@ -101,7 +150,7 @@ func (s *Scheduler) recordReport(ctx context.Context, workerID string, st *baton
 		return nil
 	}
 	s.logger.ErrorContext(ctx, "recording a job reported by its worker failed", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
-	return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler could not record the report; send it again"))
+	return unavailable()
 }
 
 // withIdentity gives a status a worker sent back the identity the

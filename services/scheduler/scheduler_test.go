@@ -3,16 +3,20 @@ package scheduler_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
+	"github.com/baton-run/baton/services/serving"
 )
 
 const (
@@ -437,47 +441,110 @@ func TestHungWorker(t *testing.T) {
 	}
 }
 
-// TestRegistrationTakesTheWorkersTruth: a running job that a re-registering
-// worker no longer reports (its data was wiped) becomes LOST.
+// TestRegistrationTakesTheWorkersTruth: a registration lists only the
+// jobs a worker runs; the scheduler asks the worker after each job it holds
+// as RUNNING there that the list leaves out, and takes the answer: the
+// job's real end, or LOST when the worker no longer knows it.
 func TestRegistrationTakesTheWorkersTruth(t *testing.T) {
 	t.Parallel()
 	s := startScheduler(t, "", nil)
-	const jobID = "01890000-0000-7000-8000-0000000000cc"
+	ghost := startAnsweringWorker(t)
+	const (
+		wiped = "01890000-0000-7000-8000-0000000000cc"
+		ended = "01890000-0000-7000-8000-0000000000dd"
+	)
 	register := func(jobs ...*batonv1.JobStatus) {
 		t.Helper()
 		_, err := s.client.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{
-			Name: "ghost", Address: "127.0.0.1:1", Jobs: jobs,
+			Name: "ghost", Address: ghost.addr, Jobs: jobs,
 		}))
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
+	running := func(id string) *batonv1.JobStatus {
+		return &batonv1.JobStatus{JobId: id, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING}
+	}
 	// A worker speaks only of jobs placed on it: an unknown job it reports
 	// is not taken in.
-	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
-	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_UNSPECIFIED {
+	register(running(wiped))
+	if got := storedState(t, s.client, "ghost", wiped); got != batonv1.JobState_JOB_STATE_UNSPECIFIED {
 		t.Fatalf("a job the scheduler never placed is stored as %v", got)
 	}
-	// Place it, as a StartJob would have.
+	// Place both, as StartJob would have.
 	st, err := store.Open(t.Context(), s.dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	if err := st.CreateJob(t.Context(), store.Job{ID: jobID, WorkerID: "ghost", Owner: "anonymous"}); err != nil {
-		t.Fatal(err)
+	for _, id := range []string{wiped, ended} {
+		if err := st.CreateJob(t.Context(), store.Job{ID: id, WorkerID: "ghost", Owner: "anonymous"}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
-	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_RUNNING {
-		t.Fatalf("reported job is %v, want RUNNING", got)
+	register(running(wiped), running(ended))
+	for _, id := range []string{wiped, ended} {
+		if got := storedState(t, s.client, "ghost", id); got != batonv1.JobState_JOB_STATE_RUNNING {
+			t.Fatalf("reported job %s is %v, want RUNNING", id, got)
+		}
 	}
+	// Neither is listed any more: one ended meanwhile, the other the
+	// worker forgot.
+	ghost.set(&batonv1.JobStatus{JobId: ended, State: batonv1.JobState_JOB_STATE_SUCCEEDED, ExitCode: new(int32(0)), Reason: "exited with code 0"})
 	register()
-	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_LOST {
-		t.Errorf("unreported job is %v, want LOST", got)
+	if got := storedState(t, s.client, "ghost", ended); got != batonv1.JobState_JOB_STATE_SUCCEEDED {
+		t.Errorf("a job that ended unheard is %v, want SUCCEEDED from the worker's answer", got)
+	}
+	if got := storedState(t, s.client, "ghost", wiped); got != batonv1.JobState_JOB_STATE_LOST {
+		t.Errorf("a job the worker forgot is %v, want LOST", got)
+	}
+	if n := ghost.asked.Load(); n != 2 {
+		t.Errorf("the worker was asked %d times, want once for each unlisted job", n)
 	}
 	// The worker's own report wins again if the job turns up after all.
-	register(&batonv1.JobStatus{JobId: jobID, WorkerId: "ghost", State: batonv1.JobState_JOB_STATE_RUNNING})
-	if got := storedState(t, s.client, "ghost", jobID); got != batonv1.JobState_JOB_STATE_RUNNING {
+	register(running(wiped))
+	if got := storedState(t, s.client, "ghost", wiped); got != batonv1.JobState_JOB_STATE_RUNNING {
 		t.Errorf("re-reported job is %v, want RUNNING", got)
 	}
+}
+
+// answeringWorker is a WorkerService that answers only QueryJob, from a
+// table the test sets; every other job is NotFound.
+type answeringWorker struct {
+	batonv1connect.UnimplementedWorkerServiceHandler
+	addr  string
+	asked atomic.Int64
+	mu    sync.Mutex
+	jobs  map[string]*batonv1.JobStatus
+}
+
+func startAnsweringWorker(t *testing.T) *answeringWorker {
+	t.Helper()
+	w := &answeringWorker{jobs: map[string]*batonv1.JobStatus{}}
+	_, h := batonv1connect.NewWorkerServiceHandler(w)
+	srv, err := serving.Listen("127.0.0.1:0", h, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()) })
+	w.addr = srv.Addr().String()
+	return w
+}
+
+func (w *answeringWorker) set(st *batonv1.JobStatus) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.jobs[st.GetJobId()] = st
+}
+
+func (w *answeringWorker) QueryJob(_ context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
+	w.asked.Add(1)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, ok := w.jobs[req.Msg.GetJobId()]
+	if !ok {
+		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such job"))
+	}
+	return connect.NewResponse(&batonv1.WorkerServiceQueryJobResponse{Status: st}), nil
 }

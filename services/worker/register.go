@@ -20,6 +20,13 @@ const (
 	defaultInterval = 5 * time.Second
 	callTimeout     = 10 * time.Second
 	coalesceChanges = 200 * time.Millisecond
+	// maxReportedJobs bounds the jobs one registration lists, and
+	// maxChangesPerBeat the changes one heartbeat carries, so that neither
+	// message nears the scheduler's message size limit whatever the number
+	// of jobs. The scheduler asks after any running job a registration
+	// leaves out, and a heartbeat with more to say is followed at once.
+	maxReportedJobs   = 5000
+	maxChangesPerBeat = 500
 )
 
 // Run keeps the worker registered with the scheduler until ctx ends, then
@@ -55,29 +62,42 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-// register introduces the worker with its full job table.
+// register introduces the worker with the jobs it runs. Ended jobs are
+// not listed: the scheduler knows the ends it acknowledged, the changes not
+// yet acknowledged follow in the next heartbeats, and the scheduler asks
+// after any job it holds as running that the list leaves out. However many
+// jobs the worker keeps, the registration stays small.
 func (w *Worker) register(ctx context.Context) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	pending := w.changes.snapshot()
-	jobs := w.runner.List()
 	req := &batonv1.RegisterWorkerRequest{
 		Name:     w.opts.Name,
 		Address:  w.opts.Address,
 		Labels:   w.opts.Labels,
 		Capacity: int32(w.opts.Runner.Capacity),
-		Jobs:     make([]*batonv1.JobStatus, 0, len(jobs)),
 	}
-	for _, st := range jobs {
-		req.Jobs = append(req.Jobs, statusToProto(st, w.opts.Name))
+	for _, st := range w.runner.List() {
+		if st.State.Terminal() {
+			continue
+		}
+		if len(req.Jobs) == maxReportedJobs {
+			break
+		}
+		req.Jobs = append(req.Jobs, reportOf(st, w.opts.Name))
 	}
 	res, err := w.opts.Scheduler.RegisterWorker(ctx, connect.NewRequest(req))
 	if err != nil {
 		return "", 0, err
 	}
-	// The full table was sent: the changes seen before it are acknowledged.
-	w.changes.ack(pending)
 	return res.Msg.GetWorkerId(), intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), nil
+}
+
+// reportOf is what the worker tells the scheduler about a job: its state,
+// not its spec, owner or group, which are the scheduler's own record.
+func reportOf(st jobrun.Status, workerID string) *batonv1.JobStatus {
+	r := statusToProto(st, workerID)
+	r.Spec, r.Owner, r.GroupId = nil, "", ""
+	return r
 }
 
 // heartbeat reports at the scheduler's interval until ctx ends or the
@@ -97,7 +117,10 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 				return
 			}
 		}
-		next, err := w.beat(ctx, id)
+		next, more, err := w.beat(ctx, id)
+		for more && err == nil && ctx.Err() == nil {
+			next, more, err = w.beat(ctx, id)
+		}
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			w.logger.WarnContext(ctx, "scheduler does not know this worker; registering again", "worker_id", id)
 			return
@@ -112,26 +135,30 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 	}
 }
 
-// beat sends one heartbeat with the job changes not yet acknowledged.
-func (w *Worker) beat(ctx context.Context, id string) (time.Duration, error) {
+// beat sends one heartbeat with job changes not yet acknowledged, at most
+// maxChangesPerBeat of them; more reports that others are still waiting.
+func (w *Worker) beat(ctx context.Context, id string) (interval time.Duration, more bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	pending := w.changes.snapshot()
+	if len(pending) > maxChangesPerBeat {
+		pending, more = pending[:maxChangesPerBeat], true
+	}
 	req := &batonv1.HeartbeatRequest{
 		WorkerId:    id,
 		RunningJobs: int32(w.runner.Running()),
 		Changes:     make([]*batonv1.JobStatus, 0, len(pending)),
 	}
 	for _, st := range pending {
-		req.Changes = append(req.Changes, statusToProto(st.status, w.opts.Name))
+		req.Changes = append(req.Changes, reportOf(st.status, w.opts.Name))
 	}
 	res, err := w.opts.Scheduler.Heartbeat(ctx, connect.NewRequest(req))
 	w.opts.Metrics.HeartbeatSent(err)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	w.changes.ack(pending)
-	return intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), nil
+	return intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), more, nil
 }
 
 // leave reports the last job changes (the jobs Close stopped) and tells the
@@ -140,8 +167,12 @@ func (w *Worker) beat(ctx context.Context, id string) (time.Duration, error) {
 func (w *Worker) leave(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := w.beat(ctx, id); err != nil {
-		w.logger.Warn("final heartbeat failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
+	for more := true; more; {
+		var err error
+		if _, more, err = w.beat(ctx, id); err != nil {
+			w.logger.Warn("final heartbeat failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
+			break
+		}
 	}
 	_, err := w.opts.Scheduler.DeregisterWorker(ctx, connect.NewRequest(&batonv1.DeregisterWorkerRequest{WorkerId: id}))
 	if err != nil {

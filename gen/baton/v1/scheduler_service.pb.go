@@ -1604,7 +1604,8 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\xbaH\a\x92\x01\x04\x10\xa0\x8d\x06R\achanges\"\x8a\x01\n" +
 	"\x11HeartbeatResponse\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12+\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\"\x82\t\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\"\xfe\n" +
+	"\n" +
 	"\x0fStartJobRequest\x12H\n" +
 	"\tworker_id\x18\x01 \x01(\tB+\xbaH(\xd8\x01\x01r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\x120\n" +
 	"\acommand\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x10\x01\x18\xff\x012\n" +
@@ -1635,7 +1636,8 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xf9\x01\xbaH\xf5\x01\x1a\xf2\x01\n" +
+	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144\"m\n" +
 	"\x10StartJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12'\n" +

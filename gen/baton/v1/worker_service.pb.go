@@ -752,7 +752,7 @@ var File_baton_v1_worker_service_proto protoreflect.FileDescriptor
 
 const file_baton_v1_worker_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbaton/v1/worker_service.proto\x12\bbaton.v1\x1a\x12baton/v1/job.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\xbd\a\n" +
+	"\x1dbaton/v1/worker_service.proto\x12\bbaton.v1\x1a\x12baton/v1/job.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\xb9\t\n" +
 	"\x1cWorkerServiceStartJobRequest\x12\"\n" +
 	"\x06job_id\x18\x01 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x05jobId\x120\n" +
 	"\acommand\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x10\x01\x18\xff\x012\n" +
@@ -779,7 +779,8 @@ const file_baton_v1_worker_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xf9\x01\xbaH\xf5\x01\x1a\xf2\x01\n" +
+	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144\"c\n" +
 	"\x1dWorkerServiceStartJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12+\n" +
 	"\x06status\x18\x02 \x01(\v2\x13.baton.v1.JobStatusR\x06status\"g\n" +
