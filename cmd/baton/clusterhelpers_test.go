@@ -47,7 +47,7 @@ func sharedBaton(t *testing.T) string {
 		}
 		sharedBuildDir = dir
 		bin := filepath.Join(dir, "baton")
-		out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+		out, err := batonBuildCommand(bin).CombinedOutput()
 		if err != nil {
 			sharedBuildErr = fmt.Errorf("go build: %v\n%s", err, out)
 			return
@@ -62,12 +62,16 @@ func sharedBaton(t *testing.T) string {
 
 // Test timings: the scheduler is told these; D is the down deadline
 // (interval + grace + one sweep tick) and downSlack the margin allowed on a
-// loaded machine.
+// loaded machine. The grace is what keeps a live worker from being marked
+// DOWN: under -race on two shared cores a worker or the scheduler can stall
+// for well over a second (a 600 ms grace flapped workers DOWN), so it is 3 s.
+// The tests check that a silent worker goes DOWN, not how fast: the wait
+// for it is 3·D.
 const (
-	testHeartbeat = 200 * time.Millisecond
-	testGrace     = 600 * time.Millisecond
+	testHeartbeat = 250 * time.Millisecond
+	testGrace     = 3 * time.Second
 	downDeadline  = testHeartbeat + testGrace + testHeartbeat/2
-	downSlack     = 5 * time.Second
+	downSlack     = 2 * downDeadline
 )
 
 // Scripts every worker gets. nap.sh MARKER SECONDS runs sleep with the
@@ -257,7 +261,7 @@ func (c *cluster) spawn(name string, args ...string) *proc {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(c.bin, args...)
-	cmd.Env = []string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -343,6 +347,7 @@ func (c *cluster) cleanup() {
 	}
 	for _, w := range c.workers {
 		removeCgroupTree(cgroupDirFor(w.dataDir))
+		removeV1Parents(w.dataDir)
 	}
 	if c.t.Failed() {
 		for _, p := range procs {

@@ -144,14 +144,52 @@ func TestMutualTLSExamplesLoad(t *testing.T) {
 
 func TestByteSizeRoundTrip(t *testing.T) {
 	t.Parallel()
-	for _, text := range []string{"64MiB", "1GiB", "1000", "10KiB"} {
+	tests := []struct {
+		text string
+		want int64
+		// canonical is what MarshalText writes for want: the largest exact
+		// binary unit.
+		canonical string
+	}{
+		{"0", 0, "0"},
+		{"1000", 1000, "1000"},
+		{"1024", 1 << 10, "1KiB"},
+		{"10KiB", 10 << 10, "10KiB"},
+		{"64MiB", 64 << 20, "64MiB"},
+		{"1GiB", 1 << 30, "1GiB"},
+		{"2TiB", 2 << 40, "2TiB"},
+		{"1536MiB", 1536 << 20, "1536MiB"},
+		{"2048MiB", 2 << 30, "2GiB"},
+		{"10MB", 10_000_000, "10000000"},
+		{"1KB", 1000, "1000"},
+		{"3GB", 3_000_000_000, "3000000000"},
+		{"1TB", 1_000_000_000_000, "976562500KiB"},
+		{"512B", 512, "512"},
+		{" 64 MiB ", 64 << 20, "64MiB"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.text, func(t *testing.T) {
+			var s ByteSize
+			if err := s.UnmarshalText([]byte(tc.text)); err != nil {
+				t.Fatalf("UnmarshalText(%q): %v", tc.text, err)
+			}
+			if int64(s) != tc.want {
+				t.Errorf("UnmarshalText(%q) = %d bytes, want %d", tc.text, int64(s), tc.want)
+			}
+			out, err := s.MarshalText()
+			if err != nil || string(out) != tc.canonical {
+				t.Errorf("MarshalText(%d) = %q, %v, want %q", int64(s), out, err, tc.canonical)
+			}
+			var again ByteSize
+			if err := again.UnmarshalText(out); err != nil || again != s {
+				t.Errorf("UnmarshalText(%q) = %d, %v, want %d back", out, int64(again), err, int64(s))
+			}
+		})
+	}
+	for _, bad := range []string{"", "-1", "1.5MiB", "MiB", "12XB", "64 M", "0x10", "4611686018427387905", "4294967297GiB"} {
 		var s ByteSize
-		if err := s.UnmarshalText([]byte(text)); err != nil {
-			t.Fatal(err)
-		}
-		out, _ := s.MarshalText()
-		if string(out) != text {
-			t.Errorf("%s → %d → %s", text, s, out)
+		if err := s.UnmarshalText([]byte(bad)); err == nil {
+			t.Errorf("UnmarshalText(%q) = %d, want an error", bad, int64(s))
 		}
 	}
 }

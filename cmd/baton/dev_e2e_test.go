@@ -27,7 +27,7 @@ func TestDevClusterFromScratch(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr, httpAddr, port := freeAddr(t), freeAddr(t), freePortPair(t)
-	env := []string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}
+	env := append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
 	baton := func(args ...string) *exec.Cmd {
 		cmd := exec.Command(bin, args...)
 		cmd.Env, cmd.Dir = env, repo

@@ -40,7 +40,7 @@ func newCLIEnv(t *testing.T, c *cluster) *cliEnv {
 
 func (e *cliEnv) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(e.c.bin, args...)
-	cmd.Env = []string{"HOME=" + e.home, "PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"HOME=" + e.home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
@@ -386,7 +386,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 	t.Run("the scheduler from the environment", func(t *testing.T) {
 		t.Parallel()
 		cmd := exec.Command(c.bin, "workers", "-o", "json")
-		cmd.Env = []string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH"), "BATON_CLIENT_SCHEDULER=" + c.schedAdr}
+		cmd.Env = append([]string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH"), "BATON_CLIENT_SCHEDULER=" + c.schedAdr}, coverEnv()...)
 		out, err := cmd.Output()
 		var roster []map[string]any
 		if err != nil || json.Unmarshal(out, &roster) != nil || len(roster) != 2 {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -25,11 +26,51 @@ import (
 func buildBaton(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "baton")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd := batonBuildCommand(bin)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// batonBuildCommand returns the go build command that writes the baton
+// binary to bin. Under go test -cover the binary is built with coverage too,
+// so that what the end-to-end tests run through its processes counts in
+// `go tool covdata`; BATONTEST_COVERPKG (not BATON_: the config loader
+// rejects unknown BATON_ variables) names the packages, as -coverpkg does.
+func batonBuildCommand(bin string) *exec.Cmd {
+	args := []string{"build", "-o", bin}
+	if coverDir() != "" {
+		args = append(args, "-cover", "-covermode="+testing.CoverMode())
+		if pkgs := os.Getenv("BATONTEST_COVERPKG"); pkgs != "" {
+			args = append(args, "-coverpkg="+pkgs)
+		}
+	}
+	return exec.Command("go", append(args, ".")...)
+}
+
+// coverDir returns the absolute directory this test binary writes its
+// coverage data to (-test.gocoverdir), or "" when it runs without coverage.
+func coverDir() string {
+	f := flag.Lookup("test.gocoverdir")
+	if testing.CoverMode() == "" || f == nil || f.Value.String() == "" {
+		return ""
+	}
+	dir, err := filepath.Abs(f.Value.String())
+	if err != nil {
+		return ""
+	}
+	return dir
+}
+
+// coverEnv returns the GOCOVERDIR entry a baton process needs when the
+// binary has coverage: without it the process writes no data and warns
+// on stderr, which CLI tests read.
+func coverEnv() []string {
+	if dir := coverDir(); dir != "" {
+		return []string{"GOCOVERDIR=" + dir}
+	}
+	return nil
 }
 
 // freeAddr returns a loopback address nothing listens on, for a server the
@@ -122,7 +163,7 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 	}
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "worker", "--config", cfgFile)
-	cmd.Env = []string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}
+	cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -132,7 +132,8 @@ func TestStopKillsTree(t *testing.T) {
 			st := mustStart(t, r, "tree", Spec{Command: "bash", Path: "tree.sh", Args: []string{pidFile}})
 			waitForOutput(t, r, "tree", "ready")
 			cgDir := filepath.Join(r.cg.v2Parent, "tree")
-			if tc.cgroup == "" && r.cg.v2Parent != "" {
+			inV2 := tc.cgroup == "" && r.cg.v2Parent != ""
+			if inV2 {
 				if b, err := os.ReadFile(filepath.Join(cgDir, "cgroup.events")); err != nil || !strings.Contains(string(b), "populated 1") {
 					t.Fatalf("cgroup.events before stop: %q, %v", b, err)
 				}
@@ -153,8 +154,18 @@ func TestStopKillsTree(t *testing.T) {
 			if aliveGroup(t, st.PID) {
 				t.Errorf("a process of group %d survived Stop", st.PID)
 			}
-			switch {
-			case tc.cgroup == "" && r.cg.v2Parent != "":
+			t.Run("setsid grandchild killed", func(t *testing.T) {
+				if !inV2 {
+					// Known escape: without a cgroup a setsid grandchild
+					// leaves the process group and survives. Clean it up.
+					if aliveGroup(t, grandchild) {
+						_ = syscall.Kill(grandchild, syscall.SIGKILL)
+					}
+					if tc.cgroup == "-" {
+						t.Skip("cgroups disabled for this case: a setsid grandchild leaves the process group, so Stop cannot reach it (the known escape of process-group containment)")
+					}
+					t.Skip("this host gives the runner no cgroup v2 with cgroup.kill: jobs are contained by process group only, and a setsid grandchild escapes it")
+				}
 				// rmdir(2) succeeds only on an unpopulated cgroup.
 				if _, err := os.Stat(cgDir); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("job cgroup still exists: %v", err)
@@ -162,13 +173,7 @@ func TestStopKillsTree(t *testing.T) {
 				if aliveGroup(t, grandchild) {
 					t.Errorf("setsid grandchild %d survived cgroup.kill", grandchild)
 				}
-			default:
-				// Known escape: without a cgroup a setsid grandchild leaves
-				// the process group and survives. Clean it up here.
-				if aliveGroup(t, grandchild) {
-					_ = syscall.Kill(grandchild, syscall.SIGKILL)
-				}
-			}
+			})
 		})
 	}
 }

@@ -231,18 +231,93 @@ baton_worker_output_streamed_bytes_total 1.048581e+06
 	}
 }
 
+// TestNilMetricsRecordNothing checks the promise services rely on when
+// they call an optional *Scheduler or *Worker unconditionally: on a nil one
+// every recording method returns without panicking and records nothing,
+// neither in the default registry nor in the registries of live metrics,
+// and Mount hands back the component's own handler. It is not parallel: it
+// compares the process-wide default registry before and after.
 func TestNilMetricsRecordNothing(t *testing.T) {
-	t.Parallel()
+	liveS, liveW := NewScheduler(), NewWorker()
+	liveS.JobStarted()
+	liveW.JobStarted()
+	gatherers := []struct {
+		name string
+		g    prometheus.Gatherer
+	}{
+		{"default registry", prometheus.DefaultGatherer},
+		{"a live scheduler's registry", liveS.Registry()},
+		{"a live worker's registry", liveW.Registry()},
+	}
+	before := make([]string, len(gatherers))
+	for i, g := range gatherers {
+		before[i] = dumpMetrics(t, g.g)
+	}
+
 	var s *Scheduler
-	s.JobStarted()
-	s.JobFinished(batonv1.JobState_JOB_STATE_FAILED)
-	s.HeartbeatReceived()
-	s.OutputRelayed(10)
 	var w *Worker
-	w.JobStarted()
-	w.JobFinished(batonv1.JobState_JOB_STATE_FAILED)
-	w.OutputStreamed(10)
-	w.HeartbeatSent(nil)
+	type nilCall struct {
+		name string
+		call func()
+	}
+	calls := []nilCall{
+		{"Scheduler.JobStarted", s.JobStarted},
+		{"Scheduler.HeartbeatReceived", s.HeartbeatReceived},
+		{"Scheduler.OutputRelayed", func() { s.OutputRelayed(10) }},
+		{"Worker.JobStarted", w.JobStarted},
+		{"Worker.OutputStreamed", func() { w.OutputStreamed(10) }},
+		{"Worker.HeartbeatSent ok", func() { w.HeartbeatSent(nil) }},
+		{"Worker.HeartbeatSent error", func() { w.HeartbeatSent(errors.New("unreachable")) }},
+	}
+	for _, st := range jobEnds {
+		calls = append(calls,
+			nilCall{"Scheduler.JobFinished " + jobStateLabel(st), func() { s.JobFinished(st) }},
+			nilCall{"Worker.JobFinished " + jobStateLabel(st), func() { w.JobFinished(st) }},
+		)
+	}
+	for _, c := range calls {
+		t.Run(c.name, func(t *testing.T) {
+			defer func() {
+				if r := recover(); r != nil {
+					t.Errorf("on a nil receiver: panic %v", r)
+				}
+			}()
+			c.call()
+		})
+	}
+	next := http.NewServeMux()
+	if got := s.Mount(next); got != http.Handler(next) {
+		t.Errorf("nil *Scheduler Mount returned %T, want the handler it was given", got)
+	}
+	if got := w.Mount(next); got != http.Handler(next) {
+		t.Errorf("nil *Worker Mount returned %T, want the handler it was given", got)
+	}
+
+	for i, g := range gatherers {
+		if after := dumpMetrics(t, g.g); after != before[i] {
+			t.Errorf("calls on nil metrics changed %s:\nbefore:\n%s\nafter:\n%s", g.name, before[i], after)
+		}
+	}
+}
+
+// dumpMetrics renders every metric g gathers except the go_* and process_*
+// ones, which change by themselves.
+func dumpMetrics(t *testing.T, g prometheus.Gatherer) string {
+	t.Helper()
+	families, err := g.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	var b strings.Builder
+	for _, f := range families {
+		if strings.HasPrefix(f.GetName(), "go_") || strings.HasPrefix(f.GetName(), "process_") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			fmt.Fprintf(&b, "%s %v\n", f.GetName(), m)
+		}
+	}
+	return b.String()
 }
 
 // TestRegistriesAreSeparate checks what `baton dev` relies on: a scheduler
