@@ -62,6 +62,7 @@ var codes = []struct {
 }{
 	{errUnknownWorker, connect.CodeNotFound},
 	{errWorkerUnavailable, connect.CodeUnavailable},
+	{errStopKept, connect.CodeUnavailable},
 	{errDraining, connect.CodeFailedPrecondition},
 	{errNoWorkers, connect.CodeUnavailable},
 	{errNoCapacity, connect.CodeResourceExhausted},

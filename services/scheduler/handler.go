@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
@@ -53,114 +52,13 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	if err := s.settleUnreported(ctx, id, reported); err != nil {
 		return nil, err
 	}
+	go s.deliverStops(id)
 	s.persist(ctx, m)
 	s.logger.InfoContext(ctx, "worker registered", "worker_id", id, "address", msg.GetAddress(), "jobs", len(msg.GetJobs()))
 	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
 		WorkerId:          id,
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
 	}), nil
-}
-
-// settleUnreported asks the registering worker after each job the store
-// holds as RUNNING on it that its registration did not list: the
-// registration lists only the jobs a worker runs, so such a job ended while
-// the scheduler was not hearing (its end is the answer), or the worker no
-// longer knows it (its data was wiped, or retention removed it): LOST.
-// PENDING jobs are left alone, since their StartJob may still be in flight.
-// A job whose worker does not answer keeps its state until the next
-// registration.
-func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, reported map[string]bool) error {
-	ctx = context.WithoutCancel(ctx)
-	jobs, err := s.store.JobsOnWorker(ctx, workerID, true)
-	if err != nil {
-		s.logger.ErrorContext(ctx, "listing a worker's jobs failed", "worker_id", workerID, "error", err)
-		return unavailable()
-	}
-	t, ok := s.reg.target(workerID)
-	if !ok {
-		return nil
-	}
-	var asks []store.Job
-	for _, j := range jobs {
-		if !reported[j.ID] && j.Status.GetState() == batonv1.JobState_JOB_STATE_RUNNING {
-			asks = append(asks, j)
-		}
-	}
-	errs := make([]error, len(asks))
-	limit := make(chan struct{}, 16)
-	var wg sync.WaitGroup
-	for i, j := range asks {
-		limit <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-limit }()
-			errs[i] = s.settleOne(ctx, t, j)
-		})
-	}
-	wg.Wait()
-	if errors.Join(errs...) != nil {
-		return unavailable()
-	}
-	return nil
-}
-
-// settleOne asks worker t after job j and records the answer.
-func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error {
-	qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
-	res, err := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: j.ID}))
-	cancel()
-	switch {
-	case err == nil:
-		return s.recordReport(ctx, t.id, res.Msg.GetStatus())
-	case connect.CodeOf(err) == connect.CodeNotFound:
-		lost := proto.CloneOf(j.Status)
-		lost.State = batonv1.JobState_JOB_STATE_LOST
-		lost.Reason = "the worker no longer knows this job"
-		lost.EndedAt = timestamppb.Now()
-		if err := s.store.UpdateJobStatus(ctx, j.ID, lost); err != nil {
-			s.logger.ErrorContext(ctx, "marking a job lost failed", "job_id", j.ID, "error", err)
-			return unavailable()
-		}
-		return nil
-	}
-	s.logger.WarnContext(ctx, "could not ask a registering worker about a job", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
-	return nil
-}
-
-// unavailable is the answer to a worker whose report could not be stored:
-// it keeps the report and sends it again.
-func unavailable() error {
-	return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler could not record the report; send it again"))
-}
-
-// recordReport records what worker workerID reports about one of its
-// jobs (see store.ApplyWorkerReport for what a report may change). A
-// worker speaks only for the jobs this scheduler placed on it: a report
-// about a job placed elsewhere, or one the store does not have (never
-// placed, or pruned), changes nothing and is logged. The error is for a
-// report that could not be stored: the worker must keep it and send it
-// again, so the call that carried it fails as unavailable.
-func (s *Scheduler) recordReport(ctx context.Context, workerID string, st *batonv1.JobStatus) error {
-	ctx = context.WithoutCancel(ctx)
-	err := s.store.ApplyWorkerReport(ctx, workerID, st.GetJobId(), st)
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotOnWorker):
-		s.logger.WarnContext(ctx, "ignored a worker's report about a job not placed on it", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
-		return nil
-	}
-	s.logger.ErrorContext(ctx, "recording a job reported by its worker failed", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
-	return unavailable()
-}
-
-// withIdentity gives a status a worker sent back the identity the
-// scheduler's record holds: job, worker, owner, group, spec and creation
-// time are the scheduler's, never the worker's word.
-func withIdentity(j store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
-	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
-	st.Spec = j.Status.GetSpec()
-	st.CreatedAt = timestamppb.New(j.CreatedAt)
-	return st
 }
 
 // DeregisterWorker marks a worker LEFT. Its jobs keep their last reported
@@ -231,12 +129,9 @@ func (h *handler) StartJob(ctx context.Context, req *connect.Request[batonv1.Sta
 func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
 	key := req.GetIdempotencyKey()
 	if key != "" {
-		j, err := s.store.GetJobByIdempotencyKey(ctx, owner, key)
-		if err == nil {
-			return s.existing(ctx, j)
-		}
-		if !errors.Is(err, store.ErrNotFound) {
-			return nil, err
+		res, err := s.byKey(ctx, owner, key)
+		if res != nil || err != nil {
+			return res, err
 		}
 	}
 	targets, err := s.reg.place(req)
@@ -265,19 +160,24 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 		return nil, err
 	}
 	group := gid.String()
-	if err := s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, CreatedAt: time.Now()}); err != nil {
+	// The key belongs to the group: of concurrent fan-outs with one key,
+	// one creates the group and starts its jobs; the others get it.
+	if err := s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, IdempotencyKey: key, CreatedAt: time.Now()}); err != nil {
 		s.releaseAll(targets)
+		if errors.Is(err, store.ErrConflict) && key != "" {
+			g, gerr := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
+			if gerr != nil {
+				return nil, gerr
+			}
+			return s.existingGroup(ctx, g)
+		}
 		return nil, err
 	}
 	results := make([]*batonv1.JobStatus, len(targets))
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
-		k := ""
-		if i == 0 {
-			k = key
-		}
-		wg.Go(func() { results[i], errs[i] = s.startOne(ctx, t, req, owner, group, k) })
+		wg.Go(func() { results[i], errs[i] = s.startOne(ctx, t, req, owner, group, "") })
 	}
 	wg.Wait()
 	res := &batonv1.StartJobResponse{GroupId: group}
@@ -310,19 +210,52 @@ func (s *Scheduler) releaseAll(targets []target) {
 	}
 }
 
-// existing answers a retried StartJob with the job (or group) the first
-// call created.
-func (s *Scheduler) existing(ctx context.Context, j store.Job) (*batonv1.StartJobResponse, error) {
-	if j.GroupID == "" {
-		return &batonv1.StartJobResponse{JobId: j.ID, Jobs: []*batonv1.JobStatus{j.Status}}, nil
+// byKey answers a StartJob whose key the owner used before with the job
+// or group the first call created, or nil when the key is new.
+func (s *Scheduler) byKey(ctx context.Context, owner, key string) (*batonv1.StartJobResponse, error) {
+	j, err := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+	if err == nil {
+		return s.existing(ctx, j)
 	}
-	jobs, _, err := s.store.ListJobs(ctx, store.JobFilter{GroupID: j.GroupID, PageSize: store.MaxPageSize})
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	g, err := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
+	if err == nil {
+		return s.existingGroup(ctx, g)
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	return nil, nil
+}
+
+// existing answers a retried StartJob with the job the first call created.
+func (s *Scheduler) existing(ctx context.Context, j store.Job) (*batonv1.StartJobResponse, error) {
+	if j.GroupID != "" {
+		g, err := s.store.GetGroup(ctx, j.GroupID)
+		if err != nil {
+			return nil, err
+		}
+		return s.existingGroup(ctx, g)
+	}
+	return &batonv1.StartJobResponse{JobId: j.ID, Jobs: []*batonv1.JobStatus{j.Status}}, nil
+}
+
+// existingGroup answers a retried fan-out with the group the first call
+// created and the jobs it has so far (a call that lost the race for the
+// key may see the group before all of its jobs are recorded).
+func (s *Scheduler) existingGroup(ctx context.Context, g store.Group) (*batonv1.StartJobResponse, error) {
+	jobs, _, err := s.store.ListJobs(ctx, store.JobFilter{GroupID: g.ID, PageSize: store.MaxPageSize})
 	if err != nil {
 		return nil, err
 	}
-	res := &batonv1.StartJobResponse{JobId: j.ID, GroupId: j.GroupID}
-	for _, gj := range jobs {
-		res.Jobs = append(res.Jobs, gj.Status)
+	res := &batonv1.StartJobResponse{GroupId: g.ID}
+	for i := len(jobs) - 1; i >= 0; i-- { // oldest first, as the first answer had them
+		res.Jobs = append(res.Jobs, jobs[i].Status)
+	}
+	if len(res.Jobs) > 0 {
+		res.JobId = res.Jobs[0].GetJobId()
 	}
 	return res, nil
 }
@@ -497,30 +430,6 @@ func each(jobs []store.Job, fn func(store.Job) (*batonv1.JobStatus, error)) ([]*
 		}
 	}
 	return out, nil
-}
-
-// stopOne stops one job. A job that already ended keeps its final status:
-// Stop is idempotent.
-func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatus, error) {
-	if terminal(j.Status.GetState()) {
-		return j.Status, nil
-	}
-	t, ok := s.reg.target(j.WorkerID)
-	if !ok {
-		return nil, errWorkerNotFound(j.WorkerID)
-	}
-	if !active(t.state) {
-		return nil, errWorkerGone(t.id, t.state)
-	}
-	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: ownerName(caller(ctx))}))
-	if err != nil {
-		return nil, &workerError{worker: t.id, err: err}
-	}
-	st := withIdentity(j, res.Msg.GetStatus())
-	if err := s.store.ApplyWorkerReport(ctx, j.WorkerID, j.ID, st); err != nil {
-		s.logger.ErrorContext(ctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
-	}
-	return st, nil
 }
 
 // QueryJob reports a job's status, fresh from its worker when it can be

@@ -1,6 +1,7 @@
 package scheduler_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -118,4 +119,73 @@ func jobIDsOf(jobs []*batonv1.JobStatus) []string {
 		out = append(out, j.GetJobId())
 	}
 	return out
+}
+
+// TestFanOutIdempotentUnderConcurrency: four concurrent fan-outs with one
+// key on two workers make one group and one job per worker, round after
+// round: exactly one process per worker runs, and every answer names the
+// same group.
+func TestFanOutIdempotentUnderConcurrency(t *testing.T) {
+	t.Parallel()
+	marker := uniqueMarker("fanidem")
+	t.Cleanup(func() { killMarked(marker) })
+	s := startScheduler(t, "", nil)
+	startWorker(t, "w1", s, nil)
+	startWorker(t, "w2", s, nil)
+	c := s.client
+	waitWorkers(t, c, stateReady, "w1", "w2")
+
+	const rounds, calls = 10, 4
+	for round := range rounds {
+		key := fmt.Sprintf("key-%s-%d", marker, round)
+		groups := make([]string, calls)
+		errs := make([]error, calls)
+		gate := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range calls {
+			wg.Go(func() {
+				req := connect.NewRequest(&batonv1.StartJobRequest{
+					All: true, Command: "bash", Args: []string{"-c", "exec -a " + marker + " sleep 30"}, IdempotencyKey: key,
+				})
+				<-gate
+				res, err := c.StartJob(t.Context(), req)
+				errs[i] = err
+				if err == nil {
+					groups[i] = res.Msg.GetGroupId()
+				}
+			})
+		}
+		close(gate)
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d call %d: %v", round, i, err)
+			}
+		}
+		if distinct := slices.Compact(slices.Sorted(slices.Values(groups))); len(distinct) != 1 || distinct[0] == "" {
+			t.Fatalf("round %d: %d concurrent fan-outs with one key answered groups %v, want one", round, calls, distinct)
+		}
+		g, err := c.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{GroupId: groups[0]}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		on := map[string]int{}
+		for _, j := range g.Msg.GetJobs() {
+			on[j.GetWorkerId()]++
+		}
+		if len(g.Msg.GetJobs()) != 2 || on["w1"] != 1 || on["w2"] != 1 {
+			t.Fatalf("round %d: the group holds jobs on %v, want one on each worker", round, on)
+		}
+		waitFor(t, "the round's processes to exec", func() bool {
+			marked := procsMarked(marker)
+			return len(marked) >= 2 && len(procsWithArg0(marker)) == len(marked)
+		})
+		if procs := procsWithArg0(marker); len(procs) != 2 {
+			t.Fatalf("round %d: %d processes run, want one per worker: %v", round, len(procs), procs)
+		}
+		if _, err := c.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{GroupId: groups[0]})); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the round's processes to end", func() bool { return len(procsMarked(marker)) == 0 })
+	}
 }

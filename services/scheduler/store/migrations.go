@@ -61,6 +61,15 @@ CREATE INDEX jobs_by_state ON jobs (state, created_at, job_id);
 CREATE INDEX jobs_active ON jobs (worker_id, created_at, job_id) WHERE ended_at IS NULL;
 CREATE INDEX jobs_by_ended ON jobs (ended_at) WHERE ended_at IS NOT NULL;
 `,
+	// 2: a fan-out's idempotency key belongs to its group; a stop a caller
+	// asked for is kept until the job's worker carries it out.
+	`
+ALTER TABLE groups ADD COLUMN idempotency_key TEXT; -- NULL: no key
+CREATE UNIQUE INDEX groups_by_idempotency_key ON groups (owner, idempotency_key)
+	WHERE idempotency_key IS NOT NULL;
+ALTER TABLE jobs ADD COLUMN stop_requested_by TEXT; -- NULL: no stop waiting
+CREATE INDEX jobs_stop_pending ON jobs (worker_id) WHERE stop_requested_by IS NOT NULL;
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

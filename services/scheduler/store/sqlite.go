@@ -362,7 +362,7 @@ func scanWorker(r scanner) (Worker, error) {
 
 // Jobs.
 
-const jobColumns = `job_id, worker_id, owner, group_id, idempotency_key, created_at, status`
+const jobColumns = `job_id, worker_id, owner, group_id, idempotency_key, created_at, status, stop_requested_by`
 
 // CreateJob implements [Store].
 func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
@@ -563,8 +563,10 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		if err != nil {
 			return err
 		}
-		_, err = tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
-			int32(upd.GetState()), endedAt(upd), blob, id)
+		// A real end carries out, or makes moot, any stop still waiting.
+		_, err = tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ?,
+	stop_requested_by = CASE WHEN ? THEN NULL ELSE stop_requested_by END WHERE job_id = ?`,
+			int32(upd.GetState()), endedAt(upd), blob, isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState_JOB_STATE_LOST, id)
 		// A LOST job its worker reports with its true end has ended again;
 		// a repeated LOST has not.
 		ended = isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState(state)
@@ -758,16 +760,16 @@ func collectJobs(rows *sql.Rows) ([]Job, error) {
 // scanJob scans one row of jobColumns followed by the extra columns.
 func scanJob(r scanner, extra ...any) (Job, error) {
 	var (
-		j          Job
-		group, key sql.NullString
-		created    int64
-		blob       []byte
+		j                Job
+		group, key, stop sql.NullString
+		created          int64
+		blob             []byte
 	)
-	dest := append([]any{&j.ID, &j.WorkerID, &j.Owner, &group, &key, &created, &blob}, extra...)
+	dest := append([]any{&j.ID, &j.WorkerID, &j.Owner, &group, &key, &created, &blob, &stop}, extra...)
 	if err := r.Scan(dest...); err != nil {
 		return Job{}, err
 	}
-	j.GroupID, j.IdempotencyKey = group.String, key.String
+	j.GroupID, j.IdempotencyKey, j.StopRequestedBy = group.String, key.String, stop.String
 	j.CreatedAt = fromUnixNano(created)
 	j.Status = &batonv1.JobStatus{}
 	if err := proto.Unmarshal(blob, j.Status); err != nil {
@@ -787,8 +789,8 @@ func (s *SQLite) CreateGroup(ctx context.Context, g Group) error {
 		g.CreatedAt = time.Now()
 	}
 	err := s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(ctx, `INSERT INTO groups (group_id, owner, created_at) VALUES (?, ?, ?)`,
-			g.ID, g.Owner, unixNano(g.CreatedAt))
+		_, err := tx.exec(ctx, `INSERT INTO groups (group_id, owner, created_at, idempotency_key) VALUES (?, ?, ?, ?)`,
+			g.ID, g.Owner, unixNano(g.CreatedAt), nullString(g.IdempotencyKey))
 		return err
 	})
 	switch {
@@ -796,6 +798,8 @@ func (s *SQLite) CreateGroup(ctx context.Context, g Group) error {
 		return nil
 	case sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY:
 		return fmt.Errorf("group %s: %w", g.ID, ErrConflict)
+	case sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+		return fmt.Errorf("group with idempotency key %q of owner %q: %w", g.IdempotencyKey, g.Owner, ErrConflict)
 	default:
 		return fmt.Errorf("create group %s: %w", g.ID, err)
 	}
@@ -803,13 +807,15 @@ func (s *SQLite) CreateGroup(ctx context.Context, g Group) error {
 
 // GetGroup implements [Store].
 func (s *SQLite) GetGroup(ctx context.Context, id string) (Group, error) {
-	row, err := s.queryRow(ctx, `SELECT owner, created_at FROM groups WHERE group_id = ?`, id)
+	row, err := s.queryRow(ctx, `SELECT owner, created_at, idempotency_key FROM groups WHERE group_id = ?`, id)
 	if err != nil {
 		return Group{}, fmt.Errorf("get group %s: %w", id, err)
 	}
 	g := Group{ID: id}
 	var created int64
-	err = row.Scan(&g.Owner, &created)
+	var key sql.NullString
+	err = row.Scan(&g.Owner, &created, &key)
+	g.IdempotencyKey = key.String
 	if errors.Is(err, sql.ErrNoRows) {
 		return Group{}, fmt.Errorf("group %s: %w", id, ErrNotFound)
 	}
@@ -834,6 +840,81 @@ func (s *SQLite) GetGroup(ctx context.Context, id string) (Group, error) {
 		return Group{}, fmt.Errorf("get group %s: %w", id, err)
 	}
 	return g, nil
+}
+
+// GetGroupByIdempotencyKey implements [Store].
+func (s *SQLite) GetGroupByIdempotencyKey(ctx context.Context, owner, key string) (Group, error) {
+	if key == "" {
+		return Group{}, fmt.Errorf("group with an empty idempotency key: %w", ErrNotFound)
+	}
+	row, err := s.queryRow(ctx, `SELECT group_id FROM groups WHERE owner = ? AND idempotency_key = ?`, owner, key)
+	if err != nil {
+		return Group{}, fmt.Errorf("get group by idempotency key: %w", err)
+	}
+	var id string
+	if err := row.Scan(&id); errors.Is(err, sql.ErrNoRows) {
+		return Group{}, fmt.Errorf("group with idempotency key %q of owner %q: %w", key, owner, ErrNotFound)
+	} else if err != nil {
+		return Group{}, fmt.Errorf("get group by idempotency key: %w", err)
+	}
+	return s.GetGroup(ctx, id)
+}
+
+// Stops waiting for delivery.
+
+// RequestStop implements [Store].
+func (s *SQLite) RequestStop(ctx context.Context, id, by string) error {
+	var found bool
+	err := s.write(ctx, func(tx *writer) error {
+		res, err := tx.exec(ctx, `UPDATE jobs SET stop_requested_by = ? WHERE job_id = ? AND (ended_at IS NULL OR state = ?)`,
+			by, id, int32(batonv1.JobState_JOB_STATE_LOST))
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil || n > 0 {
+			found = n > 0
+			return err
+		}
+		row, err := tx.queryRow(ctx, `SELECT 1 FROM jobs WHERE job_id = ?`, id)
+		if err != nil {
+			return err
+		}
+		var one int
+		if err := row.Scan(&one); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		found = one == 1
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("request stop of job %s: %w", id, err)
+	}
+	if !found {
+		return fmt.Errorf("job %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// ClearStop implements [Store].
+func (s *SQLite) ClearStop(ctx context.Context, id string) error {
+	err := s.write(ctx, func(tx *writer) error {
+		_, err := tx.exec(ctx, `UPDATE jobs SET stop_requested_by = NULL WHERE job_id = ?`, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("clear stop of job %s: %w", id, err)
+	}
+	return nil
+}
+
+// PendingStops implements [Store].
+func (s *SQLite) PendingStops(ctx context.Context, workerID string) ([]Job, error) {
+	rows, err := s.query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND stop_requested_by IS NOT NULL ORDER BY created_at, job_id`, workerID)
+	if err != nil {
+		return nil, fmt.Errorf("pending stops of worker %s: %w", workerID, err)
+	}
+	return collectJobs(rows)
 }
 
 // Retention.

@@ -112,12 +112,27 @@ type Store interface {
 	MarkWorkerJobsLost(ctx context.Context, workerID, reason string, at time.Time) (int, error)
 
 	// CreateGroup stores a new fan-out group, or returns an error wrapping
-	// ErrConflict if its ID exists. g.JobIDs is ignored: a group's jobs
+	// ErrConflict if its ID exists, or if g.IdempotencyKey is not empty and
+	// the owner already has a group with that key. g.JobIDs is ignored: a group's jobs
 	// are those created with its ID as their GroupID.
 	CreateGroup(ctx context.Context, g Group) error
 	// GetGroup returns the group with the given id and the ids of its jobs,
 	// oldest first, or ErrNotFound.
 	GetGroup(ctx context.Context, id string) (Group, error)
+	// GetGroupByIdempotencyKey returns the owner's group created with key,
+	// like GetGroup, or ErrNotFound (always, for an empty key).
+	GetGroupByIdempotencyKey(ctx context.Context, owner, key string) (Group, error)
+
+	// RequestStop records that by asked to stop job id, unless the job has
+	// already ended (LOST does not count as ended: its worker may still run
+	// it). The request stays until a report of the job's real end clears
+	// it. It returns ErrNotFound for an unknown job.
+	RequestStop(ctx context.Context, id, by string) error
+	// ClearStop forgets a waiting stop of job id: its worker no longer has
+	// the job, so there is nothing left to stop.
+	ClearStop(ctx context.Context, id string) error
+	// PendingStops returns the worker's jobs with a stop not yet carried out.
+	PendingStops(ctx context.Context, workerID string) ([]Job, error)
 
 	// PruneJobs deletes the jobs that reached a terminal state before
 	// endedBefore, then the groups created before endedBefore that are left
@@ -166,13 +181,19 @@ type Job struct {
 	IdempotencyKey string
 	CreatedAt      time.Time
 	Status         *batonv1.JobStatus
+	// StopRequestedBy names who asked for a stop that the job's worker has
+	// not carried out yet; empty when none is waiting.
+	StopRequestedBy string
 }
 
 // Group is the set of jobs started by one fan-out StartJob.
 type Group struct {
-	ID        string
-	Owner     string
-	CreatedAt time.Time
+	ID    string
+	Owner string
+	// IdempotencyKey is unique per Owner when not empty: one fan-out
+	// request, however often it is sent, makes one group.
+	IdempotencyKey string
+	CreatedAt      time.Time
 	// JobIDs lists the group's jobs, oldest first. It is filled by
 	// [Store.GetGroup] and ignored by [Store.CreateGroup].
 	JobIDs []string

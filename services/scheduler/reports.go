@@ -1,0 +1,120 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// This file is where what workers report about their jobs enters the
+// scheduler: every report goes through recordReport, and the store's
+// ApplyWorkerReport holds the rules of a job's life.
+
+// settleUnreported asks the registering worker after each job the store
+// holds as RUNNING on it that its registration did not list: the
+// registration lists only the jobs a worker runs, so such a job ended while
+// the scheduler was not hearing (its end is the answer), or the worker no
+// longer knows it (its data was wiped, or retention removed it): LOST.
+// PENDING jobs are left alone, since their StartJob may still be in flight.
+// A job whose worker does not answer keeps its state until the next
+// registration.
+func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, reported map[string]bool) error {
+	ctx = context.WithoutCancel(ctx)
+	jobs, err := s.store.JobsOnWorker(ctx, workerID, true)
+	if err != nil {
+		s.logger.ErrorContext(ctx, "listing a worker's jobs failed", "worker_id", workerID, "error", err)
+		return unavailable()
+	}
+	t, ok := s.reg.target(workerID)
+	if !ok {
+		return nil
+	}
+	var asks []store.Job
+	for _, j := range jobs {
+		if !reported[j.ID] && j.Status.GetState() == batonv1.JobState_JOB_STATE_RUNNING {
+			asks = append(asks, j)
+		}
+	}
+	errs := make([]error, len(asks))
+	limit := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i, j := range asks {
+		limit <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-limit }()
+			errs[i] = s.settleOne(ctx, t, j)
+		})
+	}
+	wg.Wait()
+	if errors.Join(errs...) != nil {
+		return unavailable()
+	}
+	return nil
+}
+
+// settleOne asks worker t after job j and records the answer.
+func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error {
+	qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	res, err := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: j.ID}))
+	cancel()
+	switch {
+	case err == nil:
+		return s.recordReport(ctx, t.id, res.Msg.GetStatus())
+	case connect.CodeOf(err) == connect.CodeNotFound:
+		lost := proto.CloneOf(j.Status)
+		lost.State = batonv1.JobState_JOB_STATE_LOST
+		lost.Reason = "the worker no longer knows this job"
+		lost.EndedAt = timestamppb.Now()
+		if err := s.store.UpdateJobStatus(ctx, j.ID, lost); err != nil {
+			s.logger.ErrorContext(ctx, "marking a job lost failed", "job_id", j.ID, "error", err)
+			return unavailable()
+		}
+		return nil
+	}
+	s.logger.WarnContext(ctx, "could not ask a registering worker about a job", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
+	return nil
+}
+
+// unavailable is the answer to a worker whose report could not be stored:
+// it keeps the report and sends it again.
+func unavailable() error {
+	return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler could not record the report; send it again"))
+}
+
+// recordReport records what worker workerID reports about one of its
+// jobs (see store.ApplyWorkerReport for what a report may change). A
+// worker speaks only for the jobs this scheduler placed on it: a report
+// about a job placed elsewhere, or one the store does not have (never
+// placed, or pruned), changes nothing and is logged. The error is for a
+// report that could not be stored: the worker must keep it and send it
+// again, so the call that carried it fails as unavailable.
+func (s *Scheduler) recordReport(ctx context.Context, workerID string, st *batonv1.JobStatus) error {
+	ctx = context.WithoutCancel(ctx)
+	err := s.store.ApplyWorkerReport(ctx, workerID, st.GetJobId(), st)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotOnWorker):
+		s.logger.WarnContext(ctx, "ignored a worker's report about a job not placed on it", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
+		return nil
+	}
+	s.logger.ErrorContext(ctx, "recording a job reported by its worker failed", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
+	return unavailable()
+}
+
+// withIdentity gives a status a worker sent back the identity the
+// scheduler's record holds: job, worker, owner, group, spec and creation
+// time are the scheduler's, never the worker's word.
+func withIdentity(j store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
+	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
+	st.Spec = j.Status.GetSpec()
+	st.CreatedAt = timestamppb.New(j.CreatedAt)
+	return st
+}
