@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -67,7 +69,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 	for _, n := range workerNames {
 		principals = append(principals, identity.Principal{Role: identity.RoleWorker, Name: n})
 	}
-	caFile, certs, err := ensureCerts(filepath.Join(dc.dataDir, "certs"), "dev", principals...)
+	caFile, certs, err := ensureDevCerts(os.Stdout, dc.dataDir, principals...)
 	if err != nil {
 		return fmt.Errorf("dev certificates: %w", err)
 	}
@@ -190,4 +192,180 @@ func waitForListener(ctx context.Context, addr string, failed <-chan error) (err
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Where `baton dev` keeps its certificates, under its data directory. The
+// directory clients are told to take their files from holds nothing that
+// lets its reader issue certificates or pose as the scheduler or a worker
+// (who may start jobs on any worker directly).
+const (
+	// devCADir holds the CA, ca.crt and ca.key, like a `baton certs`
+	// directory: only baton dev reads it, to issue what is missing.
+	devCADir = "ca"
+	// devClientDir holds ca.crt and the admin/dev pair, for clients.
+	devClientDir = "certs"
+	// devServerDir holds the scheduler's and the workers' own pairs.
+	devServerDir = "servers"
+)
+
+// ensureDevCerts returns the CA certificate clients trust and each
+// principal's certificate and key files under dataDir, creating the CA and
+// what is missing: baton dev run twice reuses what it made the first time.
+// A data directory from before the split (all in certs/) is moved into
+// place first, keeping its CA, and a line saying so is written to w.
+func ensureDevCerts(w io.Writer, dataDir string, principals ...identity.Principal) (caFile string, files map[identity.Principal][2]string, err error) {
+	caDir := filepath.Join(dataDir, devCADir)
+	clientDir := filepath.Join(dataDir, devClientDir)
+	serverDir := filepath.Join(dataDir, devServerDir)
+	for _, d := range []string{caDir, clientDir, serverDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return "", nil, err
+		}
+	}
+	// MkdirAll keeps the mode of a directory that exists.
+	for _, d := range []string{caDir, serverDir} {
+		if err := os.Chmod(d, 0o700); err != nil {
+			return "", nil, err
+		}
+	}
+	var servers []identity.Principal
+	for _, p := range principals {
+		if isServer(p) {
+			servers = append(servers, p)
+		}
+	}
+	if err := migrateDevCerts(w, caDir, clientDir, serverDir, servers); err != nil {
+		return "", nil, fmt.Errorf("move the certificates of an older baton dev into place: %w", err)
+	}
+	ca, err := devAuthority(caDir, clientDir)
+	if err != nil {
+		return "", nil, err
+	}
+	caFile = filepath.Join(clientDir, "ca.crt")
+	if err := writeIfChanged(caFile, ca.CertPEM(), 0o644); err != nil {
+		return "", nil, err
+	}
+	files = make(map[identity.Principal][2]string, len(principals))
+	for _, p := range principals {
+		dir := clientDir
+		if isServer(p) {
+			dir = serverDir
+		}
+		base := filepath.Join(dir, identity.FileBase(p))
+		crt, key := base+".crt", base+".key"
+		_, cerr := os.Stat(crt)
+		_, kerr := os.Stat(key)
+		if cerr != nil || kerr != nil {
+			if crt, key, err = issueCert(ca, dir, p, nil, identity.CertValidity); err != nil {
+				return "", nil, err
+			}
+		}
+		files[p] = [2]string{crt, key}
+	}
+	return caFile, files, nil
+}
+
+// isServer says whether p is one of the cluster's own processes, whose
+// pair goes to devServerDir.
+func isServer(p identity.Principal) bool {
+	return p.Role == identity.RoleScheduler || p.Role == identity.RoleWorker
+}
+
+// devAuthority loads the dev CA from caDir, or creates it there when
+// there is none. A CA certificate whose key is gone is an error, not a
+// reason to make a new CA, which would void the certificates clients hold.
+func devAuthority(caDir, clientDir string) (*identity.Authority, error) {
+	crtFile, keyFile := filepath.Join(caDir, "ca.crt"), filepath.Join(caDir, "ca.key")
+	if _, err := os.Stat(keyFile); !errors.Is(err, os.ErrNotExist) {
+		return identity.LoadAuthority(crtFile, keyFile)
+	}
+	for _, crt := range []string{crtFile, filepath.Join(clientDir, "ca.crt")} {
+		if _, err := os.Stat(crt); err == nil {
+			return nil, fmt.Errorf("the dev CA's key %s is missing (%s is there): restore it, or remove the data directory to start over with a new CA", keyFile, crt)
+		}
+	}
+	return initAuthority(caDir, "dev", false)
+}
+
+// migrateDevCerts moves what an older baton dev kept in clientDir to where
+// it belongs now: the CA key (with a copy of the CA certificate) to caDir,
+// the servers' pairs to serverDir. Renames keep the keys' bytes and modes,
+// and the CA stays the one that signed every certificate already issued.
+// Each step can be repeated, so an interrupted move finishes on the next
+// start.
+func migrateDevCerts(w io.Writer, caDir, clientDir, serverDir string, servers []identity.Principal) error {
+	oldKey, newKey := filepath.Join(clientDir, "ca.key"), filepath.Join(caDir, "ca.key")
+	if _, err := os.Lstat(oldKey); err == nil {
+		if err := moveCAKey(oldKey, newKey, filepath.Join(clientDir, "ca.crt"), filepath.Join(caDir, "ca.crt")); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "Moved the dev CA's key out of the clients' directory %s, to %s.\n", clientDir, newKey)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	for _, p := range servers {
+		for _, ext := range []string{".crt", ".key"} {
+			name := identity.FileBase(p) + ext
+			if err := moveUnlessThere(filepath.Join(clientDir, name), filepath.Join(serverDir, name)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// moveCAKey moves the CA key from oldKey to newKey, after copying the CA
+// certificate beside it. When both keys exist (a copy made by hand), the
+// old one goes only if it is the same key.
+func moveCAKey(oldKey, newKey, oldCrt, newCrt string) error {
+	if _, err := os.Lstat(newKey); err == nil {
+		a, err := os.ReadFile(oldKey)
+		if err != nil {
+			return err
+		}
+		b, err := os.ReadFile(newKey)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(a, b) {
+			return fmt.Errorf("%s and %s hold different CA keys: keep the one that signed the certificates in use and remove the other", oldKey, newKey)
+		}
+		return os.Remove(oldKey)
+	}
+	crt, err := os.ReadFile(oldCrt)
+	if err != nil {
+		return err
+	}
+	if err := writeIfChanged(newCrt, crt, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(oldKey, newKey); err != nil {
+		return err
+	}
+	return os.Chmod(newKey, 0o600)
+}
+
+// moveUnlessThere renames from to to; when to exists already, from is
+// only removed.
+func moveUnlessThere(from, to string) error {
+	if _, err := os.Lstat(from); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if _, err := os.Lstat(to); err == nil {
+		return os.Remove(from)
+	}
+	return os.Rename(from, to)
+}
+
+// writeIfChanged writes data to path through a temporary file and a
+// rename, unless path already holds exactly data.
+func writeIfChanged(path string, data []byte, mode os.FileMode) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

@@ -41,6 +41,11 @@ type HTTPServerConfig struct {
 	// entries from `baton token`. Without any, a plain listener treats
 	// every caller as an anonymous admin, as use_tls = false does.
 	Tokens []string `koanf:"tokens"`
+	// AllowedHosts are names, besides localhost and loopback addresses,
+	// that a plain listener answers to in Host (and a browser's Origin):
+	// anything else is refused, so that no web page can reach it by
+	// pointing its own name at 127.0.0.1. Not for a TLS listener.
+	AllowedHosts []string `koanf:"allowed_hosts"`
 }
 
 // SchedulerSection is the [scheduler] section.
@@ -90,6 +95,12 @@ func (c *SchedulerConfig) validate() error {
 	}
 	if _, err := identity.ParseTokens(c.HTTPServer.Tokens); err != nil {
 		errs = append(errs, fmt.Errorf("http_server.tokens: %w", err))
+	}
+	if len(c.HTTPServer.AllowedHosts) > 0 && c.HTTPServer.CrtFile != "" {
+		errs = append(errs, errors.New("http_server.allowed_hosts is for the plain listener; with crt_file the certificate decides which names reach it"))
+	}
+	if err := serving.CheckAllowedHosts(c.HTTPServer.AllowedHosts); err != nil {
+		errs = append(errs, fmt.Errorf("http_server.allowed_hosts: %w", err))
 	}
 	return errors.Join(errs...)
 }
@@ -190,7 +201,9 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		logger.Warn("serving without TLS: there is no identity, every caller counts as an anonymous admin; use this on loopback only")
 	}
 	// /metrics is served beside the API, before authentication: on the
-	// mTLS listener only a certificate of the cluster gets that far.
+	// mTLS listener only a certificate of the cluster gets that far. With
+	// use_tls = false the listener answers loopback names only, like the
+	// plain http_server (serving.Listen).
 	grpcAuth := identity.NewAuthenticator(creds, nil, creds == nil)
 	srv, err := serving.Listen(cfg.GRPCServer.Addr, m.Mount(grpcAuth.Middleware(sched.Handler())), serverTLS, logger)
 	if err != nil {
@@ -208,7 +221,10 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 			httpTLS = kp.serverTLS()
 			reloads["http_server certificate"] = kp.reload
 		}
-		// Without TLS, serving.Listen refuses anything but loopback.
+		// Without TLS, serving.Listen refuses anything but loopback, and
+		// answers only requests for this machine: loopback addresses,
+		// localhost and allowed_hosts (no DNS rebinding). Over TLS the
+		// certificate does that; validate refuses allowed_hosts there.
 		anonymous := httpTLS == nil && tokens.Len() == 0
 		httpAuth := identity.NewAuthenticator(nil, tokens, anonymous)
 		if reload != nil {
@@ -226,7 +242,8 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 			}
 		}
 		// The web page takes / and its assets; the API keeps its routes.
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, m.Mount(webui.Handler(httpAuth.Middleware(sched.Handler()))), httpTLS, logger)
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, m.Mount(webui.Handler(httpAuth.Middleware(sched.Handler()))), httpTLS, logger,
+			serving.WithAllowedHosts(cfg.HTTPServer.AllowedHosts...))
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
 			return err

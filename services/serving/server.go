@@ -102,24 +102,43 @@ type Server struct {
 }
 
 // Listen binds addr and prepares a server for handler with the default
-// Limits. With tlsConf nil the server speaks HTTP/1.1 and h2c and addr must
-// be a loopback address; with tlsConf it speaks HTTP/1.1 and HTTP/2 over
-// TLS 1.3 only.
-func Listen(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger) (*Server, error) {
-	return ListenWithLimits(addr, handler, tlsConf, logger, Limits{})
+// Limits. With tlsConf nil the server speaks HTTP/1.1 and h2c, addr must
+// be a loopback address, and requests must name this machine: a Host that
+// is not a loopback address, "localhost" or a name from WithAllowedHosts
+// is answered 421, and a browser's Origin other than the listener's own is
+// answered 403 (no DNS rebinding, no cross-site calls). With tlsConf it
+// speaks HTTP/1.1 and HTTP/2 over TLS 1.3 only.
+func Listen(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger, opts ...Option) (*Server, error) {
+	return ListenWithLimits(addr, handler, tlsConf, logger, Limits{}, opts...)
 }
 
 // ListenWithLimits is Listen with limits of the caller's choosing; zero
 // fields of limits take their defaults.
-func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger, limits Limits) (*Server, error) {
+func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, logger *slog.Logger, limits Limits, opts ...Option) (*Server, error) {
 	limits = limits.withDefaults()
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
 	}
 	if tlsConf == nil {
 		if err := checkLoopback(addr); err != nil {
 			return nil, err
 		}
+		allowed, err := parseAllowedHosts(o.allowedHosts)
+		if err != nil {
+			return nil, err
+		}
+		// Only plaintext listeners are guarded: there, reaching the
+		// listener is the whole credential. Over TLS a rebound name fails
+		// the browser's certificate check before any request is sent, a
+		// browser does not attach a bearer token on its own, and the
+		// names a TLS listener answers to are whatever its certificate says.
+		handler = &localOnly{next: handler, allowed: allowed, logger: logger}
+	} else if len(o.allowedHosts) > 0 {
+		return nil, errors.New("allowed hosts apply to plaintext listeners only: over TLS the certificate decides which names reach the listener")
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
