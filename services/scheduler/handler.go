@@ -270,6 +270,8 @@ func (s *Scheduler) startOne(ctx context.Context, t target, req *batonv1.StartJo
 		return nil, err
 	}
 	id := uid.String()
+	s.starting.Store(id, struct{}{})
+	defer s.starting.Delete(id)
 	job := store.Job{
 		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
 		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},

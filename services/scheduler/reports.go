@@ -18,13 +18,14 @@ import (
 // ApplyWorkerReport holds the rules of a job's life.
 
 // settleUnreported asks the registering worker after each job the store
-// holds as RUNNING on it that its registration did not list: the
-// registration lists only the jobs a worker runs, so such a job ended while
-// the scheduler was not hearing (its end is the answer), or the worker no
-// longer knows it (its data was wiped, or retention removed it): LOST.
-// PENDING jobs are left alone, since their StartJob may still be in flight.
-// A job whose worker does not answer keeps its state until the next
-// registration.
+// holds as running or starting on it that its registration did not list.
+// The registration lists only the jobs a worker runs, so such a job ended
+// while the scheduler was not hearing (its end is the answer), or the
+// worker no longer knows it (its data was wiped, retention removed it, or
+// a scheduler stopped between recording a start and calling the worker):
+// LOST, with the reason. A PENDING job whose StartJob this process is still
+// carrying out is left to that call. A job whose worker does not answer
+// keeps its state until the next registration.
 func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, reported map[string]bool) error {
 	ctx = context.WithoutCancel(ctx)
 	jobs, err := s.store.JobsOnWorker(ctx, workerID, true)
@@ -38,9 +39,13 @@ func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, repor
 	}
 	var asks []store.Job
 	for _, j := range jobs {
-		if !reported[j.ID] && j.Status.GetState() == batonv1.JobState_JOB_STATE_RUNNING {
-			asks = append(asks, j)
+		if reported[j.ID] {
+			continue
 		}
+		if _, inFlight := s.starting.Load(j.ID); inFlight {
+			continue
+		}
+		asks = append(asks, j)
 	}
 	errs := make([]error, len(asks))
 	limit := make(chan struct{}, 16)
@@ -71,6 +76,9 @@ func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error 
 		lost := proto.CloneOf(j.Status)
 		lost.State = batonv1.JobState_JOB_STATE_LOST
 		lost.Reason = "the worker no longer knows this job"
+		if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
+			lost.Reason = "never started: the scheduler stopped before the worker was asked to start it"
+		}
 		lost.EndedAt = timestamppb.Now()
 		if err := s.store.UpdateJobStatus(ctx, j.ID, lost); err != nil {
 			s.logger.ErrorContext(ctx, "marking a job lost failed", "job_id", j.ID, "error", err)

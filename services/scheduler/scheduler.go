@@ -10,6 +10,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -86,6 +87,10 @@ type Scheduler struct {
 	// down: streams would otherwise hold the listener's drain open.
 	stopping    context.Context
 	stopStreams context.CancelFunc
+	// starting holds the ids of jobs whose StartJob this process is still
+	// carrying out: any other PENDING job was left by a scheduler that
+	// stopped between recording it and hearing the worker's answer.
+	starting sync.Map
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
