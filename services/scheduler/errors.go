@@ -86,6 +86,9 @@ func mapError(err error) error {
 	if we := new(workerError); errors.As(err, &we) {
 		return mapWorkerError(we)
 	}
+	if errors.Is(err, store.ErrUnavailable) {
+		return interceptors.Hidden(connect.CodeUnavailable, "the scheduler cannot write its store right now; try again later", err)
+	}
 	for _, c := range codes {
 		if errors.Is(err, c.err) {
 			return connect.NewError(c.code, err)

@@ -62,7 +62,7 @@ func (a *AccessLog) log(ctx context.Context, spec connect.Spec, peer connect.Pee
 	switch c := connect.CodeOf(err); {
 	case err == nil && routine[spec.Procedure]:
 		level = slog.LevelDebug
-	case err != nil && (c == connect.CodeInternal || c == connect.CodeUnknown):
+	case err != nil && (c == connect.CodeInternal || c == connect.CodeUnknown || hasDetail(err)):
 		level = slog.LevelError
 	}
 	if !a.logger.Enabled(ctx, level) {
@@ -82,7 +82,7 @@ func (a *AccessLog) log(ctx context.Context, spec connect.Spec, peer connect.Pee
 	if err != nil {
 		c := connect.CodeOf(err)
 		code = c.String()
-		if c == connect.CodeInternal || c == connect.CodeUnknown {
+		if c == connect.CodeInternal || c == connect.CodeUnknown || hasDetail(err) {
 			attrs = append(attrs, slog.String("error", errorDetail(err)))
 		} else {
 			msg := err.Error()
@@ -100,6 +100,11 @@ func (a *AccessLog) log(ctx context.Context, spec connect.Spec, peer connect.Pee
 	a.logger.LogAttrs(ctx, level, "rpc", attrs...)
 }
 
+// hasDetail reports whether err carries a cause the caller was not shown.
+func hasDetail(err error) bool {
+	return errors.As(err, new(*internalError))
+}
+
 // errorDetail finds the detail the caller was not shown (see Internal).
 func errorDetail(err error) string {
 	if ie := new(internalError); errors.As(err, &ie) {
@@ -112,7 +117,14 @@ func errorDetail(err error) string {
 // the access log records cause: internal details (paths, driver errors) stay
 // out of responses and are logged exactly once.
 func Internal(msg string, cause error) *connect.Error {
-	return connect.NewError(connect.CodeInternal, &internalError{msg: msg, cause: cause})
+	return Hidden(connect.CodeInternal, msg, cause)
+}
+
+// Hidden is Internal with another code: a server-side failure the caller
+// can do something about (retry later, for unavailable), told in msg, with
+// the cause in the log only.
+func Hidden(code connect.Code, msg string, cause error) *connect.Error {
+	return connect.NewError(code, &internalError{msg: msg, cause: cause})
 }
 
 type internalError struct {

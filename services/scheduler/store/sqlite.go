@@ -206,6 +206,7 @@ func (s *SQLite) write(ctx context.Context, fn func(w *writer) error) (err error
 		return ctx.Err()
 	}
 	defer func() { <-s.writeSem }()
+	defer func() { err = unavailable(err) }()
 
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -254,6 +255,17 @@ func (w *writer) query(ctx context.Context, query string, args ...any) (*sql.Row
 		return nil, err
 	}
 	return st.QueryContext(ctx, args...)
+}
+
+// unavailable marks err as ErrUnavailable when SQLite failed for a reason
+// of the moment rather than of the request.
+func unavailable(err error) error {
+	switch sqliteCode(err) & 0xff {
+	case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_BUSY,
+		sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOMEM:
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return err
 }
 
 // sqliteCode returns the extended result code of err, or 0 if err does not

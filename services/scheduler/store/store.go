@@ -31,6 +31,10 @@ var (
 	// ErrNotOnWorker reports a worker's report about a job the scheduler
 	// placed on another worker.
 	ErrNotOnWorker = errors.New("job placed on another worker")
+	// ErrUnavailable reports a store that cannot be written or read right
+	// now (disk full, I/O error, read-only or locked file): trying again
+	// later may succeed.
+	ErrUnavailable = errors.New("store unavailable")
 	// ErrSchemaTooNew reports a database written by a newer version of the
 	// scheduler than this one; opening it could corrupt it.
 	ErrSchemaTooNew = errors.New("the database was written by a newer scheduler")
