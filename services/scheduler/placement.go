@@ -7,16 +7,47 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
-// place picks the workers for req and reserves a slot on each (given back
-// by release when the start fails, turned into a started job by confirm;
-// see startCount):
+// reservation holds one slot of a worker's capacity for a start in
+// flight (see startCount). It ends once: confirm turns it into the started
+// job, release gives the slot back, and whichever comes second does
+// nothing, so a caller defers release and confirms on success.
+type reservation struct {
+	target
+	reg   *registry
+	ended bool
+}
+
+// confirm counts the slot as the started job jobID.
+func (r *reservation) confirm(jobID string) {
+	if !r.ended {
+		r.ended = true
+		r.reg.confirm(r.id, jobID)
+	}
+}
+
+// release gives the slot back unless it was confirmed.
+func (r *reservation) release() {
+	if !r.ended {
+		r.ended = true
+		r.reg.release(r.id)
+	}
+}
+
+// releaseAll releases every reservation of a placement.
+func releaseAll(slots []*reservation) {
+	for _, r := range slots {
+		r.release()
+	}
+}
+
+// place picks the workers for req and reserves a slot on each:
 // the named worker; every READY worker matching the selector, for a
 // fan-out; or else the least-loaded READY matching worker with room.
 //
 // It holds the roster lock for reading only, so heartbeats (which take
 // only their member's lock) and other placements go on meanwhile; running
 // counts are read and reserved under each member's own lock.
-func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
+func (r *registry) place(req *batonv1.StartJobRequest) ([]*reservation, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if id := req.GetWorkerId(); id != "" {
@@ -32,7 +63,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		m.hot.Lock()
 		r.reserveHot(m)
 		m.hot.Unlock()
-		return []target{r.targetLocked(m)}, nil
+		return []*reservation{r.reservationLocked(m)}, nil
 	}
 
 	if req.GetAll() {
@@ -46,12 +77,12 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 			return nil, r.noneMatchingLocked()
 		}
 		slices.SortFunc(matching, func(a, b *member) int { return cmp.Compare(a.w.ID, b.w.ID) })
-		out := make([]target, 0, len(matching))
+		out := make([]*reservation, 0, len(matching))
 		for _, m := range matching {
 			m.hot.Lock()
 			r.reserveHot(m)
 			m.hot.Unlock()
-			out = append(out, r.targetLocked(m))
+			out = append(out, r.reservationLocked(m))
 		}
 		return out, nil
 	}
@@ -73,9 +104,15 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]target, error) {
 		}
 		best.hot.Unlock()
 		if ok {
-			return []target{r.targetLocked(best)}, nil
+			return []*reservation{r.reservationLocked(best)}, nil
 		}
 	}
+}
+
+// reservationLocked is the reservation just counted on m; the caller
+// holds r.mu.
+func (r *registry) reservationLocked(m *member) *reservation {
+	return &reservation{target: r.targetLocked(m), reg: r}
 }
 
 // leastLoadedLocked is the least-loaded READY worker matching selector

@@ -16,12 +16,18 @@ package scheduler
 // the previous one, a start included, so a job leaves unreported with the
 // first heartbeat that names it; a heartbeat that names a job before its
 // start's answer is remembered for two heartbeats (early), so that the
-// answer does not count the job again. Every field here is guarded by
-// member.hot.
+// answer does not count the job again. A job leaves unreported at the
+// latest with the second heartbeat after its start was confirmed: heartbeats
+// go one at a time, so that one was built after the worker took the job,
+// and its count includes the job if it still runs. The count cannot drift
+// for longer than that. Every field here is guarded by member.hot.
 type startCount struct {
-	reported   int32
-	pending    int32
-	unreported map[string]struct{}
+	reported int32
+	pending  int32
+	// unreported maps each job to the number of heartbeats taken when its
+	// start was confirmed.
+	unreported map[string]uint64
+	beats      uint64
 	// early holds jobs that the latest two heartbeats named before their
 	// start was confirmed: [0] the latest, [1] the one before.
 	early [2]map[string]struct{}
@@ -59,9 +65,9 @@ func (r *registry) confirm(id, jobID string) {
 	_, seen1 := c.early[1][jobID]
 	if !seen0 && !seen1 {
 		if c.unreported == nil {
-			c.unreported = make(map[string]struct{})
+			c.unreported = make(map[string]uint64)
 		}
-		c.unreported[jobID] = struct{}{}
+		c.unreported[jobID] = c.beats
 	}
 	r.totalHot(m)
 }
@@ -70,6 +76,12 @@ func (r *registry) confirm(id, jobID string) {
 // holds m.hot.
 func (r *registry) reportedHot(m *member, running int32, changed []string) {
 	c := &m.starts
+	c.beats++
+	for id, at := range c.unreported {
+		if c.beats-at >= 2 {
+			delete(c.unreported, id)
+		}
+	}
 	c.early[1], c.early[0] = c.early[0], nil
 	for _, id := range changed {
 		if _, ok := c.unreported[id]; ok {

@@ -1,0 +1,231 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// The path of a StartJob: a key used before answers with what it made;
+// placement reserves a slot on each chosen worker; each job is recorded
+// PENDING, then started on its worker, then recorded as the worker
+// answered, and its slot confirmed. A fan-out does the same for every
+// worker under one group, which owns the key.
+
+func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
+	key := req.GetIdempotencyKey()
+	if key != "" {
+		res, err := s.byKey(ctx, owner, key)
+		if res != nil || err != nil {
+			return res, err
+		}
+	}
+	slots, err := s.reg.place(req)
+	if err != nil {
+		return nil, err
+	}
+	// Every slot no start confirmed goes back, whatever path returns.
+	defer releaseAll(slots)
+	if !req.GetAll() {
+		st, err := s.startOne(ctx, slots[0], req, owner, "", key)
+		if errors.Is(err, store.ErrConflict) && key != "" {
+			// A concurrent call with the same key won.
+			j, gerr := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+			if gerr != nil {
+				return nil, gerr
+			}
+			return s.existing(ctx, j)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return &batonv1.StartJobResponse{JobId: st.GetJobId(), Jobs: []*batonv1.JobStatus{st}}, nil
+	}
+
+	gid, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	group := gid.String()
+	// The key belongs to the group: of concurrent fan-outs with one key,
+	// one creates the group and starts its jobs; the others get it.
+	if err := s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, IdempotencyKey: key, CreatedAt: time.Now()}); err != nil {
+		if errors.Is(err, store.ErrConflict) && key != "" {
+			g, gerr := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
+			if gerr != nil {
+				return nil, gerr
+			}
+			return s.existingGroup(ctx, g)
+		}
+		return nil, err
+	}
+	results := make([]*batonv1.JobStatus, len(slots))
+	errs := make([]error, len(slots))
+	var wg sync.WaitGroup
+	for i, slot := range slots {
+		wg.Go(func() { results[i], errs[i] = s.startOne(ctx, slot, req, owner, group, "") })
+	}
+	wg.Wait()
+	res := &batonv1.StartJobResponse{GroupId: group}
+	var firstErr error
+	for i, st := range results {
+		if errs[i] != nil {
+			firstErr = cmpErr(firstErr, errs[i])
+			s.logger.WarnContext(ctx, "fan-out job not started", "worker_id", slots[i].id, "group_id", group, "error", errs[i])
+			continue
+		}
+		res.Jobs = append(res.Jobs, st)
+	}
+	if len(res.Jobs) == 0 {
+		return nil, firstErr
+	}
+	res.JobId = res.Jobs[0].GetJobId()
+	return res, nil
+}
+
+func cmpErr(first, next error) error {
+	if first != nil {
+		return first
+	}
+	return next
+}
+
+// byKey answers a StartJob whose key the owner used before with the job
+// or group the first call created, or nil when the key is new.
+func (s *Scheduler) byKey(ctx context.Context, owner, key string) (*batonv1.StartJobResponse, error) {
+	j, err := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+	if err == nil {
+		return s.existing(ctx, j)
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	g, err := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
+	if err == nil {
+		return s.existingGroup(ctx, g)
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	return nil, nil
+}
+
+// existing answers a retried StartJob with the job the first call created.
+func (s *Scheduler) existing(ctx context.Context, j store.Job) (*batonv1.StartJobResponse, error) {
+	if j.GroupID != "" {
+		g, err := s.store.GetGroup(ctx, j.GroupID)
+		if err != nil {
+			return nil, err
+		}
+		return s.existingGroup(ctx, g)
+	}
+	return &batonv1.StartJobResponse{JobId: j.ID, Jobs: []*batonv1.JobStatus{j.Status}}, nil
+}
+
+// existingGroup answers a retried fan-out with the group the first call
+// created and the jobs it has so far (a call that lost the race for the
+// key may see the group before all of its jobs are recorded).
+func (s *Scheduler) existingGroup(ctx context.Context, g store.Group) (*batonv1.StartJobResponse, error) {
+	jobs, _, err := s.store.ListJobs(ctx, store.JobFilter{GroupID: g.ID, PageSize: store.MaxPageSize})
+	if err != nil {
+		return nil, err
+	}
+	res := &batonv1.StartJobResponse{GroupId: g.ID}
+	for i := len(jobs) - 1; i >= 0; i-- { // oldest first, as the first answer had them
+		res.Jobs = append(res.Jobs, jobs[i].Status)
+	}
+	if len(res.Jobs) > 0 {
+		res.JobId = res.Jobs[0].GetJobId()
+	}
+	return res, nil
+}
+
+// startOne records a PENDING job and asks the slot's worker to start it.
+// The record comes first so that a job never runs unknown to the store; if
+// the worker refuses, the record is deleted again. The slot is confirmed
+// when the job started; otherwise the caller's deferred release gives it
+// back.
+func (s *Scheduler) startOne(ctx context.Context, slot *reservation, req *batonv1.StartJobRequest, owner, group, key string) (*batonv1.JobStatus, error) {
+	t := slot.target
+	uid, err := uuid.NewV7()
+	if err != nil {
+		return nil, err
+	}
+	id := uid.String()
+	s.starting.Store(id, struct{}{})
+	defer s.starting.Delete(id)
+	job := store.Job{
+		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
+		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},
+	}
+	if err := s.store.CreateJob(ctx, job); err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartRequest(req, id, owner, group)))
+	cancel()
+	var st *batonv1.JobStatus
+	if err == nil {
+		st = res.Msg.GetStatus()
+	} else if st, err = s.settleStart(ctx, t, job, err); err != nil {
+		return nil, err
+	}
+	if st == nil {
+		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
+	}
+	slot.confirm(id)
+	st = withIdentity(job, st)
+	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), t.id, id, st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", id, "error", err)
+	}
+	s.opts.Metrics.JobStarted()
+	return st, nil
+}
+
+// settleStart decides what a failed StartJob call to a worker left behind.
+// A refusal (bad spec, full, …) started nothing: the record goes. Otherwise
+// (timeout, connection lost) the worker may have started the job, so it is
+// asked; if it cannot answer, the record stays as LOST, which the worker's
+// next report revives, and the idempotency key keeps pointing at it: a
+// retried StartJob never starts a second process.
+func (s *Scheduler) settleStart(ctx context.Context, t target, job store.Job, callErr error) (*batonv1.JobStatus, error) {
+	ctx = context.WithoutCancel(ctx)
+	refused := false
+	switch connect.CodeOf(callErr) {
+	case connect.CodeInvalidArgument, connect.CodeNotFound, connect.CodePermissionDenied,
+		connect.CodeFailedPrecondition, connect.CodeResourceExhausted, connect.CodeAlreadyExists:
+		refused = true
+	default:
+		qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: job.ID}))
+		cancel()
+		switch {
+		case qerr == nil && res.Msg.GetStatus() != nil:
+			return res.Msg.GetStatus(), nil
+		case connect.CodeOf(qerr) == connect.CodeNotFound:
+			refused = true
+		}
+	}
+	if refused {
+		if err := s.store.DeleteJob(ctx, job.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.logger.ErrorContext(ctx, "deleting a job the worker did not start failed", "job_id", job.ID, "error", err)
+		}
+		return nil, &workerError{worker: t.id, err: callErr}
+	}
+	lost := proto.CloneOf(job.Status)
+	lost.JobId, lost.WorkerId, lost.Owner, lost.GroupId = job.ID, t.id, job.Owner, job.GroupID
+	lost.State = batonv1.JobState_JOB_STATE_LOST
+	lost.Reason = "start outcome unknown: the worker did not answer; its next report settles it"
+	if err := s.store.UpdateJobStatus(ctx, job.ID, lost); err != nil {
+		s.logger.ErrorContext(ctx, "recording a job with an unknown start failed", "job_id", job.ID, "error", err)
+	}
+	return nil, &workerError{worker: t.id, err: callErr}
+}
