@@ -5,11 +5,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/serving"
 )
 
@@ -18,7 +20,9 @@ import (
 // view's cached bytes, pages are marshalled per call.
 func TestListWorkersPages(t *testing.T) {
 	t.Parallel()
-	s := startScheduler(t, "", nil)
+	// The workers never heartbeat: a long grace keeps them READY (and
+	// w-c DRAINING) however slowly a loaded machine runs the test.
+	s := startScheduler(t, "", func(o *scheduler.Options) { o.HeartbeatGrace = time.Hour })
 	// Registered out of order; listed by name.
 	for _, n := range []string{"w-e", "w-a", "w-g", "w-c", "w-b", "w-f", "w-d"} {
 		if _, err := s.client.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{

@@ -25,14 +25,14 @@ type registry struct {
 	// dial makes the pooled client of one worker.
 	dial func(name, addr string) batonv1connect.WorkerServiceClient
 
-	// mu guards members, joined and the members' cold fields (see member).
+	// mu guards members, membership and the members' cold fields (see member).
 	// Walks of the roster (placement, the roster view, the sweeper) hold
 	// it for reading or writing.
 	mu      sync.RWMutex
 	members map[string]*member // by worker id (== name)
-	// joined counts members added to members (none is ever removed), so
-	// that the roster view knows when to sort its order again.
-	joined uint64
+	// membership counts additions to and removals from members, so that
+	// the roster view knows when to sort its order again.
+	membership uint64
 	// index holds the same members as members, for lookups without mu.
 	index sync.Map // string → *member
 	// version counts roster changes other than a heartbeat's timestamp
@@ -116,7 +116,7 @@ func (r *registry) load(workers []store.Worker, deadline time.Time) {
 // addLocked adds (or replaces) m; the caller holds r.mu.
 func (r *registry) addLocked(m *member) {
 	if r.members[m.w.ID] == nil {
-		r.joined++
+		r.membership++
 	}
 	r.members[m.w.ID] = m
 	r.index.Store(m.w.ID, m)
@@ -163,6 +163,10 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.members[m.w.ID] != m {
+		// forget removed it after the caller looked it up.
+		r.addLocked(m)
+	}
 	m.hot.Lock()
 	defer m.hot.Unlock()
 	r.changedHot(m)
@@ -204,6 +208,31 @@ func (r *registry) heartbeat(m *member, running int32, changed []string, deadlin
 	m.w.LastHeartbeat = now
 	m.deadline = deadline
 	return m.w.State, true
+}
+
+// forget removes the workers that have been DOWN or LEFT since before
+// cutoff (by their last heartbeat) and returns them: a roster does not
+// keep every name it ever saw.
+func (r *registry) forget(cutoff time.Time) []*member {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var gone []*member
+	for id, m := range r.members {
+		m.hot.Lock()
+		old := !m.live && (m.w.State == batonv1.WorkerState_WORKER_STATE_DOWN || m.w.State == batonv1.WorkerState_WORKER_STATE_LEFT) &&
+			m.w.LastHeartbeat.Before(cutoff)
+		m.hot.Unlock()
+		if old {
+			delete(r.members, id)
+			r.index.Delete(id)
+			gone = append(gone, m)
+		}
+	}
+	if len(gone) > 0 {
+		r.membership++
+		r.version.Add(1)
+	}
+	return gone
 }
 
 // leave marks a worker LEFT; it reports false if the worker is unknown.

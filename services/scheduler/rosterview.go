@@ -39,8 +39,8 @@ const rosterViewTTL = time.Second
 type rosterView struct {
 	// mu serialises refreshes; readers of an answer do not take it.
 	mu sync.Mutex
-	// joined and version are the registry's counters the slots reflect.
-	joined, version uint64
+	// membership and version are the registry's counters the slots reflect.
+	membership, version uint64
 	// slots holds every member of the registry, by name.
 	slots []viewSlot
 	cur   atomic.Pointer[rosterList]
@@ -143,7 +143,7 @@ func (v *rosterView) current(reg *registry) *rosterList {
 	}
 	reg.mu.RLock()
 	resorted := false
-	if reg.joined != v.joined || cur == nil {
+	if reg.membership != v.membership || cur == nil {
 		v.resortLocked(reg)
 		resorted = true
 	}
@@ -224,7 +224,7 @@ func (v *rosterView) resortLocked(reg *registry) {
 	// A member's name is set when it is added and never changes.
 	slices.SortFunc(slots, func(a, b viewSlot) int { return strings.Compare(a.m.w.Name, b.m.w.Name) })
 	v.slots = slots
-	v.joined = reg.joined
+	v.membership = reg.membership
 }
 
 // appendWorkerField appends w as field 1 (workers) of a

@@ -267,6 +267,24 @@ func (s *Scheduler) prune(ctx context.Context) {
 	if n > 0 {
 		s.logger.InfoContext(ctx, "pruned old jobs", "jobs", n)
 	}
+	for _, m := range s.reg.forget(time.Now().Add(-s.opts.Retention)) {
+		s.forgetWorker(ctx, m)
+	}
+}
+
+// forgetWorker deletes the roster entry of a worker forget removed, unless
+// it registered again meanwhile.
+func (s *Scheduler) forgetWorker(ctx context.Context, m *member) {
+	m.opMu.Lock()
+	defer m.opMu.Unlock()
+	if s.reg.get(m.w.ID) != nil {
+		return
+	}
+	if err := s.store.DeleteWorker(ctx, m.w.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.logger.ErrorContext(ctx, "forgetting a worker failed", "worker_id", m.w.ID, "error", err)
+		return
+	}
+	s.logger.InfoContext(ctx, "forgot a worker gone for longer than the retention", "worker_id", m.w.ID)
 }
 
 // persist writes m's current roster entry to the store. The caller holds

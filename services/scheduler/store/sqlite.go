@@ -282,6 +282,26 @@ func sqliteCode(err error) int {
 
 const workerColumns = `worker_id, name, address, state, labels, capacity, running_jobs, last_heartbeat, registered_at`
 
+// DeleteWorker implements [Store].
+func (s *SQLite) DeleteWorker(ctx context.Context, id string) error {
+	var n int64
+	err := s.write(ctx, func(tx *writer) error {
+		res, err := tx.exec(ctx, `DELETE FROM workers WHERE worker_id = ?`, id)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("delete worker %s: %w", id, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("worker %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
 // UpsertWorker implements [Store].
 func (s *SQLite) UpsertWorker(ctx context.Context, w Worker) error {
 	if w.ID == "" {
@@ -519,6 +539,7 @@ func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st 
 		next.StdoutBytes = st.GetStdoutBytes()
 		next.StderrBytes = st.GetStderrBytes()
 		next.Containment = st.GetContainment()
+		next.RunAs = st.GetRunAs()
 		return next, nil
 	})
 }

@@ -57,6 +57,9 @@ type Store interface {
 	UpsertWorker(ctx context.Context, w Worker) error
 	// GetWorker returns the worker with the given id, or ErrNotFound.
 	GetWorker(ctx context.Context, id string) (Worker, error)
+	// DeleteWorker removes worker id from the roster, or returns
+	// ErrNotFound. Its jobs stay: they are history.
+	DeleteWorker(ctx context.Context, id string) error
 	// ListWorkers returns every worker, ordered by name.
 	ListWorkers(ctx context.Context) ([]Worker, error)
 
@@ -87,8 +90,8 @@ type Store interface {
 	UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error
 	// ApplyWorkerReport records what worker workerID reports about job id.
 	// Only what a worker knows is taken from st: state, pid, exit code,
-	// signal, reason, start and end times, stopped_by, byte counts and
-	// containment. The job's identity, owner, spec and group stay the
+	// signal, reason, start and end times, stopped_by, byte counts,
+	// containment and run_as. The job's identity, owner, spec and group stay the
 	// scheduler's. The job's life only moves forward (PENDING, RUNNING, an
 	// end) and an end is final, except JOB_STATE_LOST: LOST only records
 	// that the scheduler stopped hearing about the job, and its worker's
