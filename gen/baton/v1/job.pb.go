@@ -321,7 +321,13 @@ type JobStatus struct {
 	GroupId string `protobuf:"bytes,16,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
 	// containment says how the job's processes are held together:
 	// "cgroup-v2", "cgroup-v1" or "process-group".
-	Containment   string `protobuf:"bytes,17,opt,name=containment,proto3" json:"containment,omitempty"`
+	Containment string `protobuf:"bytes,17,opt,name=containment,proto3" json:"containment,omitempty"`
+	// run_as says whose uid the job runs under, and so what it cannot reach:
+	// "uid 61190 (per job)" (a uid of its own: no other job can read its
+	// files or environment or signal it), "user batch (uid 990)" (one account
+	// for every job of the worker) or "the worker's uid 1000" (a worker that
+	// is not root: the job can read what the worker can).
+	RunAs         string `protobuf:"bytes,18,opt,name=run_as,json=runAs,proto3" json:"run_as,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -475,6 +481,13 @@ func (x *JobStatus) GetContainment() string {
 	return ""
 }
 
+func (x *JobStatus) GetRunAs() string {
+	if x != nil {
+		return x.RunAs
+	}
+	return ""
+}
+
 // OutputChunk is a piece of a job's output, in the order it was produced.
 type OutputChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -572,7 +585,7 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe7\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\x04\n" +
 	"\tJobStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12(\n" +
@@ -594,7 +607,8 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\fstdout_bytes\x18\x0e \x01(\x03R\vstdoutBytes\x12!\n" +
 	"\fstderr_bytes\x18\x0f \x01(\x03R\vstderrBytes\x12\x19\n" +
 	"\bgroup_id\x18\x10 \x01(\tR\agroupId\x12 \n" +
-	"\vcontainment\x18\x11 \x01(\tR\vcontainmentB\f\n" +
+	"\vcontainment\x18\x11 \x01(\tR\vcontainment\x12\x15\n" +
+	"\x06run_as\x18\x12 \x01(\tR\x05runAsB\f\n" +
 	"\n" +
 	"_exit_code\"\x99\x01\n" +
 	"\vOutputChunk\x12.\n" +
