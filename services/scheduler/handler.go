@@ -41,14 +41,10 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
 	s.reg.register(m, msg, running, time.Now().Add(s.ttl()))
-	reported := make(map[string]bool, len(msg.GetJobs()))
-	for _, st := range msg.GetJobs() {
-		reported[st.GetJobId()] = true
-		if err := s.recordReport(ctx, id, st); err != nil {
-			return nil, err
-		}
-	}
-	if err := s.settleUnreported(ctx, id, reported); err != nil {
+	if err := s.reconcileRegistration(ctx, id, msg.GetJobs()); err != nil {
+		// Not admitted after all: its next heartbeat is told to register
+		// again, and the reconciliation is tried again then.
+		s.reg.unadmit(m)
 		return nil, err
 	}
 	go s.deliverStops(id)
@@ -58,6 +54,19 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 		WorkerId:          id,
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
 	}), nil
+}
+
+// reconcileRegistration records the jobs a registering worker reports
+// and settles those it left out.
+func (s *Scheduler) reconcileRegistration(ctx context.Context, id string, jobs []*batonv1.JobStatus) error {
+	reported := make(map[string]bool, len(jobs))
+	for _, st := range jobs {
+		reported[st.GetJobId()] = true
+		if err := s.recordReport(ctx, id, st); err != nil {
+			return err
+		}
+	}
+	return s.settleUnreported(ctx, id, reported)
 }
 
 // DeregisterWorker marks a worker LEFT. Its jobs keep their last reported

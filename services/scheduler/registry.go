@@ -193,6 +193,15 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	}
 }
 
+// unadmit undoes the admission of a registration that could not be
+// recorded: the worker stays placeable, but its next heartbeat is answered
+// NotFound, so that it registers again. The caller holds m.opMu.
+func (r *registry) unadmit(m *member) {
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	m.live = false
+}
+
 // heartbeat refreshes a live worker and returns its state, or false when
 // the worker must register again. running is the worker's count and
 // changed the jobs the heartbeat reports changes of. It takes only m's own
