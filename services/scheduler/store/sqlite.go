@@ -88,18 +88,32 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	// The store holds every job's env values: its directory and files are
+	// the scheduler's alone, also when they already existed with wider
+	// modes. SQLite would create the file with mode 0644 (less the umask);
+	// create it first so that it, and the -wal and -shm files SQLite
+	// derives their mode from, are readable by the scheduler only.
 	if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
 		return nil, fmt.Errorf("open store: create directory: %w", err)
 	}
-	// SQLite would create the file with mode 0644 (less the umask); create it
-	// first so that it, and the -wal and -shm files SQLite derives their mode
-	// from, are readable by the scheduler only.
+	if err := os.Chmod(filepath.Dir(abs), 0o700); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
 	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	if err := f.Close(); err != nil {
+	err = f.Chmod(0o600)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
+	}
+	for _, side := range []string{abs + "-wal", abs + "-shm"} {
+		if err := os.Chmod(side, 0o600); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
 	}
 
 	db, err := sql.Open("sqlite", dsn(abs))
