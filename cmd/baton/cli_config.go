@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"reflect"
 
@@ -72,8 +73,9 @@ valid config file; a client token is printed as "<redacted>".`,
 		}
 		// As `baton worker` fills it in.
 		if cfg.Worker.DataDir == "" {
-			cfg.Worker.DataDir = filepath.Join(stateDir(), "worker-"+cfg.Worker.Name)
+			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
 		}
+		cfg.Worker.fillJobUIDs(os.Geteuid())
 		if err := printTOML(cmd.OutOrStdout(), &cfg); err != nil {
 			return err
 		}

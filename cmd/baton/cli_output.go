@@ -188,6 +188,7 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 	}
 	row("Output", byteCount(j.GetStdoutBytes())+" stdout, "+byteCount(j.GetStderrBytes())+" stderr")
 	row("Containment", j.GetContainment())
+	row("Run as", j.GetRunAs())
 	return tw.Flush()
 }
 

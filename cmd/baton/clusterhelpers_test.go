@@ -173,7 +173,7 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 	c := &cluster{
 		t:       t,
 		bin:     sharedBaton(t),
-		dir:     t.TempDir(),
+		dir:     jobsTempDir(t),
 		marker:  "bzt" + hex.EncodeToString(rnd[:]),
 		opts:    opts,
 		workers: map[string]*workerInfo{},

@@ -69,6 +69,17 @@ func runDev(ctx context.Context, dc devConfig) error {
 	for _, n := range workerNames {
 		principals = append(principals, identity.Principal{Role: identity.RoleWorker, Name: n})
 	}
+	// As root, the workers run jobs under uids of their own, which must
+	// pass through the data directory to their homes (its certificates
+	// stay in 0700 directories).
+	if os.Geteuid() == 0 {
+		if err := os.MkdirAll(dc.dataDir, 0o711); err != nil {
+			return err
+		}
+		if err := os.Chmod(dc.dataDir, 0o711); err != nil {
+			return err
+		}
+	}
 	caFile, certs, err := ensureDevCerts(os.Stdout, dc.dataDir, principals...)
 	if err != nil {
 		return fmt.Errorf("dev certificates: %w", err)
@@ -121,6 +132,19 @@ func runDev(ctx context.Context, dc devConfig) error {
 		return err
 	}
 
+	// As root, jobs get uids of their own when they can reach their homes
+	// and the scripts; otherwise (a data directory under /root, say) the
+	// dev cluster still runs them, as root, and says why.
+	jobsAsWorker := ""
+	if os.Geteuid() == 0 {
+		for _, dir := range []string{dc.dataDir, dc.scriptsDir} {
+			if blocked := unsearchable(dir); blocked != "" {
+				jobsAsWorker = blocked + " is not searchable by other users, so jobs cannot have uids of their own; they run as root (put --data-dir and the scripts under searchable directories to isolate them)"
+				break
+			}
+		}
+	}
+
 	// A worker that fails (say, its port was taken meanwhile) stops the
 	// whole cluster, rather than leaving half of it running.
 	ctx, stopWorkers := context.WithCancel(ctx)
@@ -140,6 +164,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 		w.Worker.StopGrace = Duration(5 * time.Second)
 		w.Log = sched.Log
 		w.sharesProcess = true
+		w.jobsAsWorker = jobsAsWorker
 		if err := w.validate(); err != nil {
 			return err
 		}
@@ -150,6 +175,9 @@ func runDev(ctx context.Context, dc devConfig) error {
 		})
 	}
 
+	if jobsAsWorker != "" {
+		fmt.Printf("Note: %s.\n", jobsAsWorker)
+	}
 	certDir := filepath.Dir(caFile)
 	fmt.Printf(`Baton dev cluster is running.
   web page   http://%[2]s/   workers, jobs and live output in the browser
@@ -368,4 +396,24 @@ func writeIfChanged(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// unsearchable returns the first directory on the way to dir that users
+// other than its owner and group cannot search, or "" when there is none.
+func unsearchable(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return dir
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return p
+		}
+		if p == filepath.Dir(p) {
+			return ""
+		}
+	}
 }

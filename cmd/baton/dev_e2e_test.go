@@ -21,7 +21,7 @@ import (
 // second start reuses the data and certificates of the first.
 func TestDevClusterFromScratch(t *testing.T) {
 	bin := sharedBaton(t)
-	home := t.TempDir()
+	home := jobsTempDir(t)
 	repo, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
 		t.Fatal(err)

@@ -248,9 +248,16 @@ func TestDevCertsKeepTheCAKeyApart(t *testing.T) {
 func TestDevMovesTheCAKeyOfAnOlderDataDir(t *testing.T) {
 	t.Parallel()
 	bin := sharedBaton(t)
-	home := t.TempDir()
+	home := jobsTempDir(t)
 	dataDir := filepath.Join(home, ".local", "state", "baton", "dev")
 	oldDevLayout(t, dataDir)
+	// As root, jobs run under uids of their own and must pass through the
+	// data directory's parents, which the older layout made 0700.
+	for d := filepath.Dir(dataDir); d != home; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	certs := filepath.Join(dataDir, "certs")
 	oldKey, err := os.ReadFile(filepath.Join(certs, "ca.key"))
 	if err != nil {

@@ -40,7 +40,7 @@ func TestDevServesMetrics(t *testing.T) {
 	port := freePortPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	dataDir := t.TempDir()
+	dataDir := jobsTempDir(t)
 	go func() {
 		done <- runDev(ctx, devConfig{
 			dataDir: dataDir, scriptsDir: filepath.Join("..", "..", "examples", "scripts"),

@@ -27,7 +27,7 @@ func newGuardedCluster(t *testing.T) (*cluster, string) {
 	c := &cluster{
 		t:       t,
 		bin:     sharedBaton(t),
-		dir:     t.TempDir(),
+		dir:     jobsTempDir(t),
 		marker:  "bzt" + hex.EncodeToString(rnd[:]),
 		opts:    clusterOptions{capacity: 8},
 		workers: map[string]*workerInfo{},

@@ -111,7 +111,7 @@ func newSecureCluster(t *testing.T, bin, certs string, workers ...string) *secur
 	c := &cluster{
 		t:       t,
 		bin:     bin,
-		dir:     t.TempDir(),
+		dir:     jobsTempDir(t),
 		marker:  "bzs" + hex.EncodeToString(rnd[:]),
 		workers: map[string]*workerInfo{},
 	}

@@ -133,7 +133,7 @@ func TestWebPageInBrowser(t *testing.T) {
 	devDone := make(chan error, 1)
 	go func() {
 		devDone <- runDev(clusterCtx, devConfig{
-			dataDir: t.TempDir(), scriptsDir: "../../examples/scripts",
+			dataDir: jobsTempDir(t), scriptsDir: "../../examples/scripts",
 			addr: addr, httpAddr: httpAddr, workerPort: workerPort, logLevel: "error",
 		})
 	}()

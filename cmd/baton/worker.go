@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,6 +35,10 @@ type WorkerConfig struct {
 	// scheduler's process: the go_* and process_* metrics are then the
 	// scheduler's to report.
 	sharesProcess bool
+	// jobsAsWorker, set by `baton dev` with its reason, runs jobs under the
+	// worker's own uid even as root: a dev cluster whose directories jobs
+	// under other uids cannot reach still runs jobs, and says so.
+	jobsAsWorker string
 }
 
 // WorkerSection is the [worker] section.
@@ -53,6 +58,58 @@ type WorkerSection struct {
 	// AuditFile receives one JSON line per StartJob, StopJob and denied
 	// call, naming the client the scheduler acted for; empty disables it.
 	AuditFile string `koanf:"audit_file"`
+	// JobUIDs is the range of uids jobs run under, one of its own per job
+	// ("61184-65519"). Empty means that range when the worker runs as
+	// root, and the worker's own uid otherwise.
+	JobUIDs string `koanf:"job_uids"`
+	// JobUser runs every job as this account instead of JobUIDs.
+	JobUser string `koanf:"job_user"`
+}
+
+// defaultJobUIDs is the range a root worker takes its per-job uids from:
+// the one systemd gives its dynamic users, below nobody (65534).
+const defaultJobUIDs = "61184-65519"
+
+// fillJobUIDs sets job_uids to the default range when the worker runs as
+// root and neither job_uids nor job_user is set, so that `config print`
+// shows what applies.
+func (s *WorkerSection) fillJobUIDs(euid int) {
+	if euid == 0 && strings.TrimSpace(s.JobUIDs) == "" && strings.TrimSpace(s.JobUser) == "" {
+		s.JobUIDs = defaultJobUIDs
+	}
+}
+
+// jobIdentity resolves job_uids and job_user for a worker running as euid:
+// per-job uids from the range (the default range as root), one account, or
+// neither, when jobs run as the worker's uid (a worker that is not root).
+// Isolation that is asked for but cannot be had is an error naming the key.
+func (s *WorkerSection) jobIdentity(euid int) (jobrun.UIDRange, *jobrun.User, error) {
+	uids, name := strings.TrimSpace(s.JobUIDs), strings.TrimSpace(s.JobUser)
+	switch {
+	case uids != "" && name != "":
+		return jobrun.UIDRange{}, nil, errors.New("worker.job_uids and worker.job_user exclude each other: set one")
+	case name != "":
+		u, err := jobrun.LookupUser(name)
+		if err != nil {
+			return jobrun.UIDRange{}, nil, fmt.Errorf("worker.job_user: %w", err)
+		}
+		if euid != 0 {
+			return jobrun.UIDRange{}, nil, fmt.Errorf("worker.job_user: running jobs as %q needs the worker to run as root (it runs as uid %d); remove the key to run them as the worker's uid", name, euid)
+		}
+		return jobrun.UIDRange{}, u, nil
+	case uids == "" && euid != 0:
+		return jobrun.UIDRange{}, nil, nil
+	case uids == "":
+		uids = defaultJobUIDs
+	}
+	rng, err := jobrun.ParseUIDRange(uids)
+	if err != nil {
+		return jobrun.UIDRange{}, nil, fmt.Errorf("worker.job_uids: %w", err)
+	}
+	if euid != 0 {
+		return jobrun.UIDRange{}, nil, fmt.Errorf("worker.job_uids: per-job uids need the worker to run as root (it runs as uid %d); remove the key to run jobs as the worker's uid", euid)
+	}
+	return rng, nil, nil
 }
 
 func defaultWorkerConfig() WorkerConfig {
@@ -75,7 +132,10 @@ func defaultWorkerConfig() WorkerConfig {
 }
 
 // validate checks what the types cannot.
-func (c *WorkerConfig) validate() error {
+func (c *WorkerConfig) validate() error { return c.validateAs(os.Geteuid()) }
+
+// validateAs is validate for a worker running with effective uid euid.
+func (c *WorkerConfig) validateAs(euid int) error {
 	var errs []error
 	if c.Worker.Name == "" {
 		errs = append(errs, errors.New("worker.name is required"))
@@ -88,6 +148,9 @@ func (c *WorkerConfig) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.GRPCServer.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("grpc_server.addr %q: %w", c.GRPCServer.Addr, err))
+	}
+	if _, _, err := c.Worker.jobIdentity(euid); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -116,8 +179,9 @@ func newWorkerCommand() *cobra.Command {
 			return err
 		}
 		if cfg.Worker.DataDir == "" {
-			cfg.Worker.DataDir = filepath.Join(stateDir(), "worker-"+cfg.Worker.Name)
+			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
 		}
+		cfg.Worker.fillJobUIDs(os.Geteuid())
 		if err := cfg.validate(); err != nil {
 			return err
 		}
@@ -170,6 +234,14 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		mopts = append(mopts, metrics.WithProcessMetrics())
 	}
 	m := metrics.NewWorker(mopts...)
+	jobUIDs, jobUser, err := cfg.Worker.jobIdentity(os.Geteuid())
+	if err != nil {
+		return err
+	}
+	if cfg.jobsAsWorker != "" {
+		jobUIDs, jobUser = jobrun.UIDRange{}, nil
+		logger.Warn("jobs run under the worker's own uid, without a uid of their own", "worker", cfg.Worker.Name, "reason", cfg.jobsAsWorker)
+	}
 	w, err := worker.New(worker.Options{
 		Name:      cfg.Worker.Name,
 		Address:   advertise,
@@ -187,6 +259,8 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 			OutputLimit:     int64(cfg.Worker.OutputLimit),
 			Retention:       time.Duration(cfg.Worker.Retention),
 			Capacity:        cfg.Worker.Capacity,
+			JobUIDs:         jobUIDs,
+			JobUser:         jobUser,
 		},
 	})
 	if err != nil {
@@ -243,6 +317,18 @@ func advertiseAddr(listen string) string {
 		}
 	}
 	return net.JoinHostPort(host, port)
+}
+
+// defaultWorkerDataDir is a worker's data directory when none is
+// configured. A worker running as root runs jobs under uids of their own,
+// which must pass through the data directory to their homes: root's home
+// directory is closed to them, so its data goes to /var/lib/baton unless
+// XDG_STATE_HOME says otherwise.
+func defaultWorkerDataDir(name string) string {
+	if os.Geteuid() == 0 && os.Getenv("XDG_STATE_HOME") == "" {
+		return filepath.Join("/var/lib/baton", "worker-"+name)
+	}
+	return filepath.Join(stateDir(), "worker-"+name)
 }
 
 // stateDir is where daemons keep their data by default.

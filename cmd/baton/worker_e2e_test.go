@@ -145,7 +145,7 @@ func postJSON(t *testing.T, url string, body string, out any) int {
 func TestWorkerBinaryServesJSON(t *testing.T) {
 	t.Parallel()
 	bin := buildBaton(t)
-	dir := t.TempDir()
+	dir := jobsTempDir(t)
 	scripts := filepath.Join(dir, "scripts")
 	if err := os.MkdirAll(scripts, 0o755); err != nil {
 		t.Fatal(err)

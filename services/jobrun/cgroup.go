@@ -354,17 +354,21 @@ func counter(file, key string) int64 {
 	return 0
 }
 
-// remove deletes the job's cgroup directories.
-func (c *jobCgroup) remove() {
+// remove deletes the job's cgroup directories. It reports whether the job
+// had a v2 cgroup and it is gone: rmdir(2) removes only an unpopulated
+// cgroup, and a job cannot move its processes out of it, so then none of
+// them is left.
+func (c *jobCgroup) remove() (v2Empty bool) {
 	if c == nil {
-		return
+		return false
 	}
 	for _, dir := range c.v1 {
 		removeCgroupDir(dir)
 	}
 	if c.v2 != "" {
-		removeCgroupDir(c.v2)
+		return removeCgroupDir(c.v2)
 	}
+	return false
 }
 
 // killCgroupDir kills every process in a cgroup directory. v2 has
@@ -392,16 +396,17 @@ func killCgroupDir(dir string) {
 
 // removeCgroupDir removes a cgroup directory, retrying briefly while the
 // kernel still counts exiting processes in it (rmdir(2) fails with EBUSY).
-func removeCgroupDir(dir string) {
+// It reports whether the directory is gone.
+func removeCgroupDir(dir string) bool {
 	delay := 5 * time.Millisecond
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		err := syscall.Rmdir(dir)
 		if err == nil || errors.Is(err, syscall.ENOENT) {
-			return
+			return true
 		}
 		if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
-			return
+			return false
 		}
 		time.Sleep(delay)
 		delay = min(delay*2, 100*time.Millisecond)

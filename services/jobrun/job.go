@@ -1,10 +1,10 @@
 package jobrun
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -22,6 +22,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		cg     *jobCgroup
 		cgFD   *os.File
 		pipes  [4]*os.File // stdout r/w, stderr r/w
+		ran    bool        // a process was started (and is reaped by now)
 		logger = r.log.With("job_id", j.id)
 	)
 	fail := func(err error) (Status, bool, error) {
@@ -37,8 +38,19 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 			out.close()
 		}
 		cg.remove()
-		if rmErr := os.RemoveAll(j.dir); rmErr != nil {
-			logger.Error("cannot remove the directory of a job that failed to start", "error", rmErr)
+		if j.lease != nil {
+			// Anything the process forked before it was killed runs under
+			// the uid; it must be gone before the uid is.
+			if ran && !killUID(j.lease.uid, copierDrainTimeout) {
+				r.holdUID(heldUID{lease: j.lease, home: j.home})
+			} else {
+				r.releaseUID(j.lease, j.home)
+			}
+		}
+		for _, dir := range []string{j.dir, j.home} {
+			if rmErr := os.RemoveAll(dir); rmErr != nil {
+				logger.Error("cannot remove the directory of a job that failed to start", "error", rmErr)
+			}
 		}
 		r.mu.Lock()
 		delete(r.jobs, j.id)
@@ -59,6 +71,20 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	if err := r.makeJobDir(j.dir); err != nil {
 		return internal("create the job directory", err)
 	}
+	uid := r.id.uid
+	if r.uids != nil {
+		lease, err := r.uids.acquire(j.id)
+		if errors.Is(err, ErrNoUID) {
+			return fail(err)
+		}
+		if err != nil {
+			return internal("lease a uid for the job", err)
+		}
+		j.lease, uid = lease, lease.uid
+	}
+	if err := r.makeHome(j.dir, j.home, uid); err != nil {
+		return internal("create the job's home directory", err)
+	}
 	limit := j.spec.OutputLimit
 	if limit == 0 {
 		limit = r.opts.OutputLimit
@@ -66,7 +92,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	out = &outputLog{dir: j.dir, limit: limit}
 	work := p.workDir
 	if work == "" {
-		work = filepath.Join(j.dir, workDirName)
+		work = j.home
 	}
 	limits := j.spec.MemoryLimit > 0 || j.spec.CPULimit > 0
 	var err error
@@ -84,6 +110,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.cg = cg
 	j.out = out
 	j.st.Cgroup = cg.mode()
+	j.st.RunAs = r.id.runAs(uid)
 	j.mu.Unlock()
 	// No record is written before the spawn (the waiter writes the first,
 	// see recordRunning): a worker that dies in between leaves a job
@@ -99,14 +126,15 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	cmd := &exec.Cmd{
 		Path:   p.path,
 		Args:   p.args,
-		Env:    r.environ(j.id, work, &j.spec),
+		Env:    r.environ(j.id, j.home, &j.spec),
 		Dir:    work,
 		Stdin:  nil, // os/exec opens /dev/null
 		Stdout: pipes[1],
 		Stderr: pipes[3],
 		// Setpgid makes the job a process group of its own (pgid == pid),
-		// so signals can reach the whole tree it forks.
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		// so signals can reach the whole tree it forks. The child switches
+		// to the job's uid and gid after fork, before chdir and execve.
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: r.id.credential(uid)},
 	}
 	if cgFD != nil {
 		// clone3(CLONE_INTO_CGROUP): the child is born inside the job's
@@ -115,6 +143,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		cmd.SysProcAttr.CgroupFD = int(cgFD.Fd())
 	}
 	startErr := cmd.Start()
+	ran = startErr == nil
 	// The child holds its own copies of the write ends; ours must go so the
 	// copiers see EOF when the job's last writer exits.
 	_ = pipes[1].Close()
@@ -320,7 +349,7 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	if err := writeRecord(j.dir, toRecord(final, ticks, cg), true); err != nil {
 		r.log.Error("cannot record the end of the job", "job_id", j.id, "error", err)
 	}
-	cg.remove()
+	r.endIdentity(j, cg.remove())
 	r.log.Info("job ended", "job_id", j.id, "state", final.State.String(), "reason", final.Reason)
 	// OnChange runs before done closes: whoever waits for the job (Stop,
 	// Close) may rely on the change having been delivered, such as a worker

@@ -9,6 +9,12 @@
 // output. Job records survive a worker restart: jobs that were running when
 // the worker died are reported as LOST and their leftover processes killed.
 //
+// A Runner of a root worker runs each job under a uid of its own
+// (Options.JobUIDs), in a home directory only that uid can enter, so that
+// jobs cannot read or signal each other or read the worker's files. Uids are
+// leased host-wide and given back only once none of the job's processes is
+// left, also across a worker restart.
+//
 // Every exported method of Runner is safe for concurrent use.
 package jobrun
 
@@ -167,6 +173,10 @@ type Status struct {
 	// Cgroup says how the job was contained: "v2", "v1", or "" for the
 	// process group only.
 	Cgroup string
+	// RunAs says whose uid the job runs under: "uid 61190 (per job)",
+	// "user batch (uid 990)" or "the worker's uid 1000". Empty for a job
+	// recorded by a worker that did not say.
+	RunAs string
 }
 
 // Errors returned by the Runner. They are wrapped with a sentence a user can
@@ -193,6 +203,9 @@ var (
 	// ErrLimitsUnsupported means resource limits were requested that this
 	// host cannot enforce.
 	ErrLimitsUnsupported = errors.New("resource limits unsupported")
+	// ErrNoUID means every uid of Options.JobUIDs is held by a job whose
+	// processes may still run.
+	ErrNoUID = errors.New("no job uid free")
 )
 
 // SignalName names the signal that killed the job ("SIGKILL"), or returns ""

@@ -325,7 +325,7 @@ func TestEnvironment(t *testing.T) {
 			gotSet := map[string]bool{}
 			for _, kv := range got {
 				if strings.HasPrefix(kv, "HOME=") {
-					if home := strings.TrimPrefix(kv, "HOME="); !strings.HasPrefix(home, r.jobsDir) {
+					if home := strings.TrimPrefix(kv, "HOME="); home != filepath.Join(r.homesDir, id) {
 						t.Errorf("HOME=%q is not the job's directory", home)
 					}
 					kv = "HOME="

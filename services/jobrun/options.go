@@ -36,6 +36,20 @@ type Options struct {
 	// "" picks a directory under the cgroup v2 mount named after DataDir;
 	// "-" disables cgroups (process groups only).
 	CgroupParent string
+	// JobUIDs, if set, runs every job under a uid of its own leased from
+	// this range (gid = uid, no supplementary groups), given back only when
+	// none of the job's processes is left. It needs root. The job's home
+	// directory is then DataDir/home/<id>, owned by that uid with mode 0700;
+	// DataDir and DataDir/home become 0711, and every parent of them and of
+	// ScriptsDir must be searchable by others, or New fails.
+	JobUIDs UIDRange
+	// JobUser, if set, runs every job as this account instead (see
+	// LookupUser). It needs root; JobUIDs and JobUser are exclusive. With
+	// neither, jobs run as the worker's own uid.
+	JobUser *User
+	// UIDLeaseDir is the host-wide directory where per-job uids are leased,
+	// shared by every worker of the host. Default DefaultUIDLeaseDir.
+	UIDLeaseDir string
 	// OnChange, if set, is called after every state change of a job. It is
 	// never called with a lock held, but it runs on the job's goroutines and
 	// must return quickly.
@@ -64,6 +78,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Capacity < 0 {
 		return fmt.Errorf("jobrun: Options.Capacity must not be negative, got %d", o.Capacity)
+	}
+	if o.UIDLeaseDir == "" {
+		o.UIDLeaseDir = DefaultUIDLeaseDir
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -29,15 +29,25 @@ type Runner struct {
 	log        *slog.Logger
 	scriptsDir string // absolute, symlinks resolved
 	jobsDir    string
+	homesDir   string // the jobs' home directories, see homesDirName
 	sparesDir  string // ready-made job directories, see spareDirs
 	tag        string // names this DataDir's cgroup directories
 	allowed    map[string]string
 	cg         cgroupHost
+	id         identity // whose uid jobs run under
+	uids       *uidPool // per-job uids; nil unless id.mode is runPerJob
+	selfUID    int      // the worker's, owner of everything but running jobs' homes
+	selfGID    int
 
-	mu     sync.Mutex // guards jobs, active, closed
+	mu     sync.Mutex // guards jobs, active, closed, held
 	jobs   map[string]*job
 	active int
 	closed bool
+	held   []heldUID // uids of ended jobs whose processes outlived SIGKILL
+
+	// onUIDRelease, if set before the first Start, is called just before
+	// a per-job uid is given back (a test hook).
+	onUIDRelease func(uid uint32)
 
 	spareMu        sync.Mutex // guards spares, sparesBuilding, sparesClosed
 	spares         []string   // ready-made job directories, see spareDirs
@@ -55,13 +65,15 @@ type Runner struct {
 type job struct {
 	id       string
 	dir      string
+	home     string // its home and default working directory
 	spec     Spec
 	started  chan struct{} // closed when spawn finished; startErr says how
 	recorded chan struct{} // closed after the waiter wrote the running record
 	done     chan struct{} // closed after the final state is recorded
 	copied   [2]chan struct{}
 
-	startErr error // written before close(started)
+	startErr error     // written before close(started)
+	lease    *uidLease // its per-job uid; spawn sets it, then the waiter owns it
 	out      *outputLog
 
 	mu         sync.Mutex
@@ -124,9 +136,17 @@ func New(opts Options) (*Runner, error) {
 	if fi, err := os.Stat(scripts); err != nil || !fi.IsDir() {
 		return nil, errors.New("jobrun: the scripts directory is not a directory")
 	}
+	id, err := chooseIdentity(os.Geteuid(), os.Getegid(), opts.JobUIDs, opts.JobUser)
+	if err != nil {
+		return nil, fmt.Errorf("jobrun: %w", err)
+	}
 	jobsDir := filepath.Join(dataDir, "jobs")
-	if err := os.MkdirAll(jobsDir, 0o700); err != nil {
-		return nil, fmt.Errorf("jobrun: cannot create the jobs directory: %w", err)
+	homesDir := filepath.Join(dataDir, homesDirName)
+	if err := makeDataDirs(dataDir, jobsDir, homesDir, &id); err != nil {
+		return nil, err
+	}
+	if err := checkReachable(&id, homesDir, scripts); err != nil {
+		return nil, err
 	}
 	names, explicit := opts.AllowedCommands, opts.AllowedCommands != nil
 	if !explicit {
@@ -137,6 +157,10 @@ func New(opts Options) (*Runner, error) {
 		log:         opts.Logger,
 		scriptsDir:  scripts,
 		jobsDir:     jobsDir,
+		homesDir:    homesDir,
+		id:          id,
+		selfUID:     os.Geteuid(),
+		selfGID:     os.Getegid(),
 		sparesDir:   filepath.Join(dataDir, "spares"),
 		tag:         dataDirTag(dataDir),
 		allowed:     resolveAllowed(names, explicit, opts.Logger),
@@ -144,9 +168,21 @@ func New(opts Options) (*Runner, error) {
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
+	if id.mode == runPerJob {
+		if r.uids, err = openUIDPool(opts.UIDLeaseDir, dataDir, id.uids); err != nil {
+			return nil, err
+		}
+		if c := opts.Capacity; c == 0 || c > id.uids.Len() {
+			r.log.Warn("the capacity allows more jobs than there are job uids; starts beyond them are refused", "job_uids", id.uids.String(), "capacity", c)
+		}
+	}
+	r.logIdentity()
 	r.cg = detectCgroups(opts.CgroupParent, dataDir, r.log)
 	r.load()
 	r.cg.sweep(r.log)
+	if r.uids != nil {
+		r.recoverUIDs()
+	}
 	r.openSpares()
 	go r.janitor()
 	return r, nil
@@ -202,6 +238,7 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 		j := &job{
 			id:       id,
 			dir:      filepath.Join(r.jobsDir, id),
+			home:     filepath.Join(r.homesDir, id),
 			spec:     spec,
 			started:  make(chan struct{}),
 			recorded: make(chan struct{}),
@@ -360,6 +397,11 @@ func (r *Runner) Close(ctx context.Context) error {
 	if err == nil {
 		r.cg.removeParents()
 	}
+	if r.uids != nil {
+		// Leases still held stay on disk: the next Runner of this data
+		// directory gives them back (see recoverUIDs).
+		r.uids.close()
+	}
 	return err
 }
 
@@ -381,6 +423,9 @@ func (r *Runner) simulateCrash() {
 	r.crashed.Store(true)
 	r.closeOnce.Do(func() { close(r.stopJanitor) })
 	<-r.janitorDone
+	if r.uids != nil {
+		r.uids.close() // its leases stay, as a dead worker's do
+	}
 }
 
 func (r *Runner) notifyChange(st Status) {
@@ -402,6 +447,7 @@ func (r *Runner) janitor() {
 			return
 		case now := <-t.C:
 			r.expire(now)
+			r.retryHeldUIDs()
 		}
 	}
 }
@@ -424,8 +470,13 @@ func (r *Runner) expire(now time.Time) {
 		default:
 			continue // still being recorded
 		}
-		// Move the directory aside first, while the ID is still taken, so a
-		// new job with the same ID never shares it with the deletion.
+		// Move the directories aside first, while the ID is still taken, so
+		// a new job with the same ID never shares them with the deletion.
+		homeTomb := filepath.Join(r.homesDir, "."+j.id+"-"+randomHex())
+		if err := os.Rename(j.home, homeTomb); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
+			continue
+		}
 		tomb := filepath.Join(r.jobsDir, "."+j.id+"-"+randomHex())
 		if err := os.Rename(j.dir, tomb); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
@@ -436,8 +487,13 @@ func (r *Runner) expire(now time.Time) {
 			delete(r.jobs, j.id)
 		}
 		r.mu.Unlock()
-		if err := os.RemoveAll(tomb); err != nil {
-			r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
+		// The worker removes whatever the job left in its home, whatever
+		// its modes: root is not bound by them, and a job cannot make a
+		// file immutable or mount over it without capabilities.
+		for _, dir := range []string{tomb, homeTomb} {
+			if err := os.RemoveAll(dir); err != nil {
+				r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
+			}
 		}
 		r.log.Debug("expired job deleted", "job_id", j.id)
 	}
@@ -469,6 +525,29 @@ func (r *Runner) load() {
 		}
 		j := r.loadJob(name)
 		r.jobs[name] = j
+	}
+	r.loadHomes()
+}
+
+// loadHomes deletes the home directories no known job has (remains of an
+// interrupted deletion or start) and gives the others back to the worker:
+// jobs that ran when the worker died are over, and their uids may go to
+// other jobs.
+func (r *Runner) loadHomes() {
+	entries, err := os.ReadDir(r.homesDir)
+	if err != nil {
+		r.log.Error("cannot read the home directories", "error", err)
+		return
+	}
+	for _, e := range entries {
+		dir := filepath.Join(r.homesDir, e.Name())
+		if j := r.jobs[e.Name()]; j != nil {
+			r.disownHome(dir)
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			r.log.Error("cannot delete a leftover home directory", "name", e.Name(), "error", err)
+		}
 	}
 }
 

@@ -9,8 +9,9 @@ import (
 
 // spareDirs is how many job directories the Runner keeps built ahead.
 //
-// A job directory is six file-system objects (the directory, its work
-// directory, three empty output files and an empty record). Creating them costs about as much
+// A job directory is six file-system objects (the directory, three empty
+// output files, an empty record and the job's future home, see makeHome).
+// Creating them costs about as much
 // as starting /bin/true itself on a VM disk, while renaming a ready-made
 // directory into place is one cheap metadata update. So the Runner keeps a
 // few built ahead in DataDir/spares (beside DataDir/jobs, on the same file
@@ -19,14 +20,15 @@ import (
 // each is renamed away exactly once.
 const spareDirs = 2
 
-// buildJobDir creates dir with its work directory, empty output files and
-// an empty record (see writeFirstRecord), all private to the worker's user
-// (0700 and 0600).
+// buildJobDir creates dir with empty output files, an empty record (see
+// writeFirstRecord) and the job's home directory, which Start moves to
+// DataDir/home (see makeHome), all private to the worker's user (0700 and
+// 0600).
 func buildJobDir(dir string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
-	if err := os.Mkdir(filepath.Join(dir, workDirName), 0o700); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, spareHome), 0o700); err != nil {
 		return err
 	}
 	for _, name := range []string{stdoutFile, stderrFile, indexFile, recordFile} {

@@ -35,7 +35,7 @@ func TestSpareDirectories(t *testing.T) {
 	if _, err := os.Stat(junk); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the job directory kept an old entry: %v", err)
 	}
-	if got := string(readOutput(t, r, "s1", OutputRequest{Streams: StreamStdout})); got != filepath.Join(dir, workDirName)+"\n" {
+	if got := string(readOutput(t, r, "s1", OutputRequest{Streams: StreamStdout})); got != filepath.Join(r.homesDir, "s1")+"\n" {
 		t.Errorf("working directory %q", got)
 	}
 	for _, name := range []string{stdoutFile, stderrFile, indexFile, recordFile} {

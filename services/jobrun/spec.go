@@ -131,6 +131,9 @@ func (r *Runner) resolve(spec *Spec) (*plan, error) {
 		if fi.Mode().Perm()&0o111 == 0 {
 			return nil, fmt.Errorf("%w: command %q is not executable", ErrCommandNotAllowed, cmd)
 		}
+		if !r.id.may(fi, 0o5) {
+			return nil, fmt.Errorf("%w: command %q is not readable and executable by the jobs' users (chmod o+rx)", ErrCommandNotAllowed, cmd)
+		}
 		p.path = abs
 		p.args = []string{abs}
 	}
@@ -142,6 +145,9 @@ func (r *Runner) resolve(spec *Spec) (*plan, error) {
 		if !fi.Mode().IsRegular() {
 			return nil, fmt.Errorf("%w: script %q is not a regular file", ErrInvalidSpec, spec.Path)
 		}
+		if !r.id.may(fi, 0o4) {
+			return nil, fmt.Errorf("%w: script %q is not readable by the jobs' users (chmod o+r)", ErrCommandNotAllowed, spec.Path)
+		}
 		p.args = append(p.args, abs)
 	}
 	p.args = append(p.args, spec.Args...)
@@ -152,6 +158,9 @@ func (r *Runner) resolve(spec *Spec) (*plan, error) {
 		}
 		if !fi.IsDir() {
 			return nil, fmt.Errorf("%w: working directory %q is not a directory", ErrInvalidSpec, spec.Dir)
+		}
+		if !r.id.may(fi, 0o1) {
+			return nil, fmt.Errorf("%w: working directory %q is not searchable by the jobs' users (chmod o+x)", ErrCommandNotAllowed, spec.Dir)
 		}
 		p.workDir = abs
 	}

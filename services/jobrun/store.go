@@ -11,11 +11,17 @@ import (
 )
 
 const (
-	recordFile  = "job.json"
-	stdoutFile  = "stdout"
-	stderrFile  = "stderr"
-	indexFile   = "index"
-	workDirName = "work"
+	recordFile = "job.json"
+	stdoutFile = "stdout"
+	stderrFile = "stderr"
+	indexFile  = "index"
+	// homesDirName is DataDir's directory of job home directories, apart
+	// from DataDir/jobs: with jobs under other uids it is the one place
+	// they may enter (see Options.JobUIDs).
+	homesDirName = "home"
+	// spareHome is a job's home directory, built ahead in its job
+	// directory and moved to DataDir/home when the job starts.
+	spareHome = ".home"
 )
 
 // record is the on-disk form of a job (job.json). It holds what a restarted
@@ -39,6 +45,7 @@ type record struct {
 	Cgroup      string    `json:"cgroup,omitempty"`
 	CgroupV2    string    `json:"cgroup_v2,omitempty"`
 	CgroupV1    []string  `json:"cgroup_v1,omitempty"`
+	RunAs       string    `json:"run_as,omitempty"`
 }
 
 func toRecord(st Status, startTicks uint64, cg *jobCgroup) record {
@@ -47,7 +54,7 @@ func toRecord(st Status, startTicks uint64, cg *jobCgroup) record {
 		PID: st.PID, StartTicks: startTicks, ExitCode: st.ExitCode, Signal: int(st.Signal),
 		Reason: st.Reason, StoppedBy: st.StoppedBy,
 		CreatedAt: st.CreatedAt, StartedAt: st.StartedAt, EndedAt: st.EndedAt,
-		StdoutBytes: st.StdoutBytes, StderrBytes: st.StderrBytes, Cgroup: st.Cgroup,
+		StdoutBytes: st.StdoutBytes, StderrBytes: st.StderrBytes, Cgroup: st.Cgroup, RunAs: st.RunAs,
 	}
 	if cg != nil {
 		rec.CgroupV2 = cg.v2
@@ -65,7 +72,7 @@ func (rec *record) status() (Status, error) {
 		ID: rec.ID, Spec: rec.Spec, State: state, PID: rec.PID, ExitCode: rec.ExitCode,
 		Signal: syscall.Signal(rec.Signal), Reason: rec.Reason, StoppedBy: rec.StoppedBy,
 		CreatedAt: rec.CreatedAt, StartedAt: rec.StartedAt, EndedAt: rec.EndedAt,
-		StdoutBytes: rec.StdoutBytes, StderrBytes: rec.StderrBytes, Cgroup: rec.Cgroup,
+		StdoutBytes: rec.StdoutBytes, StderrBytes: rec.StderrBytes, Cgroup: rec.Cgroup, RunAs: rec.RunAs,
 	}, nil
 }
 

@@ -63,6 +63,7 @@ func statusToProto(st jobrun.Status, workerID string) *batonv1.JobStatus {
 		StderrBytes: st.StderrBytes,
 		GroupId:     st.Spec.GroupID,
 		Containment: containment[st.Cgroup],
+		RunAs:       st.RunAs,
 		Spec: &batonv1.JobSpec{
 			Command:          st.Spec.Command,
 			Path:             st.Spec.Path,

@@ -22,6 +22,7 @@ var codes = []struct {
 	{jobrun.ErrExec, connect.CodeFailedPrecondition},
 	{jobrun.ErrLimitsUnsupported, connect.CodeFailedPrecondition},
 	{jobrun.ErrCapacity, connect.CodeResourceExhausted},
+	{jobrun.ErrNoUID, connect.CodeResourceExhausted},
 	{jobrun.ErrConflict, connect.CodeAlreadyExists},
 	{jobrun.ErrClosed, connect.CodeUnavailable},
 	{errBadPageToken, connect.CodeInvalidArgument},

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// jobsTempDir is t.TempDir made reachable by other uids. A worker running
+// as root runs each job under a uid of its own, which must pass through
+// the directories above its home and the scripts; the testing package
+// makes the parent of t.TempDir 0700.
+func jobsTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestWorkerBinaryRunsJobsUnderOwnUIDs runs `baton worker` as root with no
+// job_uids or job_user: its jobs run under uids of their own from the
+// default range, and JobStatus.run_as says so.
+func TestWorkerBinaryRunsJobsUnderOwnUIDs(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skipf("the per-job uid default applies to a worker running as root; this test runs as uid %d", os.Geteuid())
+	}
+	bin := sharedBaton(t)
+	dir := jobsTempDir(t)
+	scripts := filepath.Join(dir, "scripts")
+	if err := os.MkdirAll(scripts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	cfgFile := filepath.Join(dir, "worker.toml")
+	config := fmt.Sprintf("[grpc_server]\naddr = %q\nuse_tls = false\n\n[worker]\nname = \"uids\"\ndata_dir = %q\nscripts_dir = %q\n\n[log]\nformat = \"json\"\n",
+		addr, filepath.Join(dir, "data"), scripts)
+	if err := os.WriteFile(cfgFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "worker", "--config", cfgFile)
+	cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+	})
+	waitListening(t, addr)
+	base := "http://" + addr + "/baton.v1.WorkerService/"
+	var started struct {
+		JobID string `json:"jobId"`
+	}
+	if code := postJSON(t, base+"StartJob", `{"command":"bash","args":["-c","id -u"]}`, &started); code != 200 || started.JobID == "" {
+		t.Fatalf("StartJob: HTTP %d\n%s", code, logs.String())
+	}
+	out, final := streamJSON(t, base+"StreamJobOutput", `{"job_id":"`+started.JobID+`","follow":true}`)
+	uid, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil || uid < 61184 || uid > 65519 {
+		t.Fatalf("the job ran as uid %q, want one of 61184-65519\n%s", out, logs.String())
+	}
+	if got, want := final["runAs"], "uid "+strconv.Itoa(uid)+" (per job)"; got != want {
+		t.Errorf("run_as = %v, want %q (final status %v)", got, want, final)
+	}
+}
