@@ -1,0 +1,177 @@
+package scheduler_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/serving"
+	"github.com/baton-run/baton/services/worker"
+)
+
+// TestReRegisterWithManyJobs: no number or size of a worker's jobs keeps
+// it from reporting and registering. Fifty jobs with specs at the 256 KiB
+// bound end together and their ends are recorded (one heartbeat used to
+// carry every spec, over the 4 MiB message limit); then the worker
+// restarts holding 100,000 retained jobs and registers again, and takes
+// new jobs.
+func TestReRegisterWithManyJobs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("a load test, run without the race detector (CI's load step): loading 100,000 records under -race takes minutes")
+	}
+	t.Parallel()
+	// 100,000 job directories on a disk take minutes on a busy machine;
+	// on a tmpfs, seconds.
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1g,nr_inodes=400k"); err != nil {
+		t.Skipf("cannot mount a tmpfs for the worker's data (%v): 100,000 retained jobs are not played out", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	s := startScheduler(t, "", nil)
+	c := s.client
+	dataDir := filepath.Join(mnt, "data")
+	stop := startWorkerAt(t, "w1", s, dataDir)
+	waitWorkers(t, c, stateReady, "w1")
+
+	// 50 jobs, each spec just under the bound: 31 args of 8 KiB.
+	args := []string{"-c", "exit 0"}
+	for range 31 {
+		args = append(args, strings.Repeat("a", 8192))
+	}
+	var wg sync.WaitGroup
+	ids := make([]string, 50)
+	for i := range ids {
+		wg.Go(func() {
+			res, err := c.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Args: args}))
+			if err != nil {
+				t.Errorf("StartJob: %v", err)
+				return
+			}
+			ids[i] = res.Msg.GetJobId()
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Logf("50 jobs of the maximum size started")
+	waitFor(t, "the 50 ends to be recorded from heartbeats", func() bool {
+		for _, id := range ids {
+			if storedState(t, c, "w1", id) != batonv1.JobState_JOB_STATE_SUCCEEDED {
+				return false
+			}
+		}
+		return true
+	})
+	small := startJob(t, c, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}).GetJobId()
+	waitFor(t, "a small job to end", func() bool { return queryJob(t, c, small).GetDone() })
+	stop()
+
+	// 100,000 retained jobs: copies of the small job's record.
+	const retained = 100_000
+	jobs := filepath.Join(dataDir, "jobs")
+	record, err := os.ReadFile(filepath.Join(jobs, small, "job.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	for range retained {
+		id := uuid.Must(uuid.NewV7()).String()
+		dir := filepath.Join(jobs, id)
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "job.json"), bytes.ReplaceAll(record, []byte(small), []byte(id)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("wrote %d retained jobs in %v", retained, time.Since(began).Round(time.Millisecond))
+
+	restarted := time.Now()
+	startWorkerAt(t, "w1", s, dataDir)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		res, err := c.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := res.Msg.GetWorkers()[0]; w.GetState() == stateReady && w.GetRegisteredAt().AsTime().After(restarted) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker with %d retained jobs did not register again within 2 minutes", retained)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("registered again %v after its restart, with %d retained jobs", time.Since(restarted).Round(time.Millisecond), retained+len(ids)+1)
+	id := startJob(t, c, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}).GetJobId()
+	waitFor(t, "a new job to end", func() bool { return queryJob(t, c, id).GetDone() })
+}
+
+// startWorkerAt starts a real worker on dataDir, registered with sched,
+// and returns a function that shuts it down gracefully (also run at the
+// end of the test, if not before).
+func startWorkerAt(t *testing.T, name string, sched *testScheduler, dataDir string) (stop func()) {
+	t.Helper()
+	scriptsDir := makeScripts(t, t.TempDir())
+	var h http.Handler
+	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) { h.ServeHTTP(rw, r) }), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schedHTTP := serving.NewHTTPClient(nil)
+	w, err := worker.New(worker.Options{
+		Name:      name,
+		Address:   srv.Addr().String(),
+		Scheduler: batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url),
+		Runner: jobrun.Options{
+			DataDir:         dataDir,
+			ScriptsDir:      scriptsDir,
+			AllowedCommands: []string{"sh"},
+			StopGrace:       500 * time.Millisecond,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h = identity.AnonymousHandler(w.Handler())
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve() }()
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		_ = w.Run(runCtx)
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			stopRun()
+			<-runDone
+			_ = srv.Shutdown(ctx)
+			<-serveDone
+			if err := w.Close(ctx); err != nil {
+				t.Errorf("close worker: %v", err)
+			}
+			schedHTTP.CloseIdleConnections()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
