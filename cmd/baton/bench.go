@@ -46,6 +46,10 @@ type benchOptions struct {
 	// MTLS, with Local, runs the load a second time on a local cluster
 	// that speaks mutual TLS, to compare with h2c.
 	MTLS bool
+	// JobUIDs, with Local, runs the load a second time on a local cluster
+	// whose workers run each job under a uid of its own (root only), to
+	// compare with jobs under the worker's uid.
+	JobUIDs bool
 }
 
 // benchStats are the figures of one way of running the jobs.
@@ -81,6 +85,12 @@ type benchResult struct {
 	MTLS                *benchStats `json:"baton_mtls,omitempty"`
 	MTLSP50Ratio        float64     `json:"mtls_p50_ratio,omitempty"`
 	MTLSThroughputRatio float64     `json:"mtls_throughput_ratio,omitempty"`
+	// JobUIDs is the same load on a local cluster whose jobs run under
+	// uids of their own; the ratios compare it with Baton (the worker's
+	// uid).
+	JobUIDs                *benchStats `json:"baton_job_uids,omitempty"`
+	JobUIDsP50Ratio        float64     `json:"job_uids_p50_ratio,omitempty"`
+	JobUIDsThroughputRatio float64     `json:"job_uids_throughput_ratio,omitempty"`
 	// Exec is the same command run with os/exec, as a baseline.
 	Exec *benchStats `json:"exec,omitempty"`
 	// P50Ratio is Baton's p50 over exec's; ThroughputRatio is Baton's
@@ -119,6 +129,7 @@ with their state in a temporary directory, and stops them afterwards.`,
 	flags.BoolVar(&opts.Baseline, "baseline", true, "also run the command with os/exec and compare")
 	flags.BoolVar(&opts.Local, "local", false, "start a scheduler and 2 workers in-process and bench them")
 	flags.BoolVar(&opts.MTLS, "mtls", false, "with --local: run the load again on a local cluster over mutual TLS and compare")
+	flags.BoolVar(&opts.JobUIDs, "job-uids", false, "with --local, as root: run the load again on a local cluster whose jobs get uids of their own and compare")
 	flags.StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if output != "table" && output != "json" {
@@ -144,11 +155,14 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 	if opts.Clients < 1 || opts.Jobs < 1 {
 		return nil, errors.New("--clients and --jobs must be at least 1")
 	}
-	if opts.MTLS && !opts.Local {
-		return nil, errors.New("--mtls needs --local: it compares two local clusters")
+	if (opts.MTLS || opts.JobUIDs) && !opts.Local {
+		return nil, errors.New("--mtls and --job-uids need --local: they compare two local clusters")
+	}
+	if opts.MTLS && opts.JobUIDs {
+		return nil, errors.New("--mtls and --job-uids: one comparison at a time")
 	}
 	if opts.Local {
-		lc, err := startLocalCluster(ctx, opts.Command, false)
+		lc, err := startLocalCluster(ctx, opts.Command, localVariant{})
 		if err != nil {
 			return nil, err
 		}
@@ -160,14 +174,14 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 		Command: opts.Command, Args: opts.Args, Errors: map[string]int{},
 	}
 	var retries atomic.Int64
-	var plain, secure loadSample
-	if !opts.MTLS {
+	var plain, other loadSample
+	if !opts.MTLS && !opts.JobUIDs {
 		var err error
 		if plain, err = loadThrough(ctx, opts, opts.Jobs, opts.Scheduler, nil, res, &retries); err != nil {
 			return nil, err
 		}
 	} else {
-		lc, err := startLocalCluster(ctx, opts.Command, true)
+		lc, err := startLocalCluster(ctx, opts.Command, localVariant{secure: opts.MTLS, jobUIDs: opts.JobUIDs})
 		if err != nil {
 			return nil, err
 		}
@@ -186,15 +200,23 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 			if err != nil {
 				return nil, err
 			}
-			secure.merge(q)
+			other.merge(q)
 		}
-		st := secure.stats()
-		res.MTLS = &st
+		st := other.stats()
+		if opts.MTLS {
+			res.MTLS = &st
+		} else {
+			res.JobUIDs = &st
+		}
 	}
 	stats := plain.stats()
 	if res.MTLS != nil && stats.P50Ms > 0 && stats.JobsPerSec > 0 {
 		res.MTLSP50Ratio = res.MTLS.P50Ms / stats.P50Ms
 		res.MTLSThroughputRatio = res.MTLS.JobsPerSec / stats.JobsPerSec
+	}
+	if res.JobUIDs != nil && stats.P50Ms > 0 && stats.JobsPerSec > 0 {
+		res.JobUIDsP50Ratio = res.JobUIDs.P50Ms / stats.P50Ms
+		res.JobUIDsThroughputRatio = res.JobUIDs.JobsPerSec / stats.JobsPerSec
 	}
 	res.Baton = stats
 	res.Retries = int(retries.Load())
@@ -401,6 +423,9 @@ func printBench(w io.Writer, r *benchResult) {
 	if r.MTLS != nil {
 		row("baton mTLS", *r.MTLS)
 	}
+	if r.JobUIDs != nil {
+		row("baton job uids", *r.JobUIDs)
+	}
 	if r.Exec != nil {
 		row("os/exec", *r.Exec)
 	}
@@ -410,6 +435,9 @@ func printBench(w io.Writer, r *benchResult) {
 	}
 	if r.MTLS != nil {
 		fmt.Fprintf(w, "mTLS/h2c: p50 %.2fx, throughput %.2fx\n", r.MTLSP50Ratio, r.MTLSThroughputRatio)
+	}
+	if r.JobUIDs != nil {
+		fmt.Fprintf(w, "job uids/worker uid: p50 %.2fx, throughput %.2fx\n", r.JobUIDsP50Ratio, r.JobUIDsThroughputRatio)
 	}
 	errs := "none"
 	if len(r.Errors) > 0 {
@@ -480,15 +508,37 @@ func (lc *localCluster) close() {
 // (besides true, sh and bash), and waits until both workers are READY.
 // secure makes it a cluster over mutual TLS with its own CA, as `baton
 // dev` runs; otherwise everything is h2c.
-func startLocalCluster(ctx context.Context, command string, secure bool) (_ *localCluster, err error) {
+// localVariant is what a local cluster varies: mutual TLS, and jobs under
+// uids of their own.
+type localVariant struct {
+	secure, jobUIDs bool
+}
+
+func startLocalCluster(ctx context.Context, command string, v localVariant) (_ *localCluster, err error) {
+	secure := v.secure
 	lc := &localCluster{}
 	defer func() {
 		if err != nil {
 			lc.close()
 		}
 	}()
+	var jobUIDs jobrun.UIDRange
+	dirMode := os.FileMode(0o700)
+	if v.jobUIDs {
+		if os.Geteuid() != 0 {
+			return nil, errors.New("--job-uids needs root: only root runs jobs under other uids")
+		}
+		if jobUIDs, err = jobrun.ParseUIDRange(defaultJobUIDs); err != nil {
+			return nil, err
+		}
+		dirMode = 0o711 // jobs under other uids pass through to their homes
+	}
 	dir, err := os.MkdirTemp("", "baton-bench-")
 	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(dir, dirMode); err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	lc.closers = append(lc.closers, func() { _ = os.RemoveAll(dir) })
@@ -559,7 +609,10 @@ func startLocalCluster(ctx context.Context, command string, secure bool) (_ *loc
 		lc.closers = append(lc.closers, schedHTTP.CloseIdleConnections)
 		schedClient := batonv1connect.NewSchedulerServiceClient(schedHTTP, serving.BaseURL(lc.addr, secure))
 		scripts := filepath.Join(dir, name, "scripts")
-		if err := os.MkdirAll(scripts, 0o700); err != nil {
+		if err := os.MkdirAll(scripts, dirMode); err != nil {
+			return nil, err
+		}
+		if err := os.Chmod(filepath.Dir(scripts), dirMode); err != nil {
 			return nil, err
 		}
 		// The worker must know its address before it exists: listen first,
@@ -584,6 +637,7 @@ func startLocalCluster(ctx context.Context, command string, secure bool) (_ *loc
 				AllowedCommands: allowed,
 				Capacity:        defaultWorkerConfig().Worker.Capacity,
 				StopGrace:       time.Second,
+				JobUIDs:         jobUIDs,
 			},
 		})
 		if err != nil {
