@@ -167,18 +167,30 @@ func ensureCerts(dir, cluster string, principals ...identity.Principal) (caFile 
 	} else if ca, err = identity.LoadAuthority(caFile, filepath.Join(dir, "ca.key")); err != nil {
 		return "", nil, err
 	}
-	files = make(map[identity.Principal][2]string, len(principals))
+	files, err = issueMissing(ca, func(identity.Principal) string { return dir }, principals)
+	if err != nil {
+		return "", nil, err
+	}
+	return caFile, files, nil
+}
+
+// issueMissing returns the certificate and key files of each principal in
+// dirOf(p), issuing a pair where one is missing.
+func issueMissing(ca *identity.Authority, dirOf func(identity.Principal) string, principals []identity.Principal) (map[identity.Principal][2]string, error) {
+	files := make(map[identity.Principal][2]string, len(principals))
 	for _, p := range principals {
+		dir := dirOf(p)
 		base := filepath.Join(dir, identity.FileBase(p))
 		crt, key := base+".crt", base+".key"
 		_, cerr := os.Stat(crt)
 		_, kerr := os.Stat(key)
 		if cerr != nil || kerr != nil {
+			var err error
 			if crt, key, err = issueCert(ca, dir, p, nil, identity.CertValidity); err != nil {
-				return "", nil, err
+				return nil, err
 			}
 		}
 		files[p] = [2]string{crt, key}
 	}
-	return caFile, files, nil
+	return files, nil
 }

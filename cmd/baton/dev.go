@@ -273,22 +273,14 @@ func ensureDevCerts(w io.Writer, dataDir string, principals ...identity.Principa
 	if err := writeIfChanged(caFile, ca.CertPEM(), 0o644); err != nil {
 		return "", nil, err
 	}
-	files = make(map[identity.Principal][2]string, len(principals))
-	for _, p := range principals {
-		dir := clientDir
+	files, err = issueMissing(ca, func(p identity.Principal) string {
 		if isServer(p) {
-			dir = serverDir
+			return serverDir
 		}
-		base := filepath.Join(dir, identity.FileBase(p))
-		crt, key := base+".crt", base+".key"
-		_, cerr := os.Stat(crt)
-		_, kerr := os.Stat(key)
-		if cerr != nil || kerr != nil {
-			if crt, key, err = issueCert(ca, dir, p, nil, identity.CertValidity); err != nil {
-				return "", nil, err
-			}
-		}
-		files[p] = [2]string{crt, key}
+		return clientDir
+	}, principals)
+	if err != nil {
+		return "", nil, err
 	}
 	return caFile, files, nil
 }

@@ -160,6 +160,9 @@ type testWorker struct {
 	name  string
 	sched *switchableClient
 	url   string
+	// stop shuts the worker down gracefully; it also runs when the test
+	// ends.
+	stop func()
 }
 
 var scripts = map[string]string{
@@ -177,6 +180,9 @@ type workerSetup struct {
 	labels       map[string]string
 	interceptors []connect.Interceptor
 	metrics      *metrics.Worker
+	// dataDir, if set, is the worker's data directory (a restarted worker
+	// gets the same one); otherwise a fresh one.
+	dataDir string
 }
 
 // startWorkerWith starts a real worker served over h2c (anonymous, as in
@@ -187,6 +193,10 @@ func startWorkerWith(t *testing.T, name string, sched *testScheduler, setup work
 	t.Helper()
 	root := t.TempDir()
 	scriptsDir := makeScripts(t, root)
+	dataDir := setup.dataDir
+	if dataDir == "" {
+		dataDir = filepath.Join(root, "data")
+	}
 	var h http.Handler
 	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(rw, r)
@@ -204,7 +214,7 @@ func startWorkerWith(t *testing.T, name string, sched *testScheduler, setup work
 		Interceptors: setup.interceptors,
 		Metrics:      setup.metrics,
 		Runner: jobrun.Options{
-			DataDir:         filepath.Join(root, "data"),
+			DataDir:         dataDir,
 			ScriptsDir:      scriptsDir,
 			AllowedCommands: []string{"sh", "bash"},
 			StopGrace:       500 * time.Millisecond,
@@ -222,19 +232,23 @@ func startWorkerWith(t *testing.T, name string, sched *testScheduler, setup work
 		defer close(runDone)
 		_ = w.Run(runCtx)
 	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		stopRun()
-		<-runDone
-		_ = srv.Shutdown(ctx)
-		<-serveDone
-		if err := w.Close(ctx); err != nil {
-			t.Errorf("close worker: %v", err)
-		}
-		schedHTTP.CloseIdleConnections()
-	})
-	return &testWorker{name: name, sched: client, url: "http://" + srv.Addr().String()}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			stopRun()
+			<-runDone
+			_ = srv.Shutdown(ctx)
+			<-serveDone
+			if err := w.Close(ctx); err != nil {
+				t.Errorf("close worker: %v", err)
+			}
+			schedHTTP.CloseIdleConnections()
+		})
+	}
+	t.Cleanup(stop)
+	return &testWorker{name: name, sched: client, url: "http://" + srv.Addr().String(), stop: stop}
 }
 
 // makeScripts writes the test scripts into root/scripts and returns that

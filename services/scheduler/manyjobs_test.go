@@ -2,8 +2,6 @@ package scheduler_test
 
 import (
 	"bytes"
-	"context"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,11 +14,6 @@ import (
 	"github.com/google/uuid"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
-	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/identity"
-	"github.com/baton-run/baton/services/jobrun"
-	"github.com/baton-run/baton/services/serving"
-	"github.com/baton-run/baton/services/worker"
 )
 
 // TestReRegisterWithManyJobs: no number or size of a worker's jobs keeps
@@ -44,7 +37,7 @@ func TestReRegisterWithManyJobs(t *testing.T) {
 	s := startScheduler(t, "", nil)
 	c := s.client
 	dataDir := filepath.Join(mnt, "data")
-	stop := startWorkerAt(t, "w1", s, dataDir)
+	w1 := startWorkerWith(t, "w1", s, workerSetup{dataDir: dataDir})
 	waitWorkers(t, c, stateReady, "w1")
 
 	// 50 jobs, each spec just under the bound: 31 args of 8 KiB.
@@ -79,7 +72,7 @@ func TestReRegisterWithManyJobs(t *testing.T) {
 	})
 	small := startJob(t, c, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}).GetJobId()
 	waitFor(t, "a small job to end", func() bool { return queryJob(t, c, small).GetDone() })
-	stop()
+	w1.stop()
 
 	// 100,000 retained jobs: copies of the small job's record.
 	const retained = 100_000
@@ -102,7 +95,7 @@ func TestReRegisterWithManyJobs(t *testing.T) {
 	t.Logf("wrote %d retained jobs in %v", retained, time.Since(began).Round(time.Millisecond))
 
 	restarted := time.Now()
-	startWorkerAt(t, "w1", s, dataDir)
+	startWorkerWith(t, "w1", s, workerSetup{dataDir: dataDir})
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		res, err := c.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
@@ -120,58 +113,4 @@ func TestReRegisterWithManyJobs(t *testing.T) {
 	t.Logf("registered again %v after its restart, with %d retained jobs", time.Since(restarted).Round(time.Millisecond), retained+len(ids)+1)
 	id := startJob(t, c, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}).GetJobId()
 	waitFor(t, "a new job to end", func() bool { return queryJob(t, c, id).GetDone() })
-}
-
-// startWorkerAt starts a real worker on dataDir, registered with sched,
-// and returns a function that shuts it down gracefully (also run at the
-// end of the test, if not before).
-func startWorkerAt(t *testing.T, name string, sched *testScheduler, dataDir string) (stop func()) {
-	t.Helper()
-	scriptsDir := makeScripts(t, t.TempDir())
-	var h http.Handler
-	srv, err := serving.Listen("127.0.0.1:0", http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) { h.ServeHTTP(rw, r) }), nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	schedHTTP := serving.NewHTTPClient(nil)
-	w, err := worker.New(worker.Options{
-		Name:      name,
-		Address:   srv.Addr().String(),
-		Scheduler: batonv1connect.NewSchedulerServiceClient(schedHTTP, sched.url),
-		Runner: jobrun.Options{
-			DataDir:         dataDir,
-			ScriptsDir:      scriptsDir,
-			AllowedCommands: []string{"sh"},
-			StopGrace:       500 * time.Millisecond,
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h = identity.AnonymousHandler(w.Handler())
-	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve() }()
-	runCtx, stopRun := context.WithCancel(context.Background())
-	runDone := make(chan struct{})
-	go func() {
-		defer close(runDone)
-		_ = w.Run(runCtx)
-	}()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			stopRun()
-			<-runDone
-			_ = srv.Shutdown(ctx)
-			<-serveDone
-			if err := w.Close(ctx); err != nil {
-				t.Errorf("close worker: %v", err)
-			}
-			schedHTTP.CloseIdleConnections()
-		})
-	}
-	t.Cleanup(stop)
-	return stop
 }
