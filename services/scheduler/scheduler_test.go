@@ -242,9 +242,12 @@ func TestEndToEnd(t *testing.T) {
 
 func TestWorkerDownAndBack(t *testing.T) {
 	t.Parallel()
+	// A live worker on loaded cores can miss a beat or two: a grace of
+	// seconds keeps w2 READY, and going DOWN still takes far less than
+	// waitTimeout.
 	s := startScheduler(t, "", func(o *scheduler.Options) {
-		o.HeartbeatInterval = 100 * time.Millisecond
-		o.HeartbeatGrace = 300 * time.Millisecond
+		o.HeartbeatInterval = 250 * time.Millisecond
+		o.HeartbeatGrace = 3 * time.Second
 	})
 	w1 := startWorker(t, "w1", s, nil)
 	startWorker(t, "w2", s, nil)
@@ -310,10 +313,12 @@ func TestWorkerDownAndBack(t *testing.T) {
 
 func TestSchedulerRestart(t *testing.T) {
 	t.Parallel()
+	// The workers have as long to come back as the test waits for them, so
+	// no check after the restart races the failover deadline.
 	tune := func(o *scheduler.Options) {
-		o.HeartbeatInterval = 100 * time.Millisecond
-		o.HeartbeatGrace = 300 * time.Millisecond
-		o.FailoverGrace = 3 * time.Second
+		o.HeartbeatInterval = 250 * time.Millisecond
+		o.HeartbeatGrace = 3 * time.Second
+		o.FailoverGrace = waitTimeout
 	}
 	s1 := startScheduler(t, "", tune)
 	w1 := startWorker(t, "w1", s1, nil)
