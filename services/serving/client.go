@@ -20,8 +20,8 @@ func NewHTTPClient(tlsConf *tls.Config) *http.Client {
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 		HTTP2: &http.HTTP2Config{
-			SendPingTimeout: 15 * time.Second,
-			PingTimeout:     15 * time.Second,
+			SendPingTimeout: pingAfter,
+			PingTimeout:     pingAckTimeout,
 			// Output streams are bulk data: large frames and windows cut
 			// the number of frames and window updates per megabyte.
 			MaxReadFrameSize:              1 << 20,

@@ -43,11 +43,13 @@ const (
 type Limits struct {
 	// ReadHeaderTimeout bounds how long a connection may take to deliver a
 	// request's headers: the TLS handshake, the h2c preface and HTTP/1
-	// headers all fall under it, so a slowloris peer is cut after it.
-	// Default DefaultReadHeaderTimeout.
+	// headers all fall under it, so a slowloris peer is cut after it. It
+	// counts from the connection's first byte (see listenTCP). Default
+	// DefaultReadHeaderTimeout.
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes a keep-alive connection (HTTP/1 or HTTP/2) that
-	// has no request in flight. Default DefaultIdleTimeout.
+	// has no request in flight; a new connection may stay silent about as
+	// long before ReadHeaderTimeout starts. Default DefaultIdleTimeout.
 	IdleTimeout time.Duration
 	// MaxHeaderBytes caps a request's headers: the HTTP/1 request line and
 	// header block (answered 431), or the HTTP/2 header list. Default
@@ -140,7 +142,7 @@ func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, lo
 	} else if len(o.allowedHosts) > 0 {
 		return nil, errors.New("allowed hosts apply to plaintext listeners only: over TLS the certificate decides which names reach the listener")
 	}
-	ln, err := net.Listen("tcp", addr)
+	ln, err := listenTCP(addr, limits.IdleTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
@@ -163,8 +165,8 @@ func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, lo
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: limits.MaxConcurrentStreams,
 			MaxReadFrameSize:     1 << 20,
-			SendPingTimeout:      15 * time.Second,
-			PingTimeout:          15 * time.Second,
+			SendPingTimeout:      pingAfter,
+			PingTimeout:          pingAckTimeout,
 		},
 		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
