@@ -39,16 +39,27 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	m := s.reg.getOrCreate(id)
 	defer s.reg.beginReport(m, s.ttl())()
 	m.opMu.Lock()
-	defer m.opMu.Unlock()
 	s.reg.register(m, msg, running, time.Now().Add(s.ttl()))
-	if err := s.reconcileRegistration(ctx, id, msg.GetJobs()); err != nil {
+	reported, err := s.recordRegistration(ctx, id, msg.GetJobs())
+	if err == nil {
+		s.persist(ctx, m)
+	}
+	m.opMu.Unlock()
+	// Asking the worker after the jobs it left out means calls to it: they
+	// are made without m.opMu, so that a slow worker holds up neither a
+	// DrainWorker of it nor its DOWN transition.
+	if err == nil {
+		err = s.settleUnreported(ctx, id, reported)
+	}
+	if err != nil {
 		// Not admitted after all: its next heartbeat is told to register
 		// again, and the reconciliation is tried again then.
+		m.opMu.Lock()
 		s.reg.unadmit(m)
+		m.opMu.Unlock()
 		return nil, err
 	}
 	go s.deliverStops(id)
-	s.persist(ctx, m)
 	s.logger.InfoContext(ctx, "worker registered", "worker_id", id, "address", msg.GetAddress(), "jobs", len(msg.GetJobs()))
 	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
 		WorkerId:          id,
@@ -56,17 +67,17 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	}), nil
 }
 
-// reconcileRegistration records the jobs a registering worker reports
-// and settles those it left out.
-func (s *Scheduler) reconcileRegistration(ctx context.Context, id string, jobs []*batonv1.JobStatus) error {
+// recordRegistration records the jobs a registering worker reports and
+// returns their ids.
+func (s *Scheduler) recordRegistration(ctx context.Context, id string, jobs []*batonv1.JobStatus) (map[string]bool, error) {
 	reported := make(map[string]bool, len(jobs))
 	for _, st := range jobs {
 		reported[st.GetJobId()] = true
 		if err := s.recordReport(ctx, id, st); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return s.settleUnreported(ctx, id, reported)
+	return reported, nil
 }
 
 // DeregisterWorker marks a worker LEFT. Its jobs keep their last reported

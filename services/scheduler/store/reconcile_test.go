@@ -2,8 +2,10 @@ package store_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -25,6 +27,8 @@ func TestApplyWorkerReport(t *testing.T) {
 		wantEnded bool
 	}{
 		{name: "lost job still running", first: batonv1.JobState_JOB_STATE_LOST, report: running, wantState: batonv1.JobState_JOB_STATE_RUNNING},
+		{name: "lost job reported pending", first: batonv1.JobState_JOB_STATE_LOST, report: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING}, wantState: batonv1.JobState_JOB_STATE_LOST, wantEnded: true},
+		{name: "lost job reported without a state", first: batonv1.JobState_JOB_STATE_LOST, report: &batonv1.JobStatus{}, wantState: batonv1.JobState_JOB_STATE_LOST, wantEnded: true},
 		{name: "lost job with its true end", first: batonv1.JobState_JOB_STATE_LOST, report: succeeded, wantState: batonv1.JobState_JOB_STATE_SUCCEEDED, wantEnded: true},
 		{name: "running job ends", first: batonv1.JobState_JOB_STATE_RUNNING, report: succeeded, wantState: batonv1.JobState_JOB_STATE_SUCCEEDED, wantEnded: true},
 		{name: "stopped stays stopped", first: batonv1.JobState_JOB_STATE_STOPPED, report: running, wantState: batonv1.JobState_JOB_STATE_STOPPED, wantEnded: true},
@@ -135,4 +139,28 @@ func TestDeleteJob(t *testing.T) {
 	k := newJob(3, "w1", "alice")
 	k.IdempotencyKey = "key-1"
 	mustCreateJob(t, t.Context(), s, k)
+}
+
+// TestApplyWorkerReportClipsText: a worker cannot fill the store, or every
+// listing, with one job's reason or other words.
+func TestApplyWorkerReportClipsText(t *testing.T) {
+	t.Parallel()
+	s, _ := openStore(t)
+	j := newJob(1, "w1", "alice")
+	mustCreateJob(t, t.Context(), s, j)
+	huge := strings.Repeat("é", 1<<19) // 1 MiB of two-byte characters
+	if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, &batonv1.JobStatus{
+		State: batonv1.JobState_JOB_STATE_FAILED, Reason: huge, StoppedBy: huge, Signal: huge, Containment: huge, RunAs: huge,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got := mustGetJob(t, t.Context(), s, j.ID).Status
+	if len(got.GetReason()) > 1024 || len(got.GetStoppedBy()) > 128 || len(got.GetSignal()) > 128 ||
+		len(got.GetContainment()) > 128 || len(got.GetRunAs()) > 128 || got.GetReason() == "" {
+		t.Errorf("stored %d, %d, %d, %d, %d bytes; want the reason within 1 KiB and the rest within 128 bytes",
+			len(got.GetReason()), len(got.GetStoppedBy()), len(got.GetSignal()), len(got.GetContainment()), len(got.GetRunAs()))
+	}
+	if !utf8.ValidString(got.GetReason()) {
+		t.Error("the clipped reason is not valid UTF-8")
+	}
 }

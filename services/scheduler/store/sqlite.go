@@ -537,7 +537,11 @@ func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st 
 		was, now := old.Status.GetState(), st.GetState()
 		switch {
 		case was == batonv1.JobState_JOB_STATE_LOST:
-			// The worker's real state replaces LOST, even RUNNING.
+			// The worker's real state replaces LOST, even RUNNING; a job
+			// the worker ran is never PENDING or unset again.
+			if lifeStage(now) < lifeStage(batonv1.JobState_JOB_STATE_RUNNING) {
+				return nil, nil
+			}
 		case isTerminal(was), lifeStage(now) < lifeStage(was):
 			return nil, nil
 		}
@@ -545,17 +549,32 @@ func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st 
 		next.State = now
 		next.Pid = st.GetPid()
 		next.ExitCode = st.ExitCode
-		next.Signal = st.GetSignal()
-		next.Reason = st.GetReason()
+		next.Signal = clip(st.GetSignal(), maxReportWord)
+		next.Reason = clip(st.GetReason(), maxReportText)
 		next.StartedAt = st.GetStartedAt()
 		next.EndedAt = st.GetEndedAt()
-		next.StoppedBy = st.GetStoppedBy()
+		next.StoppedBy = clip(st.GetStoppedBy(), maxReportWord)
 		next.StdoutBytes = st.GetStdoutBytes()
 		next.StderrBytes = st.GetStderrBytes()
-		next.Containment = st.GetContainment()
-		next.RunAs = st.GetRunAs()
+		next.Containment = clip(st.GetContainment(), maxReportWord)
+		next.RunAs = clip(st.GetRunAs(), maxReportWord)
 		return next, nil
 	})
+}
+
+// A worker's words are kept to these sizes, so that no worker can fill
+// the store, or every listing, with one job's reason.
+const (
+	maxReportText = 1024 // reason
+	maxReportWord = 128  // signal, stopped_by, containment, run_as
+)
+
+// clip cuts s to at most n bytes, on a character boundary.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
 }
 
 // lifeStage orders a job's states along its life: a report may only move a
