@@ -196,9 +196,15 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	startCtx, cancelStart := context.WithCancel(ctx)
 	defer cancelStart()
 	type started struct {
-		res *connect.Response[batonv1.StartJobResponse]
+		res *batonv1.StartJobResponse
+		// run is the rest of a RunJob stream: the job's output and final
+		// status, for the follower to read before any StreamJobOutput.
+		run *connect.ServerStreamForClient[batonv1.RunJobResponse]
 		err error
 	}
+	// One job followed to its end is one RunJob call; a fan-out, or a
+	// start without attaching, is a StartJob.
+	oneCall := attach && !req.GetAll()
 	startDone := make(chan started, 1)
 	spin := startSpinner(stderr, "placing the job…")
 	go func() {
@@ -207,15 +213,23 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 		// so trying again cannot run the job twice.
 		pause := 250 * time.Millisecond
 		for {
-			res, err := client.StartJob(startCtx, connect.NewRequest(req))
-			if connect.CodeOf(err) != connect.CodeResourceExhausted || ro.noWait {
-				startDone <- started{res, err}
+			var st started
+			if oneCall {
+				st.run, st.res, st.err = startRun(startCtx, client, req)
+			} else {
+				var res *connect.Response[batonv1.StartJobResponse]
+				if res, st.err = client.StartJob(startCtx, connect.NewRequest(req)); st.err == nil {
+					st.res = res.Msg
+				}
+			}
+			if connect.CodeOf(st.err) != connect.CodeResourceExhausted || ro.noWait {
+				startDone <- st
 				return
 			}
 			spin.say("every matching worker is full; waiting for a free slot (Ctrl-C gives up)…")
 			select {
 			case <-startCtx.Done():
-				startDone <- started{nil, err}
+				startDone <- st
 				return
 			case <-time.After(pause):
 			}
@@ -242,7 +256,7 @@ wait:
 	if st.err != nil {
 		return explainStartError(client.explain(st.err), req)
 	}
-	res := st.res.Msg
+	res := st.res
 	if !attach {
 		if format == formatJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
@@ -255,10 +269,34 @@ wait:
 		return err
 	}
 	a := &attachment{
-		client: client, res: res, stdout: cmd.OutOrStdout(), stderr: stderr,
+		client: client, res: res, run: st.run, stdout: cmd.OutOrStdout(), stderr: stderr,
 		prefix: res.GetGroupId() != "",
 	}
 	return a.follow(ctx, sigs, interrupted)
+}
+
+// startRun starts one job with RunJob and reads its first message. It
+// returns the rest of the stream, which the caller closes, and the start as
+// StartJob would have answered it.
+func startRun(ctx context.Context, client *schedulerClient, req *batonv1.StartJobRequest) (*connect.ServerStreamForClient[batonv1.RunJobResponse], *batonv1.StartJobResponse, error) {
+	stream, err := client.RunJob(ctx, connect.NewRequest(&batonv1.RunJobRequest{Job: req}))
+	if err != nil {
+		return nil, nil, err
+	}
+	if !stream.Receive() {
+		err := stream.Err()
+		_ = stream.Close()
+		if err == nil {
+			err = connect.NewError(connect.CodeUnavailable, errors.New("the scheduler ended the run before the job started"))
+		}
+		return nil, nil, err
+	}
+	st := stream.Msg().GetStarted()
+	if st == nil {
+		_ = stream.Close()
+		return nil, nil, connect.NewError(connect.CodeInternal, errors.New("the scheduler sent no start status first"))
+	}
+	return stream, &batonv1.StartJobResponse{JobId: st.GetJobId(), Jobs: []*batonv1.JobStatus{st}}, nil
 }
 
 // explainStartError adds the path rule to a "not found" about the script
@@ -302,6 +340,9 @@ func jobExitCode(st *batonv1.JobStatus) int {
 type attachment struct {
 	client *schedulerClient
 	res    *batonv1.StartJobResponse
+	// run, if set, is the RunJob stream of the one job, read before any
+	// StreamJobOutput.
+	run    *connect.ServerStreamForClient[batonv1.RunJobResponse]
 	stdout io.Writer
 	stderr io.Writer
 	// prefix puts "[worker] " before each line (a fan-out).
@@ -327,7 +368,7 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 	for i, j := range jobs {
 		wg.Go(func() {
 			sink := a.sink(j)
-			st, err := followOutput(followCtx, a.client, j.GetJobId(), sink.write)
+			st, err := followOutput(followCtx, a.client, j.GetJobId(), a.run, sink.write)
 			sink.flush()
 			results[i] = followResult{st, err}
 		})
@@ -523,32 +564,35 @@ const (
 
 // followOutput streams a job's output (both streams, interleaved, from
 // the start) into sink until the job's final status, resuming from the
-// last offset when the stream is cut.
-func followOutput(ctx context.Context, client *schedulerClient, jobID string, sink func(*batonv1.OutputChunk) error) (*batonv1.JobStatus, error) {
+// last offset when the stream is cut. run, if not nil, is read first: the
+// rest of the RunJob call that started the job.
+func followOutput(ctx context.Context, client *schedulerClient, jobID string, run *connect.ServerStreamForClient[batonv1.RunJobResponse], sink func(*batonv1.OutputChunk) error) (*batonv1.JobStatus, error) {
 	var offset int64
 	delay := resumeFirst
 	for attempt := 0; ; attempt++ {
-		stream, err := client.StreamJobOutput(ctx, connect.NewRequest(&batonv1.StreamJobOutputRequest{
-			JobId: jobID, Offset: offset, Follow: true,
-		}))
-		if err == nil {
-			for stream.Receive() {
-				msg := stream.Msg()
-				if st := msg.GetStatus(); st != nil {
-					_ = stream.Close()
-					return st, nil
-				}
-				if c := msg.GetChunk(); c != nil {
-					if err := sink(c); err != nil {
-						_ = stream.Close()
-						return nil, err
-					}
-					offset = c.GetOffset() + int64(len(c.GetData()))
-					attempt, delay = 0, resumeFirst
-				}
+		var (
+			st       *batonv1.JobStatus
+			progress bool
+			err      error
+			sinkErr  error
+		)
+		if run != nil {
+			st, progress, err, sinkErr = drainOutput(run, run.Msg, &offset, sink)
+			run = nil
+		} else {
+			var stream *connect.ServerStreamForClient[batonv1.StreamJobOutputResponse]
+			stream, err = client.StreamJobOutput(ctx, connect.NewRequest(&batonv1.StreamJobOutputRequest{
+				JobId: jobID, Offset: offset, Follow: true,
+			}))
+			if err == nil {
+				st, progress, err, sinkErr = drainOutput(stream, stream.Msg, &offset, sink)
 			}
-			err = stream.Err()
-			_ = stream.Close()
+		}
+		if st != nil || sinkErr != nil {
+			return st, sinkErr
+		}
+		if progress {
+			attempt, delay = 0, resumeFirst
 		}
 		if err == nil {
 			err = connect.NewError(connect.CodeUnavailable, errors.New("the output stream ended before the job's status"))
@@ -569,6 +613,42 @@ func followOutput(ctx context.Context, client *schedulerClient, jobID string, si
 		}
 		delay = min(2*delay, resumeMax)
 	}
+}
+
+// outputStream is a stream of output messages: a RunJob's or a
+// StreamJobOutput's.
+type outputStream interface {
+	Receive() bool
+	Err() error
+	Close() error
+}
+
+// outputMsg is one message of an outputStream.
+type outputMsg interface {
+	GetChunk() *batonv1.OutputChunk
+	GetStatus() *batonv1.JobStatus
+}
+
+// drainOutput reads stream to its end, passing chunks to sink and moving
+// offset past them. It returns the job's status if the stream brought it,
+// whether any chunk arrived, the stream's error, and the sink's, which ends
+// the follow with no resume.
+func drainOutput[M outputMsg](stream outputStream, msg func() M, offset *int64, sink func(*batonv1.OutputChunk) error) (st *batonv1.JobStatus, progress bool, streamErr, sinkErr error) {
+	defer stream.Close()
+	for stream.Receive() {
+		m := msg()
+		if st := m.GetStatus(); st != nil {
+			return st, progress, nil, nil
+		}
+		if c := m.GetChunk(); c != nil {
+			if err := sink(c); err != nil {
+				return nil, progress, nil, err
+			}
+			*offset = c.GetOffset() + int64(len(c.GetData()))
+			progress = true
+		}
+	}
+	return nil, progress, stream.Err(), nil
 }
 
 // errorLine is how the CLI writes an error on one line: the Connect code

@@ -201,6 +201,12 @@ func TestWebPageInBrowser(t *testing.T) {
 	if p.Note != "ended" {
 		t.Errorf("count.sh page: stream note %q after the end, want \"ended\"", p.Note)
 	}
+	// The form started the job with RunJob, and the page followed it to
+	// its end through that one call.
+	calls := evalJS[[]string](t, ctx, `performance.getEntriesByType("resource").map((e) => e.name.split("/").pop()).filter((n) => ["StartJob", "RunJob", "StreamJobOutput"].includes(n))`)
+	if !slices.Equal(calls, []string{"RunJob"}) {
+		t.Errorf("count.sh: the page called %v, want RunJob alone", calls)
+	}
 
 	// Markup in the output is text: the literal <b>x</b>, no <b> element;
 	// stderr is shown apart.

@@ -23,6 +23,7 @@ var (
 	errNoMatch           = errors.New("no matching worker")
 	errWrongWorker       = errors.New("job not on that worker")
 	errNotRegistered     = errors.New("worker not registered")
+	errKeyOfGroup        = errors.New("idempotency key of a group")
 )
 
 // userError is an error kind with a message meant for the caller.
@@ -68,6 +69,7 @@ var codes = []struct {
 	{errNoCapacity, connect.CodeResourceExhausted},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
+	{errKeyOfGroup, connect.CodeFailedPrecondition},
 	{errWrongWorker, connect.CodeNotFound},
 	{errNotRegistered, connect.CodeNotFound},
 	{store.ErrNotFound, connect.CodeNotFound},

@@ -42,6 +42,7 @@ func Policy() identity.Policy {
 		batonv1connect.SchedulerServiceHeartbeatProcedure:        {Roles: members, Check: selfOnly},
 		batonv1connect.SchedulerServiceDeregisterWorkerProcedure: {Roles: members, Mutating: true, Check: selfOnly},
 		batonv1connect.SchedulerServiceStartJobProcedure:         {Roles: clients, Mutating: true},
+		batonv1connect.SchedulerServiceRunJobProcedure:           {Roles: clients, Mutating: true},
 		batonv1connect.SchedulerServiceStopJobProcedure:          {Roles: clients, Mutating: true},
 		batonv1connect.SchedulerServiceQueryJobProcedure:         {Roles: readers},
 		batonv1connect.SchedulerServiceListJobsProcedure:         {Roles: readers},

@@ -3,10 +3,12 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"iter"
 
 	"connectrpc.com/connect"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
 )
 
 // errStreamWorkerDown is the cause of a relay cut because its worker went
@@ -20,11 +22,29 @@ var (
 // with Unavailable when the worker is marked DOWN (or leaves) meanwhile, or
 // its stream fails; a client that goes away cancels the worker's stream.
 func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[batonv1.StreamJobOutputRequest], stream *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
-	s := h.s
-	j, err := s.jobFor(ctx, req.Msg.GetJobId(), "")
+	j, err := h.s.jobFor(ctx, req.Msg.GetJobId(), "")
 	if err != nil {
 		return mapError(err)
 	}
+	msg := &batonv1.StreamJobOutputResponse{}
+	return h.s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{
+		JobId:  j.ID,
+		Offset: req.Msg.GetOffset(),
+		Follow: req.Msg.GetFollow(),
+		Stream: req.Msg.GetStream(),
+	}, func(chunk *batonv1.OutputChunk, st *batonv1.JobStatus) error {
+		if chunk != nil {
+			msg.Event = &batonv1.StreamJobOutputResponse_Chunk{Chunk: chunk}
+		} else {
+			msg.Event = &batonv1.StreamJobOutputResponse_Status{Status: st}
+		}
+		return stream.Send(msg)
+	})
+}
+
+// follow relays job j's output, as req asks for it, from its worker to
+// send: chunks, then the job's status. Errors come mapped to Connect codes.
+func (s *Scheduler) follow(ctx context.Context, j store.Job, req *batonv1.WorkerServiceStreamJobOutputRequest, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) error {
 	t, ok := s.reg.target(j.WorkerID)
 	if !ok {
 		return mapError(errWorkerNotFound(j.WorkerID))
@@ -32,10 +52,22 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 	if !active(t.state) {
 		return mapError(newError(errWorkerUnavailable, "worker %q is %s; QueryJob reports the job's last known status", t.id, stateWord(t.state)))
 	}
-
-	ctx, cancel := context.WithCancelCause(ctx)
+	ctx, cancel := s.relayContext(ctx, t)
 	defer cancel(nil)
-	defer context.AfterFunc(s.stopping, func() { cancel(errSchedulerStopping) })()
+	ws, err := t.client.StreamJobOutput(ctx, connect.NewRequest(req))
+	if err != nil {
+		return relayError(ctx, t.id, err)
+	}
+	defer ws.Close()
+	return s.relay(ctx, j, outputEvents(ws), ws.Err, send)
+}
+
+// relayContext is ctx, cut when t goes DOWN or LEFT (cause
+// errStreamWorkerDown) or the scheduler shuts down (errSchedulerStopping).
+// A client that goes away cancels it too, and with it the worker's stream.
+func (s *Scheduler) relayContext(ctx context.Context, t target) (context.Context, context.CancelCauseFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	stopAfter := context.AfterFunc(s.stopping, func() { cancel(errSchedulerStopping) })
 	go func() {
 		select {
 		case <-t.gone:
@@ -43,53 +75,58 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 		case <-ctx.Done():
 		}
 	}()
-	ws, err := t.client.StreamJobOutput(ctx, connect.NewRequest(&batonv1.WorkerServiceStreamJobOutputRequest{
-		JobId:  req.Msg.GetJobId(),
-		Offset: req.Msg.GetOffset(),
-		Follow: req.Msg.GetFollow(),
-		Stream: req.Msg.GetStream(),
-	}))
-	if err != nil {
-		return h.relayError(ctx, t.id, err)
+	return ctx, func(cause error) {
+		stopAfter()
+		cancel(cause)
 	}
-	defer ws.Close()
-	for ws.Receive() {
-		msg := ws.Msg()
-		out := &batonv1.StreamJobOutputResponse{}
-		relayed := 0
-		switch ev := msg.GetEvent().(type) {
-		case *batonv1.WorkerServiceStreamJobOutputResponse_Chunk:
-			out.Event = &batonv1.StreamJobOutputResponse_Chunk{Chunk: ev.Chunk}
-			relayed = len(ev.Chunk.GetData())
-		case *batonv1.WorkerServiceStreamJobOutputResponse_Status:
-			st := withIdentity(j, ev.Status)
-			// The final status is news the next heartbeat would bring: record
-			// it now, so that a ListJobs right after the stream agrees.
+}
+
+// relay forwards a worker's output events for job j to send. The final
+// status is recorded before it is sent (the next heartbeat would bring it
+// too, but a ListJobs right after the stream must agree) and reaches the
+// client as the caller may see it.
+func (s *Scheduler) relay(ctx context.Context, j store.Job, events iter.Seq2[*batonv1.OutputChunk, *batonv1.JobStatus], streamErr func() error, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) error {
+	for chunk, st := range events {
+		if st != nil {
+			st = withIdentity(j, st)
 			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, st); err != nil {
 				s.logger.ErrorContext(ctx, "recording a streamed final status failed", "job_id", j.ID, "error", err)
 			}
-			out.Event = &batonv1.StreamJobOutputResponse_Status{Status: redacted(caller(ctx), st)}
-		default:
-			continue
+			st = redacted(caller(ctx), st)
 		}
-		if err := stream.Send(out); err != nil {
-			// The client went away; the deferred cancel ends the worker's
+		if err := send(chunk, st); err != nil {
+			// The client went away; the caller's cancel ends the worker's
 			// stream.
 			return err
 		}
-		s.opts.Metrics.OutputRelayed(relayed)
+		s.opts.Metrics.OutputRelayed(len(chunk.GetData()))
 	}
-	if err := ws.Err(); err != nil {
-		return h.relayError(ctx, t.id, err)
+	if err := streamErr(); err != nil {
+		return relayError(ctx, j.WorkerID, err)
 	}
 	if cause := context.Cause(ctx); errors.Is(cause, errStreamWorkerDown) || errors.Is(cause, errSchedulerStopping) {
-		return h.relayError(ctx, t.id, nil)
+		return relayError(ctx, j.WorkerID, nil)
 	}
 	return nil
 }
 
+// outputEvents are the chunks and the status of a worker's StreamJobOutput.
+func outputEvents(ws *connect.ServerStreamForClient[batonv1.WorkerServiceStreamJobOutputResponse]) iter.Seq2[*batonv1.OutputChunk, *batonv1.JobStatus] {
+	return func(yield func(*batonv1.OutputChunk, *batonv1.JobStatus) bool) {
+		for ws.Receive() {
+			msg := ws.Msg()
+			if chunk := msg.GetChunk(); chunk != nil && !yield(chunk, nil) {
+				return
+			}
+			if st := msg.GetStatus(); st != nil && !yield(nil, st) {
+				return
+			}
+		}
+	}
+}
+
 // relayError maps the end of a failed relay.
-func (h *handler) relayError(ctx context.Context, worker string, err error) error {
+func relayError(ctx context.Context, worker string, err error) error {
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errStreamWorkerDown):
 		return connect.NewError(connect.CodeUnavailable, errors.New("the job's worker went down; QueryJob reports the job's last known status"))

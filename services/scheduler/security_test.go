@@ -217,8 +217,8 @@ func TestEveryProcedureNeedsAnIdentityAndARole(t *testing.T) {
 	// policies under test.
 	memberProcs := []string{"RegisterWorker", "Heartbeat", "DeregisterWorker"}
 	allowed := map[identity.Role][]string{
-		identity.RoleAdmin:  {"StartJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers", "DrainWorker"},
-		identity.RoleUser:   {"StartJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
+		identity.RoleAdmin:  {"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers", "DrainWorker"},
+		identity.RoleUser:   {"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
 		identity.RoleViewer: {"QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
 		identity.RoleWorker: memberProcs,
 	}

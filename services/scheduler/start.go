@@ -155,22 +155,13 @@ func (s *Scheduler) existingGroup(ctx context.Context, g store.Group) (*batonv1.
 // back.
 func (s *Scheduler) startOne(ctx context.Context, slot *reservation, req *batonv1.StartJobRequest, owner, group, key string) (*batonv1.JobStatus, error) {
 	t := slot.target
-	uid, err := uuid.NewV7()
+	job, forget, err := s.recordPending(ctx, t, req, owner, group, key)
 	if err != nil {
 		return nil, err
 	}
-	id := uid.String()
-	s.starting.Store(id, struct{}{})
-	defer s.starting.Delete(id)
-	job := store.Job{
-		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
-		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},
-	}
-	if err := s.store.CreateJob(ctx, job); err != nil {
-		return nil, err
-	}
+	defer forget()
 	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
-	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartRequest(req, id, owner, group)))
+	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartRequest(req, job.ID, owner, group)))
 	cancel()
 	var st *batonv1.JobStatus
 	if err == nil {
@@ -178,16 +169,45 @@ func (s *Scheduler) startOne(ctx context.Context, slot *reservation, req *batonv
 	} else if st, err = s.settleStart(ctx, t, job, err); err != nil {
 		return nil, err
 	}
+	return s.started(ctx, slot, job, st), nil
+}
+
+// recordPending records a new PENDING job for worker t. Until forget is
+// called the job counts as being started, so that a registration of t in
+// the meantime leaves it to this start (see settleUnreported).
+func (s *Scheduler) recordPending(ctx context.Context, t target, req *batonv1.StartJobRequest, owner, group, key string) (job store.Job, forget func(), err error) {
+	uid, err := uuid.NewV7()
+	if err != nil {
+		return store.Job{}, nil, err
+	}
+	id := uid.String()
+	s.starting.Store(id, struct{}{})
+	forget = func() { s.starting.Delete(id) }
+	job = store.Job{
+		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
+		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},
+	}
+	if err := s.store.CreateJob(ctx, job); err != nil {
+		forget()
+		return store.Job{}, nil, err
+	}
+	return job, forget, nil
+}
+
+// started records what the worker answered for a job it started (or was
+// found to have started), confirms the job's slot and returns the status
+// with the scheduler's identity fields.
+func (s *Scheduler) started(ctx context.Context, slot *reservation, job store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
 	if st == nil {
 		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
 	}
-	slot.confirm(id)
+	slot.confirm(job.ID)
 	st = withIdentity(job, st)
-	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), t.id, id, st); err != nil {
-		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", id, "error", err)
+	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), slot.target.id, job.ID, st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", job.ID, "error", err)
 	}
 	s.opts.Metrics.JobStarted()
-	return st, nil
+	return st
 }
 
 // settleStart decides what a failed StartJob call to a worker left behind.

@@ -40,22 +40,32 @@ var _ batonv1connect.WorkerServiceHandler = (*handler)(nil)
 
 // StartJob starts a job, or returns the job already started with this id.
 func (h *handler) StartJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceStartJobRequest]) (*connect.Response[batonv1.WorkerServiceStartJobResponse], error) {
-	id := req.Msg.GetJobId()
-	if id == "" {
-		v7, err := uuid.NewV7()
-		if err != nil {
-			return nil, mapError(fmt.Errorf("new job id: %w", err))
-		}
-		id = v7.String()
-	}
-	st, _, err := h.runner.Start(ctx, id, specFromRequest(req.Msg))
+	st, err := h.start(ctx, req.Msg)
 	if err != nil {
-		return nil, mapError(err)
+		return nil, err
 	}
 	return connect.NewResponse(&batonv1.WorkerServiceStartJobResponse{
 		JobId:  st.ID,
 		Status: statusToProto(st, h.name),
 	}), nil
+}
+
+// start starts the job of req (under a new id if it names none) and returns
+// its status, or the job already started with its id.
+func (h *handler) start(ctx context.Context, req *batonv1.WorkerServiceStartJobRequest) (jobrun.Status, error) {
+	id := req.GetJobId()
+	if id == "" {
+		v7, err := uuid.NewV7()
+		if err != nil {
+			return jobrun.Status{}, mapError(fmt.Errorf("new job id: %w", err))
+		}
+		id = v7.String()
+	}
+	st, _, err := h.runner.Start(ctx, id, specFromRequest(req))
+	if err != nil {
+		return jobrun.Status{}, mapError(err)
+	}
+	return st, nil
 }
 
 // StopJob stops a job and returns its final status. It waits for the job to
@@ -163,24 +173,69 @@ func decodePageToken(token string) (*pageKey, error) {
 // following, keeps sending until the job ends; the status comes last.
 func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[batonv1.WorkerServiceStreamJobOutputRequest], stream *connect.ServerStream[batonv1.WorkerServiceStreamJobOutputResponse]) error {
 	msg := &batonv1.WorkerServiceStreamJobOutputResponse{}
-	chunk := &batonv1.OutputChunk{}
+	event := &batonv1.WorkerServiceStreamJobOutputResponse_Chunk{}
 	outReq := jobrun.OutputRequest{
 		Offset:  req.Msg.GetOffset(),
 		Follow:  req.Msg.GetFollow(),
 		Streams: streamFromProto(req.Msg.GetStream()),
 	}
+	st, err := h.output(ctx, req.Msg.GetJobId(), outReq, func(chunk *batonv1.OutputChunk) error {
+		event.Chunk = chunk
+		msg.Event = event
+		return stream.Send(msg)
+	})
+	if err != nil {
+		return err
+	}
+	return stream.Send(&batonv1.WorkerServiceStreamJobOutputResponse{
+		Event: &batonv1.WorkerServiceStreamJobOutputResponse_Status{Status: statusToProto(st, h.name)},
+	})
+}
+
+// RunJob starts a job and follows it to its end in one call: the started
+// status, the output from byte 0, the final status. The job outlives the
+// call, as it outlives StartJob.
+func (h *handler) RunJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceRunJobRequest], stream *connect.ServerStream[batonv1.WorkerServiceRunJobResponse]) error {
+	st, err := h.start(ctx, req.Msg.GetJob())
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(&batonv1.WorkerServiceRunJobResponse{
+		Event: &batonv1.WorkerServiceRunJobResponse_Started{Started: statusToProto(st, h.name)},
+	}); err != nil {
+		return err
+	}
+	msg := &batonv1.WorkerServiceRunJobResponse{}
+	event := &batonv1.WorkerServiceRunJobResponse_Chunk{}
+	outReq := jobrun.OutputRequest{Follow: true, Streams: streamFromProto(req.Msg.GetStream())}
+	st, err = h.output(ctx, st.ID, outReq, func(chunk *batonv1.OutputChunk) error {
+		event.Chunk = chunk
+		msg.Event = event
+		return stream.Send(msg)
+	})
+	if err != nil {
+		return err
+	}
+	return stream.Send(&batonv1.WorkerServiceRunJobResponse{
+		Event: &batonv1.WorkerServiceRunJobResponse_Status{Status: statusToProto(st, h.name)},
+	})
+}
+
+// output sends a job's output to send, one chunk at a time, and returns the
+// job's status after the last one (the final status when following). The
+// chunk passed to send is reused: send must be done with it when it
+// returns, as Connect's Send is once it marshalled the message.
+func (h *handler) output(ctx context.Context, id string, req jobrun.OutputRequest, send func(*batonv1.OutputChunk) error) (jobrun.Status, error) {
+	chunk := &batonv1.OutputChunk{}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	defer context.AfterFunc(h.stopping, func() { cancel(errStopping) })()
-	// The message and chunk are reused: Send marshals before returning, and
-	// Data is only valid during the callback anyway.
-	st, err := h.runner.Output(ctx, req.Msg.GetJobId(), outReq, func(c jobrun.Chunk) error {
+	st, err := h.runner.Output(ctx, id, req, func(c jobrun.Chunk) error {
 		chunk.Stream = streamToProto(c.Stream)
 		chunk.Data = c.Data
 		chunk.Offset = c.Offset
 		chunk.Time = timestamppb.New(c.Time)
-		msg.Event = &batonv1.WorkerServiceStreamJobOutputResponse_Chunk{Chunk: chunk}
-		if err := stream.Send(msg); err != nil {
+		if err := send(chunk); err != nil {
 			return err
 		}
 		h.metrics.OutputStreamed(len(c.Data))
@@ -188,14 +243,12 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 	})
 	if err != nil {
 		if cause := context.Cause(ctx); errors.Is(cause, errStopping) {
-			return connect.NewError(connect.CodeUnavailable, errStopping)
+			return st, connect.NewError(connect.CodeUnavailable, errStopping)
 		}
 		if ctx.Err() != nil {
-			return mapError(ctx.Err())
+			return st, mapError(ctx.Err())
 		}
-		return mapError(err)
+		return st, mapError(err)
 	}
-	return stream.Send(&batonv1.WorkerServiceStreamJobOutputResponse{
-		Event: &batonv1.WorkerServiceStreamJobOutputResponse_Status{Status: statusToProto(st, h.name)},
-	})
+	return st, nil
 }

@@ -16,5 +16,6 @@ func Policy() identity.Policy {
 		batonv1connect.WorkerServiceQueryJobProcedure:        {Roles: scheduler},
 		batonv1connect.WorkerServiceListJobsProcedure:        {Roles: scheduler},
 		batonv1connect.WorkerServiceStreamJobOutputProcedure: {Roles: scheduler},
+		batonv1connect.WorkerServiceRunJobProcedure:          {Roles: scheduler, Mutating: true},
 	}
 }

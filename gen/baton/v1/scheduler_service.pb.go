@@ -1348,6 +1348,168 @@ func (*StreamJobOutputResponse_Chunk) isStreamJobOutputResponse_Event() {}
 
 func (*StreamJobOutputResponse_Status) isStreamJobOutputResponse_Event() {}
 
+// RunJobRequest starts one job and follows it.
+type RunJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// job is the job to start, as StartJob takes it (without all).
+	Job *StartJobRequest `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// stream keeps only one stream; unspecified means both, interleaved in the
+	// order they were produced.
+	Stream        OutputStream `protobuf:"varint,2,opt,name=stream,proto3,enum=baton.v1.OutputStream" json:"stream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunJobRequest) Reset() {
+	*x = RunJobRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunJobRequest) ProtoMessage() {}
+
+func (x *RunJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunJobRequest.ProtoReflect.Descriptor instead.
+func (*RunJobRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RunJobRequest) GetJob() *StartJobRequest {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *RunJobRequest) GetStream() OutputStream {
+	if x != nil {
+		return x.Stream
+	}
+	return OutputStream_OUTPUT_STREAM_UNSPECIFIED
+}
+
+// RunJobResponse is, in order: the started job's status once, its output
+// chunks, and its final status once.
+type RunJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event is one step of the job's run.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*RunJobResponse_Started
+	//	*RunJobResponse_Chunk
+	//	*RunJobResponse_Status
+	Event         isRunJobResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunJobResponse) Reset() {
+	*x = RunJobResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunJobResponse) ProtoMessage() {}
+
+func (x *RunJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunJobResponse.ProtoReflect.Descriptor instead.
+func (*RunJobResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RunJobResponse) GetEvent() isRunJobResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *RunJobResponse) GetStarted() *JobStatus {
+	if x != nil {
+		if x, ok := x.Event.(*RunJobResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *RunJobResponse) GetChunk() *OutputChunk {
+	if x != nil {
+		if x, ok := x.Event.(*RunJobResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *RunJobResponse) GetStatus() *JobStatus {
+	if x != nil {
+		if x, ok := x.Event.(*RunJobResponse_Status); ok {
+			return x.Status
+		}
+	}
+	return nil
+}
+
+type isRunJobResponse_Event interface {
+	isRunJobResponse_Event()
+}
+
+type RunJobResponse_Started struct {
+	// started is the job's status once it runs (or, for a reused
+	// idempotency_key, the job the first call started); always first.
+	Started *JobStatus `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type RunJobResponse_Chunk struct {
+	// chunk is the next piece of output.
+	Chunk *OutputChunk `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type RunJobResponse_Status struct {
+	// status is the final status, sent once, last.
+	Status *JobStatus `protobuf:"bytes,3,opt,name=status,proto3,oneof"`
+}
+
+func (*RunJobResponse_Started) isRunJobResponse_Event() {}
+
+func (*RunJobResponse_Chunk) isRunJobResponse_Event() {}
+
+func (*RunJobResponse_Status) isRunJobResponse_Event() {}
+
 // ListWorkersRequest filters the roster, and may ask for it a page at a time.
 type ListWorkersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1366,7 +1528,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1540,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1553,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{17}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListWorkersRequest) GetStates() []WorkerState {
@@ -1429,7 +1591,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1441,7 +1603,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1454,7 +1616,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{18}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*Worker {
@@ -1482,7 +1644,7 @@ type DrainWorkerRequest struct {
 
 func (x *DrainWorkerRequest) Reset() {
 	*x = DrainWorkerRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1656,7 @@ func (x *DrainWorkerRequest) String() string {
 func (*DrainWorkerRequest) ProtoMessage() {}
 
 func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1669,7 @@ func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
 func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{19}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DrainWorkerRequest) GetWorkerId() string {
@@ -1528,7 +1690,7 @@ type DrainWorkerResponse struct {
 
 func (x *DrainWorkerResponse) Reset() {
 	*x = DrainWorkerResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1702,7 @@ func (x *DrainWorkerResponse) String() string {
 func (*DrainWorkerResponse) ProtoMessage() {}
 
 func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1715,7 @@ func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{20}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DrainWorkerResponse) GetWorker() *Worker {
@@ -1684,6 +1846,15 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x17StreamJobOutputResponse\x12-\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
 	"\x06status\x18\x02 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
+	"\x05event\"\xec\x01\n" +
+	"\rRunJobRequest\x123\n" +
+	"\x03job\x18\x01 \x01(\v2\x19.baton.v1.StartJobRequestB\x06\xbaH\x03\xc8\x01\x01R\x03job\x128\n" +
+	"\x06stream\x18\x02 \x01(\x0e2\x16.baton.v1.OutputStreamB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06stream:l\xbaHi\x1ag\n" +
+	"\arun_one\x12Mjob.all is not allowed: RunJob follows one job; start a fan-out with StartJob\x1a\r!this.job.all\"\xa8\x01\n" +
+	"\x0eRunJobResponse\x12/\n" +
+	"\astarted\x18\x01 \x01(\v2\x13.baton.v1.JobStatusH\x00R\astarted\x12-\n" +
+	"\x05chunk\x18\x02 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
+	"\x06status\x18\x03 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
 	"\x05event\"\xba\x01\n" +
 	"\x12ListWorkersRequest\x12@\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x04\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
@@ -1703,7 +1874,7 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x12WORKER_STATE_READY\x10\x01\x12\x19\n" +
 	"\x15WORKER_STATE_DRAINING\x10\x02\x12\x15\n" +
 	"\x11WORKER_STATE_DOWN\x10\x03\x12\x15\n" +
-	"\x11WORKER_STATE_LEFT\x10\x042\xa3\x06\n" +
+	"\x11WORKER_STATE_LEFT\x10\x042\xe4\x06\n" +
 	"\x10SchedulerService\x12U\n" +
 	"\x0eRegisterWorker\x12\x1f.baton.v1.RegisterWorkerRequest\x1a .baton.v1.RegisterWorkerResponse\"\x00\x12[\n" +
 	"\x10DeregisterWorker\x12!.baton.v1.DeregisterWorkerRequest\x1a\".baton.v1.DeregisterWorkerResponse\"\x00\x12F\n" +
@@ -1712,7 +1883,8 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\aStopJob\x12\x18.baton.v1.StopJobRequest\x1a\x19.baton.v1.StopJobResponse\"\x00\x12F\n" +
 	"\bQueryJob\x12\x19.baton.v1.QueryJobRequest\x1a\x1a.baton.v1.QueryJobResponse\"\x03\x90\x02\x01\x12F\n" +
 	"\bListJobs\x12\x19.baton.v1.ListJobsRequest\x1a\x1a.baton.v1.ListJobsResponse\"\x03\x90\x02\x01\x12]\n" +
-	"\x0fStreamJobOutput\x12 .baton.v1.StreamJobOutputRequest\x1a!.baton.v1.StreamJobOutputResponse\"\x03\x90\x02\x010\x01\x12O\n" +
+	"\x0fStreamJobOutput\x12 .baton.v1.StreamJobOutputRequest\x1a!.baton.v1.StreamJobOutputResponse\"\x03\x90\x02\x010\x01\x12?\n" +
+	"\x06RunJob\x12\x17.baton.v1.RunJobRequest\x1a\x18.baton.v1.RunJobResponse\"\x000\x01\x12O\n" +
 	"\vListWorkers\x12\x1c.baton.v1.ListWorkersRequest\x1a\x1d.baton.v1.ListWorkersResponse\"\x03\x90\x02\x01\x12L\n" +
 	"\vDrainWorker\x12\x1c.baton.v1.DrainWorkerRequest\x1a\x1d.baton.v1.DrainWorkerResponse\"\x00B\x97\x01\n" +
 	"\fcom.baton.v1B\x15SchedulerServiceProtoP\x01Z/github.com/baton-run/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
@@ -1730,7 +1902,7 @@ func file_baton_v1_scheduler_service_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_scheduler_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_baton_v1_scheduler_service_proto_goTypes = []any{
 	(WorkerState)(0),                 // 0: baton.v1.WorkerState
 	(*Worker)(nil),                   // 1: baton.v1.Worker
@@ -1750,75 +1922,84 @@ var file_baton_v1_scheduler_service_proto_goTypes = []any{
 	(*ListJobsResponse)(nil),         // 15: baton.v1.ListJobsResponse
 	(*StreamJobOutputRequest)(nil),   // 16: baton.v1.StreamJobOutputRequest
 	(*StreamJobOutputResponse)(nil),  // 17: baton.v1.StreamJobOutputResponse
-	(*ListWorkersRequest)(nil),       // 18: baton.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),      // 19: baton.v1.ListWorkersResponse
-	(*DrainWorkerRequest)(nil),       // 20: baton.v1.DrainWorkerRequest
-	(*DrainWorkerResponse)(nil),      // 21: baton.v1.DrainWorkerResponse
-	nil,                              // 22: baton.v1.Worker.LabelsEntry
-	nil,                              // 23: baton.v1.RegisterWorkerRequest.LabelsEntry
-	nil,                              // 24: baton.v1.StartJobRequest.EnvEntry
-	nil,                              // 25: baton.v1.StartJobRequest.SelectorEntry
-	nil,                              // 26: baton.v1.StartJobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),    // 27: google.protobuf.Timestamp
-	(*JobStatus)(nil),                // 28: baton.v1.JobStatus
-	(*durationpb.Duration)(nil),      // 29: google.protobuf.Duration
-	(JobState)(0),                    // 30: baton.v1.JobState
-	(OutputStream)(0),                // 31: baton.v1.OutputStream
-	(*OutputChunk)(nil),              // 32: baton.v1.OutputChunk
+	(*RunJobRequest)(nil),            // 18: baton.v1.RunJobRequest
+	(*RunJobResponse)(nil),           // 19: baton.v1.RunJobResponse
+	(*ListWorkersRequest)(nil),       // 20: baton.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),      // 21: baton.v1.ListWorkersResponse
+	(*DrainWorkerRequest)(nil),       // 22: baton.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),      // 23: baton.v1.DrainWorkerResponse
+	nil,                              // 24: baton.v1.Worker.LabelsEntry
+	nil,                              // 25: baton.v1.RegisterWorkerRequest.LabelsEntry
+	nil,                              // 26: baton.v1.StartJobRequest.EnvEntry
+	nil,                              // 27: baton.v1.StartJobRequest.SelectorEntry
+	nil,                              // 28: baton.v1.StartJobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
+	(*JobStatus)(nil),                // 30: baton.v1.JobStatus
+	(*durationpb.Duration)(nil),      // 31: google.protobuf.Duration
+	(JobState)(0),                    // 32: baton.v1.JobState
+	(OutputStream)(0),                // 33: baton.v1.OutputStream
+	(*OutputChunk)(nil),              // 34: baton.v1.OutputChunk
 }
 var file_baton_v1_scheduler_service_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Worker.state:type_name -> baton.v1.WorkerState
-	22, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
-	27, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
-	27, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
-	23, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
-	28, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
-	29, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	28, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
-	29, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	24, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
+	29, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
+	29, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
+	25, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
+	30, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
+	31, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	30, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
+	31, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
 	0,  // 9: baton.v1.HeartbeatResponse.state:type_name -> baton.v1.WorkerState
-	24, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
-	29, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
-	25, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
-	26, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
-	28, // 14: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
-	28, // 15: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
-	28, // 16: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
-	28, // 17: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
-	28, // 18: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
-	30, // 19: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
-	28, // 20: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
-	31, // 21: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
-	32, // 22: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
-	28, // 23: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
-	0,  // 24: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
-	1,  // 25: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
-	1,  // 26: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
-	2,  // 27: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
-	4,  // 28: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
-	6,  // 29: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
-	8,  // 30: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
-	10, // 31: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
-	12, // 32: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
-	14, // 33: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
-	16, // 34: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
-	18, // 35: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
-	20, // 36: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
-	3,  // 37: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
-	5,  // 38: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
-	7,  // 39: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
-	9,  // 40: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
-	11, // 41: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
-	13, // 42: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
-	15, // 43: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	17, // 44: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
-	19, // 45: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
-	21, // 46: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
-	37, // [37:47] is the sub-list for method output_type
-	27, // [27:37] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	26, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
+	31, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
+	27, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
+	28, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
+	30, // 14: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
+	30, // 15: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
+	30, // 16: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
+	30, // 17: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
+	30, // 18: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
+	32, // 19: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
+	30, // 20: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
+	33, // 21: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
+	34, // 22: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
+	30, // 23: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
+	8,  // 24: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
+	33, // 25: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
+	30, // 26: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
+	34, // 27: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
+	30, // 28: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
+	0,  // 29: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
+	1,  // 30: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
+	1,  // 31: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
+	2,  // 32: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
+	4,  // 33: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
+	6,  // 34: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
+	8,  // 35: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
+	10, // 36: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
+	12, // 37: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
+	14, // 38: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	16, // 39: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
+	18, // 40: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
+	20, // 41: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
+	22, // 42: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
+	3,  // 43: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
+	5,  // 44: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
+	7,  // 45: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
+	9,  // 46: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
+	11, // 47: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
+	13, // 48: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
+	15, // 49: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	17, // 50: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
+	19, // 51: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
+	21, // 52: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
+	23, // 53: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
+	43, // [43:54] is the sub-list for method output_type
+	32, // [32:43] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_scheduler_service_proto_init() }
@@ -1831,13 +2012,18 @@ func file_baton_v1_scheduler_service_proto_init() {
 		(*StreamJobOutputResponse_Chunk)(nil),
 		(*StreamJobOutputResponse_Status)(nil),
 	}
+	file_baton_v1_scheduler_service_proto_msgTypes[18].OneofWrappers = []any{
+		(*RunJobResponse_Started)(nil),
+		(*RunJobResponse_Chunk)(nil),
+		(*RunJobResponse_Status)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_scheduler_service_proto_rawDesc), len(file_baton_v1_scheduler_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

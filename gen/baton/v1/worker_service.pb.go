@@ -748,6 +748,168 @@ func (*WorkerServiceStreamJobOutputResponse_Chunk) isWorkerServiceStreamJobOutpu
 
 func (*WorkerServiceStreamJobOutputResponse_Status) isWorkerServiceStreamJobOutputResponse_Event() {}
 
+// WorkerServiceRunJobRequest starts one job and follows it.
+type WorkerServiceRunJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// job is the job to start, as StartJob takes it.
+	Job *WorkerServiceStartJobRequest `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// stream keeps only one stream; unspecified means both, interleaved in the
+	// order they were produced.
+	Stream        OutputStream `protobuf:"varint,2,opt,name=stream,proto3,enum=baton.v1.OutputStream" json:"stream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerServiceRunJobRequest) Reset() {
+	*x = WorkerServiceRunJobRequest{}
+	mi := &file_baton_v1_worker_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerServiceRunJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerServiceRunJobRequest) ProtoMessage() {}
+
+func (x *WorkerServiceRunJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_worker_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerServiceRunJobRequest.ProtoReflect.Descriptor instead.
+func (*WorkerServiceRunJobRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_worker_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WorkerServiceRunJobRequest) GetJob() *WorkerServiceStartJobRequest {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *WorkerServiceRunJobRequest) GetStream() OutputStream {
+	if x != nil {
+		return x.Stream
+	}
+	return OutputStream_OUTPUT_STREAM_UNSPECIFIED
+}
+
+// WorkerServiceRunJobResponse is, in order: the started job's status once,
+// its output chunks, and its final status once.
+type WorkerServiceRunJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// event is one step of the job's run.
+	//
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WorkerServiceRunJobResponse_Started
+	//	*WorkerServiceRunJobResponse_Chunk
+	//	*WorkerServiceRunJobResponse_Status
+	Event         isWorkerServiceRunJobResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerServiceRunJobResponse) Reset() {
+	*x = WorkerServiceRunJobResponse{}
+	mi := &file_baton_v1_worker_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerServiceRunJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerServiceRunJobResponse) ProtoMessage() {}
+
+func (x *WorkerServiceRunJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_worker_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerServiceRunJobResponse.ProtoReflect.Descriptor instead.
+func (*WorkerServiceRunJobResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_worker_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WorkerServiceRunJobResponse) GetEvent() isWorkerServiceRunJobResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WorkerServiceRunJobResponse) GetStarted() *JobStatus {
+	if x != nil {
+		if x, ok := x.Event.(*WorkerServiceRunJobResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *WorkerServiceRunJobResponse) GetChunk() *OutputChunk {
+	if x != nil {
+		if x, ok := x.Event.(*WorkerServiceRunJobResponse_Chunk); ok {
+			return x.Chunk
+		}
+	}
+	return nil
+}
+
+func (x *WorkerServiceRunJobResponse) GetStatus() *JobStatus {
+	if x != nil {
+		if x, ok := x.Event.(*WorkerServiceRunJobResponse_Status); ok {
+			return x.Status
+		}
+	}
+	return nil
+}
+
+type isWorkerServiceRunJobResponse_Event interface {
+	isWorkerServiceRunJobResponse_Event()
+}
+
+type WorkerServiceRunJobResponse_Started struct {
+	// started is the job's status once it runs (or the job already started
+	// with this job_id); always the first message.
+	Started *JobStatus `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type WorkerServiceRunJobResponse_Chunk struct {
+	// chunk is the next piece of output.
+	Chunk *OutputChunk `protobuf:"bytes,2,opt,name=chunk,proto3,oneof"`
+}
+
+type WorkerServiceRunJobResponse_Status struct {
+	// status is the final status, sent once, last.
+	Status *JobStatus `protobuf:"bytes,3,opt,name=status,proto3,oneof"`
+}
+
+func (*WorkerServiceRunJobResponse_Started) isWorkerServiceRunJobResponse_Event() {}
+
+func (*WorkerServiceRunJobResponse_Chunk) isWorkerServiceRunJobResponse_Event() {}
+
+func (*WorkerServiceRunJobResponse_Status) isWorkerServiceRunJobResponse_Event() {}
+
 var File_baton_v1_worker_service_proto protoreflect.FileDescriptor
 
 const file_baton_v1_worker_service_proto_rawDesc = "" +
@@ -816,13 +978,22 @@ const file_baton_v1_worker_service_proto_rawDesc = "" +
 	"$WorkerServiceStreamJobOutputResponse\x12-\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
 	"\x06status\x18\x02 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
-	"\x05event2\x87\x04\n" +
+	"\x05event\"\x98\x01\n" +
+	"\x1aWorkerServiceRunJobRequest\x12@\n" +
+	"\x03job\x18\x01 \x01(\v2&.baton.v1.WorkerServiceStartJobRequestB\x06\xbaH\x03\xc8\x01\x01R\x03job\x128\n" +
+	"\x06stream\x18\x02 \x01(\x0e2\x16.baton.v1.OutputStreamB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06stream\"\xb5\x01\n" +
+	"\x1bWorkerServiceRunJobResponse\x12/\n" +
+	"\astarted\x18\x01 \x01(\v2\x13.baton.v1.JobStatusH\x00R\astarted\x12-\n" +
+	"\x05chunk\x18\x02 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
+	"\x06status\x18\x03 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
+	"\x05event2\xe2\x04\n" +
 	"\rWorkerService\x12]\n" +
 	"\bStartJob\x12&.baton.v1.WorkerServiceStartJobRequest\x1a'.baton.v1.WorkerServiceStartJobResponse\"\x00\x12Z\n" +
 	"\aStopJob\x12%.baton.v1.WorkerServiceStopJobRequest\x1a&.baton.v1.WorkerServiceStopJobResponse\"\x00\x12`\n" +
 	"\bQueryJob\x12&.baton.v1.WorkerServiceQueryJobRequest\x1a'.baton.v1.WorkerServiceQueryJobResponse\"\x03\x90\x02\x01\x12`\n" +
 	"\bListJobs\x12&.baton.v1.WorkerServiceListJobsRequest\x1a'.baton.v1.WorkerServiceListJobsResponse\"\x03\x90\x02\x01\x12w\n" +
-	"\x0fStreamJobOutput\x12-.baton.v1.WorkerServiceStreamJobOutputRequest\x1a..baton.v1.WorkerServiceStreamJobOutputResponse\"\x03\x90\x02\x010\x01B\x94\x01\n" +
+	"\x0fStreamJobOutput\x12-.baton.v1.WorkerServiceStreamJobOutputRequest\x1a..baton.v1.WorkerServiceStreamJobOutputResponse\"\x03\x90\x02\x010\x01\x12Y\n" +
+	"\x06RunJob\x12$.baton.v1.WorkerServiceRunJobRequest\x1a%.baton.v1.WorkerServiceRunJobResponse\"\x000\x01B\x94\x01\n" +
 	"\fcom.baton.v1B\x12WorkerServiceProtoP\x01Z/github.com/baton-run/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (
@@ -837,7 +1008,7 @@ func file_baton_v1_worker_service_proto_rawDescGZIP() []byte {
 	return file_baton_v1_worker_service_proto_rawDescData
 }
 
-var file_baton_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_baton_v1_worker_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_baton_v1_worker_service_proto_goTypes = []any{
 	(*WorkerServiceStartJobRequest)(nil),         // 0: baton.v1.WorkerServiceStartJobRequest
 	(*WorkerServiceStartJobResponse)(nil),        // 1: baton.v1.WorkerServiceStartJobResponse
@@ -849,41 +1020,50 @@ var file_baton_v1_worker_service_proto_goTypes = []any{
 	(*WorkerServiceListJobsResponse)(nil),        // 7: baton.v1.WorkerServiceListJobsResponse
 	(*WorkerServiceStreamJobOutputRequest)(nil),  // 8: baton.v1.WorkerServiceStreamJobOutputRequest
 	(*WorkerServiceStreamJobOutputResponse)(nil), // 9: baton.v1.WorkerServiceStreamJobOutputResponse
-	nil,                         // 10: baton.v1.WorkerServiceStartJobRequest.EnvEntry
-	nil,                         // 11: baton.v1.WorkerServiceStartJobRequest.LabelsEntry
-	(*durationpb.Duration)(nil), // 12: google.protobuf.Duration
-	(*JobStatus)(nil),           // 13: baton.v1.JobStatus
-	(JobState)(0),               // 14: baton.v1.JobState
-	(OutputStream)(0),           // 15: baton.v1.OutputStream
-	(*OutputChunk)(nil),         // 16: baton.v1.OutputChunk
+	(*WorkerServiceRunJobRequest)(nil),           // 10: baton.v1.WorkerServiceRunJobRequest
+	(*WorkerServiceRunJobResponse)(nil),          // 11: baton.v1.WorkerServiceRunJobResponse
+	nil,                                          // 12: baton.v1.WorkerServiceStartJobRequest.EnvEntry
+	nil,                                          // 13: baton.v1.WorkerServiceStartJobRequest.LabelsEntry
+	(*durationpb.Duration)(nil),                  // 14: google.protobuf.Duration
+	(*JobStatus)(nil),                            // 15: baton.v1.JobStatus
+	(JobState)(0),                                // 16: baton.v1.JobState
+	(OutputStream)(0),                            // 17: baton.v1.OutputStream
+	(*OutputChunk)(nil),                          // 18: baton.v1.OutputChunk
 }
 var file_baton_v1_worker_service_proto_depIdxs = []int32{
-	10, // 0: baton.v1.WorkerServiceStartJobRequest.env:type_name -> baton.v1.WorkerServiceStartJobRequest.EnvEntry
-	12, // 1: baton.v1.WorkerServiceStartJobRequest.timeout:type_name -> google.protobuf.Duration
-	11, // 2: baton.v1.WorkerServiceStartJobRequest.labels:type_name -> baton.v1.WorkerServiceStartJobRequest.LabelsEntry
-	13, // 3: baton.v1.WorkerServiceStartJobResponse.status:type_name -> baton.v1.JobStatus
-	13, // 4: baton.v1.WorkerServiceStopJobResponse.status:type_name -> baton.v1.JobStatus
-	13, // 5: baton.v1.WorkerServiceQueryJobResponse.status:type_name -> baton.v1.JobStatus
-	14, // 6: baton.v1.WorkerServiceListJobsRequest.states:type_name -> baton.v1.JobState
-	13, // 7: baton.v1.WorkerServiceListJobsResponse.jobs:type_name -> baton.v1.JobStatus
-	15, // 8: baton.v1.WorkerServiceStreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
-	16, // 9: baton.v1.WorkerServiceStreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
-	13, // 10: baton.v1.WorkerServiceStreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
-	0,  // 11: baton.v1.WorkerService.StartJob:input_type -> baton.v1.WorkerServiceStartJobRequest
-	2,  // 12: baton.v1.WorkerService.StopJob:input_type -> baton.v1.WorkerServiceStopJobRequest
-	4,  // 13: baton.v1.WorkerService.QueryJob:input_type -> baton.v1.WorkerServiceQueryJobRequest
-	6,  // 14: baton.v1.WorkerService.ListJobs:input_type -> baton.v1.WorkerServiceListJobsRequest
-	8,  // 15: baton.v1.WorkerService.StreamJobOutput:input_type -> baton.v1.WorkerServiceStreamJobOutputRequest
-	1,  // 16: baton.v1.WorkerService.StartJob:output_type -> baton.v1.WorkerServiceStartJobResponse
-	3,  // 17: baton.v1.WorkerService.StopJob:output_type -> baton.v1.WorkerServiceStopJobResponse
-	5,  // 18: baton.v1.WorkerService.QueryJob:output_type -> baton.v1.WorkerServiceQueryJobResponse
-	7,  // 19: baton.v1.WorkerService.ListJobs:output_type -> baton.v1.WorkerServiceListJobsResponse
-	9,  // 20: baton.v1.WorkerService.StreamJobOutput:output_type -> baton.v1.WorkerServiceStreamJobOutputResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	12, // 0: baton.v1.WorkerServiceStartJobRequest.env:type_name -> baton.v1.WorkerServiceStartJobRequest.EnvEntry
+	14, // 1: baton.v1.WorkerServiceStartJobRequest.timeout:type_name -> google.protobuf.Duration
+	13, // 2: baton.v1.WorkerServiceStartJobRequest.labels:type_name -> baton.v1.WorkerServiceStartJobRequest.LabelsEntry
+	15, // 3: baton.v1.WorkerServiceStartJobResponse.status:type_name -> baton.v1.JobStatus
+	15, // 4: baton.v1.WorkerServiceStopJobResponse.status:type_name -> baton.v1.JobStatus
+	15, // 5: baton.v1.WorkerServiceQueryJobResponse.status:type_name -> baton.v1.JobStatus
+	16, // 6: baton.v1.WorkerServiceListJobsRequest.states:type_name -> baton.v1.JobState
+	15, // 7: baton.v1.WorkerServiceListJobsResponse.jobs:type_name -> baton.v1.JobStatus
+	17, // 8: baton.v1.WorkerServiceStreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
+	18, // 9: baton.v1.WorkerServiceStreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
+	15, // 10: baton.v1.WorkerServiceStreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
+	0,  // 11: baton.v1.WorkerServiceRunJobRequest.job:type_name -> baton.v1.WorkerServiceStartJobRequest
+	17, // 12: baton.v1.WorkerServiceRunJobRequest.stream:type_name -> baton.v1.OutputStream
+	15, // 13: baton.v1.WorkerServiceRunJobResponse.started:type_name -> baton.v1.JobStatus
+	18, // 14: baton.v1.WorkerServiceRunJobResponse.chunk:type_name -> baton.v1.OutputChunk
+	15, // 15: baton.v1.WorkerServiceRunJobResponse.status:type_name -> baton.v1.JobStatus
+	0,  // 16: baton.v1.WorkerService.StartJob:input_type -> baton.v1.WorkerServiceStartJobRequest
+	2,  // 17: baton.v1.WorkerService.StopJob:input_type -> baton.v1.WorkerServiceStopJobRequest
+	4,  // 18: baton.v1.WorkerService.QueryJob:input_type -> baton.v1.WorkerServiceQueryJobRequest
+	6,  // 19: baton.v1.WorkerService.ListJobs:input_type -> baton.v1.WorkerServiceListJobsRequest
+	8,  // 20: baton.v1.WorkerService.StreamJobOutput:input_type -> baton.v1.WorkerServiceStreamJobOutputRequest
+	10, // 21: baton.v1.WorkerService.RunJob:input_type -> baton.v1.WorkerServiceRunJobRequest
+	1,  // 22: baton.v1.WorkerService.StartJob:output_type -> baton.v1.WorkerServiceStartJobResponse
+	3,  // 23: baton.v1.WorkerService.StopJob:output_type -> baton.v1.WorkerServiceStopJobResponse
+	5,  // 24: baton.v1.WorkerService.QueryJob:output_type -> baton.v1.WorkerServiceQueryJobResponse
+	7,  // 25: baton.v1.WorkerService.ListJobs:output_type -> baton.v1.WorkerServiceListJobsResponse
+	9,  // 26: baton.v1.WorkerService.StreamJobOutput:output_type -> baton.v1.WorkerServiceStreamJobOutputResponse
+	11, // 27: baton.v1.WorkerService.RunJob:output_type -> baton.v1.WorkerServiceRunJobResponse
+	22, // [22:28] is the sub-list for method output_type
+	16, // [16:22] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_worker_service_proto_init() }
@@ -896,13 +1076,18 @@ func file_baton_v1_worker_service_proto_init() {
 		(*WorkerServiceStreamJobOutputResponse_Chunk)(nil),
 		(*WorkerServiceStreamJobOutputResponse_Status)(nil),
 	}
+	file_baton_v1_worker_service_proto_msgTypes[11].OneofWrappers = []any{
+		(*WorkerServiceRunJobResponse_Started)(nil),
+		(*WorkerServiceRunJobResponse_Chunk)(nil),
+		(*WorkerServiceRunJobResponse_Status)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_worker_service_proto_rawDesc), len(file_baton_v1_worker_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -57,6 +57,8 @@ const (
 	// SchedulerServiceStreamJobOutputProcedure is the fully-qualified name of the SchedulerService's
 	// StreamJobOutput RPC.
 	SchedulerServiceStreamJobOutputProcedure = "/baton.v1.SchedulerService/StreamJobOutput"
+	// SchedulerServiceRunJobProcedure is the fully-qualified name of the SchedulerService's RunJob RPC.
+	SchedulerServiceRunJobProcedure = "/baton.v1.SchedulerService/RunJob"
 	// SchedulerServiceListWorkersProcedure is the fully-qualified name of the SchedulerService's
 	// ListWorkers RPC.
 	SchedulerServiceListWorkersProcedure = "/baton.v1.SchedulerService/ListWorkers"
@@ -87,6 +89,12 @@ type SchedulerServiceClient interface {
 	// StreamJobOutput relays a job's output from its worker; the last message
 	// is the job's status.
 	StreamJobOutput(context.Context, *connect.Request[v1.StreamJobOutputRequest]) (*connect.ServerStreamForClient[v1.StreamJobOutputResponse], error)
+	// RunJob starts a job as StartJob does and follows its output to the end
+	// in the same call: the first message is the started job's status, then
+	// its output, and last its final status. A stream that breaks leaves the
+	// job running; StreamJobOutput resumes it from the last offset. A retry
+	// with the same idempotency_key follows the job the first call started.
+	RunJob(context.Context, *connect.Request[v1.RunJobRequest]) (*connect.ServerStreamForClient[v1.RunJobResponse], error)
 	// ListWorkers lists the roster.
 	ListWorkers(context.Context, *connect.Request[v1.ListWorkersRequest]) (*connect.Response[v1.ListWorkersResponse], error)
 	// DrainWorker stops new placements on a worker; its running jobs finish.
@@ -155,6 +163,12 @@ func NewSchedulerServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		runJob: connect.NewClient[v1.RunJobRequest, v1.RunJobResponse](
+			httpClient,
+			baseURL+SchedulerServiceRunJobProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("RunJob")),
+			connect.WithClientOptions(opts...),
+		),
 		listWorkers: connect.NewClient[v1.ListWorkersRequest, v1.ListWorkersResponse](
 			httpClient,
 			baseURL+SchedulerServiceListWorkersProcedure,
@@ -181,6 +195,7 @@ type schedulerServiceClient struct {
 	queryJob         *connect.Client[v1.QueryJobRequest, v1.QueryJobResponse]
 	listJobs         *connect.Client[v1.ListJobsRequest, v1.ListJobsResponse]
 	streamJobOutput  *connect.Client[v1.StreamJobOutputRequest, v1.StreamJobOutputResponse]
+	runJob           *connect.Client[v1.RunJobRequest, v1.RunJobResponse]
 	listWorkers      *connect.Client[v1.ListWorkersRequest, v1.ListWorkersResponse]
 	drainWorker      *connect.Client[v1.DrainWorkerRequest, v1.DrainWorkerResponse]
 }
@@ -225,6 +240,11 @@ func (c *schedulerServiceClient) StreamJobOutput(ctx context.Context, req *conne
 	return c.streamJobOutput.CallServerStream(ctx, req)
 }
 
+// RunJob calls baton.v1.SchedulerService.RunJob.
+func (c *schedulerServiceClient) RunJob(ctx context.Context, req *connect.Request[v1.RunJobRequest]) (*connect.ServerStreamForClient[v1.RunJobResponse], error) {
+	return c.runJob.CallServerStream(ctx, req)
+}
+
 // ListWorkers calls baton.v1.SchedulerService.ListWorkers.
 func (c *schedulerServiceClient) ListWorkers(ctx context.Context, req *connect.Request[v1.ListWorkersRequest]) (*connect.Response[v1.ListWorkersResponse], error) {
 	return c.listWorkers.CallUnary(ctx, req)
@@ -257,6 +277,12 @@ type SchedulerServiceHandler interface {
 	// StreamJobOutput relays a job's output from its worker; the last message
 	// is the job's status.
 	StreamJobOutput(context.Context, *connect.Request[v1.StreamJobOutputRequest], *connect.ServerStream[v1.StreamJobOutputResponse]) error
+	// RunJob starts a job as StartJob does and follows its output to the end
+	// in the same call: the first message is the started job's status, then
+	// its output, and last its final status. A stream that breaks leaves the
+	// job running; StreamJobOutput resumes it from the last offset. A retry
+	// with the same idempotency_key follows the job the first call started.
+	RunJob(context.Context, *connect.Request[v1.RunJobRequest], *connect.ServerStream[v1.RunJobResponse]) error
 	// ListWorkers lists the roster.
 	ListWorkers(context.Context, *connect.Request[v1.ListWorkersRequest]) (*connect.Response[v1.ListWorkersResponse], error)
 	// DrainWorker stops new placements on a worker; its running jobs finish.
@@ -321,6 +347,12 @@ func NewSchedulerServiceHandler(svc SchedulerServiceHandler, opts ...connect.Han
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	schedulerServiceRunJobHandler := connect.NewServerStreamHandler(
+		SchedulerServiceRunJobProcedure,
+		svc.RunJob,
+		connect.WithSchema(schedulerServiceMethods.ByName("RunJob")),
+		connect.WithHandlerOptions(opts...),
+	)
 	schedulerServiceListWorkersHandler := connect.NewUnaryHandler(
 		SchedulerServiceListWorkersProcedure,
 		svc.ListWorkers,
@@ -352,6 +384,8 @@ func NewSchedulerServiceHandler(svc SchedulerServiceHandler, opts ...connect.Han
 			schedulerServiceListJobsHandler.ServeHTTP(w, r)
 		case SchedulerServiceStreamJobOutputProcedure:
 			schedulerServiceStreamJobOutputHandler.ServeHTTP(w, r)
+		case SchedulerServiceRunJobProcedure:
+			schedulerServiceRunJobHandler.ServeHTTP(w, r)
 		case SchedulerServiceListWorkersProcedure:
 			schedulerServiceListWorkersHandler.ServeHTTP(w, r)
 		case SchedulerServiceDrainWorkerProcedure:
@@ -395,6 +429,10 @@ func (UnimplementedSchedulerServiceHandler) ListJobs(context.Context, *connect.R
 
 func (UnimplementedSchedulerServiceHandler) StreamJobOutput(context.Context, *connect.Request[v1.StreamJobOutputRequest], *connect.ServerStream[v1.StreamJobOutputResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.StreamJobOutput is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) RunJob(context.Context, *connect.Request[v1.RunJobRequest], *connect.ServerStream[v1.RunJobResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.RunJob is not implemented"))
 }
 
 func (UnimplementedSchedulerServiceHandler) ListWorkers(context.Context, *connect.Request[v1.ListWorkersRequest]) (*connect.Response[v1.ListWorkersResponse], error) {

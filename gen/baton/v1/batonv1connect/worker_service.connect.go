@@ -44,6 +44,8 @@ const (
 	// WorkerServiceStreamJobOutputProcedure is the fully-qualified name of the WorkerService's
 	// StreamJobOutput RPC.
 	WorkerServiceStreamJobOutputProcedure = "/baton.v1.WorkerService/StreamJobOutput"
+	// WorkerServiceRunJobProcedure is the fully-qualified name of the WorkerService's RunJob RPC.
+	WorkerServiceRunJobProcedure = "/baton.v1.WorkerService/RunJob"
 )
 
 // WorkerServiceClient is a client for the baton.v1.WorkerService service.
@@ -62,6 +64,11 @@ type WorkerServiceClient interface {
 	// StreamJobOutput replays a job's output from an offset and, with follow,
 	// keeps streaming until the job ends. The last message is the job's status.
 	StreamJobOutput(context.Context, *connect.Request[v1.WorkerServiceStreamJobOutputRequest]) (*connect.ServerStreamForClient[v1.WorkerServiceStreamJobOutputResponse], error)
+	// RunJob starts a job as StartJob does and follows its output to the end
+	// in the same call: the first message is the started job's status, then
+	// its output, and last its final status. A stream that breaks leaves the
+	// job running; StreamJobOutput resumes it from the last offset.
+	RunJob(context.Context, *connect.Request[v1.WorkerServiceRunJobRequest]) (*connect.ServerStreamForClient[v1.WorkerServiceRunJobResponse], error)
 }
 
 // NewWorkerServiceClient constructs a client for the baton.v1.WorkerService service. By default, it
@@ -108,6 +115,12 @@ func NewWorkerServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		runJob: connect.NewClient[v1.WorkerServiceRunJobRequest, v1.WorkerServiceRunJobResponse](
+			httpClient,
+			baseURL+WorkerServiceRunJobProcedure,
+			connect.WithSchema(workerServiceMethods.ByName("RunJob")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -118,6 +131,7 @@ type workerServiceClient struct {
 	queryJob        *connect.Client[v1.WorkerServiceQueryJobRequest, v1.WorkerServiceQueryJobResponse]
 	listJobs        *connect.Client[v1.WorkerServiceListJobsRequest, v1.WorkerServiceListJobsResponse]
 	streamJobOutput *connect.Client[v1.WorkerServiceStreamJobOutputRequest, v1.WorkerServiceStreamJobOutputResponse]
+	runJob          *connect.Client[v1.WorkerServiceRunJobRequest, v1.WorkerServiceRunJobResponse]
 }
 
 // StartJob calls baton.v1.WorkerService.StartJob.
@@ -145,6 +159,11 @@ func (c *workerServiceClient) StreamJobOutput(ctx context.Context, req *connect.
 	return c.streamJobOutput.CallServerStream(ctx, req)
 }
 
+// RunJob calls baton.v1.WorkerService.RunJob.
+func (c *workerServiceClient) RunJob(ctx context.Context, req *connect.Request[v1.WorkerServiceRunJobRequest]) (*connect.ServerStreamForClient[v1.WorkerServiceRunJobResponse], error) {
+	return c.runJob.CallServerStream(ctx, req)
+}
+
 // WorkerServiceHandler is an implementation of the baton.v1.WorkerService service.
 type WorkerServiceHandler interface {
 	// StartJob validates the spec, starts the process and returns once it runs.
@@ -161,6 +180,11 @@ type WorkerServiceHandler interface {
 	// StreamJobOutput replays a job's output from an offset and, with follow,
 	// keeps streaming until the job ends. The last message is the job's status.
 	StreamJobOutput(context.Context, *connect.Request[v1.WorkerServiceStreamJobOutputRequest], *connect.ServerStream[v1.WorkerServiceStreamJobOutputResponse]) error
+	// RunJob starts a job as StartJob does and follows its output to the end
+	// in the same call: the first message is the started job's status, then
+	// its output, and last its final status. A stream that breaks leaves the
+	// job running; StreamJobOutput resumes it from the last offset.
+	RunJob(context.Context, *connect.Request[v1.WorkerServiceRunJobRequest], *connect.ServerStream[v1.WorkerServiceRunJobResponse]) error
 }
 
 // NewWorkerServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -203,6 +227,12 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	workerServiceRunJobHandler := connect.NewServerStreamHandler(
+		WorkerServiceRunJobProcedure,
+		svc.RunJob,
+		connect.WithSchema(workerServiceMethods.ByName("RunJob")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/baton.v1.WorkerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case WorkerServiceStartJobProcedure:
@@ -215,6 +245,8 @@ func NewWorkerServiceHandler(svc WorkerServiceHandler, opts ...connect.HandlerOp
 			workerServiceListJobsHandler.ServeHTTP(w, r)
 		case WorkerServiceStreamJobOutputProcedure:
 			workerServiceStreamJobOutputHandler.ServeHTTP(w, r)
+		case WorkerServiceRunJobProcedure:
+			workerServiceRunJobHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -242,4 +274,8 @@ func (UnimplementedWorkerServiceHandler) ListJobs(context.Context, *connect.Requ
 
 func (UnimplementedWorkerServiceHandler) StreamJobOutput(context.Context, *connect.Request[v1.WorkerServiceStreamJobOutputRequest], *connect.ServerStream[v1.WorkerServiceStreamJobOutputResponse]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.WorkerService.StreamJobOutput is not implemented"))
+}
+
+func (UnimplementedWorkerServiceHandler) RunJob(context.Context, *connect.Request[v1.WorkerServiceRunJobRequest], *connect.ServerStream[v1.WorkerServiceRunJobResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.WorkerService.RunJob is not implemented"))
 }

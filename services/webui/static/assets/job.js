@@ -1,9 +1,11 @@
 // A job's page: its status, a stop button, and its output followed live
-// through StreamJobOutput (a real server stream, not polling). stdout and
+// through the RunJob call that started it from the form, or else
+// StreamJobOutput (a real server stream, not polling). stdout and
 // stderr are shown interleaved in the order they were captured, stderr in
 // its own colour. A broken stream resumes from the last offset received.
 
 import { call, stream, base64Bytes } from "./api.js";
+import { takeRun } from "./runs.js";
 import { el, badge, timeTitle, duration, commandLine, shortState, isTerminal, bytes } from "./dom.js";
 
 // Output kept on the page; older output is trimmed so that a chatty job
@@ -98,22 +100,34 @@ export function renderJob(root, jobId, ui) {
     if (atBottom) output.scrollTop = output.scrollHeight;
   }
 
-  async function follow() {
+  let gotStatus = false;
+  function onMessage(msg) {
+    if (msg.chunk) appendChunk(msg.chunk);
+    else if (msg.status) {
+      gotStatus = true;
+      renderStatus(msg.status);
+    }
+  }
+
+  async function follow(run) {
     let delay = 500;
     let failures = 0;
     for (;;) {
       streamNote.textContent = "following live";
       streamNote.className = "stream-note live";
       try {
-        let gotStatus = false;
-        await stream("StreamJobOutput", { jobId, follow: true, offset: String(offset) }, (msg) => {
-          delay = 500;
-          if (msg.chunk) appendChunk(msg.chunk);
-          else if (msg.status) {
-            gotStatus = true;
-            renderStatus(msg.status);
-          }
-        }, { signal: aborter.signal });
+        gotStatus = false;
+        if (run) {
+          aborter.signal.addEventListener("abort", run.abort);
+          const ended = run.ended;
+          run = null;
+          await ended;
+        } else {
+          await stream("StreamJobOutput", { jobId, follow: true, offset: String(offset) }, (msg) => {
+            delay = 500;
+            onMessage(msg);
+          }, { signal: aborter.signal });
+        }
         if (gotStatus && status && isTerminal(status.state)) {
           streamNote.textContent = "ended";
           streamNote.className = "stream-note";
@@ -173,7 +187,12 @@ export function renderJob(root, jobId, ui) {
     }
   });
 
-  call("QueryJob", { jobId }, { signal: aborter.signal })
+  // A job started from the form comes with the rest of its RunJob call.
+  const run = takeRun(jobId, onMessage);
+  if (run) {
+    renderStatus(run.started);
+    follow(run);
+  } else call("QueryJob", { jobId }, { signal: aborter.signal })
     .then((res) => {
       // The stream's final status may have arrived first; it is newer.
       if (res.status && !(status && isTerminal(status.state))) renderStatus(res.status);

@@ -3,6 +3,7 @@
 // (command, script path, arguments one per line, passed verbatim).
 
 import { call } from "./api.js";
+import { startRun } from "./runs.js";
 import { el, shortState } from "./dom.js";
 
 export function renderNewJob(root, query, ui) {
@@ -95,9 +96,13 @@ export function renderNewJob(root, query, ui) {
     submit.disabled = true;
     submit.textContent = "Starting…";
     try {
-      const res = await call("StartJob", req, { signal: aborter.signal });
+      // One job is started and followed in one call (RunJob); a fan-out
+      // is started, and each of its jobs followed on its own page.
+      const jobId = req.all
+        ? (await call("StartJob", req, { signal: aborter.signal })).jobId
+        : (await startRun(req, { signal: aborter.signal })).jobId;
       ui.clearError();
-      ui.go("#/jobs/" + encodeURIComponent(res.jobId));
+      ui.go("#/jobs/" + encodeURIComponent(jobId));
     } catch (err) {
       if (aborter.signal.aborted) return;
       if (err.needsToken) ui.error(err, "Starting the job");

@@ -1,0 +1,179 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"iter"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// The path of a RunJob: what StartJob does for one job (a used key answers
+// with its job; placement; the PENDING record; the start on the worker; the
+// record of its answer), but the worker is asked with its own RunJob, so
+// that one stream on each hop carries the start, the output and the final
+// status.
+
+// errStartTimedOut cuts a worker's RunJob stream that did not say within
+// WorkerCallTimeout whether it started the job.
+var errStartTimedOut = errors.New("the worker did not answer the start in time")
+
+// RunJob starts a job and relays its run, as StartJob and a following
+// StreamJobOutput would.
+func (h *handler) RunJob(ctx context.Context, req *connect.Request[batonv1.RunJobRequest], stream *connect.ServerStream[batonv1.RunJobResponse]) error {
+	return mapError(h.s.runJob(ctx, req.Msg, ownerName(caller(ctx)), stream.Send))
+}
+
+// runSend sends one message of a run to the client.
+type runSend = func(*batonv1.RunJobResponse) error
+
+// startedMsg is the first message of a run: the job's status as the caller
+// may see it.
+func startedMsg(ctx context.Context, st *batonv1.JobStatus) *batonv1.RunJobResponse {
+	return &batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Started{Started: redacted(caller(ctx), st)}}
+}
+
+func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owner string, send runSend) error {
+	start := req.GetJob()
+	key := start.GetIdempotencyKey()
+	if key != "" {
+		res, err := s.byKey(ctx, owner, key)
+		if err != nil {
+			return err
+		}
+		if res != nil {
+			return s.runExisting(ctx, res, req.GetStream(), send)
+		}
+	}
+	slots, err := s.reg.place(start)
+	if err != nil {
+		return err
+	}
+	defer releaseAll(slots)
+	slot := slots[0]
+	t := slot.target
+	job, forget, err := s.recordPending(ctx, t, start, owner, "", key)
+	if errors.Is(err, store.ErrConflict) && key != "" {
+		// A concurrent call with the same key won: follow its job.
+		j, gerr := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+		if gerr != nil {
+			return gerr
+		}
+		res, gerr := s.existing(ctx, j)
+		if gerr != nil {
+			return gerr
+		}
+		return s.runExisting(ctx, res, req.GetStream(), send)
+	}
+	if err != nil {
+		return err
+	}
+	defer forget()
+
+	rctx, cancel := s.relayContext(ctx, t)
+	defer cancel(nil)
+	// The worker must say within WorkerCallTimeout whether it started the
+	// job, as it must answer a StartJob; the run itself has no bound.
+	var answered atomic.Bool
+	timer := time.AfterFunc(s.opts.WorkerCallTimeout, func() {
+		if !answered.Load() {
+			cancel(errStartTimedOut)
+		}
+	})
+	ws, err := t.client.RunJob(rctx, connect.NewRequest(&batonv1.WorkerServiceRunJobRequest{
+		Job:    workerStartRequest(start, job.ID, owner, ""),
+		Stream: req.GetStream(),
+	}))
+	var st *batonv1.JobStatus
+	if err == nil {
+		defer ws.Close()
+		st, err = firstStatus(ws)
+	}
+	answered.Store(true)
+	timer.Stop()
+	if err != nil {
+		// The stream may have broken after the worker started the job: it
+		// is asked, as for a StartJob, and a started job is followed with
+		// StreamJobOutput from byte 0.
+		if st, err = s.settleStart(ctx, t, job, err); err != nil {
+			return err
+		}
+		st = s.started(ctx, slot, job, st)
+		forget()
+		if err := send(startedMsg(ctx, st)); err != nil {
+			return err
+		}
+		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: job.ID, Follow: true, Stream: req.GetStream()}, relayTo(send))
+	}
+	st = s.started(ctx, slot, job, st)
+	forget()
+	if err := send(startedMsg(ctx, st)); err != nil {
+		return err
+	}
+	return s.relay(rctx, job, runEvents(ws), ws.Err, relayTo(send))
+}
+
+// runExisting follows the job a used idempotency key started.
+func (s *Scheduler) runExisting(ctx context.Context, res *batonv1.StartJobResponse, stream batonv1.OutputStream, send runSend) error {
+	if res.GetGroupId() != "" {
+		return newError(errKeyOfGroup, "the idempotency key started fan-out group %s; follow its jobs with StreamJobOutput", res.GetGroupId())
+	}
+	j, err := s.store.GetJob(ctx, res.GetJobId())
+	if err != nil {
+		return err
+	}
+	if err := send(startedMsg(ctx, res.GetJobs()[0])); err != nil {
+		return err
+	}
+	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: j.ID, Follow: true, Stream: stream}, relayTo(send))
+}
+
+// relayTo adapts send to what relay and follow call. The message is reused:
+// Send marshals it before returning.
+func relayTo(send runSend) func(*batonv1.OutputChunk, *batonv1.JobStatus) error {
+	msg := &batonv1.RunJobResponse{}
+	return func(chunk *batonv1.OutputChunk, st *batonv1.JobStatus) error {
+		if chunk != nil {
+			msg.Event = &batonv1.RunJobResponse_Chunk{Chunk: chunk}
+		} else {
+			msg.Event = &batonv1.RunJobResponse_Status{Status: st}
+		}
+		return send(msg)
+	}
+}
+
+// firstStatus reads the started status a worker's RunJob sends first.
+func firstStatus(ws *connect.ServerStreamForClient[batonv1.WorkerServiceRunJobResponse]) (*batonv1.JobStatus, error) {
+	if !ws.Receive() {
+		if err := ws.Err(); err != nil {
+			return nil, err
+		}
+		return nil, errors.New("the worker ended the run without starting the job")
+	}
+	st := ws.Msg().GetStarted()
+	if st == nil {
+		return nil, errors.New("the worker sent something else before the job's start")
+	}
+	return st, nil
+}
+
+// runEvents are the chunks and the final status of a worker's RunJob after
+// its first message.
+func runEvents(ws *connect.ServerStreamForClient[batonv1.WorkerServiceRunJobResponse]) iter.Seq2[*batonv1.OutputChunk, *batonv1.JobStatus] {
+	return func(yield func(*batonv1.OutputChunk, *batonv1.JobStatus) bool) {
+		for ws.Receive() {
+			msg := ws.Msg()
+			if chunk := msg.GetChunk(); chunk != nil && !yield(chunk, nil) {
+				return
+			}
+			if st := msg.GetStatus(); st != nil && !yield(nil, st) {
+				return
+			}
+		}
+	}
+}

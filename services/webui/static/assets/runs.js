@@ -1,0 +1,57 @@
+// Jobs started from the form with RunJob. The call that starts a job also
+// carries its output and its end, so the job's page reads the rest of that
+// call instead of opening a second stream. A run no page takes soon after
+// its start is dropped (the job goes on; its page follows it the usual way).
+
+import { ApiError, stream } from "./api.js";
+
+const UNCLAIMED_MS = 10000;
+const runs = new Map();
+
+// startRun starts job with RunJob and resolves with the job's status once
+// the scheduler started it; the rest of the call waits for takeRun. It
+// rejects as call() does when the job is refused. signal aborts the call
+// only before the start: afterwards the run belongs to the job's page.
+export function startRun(job, { signal } = {}) {
+  return new Promise((resolve, reject) => {
+    const aborter = new AbortController();
+    const run = { pending: [], onMessage: null, ended: null, abort: () => aborter.abort() };
+    let started = null;
+    signal?.addEventListener("abort", () => { if (!started) aborter.abort(); });
+    run.ended = stream("RunJob", { job }, (msg) => {
+      if (started) {
+        if (run.onMessage) run.onMessage(msg);
+        else run.pending.push(msg);
+        return;
+      }
+      if (!msg.started) return;
+      started = msg.started;
+      run.started = started;
+      runs.set(started.jobId, run);
+      setTimeout(() => {
+        if (runs.get(started.jobId) === run) {
+          runs.delete(started.jobId);
+          aborter.abort();
+        }
+      }, UNCLAIMED_MS);
+      resolve(started);
+    }, { signal: aborter.signal });
+    run.ended.then(
+      () => { if (!started) reject(new ApiError("unavailable", "the scheduler ended the run before the job started")); },
+      (err) => { if (!started) reject(err); });
+  });
+}
+
+// takeRun hands the rest of job jobId's run to its page, or returns null
+// when there is none. onMessage gets every message after the start, in
+// order; ended settles when the call ends (rejecting if it broke), and
+// abort ends the call.
+export function takeRun(jobId, onMessage) {
+  const run = runs.get(jobId);
+  if (!run) return null;
+  runs.delete(jobId);
+  for (const msg of run.pending) onMessage(msg);
+  run.pending = [];
+  run.onMessage = onMessage;
+  return { started: run.started, ended: run.ended, abort: run.abort };
+}
