@@ -7,12 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -25,12 +22,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/identity"
-	"github.com/baton-run/baton/services/jobrun"
-	"github.com/baton-run/baton/services/scheduler"
-	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
-	"github.com/baton-run/baton/services/worker"
 )
 
 // benchOptions are the flags of `baton bench`.
@@ -48,8 +40,19 @@ type benchOptions struct {
 	MTLS bool
 	// JobUIDs, with Local, runs the load a second time on a local cluster
 	// whose workers run each job under a uid of its own (root only), to
-	// compare with jobs under the worker's uid.
+	// compare with jobs under one account.
 	JobUIDs bool
+	// StreamMiB, with Local, measures following the output of a job that
+	// writes this many MiB instead of running the load.
+	StreamMiB int
+	// StreamRuns is how many times each way of streaming runs.
+	StreamRuns int
+	// Binary is the baton executable the local cluster runs; empty means
+	// this process's own.
+	Binary string
+	// TempDir is where the local cluster's directory is made; empty means
+	// the system's temporary directory.
+	TempDir string
 }
 
 // benchStats are the figures of one way of running the jobs.
@@ -61,23 +64,27 @@ type benchStats struct {
 	P99Ms      float64 `json:"p99_ms"`
 	JobsPerSec float64 `json:"jobs_per_sec"`
 	WallSec    float64 `json:"wall_sec"`
+	// Processes are a local cluster's CPU, memory and disk figures.
+	Processes *benchProcesses `json:"processes,omitempty"`
 }
 
 // benchResult is what `baton bench` prints.
 type benchResult struct {
 	Scheduler string   `json:"scheduler"`
 	Local     bool     `json:"local"`
-	Clients   int      `json:"clients"`
-	Jobs      int      `json:"jobs"`
-	Command   string   `json:"command"`
+	Clients   int      `json:"clients,omitempty"`
+	Jobs      int      `json:"jobs,omitempty"`
+	Command   string   `json:"command,omitempty"`
 	Args      []string `json:"args,omitempty"`
-	// Baton is submit→done through the scheduler: from the first StartJob
-	// attempt, through StreamJobOutput (follow), to the final status.
-	Baton benchStats `json:"baton"`
+	// JobsRunAs says which uid the local cluster's jobs ran under.
+	JobsRunAs string `json:"jobs_run_as,omitempty"`
+	// Baton is submit→done through the scheduler: from the first RunJob
+	// attempt to the final status it brings.
+	Baton *benchStats `json:"baton,omitempty"`
 	// Errors counts jobs that failed, by Connect code, or by final job
 	// state ("job_FAILED", ...) for jobs that ran but did not succeed.
-	Errors map[string]int `json:"errors"`
-	// Retries counts StartJob calls answered ResourceExhausted and retried.
+	Errors map[string]int `json:"errors,omitempty"`
+	// Retries counts starts answered ResourceExhausted and retried.
 	Retries int `json:"resource_exhausted_retries"`
 	// MTLS is the same load on a local cluster over mutual TLS (clients
 	// with certificates, scheduler ↔ workers mTLS); MTLSP50Ratio and
@@ -86,8 +93,8 @@ type benchResult struct {
 	MTLSP50Ratio        float64     `json:"mtls_p50_ratio,omitempty"`
 	MTLSThroughputRatio float64     `json:"mtls_throughput_ratio,omitempty"`
 	// JobUIDs is the same load on a local cluster whose jobs run under
-	// uids of their own; the ratios compare it with Baton (the worker's
-	// uid).
+	// uids of their own; the ratios compare it with Baton (jobs under
+	// one account).
 	JobUIDs                *benchStats `json:"baton_job_uids,omitempty"`
 	JobUIDsP50Ratio        float64     `json:"job_uids_p50_ratio,omitempty"`
 	JobUIDsThroughputRatio float64     `json:"job_uids_throughput_ratio,omitempty"`
@@ -97,9 +104,15 @@ type benchResult struct {
 	// jobs/s over exec's.
 	P50Ratio        float64 `json:"p50_ratio,omitempty"`
 	ThroughputRatio float64 `json:"throughput_ratio,omitempty"`
+	// Stream is the output-stream comparison of --stream-mib.
+	Stream *streamResult `json:"stream,omitempty"`
+	// TargetsCluster names the cluster whose figures Targets judge.
+	TargetsCluster string `json:"targets_cluster,omitempty"`
+	// Targets are the fast path's targets, judged on this run's figures.
+	Targets []benchTarget `json:"targets,omitempty"`
 }
 
-// benchRetryDelay is the pause before retrying a StartJob answered
+// benchRetryDelay is the pause before retrying a start answered
 // ResourceExhausted (every worker full).
 const benchRetryDelay = 20 * time.Millisecond
 
@@ -115,8 +128,30 @@ starts the next. It prints the p50/p90/p99 submit→done latency and the
 sustained jobs/s, then the same figures for running the command directly
 with os/exec (same clients, same count) and the ratios.
 
---local starts a scheduler and two workers in this process, on loopback,
-with their state in a temporary directory, and stops them afterwards.`,
+--local starts a scheduler and two workers as child processes of this
+one (baton scheduler and baton worker, each with a config file), on
+loopback ports, with their configuration and data in a temporary
+directory, and stops them (SIGTERM) and removes it afterwards. After 50
+unmeasured jobs through each cluster it runs the load, and reports also
+each process's CPU time per job (utime+stime of /proc/PID/stat during
+the measured rounds; a worker's jobs are its children, not counted),
+their peak RSS, each worker's disk and live heap growth per finished
+job, and the fast path's targets judged on these figures:
+
+  go run ./cmd/baton bench --local --mtls --clients 1 --jobs 300    # latency: p50 ≤ 1.6x, p99 ≤ 3x os/exec
+  go run ./cmd/baton bench --local --mtls --clients 16 --jobs 2000  # throughput ≥ 0.6x os/exec
+  go run ./cmd/baton bench --local --mtls --stream-mib 50           # output stream ≤ 3x a pipe
+
+Every run prints each target it has figures for, noting those set for
+another number of clients. Baton's CPU per job (scheduler + workers) is
+to stay ≤ 2 ms, a worker's disk ≤ 8 KiB and heap ≤ 1 KiB per retained job.
+
+--stream-mib N runs, instead of the load, a job writing N MiB to stdout,
+followed into a file by this binary as a child process,
+  baton run --config CLIENT.toml -- head -c BYTES /dev/zero > FILE
+against
+  sh -c 'head -c BYTES /dev/zero | cat > FILE'
+--stream-runs times each, alternating, and compares the medians.`,
 		Args: cobra.NoArgs,
 	}
 	flags := cmd.Flags()
@@ -127,115 +162,202 @@ with their state in a temporary directory, and stops them afterwards.`,
 	flags.StringArrayVar(&opts.Args, "args", nil, "argument of the command (repeat for more)")
 	flags.StringVar(&opts.Worker, "worker", "", "run every job on this worker (default: the scheduler places them)")
 	flags.BoolVar(&opts.Baseline, "baseline", true, "also run the command with os/exec and compare")
-	flags.BoolVar(&opts.Local, "local", false, "start a scheduler and 2 workers in-process and bench them")
-	flags.BoolVar(&opts.MTLS, "mtls", false, "with --local: run the load again on a local cluster over mutual TLS and compare")
+	flags.BoolVar(&opts.Local, "local", false, "start a scheduler and 2 workers as child processes and bench them")
+	flags.BoolVar(&opts.MTLS, "mtls", false, "with --local: run the load again on a local cluster over mutual TLS and compare; with --stream-mib: stream over mutual TLS")
 	flags.BoolVar(&opts.JobUIDs, "job-uids", false, "with --local, as root: run the load again on a local cluster whose jobs get uids of their own and compare")
+	flags.IntVar(&opts.StreamMiB, "stream-mib", 0, "with --local: instead of the load, follow a job writing this many MiB through `baton run` into a file, against a pipe")
+	flags.IntVar(&opts.StreamRuns, "stream-runs", 5, "with --stream-mib: runs of each way")
 	flags.StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if output != "table" && output != "json" {
 			return fmt.Errorf("--output %q: use table or json", output)
 		}
 		res, err := runBench(cmd.Context(), opts)
-		if err != nil {
+		if res == nil {
 			return err
 		}
+		// Figures measured before a failed cleanup are still worth showing.
 		if output == "json" {
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			enc.SetIndent("", "  ")
-			return enc.Encode(res)
+			return errors.Join(enc.Encode(res), err)
 		}
 		printBench(cmd.OutOrStdout(), res)
-		return nil
+		return err
 	}
 	return cmd
 }
 
-// runBench runs the load (and the baseline) and returns the figures.
+// runBench runs the load (and the baseline) and returns the figures. With
+// Local, an error stopping the cluster comes with the figures.
 func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
-	if opts.Clients < 1 || opts.Jobs < 1 {
-		return nil, errors.New("--clients and --jobs must be at least 1")
-	}
-	if (opts.MTLS || opts.JobUIDs) && !opts.Local {
-		return nil, errors.New("--mtls and --job-uids need --local: they compare two local clusters")
-	}
-	if opts.MTLS && opts.JobUIDs {
-		return nil, errors.New("--mtls and --job-uids: one comparison at a time")
-	}
-	if opts.Local {
-		lc, err := startLocalCluster(ctx, opts.Command, localVariant{})
-		if err != nil {
-			return nil, err
-		}
-		defer lc.close()
-		opts.Scheduler = lc.addr
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
 	res := &benchResult{
 		Scheduler: opts.Scheduler, Local: opts.Local, Clients: opts.Clients, Jobs: opts.Jobs,
 		Command: opts.Command, Args: opts.Args, Errors: map[string]int{},
 	}
 	var retries atomic.Int64
-	var plain, other loadSample
-	if !opts.MTLS && !opts.JobUIDs {
+	if opts.Local {
 		var err error
-		if plain, err = loadThrough(ctx, opts, opts.Jobs, opts.Scheduler, nil, res, &retries); err != nil {
-			return nil, err
+		if res, err = runLocal(ctx, opts, res, &retries); err != nil || opts.StreamMiB > 0 {
+			return res, err
 		}
 	} else {
-		lc, err := startLocalCluster(ctx, opts.Command, localVariant{secure: opts.MTLS, jobUIDs: opts.JobUIDs})
+		sample, err := loadThrough(ctx, opts, opts.Jobs, opts.Scheduler, nil, res, &retries)
 		if err != nil {
 			return nil, err
 		}
-		defer lc.close()
-		// Rounds alternate between the two clusters, so that a change in
-		// the machine's load (it is shared) weighs on both alike.
-		rounds := min(benchRounds, opts.Jobs)
-		for r := range rounds {
-			n := opts.Jobs/rounds + btoi(r < opts.Jobs%rounds)
-			p, err := loadThrough(ctx, opts, n, opts.Scheduler, nil, res, &retries)
-			if err != nil {
-				return nil, err
-			}
-			plain.merge(p)
-			q, err := loadThrough(ctx, opts, n, lc.addr, lc.clientTLS, res, &retries)
-			if err != nil {
-				return nil, err
-			}
-			other.merge(q)
-		}
-		st := other.stats()
-		if opts.MTLS {
-			res.MTLS = &st
-		} else {
-			res.JobUIDs = &st
-		}
+		st := sample.stats()
+		res.Baton = &st
 	}
-	stats := plain.stats()
-	if res.MTLS != nil && stats.P50Ms > 0 && stats.JobsPerSec > 0 {
-		res.MTLSP50Ratio = res.MTLS.P50Ms / stats.P50Ms
-		res.MTLSThroughputRatio = res.MTLS.JobsPerSec / stats.JobsPerSec
-	}
-	if res.JobUIDs != nil && stats.P50Ms > 0 && stats.JobsPerSec > 0 {
-		res.JobUIDsP50Ratio = res.JobUIDs.P50Ms / stats.P50Ms
-		res.JobUIDsThroughputRatio = res.JobUIDs.JobsPerSec / stats.JobsPerSec
-	}
-	res.Baton = stats
 	res.Retries = int(retries.Load())
-	if !opts.Baseline {
-		return res, nil
+	if opts.Baseline {
+		sample, err := runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
+			return exec.CommandContext(ctx, opts.Command, opts.Args...).Run()
+		})
+		if err != nil {
+			return nil, err
+		}
+		base := sample.stats()
+		res.Exec = &base
+		if base.P50Ms > 0 {
+			res.P50Ratio = res.Baton.P50Ms / base.P50Ms
+		}
+		if base.JobsPerSec > 0 {
+			res.ThroughputRatio = res.Baton.JobsPerSec / base.JobsPerSec
+		}
 	}
-	sample, err := runLoad(ctx, opts.Clients, opts.Jobs, func(ctx context.Context) error {
-		return exec.CommandContext(ctx, opts.Command, opts.Args...).Run()
-	})
-	if err != nil {
-		return nil, err
+	if opts.Local {
+		res.TargetsCluster, res.Targets = fastPathTargets(res)
 	}
-	base := sample.stats()
-	res.Exec = &base
-	if base.P50Ms > 0 {
-		res.P50Ratio = res.Baton.P50Ms / base.P50Ms
+	return res, nil
+}
+
+// check refuses flags that do not go together.
+func (opts benchOptions) check() error {
+	switch {
+	case (opts.MTLS || opts.JobUIDs || opts.StreamMiB != 0) && !opts.Local:
+		return errors.New("--mtls, --job-uids and --stream-mib need --local: they run on local clusters")
+	case opts.MTLS && opts.JobUIDs:
+		return errors.New("--mtls and --job-uids: one comparison at a time")
+	case opts.StreamMiB < 0 || (opts.StreamMiB > 0 && opts.StreamRuns < 1):
+		return errors.New("--stream-mib and --stream-runs must be positive")
+	case opts.StreamMiB > 0 && opts.JobUIDs:
+		return errors.New("--stream-mib goes with --mtls or alone, not with --job-uids")
+	case opts.StreamMiB == 0 && (opts.Clients < 1 || opts.Jobs < 1):
+		return errors.New("--clients and --jobs must be at least 1")
 	}
-	if base.JobsPerSec > 0 {
-		res.ThroughputRatio = res.Baton.JobsPerSec / base.JobsPerSec
+	return nil
+}
+
+// runLocal starts the local clusters, runs the load (or the stream
+// measurement) on them and stops them.
+func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries *atomic.Int64) (_ *benchResult, err error) {
+	binary := opts.Binary
+	if binary == "" {
+		if binary, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	type variant struct {
+		label string
+		v     localVariant
+	}
+	base := localVariant{}
+	res.JobsRunAs = "the worker's uid"
+	if os.Geteuid() == 0 {
+		res.JobsRunAs = "uids of their own (worker.job_uids, as root by default)"
+	}
+	if opts.JobUIDs {
+		if os.Geteuid() != 0 {
+			return nil, errors.New("--job-uids needs root: only root runs jobs under other uids")
+		}
+		// A root worker cannot be told to run jobs as itself: the
+		// comparison is with jobs under one account.
+		base.jobUser = "nobody"
+		res.JobsRunAs = "nobody (worker.job_user)"
+	}
+	variants := []variant{{"h2c", base}}
+	switch {
+	case opts.StreamMiB > 0:
+		v := localVariant{secure: opts.MTLS, outputLimit: int64(opts.StreamMiB+1) << 20}
+		variants = []variant{{"h2c", v}}
+		if opts.MTLS {
+			variants[0].label = "mTLS"
+		}
+	case opts.MTLS:
+		variants = append(variants, variant{"mTLS", localVariant{secure: true}})
+	case opts.JobUIDs:
+		variants = append(variants, variant{"job uids", localVariant{jobUIDs: true}})
+	}
+	loads := make([]*clusterLoad, 0, len(variants))
+	defer func() {
+		for _, c := range loads {
+			err = errors.Join(err, c.lc.close())
+		}
+	}()
+	for _, v := range variants {
+		lc, err := startLocalCluster(ctx, binary, opts.TempDir, opts.Command, v.v)
+		if err != nil {
+			return nil, fmt.Errorf("local cluster (%s): %w", v.label, err)
+		}
+		loads = append(loads, &clusterLoad{lc: lc})
+	}
+	res.Scheduler = loads[0].lc.addr
+	if opts.StreamMiB > 0 {
+		s, err := runStream(ctx, binary, loads[0].lc, variants[0].label, opts.StreamMiB, opts.StreamRuns)
+		if err != nil {
+			return nil, err
+		}
+		return &benchResult{Scheduler: res.Scheduler, Local: true, JobsRunAs: res.JobsRunAs, Stream: s,
+			TargetsCluster: variants[0].label, Targets: streamTargets(s)}, nil
+	}
+	for _, c := range loads {
+		// What the first jobs set up once (connections, buffers, pools)
+		// is not what each job costs.
+		scratch := &benchResult{Errors: map[string]int{}}
+		var r atomic.Int64
+		if _, err := loadThrough(ctx, opts, min(benchWarmup, opts.Jobs), c.lc.addr, c.lc.clientTLS, scratch, &r); err != nil {
+			return nil, err
+		}
+		if c.before, err = c.lc.footprint(ctx); err != nil {
+			return nil, err
+		}
+	}
+	// Rounds alternate between the clusters, so that a change in the
+	// machine's load (it is shared) weighs on all alike.
+	rounds := 1
+	if len(loads) > 1 {
+		rounds = min(benchRounds, opts.Jobs)
+	}
+	for r := range rounds {
+		n := opts.Jobs/rounds + btoi(r < opts.Jobs%rounds)
+		for _, c := range loads {
+			if err := c.round(ctx, opts, n, res, retries); err != nil {
+				return nil, err
+			}
+		}
+	}
+	stats := make([]benchStats, len(loads))
+	for i, c := range loads {
+		if stats[i], err = c.stats(ctx); err != nil {
+			return nil, err
+		}
+	}
+	res.Baton = &stats[0]
+	if len(stats) > 1 {
+		other := &stats[1]
+		var p50, tput float64
+		if res.Baton.P50Ms > 0 && res.Baton.JobsPerSec > 0 {
+			p50, tput = other.P50Ms/res.Baton.P50Ms, other.JobsPerSec/res.Baton.JobsPerSec
+		}
+		if opts.MTLS {
+			res.MTLS, res.MTLSP50Ratio, res.MTLSThroughputRatio = other, p50, tput
+		} else {
+			res.JobUIDs, res.JobUIDsP50Ratio, res.JobUIDsThroughputRatio = other, p50, tput
+		}
 	}
 	return res, nil
 }
@@ -258,8 +380,13 @@ func loadThrough(ctx context.Context, opts benchOptions, jobs int, addr string, 
 	})
 }
 
-// benchRounds is how many alternating rounds --mtls splits the jobs into.
+// benchRounds is how many alternating rounds two clusters split the jobs
+// into.
 const benchRounds = 4
+
+// benchWarmup is how many jobs go through a local cluster, unmeasured,
+// before the load.
+const benchWarmup = 50
 
 func btoi(b bool) int {
 	if b {
@@ -356,14 +483,14 @@ func errorKey(err error) string {
 	return connect.CodeOf(err).String()
 }
 
-// runJob starts one job through the scheduler and follows it to its final
-// status. StartJob answered ResourceExhausted is retried after a pause.
+// runJob runs one job through the scheduler with RunJob and follows it to
+// its final status. A start answered ResourceExhausted is retried after a
+// pause.
 func runJob(ctx context.Context, client batonv1connect.SchedulerServiceClient, opts benchOptions, retries *atomic.Int64) error {
-	req := &batonv1.StartJobRequest{WorkerId: opts.Worker, Command: opts.Command, Args: opts.Args}
-	var jobID string
+	req := &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{WorkerId: opts.Worker, Command: opts.Command, Args: opts.Args}}
 	for {
-		res, err := client.StartJob(ctx, connect.NewRequest(req))
-		if connect.CodeOf(err) == connect.CodeResourceExhausted {
+		st, started, err := runOnce(ctx, client, req)
+		if !started && connect.CodeOf(err) == connect.CodeResourceExhausted {
 			retries.Add(1)
 			if !sleepCtx(ctx, benchRetryDelay) {
 				return ctx.Err()
@@ -373,26 +500,33 @@ func runJob(ctx context.Context, client batonv1connect.SchedulerServiceClient, o
 		if err != nil {
 			return err
 		}
-		jobID = res.Msg.GetJobId()
-		break
+		if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			return &jobStateError{state: st.GetState()}
+		}
+		return nil
 	}
-	stream, err := client.StreamJobOutput(ctx, connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: jobID, Follow: true}))
+}
+
+// runOnce makes one RunJob call and returns the job's final status and
+// whether the job started at all.
+func runOnce(ctx context.Context, client batonv1connect.SchedulerServiceClient, req *batonv1.RunJobRequest) (*batonv1.JobStatus, bool, error) {
+	stream, err := client.RunJob(ctx, connect.NewRequest(req))
 	if err != nil {
-		return err
+		return nil, false, err
 	}
 	defer stream.Close()
+	started := false
 	for stream.Receive() {
-		if st := stream.Msg().GetStatus(); st != nil {
-			if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
-				return &jobStateError{state: st.GetState()}
-			}
-			return nil
+		msg := stream.Msg()
+		started = started || msg.GetStarted() != nil
+		if st := msg.GetStatus(); st != nil {
+			return st, true, nil
 		}
 	}
 	if err := stream.Err(); err != nil {
-		return err
+		return nil, started, err
 	}
-	return connect.NewError(connect.CodeDataLoss, errors.New("output stream ended without the job's final status"))
+	return nil, started, connect.NewError(connect.CodeDataLoss, errors.New("the run ended without the job's final status"))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {
@@ -406,38 +540,41 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// printBench writes the result as a table.
+// printBench writes the result as tables.
 func printBench(w io.Writer, r *benchResult) {
 	where := r.Scheduler
 	if r.Local {
-		where += " (local: 1 scheduler, 2 workers, in-process)"
+		where += " (local: 1 scheduler, 2 workers, child processes; jobs run as " + r.JobsRunAs + ")"
+	}
+	if r.Stream != nil {
+		fmt.Fprintf(w, "scheduler %s\n", where)
+		printStream(w, r.Stream)
+		printTargets(w, r.TargetsCluster, 0, r.Targets)
+		return
 	}
 	cmdline := strings.Join(append([]string{r.Command}, r.Args...), " ")
 	fmt.Fprintf(w, "%d jobs of %q from %d clients, scheduler %s\n\n", r.Jobs, cmdline, r.Clients, where)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "\tcompleted\tfailed\tp50 ms\tp90 ms\tp99 ms\tjobs/s\t")
-	row := func(name string, s benchStats) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t\n", name, s.Completed, s.Failed, s.P50Ms, s.P90Ms, s.P99Ms, s.JobsPerSec)
+	row := func(name string, s *benchStats) {
+		if s != nil {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.1f\t\n", name, s.Completed, s.Failed, s.P50Ms, s.P90Ms, s.P99Ms, s.JobsPerSec)
+		}
 	}
 	row("baton", r.Baton)
-	if r.MTLS != nil {
-		row("baton mTLS", *r.MTLS)
-	}
-	if r.JobUIDs != nil {
-		row("baton job uids", *r.JobUIDs)
-	}
-	if r.Exec != nil {
-		row("os/exec", *r.Exec)
-	}
+	row("baton mTLS", r.MTLS)
+	row("baton job uids", r.JobUIDs)
+	row("os/exec", r.Exec)
 	_ = tw.Flush()
+	fmt.Fprintln(w)
 	if r.Exec != nil {
-		fmt.Fprintf(w, "\nbaton/exec: p50 %.1fx, throughput %.2fx\n", r.P50Ratio, r.ThroughputRatio)
+		fmt.Fprintf(w, "baton/exec: p50 %.1fx, throughput %.2fx\n", r.P50Ratio, r.ThroughputRatio)
 	}
 	if r.MTLS != nil {
 		fmt.Fprintf(w, "mTLS/h2c: p50 %.2fx, throughput %.2fx\n", r.MTLSP50Ratio, r.MTLSThroughputRatio)
 	}
 	if r.JobUIDs != nil {
-		fmt.Fprintf(w, "job uids/worker uid: p50 %.2fx, throughput %.2fx\n", r.JobUIDsP50Ratio, r.JobUIDsThroughputRatio)
+		fmt.Fprintf(w, "job uids/one account: p50 %.2fx, throughput %.2fx\n", r.JobUIDsP50Ratio, r.JobUIDsThroughputRatio)
 	}
 	errs := "none"
 	if len(r.Errors) > 0 {
@@ -454,223 +591,11 @@ func printBench(w io.Writer, r *benchResult) {
 		}
 		errs = strings.Join(parts, ", ")
 	}
-	fmt.Fprintf(w, "errors: %s; StartJob retried after ResourceExhausted: %d\n", errs, r.Retries)
-}
-
-// localCluster is a scheduler and two workers served on loopback by this
-// process, with their state in a temporary directory.
-type localCluster struct {
-	addr string
-	// clientTLS is what a client of a secure cluster dials with: an admin
-	// certificate; nil for h2c.
-	clientTLS *tls.Config
-	closers   []func()
-}
-
-// serve serves h on a loopback port until the cluster closes, and runs run
-// (if any) alongside; it returns the bound address.
-func (lc *localCluster) serve(ctx context.Context, h http.Handler, serverTLS *tls.Config, run func(context.Context) error, logger *slog.Logger) (string, error) {
-	srv, err := serving.Listen("127.0.0.1:0", h, serverTLS, logger)
-	if err != nil {
-		return "", err
+	fmt.Fprintf(w, "errors: %s; starts retried after ResourceExhausted: %d\n", errs, r.Retries)
+	label := "h2c"
+	if r.JobUIDs != nil {
+		label = "one account"
 	}
-	serveDone := make(chan struct{})
-	go func() {
-		defer close(serveDone)
-		_ = srv.Serve()
-	}()
-	lc.closers = append(lc.closers, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-		<-serveDone
-	})
-	if run != nil {
-		runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-		runDone := make(chan struct{})
-		go func() {
-			defer close(runDone)
-			_ = run(runCtx)
-		}()
-		lc.closers = append(lc.closers, func() { stop(); <-runDone })
-	}
-	return srv.Addr().String(), nil
-}
-
-// close stops everything, last started first, and removes the state.
-func (lc *localCluster) close() {
-	for _, c := range slices.Backward(lc.closers) {
-		c()
-	}
-}
-
-// startLocalCluster starts the scheduler and two workers that allow command
-// (besides true, sh and bash), and waits until both workers are READY.
-// secure makes it a cluster over mutual TLS with its own CA, as `baton
-// dev` runs; otherwise everything is h2c.
-// localVariant is what a local cluster varies: mutual TLS, and jobs under
-// uids of their own.
-type localVariant struct {
-	secure, jobUIDs bool
-}
-
-func startLocalCluster(ctx context.Context, command string, v localVariant) (_ *localCluster, err error) {
-	secure := v.secure
-	lc := &localCluster{}
-	defer func() {
-		if err != nil {
-			lc.close()
-		}
-	}()
-	var jobUIDs jobrun.UIDRange
-	dirMode := os.FileMode(0o700)
-	if v.jobUIDs {
-		if os.Geteuid() != 0 {
-			return nil, errors.New("--job-uids needs root: only root runs jobs under other uids")
-		}
-		if jobUIDs, err = jobrun.ParseUIDRange(defaultJobUIDs); err != nil {
-			return nil, err
-		}
-		dirMode = 0o711 // jobs under other uids pass through to their homes
-	}
-	dir, err := os.MkdirTemp("", "baton-bench-")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, dirMode); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
-	}
-	lc.closers = append(lc.closers, func() { _ = os.RemoveAll(dir) })
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-
-	st, err := store.Open(ctx, filepath.Join(dir, "scheduler", "baton.db"))
-	if err != nil {
-		return nil, err
-	}
-	lc.closers = append(lc.closers, func() { _ = st.Close() })
-	workerHTTP := serving.NewHTTPClient(nil)
-	lc.closers = append(lc.closers, workerHTTP.CloseIdleConnections)
-	names := []string{"bench-1", "bench-2"}
-	creds := map[identity.Principal]*identity.Credentials{}
-	if secure {
-		admin := identity.Principal{Role: identity.RoleAdmin, Name: "bench"}
-		principals := []identity.Principal{identity.Scheduler, admin}
-		for _, n := range names {
-			principals = append(principals, identity.Principal{Role: identity.RoleWorker, Name: n})
-		}
-		caFile, files, err := ensureCerts(filepath.Join(dir, "certs"), "bench", principals...)
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range principals {
-			if creds[p], err = identity.LoadCredentials(caFile, files[p][0], files[p][1]); err != nil {
-				return nil, err
-			}
-		}
-		lc.clientTLS = creds[admin].ClientTLS(identity.Expect(identity.Scheduler))
-	}
-	// listen serves h as p: mutual TLS with p's certificate when secure.
-	listen := func(p identity.Principal, h http.Handler, run func(context.Context) error) (string, error) {
-		c := creds[p]
-		if c == nil {
-			return lc.serve(ctx, identity.AnonymousHandler(h), nil, run, logger)
-		}
-		return lc.serve(ctx, identity.NewAuthenticator(c, nil, false).Middleware(h), c.ServerTLS(), run, logger)
-	}
-	sched, err := scheduler.New(ctx, scheduler.Options{
-		Store:             st,
-		HeartbeatInterval: time.Second,
-		HTTPClient:        workerHTTP,
-		WorkerTLS:         creds[identity.Scheduler],
-		Logger:            logger,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if lc.addr, err = listen(identity.Scheduler, sched.Handler(), sched.Run); err != nil {
-		return nil, err
-	}
-
-	allowed := []string{"true", "sh", "bash"}
-	if !strings.Contains(command, "/") && !slices.Contains(allowed, command) {
-		allowed = append(allowed, command)
-	}
-	adminHTTP := serving.NewHTTPClient(lc.clientTLS)
-	lc.closers = append(lc.closers, adminHTTP.CloseIdleConnections)
-	adminClient := batonv1connect.NewSchedulerServiceClient(adminHTTP, serving.BaseURL(lc.addr, secure))
-	for _, name := range names {
-		self := identity.Principal{Role: identity.RoleWorker, Name: name}
-		var schedTLS *tls.Config
-		if secure {
-			schedTLS = creds[self].ClientTLS(identity.Expect(identity.Scheduler))
-		}
-		schedHTTP := serving.NewHTTPClient(schedTLS)
-		lc.closers = append(lc.closers, schedHTTP.CloseIdleConnections)
-		schedClient := batonv1connect.NewSchedulerServiceClient(schedHTTP, serving.BaseURL(lc.addr, secure))
-		scripts := filepath.Join(dir, name, "scripts")
-		if err := os.MkdirAll(scripts, dirMode); err != nil {
-			return nil, err
-		}
-		if err := os.Chmod(filepath.Dir(scripts), dirMode); err != nil {
-			return nil, err
-		}
-		// The worker must know its address before it exists: listen first,
-		// and hand calls to it once it does.
-		var w *worker.Worker
-		ready := make(chan struct{})
-		addr, err := listen(self, http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-			<-ready
-			w.Handler().ServeHTTP(rw, r)
-		}), nil)
-		if err != nil {
-			return nil, err
-		}
-		w, err = worker.New(worker.Options{
-			Name:      name,
-			Address:   addr,
-			Scheduler: schedClient,
-			Logger:    logger,
-			Runner: jobrun.Options{
-				DataDir:         filepath.Join(dir, name, "data"),
-				ScriptsDir:      scripts,
-				AllowedCommands: allowed,
-				Capacity:        defaultWorkerConfig().Worker.Capacity,
-				StopGrace:       time.Second,
-				JobUIDs:         jobUIDs,
-			},
-		})
-		if err != nil {
-			return nil, err
-		}
-		close(ready)
-		lc.closers = append(lc.closers, func() {
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = w.Close(cctx)
-		})
-		runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = w.Run(runCtx)
-		}()
-		lc.closers = append(lc.closers, func() { stop(); <-done })
-	}
-
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		res, err := adminClient.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{
-			States: []batonv1.WorkerState{batonv1.WorkerState_WORKER_STATE_READY},
-		}))
-		if err == nil && len(res.Msg.GetWorkers()) == 2 {
-			return lc, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("local cluster: workers did not register within 10s (last error: %v)", err)
-		}
-		if !sleepCtx(ctx, 20*time.Millisecond) {
-			return nil, ctx.Err()
-		}
-	}
+	printProcesses(w, []string{label, "mTLS", "job uids"}, []*benchStats{r.Baton, r.MTLS, r.JobUIDs})
+	printTargets(w, r.TargetsCluster, r.Clients, r.Targets)
 }

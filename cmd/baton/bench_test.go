@@ -3,70 +3,300 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 )
 
-// TestBenchLocal runs `baton bench --local` in-process on a tiny load and
-// checks the counts, not the timings.
+// benchBinary is a copy of the baton binary of its own for one test, so
+// that the processes it starts are told from those of other tests.
+func benchBinary(t *testing.T) string {
+	t.Helper()
+	src, err := os.Open(sharedBaton(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	bin := filepath.Join(t.TempDir(), "baton")
+	dst, err := os.OpenFile(bin, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// checkNothingLeft fails t if a process of this test's bench is still
+// there (a child of this process running bin, or anything whose command
+// line names dir) or dir still holds anything.
+func checkNothingLeft(t *testing.T, bin, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := os.Getpid()
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		exe, _ := os.Readlink("/proc/" + e.Name() + "/exe")
+		ppid := -1
+		if i := bytes.LastIndexByte(stat, ')'); i >= 0 {
+			if f := strings.Fields(string(stat[i+1:])); len(f) > 1 {
+				ppid, _ = strconv.Atoi(f[1])
+			}
+		}
+		if (ppid == self && exe == bin) || bytes.Contains(cmdline, []byte(dir)) {
+			t.Errorf("process %d left behind: %s", pid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '}))
+		}
+	}
+	left, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range left {
+		t.Errorf("left behind in the temporary directory: %s", e.Name())
+	}
+}
+
+// checkProcesses checks that a local cluster's figures are all there.
+func checkProcesses(t *testing.T, name string, s *benchStats, jobs int) {
+	t.Helper()
+	if s == nil || s.Processes == nil {
+		t.Fatalf("%s: no process figures", name)
+	}
+	p := s.Processes
+	for _, k := range []string{"scheduler", "bench-1", "bench-2", "baton", "client"} {
+		if p.CPUMsPerJob[k] <= 0 {
+			t.Errorf("%s: CPU per job of %s is %v, want > 0 (all: %v)", name, k, p.CPUMsPerJob[k], p.CPUMsPerJob)
+		}
+		if k != "baton" && p.PeakRSSMiB[k] <= 0 {
+			t.Errorf("%s: peak RSS of %s is %v, want > 0", name, k, p.PeakRSSMiB[k])
+		}
+	}
+	finished := 0
+	for w, f := range p.Workers {
+		finished += f.FinishedJobs
+		if f.FinishedJobs > 0 && f.DiskBytesPerJob <= 0 {
+			t.Errorf("%s: %s's disk per job is %v, want > 0", name, w, f.DiskBytesPerJob)
+		}
+		if f.MemMeasure != "heap_marked" && f.MemMeasure != "rss" {
+			t.Errorf("%s: %s's memory measure %q", name, w, f.MemMeasure)
+		}
+	}
+	if len(p.Workers) != 2 || finished != jobs {
+		t.Errorf("%s: workers %v finished %d jobs, want 2 workers and %d jobs", name, p.Workers, finished, jobs)
+	}
+}
+
+// TestBenchLocal runs `baton bench --local` on a small load, over h2c and
+// over mutual TLS, and checks the counts and that every figure is there,
+// not what it is; then that the cluster's processes and directory are gone.
 func TestBenchLocal(t *testing.T) {
-	res, err := runBench(t.Context(), benchOptions{Local: true, Clients: 4, Jobs: 40, Command: "true", Baseline: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Baton.Completed != 40 {
-		t.Errorf("baton completed %d jobs, want 40", res.Baton.Completed)
-	}
-	if len(res.Errors) != 0 {
-		t.Errorf("errors: %v", res.Errors)
-	}
-	for name, s := range map[string]*benchStats{"baton": &res.Baton, "exec": res.Exec} {
-		if s == nil {
-			t.Fatalf("%s: no figures", name)
-		}
-		if s.Completed != 40 {
-			t.Errorf("%s completed %d, want 40", name, s.Completed)
-		}
-		if s.P50Ms <= 0 || s.P90Ms <= 0 || s.P99Ms <= 0 || s.JobsPerSec <= 0 {
-			t.Errorf("%s: zero figures: %+v", name, *s)
-		}
-	}
-	if res.P50Ratio <= 0 || res.ThroughputRatio <= 0 {
-		t.Errorf("ratios %v, %v; want positive", res.P50Ratio, res.ThroughputRatio)
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		mtls bool
+		// targets is the cluster whose figures the targets judge.
+		targets string
+	}{
+		{"h2c", false, "h2c"},
+		{"mTLS", true, "mTLS"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			bin, dir := benchBinary(t), jobsTempDir(t)
+			// Enough jobs for every process to use a few ticks of CPU.
+			const jobs = 100
+			res, err := runBench(t.Context(), benchOptions{
+				Local: true, MTLS: tc.mtls, Clients: 4, Jobs: jobs, Command: "true", Baseline: true,
+				Binary: bin, TempDir: dir,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkNothingLeft(t, bin, dir)
+			if len(res.Errors) != 0 {
+				t.Errorf("errors: %v", res.Errors)
+			}
+			stats := map[string]*benchStats{"baton": res.Baton, "exec": res.Exec}
+			if tc.mtls {
+				stats["mTLS"] = res.MTLS
+			}
+			for name, s := range stats {
+				if s == nil {
+					t.Fatalf("%s: no figures", name)
+				}
+				if s.Completed != jobs {
+					t.Errorf("%s completed %d, want %d", name, s.Completed, jobs)
+				}
+				if s.P50Ms <= 0 || s.P90Ms <= 0 || s.P99Ms <= 0 || s.JobsPerSec <= 0 {
+					t.Errorf("%s: zero figures: %+v", name, *s)
+				}
+				if name != "exec" {
+					checkProcesses(t, name, s, jobs)
+				}
+			}
+			if res.P50Ratio <= 0 || res.ThroughputRatio <= 0 {
+				t.Errorf("ratios %v, %v; want positive", res.P50Ratio, res.ThroughputRatio)
+			}
+			if tc.mtls && (res.MTLSP50Ratio <= 0 || res.MTLSThroughputRatio <= 0) {
+				t.Errorf("mTLS ratios %v, %v; want positive", res.MTLSP50Ratio, res.MTLSThroughputRatio)
+			}
+			if res.TargetsCluster != tc.targets {
+				t.Errorf("targets judged on %q, want %q", res.TargetsCluster, tc.targets)
+			}
+			var names []string
+			for _, tg := range res.Targets {
+				names = append(names, tg.Name)
+			}
+			for _, want := range []string{"p50 baton/exec", "p99 baton/exec", "throughput baton/exec",
+				"baton CPU per job (scheduler + workers)", "worker disk per finished job", "worker memory per retained job"} {
+				if !slices.Contains(names, want) {
+					t.Errorf("no target %q in %q", want, names)
+				}
+			}
+		})
 	}
 }
 
-// TestBenchCommandJSON checks the command's flags and its JSON output.
+// TestBenchCommandJSON runs the binary as a user would, and checks its
+// JSON output and that it leaves nothing behind in its TMPDIR.
 func TestBenchCommandJSON(t *testing.T) {
-	root := newRootCommand()
-	var out bytes.Buffer
-	root.SetOut(&out)
-	root.SetArgs([]string{"bench", "--local", "--clients", "2", "--jobs", "6", "--baseline=false", "-o", "json"})
-	if err := root.ExecuteContext(t.Context()); err != nil {
-		t.Fatal(err)
+	t.Parallel()
+	bin, dir := benchBinary(t), jobsTempDir(t)
+	cmd := exec.Command(bin, "bench", "--local", "--mtls", "--clients", "2", "--jobs", "20", "-o", "json")
+	cmd.Env = append(append(benchEnv(), "TMPDIR="+dir), coverEnv()...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, stderr.Bytes())
 	}
+	checkNothingLeft(t, bin, dir)
 	var res benchResult
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		t.Fatalf("%v in %s", err, out.Bytes())
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("%v in %s", err, out)
 	}
-	if res.Baton.Completed != 6 || res.Exec != nil || len(res.Errors) != 0 {
-		t.Errorf("result %+v; want 6 completed, no baseline, no errors", res)
+	if res.Baton == nil || res.Baton.Completed != 20 || res.MTLS == nil || res.MTLS.Completed != 20 || res.Exec == nil || len(res.Errors) != 0 {
+		t.Fatalf("result %s; want 20 jobs through each cluster and the baseline, no errors", out)
+	}
+	for _, key := range []string{`"cpu_ms_per_job"`, `"peak_rss_mib"`, `"disk_bytes_per_job"`, `"mem_bytes_per_job"`, `"targets"`, `"jobs_run_as"`} {
+		if !bytes.Contains(out, []byte(key)) {
+			t.Errorf("no %s in the output:\n%s", key, out)
+		}
 	}
 }
 
-// TestBenchLocalMTLS runs the same load over a second local cluster that
-// speaks mutual TLS, and checks that every job went through both.
-func TestBenchLocalMTLS(t *testing.T) {
-	res, err := runBench(t.Context(), benchOptions{Local: true, MTLS: true, Clients: 4, Jobs: 20, Command: "true"})
+// TestBenchStream follows a job's output through `baton run` into a file,
+// against a pipe, on a mutual-TLS cluster: runStream itself checks each
+// file's size.
+func TestBenchStream(t *testing.T) {
+	t.Parallel()
+	bin, dir := benchBinary(t), jobsTempDir(t)
+	res, err := runBench(t.Context(), benchOptions{Local: true, MTLS: true, StreamMiB: 2, StreamRuns: 2, Command: "true", Binary: bin, TempDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Baton.Completed != 20 || res.MTLS == nil || res.MTLS.Completed != 20 || len(res.Errors) != 0 {
-		t.Fatalf("h2c %+v, mTLS %+v, errors %v; want 20 jobs through each", res.Baton, res.MTLS, res.Errors)
+	checkNothingLeft(t, bin, dir)
+	s := res.Stream
+	if s == nil || s.Cluster != "mTLS" || len(s.BatonSec) != 2 || len(s.PipeSec) != 2 || s.Ratio <= 0 {
+		t.Fatalf("stream %+v; want 2 runs each on the mTLS cluster", s)
 	}
-	if res.MTLSP50Ratio <= 0 || res.MTLSThroughputRatio <= 0 {
-		t.Errorf("ratios %v, %v; want positive", res.MTLSP50Ratio, res.MTLSThroughputRatio)
+	if s.CPUMsPerMiB["cli"] <= 0 {
+		t.Errorf("CPU per MiB %v; want the CLI's > 0", s.CPUMsPerMiB)
 	}
-	if _, err := runBench(t.Context(), benchOptions{MTLS: true, Clients: 1, Jobs: 1, Command: "true"}); err == nil {
-		t.Error("--mtls without --local was accepted")
+	if len(res.Targets) != 1 || res.Targets[0].Limit != targetStreamRatio {
+		t.Errorf("targets %+v; want the stream's", res.Targets)
+	}
+	var out bytes.Buffer
+	printBench(&out, res)
+	for _, want := range []string{"baton run > file", "cat > file", "baton/pipe", "targets (mTLS cluster)"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no %q in:\n%s", want, out.String())
+		}
+	}
+}
+
+// TestBenchFlags checks the combinations refused before anything starts.
+func TestBenchFlags(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		opts benchOptions
+	}{
+		{"mtls without local", benchOptions{MTLS: true, Clients: 1, Jobs: 1}},
+		{"stream without local", benchOptions{StreamMiB: 1, StreamRuns: 1}},
+		{"mtls and job uids", benchOptions{Local: true, MTLS: true, JobUIDs: true, Clients: 1, Jobs: 1}},
+		{"stream and job uids", benchOptions{Local: true, JobUIDs: true, StreamMiB: 1, StreamRuns: 1}},
+		{"stream without runs", benchOptions{Local: true, StreamMiB: 1}},
+		{"no clients", benchOptions{Local: true, Jobs: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := runBench(t.Context(), tc.opts); err == nil {
+				t.Errorf("%+v accepted", tc.opts)
+			}
+		})
+	}
+}
+
+// TestBenchMetricSums parses the Prometheus text format as workers serve
+// it.
+func TestBenchMetricSums(t *testing.T) {
+	t.Parallel()
+	in := `# HELP baton_worker_jobs_finished_total Jobs.
+# TYPE baton_worker_jobs_finished_total counter
+baton_worker_jobs_finished_total{state="failed"} 2
+baton_worker_jobs_finished_total{state="succeeded"} 40
+go_memstats_next_gc_bytes 7.216362e+06
+go_gc_duration_seconds{quantile="0.5"} 0.0001
+go_gc_duration_seconds_count 3
+odd{label="a } b"} 1.5 1700000000
+`
+	got, err := metricSums(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{
+		metricFinished: 42, metricGoal: 7216362, metricGCs: 3, "odd": 1.5,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
+	}
+}
+
+// TestBenchProcReaders reads this process's own figures.
+func TestBenchProcReaders(t *testing.T) {
+	t.Parallel()
+	if _, err := procCPU(os.Getpid()); err != nil {
+		t.Error(err)
+	}
+	if rss, err := peakRSS("self"); err != nil || rss <= 0 {
+		t.Errorf("peak RSS %d, %v", rss, err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "f"), make([]byte, 10000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := diskBytes(dir); err != nil || n < 10000 {
+		t.Errorf("disk bytes %d, %v; want ≥ 10000", n, err)
 	}
 }
