@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -125,18 +126,11 @@ func detectCgroups(parent, absDataDir string, log *slog.Logger) cgroupHost {
 		switch {
 		case dir == "":
 			dir = filepath.Join(v2mount, tag)
+			removeStaleParents(dir, log)
 		case !filepath.IsAbs(dir):
 			dir = filepath.Join(v2mount, dir)
 		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			log.Warn("cgroup v2 parent unusable; falling back to process groups", "error", err)
-		} else if _, err := os.Stat(filepath.Join(dir, "cgroup.kill")); err != nil {
-			log.Warn("cgroup v2 lacks cgroup.kill; falling back to process groups")
-		} else {
-			h.v2Parent = dir
-			h.v2Memory = enableController(dir, "memory")
-			h.v2CPU = enableController(dir, "cpu")
-		}
+		h.setupV2(dir, log)
 	} else {
 		log.Info("no cgroup v2 mount; jobs are contained by process group only")
 	}
@@ -158,6 +152,93 @@ func detectCgroups(parent, absDataDir string, log *slog.Logger) cgroupHost {
 	log.Debug("cgroups detected", "v2", h.v2Parent != "", "v2_memory", h.v2Memory, "v2_cpu", h.v2CPU,
 		"v1_memory", h.v1Memory != "", "v1_cpu", h.v1CPU != "")
 	return h
+}
+
+// setupV2 makes dir the parent of the job cgroups if it can be one. Another
+// worker starting at the same time may remove it while it is still empty
+// (see removeStaleParents): then it is made again.
+func (h *cgroupHost) setupV2(dir string, log *slog.Logger) {
+	gone := func() bool {
+		_, err := os.Stat(dir)
+		return errors.Is(err, fs.ErrNotExist)
+	}
+	for try := 1; ; try++ {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			log.Warn("cgroup v2 parent unusable; falling back to process groups", "error", err)
+			return
+		}
+		if _, err := os.Stat(filepath.Join(dir, "cgroup.kill")); err != nil {
+			if try < 3 && gone() {
+				continue
+			}
+			log.Warn("cgroup v2 lacks cgroup.kill; falling back to process groups")
+			return
+		}
+		memory, cpu := enableController(dir, "memory"), enableController(dir, "cpu")
+		if try < 3 && gone() {
+			continue
+		}
+		h.v2Parent, h.v2Memory, h.v2CPU = dir, memory, cpu
+		return
+	}
+}
+
+// isParentName reports whether name is that of a cgroup parent made by
+// dataDirTag.
+func isParentName(name string) bool {
+	hexPart, ok := strings.CutPrefix(name, "baton-")
+	if !ok || len(hexPart) != 8 {
+		return false
+	}
+	_, err := hex.DecodeString(hexPart)
+	return err == nil && strings.ToLower(hexPart) == hexPart
+}
+
+// removeStaleParents removes the empty cgroup parents of other data
+// directories beside dir. A worker killed without Close leaves its parent
+// behind, and the next worker of the same data directory removes it only
+// when it is closed; with another data directory nobody would. rmdir(2)
+// removes only a cgroup without children and processes, so a parent that
+// still holds jobs is never touched; a live but idle worker whose parent
+// goes makes it again for its next job (see cgroupHost.mkdirV2).
+func removeStaleParents(dir string, log *slog.Logger) {
+	parent, own := filepath.Dir(dir), filepath.Base(dir)
+	entries, err := os.ReadDir(parent)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if name == own || !e.IsDir() || !isParentName(name) {
+			continue
+		}
+		if syscall.Rmdir(filepath.Join(parent, name)) == nil && log != nil {
+			log.Info("removed the empty cgroup of a worker that is gone", "cgroup", name)
+		}
+	}
+}
+
+// mkdirV2 makes a job's v2 directory. If the parent is gone (removed while
+// empty by another worker's start) it is made again, with the controllers
+// it had.
+func (h *cgroupHost) mkdirV2(dir string) error {
+	var err error
+	for range 3 {
+		err = os.Mkdir(dir, 0o755)
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if err := os.MkdirAll(h.v2Parent, 0o755); err != nil {
+			return err
+		}
+		if h.v2Memory {
+			enableController(h.v2Parent, "memory")
+		}
+		if h.v2CPU {
+			enableController(h.v2Parent, "cpu")
+		}
+	}
+	return err
 }
 
 func enableController(dir, ctl string) bool {
@@ -184,6 +265,7 @@ func v1Parent(mounts []mountEntry, ctl, tag string) string {
 			continue
 		}
 		dir := filepath.Join(m.point, rel, tag)
+		removeStaleParents(dir, nil)
 		if os.MkdirAll(dir, 0o755) != nil {
 			continue
 		}
@@ -203,11 +285,11 @@ func (h *cgroupHost) create(id string, memory int64, cpu float64) (*jobCgroup, *
 	}
 	if h.v2Parent != "" {
 		dir := filepath.Join(h.v2Parent, id)
-		if err := os.Mkdir(dir, 0o755); errors.Is(err, os.ErrExist) {
+		if err := h.mkdirV2(dir); errors.Is(err, os.ErrExist) {
 			// A leftover of an earlier job with this ID: empty it first.
 			killCgroupDir(dir)
 			removeCgroupDir(dir)
-			err = os.Mkdir(dir, 0o755)
+			err = h.mkdirV2(dir)
 			if err != nil {
 				return fail(err)
 			}
@@ -271,6 +353,12 @@ func cpuQuota(cores float64) int64 {
 
 func mkdirFresh(dir string) error {
 	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, fs.ErrNotExist) {
+		// The parent, removed while empty by another worker's start.
+		if err = os.MkdirAll(filepath.Dir(dir), 0o755); err == nil {
+			err = os.Mkdir(dir, 0o755)
+		}
+	}
 	if errors.Is(err, os.ErrExist) {
 		killCgroupDir(dir)
 		removeCgroupDir(dir)

@@ -69,16 +69,19 @@ func mustStart(t testing.TB, r *Runner, id string, spec Spec) Status {
 // waitDone waits for the job to end and returns its final status.
 func waitDone(t testing.TB, r *Runner, id string) Status {
 	t.Helper()
-	j, err := r.lookup(id)
+	e, err := r.lookup(id)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if e.j == nil {
+		return e.status()
+	}
 	select {
-	case <-j.done:
+	case <-e.j.done:
 	case <-time.After(testWait):
 		t.Fatalf("job %s did not end", id)
 	}
-	return j.snapshot()
+	return e.j.snapshot()
 }
 
 // readOutput returns everything the job wrote in the given view.

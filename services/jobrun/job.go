@@ -14,16 +14,18 @@ import (
 // group (setsid) can keep the pipes open forever.
 const copierDrainTimeout = 3 * time.Second
 
-// spawn creates the job's files and starts its process. j is already in
-// r.jobs and counted in r.active. On failure nothing is left behind.
+// spawn gives the job its uid, home and cgroup, records it and starts its
+// process. j is already in r.jobs and counted in r.active. On failure
+// nothing is left behind.
 func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	var (
-		out    *outputLog
-		cg     *jobCgroup
-		cgFD   *os.File
-		pipes  [4]*os.File // stdout r/w, stderr r/w
-		ran    bool        // a process was started (and is reaped by now)
-		logger = r.log.With("job_id", j.id)
+		out      *outputLog
+		cg       *jobCgroup
+		cgFD     *os.File
+		pipes    [4]*os.File // stdout r/w, stderr r/w
+		ran      bool        // a process was started (and is reaped by now)
+		recorded bool        // the journal has the job's start record
+		logger   = r.log.With("job_id", j.id)
 	)
 	fail := func(err error) (Status, bool, error) {
 		for _, f := range pipes {
@@ -36,6 +38,11 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		}
 		if out != nil {
 			out.close()
+			if out.dirMade {
+				if rmErr := os.RemoveAll(j.dir); rmErr != nil {
+					logger.Error("cannot remove the output of a job that failed to start", "error", rmErr)
+				}
+			}
 		}
 		cg.remove()
 		if j.lease != nil {
@@ -47,15 +54,18 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 				r.releaseUID(j.lease, j.home)
 			}
 		}
-		for _, dir := range []string{j.dir, j.home} {
-			if rmErr := os.RemoveAll(dir); rmErr != nil {
-				logger.Error("cannot remove the directory of a job that failed to start", "error", rmErr)
-			}
+		if rmErr := os.RemoveAll(j.home); rmErr != nil {
+			logger.Error("cannot remove the home directory of a job that failed to start", "error", rmErr)
 		}
-		r.mu.Lock()
-		delete(r.jobs, j.id)
-		r.active--
-		r.mu.Unlock()
+		gone := func() { r.active-- }
+		if recorded {
+			r.forget([]string{j.id}, gone)
+		} else {
+			r.mu.Lock()
+			delete(r.jobs, j.id)
+			gone()
+			r.mu.Unlock()
+		}
 		j.startErr = err
 		close(j.started)
 		close(j.recorded)
@@ -68,9 +78,6 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		return fail(fmt.Errorf("the worker could not %s: %w", what, err))
 	}
 
-	if err := r.makeJobDir(j.dir); err != nil {
-		return internal("create the job directory", err)
-	}
 	uid := r.id.uid
 	if r.uids != nil {
 		lease, err := r.uids.acquire(j.id)
@@ -82,7 +89,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		}
 		j.lease, uid = lease, lease.uid
 	}
-	if err := r.makeHome(j.dir, j.home, uid); err != nil {
+	if err := r.makeHome(j.home, uid); err != nil {
 		return internal("create the job's home directory", err)
 	}
 	limit := j.spec.OutputLimit
@@ -111,11 +118,15 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	j.out = out
 	j.st.Cgroup = cg.mode()
 	j.st.RunAs = r.id.runAs(uid)
+	pending := j.recordLocked(kindStart)
 	j.mu.Unlock()
-	// No record is written before the spawn (the waiter writes the first,
-	// see recordRunning): a worker that dies in between leaves a job
-	// directory with an empty job.json, which the next start reports as
-	// LOST, and a cgroup that its sweep kills.
+	// The job is recorded before its process exists, so that a worker
+	// that dies at any point after leaves a job the next one reports LOST
+	// (and whose cgroup it kills). Not synced: see the journal.
+	if _, err := r.record(j, &pending); err != nil {
+		return internal("record the job", err)
+	}
+	recorded = true
 
 	if pipes[0], pipes[1], err = os.Pipe(); err != nil {
 		return internal("create pipes", err)
@@ -203,14 +214,13 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	return running, true, nil
 }
 
-// recordRunning writes the record that lets a restarted worker report the
-// job as LOST and kill what it left behind: pid, start time, cgroups. The
-// waiter writes it while the job runs, not Start: it costs a handful of
-// file-system operations that need not delay the reply. The process is not
-// reaped before this returns (the waiter reaps it), so its pid and start
-// time are still its own. A worker that dies before the record is written
-// leaves the empty job.json of buildJobDir, which the next start reports as
-// LOST, and a cgroup that its sweep kills.
+// recordRunning appends the record that lets a restarted worker report
+// the job as LOST and kill what it left behind: pid, start time, cgroups.
+// The waiter writes it while the job runs, not Start, so that reading the
+// start time need not delay the reply. The process is not reaped before
+// this returns (the waiter reaps it), so its pid and start time are still
+// its own. A worker that dies before leaves the job's pending record, which
+// the next start reports as LOST, and a cgroup that its sweep kills.
 func (r *Runner) recordRunning(j *job, pid int) {
 	defer close(j.recorded)
 	ticks, err := procStartTicks(pid)
@@ -219,12 +229,28 @@ func (r *Runner) recordRunning(j *job, pid int) {
 	}
 	j.mu.Lock()
 	j.startTicks = ticks
-	st := j.snapshotLocked()
-	cg := j.cg
+	rec := j.recordLocked(kindStart)
 	j.mu.Unlock()
-	if err := writeFirstRecord(j.dir, toRecord(st, ticks, cg)); err != nil {
+	if _, err := r.record(j, &rec); err != nil {
 		r.log.Error("cannot record the job as running", "job_id", j.id, "error", err)
 	}
+}
+
+// recordLocked returns the job's record as of now. Call it with j.mu held.
+func (j *job) recordLocked(kind recordKind) jobRecord {
+	rec := jobRecord{kind: kind, st: j.st, startTicks: j.startTicks, indexRecords: j.nrec}
+	if j.cg != nil {
+		rec.cgroupV2, rec.cgroupV1 = j.cg.v2, j.cg.v1
+	}
+	return rec
+}
+
+// record appends one of the job's records to the journal and returns the
+// ticket to wait for it to be durable.
+func (r *Runner) record(j *job, rec *jobRecord) (uint64, error) {
+	p := rec.marshal(nil)
+	s := string(p)
+	return r.jl.append([][]byte{p}, func() { j.rec = s })
 }
 
 // copyStream is the one copier of a stream: it moves bytes from the pipe to
@@ -317,47 +343,63 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 	if j.deadline != nil {
 		j.deadline.Stop()
 	}
-	st := &j.st
-	st.ExitCode, st.Signal, st.EndedAt = code, sig, time.Now()
+	final := j.snapshotLocked()
+	final.ExitCode, final.Signal, final.EndedAt = code, sig, time.Now()
 	switch {
 	case j.stopping:
-		st.State, st.Reason = j.stopState, j.stopReason
+		final.State, final.Reason = j.stopState, j.stopReason
 	case limitHit:
-		st.State, st.Reason = StateFailed, "output limit of "+formatBytes(j.out.limit)+" reached"
+		final.State, final.Reason = StateFailed, "output limit of "+formatBytes(j.out.limit)+" reached"
 	case oom:
-		st.State, st.Reason = StateFailed, "OOMKilled: the job exceeded its memory limit of "+formatBytes(cg.memory)
+		final.State, final.Reason = StateFailed, "OOMKilled: the job exceeded its memory limit of "+formatBytes(cg.memory)
 	case writeErr != nil:
-		st.State, st.Reason = StateFailed, "output write failed: "+unwrapPathError(writeErr).Error()
+		final.State, final.Reason = StateFailed, "output write failed: "+unwrapPathError(writeErr).Error()
 	case sig != 0:
-		st.State, st.Reason = StateFailed, "killed by signal "+signalName(sig)
+		final.State, final.Reason = StateFailed, "killed by signal "+signalName(sig)
 	case code == 0:
-		st.State, st.Reason = StateSucceeded, "exited with code 0"
+		final.State, final.Reason = StateSucceeded, "exited with code 0"
 	default:
-		st.State, st.Reason = StateFailed, fmt.Sprintf("exited with code %d", code)
+		final.State, final.Reason = StateFailed, fmt.Sprintf("exited with code %d", code)
 	}
-	j.complete = true
-	close(j.notify)
-	j.notify = make(chan struct{})
-	final := j.snapshotLocked()
-	ticks := j.startTicks
+	end := j.recordLocked(kindEnd)
+	end.st = final
 	j.mu.Unlock()
 
 	if r.crashed.Load() {
 		close(j.done)
 		return
 	}
-	if err := writeRecord(j.dir, toRecord(final, ticks, cg), true); err != nil {
+	// The end is reported (to followers, Status, OnChange and whoever waits
+	// for done) only once it is durable: what the worker said survives it.
+	endRec := string(end.marshal(nil))
+	ticket, err := r.jl.append([][]byte{[]byte(endRec)}, func() { j.rec = endRec })
+	if err == nil {
+		err = r.jl.waitDurable(ticket)
+	}
+	if err != nil {
 		r.log.Error("cannot record the end of the job", "job_id", j.id, "error", err)
 	}
+	j.mu.Lock()
+	j.st = final
+	j.complete = true
+	close(j.notify)
+	j.notify = make(chan struct{})
+	reported := j.snapshotLocked()
+	j.mu.Unlock()
+
 	r.endIdentity(j, cg.remove())
 	r.log.Info("job ended", "job_id", j.id, "state", final.State.String(), "reason", final.Reason)
 	// OnChange runs before done closes: whoever waits for the job (Stop,
 	// Close) may rely on the change having been delivered, such as a worker
 	// sending its final heartbeat right after Close.
-	r.notifyChange(final)
-	// Before done: whoever waits for the job to be over (Stop, a test of
-	// the disk layout) sees the worker idle again.
-	r.refillSpares()
+	r.notifyChange(reported)
+	// From here on the job is only its end record (see entry). Whoever
+	// still holds j (Stop, followers) reads its final state from it.
+	r.mu.Lock()
+	if e := r.jobs[j.id]; e.j == j {
+		r.jobs[j.id] = entry{rec: endRec}
+	}
+	r.mu.Unlock()
 	close(j.done)
 }
 

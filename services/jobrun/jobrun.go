@@ -3,11 +3,14 @@
 //
 // A Runner starts each job in its own process group (and, where the host
 // allows it, its own cgroup v2 directory, entered at clone time), captures
-// stdout and stderr through pipes it owns into per-job files, and serves that
-// output to any number of followers from the files. Exactly one waiter
-// goroutine per job reaps the process; one copier goroutine per stream copies
-// output. Job records survive a worker restart: jobs that were running when
-// the worker died are reported as LOST and their leftover processes killed.
+// stdout and stderr through pipes it owns into per-job files, made on the
+// job's first byte, and serves that output to any number of followers from
+// the files. Exactly one waiter goroutine per job reaps the process; one
+// copier goroutine per stream copies output. Job records are appended to one
+// journal per Runner, and a job's end is reported only once its record is
+// on stable storage, so what was reported survives a crash of the worker or
+// of the machine. Jobs that were running when the worker died are reported
+// as LOST and their leftover processes killed.
 //
 // A Runner of a root worker runs each job under a uid of its own
 // (Options.JobUIDs), in a home directory only that uid can enter, so that

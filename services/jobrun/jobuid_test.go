@@ -133,7 +133,7 @@ func TestJobUIDPerJob(t *testing.T) {
 		if u, g, mode := fileOwner(t, home); u != uid || g != uid || mode != 0o700 {
 			t.Errorf("%s: home is %d:%d mode %04o, want %d:%d 0700", id, u, g, mode, uid, uid)
 		}
-		for _, name := range []string{recordFile, stdoutFile, stderrFile, indexFile} {
+		for _, name := range []string{stdoutFile, indexFile} {
 			if u, _, mode := fileOwner(t, filepath.Join(r.jobsDir, id, name)); int(u) != os.Geteuid() || mode != 0o600 {
 				t.Errorf("%s/%s is uid %d mode %04o, want the worker's and 0600", id, name, u, mode)
 			}
@@ -143,8 +143,8 @@ func TestJobUIDPerJob(t *testing.T) {
 		t.Errorf("two running jobs share uid %d", uids["first"])
 	}
 	for dir, want := range map[string]os.FileMode{
-		filepath.Dir(r.jobsDir): 0o711, r.homesDir: 0o711, r.jobsDir: 0o700, r.sparesDir: 0o700,
-		filepath.Join(r.jobsDir, "first"): 0o700,
+		filepath.Dir(r.jobsDir): 0o711, r.homesDir: 0o711, r.jobsDir: 0o700,
+		filepath.Join(r.jobsDir, "first"): 0o700, r.jl.path: 0o600,
 	} {
 		if u, _, mode := fileOwner(t, dir); int(u) != os.Geteuid() || mode != want {
 			t.Errorf("%s is uid %d mode %04o, want the worker's and %04o", dir, u, mode, want)
@@ -154,8 +154,9 @@ func TestJobUIDPerJob(t *testing.T) {
 		if _, err := r.Stop(t.Context(), id, "test"); err != nil {
 			t.Fatal(err)
 		}
-		if u, _, mode := fileOwner(t, filepath.Join(r.homesDir, id)); int(u) != os.Geteuid() || mode != 0o700 {
-			t.Errorf("%s: after the job, its home is uid %d mode %04o, want the worker's and 0700", id, u, mode)
+		// The job left nothing in its home, so it is gone.
+		if _, err := os.Lstat(filepath.Join(r.homesDir, id)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: after the job, its empty home is still there: %v", id, err)
 		}
 		if _, err := os.Stat(filepath.Join(r.opts.UIDLeaseDir, strconv.FormatUint(uint64(uids[id]), 10))); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s: the lease of uid %d outlived the job: %v", id, uids[id], err)
@@ -170,7 +171,7 @@ try() { name=$1; shift; out=$("$@" 2>&1 </dev/null); echo "$name rc=$? $out" | t
 try list-data ls "$data"
 try list-jobs ls "$data/jobs"
 try list-homes ls "$data/home"
-try read-record cat "$data/jobs/$alice/job.json"
+try read-journal cat "$data/journal"
 try read-stdout cat "$data/jobs/$alice/stdout"
 try read-index cat "$data/jobs/$alice/index"
 try read-home cat "$data/home/$alice/notes"
@@ -222,7 +223,7 @@ func TestJobCannotReachAnotherJob(t *testing.T) {
 		err     string
 	}{
 		{"list-data", 2, eacces}, {"list-jobs", 2, eacces}, {"list-homes", 2, eacces},
-		{"read-record", 1, eacces}, {"read-stdout", 1, eacces}, {"read-index", 1, eacces},
+		{"read-journal", 1, eacces}, {"read-stdout", 1, eacces}, {"read-index", 1, eacces},
 		{"read-home", 1, eacces}, {"list-home", 2, eacces},
 		{"read-environ", 1, eacces}, {"list-cwd", 2, eacces},
 		{"signal", 1, eperm}, {"signal-kill", 1, eperm},

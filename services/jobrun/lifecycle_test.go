@@ -58,8 +58,10 @@ func TestExecFailureLeavesNothing(t *testing.T) {
 	if strings.Contains(err.Error(), scripts) {
 		t.Errorf("error leaks a host path: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(r.jobsDir, "bad-interp")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("job directory left behind: %v", err)
+	for _, dir := range []string{r.jobsDir, r.homesDir} {
+		if _, err := os.Stat(filepath.Join(dir, "bad-interp")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("job directory left behind: %v", err)
+		}
 	}
 	if _, err := r.Status("bad-interp"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Status after exec failure: %v, want ErrNotFound", err)
@@ -262,6 +264,9 @@ func TestOutputLimit(t *testing.T) {
 	var total int64
 	for _, name := range []string{stdoutFile, stderrFile, indexFile} {
 		fi, err := os.Stat(filepath.Join(r.jobsDir, "yes", name))
+		if name == stderrFile && errors.Is(err, os.ErrNotExist) {
+			continue // yes(1) writes nothing to it
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

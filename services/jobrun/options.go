@@ -10,8 +10,9 @@ import (
 // Options configure a Runner. The zero value of each optional field selects
 // the documented default. Options are read once by New.
 type Options struct {
-	// DataDir holds job records and output under DataDir/jobs/<id>/.
-	// Required.
+	// DataDir holds the journal of job records (DataDir/journal), the
+	// output of jobs that wrote any (DataDir/jobs/<id>/) and the jobs' home
+	// directories (DataDir/home/<id>). Required.
 	DataDir string
 	// ScriptsDir is the only place scripts, script-dir commands and working
 	// directories are taken from. Required.

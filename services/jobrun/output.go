@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -59,12 +60,12 @@ func decodeRecord(b []byte) indexRecord {
 
 // outputLog is the write side of a job's output. The copiers of both streams
 // append through it; mu serialises appends so that index order is the order
-// in which writes were stored. The files exist from the start (see
-// buildJobDir) but are opened on the first write to them: a job that prints
-// nothing costs no open or close.
+// in which writes were stored. The job's directory and files are made on
+// the first write to them: a job that prints nothing costs no file at all.
 type outputLog struct {
 	mu         sync.Mutex
 	dir        string
+	dirMade    bool
 	stdout     *os.File
 	stderr     *os.File
 	index      *os.File
@@ -161,14 +162,27 @@ func (l *outputLog) close() {
 	}
 }
 
-// open opens one of the job's files for writing unless it is open. The
-// file is normally there, empty; O_CREATE only covers one deleted behind the
-// worker's back. Called with l.mu held.
+// open opens one of the job's files for writing unless it is open, making
+// the job's directory first if needed. Called with l.mu held.
 func (l *outputLog) open(f **os.File, name string) error {
 	if *f != nil {
 		return nil
 	}
-	h, err := os.OpenFile(filepath.Join(l.dir, name), os.O_WRONLY|os.O_CREATE, 0o600)
+	if !l.dirMade {
+		err := os.Mkdir(l.dir, 0o700)
+		if errors.Is(err, fs.ErrExist) {
+			// Not a known job's (its ID is ours now): the remains of a
+			// failed cleanup. Start afresh.
+			if err = os.RemoveAll(l.dir); err == nil {
+				err = os.Mkdir(l.dir, 0o700)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		l.dirMade = true
+	}
+	h, err := os.OpenFile(filepath.Join(l.dir, name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -267,22 +281,32 @@ func (r *Runner) Output(ctx context.Context, id string, req OutputRequest, fn fu
 	if view&^streamBoth != 0 {
 		return Status{}, fmt.Errorf("%w: unknown output stream selection %d", ErrInvalidSpec, int(req.Streams))
 	}
-	j, err := r.startedJob(ctx, id)
+	e, err := r.startedJob(ctx, id)
 	if err != nil {
 		return Status{}, err
 	}
-	f := follower{job: j, view: view, off: req.Offset, fn: fn}
+	f := follower{job: e.j, id: id, dir: filepath.Join(r.jobsDir, id), view: view, off: req.Offset, fn: fn}
 	defer f.close()
-	if err := f.run(ctx, req.Follow); err != nil {
-		return j.snapshot(), err
+	if e.j == nil {
+		// Over: the record says how much there is.
+		rec, err := unmarshalRecord(e.rec)
+		if err != nil {
+			return e.status(), fmt.Errorf("%w: the output of job %q is no longer available", ErrNotFound, id)
+		}
+		return rec.st, f.send(ctx, rec.indexRecords)
 	}
-	return j.snapshot(), nil
+	if err := f.run(ctx, req.Follow); err != nil {
+		return e.j.snapshot(), err
+	}
+	return e.j.snapshot(), nil
 }
 
 // follower is the state of one Output call: its own cursor, file handles
 // and one bounded buffer.
 type follower struct {
-	job    *job
+	job    *job // nil for a job that is over (see entry)
+	id     string
+	dir    string
 	view   Stream
 	off    int64 // view offset of the next byte to send
 	cursor int64 // next index record to look at
@@ -315,9 +339,9 @@ func (f *follower) close() {
 }
 
 func (f *follower) open(name string) (*os.File, error) {
-	h, err := os.Open(filepath.Join(f.job.dir, name))
+	h, err := os.Open(filepath.Join(f.dir, name))
 	if err != nil {
-		return nil, fmt.Errorf("%w: the output of job %q is no longer available", ErrNotFound, f.job.id)
+		return nil, fmt.Errorf("%w: the output of job %q is no longer available", ErrNotFound, f.id)
 	}
 	return h, nil
 }
@@ -450,9 +474,9 @@ func (f *follower) flush() error {
 
 func (f *follower) readErr(err error) error {
 	if errors.Is(err, io.EOF) {
-		return fmt.Errorf("the output of job %q is truncated on disk", f.job.id)
+		return fmt.Errorf("the output of job %q is truncated on disk", f.id)
 	}
-	return fmt.Errorf("reading the output of job %q failed: %w", f.job.id, unwrapPathError(err))
+	return fmt.Errorf("reading the output of job %q failed: %w", f.id, unwrapPathError(err))
 }
 
 func unwrapPathError(err error) error {

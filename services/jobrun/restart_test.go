@@ -60,24 +60,27 @@ func TestRestartMarksJobsLost(t *testing.T) {
 	}
 }
 
+// TestCorruptStateFile loads job.json records of a worker before the
+// journal that cannot be read: each becomes a LOST job that says why, and
+// an output directory with no record at all is deleted.
 func TestCorruptStateFile(t *testing.T) {
 	t.Parallel()
 	data := t.TempDir()
 	// "empty" is a job directory taken by a worker that died before it
-	// recorded the job (see writeFirstRecord).
+	// recorded the job.
 	for id, content := range map[string]string{"torn": `{"version":1,"id":"torn","sta`, "garbage": "\x00\xff", "empty": "", "missing": "-"} {
 		dir := filepath.Join(data, "jobs", id)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
 		if content != "-" {
-			if err := os.WriteFile(filepath.Join(dir, recordFile), []byte(content), 0o600); err != nil {
+			if err := os.WriteFile(filepath.Join(dir, legacyRecordFile), []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}
 	}
 	r, _ := newRunner(t, func(o *Options) { o.DataDir = data })
-	for _, id := range []string{"torn", "garbage", "empty", "missing"} {
+	for _, id := range []string{"torn", "garbage", "empty"} {
 		st, err := r.Status(id)
 		if err != nil {
 			t.Fatalf("%s: %v", id, err)
@@ -88,6 +91,12 @@ func TestCorruptStateFile(t *testing.T) {
 		if strings.Contains(st.Reason, data) {
 			t.Errorf("%s: reason leaks a path: %q", id, st.Reason)
 		}
+	}
+	if _, err := r.Status("missing"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a directory without a record: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(data, "jobs", "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a directory without a record was kept: %v", err)
 	}
 }
 
@@ -153,6 +162,9 @@ func TestManyStarts(t *testing.T) {
 		}
 		for _, dir := range parents {
 			entries, err := os.ReadDir(dir)
+			if errors.Is(err, os.ErrNotExist) {
+				continue // removed while empty by a Runner starting elsewhere
+			}
 			if err != nil {
 				t.Errorf("cgroup parent %s: %v", dir, err)
 				continue

@@ -1,15 +1,17 @@
 package jobrun
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
 	"time"
 )
 
-// makeDataDirs creates DataDir's directories. DataDir/jobs (records and
-// output) and DataDir/spares stay private to the worker (0700). With jobs
+// makeDataDirs creates DataDir's directories. DataDir/jobs (output) and
+// DataDir/journal stay private to the worker (0700, 0600). With jobs
 // under other uids, DataDir and DataDir/home are 0711: a job can pass
 // through them to its own home, but list neither.
 func makeDataDirs(dataDir, jobsDir, homesDir string, id *identity) error {
@@ -82,33 +84,31 @@ func (id *identity) gidFor(uid uint32) uint32 {
 }
 
 // makeHome gives the job its home directory, its default working
-// directory: the one built ahead in its job directory (a rename is much
-// cheaper than a mkdir here, see spareDirs), made its uid's, mode 0700, so
-// no other job can enter it.
-func (r *Runner) makeHome(jobDir, dir string, uid uint32) error {
-	spare := filepath.Join(jobDir, spareHome)
-	if err := os.Rename(spare, dir); err != nil {
-		// The remains of a failed cleanup under the job's name (not a known
-		// job's: it would be in r.jobs), or no home was built ahead.
-		if err := os.RemoveAll(dir); err != nil {
-			return err
-		}
-		if err := os.Rename(spare, dir); err != nil {
-			if err := os.Mkdir(dir, 0o700); err != nil {
-				return err
-			}
+// directory, made its uid's, mode 0700, so no other job can enter it.
+func (r *Runner) makeHome(dir string, uid uint32) error {
+	err := os.Mkdir(dir, 0o700)
+	if errors.Is(err, fs.ErrExist) {
+		// The remains of a failed cleanup under the job's name (not a
+		// known job's: it would be in r.jobs).
+		if err = os.RemoveAll(dir); err == nil {
+			err = os.Mkdir(dir, 0o700)
 		}
 	}
-	if r.id.mode == runAsWorker {
-		return nil
+	if err != nil || r.id.mode == runAsWorker {
+		return err
 	}
 	return os.Lchown(dir, int(uid), int(r.id.gidFor(uid)))
 }
 
-// disownHome gives a home directory back to the worker, mode 0700, once its
-// job is over: whatever the job left inside stays its uid's, but a later job
-// that gets the same uid cannot enter the directory to reach it.
+// disownHome is the end of a home directory's use by its job: an empty one
+// is removed, so that most jobs leave nothing on disk; one the job left
+// something in goes back to the worker, mode 0700 (whatever the job left
+// inside stays its uid's, but a later job that gets the same uid cannot
+// enter the directory to reach it), until the job expires.
 func (r *Runner) disownHome(dir string) {
+	if err := syscall.Rmdir(dir); err == nil || errors.Is(err, syscall.ENOENT) || r.id.mode == runAsWorker {
+		return
+	}
 	fi, err := os.Lstat(dir)
 	if err != nil || !fi.IsDir() {
 		return
@@ -138,6 +138,7 @@ type heldUID struct {
 func (r *Runner) endIdentity(j *job, v2Empty bool) {
 	switch {
 	case r.id.mode == runAsWorker:
+		r.disownHome(j.home)
 		return
 	case j.lease == nil:
 		// One user for all jobs: the uid is shared, so nothing is killed

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -28,9 +27,8 @@ type Runner struct {
 	opts       Options
 	log        *slog.Logger
 	scriptsDir string // absolute, symlinks resolved
-	jobsDir    string
+	jobsDir    string // jobs' output, DataDir/jobs/<id>, made on a job's first byte
 	homesDir   string // the jobs' home directories, see homesDirName
-	sparesDir  string // ready-made job directories, see spareDirs
 	tag        string // names this DataDir's cgroup directories
 	allowed    map[string]string
 	cg         cgroupHost
@@ -38,9 +36,10 @@ type Runner struct {
 	uids       *uidPool // per-job uids; nil unless id.mode is runPerJob
 	selfUID    int      // the worker's, owner of everything but running jobs' homes
 	selfGID    int
+	jl         *journal
 
 	mu     sync.Mutex // guards jobs, active, closed, held
-	jobs   map[string]*job
+	jobs   map[string]entry
 	active int
 	closed bool
 	held   []heldUID // uids of ended jobs whose processes outlived SIGKILL
@@ -49,37 +48,44 @@ type Runner struct {
 	// a per-job uid is given back (a test hook).
 	onUIDRelease func(uid uint32)
 
-	spareMu        sync.Mutex // guards spares, sparesBuilding, sparesClosed
-	spares         []string   // ready-made job directories, see spareDirs
-	sparesBuilding int
-	sparesClosed   bool
-
 	crashed     atomic.Bool // test hook: behave as if the worker died
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
 	closeOnce   sync.Once
 }
 
+// entry is a job of Runner.jobs. While the job starts, runs and ends it is
+// the job itself; once it is over only its end record is kept (rec, j nil),
+// a few hundred bytes that Status, List and Output decode when asked, so
+// that the jobs of a long retention cost little memory.
+type entry struct {
+	j   *job
+	rec string
+}
+
 // job is one job. Fields above mu are set before the job is shared and never
 // change; started and done are closed exactly once.
 type job struct {
 	id       string
-	dir      string
+	dir      string // its output, created on its first byte
 	home     string // its home and default working directory
 	spec     Spec
 	started  chan struct{} // closed when spawn finished; startErr says how
 	recorded chan struct{} // closed after the waiter wrote the running record
-	done     chan struct{} // closed after the final state is recorded
+	done     chan struct{} // closed after the final state is durable and reported
 	copied   [2]chan struct{}
 
 	startErr error     // written before close(started)
 	lease    *uidLease // its per-job uid; spawn sets it, then the waiter owns it
 	out      *outputLog
+	// rec is the job's last record in the journal, guarded by the
+	// journal's lock: a rewrite of the journal copies it.
+	rec string
 
 	mu         sync.Mutex
 	st         Status
 	nrec       int64         // published index records
-	complete   bool          // no more output will be published
+	complete   bool          // the final state is set; no more output will be published
 	notify     chan struct{} // closed and replaced on every publish
 	exited     bool          // leader exited: never signal pid or pgid again
 	pgid       int
@@ -112,6 +118,20 @@ func (j *job) publish(n, outN, errN int64) {
 	close(j.notify)
 	j.notify = make(chan struct{})
 	j.mu.Unlock()
+}
+
+// status returns the entry's current Status.
+func (e entry) status() Status {
+	if e.j != nil {
+		return e.j.snapshot()
+	}
+	rec, err := unmarshalRecord(e.rec)
+	if err != nil {
+		// Every kept record was made or checked by this Runner; this is
+		// only a guard.
+		return Status{ID: recordID(e.rec), State: StateLost, ExitCode: -1, Reason: "the worker's record of the job is unreadable"}
+	}
+	return rec.st
 }
 
 // New creates a Runner: it validates opts, resolves the allow-listed
@@ -161,10 +181,8 @@ func New(opts Options) (*Runner, error) {
 		id:          id,
 		selfUID:     os.Geteuid(),
 		selfGID:     os.Getegid(),
-		sparesDir:   filepath.Join(dataDir, "spares"),
 		tag:         dataDirTag(dataDir),
 		allowed:     resolveAllowed(names, explicit, opts.Logger),
-		jobs:        make(map[string]*job),
 		stopJanitor: make(chan struct{}),
 		janitorDone: make(chan struct{}),
 	}
@@ -176,14 +194,23 @@ func New(opts Options) (*Runner, error) {
 			r.log.Warn("the capacity allows more jobs than there are job uids; starts beyond them are refused", "job_uids", id.uids.String(), "capacity", c)
 		}
 	}
+	jl, last, damaged, err := openJournal(dataDir, r.log)
+	if err != nil {
+		if r.uids != nil {
+			r.uids.close()
+		}
+		return nil, err
+	}
+	r.jl = jl
 	r.logIdentity()
 	r.cg = detectCgroups(opts.CgroupParent, dataDir, r.log)
-	r.load()
+	r.load(last, damaged)
 	r.cg.sweep(r.log)
 	if r.uids != nil {
 		r.recoverUIDs()
 	}
-	r.openSpares()
+	// Ready-made job directories of workers before the journal.
+	_ = os.RemoveAll(filepath.Join(dataDir, "spares"))
 	go r.janitor()
 	return r, nil
 }
@@ -206,8 +233,16 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 			r.mu.Unlock()
 			return Status{}, false, fmt.Errorf("%w: the worker is shutting down", ErrClosed)
 		}
-		if j := r.jobs[id]; j != nil {
+		if e, ok := r.jobs[id]; ok {
 			r.mu.Unlock()
+			if e.j == nil {
+				st := e.status()
+				if !specEqual(&st.Spec, &spec) {
+					return Status{}, false, fmt.Errorf("%w: job %q exists with a different spec", ErrConflict, id)
+				}
+				return st, false, nil
+			}
+			j := e.j
 			if !specEqual(&j.spec, &spec) {
 				return Status{}, false, fmt.Errorf("%w: job %q exists with a different spec", ErrConflict, id)
 			}
@@ -249,7 +284,7 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 				ID: id, Spec: spec, State: StatePending, ExitCode: -1, CreatedAt: time.Now(),
 			},
 		}
-		r.jobs[id] = j
+		r.jobs[id] = entry{j: j}
 		r.active++
 		r.mu.Unlock()
 		return r.spawn(j, p)
@@ -257,31 +292,31 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 }
 
 // lookup returns the job with this id, or ErrNotFound.
-func (r *Runner) lookup(id string) (*job, error) {
+func (r *Runner) lookup(id string) (entry, error) {
 	r.mu.Lock()
-	j := r.jobs[id]
+	e, ok := r.jobs[id]
 	r.mu.Unlock()
-	if j == nil {
-		return nil, fmt.Errorf("%w: no job with ID %q", ErrNotFound, id)
+	if !ok {
+		return entry{}, fmt.Errorf("%w: no job with ID %q", ErrNotFound, id)
 	}
-	return j, nil
+	return e, nil
 }
 
 // startedJob returns a job whose start attempt has finished successfully.
-func (r *Runner) startedJob(ctx context.Context, id string) (*job, error) {
-	j, err := r.lookup(id)
-	if err != nil {
-		return nil, err
+func (r *Runner) startedJob(ctx context.Context, id string) (entry, error) {
+	e, err := r.lookup(id)
+	if err != nil || e.j == nil {
+		return e, err
 	}
 	select {
-	case <-j.started:
+	case <-e.j.started:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return entry{}, ctx.Err()
 	}
-	if j.startErr != nil {
-		return nil, fmt.Errorf("%w: no job with ID %q", ErrNotFound, id)
+	if e.j.startErr != nil {
+		return entry{}, fmt.Errorf("%w: no job with ID %q", ErrNotFound, id)
 	}
-	return j, nil
+	return e, nil
 }
 
 // Stop stops a job: SIGTERM to its process group, then, after StopGrace,
@@ -290,9 +325,13 @@ func (r *Runner) startedJob(ctx context.Context, id string) (*job, error) {
 // sends nothing and returns its final status. Concurrent and repeated Stops
 // share one sequence; by is recorded from the first. Safe for concurrent use.
 func (r *Runner) Stop(ctx context.Context, id, by string) (Status, error) {
-	j, err := r.startedJob(ctx, id)
+	e, err := r.startedJob(ctx, id)
 	if err != nil {
 		return Status{}, err
+	}
+	j := e.j
+	if j == nil {
+		return e.status(), nil
 	}
 	reason := "stopped on request"
 	if by != "" {
@@ -310,22 +349,25 @@ func (r *Runner) Stop(ctx context.Context, id, by string) (Status, error) {
 // Status returns a snapshot of the job, or ErrNotFound. Safe for concurrent
 // use.
 func (r *Runner) Status(id string) (Status, error) {
-	j, err := r.lookup(id)
+	e, err := r.lookup(id)
 	if err != nil {
 		return Status{}, err
 	}
-	return j.snapshot(), nil
+	return e.status(), nil
 }
 
 // List returns a snapshot of every job known to the Runner, newest first
 // (by CreatedAt, then by ID). Safe for concurrent use.
 func (r *Runner) List() []Status {
 	r.mu.Lock()
-	jobs := slices.Collect(maps.Values(r.jobs))
+	entries := make([]entry, 0, len(r.jobs))
+	for _, e := range r.jobs {
+		entries = append(entries, e)
+	}
 	r.mu.Unlock()
-	out := make([]Status, 0, len(jobs))
-	for _, j := range jobs {
-		out = append(out, j.snapshot())
+	out := make([]Status, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, e.status())
 	}
 	slices.SortFunc(out, func(a, b Status) int {
 		if c := b.CreatedAt.Compare(a.CreatedAt); c != 0 {
@@ -344,6 +386,19 @@ func (r *Runner) Running() int {
 	return r.active
 }
 
+// liveJobs returns the jobs that are not over yet.
+func (r *Runner) liveJobs() []*job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*job
+	for _, e := range r.jobs {
+		if e.j != nil {
+			out = append(out, e.j)
+		}
+	}
+	return out
+}
+
 // Close refuses new jobs, stops every running job (SIGTERM, then SIGKILL
 // after StopGrace), waits for them and stops the retention janitor. If ctx
 // ends first, the remaining jobs are killed at once and Close returns
@@ -352,8 +407,8 @@ func (r *Runner) Running() int {
 func (r *Runner) Close(ctx context.Context) error {
 	r.mu.Lock()
 	r.closed = true
-	jobs := slices.Collect(maps.Values(r.jobs))
 	r.mu.Unlock()
+	jobs := r.liveJobs()
 	r.closeOnce.Do(func() { close(r.stopJanitor) })
 
 	var err error
@@ -393,7 +448,9 @@ func (r *Runner) Close(ctx context.Context) error {
 		}
 	}
 	<-r.janitorDone
-	r.removeSpares()
+	// A waiter that outlived the bounded wait above fails to record its
+	// job's end, which the next Runner then reports LOST.
+	r.jl.close()
 	if err == nil {
 		r.cg.removeParents()
 	}
@@ -412,9 +469,8 @@ func (r *Runner) Close(ctx context.Context) error {
 func (r *Runner) simulateCrash() {
 	r.mu.Lock()
 	r.closed = true
-	jobs := slices.Collect(maps.Values(r.jobs))
 	r.mu.Unlock()
-	for _, j := range jobs {
+	for _, j := range r.liveJobs() {
 		<-j.started
 		if j.startErr == nil {
 			<-j.recorded
@@ -452,51 +508,115 @@ func (r *Runner) janitor() {
 	}
 }
 
-// expire deletes the jobs that ended more than Retention before now.
+// expire deletes the jobs that ended more than Retention before now, and
+// rewrites the journal once their records dominate it.
 func (r *Runner) expire(now time.Time) {
+	var old []string
 	r.mu.Lock()
-	var old []*job
-	for _, j := range r.jobs {
-		j.mu.Lock()
-		if j.st.State.Terminal() && now.Sub(j.st.EndedAt) >= r.opts.Retention {
-			old = append(old, j)
+	for id, e := range r.jobs {
+		// A job in its *job form is not over yet (see wait).
+		if e.j == nil && now.Sub(recordEndedAt(e.rec)) >= r.opts.Retention {
+			old = append(old, id)
 		}
-		j.mu.Unlock()
 	}
 	r.mu.Unlock()
-	for _, j := range old {
-		select {
-		case <-j.done:
-		default:
-			continue // still being recorded
-		}
+	if len(old) == 0 {
+		return
+	}
+	var gone []string
+	var tombs []string
+	for _, id := range old {
 		// Move the directories aside first, while the ID is still taken, so
 		// a new job with the same ID never shares them with the deletion.
-		homeTomb := filepath.Join(r.homesDir, "."+j.id+"-"+randomHex())
-		if err := os.Rename(j.home, homeTomb); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
-			continue
-		}
-		tomb := filepath.Join(r.jobsDir, "."+j.id+"-"+randomHex())
-		if err := os.Rename(j.dir, tomb); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
-			continue
-		}
-		r.mu.Lock()
-		if r.jobs[j.id] == j {
-			delete(r.jobs, j.id)
-		}
-		r.mu.Unlock()
-		// The worker removes whatever the job left in its home, whatever
-		// its modes: root is not bound by them, and a job cannot make a
-		// file immutable or mount over it without capabilities.
-		for _, dir := range []string{tomb, homeTomb} {
-			if err := os.RemoveAll(dir); err != nil {
-				r.log.Error("cannot delete an expired job", "job_id", j.id, "error", err)
+		ok := true
+		for _, dir := range []string{r.homesDir, r.jobsDir} {
+			tomb := filepath.Join(dir, "."+id+"-"+randomHex())
+			err := os.Rename(filepath.Join(dir, id), tomb)
+			switch {
+			case err == nil:
+				tombs = append(tombs, tomb)
+			case !errors.Is(err, fs.ErrNotExist):
+				r.log.Error("cannot delete an expired job", "job_id", id, "error", err)
+				ok = false
+			}
+			if !ok {
+				break
 			}
 		}
-		r.log.Debug("expired job deleted", "job_id", j.id)
+		if ok {
+			gone = append(gone, id)
+		}
 	}
+	r.forget(gone, nil)
+	// The worker removes whatever the job left in its home, whatever
+	// its modes: root is not bound by them, and a job cannot make a
+	// file immutable or mount over it without capabilities.
+	for _, dir := range tombs {
+		if err := os.RemoveAll(dir); err != nil {
+			r.log.Error("cannot delete an expired job", "name", filepath.Base(dir), "error", err)
+		}
+	}
+	for _, id := range gone {
+		r.log.Debug("expired job deleted", "job_id", id)
+	}
+	if err := r.compact(false); err != nil {
+		r.log.Error("cannot rewrite the job journal", "error", err)
+	}
+}
+
+// forget removes jobs from the Runner and appends their drop records, in
+// one step under the journal lock, so that a rewrite of the journal sees
+// either the jobs or their drops. then, if set, runs in the same step, with
+// r.mu held. The drops are not synced: a job they fail to drop after a
+// machine crash is dropped again (expired) or reported LOST (never started).
+func (r *Runner) forget(ids []string, then func()) {
+	if len(ids) == 0 && then == nil {
+		return
+	}
+	payloads := make([][]byte, len(ids))
+	for i, id := range ids {
+		rec := jobRecord{kind: kindDrop, st: Status{ID: id}}
+		payloads[i] = rec.marshal(nil)
+	}
+	remove := func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, id := range ids {
+			delete(r.jobs, id)
+		}
+		if then != nil {
+			then()
+		}
+	}
+	if _, err := r.jl.append(payloads, remove); err != nil {
+		r.log.Error("cannot record the deletion of jobs; they may come back after a restart", "error", err)
+		remove()
+	}
+}
+
+// compact rewrites the journal with the last record of every kept job when
+// dead records make up most of it, or always with force.
+func (r *Runner) compact(force bool) error {
+	r.jl.mu.Lock()
+	defer r.jl.mu.Unlock()
+	r.mu.Lock()
+	live := make([]string, 0, len(r.jobs))
+	var size int64
+	for _, e := range r.jobs {
+		rec := e.rec
+		if e.j != nil {
+			rec = e.j.rec // "" before its first record: appended after us
+		}
+		if rec != "" {
+			live = append(live, rec)
+			size += frameSize(rec)
+		}
+	}
+	r.mu.Unlock()
+	if !force && (r.jl.size < compactMin || r.jl.size <= 2*size) {
+		return nil
+	}
+	return r.jl.rewriteLocked(live)
 }
 
 func randomHex() string {
@@ -505,26 +625,104 @@ func randomHex() string {
 	return hex.EncodeToString(b[:])
 }
 
-// load reads every job directory. It never fails: an unreadable record
-// becomes a LOST job that says why.
-func (r *Runner) load() {
+// load makes the Runner's jobs of the journal's records: a job whose last
+// record is a start record was cut short and becomes LOST, once what it
+// left running is killed; a job that ended more than Retention ago is
+// deleted. It also takes in the job.json records of workers before the
+// journal, and deletes output directories no record names. It never fails:
+// what cannot be read is logged, or becomes a LOST job that says why.
+func (r *Runner) load(last map[string]string, damaged bool) {
+	now := time.Now()
+	var (
+		appends [][]byte
+		legacy  []string // job.json files taken into the journal
+	)
 	entries, err := os.ReadDir(r.jobsDir)
 	if err != nil {
 		r.log.Error("cannot read the jobs directory", "error", err)
-		return
 	}
 	for _, e := range entries {
 		name := e.Name()
+		dir := filepath.Join(r.jobsDir, name)
 		if strings.HasPrefix(name, ".") {
-			_ = os.RemoveAll(filepath.Join(r.jobsDir, name)) // an interrupted deletion
+			_ = os.RemoveAll(dir) // an interrupted deletion
 			continue
 		}
 		if !e.IsDir() || validateID(name) != nil {
 			r.log.Warn("ignoring an unexpected entry in the jobs directory", "name", name)
 			continue
 		}
-		j := r.loadJob(name)
-		r.jobs[name] = j
+		if _, ok := last[name]; ok {
+			continue
+		}
+		rec, err := readLegacy(dir, name)
+		if errors.Is(err, fs.ErrNotExist) {
+			// Output of a job whose start record a machine crash took:
+			// nobody can ask for it.
+			_ = os.RemoveAll(dir)
+			continue
+		}
+		if err != nil {
+			r.log.Error("job state file unreadable", "job_id", name, "error", err)
+		}
+		if n, outN, errN, err := scanIndex(filepath.Join(dir, indexFile)); err == nil {
+			rec.indexRecords, rec.st.StdoutBytes, rec.st.StderrBytes = n, outN, errN
+		}
+		// Into the journal by the rewrite below; a running one is made
+		// LOST first.
+		legacy = append(legacy, filepath.Join(dir, legacyRecordFile))
+		last[name] = string(rec.marshal(nil))
+	}
+	for _, id := range slices.Collect(maps.Keys(last)) {
+		rec, err := unmarshalRecord(last[id])
+		if err != nil {
+			continue // checked by openJournal
+		}
+		switch {
+		case rec.kind == kindStart:
+			r.killLeftovers(&rec)
+			n, outN, errN, _ := scanIndex(filepath.Join(r.jobsDir, id, indexFile))
+			rec.kind, rec.indexRecords, rec.st.StdoutBytes, rec.st.StderrBytes = kindEnd, n, outN, errN
+			rec.st.State, rec.st.Reason, rec.st.ExitCode, rec.st.EndedAt = StateLost, "worker restarted", -1, now
+			p := rec.marshal(nil)
+			appends = append(appends, p)
+			last[id] = string(p)
+			r.log.Warn("job lost in a worker restart", "job_id", id)
+		case now.Sub(rec.st.EndedAt) >= r.opts.Retention:
+			// Its home goes with the other unknown ones (loadHomes).
+			dropped := jobRecord{kind: kindDrop, st: Status{ID: id}}
+			appends = append(appends, dropped.marshal(nil))
+			delete(last, id)
+			_ = os.RemoveAll(filepath.Join(r.jobsDir, id))
+		}
+	}
+	r.jobs = make(map[string]entry, len(last))
+	for _, p := range last {
+		r.jobs[recordID(p)] = entry{rec: p}
+	}
+	switch {
+	case damaged || len(legacy) > 0:
+		// Rewritten rather than appended to: an append after damage would
+		// be lost behind it, and job.json records are deleted only once
+		// the journal holds them durably.
+		if err := r.compact(true); err != nil {
+			r.log.Error("cannot rewrite the job journal", "error", err)
+			legacy = nil
+		}
+	case len(appends) > 0:
+		ticket, err := r.jl.append(appends, nil)
+		if err == nil {
+			err = r.jl.waitDurable(ticket)
+		}
+		if err != nil {
+			r.log.Error("cannot record the jobs lost in a worker restart", "error", err)
+		}
+		if err := r.compact(false); err != nil {
+			r.log.Error("cannot rewrite the job journal", "error", err)
+		}
+	}
+	for _, file := range legacy {
+		_ = os.Remove(file)
 	}
 	r.loadHomes()
 }
@@ -541,7 +739,7 @@ func (r *Runner) loadHomes() {
 	}
 	for _, e := range entries {
 		dir := filepath.Join(r.homesDir, e.Name())
-		if j := r.jobs[e.Name()]; j != nil {
+		if _, ok := r.jobs[e.Name()]; ok {
 			r.disownHome(dir)
 			continue
 		}
@@ -551,115 +749,26 @@ func (r *Runner) loadHomes() {
 	}
 }
 
-func closedChan() chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}
-
-func (r *Runner) loadJob(id string) *job {
-	dir := filepath.Join(r.jobsDir, id)
-	j := &job{
-		id: id, dir: dir, started: closedChan(), recorded: closedChan(), done: closedChan(),
-		notify: make(chan struct{}), complete: true,
-	}
-	rec, err := readRecord(dir)
-	var st Status
-	if err == nil {
-		st, err = rec.status()
-		if err == nil && rec.ID != id {
-			err = errors.New("it belongs to another job")
-		}
-	}
-	if err != nil {
-		when := time.Now()
-		if fi, serr := os.Stat(dir); serr == nil {
-			when = fi.ModTime()
-		}
-		st = Status{
-			ID: id, State: StateLost, ExitCode: -1, CreatedAt: when, EndedAt: when,
-			Reason: "state file unreadable: " + describeLoadError(err),
-		}
-		r.log.Error("job state file unreadable", "job_id", id, "error", err)
-	} else if !st.State.Terminal() {
-		r.killLeftovers(&rec)
-		st.State, st.Reason, st.ExitCode, st.EndedAt = StateLost, "worker restarted", -1, time.Now()
-		if err := writeRecord(dir, toRecord(st, rec.StartTicks, nil), true); err != nil {
-			r.log.Error("cannot record a lost job", "job_id", id, "error", err)
-		}
-		r.log.Warn("job lost in a worker restart", "job_id", id)
-	}
-	j.spec = cloneSpec(st.Spec)
-	n, outN, errN, err := scanIndex(filepath.Join(dir, indexFile))
-	if err == nil {
-		j.nrec = n
-		st.StdoutBytes, st.StderrBytes = outN, errN
-	}
-	j.st = st
-	return j
-}
-
-func describeLoadError(err error) string {
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return "job.json is missing"
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return "job.json is truncated"
-	case errors.Is(err, errEmptyRecord):
-		return "job.json is empty"
-	}
-	return unwrapPathError(err).Error()
-}
-
-// scanIndex returns the number of complete records of an index file and the
-// stream sizes they cover. A torn last record (a crash mid-write) is ignored.
-func scanIndex(path string) (n, outN, errN int64, err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, 0, 0, err
-	}
-	n = fi.Size() / indexRecordSize
-	if n == 0 {
-		return 0, 0, 0, nil
-	}
-	var b [indexRecordSize]byte
-	if _, err := f.ReadAt(b[:], (n-1)*indexRecordSize); err != nil {
-		return 0, 0, 0, err
-	}
-	last := decodeRecord(b[:])
-	outN, errN = int64(last.stdoutBefore), int64(last.stderrBefore)
-	if last.stream == StreamStderr {
-		errN += int64(last.length)
-	} else {
-		outN += int64(last.length)
-	}
-	return n, outN, errN, nil
-}
-
 // killLeftovers kills what a job of an earlier worker run left behind. A
 // cgroup is killed whole; without one the process group is signalled only
 // if its leader is provably the same process (same start time), because the
 // recorded pid may since belong to someone else.
-func (r *Runner) killLeftovers(rec *record) {
+func (r *Runner) killLeftovers(rec *jobRecord) {
+	id := rec.st.ID
 	ours := func(dir string) bool {
 		parent := filepath.Dir(dir)
-		return filepath.Base(dir) == rec.ID && (filepath.Base(parent) == r.tag || parent == r.cg.v2Parent)
+		return filepath.Base(dir) == id && (filepath.Base(parent) == r.tag || parent == r.cg.v2Parent)
 	}
-	for _, dir := range append([]string{rec.CgroupV2}, rec.CgroupV1...) {
+	for _, dir := range append([]string{rec.cgroupV2}, rec.cgroupV1...) {
 		if dir != "" && ours(dir) {
 			killCgroupDir(dir)
 			removeCgroupDir(dir)
 		}
 	}
-	if rec.PID > 1 && rec.StartTicks != 0 {
-		if ticks, err := procStartTicks(rec.PID); err == nil && ticks == rec.StartTicks {
-			if err := signalGroup(rec.PID, syscall.SIGKILL); err != nil {
-				r.log.Warn("cannot kill a leftover job", "job_id", rec.ID, "error", err)
+	if pid := rec.st.PID; pid > 1 && rec.startTicks != 0 {
+		if ticks, err := procStartTicks(pid); err == nil && ticks == rec.startTicks {
+			if err := signalGroup(pid, syscall.SIGKILL); err != nil {
+				r.log.Warn("cannot kill a leftover job", "job_id", id, "error", err)
 			}
 		}
 	}

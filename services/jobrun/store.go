@@ -1,17 +1,16 @@
 package jobrun
 
 import (
-	"encoding/json"
+	"encoding/binary"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
+	"maps"
+	"math"
+	"slices"
 	"syscall"
 	"time"
 )
 
 const (
-	recordFile = "job.json"
 	stdoutFile = "stdout"
 	stderrFile = "stderr"
 	indexFile  = "index"
@@ -19,143 +18,302 @@ const (
 	// from DataDir/jobs: with jobs under other uids it is the one place
 	// they may enter (see Options.JobUIDs).
 	homesDirName = "home"
-	// spareHome is a job's home directory, built ahead in its job
-	// directory and moved to DataDir/home when the job starts.
-	spareHome = ".home"
 )
 
-// record is the on-disk form of a job (job.json). It holds what a restarted
-// worker needs to report the job and to kill what it left behind.
-type record struct {
-	Version     int       `json:"version"`
-	ID          string    `json:"id"`
-	Spec        Spec      `json:"spec"`
-	State       string    `json:"state"`
-	PID         int       `json:"pid,omitempty"`
-	StartTicks  uint64    `json:"start_ticks,omitempty"`
-	ExitCode    int       `json:"exit_code"`
-	Signal      int       `json:"signal,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
-	StoppedBy   string    `json:"stopped_by,omitempty"`
-	CreatedAt   time.Time `json:"created_at"`
-	StartedAt   time.Time `json:"started_at,omitzero"`
-	EndedAt     time.Time `json:"ended_at,omitzero"`
-	StdoutBytes int64     `json:"stdout_bytes"`
-	StderrBytes int64     `json:"stderr_bytes"`
-	Cgroup      string    `json:"cgroup,omitempty"`
-	CgroupV2    string    `json:"cgroup_v2,omitempty"`
-	CgroupV1    []string  `json:"cgroup_v1,omitempty"`
-	RunAs       string    `json:"run_as,omitempty"`
+// recordKind says what a journal record tells about its job.
+type recordKind byte
+
+const (
+	// kindStart: the job was accepted (state PENDING, just before its
+	// process is spawned) or runs (state RUNNING, with pid and start time).
+	// A job whose last record is a start record was cut short by the
+	// worker's end: the next Runner reports it LOST.
+	kindStart recordKind = 1
+	// kindEnd: the job's final state. Only an end record is ever reported.
+	kindEnd recordKind = 2
+	// kindDrop: the job is forgotten (expired, or it never started).
+	kindDrop recordKind = 3
+)
+
+// jobRecord is what the journal keeps of a job: its Status and what a
+// restarted worker needs to kill what the job left behind.
+type jobRecord struct {
+	kind       recordKind
+	st         Status
+	startTicks uint64
+	cgroupV2   string
+	cgroupV1   []string
+	// indexRecords is the number of records in the job's index file, so
+	// that a finished job's output can be served without reading it first.
+	indexRecords int64
 }
 
-func toRecord(st Status, startTicks uint64, cg *jobCgroup) record {
-	rec := record{
-		Version: 1, ID: st.ID, Spec: st.Spec, State: st.State.String(),
-		PID: st.PID, StartTicks: startTicks, ExitCode: st.ExitCode, Signal: int(st.Signal),
-		Reason: st.Reason, StoppedBy: st.StoppedBy,
-		CreatedAt: st.CreatedAt, StartedAt: st.StartedAt, EndedAt: st.EndedAt,
-		StdoutBytes: st.StdoutBytes, StderrBytes: st.StderrBytes, Cgroup: st.Cgroup, RunAs: st.RunAs,
+// Record payload layout. The fixed head lets the janitor read an end time
+// without decoding the rest:
+//
+//	0     kind
+//	1:9   ended_at, unix nanoseconds (int64 LE; 0 = none)
+//	9     id, then every other field (see marshal), as uvarints, varints
+//	      and uvarint-length-prefixed strings
+const recordHead = 9
+
+// marshal encodes the record's payload, appending to b.
+func (rec *jobRecord) marshal(b []byte) []byte {
+	st := &rec.st
+	b = append(b, byte(rec.kind))
+	b = binary.LittleEndian.AppendUint64(b, uint64(unixNano(st.EndedAt)))
+	b = appendString(b, st.ID)
+	if rec.kind == kindDrop {
+		return b
 	}
-	if cg != nil {
-		rec.CgroupV2 = cg.v2
-		rec.CgroupV1 = cg.v1
-	}
-	return rec
+	b = append(b, byte(st.State))
+	b = binary.AppendVarint(b, unixNano(st.CreatedAt))
+	b = binary.AppendVarint(b, unixNano(st.StartedAt))
+	b = binary.AppendVarint(b, int64(st.PID))
+	b = binary.AppendUvarint(b, rec.startTicks)
+	b = binary.AppendVarint(b, int64(st.ExitCode))
+	b = binary.AppendVarint(b, int64(st.Signal))
+	b = appendString(b, st.Reason)
+	b = appendString(b, st.StoppedBy)
+	b = binary.AppendVarint(b, st.StdoutBytes)
+	b = binary.AppendVarint(b, st.StderrBytes)
+	b = binary.AppendVarint(b, rec.indexRecords)
+	b = appendString(b, st.Cgroup)
+	b = appendString(b, rec.cgroupV2)
+	b = appendStrings(b, rec.cgroupV1)
+	b = appendString(b, st.RunAs)
+	sp := &st.Spec
+	b = appendString(b, sp.Command)
+	b = appendString(b, sp.Path)
+	b = appendStrings(b, sp.Args)
+	b = appendMap(b, sp.Env)
+	b = appendString(b, sp.Dir)
+	b = binary.AppendVarint(b, int64(sp.Timeout))
+	b = binary.AppendVarint(b, sp.OutputLimit)
+	b = binary.AppendVarint(b, sp.MemoryLimit)
+	b = binary.AppendUvarint(b, math.Float64bits(sp.CPULimit))
+	b = appendString(b, sp.Owner)
+	b = appendMap(b, sp.Labels)
+	b = appendString(b, sp.GroupID)
+	return b
 }
 
-func (rec *record) status() (Status, error) {
-	state, ok := parseState(rec.State)
-	if !ok {
-		return Status{}, fmt.Errorf("unknown state %q", rec.State)
-	}
-	return Status{
-		ID: rec.ID, Spec: rec.Spec, State: state, PID: rec.PID, ExitCode: rec.ExitCode,
-		Signal: syscall.Signal(rec.Signal), Reason: rec.Reason, StoppedBy: rec.StoppedBy,
-		CreatedAt: rec.CreatedAt, StartedAt: rec.StartedAt, EndedAt: rec.EndedAt,
-		StdoutBytes: rec.StdoutBytes, StderrBytes: rec.StderrBytes, Cgroup: rec.Cgroup, RunAs: rec.RunAs,
-	}, nil
-}
+var errBadRecord = errors.New("malformed journal record")
 
-// writeRecord replaces dir/job.json atomically: a crash of the worker leaves
-// either the old or the new record, never a torn one (temp file, rename).
-// With durable it also fsyncs file and directory, so the record survives a
-// machine crash too. Only the final record is durable: the start path stays
-// cheap, and a machine crash ends every job anyway, which a restarted worker
-// reports as LOST from the earlier record (or from its missing one).
-func writeRecord(dir string, rec record, durable bool) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
+// unmarshalRecord decodes a payload. It never panics and never allocates
+// more than the payload's size, whatever the bytes.
+func unmarshalRecord(p string) (jobRecord, error) {
+	var rec jobRecord
+	d := decoder{s: p}
+	rec.kind = recordKind(d.byte())
+	rec.st.EndedAt = fromUnixNano(int64(d.fixed64()))
+	rec.st.ID = d.string()
+	if rec.kind == kindDrop {
+		if d.bad || validateID(rec.st.ID) != nil {
+			return rec, errBadRecord
+		}
+		return rec, nil
 	}
-	f, err := os.CreateTemp(dir, ".job-*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if _, err = f.Write(b); err == nil && durable {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp, 0o600)
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, recordFile))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	if !durable {
-		return nil
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		_ = d.Close()
-	}
-	return nil
-}
-
-// writeFirstRecord writes the first record of a job into the empty job.json
-// that buildJobDir made, in place: there is no earlier record that a crash
-// could destroy, so no temporary file and rename are needed. A worker crash
-// cannot tear the record either: one write(2) of a regular file completes or
-// does not happen. (A machine crash can, but ends the job too, and a record
-// that does not parse is reported as LOST, the job's true fate.)
-func writeFirstRecord(dir string, rec record) error {
-	b, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(filepath.Join(dir, recordFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// errEmptyRecord is the record of a job directory whose job was never
-// recorded: the worker stopped between taking the directory and writing the
-// first record.
-var errEmptyRecord = errors.New("job.json is empty")
-
-func readRecord(dir string) (record, error) {
-	var rec record
-	b, err := os.ReadFile(filepath.Join(dir, recordFile))
-	if err != nil {
-		return rec, err
-	}
-	if len(b) == 0 {
-		return rec, errEmptyRecord
-	}
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, err
+	st := &rec.st
+	st.State = State(d.byte())
+	st.CreatedAt = fromUnixNano(d.varint())
+	st.StartedAt = fromUnixNano(d.varint())
+	st.PID = int(d.varint())
+	rec.startTicks = d.uvarint()
+	st.ExitCode = int(d.varint())
+	st.Signal = syscall.Signal(d.varint())
+	st.Reason = d.string()
+	st.StoppedBy = d.string()
+	st.StdoutBytes = d.varint()
+	st.StderrBytes = d.varint()
+	rec.indexRecords = d.varint()
+	st.Cgroup = d.string()
+	rec.cgroupV2 = d.string()
+	rec.cgroupV1 = d.strings()
+	st.RunAs = d.string()
+	sp := &st.Spec
+	sp.Command = d.string()
+	sp.Path = d.string()
+	sp.Args = d.strings()
+	sp.Env = d.stringMap()
+	sp.Dir = d.string()
+	sp.Timeout = time.Duration(d.varint())
+	sp.OutputLimit = d.varint()
+	sp.MemoryLimit = d.varint()
+	sp.CPULimit = math.Float64frombits(d.uvarint())
+	sp.Owner = d.string()
+	sp.Labels = d.stringMap()
+	sp.GroupID = d.string()
+	switch {
+	case d.bad, len(d.s) != 0, rec.kind != kindStart && rec.kind != kindEnd,
+		validateID(st.ID) != nil, st.State < 0 || int(st.State) >= len(stateNames),
+		(rec.kind == kindEnd) != st.State.Terminal(),
+		st.StdoutBytes < 0 || st.StderrBytes < 0 || rec.indexRecords < 0:
+		return jobRecord{}, errBadRecord
 	}
 	return rec, nil
+}
+
+// recordEndedAt reads the end time of an encoded record without decoding it.
+func recordEndedAt(p string) time.Time {
+	if len(p) < recordHead {
+		return time.Time{}
+	}
+	d := decoder{s: p[1:recordHead]}
+	return fromUnixNano(int64(d.fixed64()))
+}
+
+// recordID returns the ID of an encoded record, sharing p's memory, so that
+// a finished job's map key costs nothing beyond its record.
+func recordID(p string) string {
+	d := decoder{s: p[min(len(p), recordHead):]}
+	n := d.uvarint()
+	if d.bad || n > uint64(len(d.s)) {
+		return ""
+	}
+	return d.s[:n]
+}
+
+// unixNano encodes a time; the zero time is 0.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// appendMap writes the pairs in key order, so equal specs encode equally.
+func appendMap(b []byte, m map[string]string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(m)))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		b = appendString(b, k)
+		b = appendString(b, m[k])
+	}
+	return b
+}
+
+// decoder reads a payload. After the first error every read returns a zero
+// value and bad stays set.
+type decoder struct {
+	s   string
+	bad bool
+}
+
+func (d *decoder) byte() byte {
+	if len(d.s) < 1 {
+		d.bad = true
+		return 0
+	}
+	c := d.s[0]
+	d.s = d.s[1:]
+	return c
+}
+
+func (d *decoder) fixed64() uint64 {
+	if len(d.s) < 8 {
+		d.bad, d.s = true, ""
+		return 0
+	}
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(d.s[i])
+	}
+	d.s = d.s[8:]
+	return v
+}
+
+func (d *decoder) uvarint() uint64 {
+	var v uint64
+	for i := 0; i < binary.MaxVarintLen64; i++ {
+		if i >= len(d.s) {
+			break
+		}
+		c := d.s[i]
+		if c < 0x80 {
+			if i == binary.MaxVarintLen64-1 && c > 1 {
+				break
+			}
+			d.s = d.s[i+1:]
+			return v | uint64(c)<<(7*i)
+		}
+		v |= uint64(c&0x7f) << (7 * i)
+	}
+	d.bad, d.s = true, ""
+	return 0
+}
+
+func (d *decoder) varint() int64 {
+	u := d.uvarint()
+	v := int64(u >> 1)
+	if u&1 != 0 {
+		v = ^v
+	}
+	return v
+}
+
+func (d *decoder) string() string {
+	n := d.uvarint()
+	if n > uint64(len(d.s)) {
+		d.bad, d.s = true, ""
+		return ""
+	}
+	s := d.s[:n]
+	d.s = d.s[n:]
+	return s
+}
+
+// count reads a number of items, each at least one byte long: a count the
+// rest of the payload cannot hold is malformed, which bounds allocations.
+func (d *decoder) count() int {
+	n := d.uvarint()
+	if n > uint64(len(d.s)) {
+		d.bad, d.s = true, ""
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) strings() []string {
+	n := d.count()
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = d.string()
+	}
+	return out
+}
+
+func (d *decoder) stringMap() map[string]string {
+	n := d.count()
+	if n == 0 {
+		return nil
+	}
+	out := make(map[string]string, n)
+	for range n {
+		k := d.string()
+		out[k] = d.string()
+	}
+	return out
 }

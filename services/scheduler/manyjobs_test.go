@@ -2,6 +2,8 @@ package scheduler_test
 
 import (
 	"bytes"
+	"encoding/binary"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,25 +76,47 @@ func TestReRegisterWithManyJobs(t *testing.T) {
 	waitFor(t, "a small job to end", func() bool { return queryJob(t, c, small).GetDone() })
 	w1.stop()
 
-	// 100,000 retained jobs: copies of the small job's record.
+	// 100,000 retained jobs: copies of the small job's last record in the
+	// worker's journal (frames of length, CRC-32C and payload; see
+	// services/jobrun/journal.go), each under an id of its own.
 	const retained = 100_000
-	jobs := filepath.Join(dataDir, "jobs")
-	record, err := os.ReadFile(filepath.Join(jobs, small, "job.json"))
+	journal := filepath.Join(dataDir, "journal")
+	b, err := os.ReadFile(journal)
 	if err != nil {
 		t.Fatal(err)
 	}
-	began := time.Now()
+	var last []byte
+	for off := 0; off+8 <= len(b); {
+		n := int(binary.LittleEndian.Uint32(b[off:]))
+		p := b[off+8 : off+8+n]
+		if bytes.Contains(p, []byte(small)) {
+			last = p
+		}
+		off += 8 + n
+	}
+	if last == nil {
+		t.Fatalf("no record of job %s in the worker's journal", small)
+	}
+	castagnoli := crc32.MakeTable(crc32.Castagnoli)
+	var out []byte
 	for range retained {
 		id := uuid.Must(uuid.NewV7()).String()
-		dir := filepath.Join(jobs, id)
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "job.json"), bytes.ReplaceAll(record, []byte(small), []byte(id)), 0o600); err != nil {
-			t.Fatal(err)
+		p := bytes.ReplaceAll(last, []byte(small), []byte(id))
+		out = binary.LittleEndian.AppendUint32(out, uint32(len(p)))
+		out = binary.LittleEndian.AppendUint32(out, crc32.Checksum(p, castagnoli))
+		out = append(out, p...)
+	}
+	f, err := os.OpenFile(journal, os.O_WRONLY|os.O_APPEND, 0)
+	if err == nil {
+		_, err = f.Write(out)
+		if cerr := f.Close(); err == nil {
+			err = cerr
 		}
 	}
-	t.Logf("wrote %d retained jobs in %v", retained, time.Since(began).Round(time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("appended %d retained jobs (%d bytes) to the journal", retained, len(out))
 
 	restarted := time.Now()
 	startWorkerWith(t, "w1", s, workerSetup{dataDir: dataDir})

@@ -235,4 +235,3 @@ func TestRunJobOnAHungWorker(t *testing.T) {
 		t.Errorf("hung worker's job records: %v, want one LOST", jobs)
 	}
 }
-

@@ -30,7 +30,7 @@ import (
 // over h2c (StartJob, then StreamJobOutput with follow until the final
 // status), against os/exec starting and waiting for the same /bin/true.
 // After each job an untimed StopJob waits until the worker is done with it
-// (final record synced, cgroup removed, spare directory rebuilt), so none of
+// (end record synced, cgroup removed, home directory gone), so none of
 // the worker's work runs while the baseline is timed.
 func BenchmarkStartToExitTrue(b *testing.B) {
 	path, err := exec.LookPath("true")
