@@ -52,11 +52,19 @@ func TestJobCannotReachAnotherUsersJob(t *testing.T) {
 		}
 	}
 
+	// What bob's job aims at exists: a refusal is the kernel's, not a
+	// missing file's.
+	for _, f := range []string{"journal", filepath.Join("jobs", aliceJob, "stdout")} {
+		if _, err := os.Stat(filepath.Join(sc.workers["w1"].dataDir, f)); err != nil {
+			t.Fatalf("the worker's %s: %v", f, err)
+		}
+	}
+
 	probe := `
 try() { if eval "$2" >/dev/null 2>&1; then echo "$1=reached"; else echo "$1=refused"; fi; }
 echo "uid=$(id -u)"
 try list-jobs 'ls "$DATA/jobs"'
-try read-record 'cat "$DATA/jobs/$ALICE/job.json"'
+try read-record 'cat "$DATA/journal"'
 try read-output 'cat "$DATA/jobs/$ALICE/stdout"'
 try read-environ 'cat /proc/$PID/environ'
 try signal 'kill -0 $PID'
