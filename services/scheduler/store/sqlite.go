@@ -24,8 +24,8 @@ import (
 )
 
 // busyTimeout is how long a statement waits for a lock held by another
-// connection before failing with SQLITE_BUSY. In-process writers queue on
-// SQLite.writeSem instead, so this only matters when another process (an
+// connection before failing with SQLITE_BUSY. In-process writes all go
+// through one connection, so this only matters when another process (an
 // operator's sqlite3 shell, a backup) holds the file.
 const busyTimeout = 5 * time.Second
 
@@ -37,20 +37,32 @@ const pruneBatch = 1000
 // use; Close it when done.
 //
 // Reads run in parallel on a small pool of connections (WAL mode lets readers
-// proceed while a write is in progress). Writes are serialised in-process and
-// begin with BEGIN IMMEDIATE, which takes the write lock up front: a deferred
-// transaction that reads and then writes can fail with SQLITE_BUSY without
-// waiting when another connection committed in between
-// (https://sqlite.org/lang_transaction.html).
+// proceed while a write is in progress). Writes are handed to one goroutine
+// that owns the only writing connection and commits the writes queued by
+// concurrent callers together, one transaction per batch; a write returns
+// once its batch committed. A write's ctx bounds only its wait in the
+// queue: one whose ctx ends before the writer starts it returns ctx's
+// error and changes nothing, and one already started runs to its outcome.
 type SQLite struct {
-	db *sql.DB
-	// writeSem holds one token per write in progress; capacity 1. A channel
-	// rather than a mutex so that a queued writer can give up when its
-	// context ends.
-	writeSem chan struct{}
+	db *sql.DB // the read pool
 
 	mu    sync.Mutex
-	stmts map[string]*sql.Stmt // prepared on first use, by query text
+	stmts map[string]*sql.Stmt // of the read pool, prepared on first use, by query text
+
+	queue writeQueue
+	w     *writer
+	// wdb holds the writer's connection and the checkpointer's.
+	wdb        *sql.DB
+	ckptConn   *sql.Conn
+	ckpt       chan struct{} // capacity 1: a checkpoint is wanted
+	ckptTail   chan struct{} // capacity 1: the checkpointer is done
+	writerDone chan struct{}
+	ckptDone   chan struct{}
+	// commits counts the writer's committed transactions.
+	commits atomic.Int64
+
+	closeOnce sync.Once
+	closeErr  error
 
 	// onJobEnd is called after a write that ended a job; see ObserveJobEnds.
 	onJobEnd atomic.Pointer[func(batonv1.JobState)]
@@ -125,7 +137,6 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 	// Keep idle connections: a new one repeats the pragmas and loses its
 	// prepared statements.
 	db.SetMaxIdleConns(conns)
-	s := &SQLite{db: db, writeSem: make(chan struct{}, 1), stmts: make(map[string]*sql.Stmt)}
 
 	var mode string
 	if err := db.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
@@ -140,13 +151,56 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	s, err := openWriter(ctx, abs, db)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
 	return s, nil
 }
 
-// dsn returns the modernc.org/sqlite data source name for the file at abs.
-// The file: URI form keeps a '?' or '#' in the path from being read as the
-// start of the parameters. The pragmas are applied to every new connection.
-func dsn(abs string) string {
+// openWriter returns the store reading through db, with its writer and
+// checkpointer connected and running.
+func openWriter(ctx context.Context, abs string, db *sql.DB) (*SQLite, error) {
+	wdb, err := sql.Open("sqlite", dsn(abs, writerPragmas...))
+	if err != nil {
+		return nil, err
+	}
+	wdb.SetMaxOpenConns(2)
+	wdb.SetMaxIdleConns(2)
+	wconn, err := wdb.Conn(ctx)
+	if err != nil {
+		wdb.Close()
+		return nil, err
+	}
+	cconn, err := wdb.Conn(ctx)
+	if err != nil {
+		wconn.Close()
+		wdb.Close()
+		return nil, err
+	}
+	s := &SQLite{
+		db:         db,
+		stmts:      make(map[string]*sql.Stmt),
+		queue:      writeQueue{wake: make(chan struct{})},
+		w:          &writer{conn: wconn, stmts: make(map[string]*sql.Stmt)},
+		wdb:        wdb,
+		ckptConn:   cconn,
+		ckpt:       make(chan struct{}, 1),
+		ckptTail:   make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+		ckptDone:   make(chan struct{}),
+	}
+	go s.runWriter()
+	go s.runCheckpoints()
+	return s, nil
+}
+
+// dsn returns the modernc.org/sqlite data source name for the file at abs,
+// with the extra pragmas after the common ones. The file: URI form keeps a
+// '?' or '#' in the path from being read as the start of the parameters.
+// The pragmas are applied to every new connection.
+func dsn(abs string, extra ...string) string {
 	q := url.Values{}
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(WAL)")
@@ -155,22 +209,33 @@ func dsn(abs string) string {
 	// may roll back the last commits but never corrupts the file
 	// (https://sqlite.org/pragma.html#pragma_synchronous).
 	q.Add("_pragma", "synchronous(NORMAL)")
+	for _, p := range extra {
+		q.Add("_pragma", p)
+	}
 	q.Set("_txlock", "immediate")
 	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), OmitHost: true, RawQuery: q.Encode()}
 	return u.String()
 }
 
-// Close closes the database. It waits for calls in progress to finish.
+// Close closes the database. Writes queued before Close are carried out;
+// calls after Close fail. Close waits for calls in progress to finish.
 func (s *SQLite) Close() error {
-	s.mu.Lock()
-	var errs []error
-	for _, st := range s.stmts {
-		errs = append(errs, st.Close())
-	}
-	s.stmts = nil
-	s.mu.Unlock()
-	errs = append(errs, s.db.Close())
-	return errors.Join(errs...)
+	s.closeOnce.Do(func() {
+		s.queue.close()
+		<-s.writerDone
+		close(s.ckpt)
+		<-s.ckptDone
+		errs := []error{s.w.close(), s.ckptConn.Close(), s.wdb.Close()}
+		s.mu.Lock()
+		for _, st := range s.stmts {
+			errs = append(errs, st.Close())
+		}
+		s.stmts = nil
+		s.mu.Unlock()
+		errs = append(errs, s.db.Close())
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
 }
 
 // stmt returns the prepared statement for query, preparing it on first use.
@@ -180,7 +245,7 @@ func (s *SQLite) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stmts == nil {
-		return nil, errors.New("store is closed")
+		return nil, errClosed
 	}
 	if st, ok := s.stmts[query]; ok {
 		return st, nil
@@ -209,66 +274,6 @@ func (s *SQLite) queryRow(ctx context.Context, query string, args ...any) (*sql.
 		return nil, err
 	}
 	return st.QueryRowContext(ctx, args...), nil
-}
-
-// write runs fn in a write transaction, committing if it returns nil. Writes
-// queue here, one at a time, rather than racing for SQLite's write lock.
-func (s *SQLite) write(ctx context.Context, fn func(w *writer) error) (err error) {
-	select {
-	case s.writeSem <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	defer func() { <-s.writeSem }()
-	defer func() { err = unavailable(err) }()
-
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(&writer{s: s, tx: tx}); err != nil {
-		_ = tx.Rollback()
-		return err
-	}
-	return tx.Commit()
-}
-
-// writer runs the statements of one write transaction.
-type writer struct {
-	s  *SQLite
-	tx *sql.Tx
-}
-
-func (w *writer) stmt(ctx context.Context, query string) (*sql.Stmt, error) {
-	st, err := w.s.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return w.tx.StmtContext(ctx, st), nil
-}
-
-func (w *writer) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	st, err := w.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return st.ExecContext(ctx, args...)
-}
-
-func (w *writer) queryRow(ctx context.Context, query string, args ...any) (*sql.Row, error) {
-	st, err := w.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return st.QueryRowContext(ctx, args...), nil
-}
-
-func (w *writer) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	st, err := w.stmt(ctx, query)
-	if err != nil {
-		return nil, err
-	}
-	return st.QueryContext(ctx, args...)
 }
 
 // unavailable marks err as ErrUnavailable when SQLite failed for a reason
@@ -300,7 +305,7 @@ const workerColumns = `worker_id, name, address, state, labels, capacity, runnin
 func (s *SQLite) DeleteWorker(ctx context.Context, id string) error {
 	var n int64
 	err := s.write(ctx, func(tx *writer) error {
-		res, err := tx.exec(ctx, `DELETE FROM workers WHERE worker_id = ?`, id)
+		res, err := tx.exec(`DELETE FROM workers WHERE worker_id = ?`, id)
 		if err != nil {
 			return err
 		}
@@ -330,7 +335,7 @@ func (s *SQLite) UpsertWorker(ctx context.Context, w Worker) error {
 		return fmt.Errorf("upsert worker %s: %w", w.ID, err)
 	}
 	err = s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(ctx, `INSERT INTO workers (`+workerColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		_, err := tx.exec(`INSERT INTO workers (`+workerColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (worker_id) DO UPDATE SET
 	name = excluded.name, address = excluded.address, state = excluded.state,
 	labels = excluded.labels, capacity = excluded.capacity, running_jobs = excluded.running_jobs,
@@ -421,7 +426,7 @@ func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
 		return fmt.Errorf("create job %s: %w", j.ID, err)
 	}
 	err = s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(ctx, `INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
+		_, err := tx.exec(`INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
 			int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
@@ -601,12 +606,15 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 	ended := false
 	err := s.write(ctx, func(tx *writer) error {
 		ended = false
-		row, err := tx.queryRow(ctx, `SELECT `+jobColumns+`, state FROM jobs WHERE job_id = ?`, id)
+		row, err := tx.queryRow(`SELECT `+jobColumns+`, state, ended_at FROM jobs WHERE job_id = ?`, id)
 		if err != nil {
 			return err
 		}
-		var state int32
-		old, err := scanJob(row, &state)
+		var (
+			state    int32
+			oldEnded sql.NullInt64
+		)
+		old, err := scanJob(row, &state, &oldEnded)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("job %s: %w", id, ErrNotFound)
 		}
@@ -625,17 +633,34 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		if !isTerminal(upd.GetState()) {
 			upd.EndedAt = nil
 		}
+		// A real end carries out, or makes moot, any stop still waiting.
+		clearStop := old.StopRequestedBy != "" && isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState_JOB_STATE_LOST
+		sameState := upd.GetState() == batonv1.JobState(state)
+		newEnded, hasEnded := endedAt(upd).(int64)
+		sameEnd := hasEnded == oldEnded.Valid && newEnded == oldEnded.Int64
+		if sameState && sameEnd && !clearStop && proto.Equal(upd, old.Status) {
+			return nil // a repeated report
+		}
 		blob, err := proto.Marshal(upd)
 		if err != nil {
 			return err
 		}
-		// A real end carries out, or makes moot, any stop still waiting.
-		_, err = tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ?,
+		// Only the columns that change are set: SQLite rewrites a row's
+		// entry in every index on a column of the SET list, changed or not,
+		// and each index page it touches is one more page to write.
+		switch {
+		case sameState && sameEnd && !clearStop:
+			_, err = tx.exec(`UPDATE jobs SET status = ? WHERE job_id = ?`, blob, id)
+		case sameEnd && !clearStop:
+			_, err = tx.exec(`UPDATE jobs SET state = ?, status = ? WHERE job_id = ?`, int32(upd.GetState()), blob, id)
+		default:
+			_, err = tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ?,
 	stop_requested_by = CASE WHEN ? THEN NULL ELSE stop_requested_by END WHERE job_id = ?`,
-			int32(upd.GetState()), endedAt(upd), blob, isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState_JOB_STATE_LOST, id)
+				int32(upd.GetState()), endedAt(upd), blob, clearStop, id)
+		}
 		// A LOST job its worker reports with its true end has ended again;
 		// a repeated LOST has not.
-		ended = isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState(state)
+		ended = isTerminal(upd.GetState()) && !sameState
 		return err
 	})
 	if err != nil {
@@ -653,7 +678,7 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 // DeleteJob implements [Store].
 func (s *SQLite) DeleteJob(ctx context.Context, id string) error {
 	err := s.write(ctx, func(tx *writer) error {
-		res, err := tx.exec(ctx, `DELETE FROM jobs WHERE job_id = ?`, id)
+		res, err := tx.exec(`DELETE FROM jobs WHERE job_id = ?`, id)
 		if err != nil {
 			return err
 		}
@@ -766,7 +791,7 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 	}
 	var n int
 	err := s.write(ctx, func(tx *writer) error {
-		rows, err := tx.query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND ended_at IS NULL`, workerID)
+		rows, err := tx.query(`SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND ended_at IS NULL`, workerID)
 		if err != nil {
 			return err
 		}
@@ -783,7 +808,7 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 			if err != nil {
 				return err
 			}
-			if _, err := tx.exec(ctx, `UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
+			if _, err := tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
 				int32(st.State), endedAt(st), blob, j.ID); err != nil {
 				return err
 			}
@@ -855,7 +880,7 @@ func (s *SQLite) CreateGroup(ctx context.Context, g Group) error {
 		g.CreatedAt = time.Now()
 	}
 	err := s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(ctx, `INSERT INTO groups (group_id, owner, created_at, idempotency_key) VALUES (?, ?, ?, ?)`,
+		_, err := tx.exec(`INSERT INTO groups (group_id, owner, created_at, idempotency_key) VALUES (?, ?, ?, ?)`,
 			g.ID, g.Owner, unixNano(g.CreatedAt), nullString(g.IdempotencyKey))
 		return err
 	})
@@ -932,7 +957,7 @@ func (s *SQLite) GetGroupByIdempotencyKey(ctx context.Context, owner, key string
 func (s *SQLite) RequestStop(ctx context.Context, id, by string) error {
 	var found bool
 	err := s.write(ctx, func(tx *writer) error {
-		res, err := tx.exec(ctx, `UPDATE jobs SET stop_requested_by = ? WHERE job_id = ? AND (ended_at IS NULL OR state = ?)`,
+		res, err := tx.exec(`UPDATE jobs SET stop_requested_by = ? WHERE job_id = ? AND (ended_at IS NULL OR state = ?)`,
 			by, id, int32(batonv1.JobState_JOB_STATE_LOST))
 		if err != nil {
 			return err
@@ -942,7 +967,7 @@ func (s *SQLite) RequestStop(ctx context.Context, id, by string) error {
 			found = n > 0
 			return err
 		}
-		row, err := tx.queryRow(ctx, `SELECT 1 FROM jobs WHERE job_id = ?`, id)
+		row, err := tx.queryRow(`SELECT 1 FROM jobs WHERE job_id = ?`, id)
 		if err != nil {
 			return err
 		}
@@ -965,7 +990,7 @@ func (s *SQLite) RequestStop(ctx context.Context, id, by string) error {
 // ClearStop implements [Store].
 func (s *SQLite) ClearStop(ctx context.Context, id string) error {
 	err := s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(ctx, `UPDATE jobs SET stop_requested_by = NULL WHERE job_id = ?`, id)
+		_, err := tx.exec(`UPDATE jobs SET stop_requested_by = NULL WHERE job_id = ?`, id)
 		return err
 	})
 	if err != nil {
@@ -992,7 +1017,7 @@ func (s *SQLite) PruneJobs(ctx context.Context, endedBefore time.Time) (int, err
 	for {
 		var n int64
 		err := s.write(ctx, func(tx *writer) error {
-			res, err := tx.exec(ctx, `DELETE FROM jobs WHERE job_id IN (
+			res, err := tx.exec(`DELETE FROM jobs WHERE job_id IN (
 	SELECT job_id FROM jobs WHERE ended_at < ? LIMIT ?)`, before, pruneBatch)
 			if err != nil {
 				return err
@@ -1011,7 +1036,7 @@ func (s *SQLite) PruneJobs(ctx context.Context, endedBefore time.Time) (int, err
 	// Only groups created before the cut-off: a group created just now may
 	// not have its jobs yet.
 	err := s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(ctx, `DELETE FROM groups WHERE created_at < ?
+		_, err := tx.exec(`DELETE FROM groups WHERE created_at < ?
 	AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.group_id = groups.group_id)`, before)
 		return err
 	})

@@ -1,0 +1,39 @@
+package store
+
+import (
+	"context"
+	"errors"
+)
+
+// Commits returns how many transactions the writer has committed.
+func (s *SQLite) Commits() int64 { return s.commits.Load() }
+
+// OnQueued makes the store call fn after each write is queued.
+func (s *SQLite) OnQueued(fn func()) {
+	s.queue.mu.Lock()
+	defer s.queue.mu.Unlock()
+	s.queue.onPush = fn
+}
+
+// WriteFunc runs fn as one write; exec runs a statement in the write's
+// transaction.
+func (s *SQLite) WriteFunc(ctx context.Context, fn func(exec func(query string, args ...any) error) error) error {
+	return s.write(ctx, func(w *writer) error {
+		return fn(func(query string, args ...any) error {
+			_, err := w.exec(query, args...)
+			return err
+		})
+	})
+}
+
+// Checkpoint copies the whole WAL into the database file and empties it.
+func (s *SQLite) Checkpoint(ctx context.Context) error {
+	var busy, frames, copied int
+	if err := s.ckptConn.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&busy, &frames, &copied); err != nil {
+		return err
+	}
+	if busy != 0 {
+		return errors.New("checkpoint: the WAL is in use")
+	}
+	return nil
+}
