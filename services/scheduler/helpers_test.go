@@ -183,6 +183,8 @@ type workerSetup struct {
 	// dataDir, if set, is the worker's data directory (a restarted worker
 	// gets the same one); otherwise a fresh one.
 	dataDir string
+	// capacity is the most jobs the worker runs at once; 0 means no limit.
+	capacity int
 }
 
 // startWorkerWith starts a real worker served over h2c (anonymous, as in
@@ -218,6 +220,7 @@ func startWorkerWith(t *testing.T, name string, sched *testScheduler, setup work
 			ScriptsDir:      scriptsDir,
 			AllowedCommands: []string{"sh", "bash"},
 			StopGrace:       500 * time.Millisecond,
+			Capacity:        setup.capacity,
 		},
 	})
 	if err != nil {

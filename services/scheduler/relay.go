@@ -92,6 +92,9 @@ func (s *Scheduler) relay(ctx context.Context, j store.Job, events iter.Seq2[*ba
 			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, st); err != nil {
 				s.logger.ErrorContext(ctx, "recording a streamed final status failed", "job_id", j.ID, "error", err)
 			}
+			if terminal(st.GetState()) {
+				s.reg.ended(j.WorkerID, j.ID)
+			}
 			st = redacted(caller(ctx), st)
 		}
 		if err := send(chunk, st); err != nil {

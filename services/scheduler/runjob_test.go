@@ -235,3 +235,23 @@ func TestRunJobOnAHungWorker(t *testing.T) {
 		t.Errorf("hung worker's job records: %v, want one LOST", jobs)
 	}
 }
+
+// TestShortJobsDoNotFillAWorker: a worker's running count drops when a
+// job's end arrives on its output stream, not only at the heartbeats after
+// it, so a worker of capacity 2 runs short jobs back to back however slow
+// its heartbeats are.
+func TestShortJobsDoNotFillAWorker(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, "", func(o *scheduler.Options) { o.HeartbeatInterval = time.Hour })
+	startWorkerWith(t, "w1", s, workerSetup{capacity: 2})
+	c := s.client
+	waitWorkers(t, c, stateReady, "w1")
+	for i := range 6 {
+		// Placed by the scheduler, which counts the worker's jobs (a job
+		// for a named worker is left to the worker's own limit).
+		r := runJob(t.Context(), c, &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"}})
+		if r.err != nil {
+			t.Fatalf("job %d of 6 on a worker of capacity 2: %v", i+1, r.err)
+		}
+	}
+}

@@ -72,6 +72,24 @@ func (r *registry) confirm(id, jobID string) {
 	r.totalHot(m)
 }
 
+// ended takes the end of job jobID on worker id, learnt from its final
+// status on an output stream: a job counted as unreported stops counting at
+// once, so that a worker running short jobs is not taken for full until its
+// next heartbeats. A job the worker's reported count includes keeps
+// counting until a heartbeat brings the count without it.
+func (r *registry) ended(id, jobID string) {
+	m := r.get(id)
+	if m == nil {
+		return
+	}
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	if _, ok := m.starts.unreported[jobID]; ok {
+		delete(m.starts.unreported, jobID)
+		r.totalHot(m)
+	}
+}
+
 // reportedHot takes a heartbeat's count and the jobs it names; the caller
 // holds m.hot.
 func (r *registry) reportedHot(m *member, running int32, changed []string) {
