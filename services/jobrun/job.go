@@ -377,7 +377,11 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 		err = r.jl.waitDurable(ticket)
 	}
 	if err != nil {
-		r.log.Error("cannot record the end of the job", "job_id", j.id, "error", err)
+		// The file's state is unknown: it is written anew from the
+		// Runner's records, this end included.
+		if cerr := r.compact(true); cerr != nil {
+			r.log.Error("cannot record the end of the job", "job_id", j.id, "error", errors.Join(err, cerr))
+		}
 	}
 	j.mu.Lock()
 	j.st = final

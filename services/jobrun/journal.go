@@ -94,6 +94,11 @@ type journal struct {
 	started, done uint64
 	syncing       bool
 	synced        chan struct{}
+	// broken is set when a write or a sync failed: what the file holds is
+	// then unknown (fsync(2) errors are not sticky, so a later sync that
+	// succeeds proves nothing), and nothing is durable again until the
+	// journal is rewritten from the Runner's records (rewriteLocked).
+	broken bool
 
 	// crashAt, if set, is called at each step of a rewrite; an error
 	// stops the rewrite there as a crash would (a test hook).
@@ -158,9 +163,14 @@ type logger interface {
 	Error(msg string, args ...any)
 }
 
+// errBroken is waitDurable's answer while the journal is broken.
+var errBroken = errors.New("an earlier write or sync of the job journal failed; it must be rewritten")
+
 // append appends payloads as one write(2) and returns the ticket that
 // waitDurable takes to make them durable. set, if not nil, runs under the
-// journal lock after the write, to record the payloads as their jobs' last.
+// journal lock, whether the write succeeded or not, to record the payloads
+// as their jobs' last: they are what the Runner knows, and a rewrite after
+// a failed write must include them.
 func (jl *journal) append(payloads [][]byte, set func()) (uint64, error) {
 	for _, p := range payloads {
 		if len(p) > maxRecord {
@@ -177,16 +187,20 @@ func (jl *journal) append(payloads [][]byte, set func()) (uint64, error) {
 		// Do not keep a big batch's buffer for the small appends after it.
 		defer func() { jl.buf = nil }()
 	}
+	if set != nil {
+		defer set()
+	}
 	n, err := jl.f.Write(jl.buf)
-	jl.size += int64(n)
 	if err != nil {
-		// A partial frame is a torn tail to the next reader; anything
-		// appended after it would be lost behind it, so stop here.
+		// A partial frame would be a torn tail to the next reader, and
+		// everything appended after it lost behind it: cut it off, or, if
+		// that fails too, write the journal anew before trusting it again.
+		if n > 0 && jl.f.Truncate(jl.size) != nil {
+			jl.broken = true
+		}
 		return 0, err
 	}
-	if set != nil {
-		set()
-	}
+	jl.size += int64(n)
 	return jl.started + 1, nil
 }
 
@@ -199,6 +213,9 @@ func (jl *journal) waitDurable(ticket uint64) error {
 	jl.mu.Lock()
 	defer jl.mu.Unlock()
 	for jl.done < ticket {
+		if jl.broken {
+			return errBroken
+		}
 		if jl.syncing {
 			ch := jl.synced
 			jl.mu.Unlock()
@@ -215,9 +232,11 @@ func (jl *journal) waitDurable(ticket uint64) error {
 		jl.syncing = false
 		close(jl.synced)
 		jl.synced = make(chan struct{})
-		if err != nil {
-			// fsync(2) errors are not sticky: a later sync may succeed
-			// without the lost pages. Each waiter is told.
+		if err != nil && jl.done < n {
+			// Unless a rewrite made it all durable meanwhile (closing the
+			// file under this sync), the pages may be lost: every waiter
+			// is told, until a rewrite.
+			jl.broken = true
 			return err
 		}
 		jl.done = max(jl.done, n)
@@ -287,6 +306,7 @@ func (jl *journal) rewriteLocked(live []string) error {
 	}
 	// Everything appended so far is in the new file, synced.
 	jl.done = max(jl.done, jl.started)
+	jl.broken = false
 	return nil
 }
 

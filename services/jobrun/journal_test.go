@@ -326,3 +326,116 @@ func FuzzRecord(f *testing.F) {
 		}
 	})
 }
+
+// TestJournalShortWriteIsCutOff: a write the disk could take only part of
+// (ENOSPC on a full file system) leaves no partial frame behind, so the
+// records appended once there is room again are read back.
+func TestJournalShortWriteIsCutOff(t *testing.T) {
+	t.Parallel()
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=64k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs to fill (%v): a short write cannot be made here", err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	jl, _, _, err := openJournal(mnt, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := fullRecord("a", kindEnd)
+	if _, err := jl.append([][]byte{a.marshal(nil)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Fill the file system up to a few bytes.
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := f.Write(make([]byte, 512)); err != nil {
+			break
+		}
+	}
+	f.Close()
+	big := fullRecord("b", kindEnd)
+	big.st.Reason = strings.Repeat("x", 8<<10)
+	if _, err := jl.append([][]byte{big.marshal(nil)}, nil); err == nil {
+		t.Fatal("an append to a full file system succeeded")
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	c := fullRecord("c", kindEnd)
+	ticket, err := jl.append([][]byte{c.marshal(nil)}, nil)
+	if err == nil {
+		err = jl.waitDurable(ticket)
+	}
+	if err != nil {
+		t.Fatalf("append once there is room again: %v", err)
+	}
+	jl.close()
+	again, last, damaged, err := openJournal(mnt, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.close()
+	if got := slices.Sorted(maps.Keys(last)); !slices.Equal(got, []string{"a", "c"}) || damaged {
+		t.Errorf("after a short write: jobs %v (damaged %v), want a and c", got, damaged)
+	}
+}
+
+// TestJournalFailedSyncIsSticky: once a sync failed, no waiter is told its
+// records are durable until the journal was rewritten, even though the
+// next fdatasync(2) would succeed (its error is not kept by the kernel).
+func TestJournalFailedSyncIsSticky(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	jl, _, _, err := openJournal(dir, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jl.close()
+	a := fullRecord("a", kindEnd)
+	first, err := jl.append([][]byte{a.marshal(nil)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A sync of the file fails: here by syncing a closed descriptor in
+	// its place, as the sync leader would find an I/O error.
+	jl.mu.Lock()
+	real := jl.f
+	closed, err := os.Open(filepath.Join(dir, journalFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	jl.f = closed
+	jl.mu.Unlock()
+	if err := jl.waitDurable(first); err == nil {
+		t.Fatal("a failed sync was reported durable")
+	}
+	jl.mu.Lock()
+	jl.f = real
+	jl.mu.Unlock()
+	b := fullRecord("b", kindEnd)
+	second, err := jl.append([][]byte{b.marshal(nil)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ticket := range []uint64{first, second} {
+		if err := jl.waitDurable(ticket); !errors.Is(err, errBroken) {
+			t.Errorf("ticket %d after a failed sync: %v, want errBroken", ticket, err)
+		}
+	}
+	jl.mu.Lock()
+	err = jl.rewriteLocked([]string{string(a.marshal(nil)), string(b.marshal(nil))})
+	jl.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ticket := range []uint64{first, second} {
+		if err := jl.waitDurable(ticket); err != nil {
+			t.Errorf("ticket %d after the rewrite: %v", ticket, err)
+		}
+	}
+}

@@ -590,7 +590,6 @@ func (r *Runner) forget(ids []string, then func()) {
 	}
 	if _, err := r.jl.append(payloads, remove); err != nil {
 		r.log.Error("cannot record the deletion of jobs; they may come back after a restart", "error", err)
-		remove()
 	}
 }
 
@@ -717,7 +716,7 @@ func (r *Runner) load(last map[string]string, damaged bool) {
 		if err != nil {
 			r.log.Error("cannot record the jobs lost in a worker restart", "error", err)
 		}
-		if err := r.compact(false); err != nil {
+		if err := r.compact(err != nil); err != nil {
 			r.log.Error("cannot rewrite the job journal", "error", err)
 		}
 	}

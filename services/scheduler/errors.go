@@ -70,6 +70,7 @@ var codes = []struct {
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},
+	{errStartTimedOut, connect.CodeUnavailable},
 	{errWrongWorker, connect.CodeNotFound},
 	{errNotRegistered, connect.CodeNotFound},
 	{store.ErrNotFound, connect.CodeNotFound},

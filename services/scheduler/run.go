@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"iter"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -26,7 +26,12 @@ var errStartTimedOut = errors.New("the worker did not answer the start in time")
 // RunJob starts a job and relays its run, as StartJob and a following
 // StreamJobOutput would.
 func (h *handler) RunJob(ctx context.Context, req *connect.Request[batonv1.RunJobRequest], stream *connect.ServerStream[batonv1.RunJobResponse]) error {
-	return mapError(h.s.runJob(ctx, req.Msg, ownerName(caller(ctx)), stream.Send))
+	err := h.s.runJob(ctx, req.Msg, ownerName(caller(ctx)), stream.Send)
+	if ce, ok := err.(*connect.Error); ok {
+		// Mapped already, by the relay of the job's output.
+		return ce
+	}
+	return mapError(err)
 }
 
 // runSend sends one message of a run to the client.
@@ -59,7 +64,9 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 	t := slot.target
 	job, forget, err := s.recordPending(ctx, t, start, owner, "", key)
 	if errors.Is(err, store.ErrConflict) && key != "" {
-		// A concurrent call with the same key won: follow its job.
+		// A concurrent call with the same key won: follow its job, without
+		// holding a slot for the whole of it.
+		releaseAll(slots)
 		j, gerr := s.store.GetJobByIdempotencyKey(ctx, owner, key)
 		if gerr != nil {
 			return gerr
@@ -77,25 +84,13 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 
 	rctx, cancel := s.relayContext(ctx, t)
 	defer cancel(nil)
-	// The worker must say within WorkerCallTimeout whether it started the
-	// job, as it must answer a StartJob; the run itself has no bound.
-	var answered atomic.Bool
-	timer := time.AfterFunc(s.opts.WorkerCallTimeout, func() {
-		if !answered.Load() {
-			cancel(errStartTimedOut)
-		}
-	})
-	ws, err := t.client.RunJob(rctx, connect.NewRequest(&batonv1.WorkerServiceRunJobRequest{
+	ws, st, err := s.startRun(rctx, cancel, t, &batonv1.WorkerServiceRunJobRequest{
 		Job:    workerStartRequest(start, job.ID, owner, ""),
 		Stream: req.GetStream(),
-	}))
-	var st *batonv1.JobStatus
-	if err == nil {
+	})
+	if ws != nil {
 		defer ws.Close()
-		st, err = firstStatus(ws)
 	}
-	answered.Store(true)
-	timer.Stop()
 	if err != nil {
 		// The stream may have broken after the worker started the job: it
 		// is asked, as for a StartJob, and a started job is followed with
@@ -103,22 +98,80 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 		if st, err = s.settleStart(ctx, t, job, err); err != nil {
 			return err
 		}
-		st = s.started(ctx, slot, job, st)
-		forget()
-		if err := send(startedMsg(ctx, st)); err != nil {
-			return err
-		}
-		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: job.ID, Follow: true, Stream: req.GetStream()}, relayTo(send))
+		ws = nil
 	}
 	st = s.started(ctx, slot, job, st)
 	forget()
 	if err := send(startedMsg(ctx, st)); err != nil {
 		return err
 	}
+	if ws == nil {
+		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: job.ID, Follow: true, Stream: req.GetStream()}, relayTo(send))
+	}
 	return s.relay(rctx, job, runEvents(ws), ws.Err, relayTo(send))
 }
 
-// runExisting follows the job a used idempotency key started.
+// startRun asks worker t to run a job and reads the started status its
+// RunJob sends first. It returns the stream to relay the rest of, or nil
+// when the job is to be followed with StreamJobOutput: the worker predates
+// RunJob (it was started with StartJob instead), or it answered just as
+// its time ran out and the stream was cut. An error means the start's
+// outcome is for settleStart to find out.
+//
+// The worker must say within WorkerCallTimeout whether it started the job,
+// as it must answer a StartJob; the run itself has no bound.
+func (s *Scheduler) startRun(ctx context.Context, cancel context.CancelCauseFunc, t target, req *batonv1.WorkerServiceRunJobRequest) (*connect.ServerStreamForClient[batonv1.WorkerServiceRunJobResponse], *batonv1.JobStatus, error) {
+	var (
+		mu       sync.Mutex
+		answered bool
+	)
+	timer := time.AfterFunc(s.opts.WorkerCallTimeout, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !answered {
+			cancel(errStartTimedOut)
+		}
+	})
+	defer timer.Stop()
+	ws, err := t.client.RunJob(ctx, connect.NewRequest(req))
+	var st *batonv1.JobStatus
+	if err == nil {
+		st, err = firstStatus(ws)
+	}
+	mu.Lock()
+	answered = true
+	timedOut := errors.Is(context.Cause(ctx), errStartTimedOut)
+	mu.Unlock()
+	switch {
+	case connect.CodeOf(err) == connect.CodeUnimplemented:
+		// A worker of an older version, in a rolling upgrade.
+		closeStream(ws)
+		cctx, done := context.WithTimeout(context.WithoutCancel(ctx), s.opts.WorkerCallTimeout)
+		defer done()
+		res, err := t.client.StartJob(cctx, connect.NewRequest(req.GetJob()))
+		if err != nil {
+			return nil, nil, err
+		}
+		return nil, res.Msg.GetStatus(), nil
+	case err != nil:
+		closeStream(ws)
+		return nil, nil, err
+	case timedOut:
+		closeStream(ws)
+		return nil, st, nil
+	}
+	return ws, st, nil
+}
+
+func closeStream(ws *connect.ServerStreamForClient[batonv1.WorkerServiceRunJobResponse]) {
+	if ws != nil {
+		_ = ws.Close()
+	}
+}
+
+// runExisting follows the job a used idempotency key started. A job whose
+// start is still in flight (a concurrent call with the key is starting it)
+// is waited for, up to WorkerCallTimeout: its worker does not know it yet.
 func (s *Scheduler) runExisting(ctx context.Context, res *batonv1.StartJobResponse, stream batonv1.OutputStream, send runSend) error {
 	if res.GetGroupId() != "" {
 		return newError(errKeyOfGroup, "the idempotency key started fan-out group %s; follow its jobs with StreamJobOutput", res.GetGroupId())
@@ -127,10 +180,40 @@ func (s *Scheduler) runExisting(ctx context.Context, res *batonv1.StartJobRespon
 	if err != nil {
 		return err
 	}
-	if err := send(startedMsg(ctx, res.GetJobs()[0])); err != nil {
+	if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
+		if j, err = s.awaitStart(ctx, j.ID); err != nil {
+			return err
+		}
+	}
+	if err := send(startedMsg(ctx, j.Status)); err != nil {
 		return err
 	}
 	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: j.ID, Follow: true, Stream: stream}, relayTo(send))
+}
+
+// awaitStart waits for job id to leave PENDING, the state of a start in
+// flight, for as long as a worker may take to answer it.
+func (s *Scheduler) awaitStart(ctx context.Context, id string) (store.Job, error) {
+	deadline := time.Now().Add(s.opts.WorkerCallTimeout)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return store.Job{}, ctx.Err()
+		case <-tick.C:
+		}
+		j, err := s.store.GetJob(ctx, id)
+		if err != nil {
+			return store.Job{}, err
+		}
+		if j.Status.GetState() != batonv1.JobState_JOB_STATE_PENDING {
+			return j, nil
+		}
+		if time.Now().After(deadline) {
+			return store.Job{}, newError(errWorkerUnavailable, "job %s is still being started; retry", id)
+		}
+	}
 }
 
 // relayTo adapts send to what relay and follow call. The message is reused:

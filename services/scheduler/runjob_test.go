@@ -3,9 +3,11 @@ package scheduler_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -253,5 +255,134 @@ func TestShortJobsDoNotFillAWorker(t *testing.T) {
 		if r.err != nil {
 			t.Fatalf("job %d of 6 on a worker of capacity 2: %v", i+1, r.err)
 		}
+	}
+}
+
+// TestRunJobCutIsUnavailable: a run cut because the scheduler stops says
+// Unavailable, the code on which clients resume with StreamJobOutput, as a
+// cut StreamJobOutput does.
+func TestRunJobCutIsUnavailable(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, "", nil)
+	startWorker(t, "w1", s, nil)
+	c := s.client
+	waitWorkers(t, c, stateReady, "w1")
+	stream, err := c.RunJob(t.Context(), connect.NewRequest(&batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"30"}}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	if !stream.Receive() || stream.Msg().GetStarted() == nil {
+		t.Fatalf("no started message: %v", stream.Err())
+	}
+	id := stream.Msg().GetStarted().GetJobId()
+	s.SetNotServing()
+	for stream.Receive() {
+	}
+	wantCode(t, "RunJob cut by a stopping scheduler", stream.Err(), connect.CodeUnavailable)
+	if _, err := c.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{JobId: id})); err != nil {
+		t.Errorf("StopJob: %v", err)
+	}
+}
+
+// TestRunJobSameKeyAtOnce: calls racing with one idempotency key all follow
+// the one job the winner starts, to its end, and the losers hold no slot
+// on its worker meanwhile.
+func TestRunJobSameKeyAtOnce(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, "", func(o *scheduler.Options) { o.HeartbeatInterval = time.Hour })
+	// Room for every call to be placed, and for no other job unless the
+	// losers give their slots back.
+	const calls = 8
+	startWorkerWith(t, "w1", s, workerSetup{capacity: calls})
+	c := s.client
+	waitWorkers(t, c, stateReady, "w1")
+	req := &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Args: []string{"-c", "sleep 2; echo once"}, IdempotencyKey: "same"}}
+	type result struct {
+		id, out string
+		final   batonv1.JobState
+		err     error
+	}
+	started := make(chan struct{}, calls)
+	results := make([]result, calls)
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Go(func() {
+			var once sync.Once
+			signal := func() { once.Do(func() { started <- struct{}{} }) }
+			defer signal() // also when it failed
+			stream, err := c.RunJob(t.Context(), connect.NewRequest(req))
+			if err != nil {
+				results[i].err = err
+				return
+			}
+			defer stream.Close()
+			var out bytes.Buffer
+			for stream.Receive() {
+				msg := stream.Msg()
+				if st := msg.GetStarted(); st != nil {
+					results[i].id = st.GetJobId()
+					signal()
+				}
+				out.Write(msg.GetChunk().GetData())
+				if st := msg.GetStatus(); st != nil {
+					results[i].final = st.GetState()
+				}
+			}
+			results[i].out, results[i].err = out.String(), stream.Err()
+		})
+	}
+	// Every call is following the job: the worker has room for another.
+	for range calls {
+		<-started
+	}
+	other := runJob(t.Context(), c, &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"}})
+	if other.err != nil {
+		t.Errorf("another job while %d calls follow one: %v", calls, other.err)
+	}
+	wg.Wait()
+	for i, r := range results {
+		if r.err != nil || r.out != "once\n" || r.final != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Errorf("call %d: %q %v, %v; want the one job's output and end", i, r.out, r.final, r.err)
+		}
+		if r.id != results[0].id {
+			t.Errorf("call %d followed job %s, call 0 job %s", i, r.id, results[0].id)
+		}
+	}
+}
+
+// olderWorker makes a worker answer RunJob as one that predates it does.
+type olderWorker struct{}
+
+func (olderWorker) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
+
+func (olderWorker) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (olderWorker) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if conn.Spec().Procedure == batonv1connect.WorkerServiceRunJobProcedure {
+			return connect.NewError(connect.CodeUnimplemented, errors.New("no RunJob here"))
+		}
+		return next(ctx, conn)
+	}
+}
+
+// TestRunJobOnAnOlderWorker: in a rolling upgrade a worker without RunJob
+// still runs the job, started with StartJob and followed with
+// StreamJobOutput.
+func TestRunJobOnAnOlderWorker(t *testing.T) {
+	t.Parallel()
+	s := startScheduler(t, "", nil)
+	startWorkerWith(t, "old", s, workerSetup{interceptors: []connect.Interceptor{olderWorker{}}})
+	c := s.client
+	waitWorkers(t, c, stateReady, "old")
+	r := runJob(t.Context(), c, &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"}})
+	if r.err != nil || r.order != "scf" || r.out.String() != "hello\n" || r.final.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+		t.Errorf("RunJob on an older worker: %q %q %v, %v; want hello and SUCCEEDED", r.order, r.out.String(), r.final.GetState(), r.err)
+	}
+	if n := countJobs(t, c); n != 1 {
+		t.Errorf("%d jobs recorded, want 1", n)
 	}
 }

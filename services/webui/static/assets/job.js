@@ -116,13 +116,13 @@ export function renderJob(root, jobId, ui) {
       streamNote.textContent = "following live";
       streamNote.className = "stream-note live";
       try {
-        gotStatus = false;
         if (run) {
           aborter.signal.addEventListener("abort", run.abort);
           const ended = run.ended;
           run = null;
           await ended;
         } else {
+          gotStatus = false;
           await stream("StreamJobOutput", { jobId, follow: true, offset: String(offset) }, (msg) => {
             delay = 500;
             onMessage(msg);

@@ -6,6 +6,10 @@
 import { ApiError, stream } from "./api.js";
 
 const UNCLAIMED_MS = 10000;
+// A run whose page has not taken it keeps at most this much output (base64
+// text); past it the run is dropped, and the page follows the job with
+// StreamJobOutput from byte 0.
+const MAX_PENDING_CHARS = 8 << 20;
 const runs = new Map();
 
 // startRun starts job with RunJob and resolves with the job's status once
@@ -15,13 +19,21 @@ const runs = new Map();
 export function startRun(job, { signal } = {}) {
   return new Promise((resolve, reject) => {
     const aborter = new AbortController();
-    const run = { pending: [], onMessage: null, ended: null, abort: () => aborter.abort() };
+    const run = { pending: [], pendingChars: 0, onMessage: null, ended: null, abort: () => aborter.abort() };
     let started = null;
     signal?.addEventListener("abort", () => { if (!started) aborter.abort(); });
     run.ended = stream("RunJob", { job }, (msg) => {
       if (started) {
         if (run.onMessage) run.onMessage(msg);
-        else run.pending.push(msg);
+        else if (runs.get(started.jobId) === run) {
+          run.pending.push(msg);
+          run.pendingChars += msg.chunk?.data?.length || 0;
+          if (run.pendingChars > MAX_PENDING_CHARS) {
+            runs.delete(started.jobId);
+            run.pending = [];
+            aborter.abort();
+          }
+        }
         return;
       }
       if (!msg.started) return;
