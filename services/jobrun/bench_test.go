@@ -57,16 +57,7 @@ func BenchmarkStartTrue(b *testing.B) {
 		job()
 		base()
 	}
-	var jobs, bases []time.Duration
-	for i := 0; b.Loop(); i++ {
-		if i%2 == 0 {
-			jobs = append(jobs, job())
-			bases = append(bases, base())
-		} else {
-			bases = append(bases, base())
-			jobs = append(jobs, job())
-		}
-	}
+	jobs, bases := inTurns(b, job, base)
 	p50, base50 := median(jobs), median(bases)
 	b.ReportMetric(float64(p50)/1e6, "p50-ms")
 	b.ReportMetric(float64(base50)/1e6, "exec-p50-ms")
@@ -127,16 +118,7 @@ func BenchmarkStartTrue16(b *testing.B) {
 		job()
 		base()
 	}
-	var jobs, bases []time.Duration
-	for i := 0; b.Loop(); i++ {
-		if i%2 == 0 {
-			jobs = append(jobs, job())
-			bases = append(bases, base())
-		} else {
-			bases = append(bases, base())
-			jobs = append(jobs, job())
-		}
-	}
+	jobs, bases := inTurns(b, job, base)
 	p50, base50 := median(jobs), median(bases)
 	b.ReportMetric(conc/p50.Seconds(), "jobs/s")
 	b.ReportMetric(conc/base50.Seconds(), "exec-runs/s")
@@ -250,4 +232,19 @@ func readAll(r io.Reader, buf []byte) (int64, error) {
 			return n, err
 		}
 	}
+}
+
+// inTurns times job and base once each per iteration, alternating which
+// goes first, so that a change in the machine's load weighs on both alike.
+func inTurns(b *testing.B, job, base func() time.Duration) (jobs, bases []time.Duration) {
+	for i := 0; b.Loop(); i++ {
+		if i%2 == 0 {
+			jobs = append(jobs, job())
+			bases = append(bases, base())
+		} else {
+			bases = append(bases, base())
+			jobs = append(jobs, job())
+		}
+	}
+	return jobs, bases
 }

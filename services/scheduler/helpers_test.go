@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -347,4 +348,46 @@ func wantCode(t *testing.T, what string, err error, code connect.Code) {
 	if connect.CodeOf(err) != code {
 		t.Errorf("%s: error %v, want code %v", what, err, code)
 	}
+}
+
+// hungWorker is a "worker" that accepts connections and never answers. It
+// returns its address and a channel that is sent on as connections come.
+func hungWorker(t *testing.T) (string, <-chan struct{}) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 16)
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	acceptDone := make(chan struct{})
+	go func() {
+		defer close(acceptDone)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-acceptDone
+		mu.Lock()
+		for _, conn := range conns {
+			conn.Close()
+		}
+		mu.Unlock()
+	})
+	return ln.Addr().String(), accepted
 }

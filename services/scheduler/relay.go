@@ -113,11 +113,16 @@ func (s *Scheduler) relay(ctx context.Context, j store.Job, events iter.Seq2[*ba
 	return nil
 }
 
-// outputEvents are the chunks and the status of a worker's StreamJobOutput.
-func outputEvents(ws *connect.ServerStreamForClient[batonv1.WorkerServiceStreamJobOutputResponse]) iter.Seq2[*batonv1.OutputChunk, *batonv1.JobStatus] {
+// outputEvents are the chunks and the final status of a worker's output
+// stream: a StreamJobOutput, or a RunJob after its first message.
+func outputEvents[T any, M interface {
+	*T
+	GetChunk() *batonv1.OutputChunk
+	GetStatus() *batonv1.JobStatus
+}](ws *connect.ServerStreamForClient[T]) iter.Seq2[*batonv1.OutputChunk, *batonv1.JobStatus] {
 	return func(yield func(*batonv1.OutputChunk, *batonv1.JobStatus) bool) {
 		for ws.Receive() {
-			msg := ws.Msg()
+			msg := M(ws.Msg())
 			if chunk := msg.GetChunk(); chunk != nil && !yield(chunk, nil) {
 				return
 			}

@@ -3,7 +3,6 @@ package scheduler
 import (
 	"context"
 	"errors"
-	"iter"
 	"sync"
 	"time"
 
@@ -108,7 +107,7 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 	if ws == nil {
 		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: job.ID, Follow: true, Stream: req.GetStream()}, relayTo(send))
 	}
-	return s.relay(rctx, job, runEvents(ws), ws.Err, relayTo(send))
+	return s.relay(rctx, job, outputEvents(ws), ws.Err, relayTo(send))
 }
 
 // startRun asks worker t to run a job and reads the started status its
@@ -243,20 +242,4 @@ func firstStatus(ws *connect.ServerStreamForClient[batonv1.WorkerServiceRunJobRe
 		return nil, errors.New("the worker sent something else before the job's start")
 	}
 	return st, nil
-}
-
-// runEvents are the chunks and the final status of a worker's RunJob after
-// its first message.
-func runEvents(ws *connect.ServerStreamForClient[batonv1.WorkerServiceRunJobResponse]) iter.Seq2[*batonv1.OutputChunk, *batonv1.JobStatus] {
-	return func(yield func(*batonv1.OutputChunk, *batonv1.JobStatus) bool) {
-		for ws.Receive() {
-			msg := ws.Msg()
-			if chunk := msg.GetChunk(); chunk != nil && !yield(chunk, nil) {
-				return
-			}
-			if st := msg.GetStatus(); st != nil && !yield(nil, st) {
-				return
-			}
-		}
-	}
 }

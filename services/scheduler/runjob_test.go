@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -199,30 +198,8 @@ func TestRunJobOnAHungWorker(t *testing.T) {
 	t.Parallel()
 	s := startScheduler(t, "", func(o *scheduler.Options) { o.WorkerCallTimeout = time.Second })
 	c := s.client
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	acceptDone := make(chan struct{})
-	go func() {
-		defer close(acceptDone)
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, conn)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-acceptDone
-		for _, conn := range conns {
-			conn.Close()
-		}
-	})
-	if _, err := c.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{Name: "hung", Address: ln.Addr().String()})); err != nil {
+	addr, _ := hungWorker(t)
+	if _, err := c.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{Name: "hung", Address: addr})); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)

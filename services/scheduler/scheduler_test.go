@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -371,43 +370,8 @@ func TestHungWorker(t *testing.T) {
 	c := s.client
 	waitWorkers(t, c, stateReady, "w1")
 
-	// A "worker" that accepts connections and never answers.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted := make(chan struct{}, 16)
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	acceptDone := make(chan struct{})
-	go func() {
-		defer close(acceptDone)
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, conn)
-			mu.Unlock()
-			select {
-			case accepted <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-acceptDone
-		mu.Lock()
-		for _, conn := range conns {
-			conn.Close()
-		}
-		mu.Unlock()
-	})
-	if _, err := c.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{Name: "hung", Address: ln.Addr().String()})); err != nil {
+	addr, accepted := hungWorker(t)
+	if _, err := c.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{Name: "hung", Address: addr})); err != nil {
 		t.Fatal(err)
 	}
 
