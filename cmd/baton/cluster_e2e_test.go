@@ -1,8 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -589,4 +593,51 @@ func removeV1Parents(dataDir string) {
 			}
 		}
 	}
+}
+
+// TestClusterReportedEndSurvivesKill9: a job's end, once the scheduler has
+// it, is still the worker's after the worker is killed with SIGKILL and
+// started again: its state, exit code and output, asked of the worker
+// itself.
+func TestClusterReportedEndSurvivesKill9(t *testing.T) {
+	c := newCluster(t, clusterOptions{workers: []string{"w1"}})
+	j := c.start(`{"worker_id":"w1","command":"bash","args":["-c","echo reported; exit 3"]}`)
+	c.waitJobState(j.JobID, "JOB_STATE_FAILED", 30*time.Second)
+	if err := c.workers["w1"].proc.signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = c.workers["w1"].proc.wait(10 * time.Second)
+	c.startWorker("w1")
+
+	worker := "http://" + c.workers["w1"].addr + "/baton.v1.WorkerService/"
+	res, err := c.client.Post(worker+"QueryJob", "application/json", strings.NewReader(`{"jobId":"`+j.JobID+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var q struct {
+		Status jobStatus `json:"status"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&q); err != nil {
+		t.Fatalf("QueryJob on the restarted worker: HTTP %d: %v", res.StatusCode, err)
+	}
+	if q.Status.State != "JOB_STATE_FAILED" || q.Status.ExitCode == nil || *q.Status.ExitCode != 3 {
+		t.Errorf("the restarted worker says %v, want FAILED with exit code 3", q.Status)
+	}
+	out, err := c.client.Post(worker+"StreamJobOutput", "application/connect+json", bytes.NewReader(connectEnvelope(`{"jobId":"`+j.JobID+`"}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Body.Close()
+	body, _ := io.ReadAll(out.Body)
+	if !bytes.Contains(body, []byte(base64.StdEncoding.EncodeToString([]byte("reported\n")))) {
+		t.Errorf("the restarted worker's output of the job: %q, want \"reported\\n\"", body)
+	}
+}
+
+// connectEnvelope frames one JSON message as a Connect streaming request.
+func connectEnvelope(msg string) []byte {
+	b := make([]byte, 5, 5+len(msg))
+	binary.BigEndian.PutUint32(b[1:], uint32(len(msg)))
+	return append(b, msg...)
 }
