@@ -203,9 +203,27 @@ func TestWebPageInBrowser(t *testing.T) {
 	}
 	// The form started the job with RunJob, and the page followed it to
 	// its end through that one call.
-	calls := evalJS[[]string](t, ctx, `performance.getEntriesByType("resource").map((e) => e.name.split("/").pop()).filter((n) => ["StartJob", "RunJob", "StreamJobOutput"].includes(n))`)
+	const callsJS = `performance.getEntriesByType("resource").map((e) => e.name.split("/").pop()).filter((n) => ["StartJob", "RunJob", "StreamJobOutput"].includes(n))`
+	calls := evalJS[[]string](t, ctx, callsJS)
 	if !slices.Equal(calls, []string{"RunJob"}) {
 		t.Errorf("count.sh: the page called %v, want RunJob alone", calls)
+	}
+
+	// A job that ends before its page is shown: the page takes the whole
+	// run, final status included, from the call that started it.
+	do(t, ctx, chromedp.Evaluate[chromedp.Void](`location.hash = "#/new"`))
+	waitJS(t, ctx, 10*time.Second, "the start form", `!!document.getElementById("new-submit")`, describePageJS)
+	fill(t, ctx, map[string]string{"new-command": "sh", "new-path": "", "new-args": "-c\necho fast"})
+	do(t, ctx, chromedp.Click(chromedp.ID("new-submit")))
+	waitJS(t, ctx, 15*time.Second, "the fast job's page",
+		`location.hash.startsWith("#/jobs/") && decodeURIComponent(location.hash) !== "#/jobs/`+countID+`"`, describePageJS)
+	waitJS(t, ctx, 30*time.Second, "the fast job SUCCEEDED",
+		`document.getElementById("job-state")?.textContent === "SUCCEEDED" && document.getElementById("job-stream-note")?.textContent === "ended"`, describePageJS)
+	if p := evalJS[jobPage](t, ctx, jobPageJS); p.Output != "fast\n" {
+		t.Errorf("fast job page: output %q", p.Output)
+	}
+	if calls := evalJS[[]string](t, ctx, callsJS); !slices.Equal(calls, []string{"RunJob", "RunJob"}) {
+		t.Errorf("after the fast job the page has called %v, want RunJob twice and nothing else", calls)
 	}
 
 	// Markup in the output is text: the literal <b>x</b>, no <b> element;

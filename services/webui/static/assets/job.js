@@ -188,9 +188,10 @@ export function renderJob(root, jobId, ui) {
   });
 
   // A job started from the form comes with the rest of its RunJob call.
-  const run = takeRun(jobId, onMessage);
+  const run = takeRun(jobId);
   if (run) {
     renderStatus(run.started);
+    run.attach(onMessage);
     follow(run);
   } else call("QueryJob", { jobId }, { signal: aborter.signal })
     .then((res) => {

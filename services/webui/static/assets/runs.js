@@ -25,14 +25,10 @@ export function startRun(job, { signal } = {}) {
     run.ended = stream("RunJob", { job }, (msg) => {
       if (started) {
         if (run.onMessage) run.onMessage(msg);
-        else if (runs.get(started.jobId) === run) {
+        else if (!run.dropped) {
           run.pending.push(msg);
           run.pendingChars += msg.chunk?.data?.length || 0;
-          if (run.pendingChars > MAX_PENDING_CHARS) {
-            runs.delete(started.jobId);
-            run.pending = [];
-            aborter.abort();
-          }
+          if (run.pendingChars > MAX_PENDING_CHARS) drop(started.jobId, run);
         }
         return;
       }
@@ -41,10 +37,7 @@ export function startRun(job, { signal } = {}) {
       run.started = started;
       runs.set(started.jobId, run);
       setTimeout(() => {
-        if (runs.get(started.jobId) === run) {
-          runs.delete(started.jobId);
-          aborter.abort();
-        }
+        if (runs.get(started.jobId) === run) drop(started.jobId, run);
       }, UNCLAIMED_MS);
       resolve(started);
     }, { signal: aborter.signal });
@@ -54,16 +47,31 @@ export function startRun(job, { signal } = {}) {
   });
 }
 
+// drop ends a run no page took: its job goes on, and its page follows it
+// with StreamJobOutput.
+function drop(jobId, run) {
+  if (runs.get(jobId) === run) runs.delete(jobId);
+  run.dropped = true;
+  run.pending = [];
+  run.abort();
+}
+
 // takeRun hands the rest of job jobId's run to its page, or returns null
-// when there is none. onMessage gets every message after the start, in
-// order; ended settles when the call ends (rejecting if it broke), and
-// abort ends the call.
-export function takeRun(jobId, onMessage) {
+// when there is none. attach(onMessage) passes onMessage every message
+// after the start, in order, those that came meanwhile first; ended
+// settles when the call ends (rejecting if it broke), and abort ends it.
+export function takeRun(jobId) {
   const run = runs.get(jobId);
   if (!run) return null;
   runs.delete(jobId);
-  for (const msg of run.pending) onMessage(msg);
-  run.pending = [];
-  run.onMessage = onMessage;
-  return { started: run.started, ended: run.ended, abort: run.abort };
+  return {
+    started: run.started,
+    ended: run.ended,
+    abort: run.abort,
+    attach(onMessage) {
+      for (const msg of run.pending) onMessage(msg);
+      run.pending = [];
+      run.onMessage = onMessage;
+    },
+  };
 }
