@@ -1,14 +1,10 @@
 package main
 
 import (
-	"bytes"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 )
 
@@ -39,28 +35,9 @@ func TestWorkerBinaryRunsJobsUnderOwnUIDs(t *testing.T) {
 	if err := os.MkdirAll(scripts, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	cfgFile := filepath.Join(dir, "worker.toml")
-	config := fmt.Sprintf("[grpc_server]\naddr = %q\nuse_tls = false\n\n[worker]\nname = \"uids\"\ndata_dir = %q\nscripts_dir = %q\n\n[log]\nformat = \"json\"\n",
-		addr, filepath.Join(dir, "data"), scripts)
-	if err := os.WriteFile(cfgFile, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "worker", "--config", cfgFile)
-	cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-	})
-	waitListening(t, addr)
-	base := "http://" + addr + "/baton.v1.WorkerService/"
+	w := startPlainWorker(t, bin, dir, "uids", scripts)
+	logs := w.logs
+	base := "http://" + w.addr + "/baton.v1.WorkerService/"
 	var started struct {
 		JobID string `json:"jobId"`
 	}

@@ -154,28 +154,9 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(scripts, "count.sh"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	config := fmt.Sprintf("[grpc_server]\naddr = %q\nuse_tls = false\n\n[worker]\nname = \"e2e\"\ndata_dir = %q\nscripts_dir = %q\n\n[log]\nformat = \"json\"\n",
-		addr, filepath.Join(dir, "data"), scripts)
-	cfgFile := filepath.Join(dir, "worker.toml")
-	if err := os.WriteFile(cfgFile, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var logs bytes.Buffer
-	cmd := exec.Command(bin, "worker", "--config", cfgFile)
-	cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	waitListening(t, addr)
-	base := "http://" + addr + "/baton.v1.WorkerService/"
+	w := startPlainWorker(t, bin, dir, "e2e", scripts)
+	logs, exited := w.logs, w.exited
+	base := "http://" + w.addr + "/baton.v1.WorkerService/"
 
 	var started struct {
 		JobID string `json:"jobId"`
@@ -213,7 +194,7 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 		t.Errorf("escaping path: HTTP %d %+v", code, bad)
 	}
 
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -228,6 +209,43 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 	if !strings.Contains(logs.String(), `"procedure":"/baton.v1.WorkerService/StartJob"`) {
 		t.Errorf("no access-log line for StartJob in:\n%s", logs.String())
 	}
+}
+
+// plainWorker is a `baton worker` process in plain mode (h2c, no
+// scheduler), with its log on stderr in logs; exited gets its end.
+type plainWorker struct {
+	addr   string
+	cmd    *exec.Cmd
+	exited chan error
+	logs   *bytes.Buffer
+}
+
+// startPlainWorker starts bin as worker name with its data in dir/data and
+// the scripts in scripts, and waits until it listens. It is stopped with
+// SIGTERM when the test ends; a test that waits for its end itself puts
+// the result back on exited.
+func startPlainWorker(t *testing.T, bin, dir, name, scripts string) *plainWorker {
+	t.Helper()
+	w := &plainWorker{addr: freeAddr(t), exited: make(chan error, 1), logs: &bytes.Buffer{}}
+	config := fmt.Sprintf("[grpc_server]\naddr = %q\nuse_tls = false\n\n[worker]\nname = %q\ndata_dir = %q\nscripts_dir = %q\n\n[log]\nformat = \"json\"\n",
+		w.addr, name, filepath.Join(dir, "data"), scripts)
+	cfgFile := filepath.Join(dir, "worker.toml")
+	if err := os.WriteFile(cfgFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	w.cmd = exec.Command(bin, "worker", "--config", cfgFile)
+	w.cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	w.cmd.Stderr = w.logs
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { w.exited <- w.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = w.cmd.Process.Signal(syscall.SIGTERM)
+		<-w.exited
+	})
+	waitListening(t, w.addr)
+	return w
 }
 
 func waitListening(t *testing.T, addr string) {

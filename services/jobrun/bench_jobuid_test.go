@@ -42,16 +42,7 @@ func BenchmarkStartTrueJobUID(b *testing.B) {
 		job(perJob)
 		job(plain)
 	}
-	var uids, plains []time.Duration
-	for i := 0; b.Loop(); i++ {
-		if i%2 == 0 {
-			uids = append(uids, job(perJob))
-			plains = append(plains, job(plain))
-		} else {
-			plains = append(plains, job(plain))
-			uids = append(uids, job(perJob))
-		}
-	}
+	uids, plains := inTurns(b, func() time.Duration { return job(perJob) }, func() time.Duration { return job(plain) })
 	p50, base50 := median(uids), median(plains)
 	b.ReportMetric(float64(p50)/1e6, "uid-p50-ms")
 	b.ReportMetric(float64(base50)/1e6, "worker-uid-p50-ms")
