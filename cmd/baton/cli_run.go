@@ -597,7 +597,7 @@ func followOutput(ctx context.Context, client *schedulerClient, jobID string, ru
 		if err == nil {
 			err = connect.NewError(connect.CodeUnavailable, errors.New("the output stream ended before the job's status"))
 		}
-		if connect.CodeOf(err) != connect.CodeUnavailable || attempt >= resumeAttempts || ctx.Err() != nil {
+		if !resumable(err) || attempt >= resumeAttempts || ctx.Err() != nil {
 			return nil, client.explain(err)
 		}
 		// A worker that went away leaves the job LOST: no stream will ever
@@ -613,6 +613,15 @@ func followOutput(ctx context.Context, client *schedulerClient, jobID string, ru
 		}
 		delay = min(2*delay, resumeMax)
 	}
+}
+
+// resumable reports whether a follow that ended with err is worth picking
+// up again: the scheduler said so (it shuts down, the worker went away), or
+// the connection broke mid-message, as it does when the scheduler is
+// killed (Connect's client then says "internal: protocol error").
+func resumable(err error) bool {
+	return connect.CodeOf(err) == connect.CodeUnavailable ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // outputStream is a stream of output messages: a RunJob's or a

@@ -7,10 +7,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -640,4 +642,63 @@ func connectEnvelope(msg string) []byte {
 	b := make([]byte, 5, 5+len(msg))
 	binary.BigEndian.PutUint32(b[1:], uint32(len(msg)))
 	return append(b, msg...)
+}
+
+// TestClusterRunThroughSchedulerRestart: `baton run` follows its job
+// through a kill -9 of the scheduler and its restart. The RunJob call is
+// cut; the CLI picks the output up with StreamJobOutput from the last
+// offset: every line once, in order, and the job's exit status.
+func TestClusterRunThroughSchedulerRestart(t *testing.T) {
+	c := newCluster(t, clusterOptions{workers: []string{"w1"}})
+	stdout, err := os.Create(filepath.Join(c.dir, "run.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdout.Close()
+	var stderr bytes.Buffer
+	run := exec.Command(c.bin, "run", "--scheduler", c.schedAdr, "--", "bash", "-c", "for i in $(seq 1 30); do echo $i; sleep 0.1; done; exit 7")
+	run.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	run.Stdout, run.Stderr = stdout, &stderr
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- run.Wait() }()
+	t.Cleanup(func() {
+		_ = run.Process.Kill()
+		<-exited
+	})
+	// The job prints; then the scheduler dies mid-run and comes back.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if fi, err := stdout.Stat(); err == nil && fi.Size() >= 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("baton run printed nothing")
+		}
+	}
+	c.sched.kill()
+	c.startScheduler()
+
+	select {
+	case err := <-exited:
+		exited <- err
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 7 {
+			t.Errorf("baton run ended with %v, want exit status 7\n%s", err, stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("baton run did not end after the scheduler came back\n%s", stderr.String())
+	}
+	got, err := os.ReadFile(stdout.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for i := 1; i <= 30; i++ {
+		fmt.Fprintf(&want, "%d\n", i)
+	}
+	if string(got) != want.String() {
+		t.Errorf("baton run printed %q, want 1 to 30, each once\n%s", got, stderr.String())
+	}
 }
