@@ -58,7 +58,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.AddCommand(newDevCommand())
 	root.AddCommand(newSchedulerCommand())
-	root.AddCommand(newWorkerCommand())
+	root.AddCommand(newWorkerCommand(), newKeeperCommand())
 	root.AddCommand(newBenchCommand())
 	root.AddCommand(newCertsCommand())
 	root.AddCommand(newTokenCommand())

@@ -54,6 +54,7 @@ type SchedulerSection struct {
 	HeartbeatInterval Duration `koanf:"heartbeat_interval"`
 	HeartbeatGrace    Duration `koanf:"heartbeat_grace"`
 	FailoverGrace     Duration `koanf:"failover_grace"`
+	RestartGrace      Duration `koanf:"restart_grace"`
 	Retention         Duration `koanf:"retention"`
 	ShutdownTimeout   Duration `koanf:"shutdown_timeout"`
 	// AuditFile receives one JSON line per mutating call and per denied
@@ -68,6 +69,7 @@ func defaultSchedulerConfig() SchedulerConfig {
 		HeartbeatInterval: Duration(scheduler.DefaultHeartbeatInterval),
 		HeartbeatGrace:    Duration(scheduler.DefaultHeartbeatGrace),
 		FailoverGrace:     Duration(scheduler.DefaultFailoverGrace),
+		RestartGrace:      Duration(scheduler.DefaultRestartGrace),
 		Retention:         Duration(scheduler.DefaultRetention),
 		ShutdownTimeout:   Duration(30 * time.Second),
 	}
@@ -79,8 +81,8 @@ func defaultSchedulerConfig() SchedulerConfig {
 func (c *SchedulerConfig) validate() error {
 	var errs []error
 	s := c.Scheduler
-	if s.HeartbeatInterval <= 0 || s.HeartbeatGrace <= 0 || s.FailoverGrace <= 0 || s.Retention <= 0 || s.ShutdownTimeout <= 0 {
-		errs = append(errs, errors.New("scheduler.heartbeat_interval, heartbeat_grace, failover_grace, retention and shutdown_timeout must be positive"))
+	if s.HeartbeatInterval <= 0 || s.HeartbeatGrace <= 0 || s.FailoverGrace <= 0 || s.RestartGrace <= 0 || s.Retention <= 0 || s.ShutdownTimeout <= 0 {
+		errs = append(errs, errors.New("scheduler.heartbeat_interval, heartbeat_grace, failover_grace, restart_grace, retention and shutdown_timeout must be positive"))
 	}
 	if _, _, err := net.SplitHostPort(c.GRPCServer.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("grpc_server.addr %q: %w", c.GRPCServer.Addr, err))
@@ -181,6 +183,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		HeartbeatInterval: time.Duration(cfg.Scheduler.HeartbeatInterval),
 		HeartbeatGrace:    time.Duration(cfg.Scheduler.HeartbeatGrace),
 		FailoverGrace:     time.Duration(cfg.Scheduler.FailoverGrace),
+		RestartGrace:      time.Duration(cfg.Scheduler.RestartGrace),
 		Retention:         time.Duration(cfg.Scheduler.Retention),
 		WorkerTLS:         creds,
 		Audit:             audit,

@@ -64,6 +64,10 @@ type WorkerSection struct {
 	JobUIDs string `koanf:"job_uids"`
 	// JobUser runs every job as this account instead of JobUIDs.
 	JobUser string `koanf:"job_user"`
+	// Keeper keeps the jobs in a keeper process of their own, so that they
+	// outlive a restart, crash or upgrade of the worker process. False
+	// runs them in the worker process: they end with it.
+	Keeper bool `koanf:"keeper"`
 }
 
 // defaultJobUIDs is the range a root worker takes its per-job uids from:
@@ -126,6 +130,7 @@ func defaultWorkerConfig() WorkerConfig {
 		OutputLimit:     64 << 20,
 		Retention:       Duration(24 * time.Hour),
 		ShutdownTimeout: Duration(30 * time.Second),
+		Keeper:          true,
 	}
 	c.Log = defaultLogConfig()
 	return c
@@ -187,6 +192,7 @@ func newWorkerCommand() *cobra.Command {
 		}
 		return runWorker(cmd.Context(), cfg)
 	}
+	cmd.AddCommand(newDecommissionCommand())
 	return cmd
 }
 
@@ -242,14 +248,21 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		jobUIDs, jobUser = jobrun.UIDRange{}, nil
 		logger.Warn("jobs run under the worker's own uid, without a uid of their own", "worker", cfg.Worker.Name, "reason", cfg.jobsAsWorker)
 	}
+	var keeperExe string
+	if cfg.Worker.Keeper && !cfg.sharesProcess {
+		if keeperExe, err = os.Executable(); err != nil {
+			return fmt.Errorf("worker.keeper: the keeper is started from this executable, which cannot be found: %w", err)
+		}
+	}
 	w, err := worker.New(worker.Options{
-		Name:      cfg.Worker.Name,
-		Address:   advertise,
-		Labels:    cfg.Worker.Labels,
-		Scheduler: scheduler,
-		Logger:    logger,
-		Audit:     audit,
-		Metrics:   m,
+		KeeperExecutable: keeperExe,
+		Name:             cfg.Worker.Name,
+		Address:          advertise,
+		Labels:           cfg.Worker.Labels,
+		Scheduler:        scheduler,
+		Logger:           logger,
+		Audit:            audit,
+		Metrics:          m,
 		Runner: jobrun.Options{
 			DataDir:         cfg.Worker.DataDir,
 			ScriptsDir:      cfg.Worker.ScriptsDir,
@@ -289,7 +302,15 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 
 	select {
 	case <-ctx.Done():
+		if keeperExe != "" {
+			// A planned restart: the scheduler keeps the jobs and places
+			// nothing here until the worker is back.
+			w.LeaveForRestart()
+			logger.Info("worker stopping; its jobs run on in the keeper")
+		}
 	case err = <-serveErr:
+	case <-w.Ending():
+		logger.Info("the keeper stopped every job and ended (decommission); the worker leaves")
 	}
 	logger.Info("worker shutting down")
 	w.SetNotServing()

@@ -502,7 +502,7 @@ func removeCgroupDir(dir string) bool {
 }
 
 // sweep kills and removes leftover job cgroups of an earlier worker run.
-func (h *cgroupHost) sweep(log *slog.Logger) {
+func (h *cgroupHost) sweep(log *slog.Logger, keep map[string]*Handoff) {
 	for _, parent := range []string{h.v2Parent, h.v1Memory, h.v1CPU} {
 		if parent == "" {
 			continue
@@ -512,7 +512,7 @@ func (h *cgroupHost) sweep(log *slog.Logger) {
 			continue
 		}
 		for _, e := range entries {
-			if !e.IsDir() {
+			if !e.IsDir() || keep[e.Name()] != nil {
 				continue
 			}
 			dir := filepath.Join(parent, e.Name())

@@ -181,10 +181,10 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		logger.Error("cannot attach the job to its cgroups", "error", err)
 		return fail(fmt.Errorf("%w: the worker could not apply resource limits", ErrLimitsUnsupported))
 	}
+	j.pipes = [2]*os.File{pipes[0], pipes[2]}
 	for i, s := range []Stream{StreamStdout, StreamStderr} {
-		go r.copyStream(j, s, pipes[2*i], j.copied[i])
+		go r.copyStream(j, s, j.pipes[i], j.copied[i])
 	}
-	outR, errR := pipes[0], pipes[2]
 	pipes = [4]*os.File{}
 
 	j.mu.Lock()
@@ -203,6 +203,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 
 	if t := j.spec.Timeout; t > 0 {
 		j.mu.Lock()
+		j.deadlineAt = time.Now().Add(t)
 		j.deadline = time.AfterFunc(t, func() {
 			r.beginStop(j, StateTimedOut, "", "timed out after "+t.String())
 		})
@@ -210,7 +211,7 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 	}
 	logger.Info("job started", "pid", pid, "cgroup", cg.mode())
 	r.notifyChange(running)
-	go r.wait(j, cmd, [2]*os.File{outR, errR})
+	go r.wait(j, cmd)
 	return running, true, nil
 }
 
@@ -259,7 +260,6 @@ func (r *Runner) record(j *job, rec *jobRecord) (uint64, error) {
 // blocks on a full pipe.
 func (r *Runner) copyStream(j *job, s Stream, rd *os.File, done chan struct{}) {
 	defer close(done)
-	defer rd.Close()
 	buf := make([]byte, copyBufferSize)
 	for {
 		n, err := rd.Read(buf)
@@ -273,19 +273,56 @@ func (r *Runner) copyStream(j *job, s Stream, rd *os.File, done chan struct{}) {
 			}
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && r.handingOver() {
+				// The pipe goes on to the next process image (Handoff).
+				j.kept[s-1] = true
+				return
+			}
+			_ = rd.Close()
 			return
 		}
 	}
 }
 
+// handingOver reports whether Handoff has begun.
+func (r *Runner) handingOver() bool {
+	r.exitMu.RLock()
+	defer r.exitMu.RUnlock()
+	return r.handingOff
+}
+
 // wait is the job's one waiter goroutine. It alone reaps the process.
-func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
+func (r *Runner) wait(j *job, cmd *exec.Cmd) {
 	pid := cmd.Process.Pid
 	r.recordRunning(j, pid)
+	r.awaitEnd(j, pid, func() (int, syscall.Signal) {
+		_ = cmd.Wait()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Signaled():
+				return -1, ws.Signal()
+			case ws.Exited():
+				return ws.ExitStatus(), 0
+			}
+		}
+		return -1, 0
+	}, j.pipes)
+}
+
+// awaitEnd waits for the job's process to exit, kills what it left, reaps
+// it, and records and reports the job's end.
+func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal), readers [2]*os.File) {
 	// Wait for the exit without reaping it (waitid(2) WNOWAIT). While the
 	// leader is an unreaped zombie its pid, and with it the process group
-	// ID, cannot be reused, so signalling -pgid until cmd.Wait is safe.
+	// ID, cannot be reused, so signalling -pgid until it is reaped is safe.
 	werr := awaitExit(pid)
+	// Once Handoff has begun the exit is the next image's to reap and
+	// record; until this job is over, Handoff waits.
+	r.exitMu.RLock()
+	defer r.exitMu.RUnlock()
+	if r.handingOff {
+		return
+	}
 	j.mu.Lock()
 	j.exited = true // from here on nobody signals the pid or the pgid
 	cg := j.cg
@@ -301,16 +338,7 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 		}
 		cg.kill()
 	}
-	_ = cmd.Wait()
-	code, sig := -1, syscall.Signal(0)
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
-		switch {
-		case ws.Signaled():
-			sig = ws.Signal()
-		case ws.Exited():
-			code = ws.ExitStatus()
-		}
-	}
+	code, sig := reap()
 
 	timer := time.NewTimer(copierDrainTimeout)
 	for i, ch := range j.copied {
@@ -321,7 +349,9 @@ func (r *Runner) wait(j *job, cmd *exec.Cmd, readers [2]*os.File) {
 			// end. Closing our read ends makes the copiers return.
 			r.log.Warn("job output still open after the job ended; closing it", "job_id", j.id)
 			for _, rd := range readers[i:] {
-				_ = rd.Close()
+				if rd != nil {
+					_ = rd.Close()
+				}
 			}
 			<-ch
 		}
@@ -426,6 +456,7 @@ func (r *Runner) beginStop(j *job, state State, by, reason string) {
 			r.log.Warn("cannot signal the job", "job_id", j.id, "signal", "TERM", "error", err)
 		}
 	}
+	j.killAt = time.Now().Add(r.opts.StopGrace)
 	j.grace = time.AfterFunc(r.opts.StopGrace, func() { r.hardKill(j) })
 }
 

@@ -54,9 +54,13 @@ type Options struct {
 	// OnChange, if set, is called after every state change of a job. It is
 	// never called with a lock held, but it runs on the job's goroutines and
 	// must return quickly.
-	OnChange func(Status)
+	OnChange func(Status) `json:"-"`
+	// Adopt are running jobs handed over by the Runner of the process
+	// image this one replaced (Runner.Handoff, then exec). New carries
+	// them on where their records and processes agree; any other is LOST.
+	Adopt []Handoff `json:"-"`
 	// Logger receives diagnostics. Default: discard.
-	Logger *slog.Logger
+	Logger *slog.Logger `json:"-"`
 }
 
 var defaultCommands = []string{"sh", "bash", "python3", "ruby", "perl", "node"}

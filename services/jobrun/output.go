@@ -75,6 +75,7 @@ type outputLog struct {
 	nrec       int64
 	discarding bool
 	limitHit   bool
+	resumed    bool // adopted: its files are appended to, not made anew
 	writeErr   error
 	rec        [indexRecordSize]byte
 }
@@ -154,6 +155,11 @@ func (l *outputLog) limitWasHit() bool {
 func (l *outputLog) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.close0()
+}
+
+// close0 is close with l.mu held.
+func (l *outputLog) close0() {
 	l.discarding = true
 	for _, f := range []*os.File{l.stdout, l.stderr, l.index} {
 		if f != nil {
@@ -182,7 +188,13 @@ func (l *outputLog) open(f **os.File, name string) error {
 		}
 		l.dirMade = true
 	}
-	h, err := os.OpenFile(filepath.Join(l.dir, name), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if l.resumed {
+		// Adopted from an earlier process image: the file holds what was
+		// stored before, exactly (a failed write stops all storing).
+		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	}
+	h, err := os.OpenFile(filepath.Join(l.dir, name), flags, 0o600)
 	if err != nil {
 		return err
 	}

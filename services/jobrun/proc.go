@@ -44,6 +44,20 @@ func procStartTicks(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
+// recordedProcessAlive reports whether the record's process is provably
+// the live process with its pid: the record is of this boot (see bootID),
+// and the pid, above 1, belongs to a process that started at the recorded
+// time. A record of another or an unknown boot never is, because its pid
+// and start time may since name another process.
+func recordedProcessAlive(rec *jobRecord) bool {
+	pid := rec.st.PID
+	if rec.otherBoot != "" || bootID() == "" || pid <= 1 || rec.startTicks == 0 {
+		return false
+	}
+	ticks, err := procStartTicks(pid)
+	return err == nil && ticks == rec.startTicks
+}
+
 // awaitExit returns once our child pid has exited, without reaping it
 // (waitid(2) WNOWAIT). It waits in the runtime's poller on a pidfd, which
 // becomes readable when the process exits: no thread is blocked per running

@@ -197,6 +197,9 @@ func (r *Runner) recoverUIDs() {
 		if !l.ok || l.DataDir != r.uids.dataDir {
 			continue
 		}
+		if h := r.adopted[l.JobID]; h != nil && h.Leased && h.LeasedUID == uid {
+			continue // its job runs on
+		}
 		h := heldUID{lease: &uidLease{pool: r.uids, uid: uid}}
 		if validateID(l.JobID) == nil {
 			h.home = filepath.Join(r.homesDir, l.JobID)

@@ -48,6 +48,12 @@ type Runner struct {
 	// a per-job uid is given back (a test hook).
 	onUIDRelease func(uid uint32)
 
+	// exitMu orders Handoff against waiters: a waiter finishes a job
+	// under its read lock, and once handingOff is set leaves exits alone.
+	exitMu     sync.RWMutex
+	handingOff bool
+	adopted    map[string]*Handoff // Options.Adopt by job ID, until New ends
+
 	crashed     atomic.Bool // test hook: behave as if the worker died
 	stopJanitor chan struct{}
 	janitorDone chan struct{}
@@ -96,6 +102,14 @@ type job struct {
 	stopReason string
 	grace      *time.Timer
 	deadline   *time.Timer
+	killAt     time.Time // when grace fires
+	deadlineAt time.Time // when deadline fires
+
+	// pipes are the read ends of stdout and stderr, read by the copiers;
+	// kept[i] says the copier of pipes[i] returned for a Handoff and left
+	// it open.
+	pipes [2]*os.File
+	kept  [2]bool
 }
 
 func (j *job) snapshotLocked() Status {
@@ -204,11 +218,20 @@ func New(opts Options) (*Runner, error) {
 	r.jl = jl
 	r.logIdentity()
 	r.cg = detectCgroups(opts.CgroupParent, dataDir, r.log)
+	r.adopted = make(map[string]*Handoff, len(opts.Adopt))
+	for i := range opts.Adopt {
+		r.adopted[opts.Adopt[i].Status.ID] = &opts.Adopt[i]
+	}
 	r.load(last, damaged)
-	r.cg.sweep(r.log)
+	r.cg.sweep(r.log, r.adopted)
 	if r.uids != nil {
 		r.recoverUIDs()
 	}
+	for id, h := range r.adopted {
+		r.resume(r.jobs[id].j, h)
+		r.log.Info("job carried on from the previous image", "job_id", id, "pid", h.Status.PID)
+	}
+	r.adopted = nil
 	// Ready-made job directories of workers before the journal.
 	_ = os.RemoveAll(filepath.Join(dataDir, "spares"))
 	go r.janitor()
@@ -632,6 +655,7 @@ func randomHex() string {
 // what cannot be read is logged, or becomes a LOST job that says why.
 func (r *Runner) load(last map[string]string, damaged bool) {
 	now := time.Now()
+	verified := make(map[string]bool, len(r.adopted))
 	var (
 		appends [][]byte
 		legacy  []string // job.json files taken into the journal
@@ -667,6 +691,8 @@ func (r *Runner) load(last map[string]string, damaged bool) {
 		if n, outN, errN, err := scanIndex(filepath.Join(dir, indexFile)); err == nil {
 			rec.indexRecords, rec.st.StdoutBytes, rec.st.StderrBytes = n, outN, errN
 		}
+		// job.json holds no boot id: its pid may be of an earlier boot.
+		rec.otherBoot = bootUnknown
 		// Into the journal by the rewrite below; a running one is made
 		// LOST first.
 		legacy = append(legacy, filepath.Join(dir, legacyRecordFile))
@@ -676,6 +702,14 @@ func (r *Runner) load(last map[string]string, damaged bool) {
 		rec, err := unmarshalRecord(last[id])
 		if err != nil {
 			continue // checked by openJournal
+		}
+		if h := r.adopted[id]; h != nil {
+			if rec.kind == kindStart && adoptable(h, &rec) {
+				verified[id] = true
+				continue // carried on (see adopt)
+			}
+			r.log.Warn("a job handed over is not the one recorded, or its process is gone; not adopting it", "job_id", id)
+			r.drop(h)
 		}
 		switch {
 		case rec.kind == kindStart:
@@ -698,6 +732,15 @@ func (r *Runner) load(last map[string]string, damaged bool) {
 	r.jobs = make(map[string]entry, len(last))
 	for _, p := range last {
 		r.jobs[recordID(p)] = entry{rec: p}
+	}
+	for id, h := range r.adopted {
+		if !verified[id] {
+			r.log.Warn("a job handed over has no record; not adopting it", "job_id", id)
+			r.drop(h)
+			continue
+		}
+		r.jobs[id] = entry{j: r.adopt(h, last[id])}
+		r.active++
 	}
 	switch {
 	case damaged || len(legacy) > 0:
@@ -738,8 +781,10 @@ func (r *Runner) loadHomes() {
 	}
 	for _, e := range entries {
 		dir := filepath.Join(r.homesDir, e.Name())
-		if _, ok := r.jobs[e.Name()]; ok {
-			r.disownHome(dir)
+		if known, ok := r.jobs[e.Name()]; ok {
+			if known.j == nil { // an adopted job still runs in its home
+				r.disownHome(dir)
+			}
 			continue
 		}
 		if err := os.RemoveAll(dir); err != nil {
@@ -749,8 +794,9 @@ func (r *Runner) loadHomes() {
 }
 
 // killLeftovers kills what a job of an earlier worker run left behind. A
-// cgroup is killed whole; without one the process group is signalled only
-// if its leader is provably the same process (same start time), because the
+// cgroup is killed whole (its name is ours, and it does not outlive a
+// reboot); without one the process group is signalled only if its leader
+// is provably the same process (same boot and start time), because the
 // recorded pid may since belong to someone else.
 func (r *Runner) killLeftovers(rec *jobRecord) {
 	id := rec.st.ID
@@ -764,11 +810,9 @@ func (r *Runner) killLeftovers(rec *jobRecord) {
 			removeCgroupDir(dir)
 		}
 	}
-	if pid := rec.st.PID; pid > 1 && rec.startTicks != 0 {
-		if ticks, err := procStartTicks(pid); err == nil && ticks == rec.startTicks {
-			if err := signalGroup(pid, syscall.SIGKILL); err != nil {
-				r.log.Warn("cannot kill a leftover job", "job_id", id, "error", err)
-			}
+	if recordedProcessAlive(rec) {
+		if err := signalGroup(rec.st.PID, syscall.SIGKILL); err != nil {
+			r.log.Warn("cannot kill a leftover job", "job_id", id, "error", err)
 		}
 	}
 }

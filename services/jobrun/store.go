@@ -46,7 +46,16 @@ type jobRecord struct {
 	// indexRecords is the number of records in the job's index file, so
 	// that a finished job's output can be served without reading it first.
 	indexRecords int64
+	// otherBoot names the boot that PID and startTicks belong to if it is
+	// not this one: "" for this boot (every record this process builds, and
+	// every stored one with this boot's id), another boot's id, or
+	// bootUnknown for a record stored without one. See bootID for why.
+	otherBoot string
 }
+
+// bootUnknown is the otherBoot of a record stored before records held a
+// boot id: its pid and start time may be from any boot.
+const bootUnknown = "unknown"
 
 // Record payload layout. The fixed head lets the janitor read an end time
 // without decoding the rest:
@@ -55,6 +64,9 @@ type jobRecord struct {
 //	1:9   ended_at, unix nanoseconds (int64 LE; 0 = none)
 //	9     id, then every other field (see marshal), as uvarints, varints
 //	      and uvarint-length-prefixed strings
+//
+// A field added later goes at the end and is optional: a record written
+// before it ends where it would start. The boot id is the first such field.
 const recordHead = 9
 
 // marshal encodes the record's payload, appending to b.
@@ -95,7 +107,24 @@ func (rec *jobRecord) marshal(b []byte) []byte {
 	b = appendString(b, sp.Owner)
 	b = appendMap(b, sp.Labels)
 	b = appendString(b, sp.GroupID)
+	// The boot PID and startTicks belong to; left out if unknown, never
+	// written empty.
+	if boot := rec.storedBoot(); boot != "" {
+		b = appendString(b, boot)
+	}
 	return b
+}
+
+// storedBoot is the boot id marshal writes: this boot's for a record of
+// this boot, "" if the boot is unknown.
+func (rec *jobRecord) storedBoot() string {
+	switch rec.otherBoot {
+	case "":
+		return bootID()
+	case bootUnknown:
+		return ""
+	}
+	return rec.otherBoot
 }
 
 var errBadRecord = errors.New("malformed journal record")
@@ -144,6 +173,17 @@ func unmarshalRecord(p string) (jobRecord, error) {
 	sp.Owner = d.string()
 	sp.Labels = d.stringMap()
 	sp.GroupID = d.string()
+	rec.otherBoot = bootUnknown // a record written before boot ids ends here
+	if len(d.s) != 0 {
+		switch boot := d.string(); boot {
+		case "":
+			d.bad = true // never written empty
+		case bootID():
+			rec.otherBoot = ""
+		default:
+			rec.otherBoot = boot
+		}
+	}
 	switch {
 	case d.bad, len(d.s) != 0, rec.kind != kindStart && rec.kind != kindEnd,
 		validateID(st.ID) != nil, st.State < 0 || int(st.State) >= len(stateNames),

@@ -146,7 +146,7 @@ func TestRosterCollectorReadsStateAtScrape(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	want := func(ready, draining, down, left, running int) string {
+	want := func(ready, draining, down, left, restarting, running int) string {
 		return fmt.Sprintf(`# HELP baton_scheduler_jobs_running Jobs running or being placed on workers, as their last heartbeats reported.
 # TYPE baton_scheduler_jobs_running gauge
 baton_scheduler_jobs_running %d
@@ -156,21 +156,23 @@ baton_scheduler_workers{state="down"} %d
 baton_scheduler_workers{state="draining"} %d
 baton_scheduler_workers{state="left"} %d
 baton_scheduler_workers{state="ready"} %d
-`, running, down, draining, left, ready)
+baton_scheduler_workers{state="restarting"} %d
+`, running, down, draining, left, ready, restarting)
 	}
 	names := []string{"baton_scheduler_workers", "baton_scheduler_jobs_running"}
-	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want(2, 0, 0, 0, 3)), names...); err != nil {
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want(2, 0, 0, 0, 0, 3)), names...); err != nil {
 		t.Error(err)
 	}
 	mu.Lock()
 	roster = Roster{Workers: map[batonv1.WorkerState]int{
-		batonv1.WorkerState_WORKER_STATE_READY:    1,
-		batonv1.WorkerState_WORKER_STATE_DRAINING: 1,
-		batonv1.WorkerState_WORKER_STATE_DOWN:     4,
-		batonv1.WorkerState_WORKER_STATE_LEFT:     5,
+		batonv1.WorkerState_WORKER_STATE_READY:      1,
+		batonv1.WorkerState_WORKER_STATE_DRAINING:   1,
+		batonv1.WorkerState_WORKER_STATE_DOWN:       4,
+		batonv1.WorkerState_WORKER_STATE_LEFT:       5,
+		batonv1.WorkerState_WORKER_STATE_RESTARTING: 6,
 	}, RunningJobs: 0}
 	mu.Unlock()
-	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want(1, 1, 4, 5, 0)), names...); err != nil {
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want(1, 1, 4, 5, 6, 0)), names...); err != nil {
 		t.Error(err)
 	}
 	if err := m.ObserveRoster(func() Roster { return Roster{} }); err == nil {

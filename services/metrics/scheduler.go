@@ -106,6 +106,7 @@ var rosterStates = []batonv1.WorkerState{
 	batonv1.WorkerState_WORKER_STATE_DRAINING,
 	batonv1.WorkerState_WORKER_STATE_DOWN,
 	batonv1.WorkerState_WORKER_STATE_LEFT,
+	batonv1.WorkerState_WORKER_STATE_RESTARTING,
 }
 
 // ObserveRoster reports the workers by state and the running jobs, calling

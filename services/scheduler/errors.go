@@ -134,6 +134,8 @@ func stateWord(st batonv1.WorkerState) string {
 		return "down"
 	case batonv1.WorkerState_WORKER_STATE_LEFT:
 		return "gone (deregistered)"
+	case batonv1.WorkerState_WORKER_STATE_RESTARTING:
+		return "restarting"
 	}
 	return "unknown"
 }

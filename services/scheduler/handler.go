@@ -80,28 +80,43 @@ func (s *Scheduler) recordRegistration(ctx context.Context, id string, jobs []*b
 	return reported, nil
 }
 
-// DeregisterWorker marks a worker LEFT. Its jobs keep their last reported
-// state: the worker reported their ends in its final heartbeat.
+// DeregisterWorker marks a worker LEFT, or RESTARTING when it says it is
+// restarting. Either way its jobs keep their last reported state: a
+// leaving worker reported their ends in its final heartbeat, and a
+// restarting one leaves them running until it is back, or RestartGrace
+// has passed.
 func (h *handler) DeregisterWorker(ctx context.Context, req *connect.Request[batonv1.DeregisterWorkerRequest]) (*connect.Response[batonv1.DeregisterWorkerResponse], error) {
+	s := h.s
 	id := req.Msg.GetWorkerId()
-	m := h.s.reg.get(id)
+	m := s.reg.get(id)
 	if m == nil {
 		return nil, mapError(errWorkerNotFound(id))
 	}
 	m.opMu.Lock()
 	defer m.opMu.Unlock()
-	if _, ok := h.s.reg.leave(id); !ok {
+	restarting := req.Msg.GetRestarting()
+	var ok bool
+	if restarting {
+		_, ok = s.reg.restart(id, s.opts.RestartGrace)
+	} else {
+		_, ok = s.reg.leave(id)
+	}
+	if !ok {
 		return nil, mapError(errWorkerNotFound(id))
 	}
-	h.s.persist(ctx, m)
-	h.s.logger.InfoContext(ctx, "worker left", "worker_id", id)
+	s.persist(ctx, m)
+	if restarting {
+		s.logger.InfoContext(ctx, "worker restarting", "worker_id", id, "restart_grace", s.opts.RestartGrace)
+	} else {
+		s.logger.InfoContext(ctx, "worker left", "worker_id", id)
+	}
 	return connect.NewResponse(&batonv1.DeregisterWorkerResponse{}), nil
 }
 
 // Heartbeat keeps a registered worker alive and records its job changes.
-// A worker this process has not admitted (unknown, DOWN, LEFT, or known
-// only from the store after a restart) is told NotFound, so that it
-// registers again with its whole job table.
+// A worker this process has not admitted (unknown, DOWN, LEFT, RESTARTING,
+// or known only from the store after a restart) is told NotFound, so that
+// it registers again with its whole job table.
 func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.HeartbeatRequest]) (*connect.Response[batonv1.HeartbeatResponse], error) {
 	s := h.s
 	s.opts.Metrics.HeartbeatReceived()
@@ -129,7 +144,8 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 	// The roster entry is not written back: a heartbeat changes only the
 	// last-heartbeat time and the running count, which live in memory (10k
 	// workers every 5 s would be 2,000 store writes a second). State
-	// changes are persisted where they happen: register, drain, leave, DOWN.
+	// changes are persisted where they happen: register, drain, leave,
+	// restart, DOWN.
 	return connect.NewResponse(&batonv1.HeartbeatResponse{
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
 		State:             state,

@@ -47,8 +47,8 @@ type registry struct {
 // address, labels, capacity and registration time; gen, gone, client) are
 // guarded by registry.mu. The hot ones, which a heartbeat changes, are
 // guarded by hot: the entry's running count and last heartbeat, deadline,
-// reporting and rev. State and live are written holding both, so either
-// one is enough to read them. Lock order: registry.mu, then hot. The
+// reporting and rev. State, live and the restart fields are written
+// holding both, so either one is enough to read them. Lock order: registry.mu, then hot. The
 // labels map is never modified once stored, only replaced.
 type member struct {
 	// opMu serialises the multi-step changes of one worker (registration,
@@ -59,9 +59,15 @@ type member struct {
 	hot  sync.Mutex
 
 	w store.Worker
-	// deadline is when the worker is marked DOWN without a heartbeat; it
-	// carries a monotonic reading, so wall-clock jumps do not matter.
+	// deadline is when the worker is marked DOWN without a heartbeat (or,
+	// RESTARTING, without registering again); it carries a monotonic
+	// reading, so wall-clock jumps do not matter.
 	deadline time.Time
+	// restartGrace is how long a RESTARTING worker was given to come back,
+	// for the reason its jobs get if it does not; restartDraining is
+	// whether it was DRAINING when it left, which it stays when it is back.
+	restartGrace    time.Duration
+	restartDraining bool
 	// live is true once the worker registered with this process; a
 	// heartbeat before that is answered NotFound so that it registers
 	// again with its whole job table.
@@ -69,8 +75,8 @@ type member struct {
 	// gen counts registrations, so that a DOWN transition can tell that
 	// the worker came back meanwhile.
 	gen uint64
-	// gone is closed when the worker goes DOWN or LEFT; relayed streams
-	// watch it. A new registration replaces it.
+	// gone is closed when the worker goes DOWN, LEFT or RESTARTING; relayed
+	// streams watch it. A new registration replaces it.
 	gone chan struct{}
 	// client calls the worker; nil until first needed (see targetLocked).
 	// It is written holding registry.mu (either mode) and hot, and read
@@ -93,21 +99,30 @@ type downed struct {
 	m   *member
 	id  string
 	gen uint64
+	// restarting says the worker was RESTARTING and not back within grace,
+	// rather than silent.
+	restarting bool
+	grace      time.Duration
 }
 
 func newRegistry(dial func(name, addr string) batonv1connect.WorkerServiceClient) *registry {
 	return &registry{dial: dial, members: make(map[string]*member)}
 }
 
-// load fills the roster from the store. READY and DRAINING workers may stay
-// silent until deadline.
-func (r *registry) load(workers []store.Worker, deadline time.Time) {
+// load fills the roster from the store. READY, DRAINING and RESTARTING
+// workers have grace from now to register again. A RESTARTING worker
+// comes back READY: whether it was draining is not stored.
+func (r *registry) load(workers []store.Worker, grace time.Duration) {
+	deadline := time.Now().Add(grace)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, w := range workers {
 		m := &member{w: w, gone: make(chan struct{}), deadline: deadline, rev: r.version.Add(1)}
 		if !active(w.State) {
 			close(m.gone)
+		}
+		if w.State == batonv1.WorkerState_WORKER_STATE_RESTARTING {
+			m.restartGrace = grace
 		}
 		r.addLocked(m)
 	}
@@ -131,6 +146,12 @@ func (r *registry) changedHot(m *member) {
 // active reports whether a worker in state st heartbeats.
 func active(st batonv1.WorkerState) bool {
 	return st == batonv1.WorkerState_WORKER_STATE_READY || st == batonv1.WorkerState_WORKER_STATE_DRAINING
+}
+
+// runsJobs reports whether a worker in state st runs the jobs it last
+// reported: an active one, or one restarting, whose jobs outlive it.
+func runsJobs(st batonv1.WorkerState) bool {
+	return active(st) || st == batonv1.WorkerState_WORKER_STATE_RESTARTING
 }
 
 // get returns the member with id, or nil. It takes no lock.
@@ -170,9 +191,14 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	m.hot.Lock()
 	defer m.hot.Unlock()
 	r.changedHot(m)
-	if m.w.State != batonv1.WorkerState_WORKER_STATE_DRAINING {
+	switch {
+	case m.w.State == batonv1.WorkerState_WORKER_STATE_DRAINING:
+	case m.w.State == batonv1.WorkerState_WORKER_STATE_RESTARTING && m.restartDraining:
+		m.w.State = batonv1.WorkerState_WORKER_STATE_DRAINING
+	default:
 		m.w.State = batonv1.WorkerState_WORKER_STATE_READY
 	}
+	m.restartDraining = false
 	if m.w.Address != req.GetAddress() {
 		m.client = nil // made again, for the new address, on first use
 	}
@@ -261,6 +287,42 @@ func (r *registry) leave(id string) (*member, bool) {
 	return m, true
 }
 
+// restart marks a worker RESTARTING for grace: it takes no placements and
+// its relayed streams end, but its jobs and their running count stay as
+// they are. It reports false if the worker is unknown. A worker that is
+// DOWN or LEFT already, or RESTARTING, stays as it is: a DOWN worker's
+// jobs are LOST already, and a repeated deregistration does not extend
+// the grace.
+func (r *registry) restart(id string, grace time.Duration) (*member, bool) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.members[id]
+	if m == nil {
+		return nil, false
+	}
+	m.hot.Lock()
+	defer m.hot.Unlock()
+	if m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+		return nil, false
+	}
+	if !active(m.w.State) {
+		return m, true
+	}
+	r.changedHot(m)
+	m.restartDraining = m.w.State == batonv1.WorkerState_WORKER_STATE_DRAINING
+	m.restartGrace = grace
+	m.w.State = batonv1.WorkerState_WORKER_STATE_RESTARTING
+	m.deadline = now.Add(grace)
+	m.live = false
+	select {
+	case <-m.gone:
+	default:
+		close(m.gone)
+	}
+	return m, true
+}
+
 // endLocked ends m's membership in state st; the caller holds r.mu and
 // m.hot.
 func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
@@ -294,19 +356,21 @@ func (r *registry) drain(id string) (*member, error) {
 	return m, nil
 }
 
-// expire marks DOWN every active worker whose deadline is before now.
+// expire marks DOWN every active or restarting worker whose deadline is
+// before now.
 func (r *registry) expire(now time.Time) []downed {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []downed
 	for id, m := range r.members {
-		if !active(m.w.State) {
+		restarting := m.w.State == batonv1.WorkerState_WORKER_STATE_RESTARTING
+		if !active(m.w.State) && !restarting {
 			continue
 		}
 		m.hot.Lock()
 		if now.After(m.deadline) && m.reporting == 0 {
 			r.endLocked(m, batonv1.WorkerState_WORKER_STATE_DOWN)
-			out = append(out, downed{m: m, id: id, gen: m.gen})
+			out = append(out, downed{m: m, id: id, gen: m.gen, restarting: restarting, grace: m.restartGrace})
 		}
 		m.hot.Unlock()
 	}
@@ -331,10 +395,10 @@ func (r *registry) snapshot(m *member) store.Worker {
 	return w
 }
 
-// tally counts the workers by state and the jobs running on active ones,
-// for the metrics; it copies nothing else.
+// tally counts the workers by state and the jobs running on active and
+// restarting ones, for the metrics; it copies nothing else.
 func (r *registry) tally() (byState map[batonv1.WorkerState]int, running int) {
-	byState = make(map[batonv1.WorkerState]int, 4)
+	byState = make(map[batonv1.WorkerState]int, 5)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	for _, m := range r.members {
@@ -345,7 +409,7 @@ func (r *registry) tally() (byState map[batonv1.WorkerState]int, running int) {
 			continue // created by a registration still in progress
 		}
 		byState[st]++
-		if active(st) {
+		if runsJobs(st) {
 			running += int(n)
 		}
 	}
@@ -397,7 +461,7 @@ func (r *registry) release(id string) {
 	if m.starts.pending > 0 {
 		m.starts.pending--
 	}
-	if active(m.w.State) {
+	if runsJobs(m.w.State) {
 		r.totalHot(m)
 	}
 }

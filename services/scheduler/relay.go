@@ -3,7 +3,10 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"iter"
+	"syscall"
 
 	"connectrpc.com/connect"
 
@@ -12,15 +15,16 @@ import (
 )
 
 // errStreamWorkerDown is the cause of a relay cut because its worker went
-// DOWN or LEFT.
+// DOWN, LEFT or RESTARTING.
 var (
 	errStreamWorkerDown  = errors.New("worker went down")
 	errSchedulerStopping = errors.New("scheduler shutting down")
 )
 
 // StreamJobOutput relays a job's output from its worker. The relay ends
-// with Unavailable when the worker is marked DOWN (or leaves) meanwhile, or
-// its stream fails; a client that goes away cancels the worker's stream.
+// with Unavailable when the worker is marked DOWN (or leaves, or restarts)
+// meanwhile, or its stream fails; a client that goes away cancels the
+// worker's stream.
 func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[batonv1.StreamJobOutputRequest], stream *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
 	j, err := h.s.jobFor(ctx, req.Msg.GetJobId(), "")
 	if err != nil {
@@ -62,7 +66,7 @@ func (s *Scheduler) follow(ctx context.Context, j store.Job, req *batonv1.Worker
 	return s.relay(ctx, j, outputEvents(ws), ws.Err, send)
 }
 
-// relayContext is ctx, cut when t goes DOWN or LEFT (cause
+// relayContext is ctx, cut when t goes DOWN, LEFT or RESTARTING (cause
 // errStreamWorkerDown) or the scheduler shuts down (errSchedulerStopping).
 // A client that goes away cancels it too, and with it the worker's stream.
 func (s *Scheduler) relayContext(ctx context.Context, t target) (context.Context, context.CancelCauseFunc) {
@@ -137,12 +141,16 @@ func outputEvents[T any, M interface {
 func relayError(ctx context.Context, worker string, err error) error {
 	switch cause := context.Cause(ctx); {
 	case errors.Is(cause, errStreamWorkerDown):
-		return connect.NewError(connect.CodeUnavailable, errors.New("the job's worker went down; QueryJob reports the job's last known status"))
+		return connect.NewError(connect.CodeUnavailable, errors.New("the job's worker went down, left or is restarting; QueryJob reports the job's last known status"))
 	case errors.Is(cause, errSchedulerStopping):
 		return connect.NewError(connect.CodeUnavailable, errors.New("the scheduler is shutting down; resume the stream from the last offset"))
 	case cause != nil:
 		// The client cancelled or its deadline passed.
 		return mapError(cause)
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET):
+		// The worker's stream broke mid-way: its process went away (a
+		// restart leaves its jobs running), and the follow resumes.
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("the stream from worker %q broke; resume from the last offset", worker))
 	}
 	return mapError(&workerError{worker: worker, err: err})
 }

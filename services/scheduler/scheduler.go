@@ -29,6 +29,7 @@ const (
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultHeartbeatGrace    = 10 * time.Second
 	DefaultFailoverGrace     = 5 * time.Minute
+	DefaultRestartGrace      = time.Minute
 	DefaultRetention         = 24 * time.Hour
 	DefaultWorkerCallTimeout = 30 * time.Second
 	maxCallDuration          = 5 * time.Minute
@@ -48,6 +49,10 @@ type Options struct {
 	// FailoverGrace is how long workers known from the store have to
 	// register again after the scheduler starts, before any is marked DOWN.
 	FailoverGrace time.Duration
+	// RestartGrace is how long a worker that deregistered for a restart
+	// stays RESTARTING, its jobs kept as they are, before it is marked DOWN
+	// and its jobs LOST.
+	RestartGrace time.Duration
 	// Retention is how long ended jobs are kept.
 	Retention time.Duration
 	// WorkerCallTimeout bounds unary calls to a worker that have no
@@ -94,8 +99,8 @@ type Scheduler struct {
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
-// store holds as READY or DRAINING get FailoverGrace to register again: a
-// scheduler restart alone marks no worker DOWN.
+// store holds as READY, DRAINING or RESTARTING get FailoverGrace to register
+// again: a scheduler restart alone marks no worker DOWN.
 func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	if opts.Store == nil {
 		return nil, errors.New("scheduler: Options.Store is required")
@@ -108,6 +113,9 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	}
 	if opts.FailoverGrace <= 0 {
 		opts.FailoverGrace = DefaultFailoverGrace
+	}
+	if opts.RestartGrace <= 0 {
+		opts.RestartGrace = DefaultRestartGrace
 	}
 	if opts.Retention <= 0 {
 		opts.Retention = DefaultRetention
@@ -128,7 +136,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.reg.load(workers, time.Now().Add(opts.FailoverGrace))
+	s.reg.load(workers, opts.FailoverGrace)
 
 	hopts, err := s.instrument()
 	if err != nil {
@@ -231,7 +239,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 // sweep marks the workers whose deadline passed DOWN and their running jobs
-// LOST.
+// LOST: silent ones, and restarting ones not back within their grace.
 func (s *Scheduler) sweep(ctx context.Context) {
 	for _, d := range s.reg.expire(time.Now()) {
 		s.markDown(ctx, d)
@@ -249,11 +257,18 @@ func (s *Scheduler) markDown(ctx context.Context, d downed) {
 	}
 	silent := s.opts.HeartbeatInterval + s.opts.HeartbeatGrace
 	reason := "worker down: no heartbeat for " + silent.String()
+	if d.restarting {
+		reason = "worker restarting: not back within " + d.grace.String()
+	}
 	n, err := s.store.MarkWorkerJobsLost(ctx, d.id, reason, time.Now())
 	if err != nil && ctx.Err() == nil {
 		s.logger.ErrorContext(ctx, "marking jobs of a down worker lost failed", "worker_id", d.id, "error", err)
 	}
 	s.persist(ctx, m)
+	if d.restarting {
+		s.logger.WarnContext(ctx, "worker down: not back from its restart", "worker_id", d.id, "restart_grace", d.grace, "jobs_lost", n)
+		return
+	}
 	s.logger.WarnContext(ctx, "worker down", "worker_id", d.id, "silent_for", silent, "jobs_lost", n)
 }
 

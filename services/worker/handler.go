@@ -5,9 +5,9 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -23,10 +23,10 @@ const defaultPageSize = 100
 
 var errBadPageToken = errors.New("page_token is not one this worker issued")
 
-// handler implements WorkerService over a jobrun.Runner. Requests arrive
+// handler implements WorkerService over the job runtime. Requests arrive
 // already validated against the schema; the handler checks only state.
 type handler struct {
-	runner *jobrun.Runner
+	runner Jobs
 	name   string
 	// stopping is cancelled when the worker shuts down.
 	stopping context.Context
@@ -53,19 +53,28 @@ func (h *handler) StartJob(ctx context.Context, req *connect.Request[batonv1.Wor
 // start starts the job of req (under a new id if it names none) and returns
 // its status, or the job already started with its id.
 func (h *handler) start(ctx context.Context, req *batonv1.WorkerServiceStartJobRequest) (jobrun.Status, error) {
-	id := req.GetJobId()
-	if id == "" {
-		v7, err := uuid.NewV7()
-		if err != nil {
-			return jobrun.Status{}, mapError(fmt.Errorf("new job id: %w", err))
-		}
-		id = v7.String()
+	id, spec, err := jobOf(req)
+	if err != nil {
+		return jobrun.Status{}, err
 	}
-	st, _, err := h.runner.Start(ctx, id, specFromRequest(req))
+	st, _, err := h.runner.Start(ctx, id, spec)
 	if err != nil {
 		return jobrun.Status{}, mapError(err)
 	}
 	return st, nil
+}
+
+// jobOf returns the id (a new one if req names none) and spec of a start.
+func jobOf(req *batonv1.WorkerServiceStartJobRequest) (string, jobrun.Spec, error) {
+	id := req.GetJobId()
+	if id == "" {
+		v7, err := uuid.NewV7()
+		if err != nil {
+			return "", jobrun.Spec{}, mapError(fmt.Errorf("new job id: %w", err))
+		}
+		id = v7.String()
+	}
+	return id, specFromRequest(req), nil
 }
 
 // StopJob stops a job and returns its final status. It waits for the job to
@@ -83,8 +92,8 @@ func (h *handler) StopJob(ctx context.Context, req *connect.Request[batonv1.Work
 }
 
 // QueryJob reports a job's status with the original design's summary.
-func (h *handler) QueryJob(_ context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
-	st, err := h.runner.Status(req.Msg.GetJobId())
+func (h *handler) QueryJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceQueryJobRequest]) (*connect.Response[batonv1.WorkerServiceQueryJobResponse], error) {
+	st, err := h.runner.Status(ctx, req.Msg.GetJobId())
 	if err != nil {
 		return nil, mapError(err)
 	}
@@ -104,7 +113,7 @@ func summary(st jobrun.Status) (done, failed bool, text string) {
 }
 
 // ListJobs lists jobs newest first, a page at a time.
-func (h *handler) ListJobs(_ context.Context, req *connect.Request[batonv1.WorkerServiceListJobsRequest]) (*connect.Response[batonv1.WorkerServiceListJobsResponse], error) {
+func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.WorkerServiceListJobsRequest]) (*connect.Response[batonv1.WorkerServiceListJobsResponse], error) {
 	after, err := decodePageToken(req.Msg.GetPageToken())
 	if err != nil {
 		return nil, mapError(err)
@@ -113,24 +122,30 @@ func (h *handler) ListJobs(_ context.Context, req *connect.Request[batonv1.Worke
 	if size == 0 {
 		size = defaultPageSize
 	}
-	states := req.Msg.GetStates()
-	owner := req.Msg.GetOwner()
-	res := &batonv1.WorkerServiceListJobsResponse{}
-	for _, st := range h.runner.List() {
-		if after != nil && !after.before(st) {
-			continue
+	q := jobrun.Query{Owner: req.Msg.GetOwner(), Limit: size}
+	if after != nil {
+		q.AfterCreated, q.AfterID = time.Unix(0, after.created), after.id
+	}
+	for _, s := range req.Msg.GetStates() {
+		for rs, ps := range jobStates {
+			if ps == s {
+				q.States = append(q.States, rs)
+			}
 		}
-		if owner != "" && st.Spec.Owner != owner {
-			continue
-		}
-		if len(states) > 0 && !slices.Contains(states, jobStates[st.State]) {
-			continue
-		}
-		if len(res.Jobs) == size {
-			res.NextPageToken = encodePageToken(res.Jobs[size-1])
-			break
-		}
-		res.Jobs = append(res.Jobs, statusToProto(st, h.name))
+	}
+	if len(req.Msg.GetStates()) > 0 && len(q.States) == 0 {
+		return connect.NewResponse(&batonv1.WorkerServiceListJobsResponse{}), nil
+	}
+	jobs, more, err := h.runner.Page(ctx, q)
+	if err != nil {
+		return nil, mapError(err)
+	}
+	res := &batonv1.WorkerServiceListJobsResponse{Jobs: make([]*batonv1.JobStatus, len(jobs))}
+	for i, st := range jobs {
+		res.Jobs[i] = statusToProto(st, h.name)
+	}
+	if more && len(res.Jobs) > 0 {
+		res.NextPageToken = encodePageToken(res.Jobs[len(res.Jobs)-1])
 	}
 	return connect.NewResponse(res), nil
 }
@@ -140,12 +155,6 @@ func (h *handler) ListJobs(_ context.Context, req *connect.Request[batonv1.Worke
 type pageKey struct {
 	created int64
 	id      string
-}
-
-// before reports whether st comes after the key in listing order.
-func (k *pageKey) before(st jobrun.Status) bool {
-	c := st.CreatedAt.UnixNano()
-	return c < k.created || (c == k.created && st.ID < k.id)
 }
 
 func encodePageToken(last *batonv1.JobStatus) string {
@@ -196,19 +205,19 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 // status, the output from byte 0, the final status. The job outlives the
 // call, as it outlives StartJob.
 func (h *handler) RunJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceRunJobRequest], stream *connect.ServerStream[batonv1.WorkerServiceRunJobResponse]) error {
-	st, err := h.start(ctx, req.Msg.GetJob())
+	id, spec, err := jobOf(req.Msg.GetJob())
 	if err != nil {
-		return err
-	}
-	if err := stream.Send(&batonv1.WorkerServiceRunJobResponse{
-		Event: &batonv1.WorkerServiceRunJobResponse_Started{Started: statusToProto(st, h.name)},
-	}); err != nil {
 		return err
 	}
 	msg := &batonv1.WorkerServiceRunJobResponse{}
 	event := &batonv1.WorkerServiceRunJobResponse_Chunk{}
-	outReq := jobrun.OutputRequest{Follow: true, Streams: streamFromProto(req.Msg.GetStream())}
-	st, err = h.output(ctx, st.ID, outReq, func(chunk *batonv1.OutputChunk) error {
+	st, err := h.follow(ctx, func(ctx context.Context, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+		return h.runner.Run(ctx, id, spec, streamFromProto(req.Msg.GetStream()), func(st jobrun.Status) error {
+			return stream.Send(&batonv1.WorkerServiceRunJobResponse{
+				Event: &batonv1.WorkerServiceRunJobResponse_Started{Started: statusToProto(st, h.name)},
+			})
+		}, fn)
+	}, func(chunk *batonv1.OutputChunk) error {
 		event.Chunk = chunk
 		msg.Event = event
 		return stream.Send(msg)
@@ -222,15 +231,24 @@ func (h *handler) RunJob(ctx context.Context, req *connect.Request[batonv1.Worke
 }
 
 // output sends a job's output to send, one chunk at a time, and returns the
-// job's status after the last one (the final status when following). The
-// chunk passed to send is reused: send must be done with it when it
-// returns, as Connect's Send is once it marshalled the message.
+// job's status after the last one (the final status when following).
 func (h *handler) output(ctx context.Context, id string, req jobrun.OutputRequest, send func(*batonv1.OutputChunk) error) (jobrun.Status, error) {
+	return h.follow(ctx, func(ctx context.Context, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+		return h.runner.Output(ctx, id, req, fn)
+	}, send)
+}
+
+// follow runs read, which passes a job's output to its callback, sending
+// each chunk with send, and maps its end. The chunk passed to send is
+// reused: send must be done with it when it returns, as Connect's Send is
+// once it marshalled the message. Streams end with Unavailable when the
+// worker shuts down.
+func (h *handler) follow(ctx context.Context, read func(context.Context, func(jobrun.Chunk) error) (jobrun.Status, error), send func(*batonv1.OutputChunk) error) (jobrun.Status, error) {
 	chunk := &batonv1.OutputChunk{}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	defer context.AfterFunc(h.stopping, func() { cancel(errStopping) })()
-	st, err := h.runner.Output(ctx, id, req, func(c jobrun.Chunk) error {
+	st, err := read(ctx, func(c jobrun.Chunk) error {
 		chunk.Stream = streamToProto(c.Stream)
 		chunk.Data = c.Data
 		chunk.Offset = c.Offset

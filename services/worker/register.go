@@ -4,6 +4,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -30,7 +31,8 @@ const (
 )
 
 // Run keeps the worker registered with the scheduler until ctx ends, then
-// deregisters it. Without a scheduler it just waits for ctx. Registration
+// deregisters it (as restarting after LeaveForRestart). Without a
+// scheduler it just waits for ctx. Registration
 // failures are retried with jittered exponential backoff; a heartbeat
 // answered NotFound (the scheduler forgot us) leads to a new registration.
 func (w *Worker) Run(ctx context.Context) error {
@@ -76,13 +78,11 @@ func (w *Worker) register(ctx context.Context) (string, time.Duration, error) {
 		Labels:   w.opts.Labels,
 		Capacity: int32(w.opts.Runner.Capacity),
 	}
-	for _, st := range w.runner.List() {
-		if st.State.Terminal() {
-			continue
-		}
-		if len(req.Jobs) == maxReportedJobs {
-			break
-		}
+	live, _, err := w.runner.Page(ctx, jobrun.Query{Live: true, Limit: maxReportedJobs})
+	if err != nil {
+		return "", 0, err
+	}
+	for _, st := range live {
 		req.Jobs = append(req.Jobs, reportOf(st, w.opts.Name))
 	}
 	res, err := w.opts.Scheduler.RegisterWorker(ctx, connect.NewRequest(req))
@@ -161,9 +161,18 @@ func (w *Worker) beat(ctx context.Context, id string) (interval time.Duration, m
 	return intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), more, nil
 }
 
+// LeaveForRestart makes the deregistration Run sends when its context ends
+// say the worker is restarting: its jobs keep running and it comes back
+// soon, so the scheduler marks it RESTARTING rather than LEFT and keeps its
+// jobs as they are for its restart grace. Call it before ending Run's
+// context; it cannot be undone. It is safe for concurrent use.
+func (w *Worker) LeaveForRestart() {
+	w.changes.restarting.Store(true)
+}
+
 // leave reports the last job changes (the jobs Close stopped) and tells the
-// scheduler the worker is leaving. It uses a fresh context since the
-// worker's own is already done.
+// scheduler the worker is leaving, or restarting. It uses a fresh context
+// since the worker's own is already done.
 func (w *Worker) leave(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -174,12 +183,13 @@ func (w *Worker) leave(id string) {
 			break
 		}
 	}
-	_, err := w.opts.Scheduler.DeregisterWorker(ctx, connect.NewRequest(&batonv1.DeregisterWorkerRequest{WorkerId: id}))
+	restarting := w.changes.restarting.Load()
+	_, err := w.opts.Scheduler.DeregisterWorker(ctx, connect.NewRequest(&batonv1.DeregisterWorkerRequest{WorkerId: id, Restarting: restarting}))
 	if err != nil {
-		w.logger.Warn("deregistration failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
+		w.logger.Warn("deregistration failed", "worker_id", id, "restarting", restarting, "code", connect.CodeOf(err).String(), "error", err)
 		return
 	}
-	w.logger.Info("deregistered from the scheduler", "worker_id", id)
+	w.logger.Info("deregistered from the scheduler", "worker_id", id, "restarting", restarting)
 }
 
 func intervalOf(d time.Duration) time.Duration {
@@ -206,14 +216,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// changeSet collects job status changes until a heartbeat delivers them. A
-// job changed again after a snapshot stays pending. It is safe for
-// concurrent use.
+// changeSet collects what the worker has yet to tell the scheduler: job
+// status changes until a heartbeat delivers them (a job changed again after
+// a snapshot stays pending), and whether its deregistration is for a
+// restart. It is safe for concurrent use.
 type changeSet struct {
 	mu      sync.Mutex
 	seq     uint64
 	pending map[string]change
 	wake    chan struct{}
+	// restarting is set by LeaveForRestart and sent by leave.
+	restarting atomic.Bool
 }
 
 type change struct {

@@ -14,6 +14,7 @@ import (
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/keeper"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/serving"
 )
@@ -29,6 +30,11 @@ type Options struct {
 	// Runner configures the job runtime. Its Capacity is also reported to
 	// the scheduler; its OnChange is set by the Worker.
 	Runner jobrun.Options
+	// KeeperExecutable, if set, keeps the jobs in a keeper process started
+	// from this executable (the baton binary), so that they outlive the
+	// worker process: see package keeper. Empty runs them in this process,
+	// and they end with it.
+	KeeperExecutable string
 	// Scheduler, if set, is the client the worker registers and heartbeats
 	// with. Nil runs the worker on its own.
 	Scheduler batonv1connect.SchedulerServiceClient
@@ -53,7 +59,9 @@ type Options struct {
 // concurrent use.
 type Worker struct {
 	opts    Options
-	runner  *jobrun.Runner
+	runner  Jobs
+	local   *jobrun.Runner  // the runtime when it is in this process
+	ending  <-chan struct{} // closed when the keeper decommissions
 	handler http.Handler
 	health  *grpchealth.StaticChecker
 	changes *changeSet
@@ -81,11 +89,22 @@ func New(opts Options) (*Worker, error) {
 	ropts := opts.Runner
 	ropts.Logger = opts.Logger
 	ropts.OnChange = w.jobChanged
-	runner, err := jobrun.New(ropts)
-	if err != nil {
-		return nil, err
+	if opts.KeeperExecutable != "" {
+		kc, err := keeper.Open(context.Background(), keeper.Config{
+			Options: ropts, Executable: opts.KeeperExecutable, OnChange: w.jobChanged, Logger: opts.Logger,
+		})
+		if err != nil {
+			return nil, err
+		}
+		w.runner, w.ending = kc, kc.Ending()
+	} else {
+		runner, err := jobrun.New(ropts)
+		if err != nil {
+			return nil, err
+		}
+		w.runner, w.local = local{runner}, runner
 	}
-	w.runner = runner
+	runner := w.runner
 
 	// A stop once received is carried out even if the scheduler hangs up.
 	inner := append([]connect.Interceptor{interceptors.NewDetach(batonv1connect.WorkerServiceStopJobProcedure)}, opts.Interceptors...)
@@ -129,8 +148,14 @@ func (w *Worker) jobChanged(st jobrun.Status) {
 // Unauthenticated.
 func (w *Worker) Handler() http.Handler { return w.handler }
 
-// Runner is the worker's job runtime.
-func (w *Worker) Runner() *jobrun.Runner { return w.runner }
+// Runner is the worker's job runtime when it runs in this process; nil
+// when a keeper holds the jobs.
+func (w *Worker) Runner() *jobrun.Runner { return w.local }
+
+// Ending is closed when the keeper ends with every job (a decommission,
+// see keeper.Decommission): the worker should leave too. Nil without a
+// keeper.
+func (w *Worker) Ending() <-chan struct{} { return w.ending }
 
 // SetNotServing is the first step of a graceful shutdown: the health
 // endpoint reports NOT_SERVING and every output stream ends with
@@ -140,8 +165,9 @@ func (w *Worker) SetNotServing() {
 	w.stopStreams()
 }
 
-// Close stops serving (as SetNotServing) and stops every running job
-// (SIGTERM, grace, SIGKILL), waiting for them within ctx.
+// Close stops serving (as SetNotServing) and releases the job runtime:
+// without a keeper it stops every running job (SIGTERM, grace, SIGKILL),
+// waiting for them within ctx; a keeper's jobs run on.
 func (w *Worker) Close(ctx context.Context) error {
 	w.SetNotServing()
 	return w.runner.Close(ctx)

@@ -38,6 +38,11 @@ const (
 	WorkerState_WORKER_STATE_DOWN WorkerState = 3
 	// WORKER_STATE_LEFT: deregistered on graceful shutdown.
 	WorkerState_WORKER_STATE_LEFT WorkerState = 4
+	// WORKER_STATE_RESTARTING: deregistered for a planned restart. Its jobs
+	// keep running and keep their state; no new ones are placed. It becomes
+	// READY (DRAINING if it was) when it registers again, or DOWN, with its
+	// jobs LOST, if it has not within the scheduler's restart grace.
+	WorkerState_WORKER_STATE_RESTARTING WorkerState = 5
 )
 
 // Enum value maps for WorkerState.
@@ -48,6 +53,7 @@ var (
 		2: "WORKER_STATE_DRAINING",
 		3: "WORKER_STATE_DOWN",
 		4: "WORKER_STATE_LEFT",
+		5: "WORKER_STATE_RESTARTING",
 	}
 	WorkerState_value = map[string]int32{
 		"WORKER_STATE_UNSPECIFIED": 0,
@@ -55,6 +61,7 @@ var (
 		"WORKER_STATE_DRAINING":    2,
 		"WORKER_STATE_DOWN":        3,
 		"WORKER_STATE_LEFT":        4,
+		"WORKER_STATE_RESTARTING":  5,
 	}
 )
 
@@ -344,7 +351,11 @@ func (x *RegisterWorkerResponse) GetHeartbeatInterval() *durationpb.Duration {
 type DeregisterWorkerRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// worker_id is the worker leaving.
-	WorkerId      string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	WorkerId string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// restarting says the worker's jobs keep running and it comes back
+	// soon: the scheduler marks it RESTARTING instead of LEFT, places no work
+	// there and keeps its jobs as they are for the restart grace.
+	Restarting    bool `protobuf:"varint,2,opt,name=restarting,proto3" json:"restarting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -384,6 +395,13 @@ func (x *DeregisterWorkerRequest) GetWorkerId() string {
 		return x.WorkerId
 	}
 	return ""
+}
+
+func (x *DeregisterWorkerRequest) GetRestarting() bool {
+	if x != nil {
+		return x.Restarting
+	}
+	return false
 }
 
 // DeregisterWorkerResponse acknowledges a deregistration.
@@ -1755,9 +1773,12 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +
 	"\x16RegisterWorkerResponse\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12H\n" +
-	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"A\n" +
+	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"a\n" +
 	"\x17DeregisterWorkerRequest\x12&\n" +
-	"\tworker_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\bworkerId\"\x1a\n" +
+	"\tworker_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\bworkerId\x12\x1e\n" +
+	"\n" +
+	"restarting\x18\x02 \x01(\bR\n" +
+	"restarting\"\x1a\n" +
 	"\x18DeregisterWorkerResponse\"\xa1\x01\n" +
 	"\x10HeartbeatRequest\x12&\n" +
 	"\tworker_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\bworkerId\x12*\n" +
@@ -1857,7 +1878,7 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
 	"\x05event\"\xba\x01\n" +
 	"\x12ListWorkersRequest\x12@\n" +
-	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x04\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
+	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x05\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\x90N(\x00R\bpageSize\x129\n" +
 	"\n" +
@@ -1868,13 +1889,14 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x12DrainWorkerRequest\x12E\n" +
 	"\tworker_id\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\"?\n" +
 	"\x13DrainWorkerResponse\x12(\n" +
-	"\x06worker\x18\x01 \x01(\v2\x10.baton.v1.WorkerR\x06worker*\x8c\x01\n" +
+	"\x06worker\x18\x01 \x01(\v2\x10.baton.v1.WorkerR\x06worker*\xa9\x01\n" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12WORKER_STATE_READY\x10\x01\x12\x19\n" +
 	"\x15WORKER_STATE_DRAINING\x10\x02\x12\x15\n" +
 	"\x11WORKER_STATE_DOWN\x10\x03\x12\x15\n" +
-	"\x11WORKER_STATE_LEFT\x10\x042\xe4\x06\n" +
+	"\x11WORKER_STATE_LEFT\x10\x04\x12\x1b\n" +
+	"\x17WORKER_STATE_RESTARTING\x10\x052\xe4\x06\n" +
 	"\x10SchedulerService\x12U\n" +
 	"\x0eRegisterWorker\x12\x1f.baton.v1.RegisterWorkerRequest\x1a .baton.v1.RegisterWorkerResponse\"\x00\x12[\n" +
 	"\x10DeregisterWorker\x12!.baton.v1.DeregisterWorkerRequest\x1a\".baton.v1.DeregisterWorkerResponse\"\x00\x12F\n" +

@@ -72,7 +72,8 @@ type SchedulerServiceClient interface {
 	// RegisterWorker adds a worker to the roster (or re-admits it) and returns
 	// the heartbeat interval to use. Only worker identities may call it.
 	RegisterWorker(context.Context, *connect.Request[v1.RegisterWorkerRequest]) (*connect.Response[v1.RegisterWorkerResponse], error)
-	// DeregisterWorker removes a worker on graceful shutdown (state LEFT).
+	// DeregisterWorker removes a worker on graceful shutdown (state LEFT),
+	// or, with restarting, marks it RESTARTING while it restarts.
 	DeregisterWorker(context.Context, *connect.Request[v1.DeregisterWorkerRequest]) (*connect.Response[v1.DeregisterWorkerResponse], error)
 	// Heartbeat keeps a worker READY and carries its job state changes.
 	// NotFound tells the worker to register again.
@@ -260,7 +261,8 @@ type SchedulerServiceHandler interface {
 	// RegisterWorker adds a worker to the roster (or re-admits it) and returns
 	// the heartbeat interval to use. Only worker identities may call it.
 	RegisterWorker(context.Context, *connect.Request[v1.RegisterWorkerRequest]) (*connect.Response[v1.RegisterWorkerResponse], error)
-	// DeregisterWorker removes a worker on graceful shutdown (state LEFT).
+	// DeregisterWorker removes a worker on graceful shutdown (state LEFT),
+	// or, with restarting, marks it RESTARTING while it restarts.
 	DeregisterWorker(context.Context, *connect.Request[v1.DeregisterWorkerRequest]) (*connect.Response[v1.DeregisterWorkerResponse], error)
 	// Heartbeat keeps a worker READY and carries its job state changes.
 	// NotFound tells the worker to register again.

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/baton-run/baton/services/keeper"
+)
+
+// newKeeperCommand is the keeper process `baton worker` starts for its data
+// directory (see package keeper). It is not for people to run: it reads its
+// options from the worker on standard input.
+func newKeeperCommand() *cobra.Command {
+	var dataDir string
+	cmd := &cobra.Command{
+		Use:    "keeper",
+		Short:  "Keep a worker's jobs running across restarts of the worker (started by baton worker)",
+		Args:   cobra.NoArgs,
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if dataDir == "" {
+				return &usageError{msg: "keeper: --data-dir is required"}
+			}
+			logger, err := newLogger(LogConfig{Level: "info", Format: "json"}, os.Stderr)
+			if err != nil {
+				return err
+			}
+			err = keeper.Run(cmd.Context(), dataDir, os.Stdin, logger)
+			if errors.Is(err, keeper.ErrRunning) {
+				logger.Info("another keeper serves this data directory; leaving it to that one", "data_dir", dataDir)
+				return nil
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the worker's data directory")
+	return cmd
+}
+
+// newDecommissionCommand stops a worker's jobs for good: the keeper stops
+// every job (TERM, grace, KILL), records their ends and exits, and a worker
+// process attached to it reports the ends and leaves.
+func newDecommissionCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "decommission",
+		Short: "Stop every job of this worker and end its keeper (the worker process, if running, leaves the scheduler)",
+		Args:  cobra.NoArgs,
+	}
+	loadConfig := bindConfigFlags(cmd, workerFlags)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg := defaultWorkerConfig()
+		if err := loadConfig(&cfg); err != nil {
+			return err
+		}
+		if cfg.Worker.DataDir == "" {
+			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
+		}
+		found, err := keeper.Decommission(cmd.Context(), cfg.Worker.DataDir)
+		if err != nil {
+			return err
+		}
+		if !found {
+			fmt.Fprintf(cmd.OutOrStdout(), "no keeper runs for %s: no job of this worker is running\n", cfg.Worker.DataDir)
+			return nil
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "every job of %s stopped; its keeper ended\n", cfg.Worker.DataDir)
+		return nil
+	}
+	return cmd
+}

@@ -1,0 +1,456 @@
+package keeper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	keeperv1 "github.com/baton-run/baton/gen/baton/keeper/v1"
+	"github.com/baton-run/baton/gen/baton/keeper/v1/keeperv1connect"
+	"github.com/baton-run/baton/services/jobrun"
+)
+
+// How long a worker waits for a keeper to answer after starting or
+// upgrading it.
+const answerTimeout = 15 * time.Second
+
+// Client is a worker's connection to its keeper. It offers the job
+// runtime's operations, follows the keeper's changes (passing them to
+// OnChange) and, when the keeper goes away, starts a new one: a keeper that
+// was killed leaves its jobs LOST, and the new one says so. Its methods are
+// safe for concurrent use.
+type Client struct {
+	dir        string
+	executable string
+	options    []byte
+	log        *slog.Logger
+	onChange   func(jobrun.Status)
+	http       *http.Client
+	rpc        keeperv1connect.KeeperServiceClient
+
+	running atomic.Int64
+	mu      sync.Mutex
+	live    map[string]bool // jobs seen not over, to reconcile after a gap
+
+	ending   chan struct{} // closed when the keeper decommissions
+	endOnce  sync.Once
+	stop     context.CancelFunc
+	watching chan struct{}
+}
+
+// Config is what a worker opens its keeper with.
+type Config struct {
+	// Options are the runtime options; their Logger and OnChange are not
+	// sent. DataDir is required.
+	Options jobrun.Options
+	// Executable is the absolute path of the baton binary a new keeper is
+	// started from and an older one upgraded to.
+	Executable string
+	// OnChange receives every change of a job's state, as
+	// jobrun.Options.OnChange would, and the ends of jobs that ended while
+	// the worker was not following.
+	OnChange func(jobrun.Status)
+	Logger   *slog.Logger
+}
+
+// Open connects to the keeper of cfg.Options.DataDir, starting one when
+// none answers and upgrading it (in place, jobs kept) when its build or
+// options differ from the caller's, and starts following its changes.
+func Open(ctx context.Context, cfg Config) (*Client, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.OnChange == nil {
+		cfg.OnChange = func(jobrun.Status) {}
+	}
+	dir, options, err := encodeOptions(cfg.Options)
+	if err != nil {
+		return nil, err
+	}
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	hc := &http.Client{Transport: &http.Transport{
+		Protocols: &protocols,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx, dir)
+		},
+		HTTP2: &http.HTTP2Config{
+			MaxReadFrameSize:              1 << 20,
+			MaxReceiveBufferPerStream:     4 << 20,
+			MaxReceiveBufferPerConnection: 16 << 20,
+		},
+		MaxIdleConnsPerHost: 4,
+	}}
+	c := &Client{
+		dir:        dir,
+		executable: cfg.Executable,
+		options:    options,
+		log:        cfg.Logger,
+		onChange:   cfg.OnChange,
+		http:       hc,
+		rpc:        keeperv1connect.NewKeeperServiceClient(hc, "http://keeper"),
+		live:       make(map[string]bool),
+		ending:     make(chan struct{}),
+		watching:   make(chan struct{}),
+	}
+	if err := c.attach(ctx); err != nil {
+		hc.CloseIdleConnections()
+		return nil, err
+	}
+	live, _, err := c.Page(ctx, jobrun.Query{Live: true})
+	if err != nil {
+		hc.CloseIdleConnections()
+		return nil, err
+	}
+	for _, st := range live {
+		c.live[st.ID] = true
+	}
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	c.stop = stop
+	feed, err := c.subscribe(ctx, wctx)
+	if err != nil {
+		stop()
+		hc.CloseIdleConnections()
+		return nil, err
+	}
+	go c.watch(wctx, feed)
+	return c, nil
+}
+
+// encodeOptions returns the data directory and the options as a keeper
+// reads them.
+func encodeOptions(opts jobrun.Options) (string, []byte, error) {
+	if opts.DataDir == "" {
+		return "", nil, errors.New("keeper: Options.DataDir is required")
+	}
+	dir, err := absDir(opts.DataDir)
+	if err != nil {
+		return "", nil, err
+	}
+	opts.DataDir = dir
+	b, err := json.Marshal(opts)
+	if err != nil {
+		return "", nil, fmt.Errorf("keeper: encoding the options: %w", err)
+	}
+	return dir, b, nil
+}
+
+// attach makes sure a keeper of this build and these options answers:
+// it starts one if none does, and upgrades one that differs.
+func (c *Client) attach(ctx context.Context) error {
+	hello, err := c.hello(ctx)
+	if err != nil {
+		if err := start(c.dir, c.executable, c.options); err != nil {
+			return err
+		}
+		if hello, err = c.awaitHello(ctx, nil); err != nil {
+			return err
+		}
+	}
+	if hello.GetBuild() == Build() && hello.GetOptionsDigest() == digest(c.options) {
+		c.running.Store(hello.GetRunning())
+		return nil
+	}
+	c.log.Info("upgrading the keeper in place", "keeper_build", hello.GetBuild(), "build", Build(),
+		"options_changed", hello.GetOptionsDigest() != digest(c.options), "keeper_pid", hello.GetPid())
+	if _, err := c.rpc.Upgrade(ctx, connect.NewRequest(&keeperv1.UpgradeRequest{
+		Executable: c.executable, Options: c.options,
+	})); err != nil {
+		return fmt.Errorf("keeper: upgrading the keeper (pid %d): %w", hello.GetPid(), err)
+	}
+	hello, err = c.awaitHello(ctx, func(h *keeperv1.HelloResponse) bool { return h.GetBuild() == Build() })
+	if err != nil {
+		return err
+	}
+	c.running.Store(hello.GetRunning())
+	return nil
+}
+
+func (c *Client) hello(ctx context.Context) (*keeperv1.HelloResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	res, err := c.rpc.Hello(ctx, connect.NewRequest(&keeperv1.HelloRequest{ProtocolVersion: ProtocolVersion}))
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
+}
+
+// awaitHello polls until the keeper answers (and, with ok, until its
+// answer is the one expected).
+func (c *Client) awaitHello(ctx context.Context, ok func(*keeperv1.HelloResponse) bool) (*keeperv1.HelloResponse, error) {
+	deadline := time.Now().Add(answerTimeout)
+	var last error
+	for time.Now().Before(deadline) {
+		h, err := c.hello(ctx)
+		if err == nil && (ok == nil || ok(h)) {
+			return h, nil
+		}
+		if err != nil {
+			last = err
+		} else {
+			last = fmt.Errorf("the keeper still runs build %s", h.GetBuild())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("keeper: no answer from the keeper of %s within %s (see %s): %w", c.dir, answerTimeout, logName, last)
+}
+
+// subscribe opens the change feed and waits for its first message, so
+// that no change after it is missed.
+func (c *Client) subscribe(ctx, wctx context.Context) (*connect.ServerStreamForClient[keeperv1.WatchResponse], error) {
+	feed, err := c.rpc.Watch(wctx, connect.NewRequest(&keeperv1.WatchRequest{}))
+	if err != nil {
+		return nil, err
+	}
+	if !feed.Receive() {
+		err := feed.Err()
+		_ = feed.Close()
+		if err == nil {
+			err = errors.New("the keeper ended the change feed")
+		}
+		return nil, err
+	}
+	c.running.Store(feed.Msg().GetRunning())
+	return feed, nil
+}
+
+// watch follows the change feed until Close. When the feed breaks, the
+// keeper is attached again (started anew if it is gone) and the jobs that
+// changed meanwhile are reported.
+func (c *Client) watch(ctx context.Context, feed *connect.ServerStreamForClient[keeperv1.WatchResponse]) {
+	defer close(c.watching)
+	retry := 50 * time.Millisecond
+	for {
+		for feed.Receive() {
+			msg := feed.Msg()
+			c.running.Store(msg.GetRunning())
+			if st := msg.GetStatus(); st != nil {
+				c.changed(statusFromProto(st))
+			}
+			if msg.GetEnding() {
+				_ = feed.Close()
+				c.endOnce.Do(func() { close(c.ending) })
+				return
+			}
+		}
+		err := feed.Err()
+		_ = feed.Close()
+		for {
+			if ctx.Err() != nil {
+				return
+			}
+			c.log.Warn("lost the keeper; attaching again", "error", err)
+			if err = c.attach(ctx); err == nil {
+				if feed, err = c.subscribe(ctx, ctx); err == nil {
+					break
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(retry):
+			}
+			retry = min(2*retry, 2*time.Second)
+		}
+		retry = 50 * time.Millisecond
+		c.reconcile(ctx)
+	}
+}
+
+// changed tracks a job's change and passes it on.
+func (c *Client) changed(st jobrun.Status) {
+	c.mu.Lock()
+	if st.State.Terminal() {
+		delete(c.live, st.ID)
+	} else {
+		c.live[st.ID] = true
+	}
+	c.mu.Unlock()
+	c.onChange(st)
+}
+
+// reconcile reports the jobs that ended while the feed was broken, and
+// learns the ones that started.
+func (c *Client) reconcile(ctx context.Context) {
+	c.mu.Lock()
+	ids := make([]string, 0, len(c.live))
+	for id := range c.live {
+		ids = append(ids, id)
+	}
+	c.mu.Unlock()
+	for _, id := range ids {
+		st, err := c.Status(ctx, id)
+		switch {
+		case err == nil && st.State.Terminal():
+			c.changed(st)
+		case errors.Is(err, jobrun.ErrNotFound):
+			c.mu.Lock()
+			delete(c.live, id)
+			c.mu.Unlock()
+		}
+	}
+	live, _, err := c.Page(ctx, jobrun.Query{Live: true})
+	if err != nil {
+		return
+	}
+	c.mu.Lock()
+	for _, st := range live {
+		c.live[st.ID] = true
+	}
+	c.mu.Unlock()
+}
+
+// Ending is closed when the keeper ends with its jobs (a decommission).
+func (c *Client) Ending() <-chan struct{} { return c.ending }
+
+// Close stops following the keeper. The keeper and its jobs run on.
+func (c *Client) Close(context.Context) error {
+	c.stop()
+	<-c.watching
+	c.http.CloseIdleConnections()
+	return nil
+}
+
+// Running returns the number of jobs starting or running, as of the
+// keeper's last change.
+func (c *Client) Running() int { return int(c.running.Load()) }
+
+// Start starts a job (see jobrun.Runner.Start).
+func (c *Client) Start(ctx context.Context, id string, spec jobrun.Spec) (jobrun.Status, bool, error) {
+	res, err := c.rpc.Start(ctx, connect.NewRequest(&keeperv1.StartRequest{Id: id, Spec: specToProto(spec)}))
+	if err != nil {
+		return jobrun.Status{}, false, fromConnect(err)
+	}
+	st := statusFromProto(res.Msg.GetStatus())
+	c.track(st)
+	return st, res.Msg.GetCreated(), nil
+}
+
+// track notes a job the worker saw started, in case its end comes while
+// the feed is broken.
+func (c *Client) track(st jobrun.Status) {
+	if st.State.Terminal() {
+		return
+	}
+	c.mu.Lock()
+	c.live[st.ID] = true
+	c.mu.Unlock()
+}
+
+// Run starts a job and follows its output to the end: started is called
+// with the started job's status, fn with each chunk; it returns the final
+// status.
+func (c *Client) Run(ctx context.Context, id string, spec jobrun.Spec, streams jobrun.Stream, started func(jobrun.Status) error, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+	stream, err := c.rpc.Run(ctx, connect.NewRequest(&keeperv1.RunRequest{Id: id, Spec: specToProto(spec), Streams: int32(streams)}))
+	if err != nil {
+		return jobrun.Status{}, fromConnect(err)
+	}
+	defer stream.Close()
+	var last jobrun.Status
+	for stream.Receive() {
+		switch ev := stream.Msg().GetEvent().(type) {
+		case *keeperv1.RunResponse_Started:
+			last = statusFromProto(ev.Started)
+			c.track(last)
+			if err := started(last); err != nil {
+				return last, err
+			}
+		case *keeperv1.RunResponse_Chunk:
+			if err := fn(chunkFromProto(ev.Chunk)); err != nil {
+				return last, err
+			}
+		case *keeperv1.RunResponse_Status:
+			return statusFromProto(ev.Status), nil
+		}
+	}
+	return last, brokenStream(stream.Err())
+}
+
+// Output sends a job's output to fn (see jobrun.Runner.Output).
+func (c *Client) Output(ctx context.Context, id string, req jobrun.OutputRequest, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+	stream, err := c.rpc.Output(ctx, connect.NewRequest(&keeperv1.OutputRequest{
+		Id: id, Offset: req.Offset, Follow: req.Follow, Streams: int32(req.Streams),
+	}))
+	if err != nil {
+		return jobrun.Status{}, fromConnect(err)
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		switch ev := stream.Msg().GetEvent().(type) {
+		case *keeperv1.OutputResponse_Chunk:
+			if err := fn(chunkFromProto(ev.Chunk)); err != nil {
+				return jobrun.Status{}, err
+			}
+		case *keeperv1.OutputResponse_Status:
+			return statusFromProto(ev.Status), nil
+		}
+	}
+	return jobrun.Status{}, brokenStream(stream.Err())
+}
+
+// brokenStream is the error of a stream that ended before its status.
+func brokenStream(err error) error {
+	if err == nil {
+		err = connect.NewError(connect.CodeUnavailable, errors.New("the keeper ended the stream early"))
+	}
+	return fromConnect(err)
+}
+
+// Stop stops a job (see jobrun.Runner.Stop).
+func (c *Client) Stop(ctx context.Context, id, by string) (jobrun.Status, error) {
+	res, err := c.rpc.Stop(ctx, connect.NewRequest(&keeperv1.StopRequest{Id: id, StoppedBy: by}))
+	if err != nil {
+		return jobrun.Status{}, fromConnect(err)
+	}
+	st := statusFromProto(res.Msg.GetStatus())
+	if !st.State.Terminal() && ctx.Err() != nil {
+		return st, ctx.Err()
+	}
+	return st, nil
+}
+
+// Status reports a job.
+func (c *Client) Status(ctx context.Context, id string) (jobrun.Status, error) {
+	res, err := c.rpc.Status(ctx, connect.NewRequest(&keeperv1.StatusRequest{Id: id}))
+	if err != nil {
+		return jobrun.Status{}, fromConnect(err)
+	}
+	return statusFromProto(res.Msg.GetStatus()), nil
+}
+
+// Page returns one page of jobs (see jobrun.Runner.Page).
+func (c *Client) Page(ctx context.Context, q jobrun.Query) ([]jobrun.Status, bool, error) {
+	req := &keeperv1.ListRequest{
+		AfterCreatedUnixNanos: unixNanos(q.AfterCreated),
+		AfterId:               q.AfterID,
+		Owner:                 q.Owner,
+		LiveOnly:              q.Live,
+		Limit:                 int32(q.Limit),
+	}
+	for _, s := range q.States {
+		req.States = append(req.States, keeperv1.JobState(s+1))
+	}
+	res, err := c.rpc.List(ctx, connect.NewRequest(req))
+	if err != nil {
+		return nil, false, fromConnect(err)
+	}
+	out := make([]jobrun.Status, len(res.Msg.GetJobs()))
+	for i, st := range res.Msg.GetJobs() {
+		out[i] = statusFromProto(st)
+	}
+	return out, res.Msg.GetMore(), nil
+}

@@ -1,0 +1,95 @@
+package keeper
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+
+	keeperv1 "github.com/baton-run/baton/gen/baton/keeper/v1"
+	"github.com/baton-run/baton/gen/baton/keeper/v1/keeperv1connect"
+)
+
+func absDir(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("keeper: data directory: %w", err)
+	}
+	return abs, nil
+}
+
+// start starts a keeper for dir from executable, in a session of its own
+// (no terminal's signals reach it, and it outlives the worker), with its
+// log in dir. A keeper that finds another one holding the lock exits; the
+// caller then talks to that one.
+func start(dir, executable string, options []byte) error {
+	if !filepath.IsAbs(executable) {
+		return fmt.Errorf("keeper: the executable %q is not an absolute path", executable)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("keeper: data directory: %w", err)
+	}
+	h, err := json.Marshal(handoff{Executable: executable, Options: options})
+	if err != nil {
+		return err
+	}
+	logFile, err := os.OpenFile(filepath.Join(dir, logName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("keeper: its log: %w", err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(executable, "keeper", "--data-dir", dir)
+	cmd.Stdin = bytes.NewReader(h)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("keeper: starting %s: %w", executable, err)
+	}
+	// Reaped here if it ends while this process lives; it is re-parented
+	// otherwise.
+	go func() { _ = cmd.Wait() }()
+	return nil
+}
+
+// Decommission asks the keeper of dataDir to stop every job and end, and
+// waits until it has. It returns false if no keeper answers.
+func Decommission(ctx context.Context, dataDir string) (bool, error) {
+	dir, err := absDir(dataDir)
+	if err != nil {
+		return false, err
+	}
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	hc := &http.Client{Transport: &http.Transport{
+		Protocols: &protocols,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx, dir)
+		},
+	}}
+	defer hc.CloseIdleConnections()
+	rpc := keeperv1connect.NewKeeperServiceClient(hc, "http://keeper")
+	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = rpc.Hello(hctx, connect.NewRequest(&keeperv1.HelloRequest{ProtocolVersion: ProtocolVersion}))
+	cancel()
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeUnavailable {
+			return false, nil
+		}
+		return false, err
+	}
+	if _, err := rpc.Shutdown(ctx, connect.NewRequest(&keeperv1.ShutdownRequest{})); err != nil && !errors.Is(err, context.Canceled) {
+		return true, fmt.Errorf("keeper: %w", err)
+	}
+	return true, nil
+}
