@@ -353,53 +353,116 @@ func (c *Client) track(st jobrun.Status) {
 
 // Run starts a job and follows its output to the end: started is called
 // with the started job's status, fn with each chunk; it returns the final
-// status.
+// status. A keeper that restarts meanwhile (an upgrade) is waited for and
+// the follow resumed where it broke.
 func (c *Client) Run(ctx context.Context, id string, spec jobrun.Spec, streams jobrun.Stream, started func(jobrun.Status) error, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
-	stream, err := c.rpc.Run(ctx, connect.NewRequest(&keeperv1.RunRequest{Id: id, Spec: specToProto(spec), Streams: int32(streams)}))
-	if err != nil {
-		return jobrun.Status{}, fromConnect(err)
-	}
-	defer stream.Close()
-	var last jobrun.Status
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().(type) {
-		case *keeperv1.RunResponse_Started:
-			last = statusFromProto(ev.Started)
-			c.track(last)
-			if err := started(last); err != nil {
-				return last, err
-			}
-		case *keeperv1.RunResponse_Chunk:
-			if err := fn(chunkFromProto(ev.Chunk)); err != nil {
-				return last, err
-			}
-		case *keeperv1.RunResponse_Status:
-			return statusFromProto(ev.Status), nil
+	var (
+		last    jobrun.Status
+		isStart bool
+		offset  int64
+	)
+	err := c.resume(ctx, func() error {
+		stream, err := c.rpc.Run(ctx, connect.NewRequest(&keeperv1.RunRequest{Id: id, Spec: specToProto(spec), Streams: int32(streams)}))
+		if err != nil {
+			return fromConnect(err)
 		}
+		defer stream.Close()
+		for stream.Receive() {
+			switch ev := stream.Msg().GetEvent().(type) {
+			case *keeperv1.RunResponse_Started:
+				last = statusFromProto(ev.Started)
+				c.track(last)
+				isStart = true
+				if err := started(last); err != nil {
+					return &callerError{err}
+				}
+			case *keeperv1.RunResponse_Chunk:
+				ch := chunkFromProto(ev.Chunk)
+				offset = ch.Offset + int64(len(ch.Data))
+				if err := fn(ch); err != nil {
+					return &callerError{err}
+				}
+			case *keeperv1.RunResponse_Status:
+				last = statusFromProto(ev.Status)
+				return nil
+			}
+		}
+		return brokenStream(stream.Err())
+	}, func() bool { return !isStart })
+	if err != nil || !isStart || last.State.Terminal() {
+		return last, unwrapCaller(err)
 	}
-	return last, brokenStream(stream.Err())
+	// Started, and the stream broke: the rest is a follow from there.
+	return c.Output(ctx, last.ID, jobrun.OutputRequest{Offset: offset, Follow: true, Streams: streams}, fn)
 }
 
-// Output sends a job's output to fn (see jobrun.Runner.Output).
+// Output sends a job's output to fn (see jobrun.Runner.Output). A keeper
+// that restarts meanwhile (an upgrade) is waited for and the stream resumed
+// from the last offset sent.
 func (c *Client) Output(ctx context.Context, id string, req jobrun.OutputRequest, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
-	stream, err := c.rpc.Output(ctx, connect.NewRequest(&keeperv1.OutputRequest{
-		Id: id, Offset: req.Offset, Follow: req.Follow, Streams: int32(req.Streams),
-	}))
-	if err != nil {
-		return jobrun.Status{}, fromConnect(err)
-	}
-	defer stream.Close()
-	for stream.Receive() {
-		switch ev := stream.Msg().GetEvent().(type) {
-		case *keeperv1.OutputResponse_Chunk:
-			if err := fn(chunkFromProto(ev.Chunk)); err != nil {
-				return jobrun.Status{}, err
+	var final jobrun.Status
+	err := c.resume(ctx, func() error {
+		stream, err := c.rpc.Output(ctx, connect.NewRequest(&keeperv1.OutputRequest{
+			Id: id, Offset: req.Offset, Follow: req.Follow, Streams: int32(req.Streams),
+		}))
+		if err != nil {
+			return fromConnect(err)
+		}
+		defer stream.Close()
+		for stream.Receive() {
+			switch ev := stream.Msg().GetEvent().(type) {
+			case *keeperv1.OutputResponse_Chunk:
+				ch := chunkFromProto(ev.Chunk)
+				req.Offset = ch.Offset + int64(len(ch.Data))
+				if err := fn(ch); err != nil {
+					return &callerError{err}
+				}
+			case *keeperv1.OutputResponse_Status:
+				final = statusFromProto(ev.Status)
+				return nil
 			}
-		case *keeperv1.OutputResponse_Status:
-			return statusFromProto(ev.Status), nil
+		}
+		return brokenStream(stream.Err())
+	}, func() bool { return true })
+	return final, unwrapCaller(err)
+}
+
+// resume runs call again while it fails because the keeper is not
+// reachable and again says so, for up to answerTimeout from the first
+// failure: the keeper is being upgraded, or started anew.
+func (c *Client) resume(ctx context.Context, call func() error, again func() bool) error {
+	var deadline time.Time
+	for {
+		err := call()
+		if err == nil || !errors.Is(err, ErrUnavailable) || ctx.Err() != nil || !again() {
+			return err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(answerTimeout)
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return jobrun.Status{}, brokenStream(stream.Err())
+}
+
+// callerError is an error of the caller's callback, passed back as it is.
+type callerError struct{ err error }
+
+func (e *callerError) Error() string { return e.err.Error() }
+func (e *callerError) Unwrap() error { return e.err }
+
+func unwrapCaller(err error) error {
+	var ce *callerError
+	if errors.As(err, &ce) {
+		return ce.err
+	}
+	return err
 }
 
 // brokenStream is the error of a stream that ended before its status.

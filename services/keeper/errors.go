@@ -45,7 +45,9 @@ func toConnect(err error) error {
 			return ce
 		}
 	}
-	return connect.NewError(connect.CodeInternal, err)
+	ce := connect.NewError(connect.CodeInternal, err)
+	ce.Meta().Set(errorKindKey, "internal")
+	return ce
 }
 
 // remoteError is a runtime error the keeper returned.
@@ -67,16 +69,21 @@ func fromConnect(err error) error {
 	if !errors.As(err, &ce) {
 		return err
 	}
-	if kind, ok := kinds[ce.Meta().Get(errorKindKey)]; ok {
-		return &remoteError{kind: kind, msg: ce.Message()}
+	kind := ce.Meta().Get(errorKindKey)
+	if sentinel, ok := kinds[kind]; ok {
+		return &remoteError{kind: sentinel, msg: ce.Message()}
 	}
-	switch ce.Code() {
-	case connect.CodeCanceled:
+	switch {
+	case kind != "":
+		return errors.New(ce.Message()) // the keeper's own failure
+	case ce.Code() == connect.CodeCanceled:
 		return context.Canceled
-	case connect.CodeDeadlineExceeded:
+	case ce.Code() == connect.CodeDeadlineExceeded:
 		return context.DeadlineExceeded
-	case connect.CodeUnavailable, connect.CodeUnknown:
-		return &remoteError{kind: ErrUnavailable, msg: ErrUnavailable.Error() + ": " + ce.Message()}
+	case ce.Code() == connect.CodeUnimplemented:
+		return err // an older keeper
 	}
-	return err
+	// Not an answer of the keeper: the call did not reach it, or its
+	// connection broke (it was killed, or executes a new build).
+	return &remoteError{kind: ErrUnavailable, msg: ErrUnavailable.Error() + ": " + ce.Message()}
 }

@@ -271,6 +271,12 @@ func (k *Keeper) Upgrade() error { return k.requestUpgrade(k.executable, k.optio
 // after which the keeper has stopped serving and its jobs are left to the
 // next keeper to find (as after a crash).
 func (k *Keeper) exec(srv *http.Server, next *handoff) error {
+	// A duplicate of the socket outlives the server's close: connections
+	// made meanwhile wait in its backlog for the next image.
+	lf, err := k.listener.(*ownerListener).File()
+	if err != nil {
+		return fmt.Errorf("keeper: handing over the socket: %w", err)
+	}
 	k.leave()
 	shutdownServer(srv)
 	jobs, err := k.runner.Handoff()
@@ -279,10 +285,6 @@ func (k *Keeper) exec(srv *http.Server, next *handoff) error {
 	}
 	next.Jobs = jobs
 	next.LockFD = int(k.lock.Fd())
-	lf, err := k.listener.(*ownerListener).File()
-	if err != nil {
-		return fmt.Errorf("keeper: handing over the socket: %w", err)
-	}
 	next.ListenerFD = int(lf.Fd())
 	keep := []int{next.LockFD, next.ListenerFD}
 	for _, j := range jobs {

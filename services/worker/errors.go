@@ -8,6 +8,7 @@ import (
 
 	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/jobrun"
+	"github.com/baton-run/baton/services/keeper"
 )
 
 // codes maps the runtime's errors to Connect codes, first match wins.
@@ -25,6 +26,7 @@ var codes = []struct {
 	{jobrun.ErrNoUID, connect.CodeResourceExhausted},
 	{jobrun.ErrConflict, connect.CodeAlreadyExists},
 	{jobrun.ErrClosed, connect.CodeUnavailable},
+	{keeper.ErrUnavailable, connect.CodeUnavailable},
 	{errBadPageToken, connect.CodeInvalidArgument},
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},

@@ -42,7 +42,9 @@ func (l local) Run(ctx context.Context, id string, spec jobrun.Spec, streams job
 	return l.Runner.Output(ctx, st.ID, jobrun.OutputRequest{Follow: true, Streams: streams}, fn)
 }
 
-func (l local) Status(_ context.Context, id string) (jobrun.Status, error) { return l.Runner.Status(id) }
+func (l local) Status(_ context.Context, id string) (jobrun.Status, error) {
+	return l.Runner.Status(id)
+}
 
 func (l local) Page(_ context.Context, q jobrun.Query) ([]jobrun.Status, bool, error) {
 	jobs, more := l.Runner.Page(q)
