@@ -24,6 +24,7 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/keeper"
 	"github.com/baton-run/baton/services/serving"
 )
 
@@ -263,8 +264,8 @@ func (lc *localCluster) waitReady(ctx context.Context, want int) error {
 	}
 }
 
-// close stops the workers, then the scheduler (workers deregister on
-// their way out), and removes the directory.
+// close stops the workers and their keepers, then the scheduler (workers
+// deregister on their way out), and removes the directory.
 func (lc *localCluster) close() error {
 	if lc.adminHTTP != nil {
 		lc.adminHTTP.CloseIdleConnections()
@@ -272,7 +273,16 @@ func (lc *localCluster) close() error {
 	errs := make([]error, len(lc.workers)+2)
 	var wg sync.WaitGroup
 	for i, d := range lc.workers {
-		wg.Go(func() { errs[i] = d.stop() })
+		wg.Go(func() {
+			// SIGTERM leaves the jobs to the keeper; the decommission ends
+			// them and it.
+			errs[i] = d.stop()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if _, err := keeper.Decommission(ctx, d.dataDir); err != nil {
+				errs[i] = errors.Join(errs[i], fmt.Errorf("decommission %s: %w", d.name, err))
+			}
+		})
 	}
 	wg.Wait()
 	if lc.scheduler != nil {

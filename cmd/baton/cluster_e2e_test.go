@@ -81,55 +81,50 @@ func TestClusterOriginalScenario(t *testing.T) {
 		t.Errorf("StopJob left job processes %v", left)
 	}
 
-	// Graceful shutdown of w3 while it runs a job: LEFT, never DOWN, and
-	// the job ends in a terminal state other than LOST.
+	// A planned restart of w3 while it runs a job: SIGTERM ends the worker
+	// process; w3 is RESTARTING, never DOWN, and its job runs on untouched.
 	onW3 := c.start(c.napJob("w3", 1000))
 	c.waitJobState(onW3.JobID, "JOB_STATE_RUNNING", 30*time.Second)
+	procs := markedProcs(c.workerMarker("w3"))
 	w3 := c.workers["w3"]
-	sigterm := time.Now()
 	if err := w3.proc.signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	var leftAt time.Time
-	for time.Now().Before(deadline) {
-		st := c.listWorkers()["w3"]
-		if st == "WORKER_STATE_DOWN" {
-			t.Fatalf("w3 shown DOWN after SIGTERM")
-		}
-		if st == "WORKER_STATE_LEFT" && leftAt.IsZero() {
-			leftAt = time.Now()
-		}
-		if !leftAt.IsZero() && w3.proc.exited() {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
+	if exited, err := w3.proc.wait(30 * time.Second); !exited || err != nil {
+		t.Fatalf("w3 after SIGTERM: exited %v, %v", exited, err)
 	}
-	if leftAt.IsZero() {
-		t.Fatalf("w3 never LEFT; roster %v", c.listWorkers())
+	if st := c.listWorkers()["w3"]; st != "WORKER_STATE_RESTARTING" {
+		t.Fatalf("w3 after SIGTERM: %s, want RESTARTING", st)
 	}
-	exited, err := w3.proc.wait(time.Second)
-	if !exited {
-		t.Fatal("w3 did not exit within 30s of SIGTERM")
+	if st := c.query(onW3.JobID); st.State != "JOB_STATE_RUNNING" {
+		t.Errorf("w3's job while w3 restarts: %v", st)
 	}
-	if err != nil {
-		t.Errorf("w3 exit after SIGTERM: %v", err)
+	if now := markedProcs(c.workerMarker("w3")); !slices.Equal(now, procs) || len(now) == 0 {
+		t.Errorf("w3's job processes while it restarts: %v, before %v", now, procs)
 	}
-	t.Logf("w3 LEFT %v after SIGTERM", leftAt.Sub(sigterm).Round(time.Millisecond))
-	// It stays LEFT: the sweeper does not turn a departed worker DOWN.
-	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
-		if st := c.listWorkers()["w3"]; st != "WORKER_STATE_LEFT" {
-			t.Fatalf("w3 went from LEFT to %s", st)
-		}
-		time.Sleep(100 * time.Millisecond)
+	c.startWorker("w3")
+	c.waitWorkerState("w3", "WORKER_STATE_READY", 30*time.Second)
+	if st := c.query(onW3.JobID); st.State != "JOB_STATE_RUNNING" {
+		t.Errorf("w3's job after the restart: %v", st)
 	}
-	if st := c.query(onW3.JobID); !isTerminal(st.State) || st.State == "JOB_STATE_LOST" {
-		t.Errorf("w3's job after graceful shutdown: %v (want a terminal state other than LOST)", st)
-	} else {
-		t.Logf("w3's job after graceful shutdown: %v", st)
+	if now := markedProcs(c.workerMarker("w3")); !slices.Equal(now, procs) {
+		t.Errorf("w3's job processes after the restart: %v, before %v", now, procs)
+	}
+
+	// Decommission: the keeper stops every job; the worker reports their
+	// ends, leaves (LEFT, never DOWN) and exits.
+	if out, err := c.decommission("w3"); err != nil {
+		t.Fatalf("decommission: %v\n%s", err, out)
+	}
+	c.waitWorkerState("w3", "WORKER_STATE_LEFT", 30*time.Second)
+	if exited, err := w3.proc.wait(30 * time.Second); !exited || err != nil {
+		t.Errorf("w3 after its decommission: exited %v, %v", exited, err)
+	}
+	if st := c.query(onW3.JobID); st.State != "JOB_STATE_STOPPED" {
+		t.Errorf("w3's job after the decommission: %v (want STOPPED)", st)
 	}
 	if left := waitNoMarked(c.workerMarker("w3"), 5*time.Second); len(left) > 0 {
-		t.Errorf("graceful shutdown of w3 left job processes %v", left)
+		t.Errorf("the decommission of w3 left job processes %v", left)
 	}
 }
 

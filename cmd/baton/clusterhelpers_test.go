@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -292,6 +293,17 @@ func (c *cluster) startWorker(name string) {
 	waitListening(c.t, w.addr)
 }
 
+// decommission runs `baton worker decommission` for worker name: its
+// keeper stops every job and ends.
+func (c *cluster) decommission(name string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.bin, "worker", "decommission", "--config", c.workers[name].cfgPath)
+	cmd.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
 // workerMarker is the argv[0] of the sleeps a worker's jobs run.
 func (c *cluster) workerMarker(name string) string { return c.marker + "-" + name }
 
@@ -306,9 +318,10 @@ func (c *cluster) napJob(worker string, seconds int) string {
 	return fmt.Sprintf(`{%s"command":"bash","path":"nap.sh","args":[%q,%q]}`, w, marker, strconv.Itoa(seconds))
 }
 
-// cleanup shuts the live workers down gracefully (SIGTERM) and fails the
-// test if that left any of their job processes behind, then kills whatever
-// is left: the scheduler, and the jobs of workers the test killed.
+// cleanup shuts the live workers down gracefully (SIGTERM: a planned
+// restart, their jobs run on), decommissions every worker (`baton worker
+// decommission`: its keeper stops its jobs and ends) and fails the test if
+// that left any job process behind, then kills whatever is left.
 func (c *cluster) cleanup() {
 	var wg sync.WaitGroup
 	for _, w := range c.workers {
@@ -326,8 +339,16 @@ func (c *cluster) cleanup() {
 			} else if err != nil {
 				c.t.Errorf("%s exit after SIGTERM: %v", w.name, err)
 			}
+		})
+	}
+	wg.Wait()
+	for _, w := range c.workers {
+		wg.Go(func() {
+			if out, err := c.decommission(w.name); err != nil {
+				c.t.Errorf("decommission of %s: %v\n%s", w.name, err, out)
+			}
 			if left := waitNoMarked(c.workerMarker(w.name), 5*time.Second); len(left) > 0 {
-				c.t.Errorf("graceful shutdown of %s left job processes %v", w.name, left)
+				c.t.Errorf("decommission of %s left job processes %v", w.name, left)
 			}
 		})
 	}
@@ -338,8 +359,6 @@ func (c *cluster) cleanup() {
 	for _, p := range procs {
 		p.kill()
 	}
-	// Jobs of killed workers outlive them until the worker starts again;
-	// end them here.
 	if left := markedProcs(c.marker); len(left) > 0 {
 		for _, pid := range left {
 			_ = syscall.Kill(pid, syscall.SIGKILL)

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/services/keeper"
 )
 
 // buildBaton compiles the binary once per test run.
@@ -243,6 +245,10 @@ func startPlainWorker(t *testing.T, bin, dir, name, scripts string) *plainWorker
 	t.Cleanup(func() {
 		_ = w.cmd.Process.Signal(syscall.SIGTERM)
 		<-w.exited
+		// SIGTERM leaves the jobs to the keeper; this ends them and it.
+		if _, err := keeper.Decommission(context.Background(), filepath.Join(dir, "data")); err != nil {
+			t.Errorf("decommission of %s: %v", name, err)
+		}
 	})
 	waitListening(t, w.addr)
 	return w
