@@ -49,9 +49,14 @@ type exitError struct{ code int }
 
 func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
+// version names this build; releases set it with
+// -ldflags "-X main.version=v1.2.3".
+var version = "dev"
+
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "baton",
+		Version:       version,
 		Short:         "Baton runs jobs on a fleet of workers, conducted by one scheduler.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
