@@ -83,10 +83,11 @@ func Decommission(ctx context.Context, dataDir string) (bool, error) {
 	_, err = rpc.Hello(hctx, connect.NewRequest(&keeperv1.HelloRequest{ProtocolVersion: ProtocolVersion}))
 	cancel()
 	if err != nil {
-		if connect.CodeOf(err) == connect.CodeUnavailable {
-			return false, nil
+		if ctx.Err() != nil {
+			return false, ctx.Err()
 		}
-		return false, err
+		// No keeper answered: none runs, or one is ending.
+		return false, nil
 	}
 	if _, err := rpc.Shutdown(ctx, connect.NewRequest(&keeperv1.ShutdownRequest{})); err != nil && !errors.Is(err, context.Canceled) {
 		return true, fmt.Errorf("keeper: %w", err)
