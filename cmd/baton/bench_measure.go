@@ -17,14 +17,17 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/baton-run/baton/services/keeper"
 )
 
 // benchProcesses is where a local cluster's CPU, memory and disk went
 // during the load.
 type benchProcesses struct {
 	// CPUMsPerJob is the CPU time (user + system) used during the measured
-	// rounds, per job, in ms: "scheduler", each worker by name, "baton"
-	// (the scheduler and the workers) and "client" (the bench process).
+	// rounds, per job, in ms: "scheduler", each worker by name, each
+	// worker's keeper ("NAME-keeper"), "baton" (all of those) and "client"
+	// (the bench process).
 	// A worker's jobs are its children and are not counted.
 	CPUMsPerJob map[string]float64 `json:"cpu_ms_per_job"`
 	// PeakRSSMiB is each process's peak resident set (VmHWM) after the
@@ -57,6 +60,9 @@ type workerFootprint struct {
 	// the heap goal they set, before and after the load) or "rss"
 	// (resident set) when no collection could be brought about.
 	MemMeasure string `json:"mem_measure"`
+	// KeeperHeapBytesPerJob is the growth of the keeper's live heap (after
+	// a collection) per retained job: the job table is the keeper's.
+	KeeperHeapBytesPerJob float64 `json:"keeper_heap_bytes_per_job"`
 }
 
 // Names of the metrics the bench reads from a worker's /metrics.
@@ -88,6 +94,8 @@ type clusterFootprint struct {
 type workerState struct {
 	finished float64
 	disk     int64
+	// keeperHeap is the keeper's live heap after a collection.
+	keeperHeap float64
 	// mem is the live heap when heap, else the resident set, as rss;
 	// spread is what the live heap may be off by.
 	mem    float64
@@ -169,6 +177,7 @@ func (c *clusterLoad) stats(ctx context.Context) (benchStats, error) {
 			a.mem, b.mem, a.spread, b.spread = a.rss, b.rss, 0, 0
 		}
 		if n > 0 {
+			f.KeeperHeapBytesPerJob = (a.keeperHeap - b.keeperHeap) / n
 			f.DiskBytesPerJob = float64(a.disk-b.disk) / n
 			f.MemBytesPerJob = (a.mem - b.mem) / n
 			f.MemSpreadBytesPerJob = (a.spread + b.spread) / n
@@ -196,7 +205,28 @@ func (lc *localCluster) cpu() (map[string]time.Duration, error) {
 		}
 		m[d.name] = t
 	}
+	for _, w := range lc.workers {
+		pid, err := keeperPid(w.dataDir)
+		if err != nil {
+			return nil, fmt.Errorf("%s's keeper: %w", w.name, err)
+		}
+		t, err := procCPU(pid)
+		if err != nil {
+			return nil, fmt.Errorf("%s's keeper: %w", w.name, err)
+		}
+		m[w.name+"-keeper"] = t
+	}
 	return m, nil
+}
+
+// keeperPid reads the pid of the keeper of a worker's data directory from
+// its lock file.
+func keeperPid(dataDir string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, "keeper.lock"))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
 // footprint measures the data directories and the workers' memory.
@@ -208,6 +238,11 @@ func (lc *localCluster) footprint(ctx context.Context) (clusterFootprint, error)
 			return fp, fmt.Errorf("%s metrics: %w", w.name, err)
 		}
 		s := workerState{finished: m[metricFinished], mem: m[metricRSS], rss: m[metricRSS], heap: heap}
+		ks, err := keeper.ReadStats(ctx, w.dataDir)
+		if err != nil {
+			return fp, fmt.Errorf("%s's keeper: %w", w.name, err)
+		}
+		s.keeperHeap = float64(ks.HeapLiveBytes)
 		if heap {
 			s.mem, s.spread = live, spread
 		}

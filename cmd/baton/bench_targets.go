@@ -37,7 +37,7 @@ const (
 	targetP50Ratio        = 1.6 // one client, baton over os/exec
 	targetP99Ratio        = 3.0 // one client, baton over os/exec
 	targetThroughputRatio = 0.6 // 16 clients, baton over os/exec
-	targetCPUMsPerJob     = 2.0 // scheduler + workers
+	targetCPUMsPerJob     = 2.0 // scheduler + workers + their keepers
 	targetDiskKiBPerJob   = 8.0 // a worker's data directory
 	targetMemKiBPerJob    = 1.0 // a worker's heap
 	targetStreamRatio     = 3.0 // baton run > file over a pipe
@@ -70,14 +70,14 @@ func fastPathTargets(res *benchResult) (string, []benchTarget) {
 	if p == nil {
 		return cluster, ts
 	}
-	ts = append(ts, newTarget("baton CPU per job (scheduler + workers)", p.CPUMsPerJob["baton"], "ms", targetCPUMsPerJob, false, ""))
+	ts = append(ts, newTarget("baton CPU per job (scheduler + workers + keepers)", p.CPUMsPerJob["baton"], "ms", targetCPUMsPerJob, false, ""))
 	var jobs, disk, mem, spread float64
 	measure := "heap_marked"
 	for _, w := range p.Workers {
 		n := float64(w.FinishedJobs)
 		jobs += n
 		disk += w.DiskBytesPerJob * n
-		mem += w.MemBytesPerJob * n
+		mem += (w.MemBytesPerJob + w.KeeperHeapBytesPerJob) * n
 		spread += w.MemSpreadBytesPerJob * n
 		if w.MemMeasure != "heap_marked" {
 			measure = w.MemMeasure
@@ -86,11 +86,11 @@ func fastPathTargets(res *benchResult) (string, []benchTarget) {
 	if jobs > 0 {
 		ts = append(ts, newTarget("worker disk per finished job", disk/jobs/1024, "KiB", targetDiskKiBPerJob, false,
 			"data directory growth, st_blocks, on "+p.Filesystem))
-		note := fmt.Sprintf("live heap marked by collections, before and after the load, ± %.2f KiB", spread/jobs/1024)
+		note := fmt.Sprintf("worker: live heap marked by collections, before and after the load, ± %.2f KiB; keeper: heap after a collection", spread/jobs/1024)
 		if measure != "heap_marked" {
 			note = "resident set growth: no collection came about to read the heap after"
 		}
-		t := newTarget("worker memory per retained job", mem/jobs/1024, "KiB", targetMemKiBPerJob, false, note)
+		t := newTarget("worker + keeper memory per retained job", mem/jobs/1024, "KiB", targetMemKiBPerJob, false, note)
 		if t.Unclear = spread/jobs/1024 > targetMemKiBPerJob; t.Unclear {
 			t.Note += "; too few jobs to tell"
 		}
@@ -236,7 +236,7 @@ func printProcesses(w io.Writer, clusters []string, stats []*benchStats) {
 			if f.MemMeasure != "heap_marked" {
 				what = "RSS (no collection came about)"
 			}
-			fmt.Fprintf(w, "  %s: %d jobs, disk %.2f KiB, %s %.2f ± %.2f KiB\n", name, f.FinishedJobs, f.DiskBytesPerJob/1024, what, f.MemBytesPerJob/1024, f.MemSpreadBytesPerJob/1024)
+			fmt.Fprintf(w, "  %s: %d jobs, disk %.2f KiB, %s %.2f ± %.2f KiB, keeper heap %.2f KiB\n", name, f.FinishedJobs, f.DiskBytesPerJob/1024, what, f.MemBytesPerJob/1024, f.MemSpreadBytesPerJob/1024, f.KeeperHeapBytesPerJob/1024)
 		}
 		fmt.Fprintf(w, "  scheduler: disk %.2f KiB\n", p.SchedulerDiskBytesPerJob/1024)
 	}

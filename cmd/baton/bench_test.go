@@ -168,7 +168,7 @@ func TestBenchLocal(t *testing.T) {
 				names = append(names, tg.Name)
 			}
 			for _, want := range []string{"p50 baton/exec", "p99 baton/exec", "throughput baton/exec",
-				"baton CPU per job (scheduler + workers)", "worker disk per finished job", "worker memory per retained job"} {
+				"baton CPU per job (scheduler + workers + keepers)", "worker disk per finished job", "worker + keeper memory per retained job"} {
 				if !slices.Contains(names, want) {
 					t.Errorf("no target %q in %q", want, names)
 				}

@@ -3,6 +3,10 @@ package keeper
 import (
 	"context"
 	"errors"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"sync"
 
 	"connectrpc.com/connect"
@@ -230,4 +234,29 @@ func (w *watchers) publish(msg *keeperv1.WatchResponse) {
 			close(c)
 		}
 	}
+}
+
+func (s *server) Stats(context.Context, *connect.Request[keeperv1.StatsRequest]) (*connect.Response[keeperv1.StatsResponse], error) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return connect.NewResponse(&keeperv1.StatsResponse{
+		HeapLiveBytes: int64(ms.HeapAlloc),
+		RssBytes:      rssBytes(),
+		Running:       int64(s.runner().Running()),
+	}), nil
+}
+
+// rssBytes is this process's resident set size (statm(5)), or 0.
+func rssBytes() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
 }

@@ -62,12 +62,36 @@ func start(dir, executable string, options []byte) error {
 	return nil
 }
 
-// Decommission asks the keeper of dataDir to stop every job and end, and
-// waits until it has. It returns false if no keeper answers.
-func Decommission(ctx context.Context, dataDir string) (bool, error) {
+// Stats are a keeper's memory figures.
+type Stats struct {
+	HeapLiveBytes, RSSBytes int64
+	Running                 int
+	Pid                     int
+}
+
+// ReadStats asks the keeper of dataDir for its figures.
+func ReadStats(ctx context.Context, dataDir string) (Stats, error) {
+	rpc, done, err := connectTo(dataDir)
+	if err != nil {
+		return Stats{}, err
+	}
+	defer done()
+	h, err := rpc.Hello(ctx, connect.NewRequest(&keeperv1.HelloRequest{ProtocolVersion: ProtocolVersion}))
+	if err != nil {
+		return Stats{}, fromConnect(err)
+	}
+	res, err := rpc.Stats(ctx, connect.NewRequest(&keeperv1.StatsRequest{}))
+	if err != nil {
+		return Stats{}, fromConnect(err)
+	}
+	return Stats{HeapLiveBytes: res.Msg.GetHeapLiveBytes(), RSSBytes: res.Msg.GetRssBytes(), Running: int(res.Msg.GetRunning()), Pid: int(h.Msg.GetPid())}, nil
+}
+
+// connectTo returns a client of the keeper of dataDir.
+func connectTo(dataDir string) (keeperv1connect.KeeperServiceClient, func(), error) {
 	dir, err := absDir(dataDir)
 	if err != nil {
-		return false, err
+		return nil, nil, err
 	}
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
@@ -77,8 +101,17 @@ func Decommission(ctx context.Context, dataDir string) (bool, error) {
 			return dial(ctx, dir)
 		},
 	}}
-	defer hc.CloseIdleConnections()
-	rpc := keeperv1connect.NewKeeperServiceClient(hc, "http://keeper")
+	return keeperv1connect.NewKeeperServiceClient(hc, "http://keeper"), hc.CloseIdleConnections, nil
+}
+
+// Decommission asks the keeper of dataDir to stop every job and end, and
+// waits until it has. It returns false if no keeper answers.
+func Decommission(ctx context.Context, dataDir string) (bool, error) {
+	rpc, done, err := connectTo(dataDir)
+	if err != nil {
+		return false, err
+	}
+	defer done()
 	hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	_, err = rpc.Hello(hctx, connect.NewRequest(&keeperv1.HelloRequest{ProtocolVersion: ProtocolVersion}))
 	cancel()

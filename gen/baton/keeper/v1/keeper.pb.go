@@ -1591,6 +1591,107 @@ func (*ShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_baton_keeper_v1_keeper_proto_rawDescGZIP(), []int{22}
 }
 
+// StatsRequest asks for the keeper's figures.
+type StatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsRequest) Reset() {
+	*x = StatsRequest{}
+	mi := &file_baton_keeper_v1_keeper_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsRequest) ProtoMessage() {}
+
+func (x *StatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_keeper_v1_keeper_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
+func (*StatsRequest) Descriptor() ([]byte, []int) {
+	return file_baton_keeper_v1_keeper_proto_rawDescGZIP(), []int{23}
+}
+
+// StatsResponse are the keeper's figures.
+type StatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// heap_live_bytes is the Go heap in use after a collection.
+	HeapLiveBytes int64 `protobuf:"varint,1,opt,name=heap_live_bytes,json=heapLiveBytes,proto3" json:"heap_live_bytes,omitempty"`
+	// rss_bytes is the resident set size.
+	RssBytes int64 `protobuf:"varint,2,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	// running is the number of jobs starting or running.
+	Running       int64 `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_baton_keeper_v1_keeper_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_keeper_v1_keeper_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_baton_keeper_v1_keeper_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *StatsResponse) GetHeapLiveBytes() int64 {
+	if x != nil {
+		return x.HeapLiveBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetRssBytes() int64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetRunning() int64 {
+	if x != nil {
+		return x.Running
+	}
+	return 0
+}
+
 var File_baton_keeper_v1_keeper_proto protoreflect.FileDescriptor
 
 const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
@@ -1704,7 +1805,12 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\aoptions\x18\x02 \x01(\fR\aoptions\"\x11\n" +
 	"\x0fUpgradeResponse\"\x11\n" +
 	"\x0fShutdownRequest\"\x12\n" +
-	"\x10ShutdownResponse*\xc6\x01\n" +
+	"\x10ShutdownResponse\"\x0e\n" +
+	"\fStatsRequest\"n\n" +
+	"\rStatsResponse\x12&\n" +
+	"\x0fheap_live_bytes\x18\x01 \x01(\x03R\rheapLiveBytes\x12\x1b\n" +
+	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\x03R\arunning*\xc6\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -1713,7 +1819,7 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x15\n" +
 	"\x11JOB_STATE_STOPPED\x10\x05\x12\x17\n" +
 	"\x13JOB_STATE_TIMED_OUT\x10\x06\x12\x12\n" +
-	"\x0eJOB_STATE_LOST\x10\a2\x82\x06\n" +
+	"\x0eJOB_STATE_LOST\x10\a2\xcc\x06\n" +
 	"\rKeeperService\x12H\n" +
 	"\x05Hello\x12\x1d.baton.keeper.v1.HelloRequest\x1a\x1e.baton.keeper.v1.HelloResponse\"\x00\x12H\n" +
 	"\x05Start\x12\x1d.baton.keeper.v1.StartRequest\x1a\x1e.baton.keeper.v1.StartResponse\"\x00\x12D\n" +
@@ -1724,7 +1830,8 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\x06Output\x12\x1e.baton.keeper.v1.OutputRequest\x1a\x1f.baton.keeper.v1.OutputResponse\"\x000\x01\x12J\n" +
 	"\x05Watch\x12\x1d.baton.keeper.v1.WatchRequest\x1a\x1e.baton.keeper.v1.WatchResponse\"\x000\x01\x12N\n" +
 	"\aUpgrade\x12\x1f.baton.keeper.v1.UpgradeRequest\x1a .baton.keeper.v1.UpgradeResponse\"\x00\x12Q\n" +
-	"\bShutdown\x12 .baton.keeper.v1.ShutdownRequest\x1a!.baton.keeper.v1.ShutdownResponse\"\x00B\xb9\x01\n" +
+	"\bShutdown\x12 .baton.keeper.v1.ShutdownRequest\x1a!.baton.keeper.v1.ShutdownResponse\"\x00\x12H\n" +
+	"\x05Stats\x12\x1d.baton.keeper.v1.StatsRequest\x1a\x1e.baton.keeper.v1.StatsResponse\"\x00B\xb9\x01\n" +
 	"\x13com.baton.keeper.v1B\vKeeperProtoP\x01Z7github.com/baton-run/baton/gen/baton/keeper/v1;keeperv1\xa2\x02\x03BKX\xaa\x02\x0fBaton.Keeper.V1\xca\x02\x0fBaton\\Keeper\\V1\xe2\x02\x1bBaton\\Keeper\\V1\\GPBMetadata\xea\x02\x11Baton::Keeper::V1b\x06proto3"
 
 var (
@@ -1740,7 +1847,7 @@ func file_baton_keeper_v1_keeper_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_keeper_v1_keeper_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_keeper_v1_keeper_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_baton_keeper_v1_keeper_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_baton_keeper_v1_keeper_proto_goTypes = []any{
 	(JobState)(0),            // 0: baton.keeper.v1.JobState
 	(*Spec)(nil),             // 1: baton.keeper.v1.Spec
@@ -1766,12 +1873,14 @@ var file_baton_keeper_v1_keeper_proto_goTypes = []any{
 	(*UpgradeResponse)(nil),  // 21: baton.keeper.v1.UpgradeResponse
 	(*ShutdownRequest)(nil),  // 22: baton.keeper.v1.ShutdownRequest
 	(*ShutdownResponse)(nil), // 23: baton.keeper.v1.ShutdownResponse
-	nil,                      // 24: baton.keeper.v1.Spec.EnvEntry
-	nil,                      // 25: baton.keeper.v1.Spec.LabelsEntry
+	(*StatsRequest)(nil),     // 24: baton.keeper.v1.StatsRequest
+	(*StatsResponse)(nil),    // 25: baton.keeper.v1.StatsResponse
+	nil,                      // 26: baton.keeper.v1.Spec.EnvEntry
+	nil,                      // 27: baton.keeper.v1.Spec.LabelsEntry
 }
 var file_baton_keeper_v1_keeper_proto_depIdxs = []int32{
-	24, // 0: baton.keeper.v1.Spec.env:type_name -> baton.keeper.v1.Spec.EnvEntry
-	25, // 1: baton.keeper.v1.Spec.labels:type_name -> baton.keeper.v1.Spec.LabelsEntry
+	26, // 0: baton.keeper.v1.Spec.env:type_name -> baton.keeper.v1.Spec.EnvEntry
+	27, // 1: baton.keeper.v1.Spec.labels:type_name -> baton.keeper.v1.Spec.LabelsEntry
 	1,  // 2: baton.keeper.v1.Status.spec:type_name -> baton.keeper.v1.Spec
 	0,  // 3: baton.keeper.v1.Status.state:type_name -> baton.keeper.v1.JobState
 	1,  // 4: baton.keeper.v1.StartRequest.spec:type_name -> baton.keeper.v1.Spec
@@ -1797,18 +1906,20 @@ var file_baton_keeper_v1_keeper_proto_depIdxs = []int32{
 	18, // 24: baton.keeper.v1.KeeperService.Watch:input_type -> baton.keeper.v1.WatchRequest
 	20, // 25: baton.keeper.v1.KeeperService.Upgrade:input_type -> baton.keeper.v1.UpgradeRequest
 	22, // 26: baton.keeper.v1.KeeperService.Shutdown:input_type -> baton.keeper.v1.ShutdownRequest
-	5,  // 27: baton.keeper.v1.KeeperService.Hello:output_type -> baton.keeper.v1.HelloResponse
-	7,  // 28: baton.keeper.v1.KeeperService.Start:output_type -> baton.keeper.v1.StartResponse
-	9,  // 29: baton.keeper.v1.KeeperService.Run:output_type -> baton.keeper.v1.RunResponse
-	11, // 30: baton.keeper.v1.KeeperService.Stop:output_type -> baton.keeper.v1.StopResponse
-	13, // 31: baton.keeper.v1.KeeperService.Status:output_type -> baton.keeper.v1.StatusResponse
-	15, // 32: baton.keeper.v1.KeeperService.List:output_type -> baton.keeper.v1.ListResponse
-	17, // 33: baton.keeper.v1.KeeperService.Output:output_type -> baton.keeper.v1.OutputResponse
-	19, // 34: baton.keeper.v1.KeeperService.Watch:output_type -> baton.keeper.v1.WatchResponse
-	21, // 35: baton.keeper.v1.KeeperService.Upgrade:output_type -> baton.keeper.v1.UpgradeResponse
-	23, // 36: baton.keeper.v1.KeeperService.Shutdown:output_type -> baton.keeper.v1.ShutdownResponse
-	27, // [27:37] is the sub-list for method output_type
-	17, // [17:27] is the sub-list for method input_type
+	24, // 27: baton.keeper.v1.KeeperService.Stats:input_type -> baton.keeper.v1.StatsRequest
+	5,  // 28: baton.keeper.v1.KeeperService.Hello:output_type -> baton.keeper.v1.HelloResponse
+	7,  // 29: baton.keeper.v1.KeeperService.Start:output_type -> baton.keeper.v1.StartResponse
+	9,  // 30: baton.keeper.v1.KeeperService.Run:output_type -> baton.keeper.v1.RunResponse
+	11, // 31: baton.keeper.v1.KeeperService.Stop:output_type -> baton.keeper.v1.StopResponse
+	13, // 32: baton.keeper.v1.KeeperService.Status:output_type -> baton.keeper.v1.StatusResponse
+	15, // 33: baton.keeper.v1.KeeperService.List:output_type -> baton.keeper.v1.ListResponse
+	17, // 34: baton.keeper.v1.KeeperService.Output:output_type -> baton.keeper.v1.OutputResponse
+	19, // 35: baton.keeper.v1.KeeperService.Watch:output_type -> baton.keeper.v1.WatchResponse
+	21, // 36: baton.keeper.v1.KeeperService.Upgrade:output_type -> baton.keeper.v1.UpgradeResponse
+	23, // 37: baton.keeper.v1.KeeperService.Shutdown:output_type -> baton.keeper.v1.ShutdownResponse
+	25, // 38: baton.keeper.v1.KeeperService.Stats:output_type -> baton.keeper.v1.StatsResponse
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
 	17, // [17:17] is the sub-list for extension type_name
 	17, // [17:17] is the sub-list for extension extendee
 	0,  // [0:17] is the sub-list for field type_name
@@ -1834,7 +1945,7 @@ func file_baton_keeper_v1_keeper_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_keeper_v1_keeper_proto_rawDesc), len(file_baton_keeper_v1_keeper_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -53,6 +53,8 @@ const (
 	KeeperServiceUpgradeProcedure = "/baton.keeper.v1.KeeperService/Upgrade"
 	// KeeperServiceShutdownProcedure is the fully-qualified name of the KeeperService's Shutdown RPC.
 	KeeperServiceShutdownProcedure = "/baton.keeper.v1.KeeperService/Shutdown"
+	// KeeperServiceStatsProcedure is the fully-qualified name of the KeeperService's Stats RPC.
+	KeeperServiceStatsProcedure = "/baton.keeper.v1.KeeperService/Stats"
 )
 
 // KeeperServiceClient is a client for the baton.keeper.v1.KeeperService service.
@@ -85,6 +87,9 @@ type KeeperServiceClient interface {
 	// Shutdown stops every job (TERM, grace, KILL), records their ends and
 	// ends the keeper: a worker's decommission.
 	Shutdown(context.Context, *connect.Request[v1.ShutdownRequest]) (*connect.Response[v1.ShutdownResponse], error)
+	// Stats reports the keeper's memory, after a garbage collection: what
+	// the benchmarks divide by the jobs it holds.
+	Stats(context.Context, *connect.Request[v1.StatsRequest]) (*connect.Response[v1.StatsResponse], error)
 }
 
 // NewKeeperServiceClient constructs a client for the baton.keeper.v1.KeeperService service. By
@@ -158,6 +163,12 @@ func NewKeeperServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(keeperServiceMethods.ByName("Shutdown")),
 			connect.WithClientOptions(opts...),
 		),
+		stats: connect.NewClient[v1.StatsRequest, v1.StatsResponse](
+			httpClient,
+			baseURL+KeeperServiceStatsProcedure,
+			connect.WithSchema(keeperServiceMethods.ByName("Stats")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -173,6 +184,7 @@ type keeperServiceClient struct {
 	watch    *connect.Client[v1.WatchRequest, v1.WatchResponse]
 	upgrade  *connect.Client[v1.UpgradeRequest, v1.UpgradeResponse]
 	shutdown *connect.Client[v1.ShutdownRequest, v1.ShutdownResponse]
+	stats    *connect.Client[v1.StatsRequest, v1.StatsResponse]
 }
 
 // Hello calls baton.keeper.v1.KeeperService.Hello.
@@ -225,6 +237,11 @@ func (c *keeperServiceClient) Shutdown(ctx context.Context, req *connect.Request
 	return c.shutdown.CallUnary(ctx, req)
 }
 
+// Stats calls baton.keeper.v1.KeeperService.Stats.
+func (c *keeperServiceClient) Stats(ctx context.Context, req *connect.Request[v1.StatsRequest]) (*connect.Response[v1.StatsResponse], error) {
+	return c.stats.CallUnary(ctx, req)
+}
+
 // KeeperServiceHandler is an implementation of the baton.keeper.v1.KeeperService service.
 type KeeperServiceHandler interface {
 	// Hello introduces the worker: the keeper's protocol version, build and
@@ -255,6 +272,9 @@ type KeeperServiceHandler interface {
 	// Shutdown stops every job (TERM, grace, KILL), records their ends and
 	// ends the keeper: a worker's decommission.
 	Shutdown(context.Context, *connect.Request[v1.ShutdownRequest]) (*connect.Response[v1.ShutdownResponse], error)
+	// Stats reports the keeper's memory, after a garbage collection: what
+	// the benchmarks divide by the jobs it holds.
+	Stats(context.Context, *connect.Request[v1.StatsRequest]) (*connect.Response[v1.StatsResponse], error)
 }
 
 // NewKeeperServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -324,6 +344,12 @@ func NewKeeperServiceHandler(svc KeeperServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(keeperServiceMethods.ByName("Shutdown")),
 		connect.WithHandlerOptions(opts...),
 	)
+	keeperServiceStatsHandler := connect.NewUnaryHandler(
+		KeeperServiceStatsProcedure,
+		svc.Stats,
+		connect.WithSchema(keeperServiceMethods.ByName("Stats")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/baton.keeper.v1.KeeperService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case KeeperServiceHelloProcedure:
@@ -346,6 +372,8 @@ func NewKeeperServiceHandler(svc KeeperServiceHandler, opts ...connect.HandlerOp
 			keeperServiceUpgradeHandler.ServeHTTP(w, r)
 		case KeeperServiceShutdownProcedure:
 			keeperServiceShutdownHandler.ServeHTTP(w, r)
+		case KeeperServiceStatsProcedure:
+			keeperServiceStatsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -393,4 +421,8 @@ func (UnimplementedKeeperServiceHandler) Upgrade(context.Context, *connect.Reque
 
 func (UnimplementedKeeperServiceHandler) Shutdown(context.Context, *connect.Request[v1.ShutdownRequest]) (*connect.Response[v1.ShutdownResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.keeper.v1.KeeperService.Shutdown is not implemented"))
+}
+
+func (UnimplementedKeeperServiceHandler) Stats(context.Context, *connect.Request[v1.StatsRequest]) (*connect.Response[v1.StatsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.keeper.v1.KeeperService.Stats is not implemented"))
 }
