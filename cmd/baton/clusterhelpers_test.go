@@ -76,10 +76,15 @@ const (
 )
 
 // Scripts every worker gets. nap.sh MARKER SECONDS runs sleep with the
-// marker as its argv[0], so that a leftover process can be found in /proc.
+// marker as its argv[0], so that a leftover process can be found in /proc;
+// nap2.sh does too, with a second such sleep in a session of its own
+// (setsid), out of the job's process group. spew.sh MARKER writes 100
+// bytes every 0.1 s, without end.
 var clusterScripts = map[string]string{
 	"count.sh": "#!/bin/bash\nfor i in 1 2 3; do echo $i; sleep 0.1; done\necho done\n",
 	"nap.sh":   "#!/bin/bash\nexec -a \"$1\" sleep \"$2\"\n",
+	"nap2.sh":  "#!/bin/bash\nsetsid bash -c 'exec -a \"$0\" sleep \"$1\"' \"$1\" \"$2\" &\nexec -a \"$1\" sleep \"$2\"\n",
+	"spew.sh":  "#!/bin/bash\nwhile :; do printf '%099d\\n' 0; sleep 0.1; done\n",
 }
 
 type clusterOptions struct {
@@ -689,4 +694,82 @@ func removeCgroupTree(dir string) {
 		_ = syscall.Rmdir(d)
 	}
 	rm(dir)
+}
+
+var (
+	secondBuild    sync.Once
+	secondBin      string
+	secondBuildErr error
+)
+
+// secondBaton builds the binary a second time, as sharedBaton does but
+// with another version linked in (-X main.version=second), so that its
+// content, and with it the build a keeper compares, differs from the
+// first. It lies next to the first binary and is removed with it.
+func secondBaton(t *testing.T) string {
+	t.Helper()
+	first := sharedBaton(t)
+	secondBuild.Do(func() {
+		bin := filepath.Join(filepath.Dir(first), "baton-second")
+		cmd := batonBuildCommand(bin)
+		pkg := cmd.Args[len(cmd.Args)-1]
+		cmd.Args = append(cmd.Args[:len(cmd.Args)-1:len(cmd.Args)-1], "-ldflags=-X=main.version=second", pkg)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			secondBuildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		secondBin = bin
+	})
+	if secondBuildErr != nil {
+		t.Fatal(secondBuildErr)
+	}
+	return secondBin
+}
+
+// startWorkerFrom starts worker name from the binary bin instead of the
+// cluster's own.
+func (c *cluster) startWorkerFrom(name, bin string) {
+	c.t.Helper()
+	saved := c.bin
+	c.bin = bin
+	defer func() { c.bin = saved }()
+	c.startWorker(name)
+}
+
+// waitRegisteredSince polls ListWorkers until worker name is READY with a
+// registration made after since (the roster keeps saying READY for a
+// while after the worker process died), and returns when that was seen.
+func (c *cluster) waitRegisteredSince(name string, since time.Time, d time.Duration) time.Time {
+	c.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		w := c.roster()[name]
+		if w.State == "WORKER_STATE_READY" && w.RegisteredAt.After(since) {
+			return time.Now()
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("worker %s: not READY with a registration after %v within %v (last %+v)", name, since.Format(time.RFC3339Nano), d, w)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// procStartTime returns when pid started, in clock ticks since boot
+// (field 22 of /proc/pid/stat), or "" if there is no such process: with
+// the pid it tells a process from a later one that reuses the pid.
+func procStartTime(pid int) string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	s := string(raw)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(s[i+1:]) // from field 3, the state
+	if len(f) < 20 {
+		return ""
+	}
+	return f[22-3]
 }
