@@ -331,13 +331,13 @@ func (c *Client) Running() int { return int(c.running.Load()) }
 
 // Start starts a job (see jobrun.Runner.Start).
 func (c *Client) Start(ctx context.Context, id string, spec jobrun.Spec) (jobrun.Status, bool, error) {
-	res, err := c.rpc.Start(ctx, connect.NewRequest(&keeperv1.StartRequest{Id: id, Spec: specToProto(spec)}))
+	res, err := unary(c, ctx, c.rpc.Start, &keeperv1.StartRequest{Id: id, Spec: specToProto(spec)})
 	if err != nil {
-		return jobrun.Status{}, false, fromConnect(err)
+		return jobrun.Status{}, false, err
 	}
-	st := statusFromProto(res.Msg.GetStatus())
+	st := statusFromProto(res.GetStatus())
 	c.track(st)
-	return st, res.Msg.GetCreated(), nil
+	return st, res.GetCreated(), nil
 }
 
 // track notes a job the worker saw started, in case its end comes while
@@ -475,11 +475,11 @@ func brokenStream(err error) error {
 
 // Stop stops a job (see jobrun.Runner.Stop).
 func (c *Client) Stop(ctx context.Context, id, by string) (jobrun.Status, error) {
-	res, err := c.rpc.Stop(ctx, connect.NewRequest(&keeperv1.StopRequest{Id: id, StoppedBy: by}))
+	res, err := unary(c, ctx, c.rpc.Stop, &keeperv1.StopRequest{Id: id, StoppedBy: by})
 	if err != nil {
-		return jobrun.Status{}, fromConnect(err)
+		return jobrun.Status{}, err
 	}
-	st := statusFromProto(res.Msg.GetStatus())
+	st := statusFromProto(res.GetStatus())
 	if !st.State.Terminal() && ctx.Err() != nil {
 		return st, ctx.Err()
 	}
@@ -488,11 +488,11 @@ func (c *Client) Stop(ctx context.Context, id, by string) (jobrun.Status, error)
 
 // Status reports a job.
 func (c *Client) Status(ctx context.Context, id string) (jobrun.Status, error) {
-	res, err := c.rpc.Status(ctx, connect.NewRequest(&keeperv1.StatusRequest{Id: id}))
+	res, err := unary(c, ctx, c.rpc.Status, &keeperv1.StatusRequest{Id: id})
 	if err != nil {
-		return jobrun.Status{}, fromConnect(err)
+		return jobrun.Status{}, err
 	}
-	return statusFromProto(res.Msg.GetStatus()), nil
+	return statusFromProto(res.GetStatus()), nil
 }
 
 // Page returns one page of jobs (see jobrun.Runner.Page).
@@ -507,13 +507,29 @@ func (c *Client) Page(ctx context.Context, q jobrun.Query) ([]jobrun.Status, boo
 	for _, s := range q.States {
 		req.States = append(req.States, keeperv1.JobState(s+1))
 	}
-	res, err := c.rpc.List(ctx, connect.NewRequest(req))
+	res, err := unary(c, ctx, c.rpc.List, req)
 	if err != nil {
-		return nil, false, fromConnect(err)
+		return nil, false, err
 	}
-	out := make([]jobrun.Status, len(res.Msg.GetJobs()))
-	for i, st := range res.Msg.GetJobs() {
+	out := make([]jobrun.Status, len(res.GetJobs()))
+	for i, st := range res.GetJobs() {
 		out[i] = statusFromProto(st)
 	}
-	return out, res.Msg.GetMore(), nil
+	return out, res.GetMore(), nil
+}
+
+// unary makes a call of the keeper, again while the keeper is not
+// reachable (see resume): every call a worker makes is idempotent (Start
+// is, on the job's id).
+func unary[Req, Res any](c *Client, ctx context.Context, call func(context.Context, *connect.Request[Req]) (*connect.Response[Res], error), req *Req) (*Res, error) {
+	var res *connect.Response[Res]
+	err := c.resume(ctx, func() error {
+		var err error
+		res, err = call(ctx, connect.NewRequest(req))
+		return fromConnect(err)
+	}, func() bool { return true })
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
 }
