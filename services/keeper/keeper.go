@@ -95,6 +95,12 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	if err := json.Unmarshal(h.Options, &opts); err != nil {
 		return fmt.Errorf("keeper: reading its options: %w", err)
 	}
+	// Standard input was the handoff (a memfd after an exec): nothing
+	// else may read it, and no job may inherit it.
+	if null, err := os.Open(os.DevNull); err == nil {
+		_ = unix.Dup2(int(null.Fd()), 0)
+		_ = null.Close()
+	}
 	dir, err := filepath.Abs(dataDir)
 	if err != nil {
 		return err
@@ -294,7 +300,7 @@ func (k *Keeper) exec(srv *http.Server, next *handoff) error {
 	if err != nil {
 		return err
 	}
-	mfd, err := unix.MemfdCreate("baton-keeper-handoff", 0)
+	mfd, err := unix.MemfdCreate("baton-keeper-handoff", unix.MFD_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("keeper: handoff: %w", err)
 	}
