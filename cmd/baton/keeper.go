@@ -49,14 +49,11 @@ func newDecommissionCommand() *cobra.Command {
 		Short: "Stop every job of this worker and end its keeper (the worker process, if running, leaves the scheduler)",
 		Args:  cobra.NoArgs,
 	}
-	loadConfig := bindConfigFlags(cmd, workerFlags)
+	loadConfig := bindWorkerConfig(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg := defaultWorkerConfig()
-		if err := loadConfig(&cfg); err != nil {
+		cfg, err := loadConfig()
+		if err != nil {
 			return err
-		}
-		if cfg.Worker.DataDir == "" {
-			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
 		}
 		found, err := keeper.Decommission(cmd.Context(), cfg.Worker.DataDir)
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,16 +38,12 @@ func (c *cluster) queryKept(id string) keptStatus {
 	return res.Status
 }
 
-// keeperPid reads the pid the keeper of dataDir wrote in its lock file.
-func keeperPid(t *testing.T, dataDir string) int {
+// lockPid returns the pid the keeper of dataDir wrote in its lock file.
+func lockPid(t *testing.T, dataDir string) int {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join(dataDir, "keeper.lock"))
+	pid, err := keeperPid(dataDir)
 	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-	if err != nil {
-		t.Fatalf("keeper.lock holds %q: %v", raw, err)
+		t.Fatalf("the keeper's pid: %v", err)
 	}
 	return pid
 }
@@ -136,7 +131,7 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 	if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); !bytes.Contains(cmdline, []byte(`echo "line $i"`)) {
 		t.Fatalf("pid %d (the job's, says QueryJob) runs %q", pid, cmdline)
 	}
-	keeper := keeperPid(t, w.dataDir)
+	keeper := lockPid(t, w.dataDir)
 	if _, ppid := procStat(pid); ppid != keeper {
 		t.Errorf("the job's parent is %d, want the keeper %d", ppid, keeper)
 	}
@@ -157,7 +152,7 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 		if now := procStartTime(pid); now != started {
 			t.Fatalf("after restart %d: the job's process %d started at %q, before at %q", k, pid, now, started)
 		}
-		if got := keeperPid(t, w.dataDir); got != keeper || !alive(keeper) {
+		if got := lockPid(t, w.dataDir); got != keeper || !alive(keeper) {
 			t.Fatalf("after restart %d: the keeper is pid %d (alive %v), before %d", k, got, alive(keeper), keeper)
 		}
 		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", keeper)); exe != bin {
@@ -194,7 +189,7 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 	if st.State != "JOB_STATE_FAILED" || st.ExitCode == nil || *st.ExitCode != 3 {
 		t.Errorf("the job ended %v, want FAILED with exit code 3", st)
 	}
-	if got := keeperPid(t, w.dataDir); got != keeper || !alive(keeper) {
+	if got := lockPid(t, w.dataDir); got != keeper || !alive(keeper) {
 		t.Errorf("at the end the keeper is pid %d (alive %v), before %d", got, alive(keeper), keeper)
 	}
 	klog, err := os.ReadFile(filepath.Join(w.dataDir, "keeper.log"))
@@ -451,7 +446,7 @@ func TestKeeperKilledJobsLost(t *testing.T) {
 	}
 	procs := waitMarkedCount(t, marker, 4, 30*time.Second)
 
-	keeper := keeperPid(t, w.dataDir)
+	keeper := lockPid(t, w.dataDir)
 	if !alive(keeper) {
 		t.Fatalf("no keeper runs as pid %d", keeper)
 	}
@@ -485,7 +480,7 @@ func TestKeeperKilledJobsLost(t *testing.T) {
 	if left := waitNoMarked(marker, 10*time.Second); len(left) > 0 {
 		t.Errorf("the lost jobs' processes %v run on", left)
 	}
-	if now := keeperPid(t, w.dataDir); now == keeper || !alive(now) {
+	if now := lockPid(t, w.dataDir); now == keeper || !alive(now) {
 		t.Errorf("the keeper after the restart is pid %d (alive %v); the killed one was %d", now, alive(now), keeper)
 	}
 }

@@ -171,20 +171,33 @@ var workerFlags = []configFlag{
 	{"log-format", "log.format", "text, json or auto"},
 }
 
+// bindWorkerConfig binds the worker's config flags to cmd; the function
+// it returns loads the configuration, its data directory defaulted.
+func bindWorkerConfig(cmd *cobra.Command) func() (WorkerConfig, error) {
+	load := bindConfigFlags(cmd, workerFlags)
+	return func() (WorkerConfig, error) {
+		cfg := defaultWorkerConfig()
+		if err := load(&cfg); err != nil {
+			return cfg, err
+		}
+		if cfg.Worker.DataDir == "" {
+			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
+		}
+		return cfg, nil
+	}
+}
+
 func newWorkerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker: it runs jobs as OS processes for the scheduler",
 		Args:  cobra.NoArgs,
 	}
-	loadConfig := bindConfigFlags(cmd, workerFlags)
+	loadConfig := bindWorkerConfig(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg := defaultWorkerConfig()
-		if err := loadConfig(&cfg); err != nil {
+		cfg, err := loadConfig()
+		if err != nil {
 			return err
-		}
-		if cfg.Worker.DataDir == "" {
-			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
 		}
 		cfg.Worker.fillJobUIDs(os.Geteuid())
 		if err := cfg.validate(); err != nil {

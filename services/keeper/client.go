@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -76,20 +75,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	var protocols http.Protocols
-	protocols.SetUnencryptedHTTP2(true)
-	hc := &http.Client{Transport: &http.Transport{
-		Protocols: &protocols,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dial(ctx, dir)
-		},
-		HTTP2: &http.HTTP2Config{
-			MaxReadFrameSize:              1 << 20,
-			MaxReceiveBufferPerStream:     4 << 20,
-			MaxReceiveBufferPerConnection: 16 << 20,
-		},
-		MaxIdleConnsPerHost: 4,
-	}}
+	hc := newHTTPClient(dir)
 	c := &Client{
 		dir:        dir,
 		executable: cfg.Executable,

@@ -87,20 +87,32 @@ func ReadStats(ctx context.Context, dataDir string) (Stats, error) {
 	return Stats{HeapLiveBytes: res.Msg.GetHeapLiveBytes(), RSSBytes: res.Msg.GetRssBytes(), Running: int(res.Msg.GetRunning()), Pid: int(h.Msg.GetPid())}, nil
 }
 
+// newHTTPClient is an HTTP/2 client of the keeper socket in dir.
+func newHTTPClient(dir string) *http.Client {
+	var protocols http.Protocols
+	protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: &http.Transport{
+		Protocols: &protocols,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dial(ctx, dir)
+		},
+		// Output streams are bulk data: large frames and windows.
+		HTTP2: &http.HTTP2Config{
+			MaxReadFrameSize:              1 << 20,
+			MaxReceiveBufferPerStream:     4 << 20,
+			MaxReceiveBufferPerConnection: 16 << 20,
+		},
+		MaxIdleConnsPerHost: 4,
+	}}
+}
+
 // connectTo returns a client of the keeper of dataDir.
 func connectTo(dataDir string) (keeperv1connect.KeeperServiceClient, func(), error) {
 	dir, err := absDir(dataDir)
 	if err != nil {
 		return nil, nil, err
 	}
-	var protocols http.Protocols
-	protocols.SetUnencryptedHTTP2(true)
-	hc := &http.Client{Transport: &http.Transport{
-		Protocols: &protocols,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dial(ctx, dir)
-		},
-	}}
+	hc := newHTTPClient(dir)
 	return keeperv1connect.NewKeeperServiceClient(hc, "http://keeper"), hc.CloseIdleConnections, nil
 }
 
