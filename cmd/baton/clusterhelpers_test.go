@@ -78,13 +78,13 @@ const (
 // Scripts every worker gets. nap.sh MARKER SECONDS runs sleep with the
 // marker as its argv[0], so that a leftover process can be found in /proc;
 // nap2.sh does too, with a second such sleep in a session of its own
-// (setsid), out of the job's process group. spew.sh MARKER writes 100
+// (setsid), out of the job's process group. spew.sh MARKER writes 200
 // bytes every 0.1 s, without end.
 var clusterScripts = map[string]string{
 	"count.sh": "#!/bin/bash\nfor i in 1 2 3; do echo $i; sleep 0.1; done\necho done\n",
 	"nap.sh":   "#!/bin/bash\nexec -a \"$1\" sleep \"$2\"\n",
 	"nap2.sh":  "#!/bin/bash\nsetsid bash -c 'exec -a \"$0\" sleep \"$1\"' \"$1\" \"$2\" &\nexec -a \"$1\" sleep \"$2\"\n",
-	"spew.sh":  "#!/bin/bash\nwhile :; do printf '%099d\\n' 0; sleep 0.1; done\n",
+	"spew.sh":  "#!/bin/bash\nwhile :; do printf '%0199d\\n' 0; sleep 0.1; done\n",
 }
 
 type clusterOptions struct {

@@ -14,7 +14,10 @@ import (
 // directory (see package keeper). It is not for people to run: it reads its
 // options from the worker on standard input.
 func newKeeperCommand() *cobra.Command {
-	var dataDir string
+	var (
+		dataDir string
+		check   bool
+	)
 	cmd := &cobra.Command{
 		Use:    "keeper",
 		Short:  "Keep a worker's jobs running across restarts of the worker (started by baton worker)",
@@ -23,6 +26,9 @@ func newKeeperCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dataDir == "" {
 				return &usageError{msg: "keeper: --data-dir is required"}
+			}
+			if check {
+				return keeper.Check(dataDir, os.Stdin, cmd.OutOrStdout())
 			}
 			logger, err := newLogger(LogConfig{Level: "info", Format: "json"}, os.Stderr)
 			if err != nil {
@@ -37,6 +43,7 @@ func newKeeperCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the worker's data directory")
+	cmd.Flags().BoolVar(&check, "check", false, "only check that this build can carry on with the handoff on standard input")
 	return cmd
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -24,6 +26,11 @@ type Options struct {
 	// InheritEnv names worker environment variables passed to jobs. By
 	// default nothing from the worker's environment reaches a job.
 	InheritEnv []string
+	// InheritedValues, if not nil, are the values of InheritEnv's names to
+	// pass, instead of this process's environment: a keeper gets them from
+	// the worker that configures it, so that a rotated value reaches new
+	// jobs once the worker restarts.
+	InheritedValues map[string]string
 	// StopGrace is the time between SIGTERM and SIGKILL. Default 10s.
 	StopGrace time.Duration
 	// OutputLimit caps the stored output of a job (both streams plus 32
@@ -89,6 +96,29 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// CheckOptions reports whether New would accept opts as far as can be told
+// without touching the data directory: a process about to hand its jobs to
+// another image with these options checks them first.
+func CheckOptions(opts Options) error {
+	if err := opts.setDefaults(); err != nil {
+		return err
+	}
+	scripts, err := filepath.Abs(opts.ScriptsDir)
+	if err == nil {
+		scripts, err = filepath.EvalSymlinks(scripts)
+	}
+	if err != nil {
+		return fmt.Errorf("jobrun: invalid scripts directory: %w", err)
+	}
+	if fi, err := os.Stat(scripts); err != nil || !fi.IsDir() {
+		return errors.New("jobrun: the scripts directory is not a directory")
+	}
+	if _, err := chooseIdentity(os.Geteuid(), os.Getegid(), opts.JobUIDs, opts.JobUser); err != nil {
+		return fmt.Errorf("jobrun: %w", err)
 	}
 	return nil
 }

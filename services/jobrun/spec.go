@@ -210,7 +210,11 @@ func (r *Runner) environ(id, home string, spec *Spec) []string {
 		"LANG": "C.UTF-8",
 	}
 	for _, name := range r.opts.InheritEnv {
-		if v, ok := os.LookupEnv(name); ok {
+		v, ok := r.opts.InheritedValues[name]
+		if r.opts.InheritedValues == nil {
+			v, ok = os.LookupEnv(name)
+		}
+		if ok {
 			env[name] = v
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,6 +124,14 @@ func encodeOptions(opts jobrun.Options) (string, []byte, error) {
 		return "", nil, err
 	}
 	opts.DataDir = dir
+	// The keeper's environment is the first worker's; the values jobs
+	// inherit are this worker's.
+	opts.InheritedValues = map[string]string{}
+	for _, name := range opts.InheritEnv {
+		if v, ok := os.LookupEnv(name); ok {
+			opts.InheritedValues[name] = v
+		}
+	}
 	b, err := json.Marshal(opts)
 	if err != nil {
 		return "", nil, fmt.Errorf("keeper: encoding the options: %w", err)
@@ -142,18 +151,24 @@ func (c *Client) attach(ctx context.Context) error {
 			return err
 		}
 	}
-	if hello.GetBuild() == Build() && hello.GetOptionsDigest() == digest(c.options) {
+	// The keeper is to run what the worker would start: the executable as
+	// it is on disk now, which may be newer than the worker's own image.
+	want, err := fileBuild(c.executable)
+	if err != nil {
+		return fmt.Errorf("keeper: %w", err)
+	}
+	if hello.GetBuild() == want && hello.GetOptionsDigest() == digest(c.options) {
 		c.running.Store(hello.GetRunning())
 		return nil
 	}
-	c.log.Info("upgrading the keeper in place", "keeper_build", hello.GetBuild(), "build", Build(),
+	c.log.Info("upgrading the keeper in place", "keeper_build", hello.GetBuild(), "build", want,
 		"options_changed", hello.GetOptionsDigest() != digest(c.options), "keeper_pid", hello.GetPid())
 	if _, err := c.rpc.Upgrade(ctx, connect.NewRequest(&keeperv1.UpgradeRequest{
 		Executable: c.executable, Options: c.options,
 	})); err != nil {
 		return fmt.Errorf("keeper: upgrading the keeper (pid %d): %w", hello.GetPid(), err)
 	}
-	hello, err = c.awaitHello(ctx, func(h *keeperv1.HelloResponse) bool { return h.GetBuild() == Build() })
+	hello, err = c.awaitHello(ctx, func(h *keeperv1.HelloResponse) bool { return h.GetBuild() == want })
 	if err != nil {
 		return err
 	}

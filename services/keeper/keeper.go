@@ -13,6 +13,7 @@
 package keeper
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -24,8 +25,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,6 +90,9 @@ type Keeper struct {
 // or an upgrade executes another image (Run does not return then). It
 // returns ErrRunning if another keeper holds the lock.
 func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger) error {
+	// Descriptors the worker inherited from whoever started it must not
+	// reach the jobs; the ones a handoff names are used in this process.
+	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
 	var h handoff
 	if err := json.NewDecoder(in).Decode(&h); err != nil {
 		return fmt.Errorf("keeper: reading its options: %w", err)
@@ -109,6 +115,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 		return fmt.Errorf("keeper: options for data directory %s given to the keeper of %s", opts.DataDir, dir)
 	}
 	opts.DataDir = dir
+	if err := checkDataDir(dir); err != nil {
+		return err
+	}
 	k := &Keeper{
 		dir:        dir,
 		executable: h.Executable,
@@ -222,6 +231,54 @@ func (k *Keeper) end(srv *http.Server) {
 	k.leave()
 }
 
+// Check is `baton keeper --check`: it reads a handoff as Run does and
+// reports whether this build could carry on with it, without starting
+// anything. A keeper asked to execute another build runs it this way
+// first, so that a binary that is not a keeper of this protocol, or
+// options it would refuse, never cost the jobs their keeper.
+func Check(dataDir string, in io.Reader, out io.Writer) error {
+	var h handoff
+	if err := json.NewDecoder(in).Decode(&h); err != nil {
+		return fmt.Errorf("keeper: reading its options: %w", err)
+	}
+	var opts jobrun.Options
+	if err := json.Unmarshal(h.Options, &opts); err != nil {
+		return fmt.Errorf("keeper: reading its options: %w", err)
+	}
+	opts.DataDir = dataDir
+	if err := jobrun.CheckOptions(opts); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "%s %d\n", checkAnswer, ProtocolVersion)
+	return err
+}
+
+const checkAnswer = "baton-keeper-ok"
+
+// checkBuild runs executable as `keeper --check` on the handoff it would
+// be given, and fails unless it answers that it can carry on.
+func checkBuild(executable, dir string, options []byte) error {
+	h, err := json.Marshal(handoff{Executable: executable, Options: options})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, executable, "keeper", "--data-dir", dir, "--check")
+	cmd.Stdin = bytes.NewReader(h)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("%s cannot carry on as this keeper: %v %s", executable, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	var version int
+	if _, err := fmt.Sscanf(string(out), checkAnswer+" %d", &version); err != nil || version < 1 {
+		return fmt.Errorf("%s is not a baton keeper (it answered %q)", executable, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
 // changed passes a job's change to every watcher.
 func (k *Keeper) changed(st jobrun.Status) {
 	k.watchers.publish(&keeperv1.WatchResponse{Status: statusToProto(st), Running: int64(k.runner.Running())})
@@ -254,6 +311,9 @@ func (k *Keeper) requestUpgrade(executable string, options []byte) error {
 	}
 	if opts.DataDir != "" && filepath.Clean(opts.DataDir) != k.dir {
 		return fmt.Errorf("the options are for data directory %s", opts.DataDir)
+	}
+	if err := checkBuild(executable, k.dir, options); err != nil {
+		return err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -316,8 +376,20 @@ func (k *Keeper) exec(srv *http.Server, next *handoff) error {
 		}
 	}
 	k.log.Info("keeper executing a new build", "executable", next.Executable, "jobs", len(jobs))
-	args := []string{next.Executable, "keeper", "--data-dir", k.dir}
-	err = unix.Exec(next.Executable, args, os.Environ())
+	err = unix.Exec(next.Executable, []string{next.Executable, "keeper", "--data-dir", k.dir}, os.Environ())
+	// Still here: the new build could not be executed (it changed on disk
+	// since the check, say). The running image carries on with the jobs.
+	k.log.Error("cannot execute the new build; executing this one again", "executable", next.Executable, "error", err)
+	next.Executable, next.Options = k.executable, k.options
+	if state, err = json.Marshal(next); err == nil {
+		if _, err = unix.Pwrite(0, state, 0); err == nil {
+			err = unix.Ftruncate(0, int64(len(state)))
+		}
+	}
+	if err == nil {
+		err = unix.Exec("/proc/self/exe", []string{k.executable, "keeper", "--data-dir", k.dir}, os.Environ())
+	}
+	runtime.KeepAlive(lf) // its finalizer would close the listener handed over
 	return fmt.Errorf("keeper: executing %s: %w", next.Executable, err)
 }
 
@@ -338,7 +410,7 @@ func takeLock(dir string, fd int) (*os.File, error) {
 		unix.CloseOnExec(fd)
 		return os.NewFile(uintptr(fd), filepath.Join(dir, lockName)), nil
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openOwn(filepath.Join(dir, lockName), os.O_RDWR|os.O_CREATE)
 	if err != nil {
 		return nil, fmt.Errorf("keeper lock: %w", err)
 	}
@@ -374,17 +446,26 @@ func inheritListener(fd int) (net.Listener, error) {
 // Build identifies this binary: the digest of the running executable, so
 // that two builds of the same version still differ.
 var Build = sync.OnceValue(func() string {
-	f, err := os.Open("/proc/self/exe")
+	b, err := fileBuild("/proc/self/exe")
 	if err != nil {
 		return "unknown"
+	}
+	return b
+})
+
+// fileBuild is the build of the executable at path (see Build).
+func fileBuild(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return "unknown"
+		return "", err
 	}
-	return hex.EncodeToString(h.Sum(nil))[:16]
-})
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
 
 // digest identifies a set of runtime options.
 func digest(options []byte) string {

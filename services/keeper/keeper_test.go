@@ -17,12 +17,22 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	keeperv1 "github.com/baton-run/baton/gen/baton/keeper/v1"
 	"github.com/baton-run/baton/services/jobrun"
 )
 
 // The keepers the tests start are this test binary, run as `keeper
 // --data-dir D`, as the worker runs the baton binary.
 func TestMain(m *testing.M) {
+	if len(os.Args) == 5 && os.Args[1] == "keeper" && os.Args[4] == "--check" {
+		if err := Check(os.Args[3], os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "keeper:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if len(os.Args) == 4 && os.Args[1] == "keeper" && os.Args[2] == "--data-dir" {
 		if d, err := time.ParseDuration(os.Getenv("BATON_TEST_KEEPER_IDLE")); err == nil {
 			IdleExit = d
@@ -440,5 +450,65 @@ func TestLongDataDir(t *testing.T) {
 	c := open(t, opts, nil)
 	if st, err := c.Run(t.Context(), "one", jobrun.Spec{Command: "true"}, 0, func(jobrun.Status) error { return nil }, func(jobrun.Chunk) error { return nil }); err != nil || st.State != jobrun.StateSucceeded {
 		t.Errorf("Run: %v %v", st.State, err)
+	}
+}
+
+// TestUpgradeRefusesWhatCannotCarryOn: an upgrade to a binary that is not
+// a keeper, or to options the new image would refuse, is refused before
+// the keeper lets go of anything: it keeps serving, with its jobs.
+func TestUpgradeRefusesWhatCannotCarryOn(t *testing.T) {
+	t.Parallel()
+	opts := testOptions(t)
+	c := open(t, opts, nil)
+	job, _, err := c.Start(t.Context(), "sleeper", jobrun.Spec{Command: "sleep", Args: []string{"1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := keeperPid(t, opts.DataDir)
+	exe, _ := os.Executable()
+	bad := opts
+	bad.ScriptsDir = filepath.Join(t.TempDir(), "missing")
+	_, badOptions, err := encodeOptions(bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notBaton := filepath.Join(t.TempDir(), "not-baton")
+	if err := os.WriteFile(notBaton, []byte("#!/bin/sh\necho hello\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		executable string
+		options    []byte
+	}{
+		{"not a keeper", notBaton, c.options},
+		{"not a program", "/etc/passwd", c.options},
+		{"a relative path", "baton", c.options},
+		{"options it refuses", exe, badOptions},
+	} {
+		_, err := c.rpc.Upgrade(t.Context(), connect.NewRequest(&keeperv1.UpgradeRequest{Executable: tc.executable, Options: tc.options}))
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	if now := keeperPid(t, opts.DataDir); now != pid {
+		t.Errorf("keeper pid %d, was %d", now, pid)
+	}
+	if st, err := c.Status(t.Context(), "sleeper"); err != nil || st.State != jobrun.StateRunning || st.PID != job.PID {
+		t.Errorf("the job after refused upgrades: %+v %v", st, err)
+	}
+}
+
+// TestDataDirOthersCanWriteIsRefused: a data directory others may write
+// to (where they could plant the socket, lock or log) gets no keeper.
+func TestDataDirOthersCanWriteIsRefused(t *testing.T) {
+	t.Parallel()
+	opts := testOptions(t)
+	if err := os.Chmod(opts.DataDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	exe, _ := os.Executable()
+	if _, err := Open(t.Context(), Config{Options: opts, Executable: exe}); err == nil || !strings.Contains(err.Error(), "writable by others") {
+		t.Errorf("Open on a data directory of mode 0777: %v", err)
 	}
 }

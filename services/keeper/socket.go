@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -94,7 +95,8 @@ func peerUID(c *net.UnixConn) int {
 	return uid
 }
 
-// dial connects to the keeper of dir.
+// dial connects to the keeper of dir, and makes sure it runs as this
+// process's uid: a socket someone else put there gets no job spec.
 func dial(ctx context.Context, dir string) (net.Conn, error) {
 	addr, closeDir, err := socketAddr(dir)
 	if err != nil {
@@ -102,5 +104,38 @@ func dial(ctx context.Context, dir string) (net.Conn, error) {
 	}
 	defer closeDir()
 	var d net.Dialer
-	return d.DialContext(ctx, "unix", addr)
+	c, err := d.DialContext(ctx, "unix", addr)
+	if err != nil {
+		return nil, err
+	}
+	if uid := peerUID(c.(*net.UnixConn)); uid != os.Geteuid() {
+		_ = c.Close()
+		return nil, fmt.Errorf("keeper socket: served by uid %d, not this process's %d", uid, os.Geteuid())
+	}
+	return c, nil
+}
+
+// checkDataDir refuses a data directory that is a symlink, is not this
+// process's own, or that others may write to: they could plant the
+// keeper's socket, lock or log there.
+func checkDataDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("keeper: data directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("keeper: data directory %s is not a directory (a symlink?)", dir)
+	case !ok || int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("keeper: data directory %s belongs to another user", dir)
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("keeper: data directory %s is writable by others (mode %v)", dir, fi.Mode().Perm())
+	}
+	return nil
+}
+
+// openOwn opens a file of the data directory without following a symlink.
+func openOwn(path string, flag int) (*os.File, error) {
+	return os.OpenFile(path, flag|syscall.O_NOFOLLOW, 0o600)
 }

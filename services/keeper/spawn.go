@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -39,11 +40,14 @@ func start(dir, executable string, options []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("keeper: data directory: %w", err)
 	}
+	if err := checkDataDir(dir); err != nil {
+		return err
+	}
 	h, err := json.Marshal(handoff{Executable: executable, Options: options})
 	if err != nil {
 		return err
 	}
-	logFile, err := os.OpenFile(filepath.Join(dir, logName), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	logFile, err := openOwn(filepath.Join(dir, logName), os.O_WRONLY|os.O_APPEND|os.O_CREATE)
 	if err != nil {
 		return fmt.Errorf("keeper: its log: %w", err)
 	}
@@ -130,6 +134,9 @@ func Decommission(ctx context.Context, dataDir string) (bool, error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			return false, ctx.Err()
+		}
+		if errors.Is(err, fs.ErrPermission) {
+			return false, fmt.Errorf("keeper: %w: run this as the worker's user", err)
 		}
 		// No keeper answered: none runs, or one is ending.
 		return false, nil
