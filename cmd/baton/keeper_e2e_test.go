@@ -77,9 +77,8 @@ func waitFileGrows(t *testing.T, path string, size int64, d time.Duration, what 
 // `baton run` follows the job throughout and prints every line once, in
 // order, and the job's real end.
 func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
-	// The grace is long so that the scheduler never marks the worker DOWN
-	// (and the job LOST, which ends `baton run`) while a restart is slow
-	// on a loaded machine: what is tested is the job's life, not the
+	// The grace is long so that a restart slowed by a loaded machine does
+	// not mark the worker DOWN: what is tested is the job's life, not the
 	// failure detector's.
 	c := newCluster(t, clusterOptions{workers: []string{"w1"}, heartbeatGrace: 20 * time.Second})
 	builds := [2]string{c.bin, secondBaton(t)}
@@ -232,6 +231,7 @@ func TestKeeperReattachesManyJobs(t *testing.T) {
 	// Each job is two sleeps: its main process and a grandchild in a
 	// session of its own.
 	procs := waitMarkedCount(t, marker, 2*jobs, time.Minute)
+	keeper := lockPid(t, w.dataDir)
 
 	if err := w.proc.signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -261,6 +261,9 @@ func TestKeeperReattachesManyJobs(t *testing.T) {
 	}
 	if now := markedProcs(marker); !sameSet(now, procs) {
 		t.Errorf("the restart changed the jobs' processes: %d now, %d before", len(now), len(procs))
+	}
+	if now := lockPid(t, w.dataDir); now != keeper || !alive(keeper) {
+		t.Errorf("the keeper is pid %d after the restart (alive %v), before %d", now, alive(keeper), keeper)
 	}
 
 	parallel(t, jobs, 32, func(i int) error {

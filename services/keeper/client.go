@@ -84,7 +84,7 @@ func Open(ctx context.Context, cfg Config) (*Client, error) {
 		log:        cfg.Logger,
 		onChange:   cfg.OnChange,
 		http:       hc,
-		rpc:        keeperv1connect.NewKeeperServiceClient(hc, "http://keeper"),
+		rpc:        keeperv1connect.NewKeeperServiceClient(hc, "http://keeper", connect.WithAcceptCompression("gzip", nil, nil)),
 		live:       make(map[string]bool),
 		ending:     make(chan struct{}),
 		watching:   make(chan struct{}),

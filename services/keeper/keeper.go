@@ -34,6 +34,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
 
 	keeperv1 "github.com/baton-run/baton/gen/baton/keeper/v1"
@@ -150,7 +151,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	var protocols http.Protocols
 	protocols.SetUnencryptedHTTP2(true)
 	mux := http.NewServeMux()
-	mux.Handle(keeperv1connect.NewKeeperServiceHandler(&server{k: k}))
+	// Nothing is compressed on a unix socket: gzip would cost the keeper
+	// more CPU per job than the rest of the call.
+	mux.Handle(keeperv1connect.NewKeeperServiceHandler(&server{k: k}, connect.WithCompression("gzip", nil, nil)))
 	srv := &http.Server{
 		Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second,
 		ConnState: k.countConn,
@@ -281,7 +284,10 @@ func checkBuild(executable, dir string, options []byte) error {
 
 // changed passes a job's change to every watcher.
 func (k *Keeper) changed(st jobrun.Status) {
-	k.watchers.publish(&keeperv1.WatchResponse{Status: statusToProto(st), Running: int64(k.runner.Running())})
+	// A change is a state: the worker knows the job's spec.
+	msg := statusToProto(st)
+	msg.Spec = nil
+	k.watchers.publish(&keeperv1.WatchResponse{Status: msg, Running: int64(k.runner.Running())})
 }
 
 func (k *Keeper) leave() { k.leaveOnce.Do(func() { close(k.leaving) }) }

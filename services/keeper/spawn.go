@@ -117,7 +117,7 @@ func connectTo(dataDir string) (keeperv1connect.KeeperServiceClient, func(), err
 		return nil, nil, err
 	}
 	hc := newHTTPClient(dir)
-	return keeperv1connect.NewKeeperServiceClient(hc, "http://keeper"), hc.CloseIdleConnections, nil
+	return keeperv1connect.NewKeeperServiceClient(hc, "http://keeper", connect.WithAcceptCompression("gzip", nil, nil)), hc.CloseIdleConnections, nil
 }
 
 // Decommission asks the keeper of dataDir to stop every job and end, and
