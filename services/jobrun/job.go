@@ -209,7 +209,9 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		})
 		j.mu.Unlock()
 	}
-	logger.Info("job started", "pid", pid, "cgroup", cg.mode())
+	// Per job, at debug: the API's access log has every start, and the
+	// keeper's log, a file that is not rotated, must not grow with the jobs.
+	logger.Debug("job started", "pid", pid, "cgroup", cg.mode())
 	r.notifyChange(running)
 	go r.wait(j, cmd)
 	return running, true, nil
@@ -422,7 +424,7 @@ func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal), re
 	j.mu.Unlock()
 
 	r.endIdentity(j, cg.remove())
-	r.log.Info("job ended", "job_id", j.id, "state", final.State.String(), "reason", final.Reason)
+	r.log.Debug("job ended", "job_id", j.id, "state", final.State.String(), "reason", final.Reason)
 	// OnChange runs before done closes: whoever waits for the job (Stop,
 	// Close) may rely on the change having been delivered, such as a worker
 	// sending its final heartbeat right after Close.
