@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -166,40 +167,85 @@ status last when following.`,
 		case onlyStderr:
 			req.Stream = batonv1.OutputStream_OUTPUT_STREAM_STDERR
 		}
-		stream, err := c.client.StreamJobOutput(c.ctx, connect.NewRequest(req))
-		if err != nil {
-			return err
+		err := followLogs(c, req)
+		// Ctrl-C while following is the normal way out.
+		if follow && errors.Is(c.ctx.Err(), context.Canceled) {
+			return nil
 		}
-		defer stream.Close()
-		for stream.Receive() {
-			msg := stream.Msg()
-			if c.format == formatJSON {
-				if err := writeJSONLine(c.out, msg); err != nil {
-					return err
-				}
-				continue
-			}
-			chunk := msg.GetChunk()
-			if chunk == nil {
-				continue
-			}
-			w := c.out
-			if chunk.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
-				w = c.errOut
-			}
-			if _, err := w.Write(chunk.GetData()); err != nil {
-				return err
-			}
-		}
-		if err := stream.Err(); err != nil {
-			// Ctrl-C while following is the normal way out.
-			if follow && errors.Is(c.ctx.Err(), context.Canceled) {
-				return nil
-			}
-			return err
-		}
-		return nil
+		return err
 	})
+}
+
+// followLogs prints the output req asks for. When following, a stream cut
+// as `baton run`'s can be (the scheduler or the job's worker restarting)
+// is resumed from the last offset printed, so no byte is missing or
+// repeated.
+func followLogs(c *clientCall, req *batonv1.StreamJobOutputRequest) error {
+	delay := resumeFirst
+	for attempt := 0; ; attempt++ {
+		ended, progress, err := printLogs(c, req)
+		if ended || (err == nil && !req.GetFollow()) {
+			return err
+		}
+		if err == nil {
+			err = connect.NewError(connect.CodeUnavailable, errors.New("the output stream ended before the job's status"))
+		}
+		if progress {
+			attempt, delay = 0, resumeFirst
+		}
+		if !req.GetFollow() || !resumable(err) || attempt >= resumeAttempts || c.ctx.Err() != nil {
+			return err
+		}
+		// A job LOST is not followed further: no stream will finish it.
+		if q, qerr := c.client.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: req.GetJobId()})); qerr == nil && q.Msg.GetDone() &&
+			q.Msg.GetStatus().GetState() == batonv1.JobState_JOB_STATE_LOST {
+			return nil
+		}
+		select {
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, resumeMax)
+	}
+}
+
+// printLogs prints one StreamJobOutput call's messages, moving req's
+// offset past each chunk printed. ended says the job's status came.
+func printLogs(c *clientCall, req *batonv1.StreamJobOutputRequest) (ended, progress bool, err error) {
+	stream, err := c.client.StreamJobOutput(c.ctx, connect.NewRequest(req))
+	if err != nil {
+		return false, false, err
+	}
+	defer stream.Close()
+	for stream.Receive() {
+		msg := stream.Msg()
+		if chunk := msg.GetChunk(); chunk != nil {
+			req.Offset = chunk.GetOffset() + int64(len(chunk.GetData()))
+			progress = true
+		}
+		if msg.GetStatus() != nil {
+			ended = true
+		}
+		if c.format == formatJSON {
+			if err := writeJSONLine(c.out, msg); err != nil {
+				return ended, progress, err
+			}
+			continue
+		}
+		chunk := msg.GetChunk()
+		if chunk == nil {
+			continue
+		}
+		w := c.out
+		if chunk.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
+			w = c.errOut
+		}
+		if _, err := w.Write(chunk.GetData()); err != nil {
+			return ended, progress, err
+		}
+	}
+	return ended, progress, stream.Err()
 }
 
 func newJobsCommand() *cobra.Command {

@@ -134,6 +134,25 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 	if _, ppid := procStat(pid); ppid != keeper {
 		t.Errorf("the job's parent is %d, want the keeper %d", ppid, keeper)
 	}
+	// baton logs -f follows the same job, through the same restarts.
+	logsPath := filepath.Join(c.dir, "logs.out")
+	logsOut, err := os.Create(logsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logsOut.Close()
+	var logsErr lockedBuffer
+	logsF := e.command("logs", "-f", id)
+	logsF.Stdout, logsF.Stderr = logsOut, &logsErr
+	if err := logsF.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logsExited := make(chan error, 1)
+	go func() { logsExited <- logsF.Wait() }()
+	t.Cleanup(func() {
+		_ = logsF.Process.Kill()
+		<-logsExited
+	})
 
 	const kills = 10
 	begin := time.Now()
@@ -182,6 +201,18 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 	}
 	if string(got) != want.String() {
 		t.Errorf("baton run printed %d bytes, want line 1 to line %d, each once, in order:\n%s\nstderr:\n%s", len(got), lines, got, stderr.String())
+	}
+	select {
+	case err := <-logsExited:
+		logsExited <- err
+		if err != nil {
+			t.Errorf("baton logs -f: %v; stderr:\n%s", err, logsErr.String())
+		}
+	case <-time.After(time.Minute):
+		t.Fatalf("baton logs -f did not end; stderr:\n%s", logsErr.String())
+	}
+	if followed, _ := os.ReadFile(logsPath); string(followed) != want.String() {
+		t.Errorf("baton logs -f printed %d bytes, want every line once, in order:\n%s\nstderr:\n%s", len(followed), followed, logsErr.String())
 	}
 	if logs := e.run(t, "logs", id); logs.code != 0 || logs.stdout != string(got) {
 		t.Errorf("baton logs: exit %d, %d bytes differing from baton run's %d; stderr %q", logs.code, len(logs.stdout), len(got), logs.stderr)
