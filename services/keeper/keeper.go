@@ -31,7 +31,6 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -77,8 +76,6 @@ type Keeper struct {
 	// Watch streams end with it.
 	leaving   chan struct{}
 	leaveOnce sync.Once
-
-	conns atomic.Int64 // open connections of workers
 
 	mu      sync.Mutex
 	next    *handoff // an upgrade asked for
@@ -156,7 +153,6 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	mux.Handle(keeperv1connect.NewKeeperServiceHandler(&server{k: k}, connect.WithCompression("gzip", nil, nil)))
 	srv := &http.Server{
 		Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second,
-		ConnState: k.countConn,
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(k.listener) }()
@@ -185,8 +181,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 			}
 			continue
 		case now := <-idle.C:
-			// A keeper with no job and no worker has nothing to keep.
-			if k.runner.Running() > 0 || k.conns.Load() > 0 {
+			// A keeper with no job and no worker (a worker follows the
+			// change feed while it runs) has nothing to keep.
+			if k.runner.Running() > 0 || k.watchers.count() > 0 {
 				idleSince = time.Time{}
 				continue
 			}
@@ -215,16 +212,6 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 // IdleExit is how long a keeper with no job and no worker connected waits
 // before it ends.
 var IdleExit = 10 * time.Second
-
-// countConn counts the open connections of workers.
-func (k *Keeper) countConn(_ net.Conn, st http.ConnState) {
-	switch st {
-	case http.StateNew:
-		k.conns.Add(1)
-	case http.StateClosed, http.StateHijacked:
-		k.conns.Add(-1)
-	}
-}
 
 // end tells every watcher that the keeper ends, lets them read it, and
 // stops serving.

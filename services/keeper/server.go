@@ -193,6 +193,13 @@ func (w *watchers) end(last *keeperv1.WatchResponse) {
 	}
 }
 
+// count is the number of Watch calls following the changes.
+func (w *watchers) count() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.subs)
+}
+
 func (w *watchers) ended() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
