@@ -388,6 +388,38 @@ func TestUpgradeKeepsJobsAndPid(t *testing.T) {
 	if err := <-followErr; err != nil || followed.String() != want.String() {
 		t.Errorf("a follow through the upgrade: %q, %v", followed.String(), err)
 	}
+
+	// SIGUSR2 has the keeper execute its executable again, jobs and all.
+	sleeper, _, err := second.Start(t.Context(), "sleeper", jobrun.Spec{Command: "sleep", Args: []string{"1000"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testWait)
+	for execs(t, opts.DataDir) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no exec after SIGUSR2")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st, err := second.Stop(t.Context(), "sleeper", "test"); err != nil || st.State != jobrun.StateStopped || st.PID != sleeper.PID {
+		t.Errorf("the job after SIGUSR2: %+v %v", st, err)
+	}
+	if now := keeperPid(t, opts.DataDir); now != pid {
+		t.Errorf("keeper pid %d after SIGUSR2, was %d", now, pid)
+	}
+}
+
+// execs counts the builds the keeper of dir executed, from its log.
+func execs(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, logName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte("keeper executing a new build"))
 }
 
 // TestIdleKeeperEnds: a keeper with no job and no worker ends.
