@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -27,8 +28,12 @@ import (
 // --data-dir D`, as the worker runs the baton binary.
 func TestMain(m *testing.M) {
 	if len(os.Args) == 5 && os.Args[1] == "keeper" && os.Args[4] == "--check" {
-		if err := Check(os.Args[3], os.Stdin, os.Stdout); err != nil {
+		err := Check(os.Args[3], os.Stdin, os.Stdout)
+		if err != nil {
 			fmt.Fprintln(os.Stderr, "keeper:", err)
+		}
+		writeCoverage(m)
+		if err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -44,10 +49,36 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "keeper:", err)
 			os.Exit(1)
 		}
+		writeCoverage(m)
 		os.Exit(0)
+	}
+	flag.Parse()
+	if f := flag.Lookup("test.gocoverdir"); testing.CoverMode() != "" && f != nil && f.Value.String() != "" {
+		if dir, err := filepath.Abs(f.Value.String()); err == nil {
+			_ = os.Setenv(coverDirEnv, dir)
+		}
 	}
 	os.Exit(m.Run())
 }
+
+// writeCoverage writes what this keeper process ran to the coverage
+// directory of the test binary that started it: running no test, a test
+// binary writes its counters as it ends.
+func writeCoverage(m *testing.M) {
+	dir := os.Getenv(coverDirEnv)
+	if dir == "" {
+		return
+	}
+	os.Args = []string{os.Args[0], "-test.run=^$", "-test.gocoverdir=" + dir}
+	stdout := os.Stdout
+	os.Stdout, _ = os.OpenFile(os.DevNull, os.O_WRONLY, 0) // its PASS is not the keeper's answer
+	m.Run()
+	os.Stdout = stdout
+}
+
+// coverDirEnv passes the test binary's coverage directory to the keeper
+// processes it starts.
+const coverDirEnv = "BATON_TEST_KEEPER_COVERDIR"
 
 const testWait = 20 * time.Second
 
@@ -542,5 +573,21 @@ func TestDataDirOthersCanWriteIsRefused(t *testing.T) {
 	exe, _ := os.Executable()
 	if _, err := Open(t.Context(), Config{Options: opts, Executable: exe}); err == nil || !strings.Contains(err.Error(), "writable by others") {
 		t.Errorf("Open on a data directory of mode 0777: %v", err)
+	}
+}
+
+func TestReadStats(t *testing.T) {
+	t.Parallel()
+	opts := testOptions(t)
+	c := open(t, opts, nil)
+	if _, _, err := c.Start(t.Context(), "sleeper", jobrun.Spec{Command: "sleep", Args: []string{"1000"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := ReadStats(t.Context(), opts.DataDir)
+	if err != nil || st.Running != 1 || st.HeapLiveBytes <= 0 || st.RSSBytes <= 0 || st.Pid != keeperPid(t, opts.DataDir) {
+		t.Errorf("ReadStats: %+v %v", st, err)
+	}
+	if _, err := ReadStats(t.Context(), t.TempDir()); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("ReadStats without a keeper: %v", err)
 	}
 }
