@@ -283,15 +283,9 @@ func seekRecord(idx recordReader, n int64, v Stream, off int64) (int64, error) {
 // follow one job, each at its own pace, without slowing the job. Safe for
 // concurrent use.
 func (r *Runner) Output(ctx context.Context, id string, req OutputRequest, fn func(Chunk) error) (Status, error) {
-	if req.Offset < 0 {
-		return Status{}, fmt.Errorf("%w: the output offset must not be negative", ErrInvalidSpec)
-	}
-	view := req.Streams
-	if view == 0 {
-		view = streamBoth
-	}
-	if view&^streamBoth != 0 {
-		return Status{}, fmt.Errorf("%w: unknown output stream selection %d", ErrInvalidSpec, int(req.Streams))
+	view, err := outputView(req)
+	if err != nil {
+		return Status{}, err
 	}
 	e, err := r.startedJob(ctx, id)
 	if err != nil {

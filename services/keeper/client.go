@@ -37,9 +37,10 @@ type Client struct {
 	http       *http.Client
 	rpc        keeperv1connect.KeeperServiceClient
 
-	running atomic.Int64
-	mu      sync.Mutex
-	live    map[string]bool // jobs seen not over, to reconcile after a gap
+	running  atomic.Int64
+	protocol atomic.Int32 // the keeper's ProtocolVersion
+	mu       sync.Mutex
+	live     map[string]bool // jobs seen not over, to reconcile after a gap
 
 	ending   chan struct{} // closed when the keeper decommissions
 	endOnce  sync.Once
@@ -159,6 +160,7 @@ func (c *Client) attach(ctx context.Context) error {
 	}
 	if hello.GetBuild() == want && hello.GetOptionsDigest() == digest(c.options) {
 		c.running.Store(hello.GetRunning())
+		c.protocol.Store(hello.GetProtocolVersion())
 		return nil
 	}
 	c.log.Info("upgrading the keeper in place", "keeper_build", hello.GetBuild(), "build", want,
@@ -173,6 +175,7 @@ func (c *Client) attach(ctx context.Context) error {
 		return err
 	}
 	c.running.Store(hello.GetRunning())
+	c.protocol.Store(hello.GetProtocolVersion())
 	return nil
 }
 
@@ -362,8 +365,24 @@ func (c *Client) Run(ctx context.Context, id string, spec jobrun.Spec, streams j
 		isStart bool
 		offset  int64
 	)
+	send := func(ch jobrun.Chunk) error {
+		offset = ch.Offset + int64(len(ch.Data))
+		if err := fn(ch); err != nil {
+			return &callerError{err}
+		}
+		return nil
+	}
+	files := c.protocol.Load() >= 2
+	var reader *jobrun.OutputReader
+	if files {
+		var err error
+		if reader, err = jobrun.NewOutputReader(c.dir, id, jobrun.OutputRequest{Streams: streams}, send); err != nil {
+			return jobrun.Status{}, err
+		}
+		defer reader.Close()
+	}
 	err := c.resume(ctx, func() error {
-		stream, err := c.rpc.Run(ctx, connect.NewRequest(&keeperv1.RunRequest{Id: id, Spec: specToProto(spec), Streams: int32(streams)}))
+		stream, err := c.rpc.Run(ctx, connect.NewRequest(&keeperv1.RunRequest{Id: id, Spec: specToProto(spec), Streams: int32(streams), PositionsOnly: files}))
 		if err != nil {
 			return fromConnect(err)
 		}
@@ -377,11 +396,13 @@ func (c *Client) Run(ctx context.Context, id string, spec jobrun.Spec, streams j
 				if err := started(last); err != nil {
 					return &callerError{err}
 				}
+			case *keeperv1.RunResponse_WrittenRecords:
+				if err := reader.Send(ctx, ev.WrittenRecords); err != nil {
+					return err
+				}
 			case *keeperv1.RunResponse_Chunk:
-				ch := chunkFromProto(ev.Chunk)
-				offset = ch.Offset + int64(len(ch.Data))
-				if err := fn(ch); err != nil {
-					return &callerError{err}
+				if err := send(chunkFromProto(ev.Chunk)); err != nil {
+					return err
 				}
 			case *keeperv1.RunResponse_Status:
 				last = statusFromProto(ev.Status)
@@ -401,6 +422,9 @@ func (c *Client) Run(ctx context.Context, id string, spec jobrun.Spec, streams j
 // that restarts meanwhile (an upgrade) is waited for and the stream resumed
 // from the last offset sent.
 func (c *Client) Output(ctx context.Context, id string, req jobrun.OutputRequest, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+	if c.protocol.Load() >= 2 {
+		return c.outputFromFiles(ctx, id, req, fn)
+	}
 	var final jobrun.Status
 	err := c.resume(ctx, func() error {
 		stream, err := c.rpc.Output(ctx, connect.NewRequest(&keeperv1.OutputRequest{
@@ -417,6 +441,43 @@ func (c *Client) Output(ctx context.Context, id string, req jobrun.OutputRequest
 				req.Offset = ch.Offset + int64(len(ch.Data))
 				if err := fn(ch); err != nil {
 					return &callerError{err}
+				}
+			case *keeperv1.OutputResponse_Status:
+				final = statusFromProto(ev.Status)
+				return nil
+			}
+		}
+		return brokenStream(stream.Err())
+	}, func() bool { return true })
+	return final, unwrapCaller(err)
+}
+
+// outputFromFiles is Output reading the job's files itself, the keeper
+// saying only how far they are written: the bytes are not copied through
+// the socket.
+func (c *Client) outputFromFiles(ctx context.Context, id string, req jobrun.OutputRequest, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+	reader, err := jobrun.NewOutputReader(c.dir, id, req, func(ch jobrun.Chunk) error {
+		if err := fn(ch); err != nil {
+			return &callerError{err}
+		}
+		return nil
+	})
+	if err != nil {
+		return jobrun.Status{}, err
+	}
+	defer reader.Close()
+	var final jobrun.Status
+	err = c.resume(ctx, func() error {
+		stream, err := c.rpc.Output(ctx, connect.NewRequest(&keeperv1.OutputRequest{Id: id, Follow: req.Follow, PositionsOnly: true}))
+		if err != nil {
+			return fromConnect(err)
+		}
+		defer stream.Close()
+		for stream.Receive() {
+			switch ev := stream.Msg().GetEvent().(type) {
+			case *keeperv1.OutputResponse_WrittenRecords:
+				if err := reader.Send(ctx, ev.WrittenRecords); err != nil {
+					return err
 				}
 			case *keeperv1.OutputResponse_Status:
 				final = statusFromProto(ev.Status)

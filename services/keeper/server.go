@@ -17,8 +17,9 @@ import (
 )
 
 // ProtocolVersion is the version of KeeperService this build speaks. It
-// grows by one whenever a method or field a worker relies on is added.
-const ProtocolVersion = 1
+// grows by one whenever a method or field a worker relies on is added:
+// 2 added positions_only (the worker reads output from the files).
+const ProtocolVersion = 2
 
 // server implements KeeperService over the keeper's Runner.
 type server struct {
@@ -56,13 +57,20 @@ func (s *server) Run(ctx context.Context, req *connect.Request[keeperv1.RunReque
 		return err
 	}
 	msg := &keeperv1.RunResponse{}
-	event := &keeperv1.RunResponse_Chunk{Chunk: &keeperv1.Chunk{}}
-	outReq := jobrun.OutputRequest{Follow: true, Streams: jobrun.Stream(req.Msg.GetStreams())}
-	st, err = s.runner().Output(ctx, st.ID, outReq, func(c jobrun.Chunk) error {
-		chunkToProto(c, event.Chunk)
-		msg.Event = event
-		return stream.Send(msg)
-	})
+	if req.Msg.GetPositionsOnly() {
+		st, err = s.runner().Written(ctx, st.ID, true, func(n int64) error {
+			msg.Event = &keeperv1.RunResponse_WrittenRecords{WrittenRecords: n}
+			return stream.Send(msg)
+		})
+	} else {
+		event := &keeperv1.RunResponse_Chunk{Chunk: &keeperv1.Chunk{}}
+		outReq := jobrun.OutputRequest{Follow: true, Streams: jobrun.Stream(req.Msg.GetStreams())}
+		st, err = s.runner().Output(ctx, st.ID, outReq, func(c jobrun.Chunk) error {
+			chunkToProto(c, event.Chunk)
+			msg.Event = event
+			return stream.Send(msg)
+		})
+	}
 	if err != nil {
 		return toConnect(err)
 	}
@@ -107,17 +115,28 @@ func (s *server) List(_ context.Context, req *connect.Request[keeperv1.ListReque
 
 func (s *server) Output(ctx context.Context, req *connect.Request[keeperv1.OutputRequest], stream *connect.ServerStream[keeperv1.OutputResponse]) error {
 	msg := &keeperv1.OutputResponse{}
-	event := &keeperv1.OutputResponse_Chunk{Chunk: &keeperv1.Chunk{}}
-	outReq := jobrun.OutputRequest{
-		Offset:  req.Msg.GetOffset(),
-		Follow:  req.Msg.GetFollow(),
-		Streams: jobrun.Stream(req.Msg.GetStreams()),
+	var (
+		st  jobrun.Status
+		err error
+	)
+	if req.Msg.GetPositionsOnly() {
+		st, err = s.runner().Written(ctx, req.Msg.GetId(), req.Msg.GetFollow(), func(n int64) error {
+			msg.Event = &keeperv1.OutputResponse_WrittenRecords{WrittenRecords: n}
+			return stream.Send(msg)
+		})
+	} else {
+		event := &keeperv1.OutputResponse_Chunk{Chunk: &keeperv1.Chunk{}}
+		outReq := jobrun.OutputRequest{
+			Offset:  req.Msg.GetOffset(),
+			Follow:  req.Msg.GetFollow(),
+			Streams: jobrun.Stream(req.Msg.GetStreams()),
+		}
+		st, err = s.runner().Output(ctx, req.Msg.GetId(), outReq, func(c jobrun.Chunk) error {
+			chunkToProto(c, event.Chunk)
+			msg.Event = event
+			return stream.Send(msg)
+		})
 	}
-	st, err := s.runner().Output(ctx, req.Msg.GetId(), outReq, func(c jobrun.Chunk) error {
-		chunkToProto(c, event.Chunk)
-		msg.Event = event
-		return stream.Send(msg)
-	})
 	if err != nil {
 		return toConnect(err)
 	}

@@ -685,7 +685,10 @@ type RunRequest struct {
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Spec  *Spec                  `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
 	// streams selects the output followed: 1 stdout, 2 stderr, 0 or 3 both.
-	Streams       int32 `protobuf:"varint,3,opt,name=streams,proto3" json:"streams,omitempty"`
+	Streams int32 `protobuf:"varint,3,opt,name=streams,proto3" json:"streams,omitempty"`
+	// positions_only sends written_records instead of chunks: the worker
+	// reads the output from the files itself (protocol version 2).
+	PositionsOnly bool `protobuf:"varint,4,opt,name=positions_only,json=positionsOnly,proto3" json:"positions_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -741,6 +744,13 @@ func (x *RunRequest) GetStreams() int32 {
 	return 0
 }
 
+func (x *RunRequest) GetPositionsOnly() bool {
+	if x != nil {
+		return x.PositionsOnly
+	}
+	return false
+}
+
 // RunResponse is one event of a Run.
 type RunResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -749,6 +759,7 @@ type RunResponse struct {
 	//	*RunResponse_Started
 	//	*RunResponse_Chunk
 	//	*RunResponse_Status
+	//	*RunResponse_WrittenRecords
 	Event         isRunResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -818,6 +829,15 @@ func (x *RunResponse) GetStatus() *Status {
 	return nil
 }
 
+func (x *RunResponse) GetWrittenRecords() int64 {
+	if x != nil {
+		if x, ok := x.Event.(*RunResponse_WrittenRecords); ok {
+			return x.WrittenRecords
+		}
+	}
+	return 0
+}
+
 type isRunResponse_Event interface {
 	isRunResponse_Event()
 }
@@ -834,11 +854,19 @@ type RunResponse_Status struct {
 	Status *Status `protobuf:"bytes,3,opt,name=status,proto3,oneof"`
 }
 
+type RunResponse_WrittenRecords struct {
+	// written_records is how many records the job's output index holds
+	// now, all of them written (with positions_only).
+	WrittenRecords int64 `protobuf:"varint,4,opt,name=written_records,json=writtenRecords,proto3,oneof"`
+}
+
 func (*RunResponse_Started) isRunResponse_Event() {}
 
 func (*RunResponse_Chunk) isRunResponse_Event() {}
 
 func (*RunResponse_Status) isRunResponse_Event() {}
+
+func (*RunResponse_WrittenRecords) isRunResponse_Event() {}
 
 // StopRequest stops a job.
 type StopRequest struct {
@@ -1178,7 +1206,10 @@ type OutputRequest struct {
 	Offset int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
 	Follow bool                   `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
 	// streams selects the view: 1 stdout, 2 stderr, 0 or 3 both.
-	Streams       int32 `protobuf:"varint,4,opt,name=streams,proto3" json:"streams,omitempty"`
+	Streams int32 `protobuf:"varint,4,opt,name=streams,proto3" json:"streams,omitempty"`
+	// positions_only sends written_records instead of chunks (protocol
+	// version 2); offset and streams are then the reader's business.
+	PositionsOnly bool `protobuf:"varint,5,opt,name=positions_only,json=positionsOnly,proto3" json:"positions_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1241,6 +1272,13 @@ func (x *OutputRequest) GetStreams() int32 {
 	return 0
 }
 
+func (x *OutputRequest) GetPositionsOnly() bool {
+	if x != nil {
+		return x.PositionsOnly
+	}
+	return false
+}
+
 // OutputResponse is a chunk, or the job's status last.
 type OutputResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1248,6 +1286,7 @@ type OutputResponse struct {
 	//
 	//	*OutputResponse_Chunk
 	//	*OutputResponse_Status
+	//	*OutputResponse_WrittenRecords
 	Event         isOutputResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1308,6 +1347,15 @@ func (x *OutputResponse) GetStatus() *Status {
 	return nil
 }
 
+func (x *OutputResponse) GetWrittenRecords() int64 {
+	if x != nil {
+		if x, ok := x.Event.(*OutputResponse_WrittenRecords); ok {
+			return x.WrittenRecords
+		}
+	}
+	return 0
+}
+
 type isOutputResponse_Event interface {
 	isOutputResponse_Event()
 }
@@ -1320,9 +1368,16 @@ type OutputResponse_Status struct {
 	Status *Status `protobuf:"bytes,2,opt,name=status,proto3,oneof"`
 }
 
+type OutputResponse_WrittenRecords struct {
+	// written_records: see RunResponse.
+	WrittenRecords int64 `protobuf:"varint,3,opt,name=written_records,json=writtenRecords,proto3,oneof"`
+}
+
 func (*OutputResponse_Chunk) isOutputResponse_Event() {}
 
 func (*OutputResponse_Status) isOutputResponse_Event() {}
+
+func (*OutputResponse_WrittenRecords) isOutputResponse_Event() {}
 
 // WatchRequest starts a feed of changes.
 type WatchRequest struct {
@@ -1753,16 +1808,18 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\x04spec\x18\x02 \x01(\v2\x15.baton.keeper.v1.SpecR\x04spec\"Z\n" +
 	"\rStartResponse\x12/\n" +
 	"\x06status\x18\x01 \x01(\v2\x17.baton.keeper.v1.StatusR\x06status\x12\x18\n" +
-	"\acreated\x18\x02 \x01(\bR\acreated\"a\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\"\x88\x01\n" +
 	"\n" +
 	"RunRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
 	"\x04spec\x18\x02 \x01(\v2\x15.baton.keeper.v1.SpecR\x04spec\x12\x18\n" +
-	"\astreams\x18\x03 \x01(\x05R\astreams\"\xae\x01\n" +
+	"\astreams\x18\x03 \x01(\x05R\astreams\x12%\n" +
+	"\x0epositions_only\x18\x04 \x01(\bR\rpositionsOnly\"\xd9\x01\n" +
 	"\vRunResponse\x123\n" +
 	"\astarted\x18\x01 \x01(\v2\x17.baton.keeper.v1.StatusH\x00R\astarted\x12.\n" +
 	"\x05chunk\x18\x02 \x01(\v2\x16.baton.keeper.v1.ChunkH\x00R\x05chunk\x121\n" +
-	"\x06status\x18\x03 \x01(\v2\x17.baton.keeper.v1.StatusH\x00R\x06statusB\a\n" +
+	"\x06status\x18\x03 \x01(\v2\x17.baton.keeper.v1.StatusH\x00R\x06status\x12)\n" +
+	"\x0fwritten_records\x18\x04 \x01(\x03H\x00R\x0ewrittenRecordsB\a\n" +
 	"\x05event\"<\n" +
 	"\vStopRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
@@ -1783,15 +1840,17 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\x05limit\x18\x06 \x01(\x05R\x05limit\"O\n" +
 	"\fListResponse\x12+\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x17.baton.keeper.v1.StatusR\x04jobs\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more\"i\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"\x90\x01\n" +
 	"\rOutputRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x12\x18\n" +
-	"\astreams\x18\x04 \x01(\x05R\astreams\"|\n" +
+	"\astreams\x18\x04 \x01(\x05R\astreams\x12%\n" +
+	"\x0epositions_only\x18\x05 \x01(\bR\rpositionsOnly\"\xa7\x01\n" +
 	"\x0eOutputResponse\x12.\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x16.baton.keeper.v1.ChunkH\x00R\x05chunk\x121\n" +
-	"\x06status\x18\x02 \x01(\v2\x17.baton.keeper.v1.StatusH\x00R\x06statusB\a\n" +
+	"\x06status\x18\x02 \x01(\v2\x17.baton.keeper.v1.StatusH\x00R\x06status\x12)\n" +
+	"\x0fwritten_records\x18\x03 \x01(\x03H\x00R\x0ewrittenRecordsB\a\n" +
 	"\x05event\"\x0e\n" +
 	"\fWatchRequest\"r\n" +
 	"\rWatchResponse\x12/\n" +
@@ -1934,10 +1993,12 @@ func file_baton_keeper_v1_keeper_proto_init() {
 		(*RunResponse_Started)(nil),
 		(*RunResponse_Chunk)(nil),
 		(*RunResponse_Status)(nil),
+		(*RunResponse_WrittenRecords)(nil),
 	}
 	file_baton_keeper_v1_keeper_proto_msgTypes[16].OneofWrappers = []any{
 		(*OutputResponse_Chunk)(nil),
 		(*OutputResponse_Status)(nil),
+		(*OutputResponse_WrittenRecords)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
