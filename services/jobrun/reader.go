@@ -51,10 +51,11 @@ func outputView(req OutputRequest) (Stream, error) {
 }
 
 // Written calls fn with the number of index records the job's output has
-// written, once now and, when following, each time it grows, until the
-// job's output is complete; it returns the job's status then (its final
-// status when following). What the records hold is in the job's files,
-// for an OutputReader. Safe for concurrent use.
+// written, now if there are any and, when following, each time it grows,
+// until the job's output is complete; it returns the job's status then
+// (its final status when following). What the records hold is in the
+// job's files, for an OutputReader. A job that writes nothing costs no
+// call. Safe for concurrent use.
 func (r *Runner) Written(ctx context.Context, id string, follow bool, fn func(int64) error) (Status, error) {
 	e, err := r.startedJob(ctx, id)
 	if err != nil {
@@ -65,10 +66,13 @@ func (r *Runner) Written(ctx context.Context, id string, follow bool, fn func(in
 		if err != nil {
 			return e.status(), fmt.Errorf("%w: the output of job %q is no longer available", ErrNotFound, id)
 		}
+		if rec.indexRecords == 0 {
+			return rec.st, nil
+		}
 		return rec.st, fn(rec.indexRecords)
 	}
 	j := e.j
-	last := int64(-1)
+	var last int64
 	for {
 		j.mu.Lock()
 		n, complete, notify := j.nrec, j.complete, j.notify
