@@ -10,7 +10,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
+	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -486,4 +489,68 @@ func TestClientTLSConfig(t *testing.T) {
 	if _, err := (ClientSection{CertFile: cert}).tlsConfig(); err == nil || !strings.Contains(err.Error(), "go together") {
 		t.Errorf("a certificate without its key: error %v", err)
 	}
+}
+
+// TestTokenNeverInCleartext: a token is never sent over plain h2c to an
+// address that is not loopback: the client refuses before dialing, naming
+// what to change, and the listener sees no request.
+func TestTokenNeverInCleartext(t *testing.T) {
+	t.Parallel()
+	ip := nonLoopbackIPv4(t)
+	rec := &tokenRecorder{}
+	_, handler := batonv1connect.NewSchedulerServiceHandler(rec)
+	srv := httptest.NewUnstartedServer(handler)
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Listener = l
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+
+	for _, addr := range []string{net.JoinHostPort(ip, port), "http://" + net.JoinHostPort(ip, port)} {
+		_, err := newSchedulerClient(ClientSection{Scheduler: addr, Token: "s3cret"})
+		if err == nil || !strings.Contains(err.Error(), "client.token") || !strings.Contains(err.Error(), "https://") {
+			t.Errorf("token to %s over h2c: %v", addr, err)
+		}
+	}
+	// The CLI as a user runs it: refused, nothing sent.
+	file := writeConfig(t, fmt.Sprintf("[client]\nscheduler = %q\ntoken = \"s3cret\"\n", net.JoinHostPort(ip, port)))
+	root := newRootCommand()
+	root.SetOut(io.Discard)
+	root.SetArgs([]string{"workers", "--config", file})
+	if err := root.ExecuteContext(t.Context()); err == nil || !strings.Contains(err.Error(), "cleartext") {
+		t.Errorf("baton workers with a token over h2c to %s: %v", ip, err)
+	}
+	rec.mu.Lock()
+	seen := slices.Clone(rec.seen)
+	rec.mu.Unlock()
+	if len(seen) != 0 {
+		t.Errorf("the listener received %q", seen)
+	}
+	for _, addr := range []string{"127.0.0.1:7070", "localhost:7070", "[::1]:7070", "https://" + net.JoinHostPort(ip, port)} {
+		if _, err := newSchedulerClient(ClientSection{Scheduler: addr, Token: "s3cret"}); err != nil {
+			t.Errorf("token to %s: %v", addr, err)
+		}
+	}
+}
+
+// nonLoopbackIPv4 returns an IPv4 address of this machine that is not
+// loopback.
+func nonLoopbackIPv4(t *testing.T) string {
+	t.Helper()
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
+			return n.IP.String()
+		}
+	}
+	t.Fatal("this machine has no IPv4 address but loopback")
+	return ""
 }

@@ -91,6 +91,9 @@ func newSchedulerClient(c ClientSection) (*schedulerClient, error) {
 			return nil, err
 		}
 	}
+	if c.Token != "" && !useTLS && !loopbackURL(base) {
+		return nil, fmt.Errorf("client.token is set but client.scheduler %q is plain h2c to an address that is not loopback: the token would go out in cleartext. Use https://host:port with client.ca_file (the scheduler's http_server with a certificate), or remove client.token", c.Scheduler)
+	}
 	var opts []connect.ClientOption
 	if c.Token != "" {
 		auth, err := newBearerInterceptor(c.Token)
@@ -156,3 +159,19 @@ func (b *bearerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFu
 }
 
 var _ connect.Interceptor = (*bearerInterceptor)(nil)
+
+// loopbackURL reports whether a base URL's host is this machine: a
+// loopback IP or "localhost". A name that merely resolves to one is not:
+// what it resolves to can change.
+func loopbackURL(base string) bool {
+	u, err := url.Parse(base)
+	if err != nil {
+		return false
+	}
+	host := u.Hostname()
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
