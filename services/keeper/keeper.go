@@ -91,13 +91,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	// Descriptors the worker inherited from whoever started it must not
 	// reach the jobs; the ones a handoff names are used in this process.
 	_ = unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	var h handoff
-	if err := json.NewDecoder(in).Decode(&h); err != nil {
-		return fmt.Errorf("keeper: reading its options: %w", err)
-	}
-	var opts jobrun.Options
-	if err := json.Unmarshal(h.Options, &opts); err != nil {
-		return fmt.Errorf("keeper: reading its options: %w", err)
+	h, opts, err := readHandoff(in)
+	if err != nil {
+		return err
 	}
 	// Standard input was the handoff (a memfd after an exec): nothing
 	// else may read it, and no job may inherit it.
@@ -227,19 +223,15 @@ func (k *Keeper) end(srv *http.Server) {
 // first, so that a binary that is not a keeper of this protocol, or
 // options it would refuse, never cost the jobs their keeper.
 func Check(dataDir string, in io.Reader, out io.Writer) error {
-	var h handoff
-	if err := json.NewDecoder(in).Decode(&h); err != nil {
-		return fmt.Errorf("keeper: reading its options: %w", err)
-	}
-	var opts jobrun.Options
-	if err := json.Unmarshal(h.Options, &opts); err != nil {
-		return fmt.Errorf("keeper: reading its options: %w", err)
+	_, opts, err := readHandoff(in)
+	if err != nil {
+		return err
 	}
 	opts.DataDir = dataDir
 	if err := jobrun.CheckOptions(opts); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(out, "%s %d\n", checkAnswer, ProtocolVersion)
+	_, err = fmt.Fprintf(out, "%s %d\n", checkAnswer, ProtocolVersion)
 	return err
 }
 
@@ -267,6 +259,19 @@ func checkBuild(executable, dir string, options []byte) error {
 		return fmt.Errorf("%s is not a baton keeper (it answered %q)", executable, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// readHandoff reads what a keeper is given on its standard input.
+func readHandoff(in io.Reader) (handoff, jobrun.Options, error) {
+	var h handoff
+	var opts jobrun.Options
+	if err := json.NewDecoder(in).Decode(&h); err != nil {
+		return h, opts, fmt.Errorf("keeper: reading its options: %w", err)
+	}
+	if err := json.Unmarshal(h.Options, &opts); err != nil {
+		return h, opts, fmt.Errorf("keeper: reading its options: %w", err)
+	}
+	return h, opts, nil
 }
 
 // changed passes a job's change to every watcher.
