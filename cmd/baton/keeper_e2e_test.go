@@ -510,8 +510,8 @@ func TestKeeperKilledJobsLost(t *testing.T) {
 	c.waitRegisteredSince("w1", restart, 30*time.Second)
 	for _, id := range ids {
 		st := c.waitJob(id, 30*time.Second, "ended", func(s jobStatus) bool { return isTerminal(s.State) })
-		if st.State != "JOB_STATE_LOST" || !strings.Contains(st.Reason, "restarted") {
-			t.Errorf("after the keeper's kill: %v, want LOST because the worker restarted", st)
+		if st.State != "JOB_STATE_LOST" || !strings.Contains(st.Reason, "its keeper ended while the job ran") {
+			t.Errorf("after the keeper's kill: %v, want LOST because its keeper ended", st)
 		}
 	}
 	if left := waitNoMarked(marker, 10*time.Second); len(left) > 0 {

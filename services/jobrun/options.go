@@ -62,6 +62,9 @@ type Options struct {
 	// never called with a lock held, but it runs on the job's goroutines and
 	// must return quickly.
 	OnChange func(Status) `json:"-"`
+	// LostReason is the reason of a job found running in the journal
+	// whose process is not carried on: LOST. Default "worker restarted".
+	LostReason string
 	// Adopt are running jobs handed over by the Runner of the process
 	// image this one replaced (Runner.Handoff, then exec). New carries
 	// them on where their records and processes agree; any other is LOST.
@@ -90,6 +93,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Capacity < 0 {
 		return fmt.Errorf("jobrun: Options.Capacity must not be negative, got %d", o.Capacity)
+	}
+	if o.LostReason == "" {
+		o.LostReason = "worker restarted"
 	}
 	if o.UIDLeaseDir == "" {
 		o.UIDLeaseDir = DefaultUIDLeaseDir

@@ -716,7 +716,7 @@ func (r *Runner) load(last map[string]string, damaged bool) {
 			r.killLeftovers(&rec)
 			n, outN, errN, _ := scanIndex(filepath.Join(r.jobsDir, id, indexFile))
 			rec.kind, rec.indexRecords, rec.st.StdoutBytes, rec.st.StderrBytes = kindEnd, n, outN, errN
-			rec.st.State, rec.st.Reason, rec.st.ExitCode, rec.st.EndedAt = StateLost, "worker restarted", -1, now
+			rec.st.State, rec.st.Reason, rec.st.ExitCode, rec.st.EndedAt = StateLost, r.opts.LostReason, -1, now
 			p := rec.marshal(nil)
 			appends = append(appends, p)
 			last[id] = string(p)

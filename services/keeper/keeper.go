@@ -128,6 +128,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	}
 	opts.Logger = logger
 	opts.OnChange = k.changed
+	// A keeper that finds jobs running in the journal took over from one
+	// that ended without handing them over.
+	opts.LostReason = "worker restarted: its keeper ended while the job ran (killed, crashed, or the machine restarted)"
 	opts.Adopt = h.Jobs
 	if k.runner, err = jobrun.New(opts); err != nil {
 		return err

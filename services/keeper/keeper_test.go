@@ -354,8 +354,8 @@ func TestKilledKeeperIsReplaced(t *testing.T) {
 		t.Fatal(err)
 	}
 	lost := ch.await(t, "orphan", jobrun.StateLost)
-	if lost.Reason == "" {
-		t.Errorf("LOST without a reason")
+	if !strings.Contains(lost.Reason, "its keeper ended while the job ran") {
+		t.Errorf("LOST, reason %q", lost.Reason)
 	}
 	if now := keeperPid(t, opts.DataDir); now == old {
 		t.Errorf("no new keeper")
