@@ -170,6 +170,9 @@ func unmarshalRecord(p string) (jobRecord, error) {
 	sp.OutputLimit = d.varint()
 	sp.MemoryLimit = d.varint()
 	sp.CPULimit = math.Float64frombits(d.uvarint())
+	if math.IsNaN(sp.CPULimit) || math.IsInf(sp.CPULimit, 0) || sp.CPULimit < 0 {
+		d.bad = true // a spec with such a limit is refused before it is recorded
+	}
 	sp.Owner = d.string()
 	sp.Labels = d.stringMap()
 	sp.GroupID = d.string()
