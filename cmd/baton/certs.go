@@ -72,6 +72,7 @@ func newCertsIssueCommand() *cobra.Command {
 	var dir, role, name string
 	var hosts []string
 	var validity time.Duration
+	var force bool
 	cmd := &cobra.Command{
 		Use:   "issue --dir DIR --role scheduler|worker|admin|user|viewer [--name NAME] [--host H ...]",
 		Short: "Issue a certificate for a role: DIR/<role>[-NAME].crt and .key",
@@ -81,7 +82,20 @@ func newCertsIssueCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("load the CA (run `baton certs init` first): %w", err)
 			}
-			crt, key, err := issueCert(ca, dir, identity.Principal{Role: identity.Role(role), Name: name}, hosts, validity)
+			p := identity.Principal{Role: identity.Role(role), Name: name}
+			if err := p.Validate(); err != nil {
+				return err
+			}
+			if !force {
+				// A certificate in use would be replaced under its user.
+				for _, ext := range []string{".crt", ".key"} {
+					file := filepath.Join(dir, identity.FileBase(p)+ext)
+					if _, err := os.Lstat(file); err == nil {
+						return fmt.Errorf("%s already exists; pass --force to replace it", file)
+					}
+				}
+			}
+			crt, key, err := issueCert(ca, dir, p, hosts, validity)
 			if err == nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "issued %s: %s, %s\n",
 					identity.Principal{Role: identity.Role(role), Name: name}.URI(ca.Cluster), crt, key)
@@ -95,6 +109,7 @@ func newCertsIssueCommand() *cobra.Command {
 	f.StringVar(&name, "name", "", "the principal's name (not for the scheduler); a worker's is its worker name")
 	f.StringSliceVar(&hosts, "host", nil, "DNS name or IP the certificate serves (scheduler and workers; localhost, 127.0.0.1 and ::1 are always added)")
 	f.DurationVar(&validity, "validity", identity.CertValidity, "how long the certificate is valid")
+	f.BoolVar(&force, "force", false, "replace an existing certificate and key of this principal")
 	_ = cmd.MarkFlagRequired("role")
 	return cmd
 }

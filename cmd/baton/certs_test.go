@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -50,5 +53,45 @@ func TestTokenCommand(t *testing.T) {
 	root.SetArgs([]string{"token", "--role", "worker", "--name", "w1"})
 	if err := root.ExecuteContext(t.Context()); err == nil {
 		t.Error("a token for a worker was made")
+	}
+}
+
+// TestCertsIssueRefusesToOverwrite: `baton certs issue` does not replace a
+// principal's certificate and key in use, unless told to with --force.
+func TestCertsIssueRefusesToOverwrite(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	run := func(args ...string) error {
+		root := newRootCommand()
+		root.SetOut(io.Discard)
+		root.SetArgs(args)
+		return root.ExecuteContext(t.Context())
+	}
+	if err := run("certs", "init", "--dir", dir); err != nil {
+		t.Fatal(err)
+	}
+	issue := []string{"certs", "issue", "--dir", dir, "--role", "worker", "--name", "w1"}
+	if err := run(issue...); err != nil {
+		t.Fatal(err)
+	}
+	crt := filepath.Join(dir, "worker-w1.crt")
+	before, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run(issue...); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("a second issue for worker/w1: %v", err)
+	}
+	if now, _ := os.ReadFile(crt); !bytes.Equal(now, before) {
+		t.Error("the refused issue changed the certificate")
+	}
+	if err := run(append(issue, "--force")...); err != nil {
+		t.Fatalf("with --force: %v", err)
+	}
+	if now, _ := os.ReadFile(crt); bytes.Equal(now, before) {
+		t.Error("--force did not replace the certificate")
+	}
+	if err := run("certs", "issue", "--dir", dir, "--role", "worker", "--name", "w2"); err != nil {
+		t.Errorf("another principal: %v", err)
 	}
 }
