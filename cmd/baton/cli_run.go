@@ -184,7 +184,7 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	// detaches. The command's context ends on the first signal, so the
 	// RPCs run on one that does not.
 	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	signal.Notify(sigs, stopSignals()...)
 	defer signal.Stop(sigs)
 	if cmd.Context().Err() != nil {
 		// Interrupted before the handler above was in place.
@@ -356,6 +356,19 @@ type followResult struct {
 	err    error
 }
 
+// stopSignals are the signals that stop the job `baton run` follows, as
+// Ctrl-C does: also a terminal's hang-up (unless started under nohup,
+// which ignores it) and the close of the pipe its output goes to (`baton
+// run … | head -1`), which would otherwise end this process and leave the
+// job running.
+func stopSignals() []os.Signal {
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGPIPE}
+	if !signal.Ignored(syscall.SIGHUP) {
+		sigs = append(sigs, syscall.SIGHUP)
+	}
+	return sigs
+}
+
 // follow streams every job's output until each has a final status, then
 // returns the exit status. Signals: the first stops the job(s), the second
 // detaches.
@@ -407,11 +420,26 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 	for {
 		select {
 		case <-allDone:
+			if outputClosed(results) {
+				// Nobody reads the output any more: the job is stopped,
+				// and this ends once the stop is on its way.
+				if !stopping {
+					stop()
+				}
+				select {
+				case <-delivered:
+				case <-time.After(stopDeliveryWait):
+				}
+				return &exitError{code: signalExit(syscall.SIGPIPE)}
+			}
 			return a.finish(results, stopping)
 		case sig := <-sigs:
 			if !stopping {
 				stop()
 				continue
+			}
+			if sig == syscall.SIGPIPE {
+				continue // every write to the closed pipe raises one
 			}
 			select {
 			case <-delivered:
@@ -422,6 +450,17 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 			return &exitError{code: signalExit(sig)}
 		}
 	}
+}
+
+// outputClosed reports whether a follow ended because the output it
+// wrote to was closed.
+func outputClosed(results []followResult) bool {
+	for _, r := range results {
+		if errors.Is(r.err, syscall.EPIPE) {
+			return true
+		}
+	}
+	return false
 }
 
 // finish turns the jobs' ends into the exit status.

@@ -439,3 +439,47 @@ func TestCLIWaitsForASlot(t *testing.T) {
 		t.Errorf("the waiting run exited %d, want 0", code)
 	}
 }
+
+// TestRunStopsWhenItsOutputCloses: `baton run … | head -1` — the reader of
+// the output goes away after a line; baton run stops the job, as Ctrl-C
+// does, and exits 141 (SIGPIPE) instead of dying and leaving it running.
+func TestRunStopsWhenItsOutputCloses(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, clusterOptions{workers: []string{"w1"}})
+	e := newCLIEnv(t, c)
+	cmd := e.command("run", "--", "bash", "-c", "while :; do echo line; sleep 0.05; done")
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr lockedBuffer
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_ = w.Close()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	// head -1: one line, then the pipe's reading end is gone.
+	line := make([]byte, len("line\n"))
+	if _, err := io.ReadFull(r, line); err != nil || string(line) != "line\n" {
+		t.Fatalf("first line %q, %v; stderr %q", line, err, stderr.String())
+	}
+	_ = r.Close()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if code := exitCode(t, err); code != 141 {
+			t.Errorf("baton run exited %d, want 141; stderr %q", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("baton run did not exit after its output closed; stderr %q", stderr.String())
+	}
+	jobs := c.listJobs()
+	if len(jobs) != 1 {
+		t.Fatalf("jobs: %v", jobs)
+	}
+	if st := c.waitJob(jobs[0].JobID, 30*time.Second, "ended", func(s jobStatus) bool { return isTerminal(s.State) }); st.State != "JOB_STATE_STOPPED" {
+		t.Errorf("the job after its output closed: %v, want STOPPED", st)
+	}
+}
