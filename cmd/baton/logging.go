@@ -26,7 +26,7 @@ func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
 		return nil, fmt.Errorf("log.level %q: use debug, info, warn or error", c.Level)
 	}
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}
 	format := strings.ToLower(c.Format)
 	if format == "auto" {
 		format = "json"
@@ -41,4 +41,13 @@ func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log.format %q: use text, json or auto", c.Format)
+}
+
+// durationText writes durations as Go writes them ("1.5s"), not as the
+// nanoseconds the JSON handler would.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
