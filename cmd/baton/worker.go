@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -246,7 +247,9 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	}
 	advertise := cfg.Worker.AdvertiseAddr
 	if advertise == "" {
-		advertise = advertiseAddr(cfg.GRPCServer.Addr)
+		if advertise, err = advertiseAddr(cfg.GRPCServer.Addr, cfg.Scheduler.Addr); err != nil {
+			return err
+		}
 	}
 	var mopts []metrics.Option
 	if !cfg.sharesProcess {
@@ -338,19 +341,53 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	return errors.Join(err, closeErr)
 }
 
-// advertiseAddr turns a listen address into one the scheduler can dial:
-// an unspecified host becomes this machine's hostname.
-func advertiseAddr(listen string) string {
+// advertiseAddr turns a listen address into one the scheduler can dial.
+// An unspecified host (0.0.0.0, ::) becomes the address this machine
+// reaches the scheduler from: the source address the kernel picks for the
+// route to it (a UDP "connect", which sends nothing). Without a scheduler
+// it becomes the hostname. A loopback address the scheduler, not on
+// loopback itself, could not dial is an error.
+func advertiseAddr(listen, scheduler string) (string, error) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
-		return listen
+		return listen, nil
+	}
+	schedHost := ""
+	if scheduler != "" {
+		target := scheduler
+		if u, err := url.Parse(scheduler); err == nil && u.Host != "" {
+			target = u.Host
+		}
+		if h, _, err := net.SplitHostPort(target); err == nil {
+			schedHost = h
+			if host == "" || host == "0.0.0.0" || host == "::" {
+				c, err := net.Dial("udp", target)
+				if err != nil {
+					return "", fmt.Errorf("worker.advertise_addr is unset and grpc_server.addr %s listens on every address: finding the one scheduler.addr %s reaches this machine at failed (%v); set worker.advertise_addr", listen, scheduler, err)
+				}
+				host = c.LocalAddr().(*net.UDPAddr).IP.String()
+				_ = c.Close()
+			}
+		}
 	}
 	if host == "" || host == "0.0.0.0" || host == "::" {
 		if h, err := os.Hostname(); err == nil {
 			host = h
 		}
 	}
-	return net.JoinHostPort(host, port)
+	if schedHost != "" && isLoopbackHost(host) && !isLoopbackHost(schedHost) {
+		return "", fmt.Errorf("the worker would advertise %s, a loopback address, to a scheduler at %s that cannot dial it: set worker.advertise_addr to an address the scheduler reaches, or listen on one (grpc_server.addr)", net.JoinHostPort(host, port), scheduler)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// isLoopbackHost reports whether host is "localhost" or a loopback IP.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // defaultWorkerDataDir is a worker's data directory when none is
