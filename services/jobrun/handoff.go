@@ -75,12 +75,7 @@ func (r *Runner) Handoff() ([]Handoff, error) {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
-	for _, j := range r.liveJobs() {
-		<-j.started
-		if j.startErr == nil {
-			<-j.recorded
-		}
-	}
+	r.awaitRecorded()
 	// From here on a waiter that sees its process exit leaves it, unreaped,
 	// to the next image; waiters finishing a job already finish first.
 	r.exitMu.Lock()

@@ -493,17 +493,23 @@ func (r *Runner) simulateCrash() {
 	r.mu.Lock()
 	r.closed = true
 	r.mu.Unlock()
-	for _, j := range r.liveJobs() {
-		<-j.started
-		if j.startErr == nil {
-			<-j.recorded
-		}
-	}
+	r.awaitRecorded()
 	r.crashed.Store(true)
 	r.closeOnce.Do(func() { close(r.stopJanitor) })
 	<-r.janitorDone
 	if r.uids != nil {
 		r.uids.close() // its leases stay, as a dead worker's do
+	}
+}
+
+// awaitRecorded waits until every live job's start attempt is over and a
+// started job's running record is written.
+func (r *Runner) awaitRecorded() {
+	for _, j := range r.liveJobs() {
+		<-j.started
+		if j.startErr == nil {
+			<-j.recorded
+		}
 	}
 }
 
