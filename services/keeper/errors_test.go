@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
 
+	keeperv1 "github.com/baton-run/baton/gen/baton/keeper/v1"
 	"github.com/baton-run/baton/services/jobrun"
 )
 
@@ -51,5 +53,21 @@ func TestErrorsCrossTheSocket(t *testing.T) {
 	}
 	if st := stateFromProto(99); st != jobrun.StateLost {
 		t.Errorf("an unknown state reads as %v", st)
+	}
+}
+
+// TestOversizeRequestIsRefused: the keeper reads no request larger than
+// maxRequest, and starts nothing for one.
+func TestOversizeRequestIsRefused(t *testing.T) {
+	t.Parallel()
+	opts := testOptions(t)
+	c := open(t, opts, nil)
+	big := jobrun.Spec{Command: "true", Args: []string{strings.Repeat("x", maxRequest)}}
+	_, err := c.rpc.Start(t.Context(), connect.NewRequest(&keeperv1.StartRequest{Id: "big", Spec: specToProto(big)}))
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Errorf("a start of %d bytes: %v", maxRequest, err)
+	}
+	if _, err := c.Status(t.Context(), "big"); !errors.Is(err, jobrun.ErrNotFound) {
+		t.Errorf("the oversize job: %v", err)
 	}
 }

@@ -149,7 +149,10 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	mux := http.NewServeMux()
 	// Nothing is compressed on a unix socket: gzip would cost the keeper
 	// more CPU per job than the rest of the call.
-	mux.Handle(keeperv1connect.NewKeeperServiceHandler(&server{k: k}, connect.WithCompression("gzip", nil, nil)))
+	// A request is a spec (at most 256 KiB through the API) or a handoff's
+	// options: maxRequest bounds what any caller makes the keeper read.
+	mux.Handle(keeperv1connect.NewKeeperServiceHandler(&server{k: k}, connect.WithCompression("gzip", nil, nil),
+		connect.WithReadMaxBytes(maxRequest)))
 	srv := &http.Server{
 		Handler: mux, Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second,
 	}
@@ -207,6 +210,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 		return k.exec(srv, next)
 	}
 }
+
+// maxRequest is the largest request message a keeper reads.
+const maxRequest = 4 << 20
 
 // IdleExit is how long a keeper with no job and no worker connected waits
 // before it ends.
