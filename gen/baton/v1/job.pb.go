@@ -23,8 +23,8 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// JobState is where a job is in its life. A job moves PENDING → RUNNING →
-// one of the terminal states, and never leaves a terminal state.
+// JobState is where a job is in its life. A job moves (QUEUED →) PENDING →
+// RUNNING → one of the terminal states, and never leaves a terminal state.
 type JobState int32
 
 const (
@@ -46,6 +46,10 @@ const (
 	// JOB_STATE_LOST: its worker lost track of it (worker restart or worker down);
 	// its processes were killed where the worker could reach them.
 	JobState_JOB_STATE_LOST JobState = 7
+	// JOB_STATE_QUEUED: accepted, waiting on the scheduler for a worker with a
+	// free slot that matches it (see reason and queue_position). A queued job
+	// has no process; StopJob cancels it and a queue timeout ends it.
+	JobState_JOB_STATE_QUEUED JobState = 8
 )
 
 // Enum value maps for JobState.
@@ -59,6 +63,7 @@ var (
 		5: "JOB_STATE_STOPPED",
 		6: "JOB_STATE_TIMED_OUT",
 		7: "JOB_STATE_LOST",
+		8: "JOB_STATE_QUEUED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -69,6 +74,7 @@ var (
 		"JOB_STATE_STOPPED":     5,
 		"JOB_STATE_TIMED_OUT":   6,
 		"JOB_STATE_LOST":        7,
+		"JOB_STATE_QUEUED":      8,
 	}
 )
 
@@ -177,7 +183,14 @@ type JobSpec struct {
 	// cpu_limit caps the job's CPU in cores (0.5 is half a core); zero means no limit.
 	CpuLimit float64 `protobuf:"fixed64,9,opt,name=cpu_limit,json=cpuLimit,proto3" json:"cpu_limit,omitempty"`
 	// labels are free-form metadata copied to the job's status.
-	Labels        map[string]string `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,10,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// selector is the labels a worker needed to hold to be chosen.
+	Selector map[string]string `protobuf:"bytes,11,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// priority orders the queue: 0 to 100, higher first.
+	Priority int32 `protobuf:"varint,12,opt,name=priority,proto3" json:"priority,omitempty"`
+	// queue_timeout is how long the job could wait for a free slot: zero means
+	// not at all, a negative value without limit.
+	QueueTimeout  *durationpb.Duration `protobuf:"bytes,13,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -282,6 +295,27 @@ func (x *JobSpec) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *JobSpec) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
+func (x *JobSpec) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *JobSpec) GetQueueTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.QueueTimeout
+	}
+	return nil
+}
+
 // JobStatus is everything known about one job.
 type JobStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -327,7 +361,11 @@ type JobStatus struct {
 	// files or environment or signal it), "user batch (uid 990)" (one account
 	// for every job of the worker) or "the worker's uid 1000" (a worker that
 	// is not root: the job can read what the worker can).
-	RunAs         string `protobuf:"bytes,18,opt,name=run_as,json=runAs,proto3" json:"run_as,omitempty"`
+	RunAs string `protobuf:"bytes,18,opt,name=run_as,json=runAs,proto3" json:"run_as,omitempty"`
+	// queue_position is, for a QUEUED job, its place in the order the queue
+	// hands out slots (1 is next); zero otherwise. A job that can only run on
+	// some workers can be passed by later jobs that can run elsewhere.
+	QueuePosition int32 `protobuf:"varint,19,opt,name=queue_position,json=queuePosition,proto3" json:"queue_position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -488,6 +526,13 @@ func (x *JobStatus) GetRunAs() string {
 	return ""
 }
 
+func (x *JobStatus) GetQueuePosition() int32 {
+	if x != nil {
+		return x.QueuePosition
+	}
+	return 0
+}
+
 // OutputChunk is a piece of a job's output, in the order it was produced.
 type OutputChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -566,7 +611,7 @@ var File_baton_v1_job_proto protoreflect.FileDescriptor
 
 const file_baton_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x03\n" +
+	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x05\n" +
 	"\aJobSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -579,13 +624,19 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\x12memory_limit_bytes\x18\b \x01(\x03R\x10memoryLimitBytes\x12\x1b\n" +
 	"\tcpu_limit\x18\t \x01(\x01R\bcpuLimit\x125\n" +
 	"\x06labels\x18\n" +
-	" \x03(\v2\x1d.baton.v1.JobSpec.LabelsEntryR\x06labels\x1a6\n" +
+	" \x03(\v2\x1d.baton.v1.JobSpec.LabelsEntryR\x06labels\x12;\n" +
+	"\bselector\x18\v \x03(\v2\x1f.baton.v1.JobSpec.SelectorEntryR\bselector\x12\x1a\n" +
+	"\bpriority\x18\f \x01(\x05R\bpriority\x12>\n" +
+	"\rqueue_timeout\x18\r \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfe\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa5\x05\n" +
 	"\tJobStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12(\n" +
@@ -608,14 +659,15 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\fstderr_bytes\x18\x0f \x01(\x03R\vstderrBytes\x12\x19\n" +
 	"\bgroup_id\x18\x10 \x01(\tR\agroupId\x12 \n" +
 	"\vcontainment\x18\x11 \x01(\tR\vcontainment\x12\x15\n" +
-	"\x06run_as\x18\x12 \x01(\tR\x05runAsB\f\n" +
+	"\x06run_as\x18\x12 \x01(\tR\x05runAs\x12%\n" +
+	"\x0equeue_position\x18\x13 \x01(\x05R\rqueuePositionB\f\n" +
 	"\n" +
 	"_exit_code\"\x99\x01\n" +
 	"\vOutputChunk\x12.\n" +
 	"\x06stream\x18\x01 \x01(\x0e2\x16.baton.v1.OutputStreamR\x06stream\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12.\n" +
-	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\xc6\x01\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\xdc\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x15\n" +
@@ -624,7 +676,8 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x15\n" +
 	"\x11JOB_STATE_STOPPED\x10\x05\x12\x17\n" +
 	"\x13JOB_STATE_TIMED_OUT\x10\x06\x12\x12\n" +
-	"\x0eJOB_STATE_LOST\x10\a*a\n" +
+	"\x0eJOB_STATE_LOST\x10\a\x12\x14\n" +
+	"\x10JOB_STATE_QUEUED\x10\b*a\n" +
 	"\fOutputStream\x12\x1d\n" +
 	"\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n" +
@@ -644,7 +697,7 @@ func file_baton_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_baton_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_baton_v1_job_proto_goTypes = []any{
 	(JobState)(0),                 // 0: baton.v1.JobState
 	(OutputStream)(0),             // 1: baton.v1.OutputStream
@@ -653,25 +706,28 @@ var file_baton_v1_job_proto_goTypes = []any{
 	(*OutputChunk)(nil),           // 4: baton.v1.OutputChunk
 	nil,                           // 5: baton.v1.JobSpec.EnvEntry
 	nil,                           // 6: baton.v1.JobSpec.LabelsEntry
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	nil,                           // 7: baton.v1.JobSpec.SelectorEntry
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_baton_v1_job_proto_depIdxs = []int32{
 	5,  // 0: baton.v1.JobSpec.env:type_name -> baton.v1.JobSpec.EnvEntry
-	7,  // 1: baton.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
+	8,  // 1: baton.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
 	6,  // 2: baton.v1.JobSpec.labels:type_name -> baton.v1.JobSpec.LabelsEntry
-	0,  // 3: baton.v1.JobStatus.state:type_name -> baton.v1.JobState
-	8,  // 4: baton.v1.JobStatus.created_at:type_name -> google.protobuf.Timestamp
-	8,  // 5: baton.v1.JobStatus.started_at:type_name -> google.protobuf.Timestamp
-	8,  // 6: baton.v1.JobStatus.ended_at:type_name -> google.protobuf.Timestamp
-	2,  // 7: baton.v1.JobStatus.spec:type_name -> baton.v1.JobSpec
-	1,  // 8: baton.v1.OutputChunk.stream:type_name -> baton.v1.OutputStream
-	8,  // 9: baton.v1.OutputChunk.time:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 3: baton.v1.JobSpec.selector:type_name -> baton.v1.JobSpec.SelectorEntry
+	8,  // 4: baton.v1.JobSpec.queue_timeout:type_name -> google.protobuf.Duration
+	0,  // 5: baton.v1.JobStatus.state:type_name -> baton.v1.JobState
+	9,  // 6: baton.v1.JobStatus.created_at:type_name -> google.protobuf.Timestamp
+	9,  // 7: baton.v1.JobStatus.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 8: baton.v1.JobStatus.ended_at:type_name -> google.protobuf.Timestamp
+	2,  // 9: baton.v1.JobStatus.spec:type_name -> baton.v1.JobSpec
+	1,  // 10: baton.v1.OutputChunk.stream:type_name -> baton.v1.OutputStream
+	9,  // 11: baton.v1.OutputChunk.time:type_name -> google.protobuf.Timestamp
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_job_proto_init() }
@@ -686,7 +742,7 @@ func file_baton_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_job_proto_rawDesc), len(file_baton_v1_job_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -593,7 +593,18 @@ type StartJobRequest struct {
 	// cpu_limit caps the job's CPU in cores; zero means no limit.
 	CpuLimit float64 `protobuf:"fixed64,13,opt,name=cpu_limit,json=cpuLimit,proto3" json:"cpu_limit,omitempty"`
 	// labels are free-form metadata copied to the job's status.
-	Labels        map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// queue_timeout is how long the job may wait on the scheduler for a free
+	// slot when every matching worker is full (or none is ready): unset or
+	// zero fails at once with resource_exhausted, as before queueing existed;
+	// a positive value waits up to that long, then ends the job TIMED_OUT
+	// without running it; -1s (the only negative value accepted) waits until
+	// the job is placed or stopped.
+	QueueTimeout *durationpb.Duration `protobuf:"bytes,15,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	// priority orders queued jobs, 0 (lowest) to 100; unset means 50. Higher
+	// priorities are placed first, then, within a priority, owners take turns
+	// and each owner's jobs go in the order they were submitted.
+	Priority      *int32 `protobuf:"varint,16,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -724,6 +735,20 @@ func (x *StartJobRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *StartJobRequest) GetQueueTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.QueueTimeout
+	}
+	return nil
+}
+
+func (x *StartJobRequest) GetPriority() int32 {
+	if x != nil && x.Priority != nil {
+		return *x.Priority
+	}
+	return 0
 }
 
 // StartJobResponse names the started job (or group).
@@ -1433,6 +1458,7 @@ type RunJobResponse struct {
 	//	*RunJobResponse_Started
 	//	*RunJobResponse_Chunk
 	//	*RunJobResponse_Status
+	//	*RunJobResponse_Queued
 	Event         isRunJobResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1502,13 +1528,23 @@ func (x *RunJobResponse) GetStatus() *JobStatus {
 	return nil
 }
 
+func (x *RunJobResponse) GetQueued() *JobStatus {
+	if x != nil {
+		if x, ok := x.Event.(*RunJobResponse_Queued); ok {
+			return x.Queued
+		}
+	}
+	return nil
+}
+
 type isRunJobResponse_Event interface {
 	isRunJobResponse_Event()
 }
 
 type RunJobResponse_Started struct {
 	// started is the job's status once it runs (or, for a reused
-	// idempotency_key, the job the first call started); always first.
+	// idempotency_key, the job the first call started); first, or right
+	// after queued.
 	Started *JobStatus `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
 }
 
@@ -1522,11 +1558,20 @@ type RunJobResponse_Status struct {
 	Status *JobStatus `protobuf:"bytes,3,opt,name=status,proto3,oneof"`
 }
 
+type RunJobResponse_Queued struct {
+	// queued is the job's status, sent first, when it waits in the queue
+	// (only with a queue_timeout). started follows once it runs; a job that
+	// never runs (stopped or timed out in the queue) ends with status.
+	Queued *JobStatus `protobuf:"bytes,4,opt,name=queued,proto3,oneof"`
+}
+
 func (*RunJobResponse_Started) isRunJobResponse_Event() {}
 
 func (*RunJobResponse_Chunk) isRunJobResponse_Event() {}
 
 func (*RunJobResponse_Status) isRunJobResponse_Event() {}
+
+func (*RunJobResponse_Queued) isRunJobResponse_Event() {}
 
 // ListWorkersRequest filters the roster, and may ask for it a page at a time.
 type ListWorkersRequest struct {
@@ -1787,8 +1832,7 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\xbaH\a\x92\x01\x04\x10\xa0\x8d\x06R\achanges\"\x8a\x01\n" +
 	"\x11HeartbeatResponse\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12+\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\"\xfe\n" +
-	"\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\"\xa8\r\n" +
 	"\x0fStartJobRequest\x12H\n" +
 	"\tworker_id\x18\x01 \x01(\tB+\xbaH(\xd8\x01\x01r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\x120\n" +
 	"\acommand\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x10\x01\x18\xff\x012\n" +
@@ -1810,7 +1854,10 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\foutput_limit\x18\v \x01(\x03B\x0e\xbaH\v\"\t\x18\x80\x80\x80\x80\x80 (\x00R\voutputLimit\x12<\n" +
 	"\x12memory_limit_bytes\x18\f \x01(\x03B\x0e\xbaH\v\"\t\x18\x80\x80\x80\x80\x80 (\x00R\x10memoryLimitBytes\x126\n" +
 	"\tcpu_limit\x18\r \x01(\x01B\x19\xbaH\x16\x12\x14@\x01\x19\x00\x00\x00\x00\x00\x00\x90@)\x00\x00\x00\x00\x00\x00\x00\x00R\bcpuLimit\x12v\n" +
-	"\x06labels\x18\x0e \x03(\v2%.baton.v1.StartJobRequest.LabelsEntryB7\xbaH4\x9a\x011\x10@\"&r$2\"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x1a6\n" +
+	"\x06labels\x18\x0e \x03(\v2%.baton.v1.StartJobRequest.LabelsEntryB7\xbaH4\x9a\x011\x10@\"&r$2\"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x12\xee\x01\n" +
+	"\rqueue_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationB\xad\x01\xbaH\xa9\x01\xba\x01\xa5\x01\n" +
+	"\rqueue_timeout\x12?queue_timeout must be -1s (no limit), or between 0s and 30 days\x1aSthis == duration('-1s') || (this >= duration('0s') && this <= duration('2592000s'))R\fqueueTimeout\x12*\n" +
+	"\bpriority\x18\x10 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00H\x00R\bpriority\x88\x01\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -1820,7 +1867,8 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xf9\x01\xbaH\xf5\x01\x1a\xf2\x01\n" +
-	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144\"m\n" +
+	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144B\v\n" +
+	"\t_priority\"m\n" +
 	"\x10StartJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12'\n" +
@@ -1849,7 +1897,7 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x04jobs\x18\x05 \x03(\v2\x13.baton.v1.JobStatusR\x04jobs\"\xb4\x02\n" +
 	"\x0fListJobsRequest\x12H\n" +
 	"\tworker_id\x18\x01 \x01(\tB+\xbaH(\xd8\x01\x01r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\x12=\n" +
-	"\x06states\x18\x02 \x03(\x0e2\x12.baton.v1.JobStateB\x11\xbaH\x0e\x92\x01\v\x10\b\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x12.baton.v1.JobStateB\x11\xbaH\x0e\x92\x01\v\x10\t\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
 	"\tpage_size\x18\x03 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
 	"\n" +
@@ -1871,11 +1919,12 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\rRunJobRequest\x123\n" +
 	"\x03job\x18\x01 \x01(\v2\x19.baton.v1.StartJobRequestB\x06\xbaH\x03\xc8\x01\x01R\x03job\x128\n" +
 	"\x06stream\x18\x02 \x01(\x0e2\x16.baton.v1.OutputStreamB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06stream:l\xbaHi\x1ag\n" +
-	"\arun_one\x12Mjob.all is not allowed: RunJob follows one job; start a fan-out with StartJob\x1a\r!this.job.all\"\xa8\x01\n" +
+	"\arun_one\x12Mjob.all is not allowed: RunJob follows one job; start a fan-out with StartJob\x1a\r!this.job.all\"\xd7\x01\n" +
 	"\x0eRunJobResponse\x12/\n" +
 	"\astarted\x18\x01 \x01(\v2\x13.baton.v1.JobStatusH\x00R\astarted\x12-\n" +
 	"\x05chunk\x18\x02 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
-	"\x06status\x18\x03 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
+	"\x06status\x18\x03 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06status\x12-\n" +
+	"\x06queued\x18\x04 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06queuedB\a\n" +
 	"\x05event\"\xba\x01\n" +
 	"\x12ListWorkersRequest\x12@\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x05\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
@@ -1977,51 +2026,53 @@ var file_baton_v1_scheduler_service_proto_depIdxs = []int32{
 	31, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
 	27, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
 	28, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
-	30, // 14: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
-	30, // 15: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
-	30, // 16: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
-	30, // 17: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
-	30, // 18: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
-	32, // 19: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
-	30, // 20: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
-	33, // 21: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
-	34, // 22: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
-	30, // 23: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
-	8,  // 24: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
-	33, // 25: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
-	30, // 26: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
-	34, // 27: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
-	30, // 28: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
-	0,  // 29: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
-	1,  // 30: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
-	1,  // 31: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
-	2,  // 32: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
-	4,  // 33: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
-	6,  // 34: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
-	8,  // 35: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
-	10, // 36: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
-	12, // 37: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
-	14, // 38: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
-	16, // 39: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
-	18, // 40: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
-	20, // 41: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
-	22, // 42: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
-	3,  // 43: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
-	5,  // 44: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
-	7,  // 45: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
-	9,  // 46: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
-	11, // 47: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
-	13, // 48: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
-	15, // 49: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	17, // 50: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
-	19, // 51: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
-	21, // 52: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
-	23, // 53: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
-	43, // [43:54] is the sub-list for method output_type
-	32, // [32:43] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	31, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
+	30, // 15: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
+	30, // 16: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
+	30, // 17: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
+	30, // 18: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
+	30, // 19: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
+	32, // 20: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
+	30, // 21: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
+	33, // 22: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
+	34, // 23: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
+	30, // 24: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
+	8,  // 25: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
+	33, // 26: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
+	30, // 27: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
+	34, // 28: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
+	30, // 29: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
+	30, // 30: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
+	0,  // 31: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
+	1,  // 32: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
+	1,  // 33: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
+	2,  // 34: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
+	4,  // 35: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
+	6,  // 36: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
+	8,  // 37: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
+	10, // 38: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
+	12, // 39: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
+	14, // 40: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	16, // 41: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
+	18, // 42: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
+	20, // 43: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
+	22, // 44: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
+	3,  // 45: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
+	5,  // 46: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
+	7,  // 47: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
+	9,  // 48: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
+	11, // 49: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
+	13, // 50: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
+	15, // 51: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	17, // 52: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
+	19, // 53: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
+	21, // 54: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
+	23, // 55: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
+	45, // [45:56] is the sub-list for method output_type
+	34, // [34:45] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_scheduler_service_proto_init() }
@@ -2030,6 +2081,7 @@ func file_baton_v1_scheduler_service_proto_init() {
 		return
 	}
 	file_baton_v1_job_proto_init()
+	file_baton_v1_scheduler_service_proto_msgTypes[7].OneofWrappers = []any{}
 	file_baton_v1_scheduler_service_proto_msgTypes[16].OneofWrappers = []any{
 		(*StreamJobOutputResponse_Chunk)(nil),
 		(*StreamJobOutputResponse_Status)(nil),
@@ -2038,6 +2090,7 @@ func file_baton_v1_scheduler_service_proto_init() {
 		(*RunJobResponse_Started)(nil),
 		(*RunJobResponse_Chunk)(nil),
 		(*RunJobResponse_Status)(nil),
+		(*RunJobResponse_Queued)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
