@@ -70,6 +70,20 @@ CREATE UNIQUE INDEX groups_by_idempotency_key ON groups (owner, idempotency_key)
 ALTER TABLE jobs ADD COLUMN stop_requested_by TEXT; -- NULL: no stop waiting
 CREATE INDEX jobs_stop_pending ON jobs (worker_id) WHERE stop_requested_by IS NOT NULL;
 `,
+	// 3: the queue. A job has a row from when it is queued until its start
+	// is settled: while it is QUEUED, and while it is PENDING on the worker
+	// it was handed to, so that a start the worker never received puts it
+	// back rather than losing it.
+	`
+CREATE TABLE queue (
+	job_id    TEXT    NOT NULL PRIMARY KEY REFERENCES jobs (job_id) ON DELETE CASCADE,
+	worker_id TEXT    NOT NULL, -- the worker asked for; '' for any matching one
+	priority  INTEGER NOT NULL,
+	round     INTEGER NOT NULL,
+	seq       INTEGER NOT NULL,
+	deadline  INTEGER NOT NULL  -- 0: no limit
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

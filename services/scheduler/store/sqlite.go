@@ -425,11 +425,21 @@ func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
 	if err != nil {
 		return fmt.Errorf("create job %s: %w", j.ID, err)
 	}
+	queued := st.GetState() == batonv1.JobState_JOB_STATE_QUEUED
+	if queued != (j.Queue != nil) {
+		return fmt.Errorf("create job %s: a job has a place in the queue if and only if it is QUEUED", j.ID)
+	}
 	err = s.write(ctx, func(tx *writer) error {
 		_, err := tx.exec(`INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
 			int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
+		if err != nil || !queued {
+			return err
+		}
+		q := j.Queue
+		_, err = tx.exec(`INSERT INTO queue (job_id, worker_id, priority, round, seq, deadline) VALUES (?, ?, ?, ?, ?, ?)`,
+			j.ID, q.WorkerID, q.Priority, q.Round, q.Seq, unixNano(q.Deadline))
 		return err
 	})
 	switch sqliteCode(err) {
@@ -541,6 +551,10 @@ func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st 
 		}
 		was, now := old.Status.GetState(), st.GetState()
 		switch {
+		case was == batonv1.JobState_JOB_STATE_QUEUED:
+			// No worker has been asked to run it: nothing a worker says
+			// about it is true.
+			return nil, nil
 		case was == batonv1.JobState_JOB_STATE_LOST:
 			// The worker's real state replaces LOST, even RUNNING; a job
 			// the worker ran is never PENDING or unset again.
@@ -586,12 +600,14 @@ func clip(s string, n int) string {
 // job to the same stage or a later one.
 func lifeStage(s batonv1.JobState) int {
 	switch {
-	case s == batonv1.JobState_JOB_STATE_PENDING:
+	case s == batonv1.JobState_JOB_STATE_QUEUED:
 		return 1
-	case s == batonv1.JobState_JOB_STATE_RUNNING:
+	case s == batonv1.JobState_JOB_STATE_PENDING:
 		return 2
-	case isTerminal(s):
+	case s == batonv1.JobState_JOB_STATE_RUNNING:
 		return 3
+	case isTerminal(s):
+		return 4
 	}
 	return 0
 }
@@ -658,10 +674,19 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 	stop_requested_by = CASE WHEN ? THEN NULL ELSE stop_requested_by END WHERE job_id = ?`,
 				int32(upd.GetState()), endedAt(upd), blob, clearStop, id)
 		}
+		if err != nil {
+			return err
+		}
+		// A job leaves the queue once it runs or ends: its start is settled.
+		if inQueue(old.Status.GetState()) && !inQueue(upd.GetState()) {
+			if _, err := tx.exec(`DELETE FROM queue WHERE job_id = ?`, id); err != nil {
+				return err
+			}
+		}
 		// A LOST job its worker reports with its true end has ended again;
 		// a repeated LOST has not.
 		ended = isTerminal(upd.GetState()) && !sameState
-		return err
+		return nil
 	})
 	if err != nil {
 		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotOnWorker) {
@@ -774,10 +799,13 @@ func (s *SQLite) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, erro
 // JobsOnWorker implements [Store].
 func (s *SQLite) JobsOnWorker(ctx context.Context, workerID string, nonTerminalOnly bool) ([]Job, error) {
 	q := `SELECT ` + jobColumns + ` FROM jobs WHERE worker_id = ? ORDER BY created_at DESC, job_id DESC`
+	args := []any{workerID}
 	if nonTerminalOnly {
-		q = `SELECT ` + jobColumns + ` FROM jobs WHERE worker_id = ? AND ended_at IS NULL ORDER BY created_at DESC, job_id DESC`
+		// A job queued for the worker is not on it yet.
+		q = `SELECT ` + jobColumns + ` FROM jobs WHERE worker_id = ? AND ended_at IS NULL AND state != ? ORDER BY created_at DESC, job_id DESC`
+		args = append(args, int32(batonv1.JobState_JOB_STATE_QUEUED))
 	}
-	jobs, err := s.queryJobs(ctx, q, workerID)
+	jobs, err := s.queryJobs(ctx, q, args...)
 	if err != nil {
 		return nil, fmt.Errorf("jobs on worker %s: %w", workerID, err)
 	}
@@ -791,7 +819,9 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 	}
 	var n int
 	err := s.write(ctx, func(tx *writer) error {
-		rows, err := tx.query(`SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND ended_at IS NULL`, workerID)
+		// A job queued for the worker waits for it to come back.
+		rows, err := tx.query(`SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND ended_at IS NULL AND state != ?`,
+			workerID, int32(batonv1.JobState_JOB_STATE_QUEUED))
 		if err != nil {
 			return err
 		}
@@ -810,6 +840,9 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 			}
 			if _, err := tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
 				int32(st.State), endedAt(st), blob, j.ID); err != nil {
+				return err
+			}
+			if _, err := tx.exec(`DELETE FROM queue WHERE job_id = ?`, j.ID); err != nil {
 				return err
 			}
 		}

@@ -141,6 +141,23 @@ type Store interface {
 	// PendingStops returns the worker's jobs with a stop not yet carried out.
 	PendingStops(ctx context.Context, workerID string) ([]Job, error)
 
+	// ListQueued returns every job with a place in the queue, with Queue
+	// set: those QUEUED, and those PENDING on the worker AssignJob handed
+	// them to, until their start is settled.
+	ListQueued(ctx context.Context) ([]Job, error)
+	// AssignJob hands QUEUED job id to worker workerID: the job becomes
+	// PENDING on that worker and keeps its place in the queue until a
+	// report of its start (or end) arrives, or RequeueJob puts it back. It
+	// returns the job as it now is; ErrNotFound for an unknown job, and
+	// ErrConflict for one that is not QUEUED or was queued for another
+	// worker.
+	AssignJob(ctx context.Context, id, workerID string) (Job, error)
+	// RequeueJob puts a job AssignJob handed out, and whose worker did not
+	// take it, back in the queue at its place: QUEUED again, on the worker
+	// it was queued for (or none). ErrConflict when the job is not PENDING
+	// with a place in the queue.
+	RequeueJob(ctx context.Context, id string) error
+
 	// PruneJobs deletes the jobs that reached a terminal state before
 	// endedBefore, then the groups created before endedBefore that are left
 	// without jobs, and returns how many jobs it deleted.
@@ -191,6 +208,23 @@ type Job struct {
 	// StopRequestedBy names who asked for a stop that the job's worker has
 	// not carried out yet; empty when none is waiting.
 	StopRequestedBy string
+	// Queue is the job's place in the queue. CreateJob requires it for a
+	// QUEUED job; ListQueued fills it. Other reads leave it nil.
+	Queue *QueuePlace
+}
+
+// QueuePlace is where a job waits in the scheduler's queue. Jobs are
+// handed out by Priority (higher first), then Round (owners at one
+// priority take turns), then Seq (submission order).
+type QueuePlace struct {
+	// WorkerID is the worker the job was asked to run on; empty for any
+	// worker matching its selector.
+	WorkerID string
+	Priority int32
+	Round    int64
+	Seq      int64
+	// Deadline is when the job stops waiting; zero for no limit.
+	Deadline time.Time
 }
 
 // Group is the set of jobs started by one fan-out StartJob.
@@ -219,6 +253,12 @@ type JobFilter struct {
 	PageSize int
 	// PageToken continues a listing from the nextToken of the previous page.
 	PageToken string
+}
+
+// inQueue reports whether a job in state s may hold a place in the queue:
+// waiting, or handed to a worker that has not answered yet.
+func inQueue(s batonv1.JobState) bool {
+	return s == batonv1.JobState_JOB_STATE_QUEUED || s == batonv1.JobState_JOB_STATE_PENDING
 }
 
 // isTerminal reports whether a job in state s has ended for good.
