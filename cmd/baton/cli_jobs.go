@@ -259,7 +259,7 @@ func newJobsCommand() *cobra.Command {
 With -o json it prints one JSON array of job statuses.`,
 		Args: usageArgs(cobra.NoArgs),
 	}
-	cmd.Flags().StringSliceVar(&states, "state", nil, "only jobs in these states: pending, running, succeeded, failed, stopped, timed_out, lost (repeat or comma-separate)")
+	cmd.Flags().StringSliceVar(&states, "state", nil, "only jobs in these states: queued, pending, running, succeeded, failed, stopped, timed_out, lost (repeat or comma-separate)")
 	cmd.Flags().StringVar(&worker, "worker", "", "only this worker's jobs (name or id)")
 	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many jobs (0: all)")
 	return clientCommand(cmd, func(c *clientCall, _ []string) error {
@@ -328,7 +328,7 @@ func parseJobState(s string) (batonv1.JobState, error) {
 	}
 	v, ok := batonv1.JobState_value[name]
 	if !ok || v == 0 {
-		return 0, usageErrorf("--state %q: use pending, running, succeeded, failed, stopped, timed_out or lost", s)
+		return 0, usageErrorf("--state %q: use queued, pending, running, succeeded, failed, stopped, timed_out or lost", s)
 	}
 	return batonv1.JobState(v), nil
 }

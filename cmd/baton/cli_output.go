@@ -122,7 +122,7 @@ func writeJobsTable(w io.Writer, jobs []*batonv1.JobStatus, style tableStyle) er
 	fmt.Fprintln(tw, "JOB ID\tWORKER\tSTATE\tEXIT\tOWNER\tAGE\tCOMMAND")
 	for _, j := range jobs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			j.GetJobId(), dash(j.GetWorkerId()), jobStateName(j.GetState()), exitText(j),
+			j.GetJobId(), dash(j.GetWorkerId()), stateText(j), exitText(j),
 			dash(j.GetOwner()), style.age(j.GetCreatedAt()), truncate(commandLine(j.GetSpec()), 60))
 	}
 	return tw.Flush()
@@ -157,7 +157,7 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 	}
 	row("Job", j.GetJobId())
 	row("Worker", j.GetWorkerId())
-	row("State", jobStateName(j.GetState()))
+	row("State", stateText(j))
 	row("Exit", exitText(j))
 	row("Reason", j.GetReason())
 	row("Owner", dash(j.GetOwner()))
@@ -171,6 +171,13 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 	if d := spec.GetTimeout(); d != nil && d.AsDuration() > 0 {
 		row("Timeout", d.AsDuration().String())
 	}
+	if len(spec.GetSelector()) > 0 {
+		row("Selector", labelText(spec.GetSelector()))
+	}
+	if p := spec.GetPriority(); p != 0 {
+		row("Priority", strconv.Itoa(int(p)))
+	}
+	row("Queue wait", queueWaitText(spec))
 	row("Working dir", spec.GetWorkingDir())
 	if len(spec.GetLabels()) > 0 {
 		row("Labels", labelText(spec.GetLabels()))
@@ -190,6 +197,28 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 	row("Containment", j.GetContainment())
 	row("Run as", j.GetRunAs())
 	return tw.Flush()
+}
+
+// stateText is a job's state as tables show it, with its place in the
+// queue when it waits there: "QUEUED (#3)".
+func stateText(j *batonv1.JobStatus) string {
+	name := jobStateName(j.GetState())
+	if p := j.GetQueuePosition(); j.GetState() == batonv1.JobState_JOB_STATE_QUEUED && p > 0 {
+		name += " (#" + strconv.Itoa(int(p)) + ")"
+	}
+	return name
+}
+
+// queueWaitText is how long the job could wait for a slot ("up to 10m0s",
+// "without limit"), or "" when it could not wait at all.
+func queueWaitText(spec *batonv1.JobSpec) string {
+	switch d := spec.GetQueueTimeout().AsDuration(); {
+	case d < 0:
+		return "without limit"
+	case d > 0:
+		return "up to " + d.String()
+	}
+	return ""
 }
 
 // jobStateName drops the enum prefix: "RUNNING".

@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,7 +19,9 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -34,6 +37,11 @@ type runOptions struct {
 	noPath    bool
 	detach    bool
 	noWait    bool
+	// queueTimeout and priority are sent only when their flag was given,
+	// which flags tells.
+	queueTimeout time.Duration
+	priority     int
+	flags        *pflag.FlagSet
 }
 
 func bindRunFlags(cmd *cobra.Command, o *runOptions) {
@@ -46,8 +54,20 @@ func bindRunFlags(cmd *cobra.Command, o *runOptions) {
 	fs.DurationVar(&o.timeout, "timeout", 0, "end the job as TIMED_OUT after this long (0: no timeout)")
 	fs.StringArrayVar(&o.env, "env", nil, "set K=V in the job's environment (repeat for more)")
 	fs.BoolVar(&o.noPath, "no-path", false, "pass COMMAND's first argument as a plain argument, never as a script path")
-	fs.BoolVar(&o.noWait, "no-wait", false, "fail at once when every matching worker is full, rather than wait for a slot")
+	fs.BoolVar(&o.noWait, "no-wait", false, "fail at once when every matching worker is full, rather than queue (--queue-timeout 0)")
+	fs.DurationVar(&o.queueTimeout, "queue-timeout", 0, "wait at most this long in the scheduler's queue for a free slot (default: no limit; 0: do not wait)")
+	fs.IntVar(&o.priority, "priority", defaultPriority, "place among queued jobs, 0 to 100: higher goes first")
+	o.flags = fs
 }
+
+// Queueing limits, as the scheduler checks them.
+const (
+	defaultPriority = 50
+	maxPriority     = 100
+	maxQueueTimeout = 30 * 24 * time.Hour
+	// noQueueLimit is how StartJobRequest says "wait until placed".
+	noQueueLimit = -time.Second
+)
 
 // scriptPathArg reports whether COMMAND's first argument is sent as the
 // job's script path: a relative path with no ".." element that does not
@@ -96,6 +116,33 @@ func (o *runOptions) startRequest(args []string) (*batonv1.StartJobRequest, erro
 	return req, nil
 }
 
+// setQueueing fills in how long the job may wait on the scheduler for a
+// free slot and its priority there. Without flags it waits without limit,
+// as srun does; the priority is left to the scheduler unless given.
+func (o *runOptions) setQueueing(req *batonv1.StartJobRequest) error {
+	explicit := o.flags != nil && o.flags.Changed("queue-timeout")
+	switch {
+	case o.noWait && explicit:
+		return usageErrorf("--no-wait and --queue-timeout do not go together: --no-wait is --queue-timeout 0")
+	case o.queueTimeout < 0:
+		return usageErrorf("--queue-timeout must not be negative: leave it out to wait without limit")
+	case o.queueTimeout > maxQueueTimeout:
+		return usageErrorf("--queue-timeout must be at most %s (30 days)", maxQueueTimeout)
+	}
+	wait := noQueueLimit
+	if o.noWait || explicit {
+		wait = o.queueTimeout
+	}
+	req.QueueTimeout = durationpb.New(wait)
+	if o.flags != nil && o.flags.Changed("priority") {
+		if o.priority < 0 || o.priority > maxPriority {
+			return usageErrorf("--priority %d: use 0 to %d", o.priority, maxPriority)
+		}
+		req.Priority = proto.Int32(int32(o.priority))
+	}
+	return nil
+}
+
 // pairs parses repeated K=V flags.
 func pairs(flag string, values []string) (map[string]string, error) {
 	if len(values) == 0 {
@@ -127,9 +174,12 @@ job's script path when it is a relative path without ".." that does not
 start with "-": "baton run -- bash count.sh" runs count.sh from the scripts
 directory. --no-path passes it as a plain argument instead.
 
+When every matching worker is full, the job waits in the scheduler's queue
+(without limit unless --queue-timeout; --no-wait fails at once instead).
 Ctrl-C stops the job (SIGTERM, then SIGKILL after the worker's grace) and
-exits with its code once it ended; a second Ctrl-C detaches at once and
-leaves the job to the scheduler. --detach prints the job id and returns.
+exits with its code once it ended, or cancels it while it is queued; a
+second Ctrl-C detaches at once and leaves the job to the scheduler.
+--detach prints the job id and returns.
 With --all the job runs on every matching worker; each line of output is
 prefixed with the worker's name, and the exit status is that of the first
 job (by worker name) that did not succeed, or 0.`,
@@ -151,7 +201,8 @@ func newStartCommand() *cobra.Command {
 		Short: "Start a job and print its id (the group id with --all)",
 		Long: `start starts a job like run --detach: it prints the job's id (with --all,
 the group's id, which stop and status accept) and returns. The script path
-rule is run's.`,
+rule and the queue flags are run's; a job that has to wait is queued, its
+id printed all the same, and stderr says where it is in the queue.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 	}
 	co := bindClientFlags(cmd)
@@ -170,6 +221,9 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	}
 	req, err := ro.startRequest(args)
 	if err != nil {
+		return err
+	}
+	if err := ro.setQueueing(req); err != nil {
 		return err
 	}
 	cfg, err := co.config()
@@ -208,33 +262,18 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	startDone := make(chan started, 1)
 	spin := startSpinner(stderr, "placing the job…")
 	go func() {
-		// Every matching worker full: wait for a slot, as srun does, and
-		// try again with growing pauses. A refused start started nothing,
-		// so trying again cannot run the job twice.
-		pause := 250 * time.Millisecond
-		for {
-			var st started
-			if oneCall {
-				st.run, st.res, st.err = startRun(startCtx, client, req)
-			} else {
-				var res *connect.Response[batonv1.StartJobResponse]
-				if res, st.err = client.StartJob(startCtx, connect.NewRequest(req)); st.err == nil {
-					st.res = res.Msg
-				}
+		// A full cluster is the scheduler's to wait out: the job is queued
+		// there, and the start answers as soon as it is.
+		var st started
+		if oneCall {
+			st.run, st.res, st.err = startRun(startCtx, client, req)
+		} else {
+			var res *connect.Response[batonv1.StartJobResponse]
+			if res, st.err = client.StartJob(startCtx, connect.NewRequest(req)); st.err == nil {
+				st.res = res.Msg
 			}
-			if connect.CodeOf(st.err) != connect.CodeResourceExhausted || ro.noWait {
-				startDone <- st
-				return
-			}
-			spin.say("every matching worker is full; waiting for a free slot (Ctrl-C gives up)…")
-			select {
-			case <-startCtx.Done():
-				startDone <- st
-				return
-			case <-time.After(pause):
-			}
-			pause = min(2*pause, 5*time.Second)
 		}
+		startDone <- st
 	}()
 	var interrupted os.Signal
 	var st started
@@ -252,11 +291,23 @@ wait:
 			interrupted = sig
 		}
 	}
-	spin.end()
 	if st.err != nil {
+		spin.end()
 		return explainStartError(client.explain(st.err), req)
 	}
 	res := st.res
+	if oneCall && res.GetJobs()[0].GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+		// The spinner stays until the job starts: the follow ends it.
+		spin.say(queuedNote(res.GetJobs()[0]) + " (Ctrl-C cancels)")
+	} else {
+		spin.end()
+		spin = nil
+		for _, j := range res.GetJobs() {
+			if j.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+				fmt.Fprintf(stderr, "baton: job %s %s\n", j.GetJobId(), queuedNote(j))
+			}
+		}
+	}
 	if !attach {
 		if format == formatJSON {
 			return writeJSON(cmd.OutOrStdout(), res)
@@ -270,14 +321,27 @@ wait:
 	}
 	a := &attachment{
 		client: client, res: res, run: st.run, stdout: cmd.OutOrStdout(), stderr: stderr,
-		prefix: res.GetGroupId() != "",
+		prefix: res.GetGroupId() != "", spin: spin,
 	}
 	return a.follow(ctx, sigs, interrupted)
 }
 
-// startRun starts one job with RunJob and reads its first message. It
-// returns the rest of the stream, which the caller closes, and the start as
-// StartJob would have answered it.
+// queuedNote says where a queued job is in the queue and what it waits
+// for, in the scheduler's words when it gives them.
+func queuedNote(j *batonv1.JobStatus) string {
+	note := "queued"
+	if p := j.GetQueuePosition(); p > 0 {
+		note += " at position " + strconv.Itoa(int(p))
+	}
+	if r := j.GetReason(); r != "" {
+		return note + ": " + r
+	}
+	return note + ", waiting for a free slot"
+}
+
+// startRun starts one job with RunJob and reads its first message, started
+// or queued. It returns the rest of the stream, which the caller closes,
+// and the start as StartJob would have answered it.
 func startRun(ctx context.Context, client *schedulerClient, req *batonv1.StartJobRequest) (*connect.ServerStreamForClient[batonv1.RunJobResponse], *batonv1.StartJobResponse, error) {
 	stream, err := client.RunJob(ctx, connect.NewRequest(&batonv1.RunJobRequest{Job: req}))
 	if err != nil {
@@ -291,7 +355,13 @@ func startRun(ctx context.Context, client *schedulerClient, req *batonv1.StartJo
 		}
 		return nil, nil, err
 	}
-	st := stream.Msg().GetStarted()
+	// A job that has to wait is queued first; it has its id already, so
+	// a stop can reach it before it runs.
+	first := stream.Msg()
+	st := first.GetStarted()
+	if st == nil {
+		st = first.GetQueued()
+	}
 	if st == nil {
 		_ = stream.Close()
 		return nil, nil, connect.NewError(connect.CodeInternal, errors.New("the scheduler sent no start status first"))
@@ -347,8 +417,19 @@ type attachment struct {
 	stderr io.Writer
 	// prefix puts "[worker] " before each line (a fan-out).
 	prefix bool
+	// spin, if set, says the job is queued until it starts; anything
+	// written to the terminal ends it first.
+	spin *spinner
 	// mu keeps lines of different jobs from interleaving mid-line.
 	mu sync.Mutex
+}
+
+// quiet ends the spinner, if any, so that it leaves the terminal's lines
+// alone; safe to call from any goroutine, and again.
+func (a *attachment) quiet() {
+	if a.spin != nil {
+		a.spin.end()
+	}
 }
 
 type followResult struct {
@@ -373,6 +454,7 @@ func stopSignals() []os.Signal {
 // returns the exit status. Signals: the first stops the job(s), the second
 // detaches.
 func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrupted os.Signal) error {
+	defer a.quiet()
 	jobs := a.res.GetJobs()
 	followCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -381,7 +463,7 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 	for i, j := range jobs {
 		wg.Go(func() {
 			sink := a.sink(j)
-			st, err := followOutput(followCtx, a.client, j.GetJobId(), a.run, sink.write)
+			st, err := followOutput(followCtx, a.client, j.GetJobId(), a.run, a.quiet, sink.write)
 			sink.flush()
 			results[i] = followResult{st, err}
 		})
@@ -389,6 +471,8 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 	allDone := make(chan struct{})
 	go func() { wg.Wait(); close(allDone) }()
 
+	// stopSig is the signal that stopped the job(s); nil until one does.
+	var stopSig os.Signal
 	stopping := false
 	// delivered is closed once the stop request is on the wire (or its
 	// call ended): a second Ctrl-C must not cut it off before the
@@ -396,8 +480,8 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 	delivered := make(chan struct{})
 	var deliveredOnce sync.Once
 	markDelivered := func() { deliveredOnce.Do(func() { close(delivered) }) }
-	stop := func() {
-		stopping = true
+	stop := func(sig os.Signal) {
+		stopping, stopSig = true, sig
 		what := "job " + a.res.GetJobId()
 		req := &batonv1.StopJobRequest{JobId: a.res.GetJobId()}
 		if g := a.res.GetGroupId(); g != "" {
@@ -415,7 +499,7 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 		}()
 	}
 	if interrupted != nil {
-		stop()
+		stop(interrupted)
 	}
 	for {
 		select {
@@ -424,7 +508,7 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 				// Nobody reads the output any more: the job is stopped,
 				// and this ends once the stop is on its way.
 				if !stopping {
-					stop()
+					stop(syscall.SIGPIPE)
 				}
 				select {
 				case <-delivered:
@@ -432,10 +516,10 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 				}
 				return &exitError{code: signalExit(syscall.SIGPIPE)}
 			}
-			return a.finish(results, stopping)
+			return a.finish(results, stopSig)
 		case sig := <-sigs:
 			if !stopping {
-				stop()
+				stop(sig)
 				continue
 			}
 			if sig == syscall.SIGPIPE {
@@ -463,8 +547,9 @@ func outputClosed(results []followResult) bool {
 	return false
 }
 
-// finish turns the jobs' ends into the exit status.
-func (a *attachment) finish(results []followResult, stopped bool) error {
+// finish turns the jobs' ends into the exit status; stopSig is the signal
+// that stopped them, or nil.
+func (a *attachment) finish(results []followResult, stopSig os.Signal) error {
 	type ended struct {
 		worker string
 		status *batonv1.JobStatus
@@ -494,11 +579,18 @@ func (a *attachment) finish(results []followResult, stopped bool) error {
 				a.printErr("baton: [%s] job %s failed: %s\n", e.worker, st.GetJobId(), st.GetReason())
 			}
 		default:
-			if !stopped || st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || a.prefix {
+			if stopSig == nil || st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || a.prefix {
 				a.printErr("baton: %sjob %s %s: %s\n", a.workerTag(e.worker), st.GetJobId(), strings.ToLower(jobStateName(st.GetState())), st.GetReason())
 			}
 		}
-		if c := jobExitCode(st); c != 0 && code == 0 {
+		c := jobExitCode(st)
+		if stopSig != nil && st.GetState() == batonv1.JobState_JOB_STATE_STOPPED && st.ExitCode == nil && st.GetSignal() == "" {
+			// Cancelled while queued: it had no process to end with a
+			// code or a signal, so the status is the interrupt's, as a
+			// shell reports it.
+			c = signalExit(stopSig)
+		}
+		if c != 0 && code == 0 {
 			code = c
 		}
 	}
@@ -516,6 +608,7 @@ func (a *attachment) workerTag(worker string) string {
 }
 
 func (a *attachment) printErr(format string, args ...any) {
+	a.quiet()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	fmt.Fprintf(a.stderr, format, args...)
@@ -540,6 +633,7 @@ type outputSink struct {
 }
 
 func (s *outputSink) write(c *batonv1.OutputChunk) error {
+	s.a.quiet()
 	w := s.a.stdout
 	if c.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
 		w = s.a.stderr
@@ -604,8 +698,9 @@ const (
 // followOutput streams a job's output (both streams, interleaved, from
 // the start) into sink until the job's final status, resuming from the
 // last offset when the stream is cut. run, if not nil, is read first: the
-// rest of the RunJob call that started the job.
-func followOutput(ctx context.Context, client *schedulerClient, jobID string, run *connect.ServerStreamForClient[batonv1.RunJobResponse], sink func(*batonv1.OutputChunk) error) (*batonv1.JobStatus, error) {
+// rest of the RunJob call that started the job, which calls started when
+// it says that a queued job runs.
+func followOutput(ctx context.Context, client *schedulerClient, jobID string, run *connect.ServerStreamForClient[batonv1.RunJobResponse], started func(), sink func(*batonv1.OutputChunk) error) (*batonv1.JobStatus, error) {
 	var offset int64
 	delay := resumeFirst
 	for attempt := 0; ; attempt++ {
@@ -616,7 +711,14 @@ func followOutput(ctx context.Context, client *schedulerClient, jobID string, ru
 			sinkErr  error
 		)
 		if run != nil {
-			st, progress, err, sinkErr = drainOutput(run, run.Msg, &offset, sink)
+			msg := func() *batonv1.RunJobResponse {
+				m := run.Msg()
+				if m.GetStarted() != nil {
+					started()
+				}
+				return m
+			}
+			st, progress, err, sinkErr = drainOutput(run, msg, &offset, sink)
 			run = nil
 		} else {
 			var stream *connect.ServerStreamForClient[batonv1.StreamJobOutputResponse]

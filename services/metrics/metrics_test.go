@@ -233,6 +233,85 @@ baton_worker_output_streamed_bytes_total 1.048581e+06
 	}
 }
 
+func TestQueueMetrics(t *testing.T) {
+	t.Parallel()
+	m := NewScheduler()
+	m.JobQueued(50)
+	m.JobQueued(50)
+	m.JobQueued(80)
+	m.JobQueued(-3)  // out of the API's range: counted as 0
+	m.JobQueued(500) // and as 100
+	m.JobLeftQueue(50, QueuePlaced, 20*time.Millisecond)
+	m.JobLeftQueue(80, QueueTimedOut, time.Hour)
+	m.JobLeftQueue(500, QueueStopped, -time.Second) // a clock step back counts as no wait
+	m.JobLeftQueue(50, "vanished", time.Second)     // not observed, but no longer queued
+	const want = `# HELP baton_scheduler_jobs_queued Jobs waiting in the scheduler's queue for a worker with a free slot, by priority.
+# TYPE baton_scheduler_jobs_queued gauge
+baton_scheduler_jobs_queued{priority="0"} 1
+baton_scheduler_jobs_queued{priority="100"} 0
+baton_scheduler_jobs_queued{priority="50"} 0
+baton_scheduler_jobs_queued{priority="80"} 0
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "baton_scheduler_jobs_queued"); err != nil {
+		t.Error(err)
+	}
+	waits := queueWaits(t, m.Registry())
+	for _, tc := range []struct {
+		outcome string
+		count   uint64
+		sum     float64
+	}{
+		{QueuePlaced, 1, 0.02},
+		{QueueStopped, 1, 0},
+		{QueueTimedOut, 1, 3600},
+	} {
+		h, ok := waits[tc.outcome]
+		if !ok {
+			t.Errorf("no queue wait series for outcome %q", tc.outcome)
+			continue
+		}
+		if h.GetSampleCount() != tc.count || h.GetSampleSum() != tc.sum {
+			t.Errorf("queue wait %s: %d observations summing to %vs, want %d summing to %vs",
+				tc.outcome, h.GetSampleCount(), h.GetSampleSum(), tc.count, tc.sum)
+		}
+	}
+	if len(waits) != len(queueOutcomes) {
+		t.Errorf("queue wait series for %d outcomes, want %d", len(waits), len(queueOutcomes))
+	}
+
+	// A restarted scheduler's loaded queue replaces the counts, series
+	// with no job included.
+	m.QueueLoaded(map[int32]int{10: 2, 50: 1})
+	m.JobQueued(10)
+	const loaded = `# HELP baton_scheduler_jobs_queued Jobs waiting in the scheduler's queue for a worker with a free slot, by priority.
+# TYPE baton_scheduler_jobs_queued gauge
+baton_scheduler_jobs_queued{priority="10"} 3
+baton_scheduler_jobs_queued{priority="50"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(loaded), "baton_scheduler_jobs_queued"); err != nil {
+		t.Error(err)
+	}
+}
+
+// queueWaits returns the queue wait histograms by outcome.
+func queueWaits(t *testing.T, g prometheus.Gatherer) map[string]*dto.Histogram {
+	t.Helper()
+	families, err := g.Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	out := map[string]*dto.Histogram{}
+	for _, f := range families {
+		if f.GetName() != "baton_scheduler_queue_wait_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			out[label(m, "outcome")] = m.GetHistogram()
+		}
+	}
+	return out
+}
+
 // TestNilMetricsRecordNothing checks the promise services rely on when
 // they call an optional *Scheduler or *Worker unconditionally: on a nil one
 // every recording method returns without panicking and records nothing,
@@ -266,6 +345,9 @@ func TestNilMetricsRecordNothing(t *testing.T) {
 		{"Scheduler.JobStarted", s.JobStarted},
 		{"Scheduler.HeartbeatReceived", s.HeartbeatReceived},
 		{"Scheduler.OutputRelayed", func() { s.OutputRelayed(10) }},
+		{"Scheduler.JobQueued", func() { s.JobQueued(50) }},
+		{"Scheduler.JobLeftQueue", func() { s.JobLeftQueue(50, QueuePlaced, time.Second) }},
+		{"Scheduler.QueueLoaded", func() { s.QueueLoaded(map[int32]int{50: 1}) }},
 		{"Worker.JobStarted", w.JobStarted},
 		{"Worker.OutputStreamed", func() { w.OutputStreamed(10) }},
 		{"Worker.HeartbeatSent ok", func() { w.HeartbeatSent(nil) }},
@@ -372,6 +454,7 @@ func TestMetricNamesFollowConventions(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.rpc.observe("/baton.v1.SchedulerService/StartJob", nil, time.Now())
+	s.JobQueued(50)
 	w := NewWorker()
 	if err := w.ObserveRunning(func() int { return 0 }); err != nil {
 		t.Fatal(err)

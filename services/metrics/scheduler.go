@@ -3,6 +3,8 @@ package metrics
 import (
 	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +23,8 @@ type Scheduler struct {
 	jobsFinished *prometheus.CounterVec
 	heartbeats   prometheus.Counter
 	relayed      prometheus.Counter
+	queued       *prometheus.GaugeVec
+	queueWait    *prometheus.HistogramVec
 }
 
 // NewScheduler returns a scheduler's metrics in a new registry.
@@ -38,9 +42,37 @@ func NewScheduler(opts ...Option) *Scheduler {
 		Namespace: namespace, Subsystem: "scheduler", Name: "output_relayed_bytes_total",
 		Help: "Bytes of job output relayed from workers to clients by StreamJobOutput.",
 	})
-	reg.MustRegister(m.heartbeats, m.relayed)
+	m.queued = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Subsystem: "scheduler", Name: "jobs_queued",
+		Help: "Jobs waiting in the scheduler's queue for a worker with a free slot, by priority.",
+	}, []string{"priority"})
+	m.queueWait = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "scheduler", Name: "queue_wait_seconds",
+		Help:    "Time jobs spent in the scheduler's queue, by how they left it (placed, stopped or timed_out).",
+		Buckets: queueWaitBuckets,
+	}, []string{"outcome"})
+	for _, o := range queueOutcomes {
+		m.queueWait.WithLabelValues(o)
+	}
+	reg.MustRegister(m.heartbeats, m.relayed, m.queued, m.queueWait)
 	return m
 }
+
+// The ways a job leaves the queue, as [Scheduler.JobLeftQueue] takes them.
+const (
+	QueuePlaced   = "placed"    // a worker accepted it
+	QueueStopped  = "stopped"   // StopJob cancelled it
+	QueueTimedOut = "timed_out" // its queue_timeout ran out
+)
+
+// queueOutcomes are the outcome label values, each reported from the start
+// so that rate() works before the first job of a kind leaves the queue.
+var queueOutcomes = []string{QueuePlaced, QueueStopped, QueueTimedOut}
+
+// queueWaitBuckets are the queue wait buckets, in seconds: a job placed as a
+// slot frees waits milliseconds, one behind a long job or a full cluster
+// minutes to an hour.
+var queueWaitBuckets = []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600}
 
 // Registry is the scheduler's registry, for tests and for adding
 // collectors.
@@ -88,6 +120,47 @@ func (m *Scheduler) OutputRelayed(n int) {
 	if m != nil {
 		m.relayed.Add(float64(n))
 	}
+}
+
+// JobQueued counts a job that entered the queue with priority (0 to 100).
+func (m *Scheduler) JobQueued(priority int32) {
+	if m != nil {
+		m.queued.WithLabelValues(priorityLabel(priority)).Inc()
+	}
+}
+
+// JobLeftQueue counts a job with priority that left the queue after
+// waiting there for waited; outcome is [QueuePlaced], [QueueStopped] or
+// [QueueTimedOut]. Another outcome is not observed, so that a caller's
+// mistake cannot add label values; the job still leaves the gauge.
+func (m *Scheduler) JobLeftQueue(priority int32, outcome string, waited time.Duration) {
+	if m == nil {
+		return
+	}
+	m.queued.WithLabelValues(priorityLabel(priority)).Dec()
+	switch outcome {
+	case QueuePlaced, QueueStopped, QueueTimedOut:
+		m.queueWait.WithLabelValues(outcome).Observe(max(waited, 0).Seconds())
+	}
+}
+
+// QueueLoaded sets the queued jobs to those of the queue loaded at start-up,
+// counted by priority, replacing what the gauge held. Call it before the
+// queue takes or hands out jobs: counts recorded meanwhile are lost.
+func (m *Scheduler) QueueLoaded(byPriority map[int32]int) {
+	if m == nil {
+		return
+	}
+	m.queued.Reset()
+	for p, n := range byPriority {
+		m.queued.WithLabelValues(priorityLabel(p)).Add(float64(n))
+	}
+}
+
+// priorityLabel is the label value of a priority, clamped to the API's 0 to
+// 100 so that the label has at most 101 values whatever the caller passes.
+func priorityLabel(p int32) string {
+	return strconv.Itoa(int(min(max(p, 0), 100)))
 }
 
 // Roster is what the scheduler's roster holds at one moment.

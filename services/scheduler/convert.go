@@ -42,6 +42,9 @@ func specOf(req *batonv1.StartJobRequest) *batonv1.JobSpec {
 		MemoryLimitBytes: req.GetMemoryLimitBytes(),
 		CpuLimit:         req.GetCpuLimit(),
 		Labels:           req.GetLabels(),
+		Selector:         req.GetSelector(),
+		Priority:         priorityOf(req),
+		QueueTimeout:     req.GetQueueTimeout(),
 	}
 }
 

@@ -289,6 +289,9 @@ func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.Job
 	if terminal(st.GetState()) && st.GetState() != batonv1.JobState_JOB_STATE_LOST {
 		return st
 	}
+	if st.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+		return s.queuedStatus(j)
+	}
 	t, ok := s.reg.target(j.WorkerID)
 	if ok && t.state == batonv1.WorkerState_WORKER_STATE_DOWN && !terminal(st.GetState()) {
 		// The roster turns DOWN just before the store marks the worker's
@@ -340,7 +343,11 @@ func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.Lis
 	}
 	res := &batonv1.ListJobsResponse{NextPageToken: next, Jobs: make([]*batonv1.JobStatus, 0, len(jobs))}
 	for _, j := range jobs {
-		res.Jobs = append(res.Jobs, redacted(p, j.Status))
+		st := j.Status
+		if st.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+			st = h.s.queuedStatus(j)
+		}
+		res.Jobs = append(res.Jobs, redacted(p, st))
 	}
 	return connect.NewResponse(res), nil
 }

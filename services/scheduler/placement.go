@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -40,9 +41,9 @@ func releaseAll(slots []*reservation) {
 	}
 }
 
-// place picks the workers for req and reserves a slot on each:
-// the named worker; every READY worker matching the selector, for a
-// fan-out; or else the least-loaded READY matching worker with room.
+// place picks the worker for a single job and reserves a slot on it:
+// the named worker, or else the least-loaded READY matching worker with
+// room. A fan-out is placed with placeAll.
 //
 // It holds the roster lock for reading only, so heartbeats (which take
 // only their member's lock) and other placements go on meanwhile; running
@@ -66,31 +67,11 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]*reservation, error) {
 		return []*reservation{r.reservationLocked(m)}, nil
 	}
 
-	if req.GetAll() {
-		var matching []*member
-		for _, m := range r.members {
-			if m.w.State == batonv1.WorkerState_WORKER_STATE_READY && matches(m.w.Labels, req.GetSelector()) {
-				matching = append(matching, m)
-			}
-		}
-		if len(matching) == 0 {
-			return nil, r.noneMatchingLocked()
-		}
-		slices.SortFunc(matching, func(a, b *member) int { return cmp.Compare(a.w.ID, b.w.ID) })
-		out := make([]*reservation, 0, len(matching))
-		for _, m := range matching {
-			m.hot.Lock()
-			r.reserveHot(m)
-			m.hot.Unlock()
-			out = append(out, r.reservationLocked(m))
-		}
-		return out, nil
-	}
 	// A concurrent placement may fill the chosen worker between the scan
 	// and the reservation; then scan again. Each round reserves a slot or
 	// finds the workers fuller, so this ends.
 	for {
-		best, matched := r.leastLoadedLocked(req.GetSelector())
+		best, matched := r.leastLoadedLocked(req.GetSelector(), false)
 		if !matched {
 			return nil, r.noneMatchingLocked()
 		}
@@ -109,6 +90,109 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]*reservation, error) {
 	}
 }
 
+// reserveQueued reserves a slot for a queued job, or returns nil: on the
+// named worker, or the least-loaded matching one, if it is READY, has
+// registered with this scheduler (so that its running count is its own
+// word, not a stored one) and has room.
+func (r *registry) reserveQueued(worker string, selector map[string]string) *reservation {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var m *member
+	if worker != "" {
+		m = r.members[worker]
+		if m == nil || m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
+			return nil
+		}
+	} else {
+		m, _ = r.leastLoadedLocked(selector, true)
+		if m == nil {
+			return nil
+		}
+	}
+	m.hot.Lock()
+	ok := m.live && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
+	if ok {
+		r.reserveHot(m)
+	}
+	m.hot.Unlock()
+	if !ok {
+		return nil
+	}
+	return r.reservationLocked(m)
+}
+
+// waitReason says what a queued job waits for: the named worker, or a
+// worker matching selector with a free slot.
+func (r *registry) waitReason(worker string, selector map[string]string) string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if worker != "" {
+		m := r.members[worker]
+		if m == nil {
+			return fmt.Sprintf("waiting for worker %q, which is not registered", worker)
+		}
+		m.hot.Lock()
+		st, running, capacity := m.w.State, m.w.RunningJobs, m.w.Capacity
+		m.hot.Unlock()
+		if st != batonv1.WorkerState_WORKER_STATE_READY {
+			return fmt.Sprintf("waiting for worker %q, which is %s", worker, stateWord(st))
+		}
+		return fmt.Sprintf("waiting for a free slot on worker %q (%d of %d in use)", worker, running, capacity)
+	}
+	ready, matching := 0, 0
+	for _, m := range r.members {
+		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
+			continue
+		}
+		ready++
+		if matches(m.w.Labels, selector) {
+			matching++
+		}
+	}
+	switch {
+	case ready == 0:
+		return "waiting for a worker: none is ready"
+	case matching == 0:
+		return "waiting for a worker: no ready worker has labels matching the selector"
+	case matching == 1:
+		return "waiting for a free slot: the 1 matching worker is full"
+	}
+	return fmt.Sprintf("waiting for a free slot: all %d matching workers are full", matching)
+}
+
+// placeAll picks every READY worker matching selector, for a fan-out, and
+// reserves a slot on each, in worker order. With roomOnly, a worker that
+// is full gets no reservation and is listed in full instead, for its job
+// to wait in the queue; otherwise every worker gets one, full or not.
+func (r *registry) placeAll(selector map[string]string, roomOnly bool) (slots []*reservation, full []string, err error) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var matching []*member
+	for _, m := range r.members {
+		if m.w.State == batonv1.WorkerState_WORKER_STATE_READY && matches(m.w.Labels, selector) {
+			matching = append(matching, m)
+		}
+	}
+	if len(matching) == 0 {
+		return nil, nil, r.noneMatchingLocked()
+	}
+	slices.SortFunc(matching, func(a, b *member) int { return cmp.Compare(a.w.ID, b.w.ID) })
+	for _, m := range matching {
+		m.hot.Lock()
+		room := m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity
+		if room || !roomOnly {
+			r.reserveHot(m)
+		}
+		m.hot.Unlock()
+		if room || !roomOnly {
+			slots = append(slots, r.reservationLocked(m))
+		} else {
+			full = append(full, m.w.ID)
+		}
+	}
+	return slots, full, nil
+}
+
 // reservationLocked is the reservation just counted on m; the caller
 // holds r.mu.
 func (r *registry) reservationLocked(m *member) *reservation {
@@ -119,7 +203,10 @@ func (r *registry) reservationLocked(m *member) *reservation {
 // with room, and whether any READY worker matched at all. One pass, no
 // allocation: it runs on every StartJob, with thousands of workers. The
 // caller holds r.mu.
-func (r *registry) leastLoadedLocked(selector map[string]string) (*member, bool) {
+//
+// With liveOnly, only workers registered with this process count as having
+// room.
+func (r *registry) leastLoadedLocked(selector map[string]string, liveOnly bool) (*member, bool) {
 	var best *member
 	var bestRunning int32
 	matched := false
@@ -129,9 +216,9 @@ func (r *registry) leastLoadedLocked(selector map[string]string) (*member, bool)
 		}
 		matched = true
 		m.hot.Lock()
-		running := m.w.RunningJobs
+		running, live := m.w.RunningJobs, m.live
 		m.hot.Unlock()
-		if m.w.Capacity > 0 && running >= m.w.Capacity {
+		if m.w.Capacity > 0 && running >= m.w.Capacity || liveOnly && !live {
 			continue
 		}
 		if best == nil || lessLoaded(m, running, best, bestRunning) {

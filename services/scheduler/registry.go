@@ -39,6 +39,18 @@ type registry struct {
 	// (joins, state changes, a changed running count), so cached views
 	// know when they are out of date.
 	version atomic.Uint64
+	// freed is signalled when a worker may have a slot it did not have:
+	// a running count went down, or a worker registered. The queue's
+	// dispatcher waits on it.
+	freed chan struct{}
+}
+
+// slotFreed wakes the queue's dispatcher, without waiting.
+func (r *registry) slotFreed() {
+	select {
+	case r.freed <- struct{}{}:
+	default:
+	}
 }
 
 // member is one worker.
@@ -106,7 +118,7 @@ type downed struct {
 }
 
 func newRegistry(dial func(name, addr string) batonv1connect.WorkerServiceClient) *registry {
-	return &registry{dial: dial, members: make(map[string]*member)}
+	return &registry{dial: dial, members: make(map[string]*member), freed: make(chan struct{}, 1)}
 }
 
 // load fills the roster from the store. READY, DRAINING and RESTARTING
@@ -212,6 +224,7 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	m.deadline = deadline
 	m.live = true
 	m.gen++
+	r.slotFreed()
 	select {
 	case <-m.gone:
 		m.gone = make(chan struct{})

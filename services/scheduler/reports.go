@@ -73,6 +73,20 @@ func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error 
 	case err == nil:
 		return s.recordReport(ctx, t.id, res.Msg.GetStatus())
 	case connect.CodeOf(err) == connect.CodeNotFound:
+		if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
+			// Handed out by the queue, but never received: it waits again.
+			requeued, err := s.store.RequeueJob(ctx, j.ID)
+			if err == nil {
+				if s.q.requeued(requeued) {
+					s.opts.Metrics.JobQueued(requeued.Queue.Priority)
+				}
+				return nil
+			}
+			if !errors.Is(err, store.ErrConflict) {
+				s.logger.ErrorContext(ctx, "putting a job back in the queue failed", "job_id", j.ID, "error", err)
+				return unavailable()
+			}
+		}
 		lost := proto.CloneOf(j.Status)
 		lost.State = batonv1.JobState_JOB_STATE_LOST
 		lost.Reason = "the worker no longer knows this job"

@@ -54,8 +54,14 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 			return s.runExisting(ctx, res, req.GetStream(), send)
 		}
 	}
+	if waits(start) && !s.q.empty() {
+		return s.runQueued(ctx, req, owner, send)
+	}
 	slots, err := s.reg.place(start)
 	if err != nil {
+		if waits(start) && queueable(err) {
+			return s.runQueued(ctx, req, owner, send)
+		}
 		return err
 	}
 	defer releaseAll(slots)
@@ -95,6 +101,13 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 		// is asked, as for a StartJob, and a started job is followed with
 		// StreamJobOutput from byte 0.
 		if st, err = s.settleStart(ctx, t, job, err); err != nil {
+			if waits(start) && queueable(err) {
+				// The worker was full after all: the record is gone, and
+				// the job waits its turn instead.
+				forget()
+				releaseAll(slots)
+				return s.runQueued(ctx, req, owner, send)
+			}
 			return err
 		}
 		ws = nil
@@ -108,6 +121,52 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: job.ID, Follow: true, Stream: req.GetStream()}, relayTo(send))
 	}
 	return s.relay(rctx, job, outputEvents(ws), ws.Err, relayTo(send))
+}
+
+// runQueued queues the run's job, tells the caller so, and once the job
+// runs follows it as any other run; a job that ends without running (a
+// stop, its queue timeout, a refusal) ends the run with its status. A
+// caller that hangs up leaves the job queued: it runs when its turn comes.
+func (s *Scheduler) runQueued(ctx context.Context, req *batonv1.RunJobRequest, owner string, send runSend) error {
+	start := req.GetJob()
+	st, w, err := s.enqueue(ctx, start, owner, "", start.GetIdempotencyKey(), start.GetWorkerId())
+	if errors.Is(err, store.ErrConflict) && start.GetIdempotencyKey() != "" {
+		res, gerr := s.byKey(ctx, owner, start.GetIdempotencyKey())
+		if gerr != nil || res == nil {
+			return cmpErr(gerr, err)
+		}
+		return s.runExisting(ctx, res, req.GetStream(), send)
+	}
+	if err != nil {
+		return err
+	}
+	if err := send(&batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Queued{Queued: redacted(caller(ctx), st)}}); err != nil {
+		return err
+	}
+	return s.awaitQueued(ctx, w.job.ID, w.done, req.GetStream(), send)
+}
+
+// awaitQueued waits for a queued job to leave the queue, then follows it.
+func (s *Scheduler) awaitQueued(ctx context.Context, id string, done <-chan struct{}, stream batonv1.OutputStream, send runSend) error {
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.stopping.Done():
+		return newError(errWorkerUnavailable, "the scheduler is shutting down; job %s stays queued", id)
+	}
+	j, err := s.store.GetJob(ctx, id)
+	if err != nil {
+		return err
+	}
+	if terminal(j.Status.GetState()) && j.Status.GetStartedAt() == nil {
+		st := withIdentity(j, j.Status)
+		return send(&batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Status{Status: redacted(caller(ctx), st)}})
+	}
+	if err := send(startedMsg(ctx, withIdentity(j, j.Status))); err != nil {
+		return err
+	}
+	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: j.ID, Follow: true, Stream: stream}, relayTo(send))
 }
 
 // startRun asks worker t to run a job and reads the started status its
@@ -178,6 +237,12 @@ func (s *Scheduler) runExisting(ctx context.Context, res *batonv1.StartJobRespon
 	j, err := s.store.GetJob(ctx, res.GetJobId())
 	if err != nil {
 		return err
+	}
+	if j.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+		if err := send(&batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Queued{Queued: redacted(caller(ctx), s.queuedStatus(j))}}); err != nil {
+			return err
+		}
+		return s.awaitQueued(ctx, j.ID, s.q.leaves(j.ID), stream, send)
 	}
 	if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
 		if j, err = s.awaitStart(ctx, j.ID); err != nil {

@@ -39,6 +39,9 @@ func (r *registry) totalHot(m *member) {
 	n := c.reported + c.pending + int32(len(c.unreported))
 	if m.w.RunningJobs != n {
 		r.changedHot(m)
+		if n < m.w.RunningJobs {
+			r.slotFreed()
+		}
 		m.w.RunningJobs = n
 	}
 }

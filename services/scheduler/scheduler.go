@@ -96,6 +96,8 @@ type Scheduler struct {
 	// carrying out: any other PENDING job was left by a scheduler that
 	// stopped between recording it and hearing the worker's answer.
 	starting sync.Map
+	// q holds the jobs waiting for a slot.
+	q *queue
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
@@ -137,6 +139,13 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 		return nil, err
 	}
 	s.reg.load(workers, opts.FailoverGrace)
+	s.q = newQueue()
+	queued, err := opts.Store.ListQueued(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.q.load(queued, time.Now())
+	opts.Metrics.QueueLoaded(s.q.waitingCount())
 
 	hopts, err := s.instrument()
 	if err != nil {
@@ -217,9 +226,15 @@ func (s *Scheduler) SetNotServing() {
 	s.stopStreams()
 }
 
-// Run detects DOWN workers and prunes old jobs until ctx ends. Call it
-// once.
+// Run detects DOWN workers, hands queued jobs to workers as slots free
+// and prunes old jobs until ctx ends. Call it once.
 func (s *Scheduler) Run(ctx context.Context) error {
+	queueDone := make(chan struct{})
+	go func() {
+		defer close(queueDone)
+		s.runQueue(ctx)
+	}()
+	defer func() { <-queueDone }()
 	tick := time.NewTicker(max(s.opts.HeartbeatInterval/2, 10*time.Millisecond))
 	defer tick.Stop()
 	s.prune(ctx)

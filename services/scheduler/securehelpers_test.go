@@ -53,6 +53,8 @@ type secureCluster struct {
 	schedLog  *syncBuffer
 	auditFile string
 	tokens    map[string]string // by principal, e.g. "user/tess"
+	// capacity is the most jobs each worker runs at once; 0 means no limit.
+	capacity int
 	caPool    *x509.CertPool
 }
 
@@ -192,6 +194,12 @@ func (c *secureCluster) workerClient(t *testing.T, name string, p identity.Princ
 
 // startSecureCluster starts a scheduler and the named workers over mTLS.
 func startSecureCluster(t *testing.T, workers ...string) *secureCluster {
+	return startSecureClusterCapacity(t, 0, workers...)
+}
+
+// startSecureClusterCapacity is startSecureCluster with workers that run at
+// most capacity jobs at once (0: no limit).
+func startSecureClusterCapacity(t *testing.T, capacity int, workers ...string) *secureCluster {
 	t.Helper()
 	ca, err := identity.NewAuthority("test")
 	if err != nil {
@@ -208,7 +216,7 @@ func startSecureCluster(t *testing.T, workers ...string) *secureCluster {
 	c := &secureCluster{
 		ca: ca, dir: dir, workers: map[string]*secureWorker{},
 		schedLog: &syncBuffer{}, auditFile: filepath.Join(dir, "audit.log"),
-		tokens: map[string]string{}, caPool: x509.NewCertPool(), handled: map[string]int{},
+		tokens: map[string]string{}, caPool: x509.NewCertPool(), handled: map[string]int{}, capacity: capacity,
 	}
 	c.caPool.AddCert(ca.Cert)
 	c.sawOnBehalfOf.Store("")
@@ -327,6 +335,7 @@ func (c *secureCluster) startWorker(t *testing.T, name, certName string) {
 			ScriptsDir:      scriptsDir,
 			AllowedCommands: []string{"sh", "bash"},
 			StopGrace:       500 * time.Millisecond,
+			Capacity:        c.capacity,
 		},
 		Interceptors: []connect.Interceptor{c.counter(&c.workerCalls, func(ctx context.Context, req connect.AnyRequest) {
 			if m, ok := req.Any().(*batonv1.WorkerServiceStartJobRequest); ok {

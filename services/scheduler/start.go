@@ -1,7 +1,9 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"errors"
 	"sync"
 	"time"
@@ -28,27 +30,57 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 			return res, err
 		}
 	}
-	slots, err := s.reg.place(req)
+	if req.GetAll() {
+		return s.startGroup(ctx, req, owner, key)
+	}
+	st, err := s.startSingle(ctx, req, owner, key)
+	if errors.Is(err, store.ErrConflict) && key != "" {
+		// A concurrent call with the same key won.
+		j, gerr := s.store.GetJobByIdempotencyKey(ctx, owner, key)
+		if gerr != nil {
+			return nil, gerr
+		}
+		return s.existing(ctx, j)
+	}
 	if err != nil {
 		return nil, err
 	}
-	// Every slot no start confirmed goes back, whatever path returns.
-	defer releaseAll(slots)
-	if !req.GetAll() {
-		st, err := s.startOne(ctx, slots[0], req, owner, "", key)
-		if errors.Is(err, store.ErrConflict) && key != "" {
-			// A concurrent call with the same key won.
-			j, gerr := s.store.GetJobByIdempotencyKey(ctx, owner, key)
-			if gerr != nil {
-				return nil, gerr
-			}
-			return s.existing(ctx, j)
-		}
-		if err != nil {
-			return nil, err
-		}
-		return &batonv1.StartJobResponse{JobId: st.GetJobId(), Jobs: []*batonv1.JobStatus{st}}, nil
+	return &batonv1.StartJobResponse{JobId: st.GetJobId(), Jobs: []*batonv1.JobStatus{st}}, nil
+}
+
+// startSingle starts one job at once when a slot is free, or queues it
+// when it may wait: behind the jobs already waiting, or because no slot
+// fits it now.
+func (s *Scheduler) startSingle(ctx context.Context, req *batonv1.StartJobRequest, owner, key string) (*batonv1.JobStatus, error) {
+	if waits(req) && !s.q.empty() {
+		st, _, err := s.enqueue(ctx, req, owner, "", key, req.GetWorkerId())
+		return st, err
 	}
+	slots, err := s.reg.place(req)
+	if err == nil {
+		// Every slot no start confirmed goes back, whatever path returns.
+		defer releaseAll(slots)
+		var st *batonv1.JobStatus
+		if st, err = s.startOne(ctx, slots[0], req, owner, "", key); err == nil {
+			return st, nil
+		}
+	}
+	if waits(req) && queueable(err) {
+		st, _, err := s.enqueue(ctx, req, owner, "", key, req.GetWorkerId())
+		return st, err
+	}
+	return nil, err
+}
+
+// startGroup starts a fan-out: a job on every matching worker, under one
+// group that owns the key. A request that may wait queues the job of each
+// worker that is full on that worker.
+func (s *Scheduler) startGroup(ctx context.Context, req *batonv1.StartJobRequest, owner, key string) (*batonv1.StartJobResponse, error) {
+	slots, full, err := s.reg.placeAll(req.GetSelector(), waits(req))
+	if err != nil {
+		return nil, err
+	}
+	defer releaseAll(slots)
 
 	gid, err := uuid.NewV7()
 	if err != nil {
@@ -67,11 +99,25 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 		}
 		return nil, err
 	}
-	results := make([]*batonv1.JobStatus, len(slots))
-	errs := make([]error, len(slots))
+	workers := make([]string, 0, len(slots)+len(full))
+	for _, slot := range slots {
+		workers = append(workers, slot.id)
+	}
+	workers = append(workers, full...)
+	results := make([]*batonv1.JobStatus, len(workers))
+	errs := make([]error, len(workers))
 	var wg sync.WaitGroup
 	for i, slot := range slots {
-		wg.Go(func() { results[i], errs[i] = s.startOne(ctx, slot, req, owner, group, "") })
+		wg.Go(func() {
+			results[i], errs[i] = s.startOne(ctx, slot, req, owner, group, "")
+			if errs[i] != nil && waits(req) && queueable(errs[i]) {
+				results[i], _, errs[i] = s.enqueue(ctx, req, owner, group, "", slot.id)
+			}
+		})
+	}
+	for i, worker := range full {
+		i += len(slots)
+		wg.Go(func() { results[i], _, errs[i] = s.enqueue(ctx, req, owner, group, "", worker) })
 	}
 	wg.Wait()
 	res := &batonv1.StartJobResponse{GroupId: group}
@@ -79,11 +125,13 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 	for i, st := range results {
 		if errs[i] != nil {
 			firstErr = cmpErr(firstErr, errs[i])
-			s.logger.WarnContext(ctx, "fan-out job not started", "worker_id", slots[i].id, "group_id", group, "error", errs[i])
+			s.logger.WarnContext(ctx, "fan-out job not started", "worker_id", workers[i], "group_id", group, "error", errs[i])
 			continue
 		}
 		res.Jobs = append(res.Jobs, st)
 	}
+	// The jobs in worker order, as they were before some could queue.
+	slices.SortFunc(res.Jobs, func(a, b *batonv1.JobStatus) int { return cmp.Compare(a.GetWorkerId(), b.GetWorkerId()) })
 	if len(res.Jobs) == 0 {
 		return nil, firstErr
 	}
@@ -127,7 +175,7 @@ func (s *Scheduler) existing(ctx context.Context, j store.Job) (*batonv1.StartJo
 		}
 		return s.existingGroup(ctx, g)
 	}
-	return &batonv1.StartJobResponse{JobId: j.ID, Jobs: []*batonv1.JobStatus{j.Status}}, nil
+	return &batonv1.StartJobResponse{JobId: j.ID, Jobs: []*batonv1.JobStatus{s.queuedStatus(j)}}, nil
 }
 
 // existingGroup answers a retried fan-out with the group the first call

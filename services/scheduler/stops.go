@@ -27,6 +27,16 @@ func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatu
 		return j.Status, nil
 	}
 	by := ownerName(caller(ctx))
+	if inQueue(j.Status.GetState()) {
+		st, cur, done, err := s.stopQueued(ctx, j, by)
+		if done {
+			return st, err
+		}
+		j = cur
+		if state := j.Status.GetState(); terminal(state) && state != batonv1.JobState_JOB_STATE_LOST {
+			return j.Status, nil
+		}
+	}
 	if err := s.store.RequestStop(ctx, j.ID, by); err != nil {
 		return nil, err
 	}

@@ -20,7 +20,7 @@ const (
 	maxRetry        = 30 * time.Second
 	defaultInterval = 5 * time.Second
 	callTimeout     = 10 * time.Second
-	coalesceChanges = 200 * time.Millisecond
+	coalesceChanges = 20 * time.Millisecond
 	// maxReportedJobs bounds the jobs one registration lists, and
 	// maxChangesPerBeat the changes one heartbeat carries, so that neither
 	// message nears the scheduler's message size limit whatever the number

@@ -78,7 +78,8 @@ func (s *SQLite) AssignJob(ctx context.Context, id, workerID string) (Job, error
 }
 
 // RequeueJob implements [Store].
-func (s *SQLite) RequeueJob(ctx context.Context, id string) error {
+func (s *SQLite) RequeueJob(ctx context.Context, id string) (Job, error) {
+	var out Job
 	err := s.write(ctx, func(tx *writer) error {
 		j, pinned, err := queuedJob(tx, id)
 		if err != nil {
@@ -90,21 +91,31 @@ func (s *SQLite) RequeueJob(ctx context.Context, id string) error {
 		j.WorkerID = pinned
 		j.Status.WorkerId = pinned
 		j.Status.State = batonv1.JobState_JOB_STATE_QUEUED
-		return setPlacement(tx, j)
+		if err := setPlacement(tx, j); err != nil {
+			return err
+		}
+		out = j
+		return nil
 	})
-	return queueError("requeue job "+id, err)
+	if err != nil {
+		return Job{}, queueError("requeue job "+id, err)
+	}
+	return out, nil
 }
 
-// queuedJob reads job id and the worker it was queued for; ErrConflict
-// when it has no place in the queue.
+// queuedJob reads job id, with its place in the queue, and the worker it
+// was queued for; ErrConflict when it has no place in the queue.
 func queuedJob(tx *writer, id string) (Job, string, error) {
-	row, err := tx.queryRow(`SELECT `+prefixed("j.", jobColumns)+`, q.worker_id
+	row, err := tx.queryRow(`SELECT `+prefixed("j.", jobColumns)+`, q.worker_id, q.priority, q.round, q.seq, q.deadline
 FROM jobs j LEFT JOIN queue q ON q.job_id = j.job_id WHERE j.job_id = ?`, id)
 	if err != nil {
 		return Job{}, "", err
 	}
-	var pinned sql.NullString
-	j, err := scanJob(row, &pinned)
+	var (
+		pinned                         sql.NullString
+		priority, round, seq, deadline sql.NullInt64
+	)
+	j, err := scanJob(row, &pinned, &priority, &round, &seq, &deadline)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Job{}, "", fmt.Errorf("job %s: %w", id, ErrNotFound)
 	}
@@ -113,6 +124,10 @@ FROM jobs j LEFT JOIN queue q ON q.job_id = j.job_id WHERE j.job_id = ?`, id)
 	}
 	if !pinned.Valid {
 		return Job{}, "", fmt.Errorf("job %s has no place in the queue: %w", id, ErrConflict)
+	}
+	j.Queue = &QueuePlace{WorkerID: pinned.String, Priority: int32(priority.Int64), Round: round.Int64, Seq: seq.Int64}
+	if deadline.Int64 != 0 {
+		j.Queue.Deadline = fromUnixNano(deadline.Int64)
 	}
 	return j, pinned.String, nil
 }

@@ -92,7 +92,7 @@ func TestQueueAssignRequeueAndSettle(t *testing.T) {
 	if _, err := s.AssignJob(ctx, jobID(9), "w1"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("AssignJob of an unknown job = %v, want ErrNotFound", err)
 	}
-	if err := s.RequeueJob(ctx, jobID(1)); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.RequeueJob(ctx, jobID(1)); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("RequeueJob of a QUEUED job = %v, want ErrConflict", err)
 	}
 	j, err := s.AssignJob(ctx, jobID(1), "w1")
@@ -109,8 +109,12 @@ func TestQueueAssignRequeueAndSettle(t *testing.T) {
 	if q, _ := s.ListQueued(ctx); len(q) != 2 {
 		t.Fatalf("ListQueued after AssignJob has %d jobs, want 2", len(q))
 	}
-	if err := s.RequeueJob(ctx, jobID(1)); err != nil {
+	requeued, err := s.RequeueJob(ctx, jobID(1))
+	if err != nil {
 		t.Fatalf("RequeueJob: %v", err)
+	}
+	if q := requeued.Queue; q == nil || q.Seq != 1 || q.Priority != 50 {
+		t.Fatalf("RequeueJob's job has place %+v, want its own (seq 1, priority 50)", q)
 	}
 	back := mustGetJob(t, ctx, s, jobID(1))
 	if back.WorkerID != "" || back.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
@@ -127,7 +131,7 @@ func TestQueueAssignRequeueAndSettle(t *testing.T) {
 	if err != nil || !slices.Equal(ids(q), []string{jobID(2)}) {
 		t.Fatalf("ListQueued after the start = %v, %v; want only job 2", ids(q), err)
 	}
-	if err := s.RequeueJob(ctx, jobID(1)); !errors.Is(err, store.ErrConflict) {
+	if _, err := s.RequeueJob(ctx, jobID(1)); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("RequeueJob of a running job = %v, want ErrConflict", err)
 	}
 }

@@ -155,8 +155,9 @@ type Store interface {
 	// RequeueJob puts a job AssignJob handed out, and whose worker did not
 	// take it, back in the queue at its place: QUEUED again, on the worker
 	// it was queued for (or none). ErrConflict when the job is not PENDING
-	// with a place in the queue.
-	RequeueJob(ctx context.Context, id string) error
+	// with a place in the queue. It returns the job as it now is, with
+	// Queue set.
+	RequeueJob(ctx context.Context, id string) (Job, error)
 
 	// PruneJobs deletes the jobs that reached a terminal state before
 	// endedBefore, then the groups created before endedBefore that are left

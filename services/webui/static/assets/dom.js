@@ -22,7 +22,7 @@ function append(node, children) {
   }
 }
 
-const JOB_STATES = ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT", "LOST"];
+const JOB_STATES = ["QUEUED", "PENDING", "RUNNING", "SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT", "LOST"];
 export { JOB_STATES };
 
 // shortState turns JOB_STATE_RUNNING into RUNNING, WORKER_STATE_READY into READY.
@@ -32,6 +32,17 @@ export function shortState(s) {
 
 export function isTerminal(state) {
   return ["SUCCEEDED", "FAILED", "STOPPED", "TIMED_OUT", "LOST"].includes(shortState(state));
+}
+
+export function isQueued(state) {
+  return shortState(state) === "QUEUED";
+}
+
+// queuePlace is a queued job's place, "#3 in queue", or "" for any other
+// job (the API reports 0 outside the queue).
+export function queuePlace(status) {
+  const n = Number(status && status.queuePosition) || 0;
+  return isQueued(status && status.state) && n > 0 ? `#${n} in queue` : "";
 }
 
 export function badge(state) {
@@ -65,7 +76,12 @@ export function duration(startTs, endTs, now = Date.now()) {
   const a = parseTime(startTs);
   if (!a) return "—";
   const b = parseTime(endTs);
-  const ms = Math.max(0, (b ? b.getTime() : now) - a.getTime());
+  return span((b ? b.getTime() : now) - a.getTime());
+}
+
+// span says how long ms milliseconds are: "350 ms", "4.2 s", "3 min 5 s".
+export function span(ms) {
+  ms = Math.max(0, Math.round(ms));
   if (ms < 1000) return ms + " ms";
   const s = ms / 1000;
   if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";

@@ -3,14 +3,18 @@
 // StreamJobOutput (a real server stream, not polling). stdout and
 // stderr are shown interleaved in the order they were captured, stderr in
 // its own colour. A broken stream resumes from the last offset received.
+// A queued job has no worker and no output yet: its place in the queue is
+// polled until it leaves the queue, and its output followed from then.
 
 import { call, stream, base64Bytes } from "./api.js";
 import { takeRun } from "./runs.js";
-import { el, badge, timeTitle, duration, commandLine, shortState, isTerminal, bytes } from "./dom.js";
+import { el, badge, timeTitle, duration, span, commandLine, shortState, isTerminal, isQueued, queuePlace, bytes } from "./dom.js";
 
 // Output kept on the page; older output is trimmed so that a chatty job
 // cannot exhaust the tab's memory.
 const MAX_SHOWN_CHARS = 2 << 20;
+const QUEUE_POLL_MS = 2000;
+const HIDDEN_QUEUE_POLL_MS = 15000;
 
 export function renderJob(root, jobId, ui) {
   const aborter = new AbortController();
@@ -50,13 +54,18 @@ export function renderJob(root, jobId, ui) {
     stateSlot.dataset.state = shortState(s.state);
     const exit = s.exitCode !== undefined ? String(s.exitCode) : "—";
     durationEl.textContent = s.startedAt ? duration(s.startedAt, isTerminal(s.state) ? s.endedAt : null) : "";
+    const place = queuePlace(s);
     const rows = [
       ["State", el("span", { id: "job-state" }, shortState(s.state))],
+      place && ["Queue", el("span", { id: "job-queue-place" }, place)],
       ["Exit code", el("span", { id: "job-exit" }, exit)],
       s.signal && ["Signal", s.signal],
-      s.reason && ["Reason", s.reason],
+      s.reason && ["Reason", el("span", { id: "job-reason" }, s.reason)],
       ["Worker", s.workerId || "—"],
       ["Command", el("code", {}, commandLine(s.spec))],
+      ["Priority", el("span", { id: "job-priority" }, String((s.spec && s.spec.priority) || 0))],
+      s.spec && s.spec.queueTimeout && s.spec.queueTimeout !== "0s" && ["Queue timeout", queueTimeout(s.spec.queueTimeout)],
+      s.spec && s.spec.selector && Object.keys(s.spec.selector).length > 0 && ["Selector", el("code", {}, selectorText(s.spec.selector))],
       ["Created", timeTitle(s.createdAt) || "—"],
       s.startedAt && ["Started", timeTitle(s.startedAt)],
       s.endedAt && ["Ended", timeTitle(s.endedAt)],
@@ -98,6 +107,40 @@ export function renderJob(root, jobId, ui) {
       trimmed.hidden = false;
     }
     if (atBottom) output.scrollTop = output.scrollHeight;
+  }
+
+  // waitInQueue polls a queued job until it leaves the queue. It resolves
+  // false when the page closed meanwhile.
+  async function waitInQueue() {
+    while (status && isQueued(status.state)) {
+      streamNote.textContent = "waiting in the queue";
+      streamNote.className = "stream-note";
+      await sleep(document.hidden ? HIDDEN_QUEUE_POLL_MS : QUEUE_POLL_MS, aborter.signal);
+      if (aborter.signal.aborted) return false;
+      try {
+        const res = await call("QueryJob", { jobId }, { signal: aborter.signal });
+        // A stop meanwhile may have ended the job already; that is newer.
+        if (res.status && isQueued(status.state)) renderStatus(res.status);
+        ui.clearError();
+      } catch (err) {
+        if (aborter.signal.aborted) return false;
+        ui.error(err, "Loading job " + jobId);
+      }
+    }
+    return true;
+  }
+
+  // watch follows the job's output once it is out of the queue. A job that
+  // ended in the queue never ran: it has no output to follow.
+  async function watch() {
+    if (!(await waitInQueue())) return;
+    if (status && isTerminal(status.state) && !status.workerId) {
+      streamNote.textContent = "ended";
+      streamNote.className = "stream-note";
+      output.replaceChildren(el("span", { class: "out-none" }, "(never ran)"));
+      return;
+    }
+    follow();
   }
 
   let gotStatus = false;
@@ -198,7 +241,7 @@ export function renderJob(root, jobId, ui) {
       // The stream's final status may have arrived first; it is newer.
       if (res.status && !(status && isTerminal(status.state))) renderStatus(res.status);
       ui.clearError();
-      follow();
+      watch();
     })
     .catch((err) => {
       if (aborter.signal.aborted) return;
@@ -216,6 +259,17 @@ export function renderJob(root, jobId, ui) {
     clearTimeout(stopArmed);
     clearInterval(ticker);
   };
+}
+
+// queueTimeout reads a protojson duration ("600s", "-1s").
+function queueTimeout(d) {
+  const secs = parseFloat(d);
+  if (!Number.isFinite(secs)) return d;
+  return secs < 0 ? "none (waits until placed or stopped)" : span(secs * 1000);
+}
+
+function selectorText(sel) {
+  return Object.entries(sel).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}=${v}`).join(", ");
 }
 
 function sleep(ms, signal) {

@@ -4,7 +4,7 @@
 // new jobs arrive on the first one.
 
 import { call } from "./api.js";
-import { el, badge, ago, timeTitle, duration, commandLine, shortId, shortState, isTerminal, JOB_STATES } from "./dom.js";
+import { el, badge, ago, timeTitle, duration, commandLine, shortId, shortState, isTerminal, isQueued, queuePlace, JOB_STATES } from "./dom.js";
 
 const POLL_MS = 2000;
 const HIDDEN_POLL_MS = 15000;
@@ -165,7 +165,7 @@ export function renderOverview(root, query, ui) {
       const exit = j.exitCode !== undefined ? String(j.exitCode) : j.signal || "";
       return el("tr", { dataset: { job: j.jobId, state: shortState(j.state), worker: j.workerId || "", created: j.createdAt || "" } },
         el("td", { "data-label": "Job", class: "mono" }, el("a", { href, class: "link", title: j.jobId }, shortId(j.jobId))),
-        el("td", { "data-label": "State" }, badge(j.state)),
+        el("td", { "data-label": "State" }, badge(j.state), queueNote(j)),
         el("td", { "data-label": "Worker" }, j.workerId || ""),
         el("td", { "data-label": "Command", class: "mono command" }, commandLine(j.spec)),
         el("td", { "data-label": "Exit", class: "num" }, exit),
@@ -191,6 +191,16 @@ export function renderOverview(root, query, ui) {
     aborter.abort();
     document.removeEventListener("visibilitychange", onVisibility);
   };
+}
+
+// queueNote says where a queued job stands and what it waits for; other
+// jobs' reasons stay on their own page.
+function queueNote(j) {
+  if (!isQueued(j.state)) return "";
+  const place = queuePlace(j);
+  return el("div", { class: "queue-note" },
+    place ? el("span", { class: "queue-place" }, place) : "",
+    j.reason ? el("span", { class: "queue-reason" }, j.reason) : "");
 }
 
 function countLabel(workers) {

@@ -1,0 +1,342 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// The path of a queued job: StartJob records it QUEUED with its place
+// (enqueue) when it may wait and no slot is free; the dispatcher hands it
+// to a worker the moment a slot that fits it frees (a job ends, a worker
+// registers), records it PENDING there (store.AssignJob) and starts it.
+// A worker that will not take it puts it back at its place; one that
+// cannot say whether it did is asked until it answers.
+
+// DefaultPriority is the priority of a StartJob that sets none.
+const DefaultPriority = 50
+
+// requeueDelay is how long a job a worker refused as full waits before it
+// is handed out again: the worker's heartbeat will correct the count that
+// made it look free.
+const requeueDelay = 100 * time.Millisecond
+
+// waits reports whether a StartJob may wait in the queue.
+func waits(req *batonv1.StartJobRequest) bool {
+	return req.GetQueueTimeout().AsDuration() != 0
+}
+
+// priorityOf is the request's priority, DefaultPriority when unset.
+func priorityOf(req *batonv1.StartJobRequest) int32 {
+	if req.Priority == nil {
+		return DefaultPriority
+	}
+	return req.GetPriority()
+}
+
+// queueable reports whether a placement error is one a job may wait out:
+// every matching worker full or none ready, or the named worker not ready.
+func queueable(err error) bool {
+	var we *workerError
+	if errors.As(err, &we) {
+		return connect.CodeOf(we.err) == connect.CodeResourceExhausted
+	}
+	return errors.Is(err, errNoCapacity) || errors.Is(err, errNoMatch) ||
+		errors.Is(err, errNoWorkers) || errors.Is(err, errWorkerUnavailable)
+}
+
+// enqueue records a new QUEUED job for req and puts it in the queue;
+// worker names the worker it must run on, or is empty. It returns the
+// job's status as a caller sees it.
+func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, owner, group, key, worker string) (*batonv1.JobStatus, *waiting, error) {
+	uid, err := uuid.NewV7()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	var deadline time.Time
+	if d := req.GetQueueTimeout().AsDuration(); d > 0 {
+		deadline = now.Add(d)
+	}
+	place := s.q.place(owner, worker, priorityOf(req), deadline)
+	job := store.Job{
+		ID: uid.String(), WorkerID: worker, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: now,
+		Queue: &place,
+		Status: &batonv1.JobStatus{
+			State:  batonv1.JobState_JOB_STATE_QUEUED,
+			Spec:   specOf(req),
+			Reason: s.reg.waitReason(worker, req.GetSelector()),
+		},
+	}
+	if err := s.store.CreateJob(ctx, job); err != nil {
+		return nil, nil, err
+	}
+	w := s.q.add(job, now)
+	s.opts.Metrics.JobQueued(place.Priority)
+	return s.queuedStatus(job), w, nil
+}
+
+// queuedStatus is a QUEUED job's status with its identity, its position
+// and what it waits for now.
+func (s *Scheduler) queuedStatus(j store.Job) *batonv1.JobStatus {
+	st := withIdentity(j, proto.CloneOf(j.Status))
+	if st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+		return st
+	}
+	st.QueuePosition = s.q.position(j.ID)
+	worker := ""
+	if j.Queue != nil {
+		worker = j.Queue.WorkerID
+	} else if st.GetWorkerId() != "" {
+		worker = st.GetWorkerId()
+	}
+	st.Reason = s.reg.waitReason(worker, st.GetSpec().GetSelector())
+	return st
+}
+
+// runQueue hands queued jobs to workers as slots free, and ends the jobs
+// whose queue timeout passed, until ctx ends.
+func (s *Scheduler) runQueue(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		next := s.expireQueued(ctx)
+		for {
+			w, slot := s.q.next(s.reg.reserveQueued)
+			if w == nil {
+				break
+			}
+			go s.dispatch(ctx, w, slot)
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.q.wake:
+		case <-s.reg.freed:
+		case <-timer.C:
+		}
+	}
+}
+
+// dispatch starts job w on the worker slot reserved for it.
+func (s *Scheduler) dispatch(ctx context.Context, w *waiting, slot *reservation) {
+	defer slot.release()
+	ctx = context.WithoutCancel(ctx)
+	t := slot.target
+	job, err := s.store.AssignJob(ctx, w.job.ID, t.id)
+	if err != nil {
+		s.logger.ErrorContext(ctx, "handing a queued job to a worker failed", "job_id", w.job.ID, "worker_id", t.id, "error", err)
+		time.AfterFunc(requeueDelay, func() { s.q.putBack(w) })
+		return
+	}
+	s.starting.Store(job.ID, struct{}{})
+	defer s.starting.Delete(job.ID)
+	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartOf(job)))
+	cancel()
+	switch code := connect.CodeOf(err); {
+	case err == nil:
+		s.started(ctx, slot, job, res.Msg.GetStatus())
+		s.leaveQueue(w, "placed")
+	case code == connect.CodeResourceExhausted:
+		s.requeue(ctx, w, job.ID, requeueDelay)
+	case code == connect.CodeInvalidArgument, code == connect.CodeNotFound, code == connect.CodePermissionDenied,
+		code == connect.CodeFailedPrecondition:
+		s.refused(ctx, w, job, t.id, err)
+	default:
+		// Timed out, connection lost, or the job exists already: the
+		// worker may have started it.
+		s.settleHanded(ctx, w, job, slot)
+	}
+}
+
+// requeue puts a handed job back in the queue after delay: its worker did
+// not take it.
+func (s *Scheduler) requeue(ctx context.Context, w *waiting, id string, delay time.Duration) {
+	if _, err := s.store.RequeueJob(ctx, id); err != nil {
+		s.logger.ErrorContext(ctx, "putting a job back in the queue failed", "job_id", id, "error", err)
+	}
+	time.AfterFunc(delay, func() { s.q.putBack(w) })
+}
+
+// refused ends a handed job its worker refused to start for a reason
+// another try would not change (a script it does not have, say).
+func (s *Scheduler) refused(ctx context.Context, w *waiting, job store.Job, worker string, callErr error) {
+	msg := callErr.Error()
+	if ce := new(connect.Error); errors.As(callErr, &ce) {
+		msg = ce.Message()
+	}
+	st := proto.CloneOf(job.Status)
+	st.State = batonv1.JobState_JOB_STATE_FAILED
+	st.Reason = clip(fmt.Sprintf("worker %q refused to start it: %s", worker, msg), 1024)
+	st.EndedAt = timestamppb.Now()
+	if err := s.store.UpdateJobStatus(ctx, job.ID, st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a refused start failed", "job_id", job.ID, "error", err)
+	}
+	s.leaveQueue(w, "refused")
+}
+
+// settleHanded finds out whether the worker started a handed job whose
+// start call failed: it asks the worker until it answers, and meanwhile
+// watches the store, where a report of the job (or its worker's DOWN)
+// may settle it first.
+func (s *Scheduler) settleHanded(ctx context.Context, w *waiting, job store.Job, slot *reservation) {
+	t := slot.target
+	pause := 500 * time.Millisecond
+	for {
+		cur, err := s.store.GetJob(ctx, job.ID)
+		switch {
+		case err != nil && !errors.Is(err, store.ErrUnavailable):
+			s.leaveQueue(w, "lost")
+			return
+		case err == nil && cur.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED:
+			s.q.putBack(w)
+			return
+		case err == nil && cur.Status.GetState() != batonv1.JobState_JOB_STATE_PENDING:
+			s.leaveQueue(w, "placed")
+			return
+		}
+		qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: job.ID}))
+		cancel()
+		switch {
+		case qerr == nil && res.Msg.GetStatus() != nil:
+			s.started(ctx, slot, job, res.Msg.GetStatus())
+			s.leaveQueue(w, "placed")
+			return
+		case connect.CodeOf(qerr) == connect.CodeNotFound:
+			s.requeue(ctx, w, job.ID, 0)
+			return
+		}
+		select {
+		case <-time.After(pause):
+		case <-s.stopping.Done():
+			return
+		}
+		pause = min(2*pause, 30*time.Second)
+	}
+}
+
+// leaveQueue takes a handed job out of the queue for good.
+func (s *Scheduler) leaveQueue(w *waiting, outcome string) {
+	s.q.finish(w)
+	s.opts.Metrics.JobLeftQueue(w.place.Priority, outcome, time.Since(w.queuedAt))
+}
+
+// expireQueued ends the jobs whose queue timeout passed and returns the
+// next deadline (zero for none).
+func (s *Scheduler) expireQueued(ctx context.Context) time.Time {
+	expired, next := s.q.expired(time.Now())
+	for _, w := range expired {
+		waited := w.job.Status.GetSpec().GetQueueTimeout().AsDuration()
+		st := proto.CloneOf(w.job.Status)
+		st.State = batonv1.JobState_JOB_STATE_TIMED_OUT
+		st.Reason = fmt.Sprintf("queued %s without a free slot; it never ran", waited)
+		st.EndedAt = timestamppb.Now()
+		if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), w.job.ID, st); err != nil {
+			s.logger.ErrorContext(ctx, "ending a job whose queue timeout passed failed", "job_id", w.job.ID, "error", err)
+			s.q.restore(w, time.Now().Add(time.Second))
+			continue
+		}
+		close(w.done)
+		s.opts.Metrics.JobLeftQueue(w.place.Priority, "timed_out", time.Since(w.queuedAt))
+	}
+	return next
+}
+
+// inQueue reports whether a job in state st may be in the queue: waiting,
+// or being handed to a worker.
+func inQueue(st batonv1.JobState) bool {
+	return st == batonv1.JobState_JOB_STATE_QUEUED || st == batonv1.JobState_JOB_STATE_PENDING
+}
+
+// stopQueued cancels job j if it waits in the queue: it ends STOPPED
+// without having run. It reports false when j is not waiting (any more):
+// the caller stops it as a started job, with j read again.
+func (s *Scheduler) stopQueued(ctx context.Context, j store.Job, by string) (*batonv1.JobStatus, store.Job, bool, error) {
+	for range 3 {
+		w, handed := s.q.take(j.ID)
+		if w != nil {
+			st := proto.CloneOf(w.job.Status)
+			st.State = batonv1.JobState_JOB_STATE_STOPPED
+			st.StoppedBy = by
+			st.Reason = "stopped while queued; it never ran"
+			st.EndedAt = timestamppb.Now()
+			if err := s.store.UpdateJobStatus(ctx, j.ID, st); err != nil {
+				s.q.restore(w, time.Time{})
+				return nil, j, true, err
+			}
+			close(w.done)
+			s.opts.Metrics.JobLeftQueue(w.place.Priority, "stopped", time.Since(w.queuedAt))
+			cur, err := s.store.GetJob(ctx, j.ID)
+			if err != nil {
+				return nil, j, true, err
+			}
+			return withIdentity(cur, cur.Status), cur, true, nil
+		}
+		if handed != nil {
+			// Being started: stop it once it is on its worker.
+			select {
+			case <-handed:
+			case <-time.After(s.opts.WorkerCallTimeout):
+			case <-ctx.Done():
+				return nil, j, true, ctx.Err()
+			}
+		}
+		if handed == nil && j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+			return nil, j, false, nil // a start of StartJob's own, not the queue's
+		}
+		cur, err := s.store.GetJob(ctx, j.ID)
+		if err != nil {
+			return nil, j, true, err
+		}
+		j = cur
+		if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+			return nil, j, false, nil
+		}
+		// Recorded, but not in the queue yet: its StartJob is adding it.
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil, j, true, newError(errWorkerUnavailable, "job %s is being queued; stop it again", j.ID)
+}
+
+// workerStartOf is the WorkerService call that starts a recorded job.
+func workerStartOf(j store.Job) *batonv1.WorkerServiceStartJobRequest {
+	spec := j.Status.GetSpec()
+	return &batonv1.WorkerServiceStartJobRequest{
+		JobId:            j.ID,
+		Command:          spec.GetCommand(),
+		Path:             spec.GetPath(),
+		Args:             spec.GetArgs(),
+		Env:              spec.GetEnv(),
+		WorkingDir:       spec.GetWorkingDir(),
+		Timeout:          spec.GetTimeout(),
+		OutputLimit:      spec.GetOutputLimit(),
+		MemoryLimitBytes: spec.GetMemoryLimitBytes(),
+		CpuLimit:         spec.GetCpuLimit(),
+		Labels:           spec.GetLabels(),
+		Owner:            j.Owner,
+		GroupId:          j.GroupID,
+	}
+}
+
+// clip cuts s to at most n bytes.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}

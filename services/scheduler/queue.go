@@ -1,0 +1,416 @@
+package scheduler
+
+import (
+	"container/heap"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// queue holds the jobs waiting on the scheduler for a slot, in the order
+// they get one: higher priority first; at one priority, owners take turns
+// (round), and each owner's jobs go in submission order (seq). The store
+// keeps the same places, so that a restarted scheduler loads the same
+// order (see store.QueuePlace).
+//
+// Jobs are grouped by what they can run on (a named worker, or a
+// selector): within one group, if the first job finds no slot, none of
+// the others can. So handing out the next job looks at each group's first
+// job only, however long the queue is.
+//
+// The queue only orders and hands out; placing a job and recording it is
+// the dispatcher's (dispatch.go). It is safe for concurrent use.
+type queue struct {
+	mu     sync.Mutex
+	groups map[string]*waitGroup
+	jobs   map[string]*waiting
+	// served is, per priority, the latest round handed out; last is, per
+	// owner and priority, the latest round given to a job. A new job's
+	// round is the later of the owner's next and the one being served, so
+	// an owner who arrives late takes turns from now on, not from the start.
+	served map[int32]int64
+	last   map[ownerPriority]int64
+	seq    int64
+	// deadlines holds the jobs with a queue timeout, soonest first; a job
+	// that left the queue stays in it until popped.
+	deadlines deadlineHeap
+	// wake is signalled when a job is added or comes back: the dispatcher
+	// should look again.
+	wake chan struct{}
+}
+
+type ownerPriority struct {
+	owner    string
+	priority int32
+}
+
+// waiting is one queued job.
+type waiting struct {
+	job   store.Job
+	place store.QueuePlace
+	group *waitGroup
+	// queuedAt is when the job entered the queue (this process's clock,
+	// for the wait metric).
+	queuedAt time.Time
+	// handed is true while the dispatcher starts the job: it is out of
+	// its group but not yet out of the queue.
+	handed bool
+	// done is closed when the job leaves the queue: started, or ended
+	// without running.
+	done chan struct{}
+}
+
+// waitGroup is the jobs that can run on the same workers, in order.
+type waitGroup struct {
+	key      string
+	worker   string
+	selector map[string]string
+	jobs     []*waiting
+}
+
+func newQueue() *queue {
+	return &queue{
+		groups: make(map[string]*waitGroup),
+		jobs:   make(map[string]*waiting),
+		served: make(map[int32]int64),
+		last:   make(map[ownerPriority]int64),
+		wake:   make(chan struct{}, 1),
+	}
+}
+
+// before orders places: priority, then round, then seq.
+func before(a, b store.QueuePlace) bool {
+	if a.Priority != b.Priority {
+		return a.Priority > b.Priority
+	}
+	if a.Round != b.Round {
+		return a.Round < b.Round
+	}
+	return a.Seq < b.Seq
+}
+
+// groupKey names the workers a job can run on.
+func groupKey(worker string, selector map[string]string) string {
+	if worker != "" {
+		return "worker\x00" + worker
+	}
+	var b strings.Builder
+	b.WriteString("selector")
+	for _, k := range slices.Sorted(maps.Keys(selector)) {
+		b.WriteString("\x00" + k + "=" + selector[k])
+	}
+	return b.String()
+}
+
+// place gives a new job of owner its place: the next seq, and its round
+// at priority. The caller records the job with it, then adds it.
+func (q *queue) place(owner, worker string, priority int32, deadline time.Time) store.QueuePlace {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	op := ownerPriority{owner, priority}
+	round := max(q.last[op]+1, q.served[priority])
+	q.last[op] = round
+	q.seq++
+	return store.QueuePlace{WorkerID: worker, Priority: priority, Round: round, Seq: q.seq, Deadline: deadline}
+}
+
+// add puts job j, recorded with j.Queue as its place, in the queue.
+func (q *queue) add(j store.Job, queuedAt time.Time) *waiting {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	w := q.addLocked(j, queuedAt)
+	q.signal()
+	return w
+}
+
+func (q *queue) addLocked(j store.Job, queuedAt time.Time) *waiting {
+	p := *j.Queue
+	sel := j.Status.GetSpec().GetSelector()
+	key := groupKey(p.WorkerID, sel)
+	g := q.groups[key]
+	if g == nil {
+		g = &waitGroup{key: key, worker: p.WorkerID, selector: sel}
+		q.groups[key] = g
+	}
+	w := &waiting{job: j, place: p, group: g, queuedAt: queuedAt, done: make(chan struct{})}
+	g.insert(w)
+	q.jobs[j.ID] = w
+	if !p.Deadline.IsZero() {
+		heap.Push(&q.deadlines, w)
+	}
+	return w
+}
+
+// load fills the queue from the store's queued jobs, in their order. Their
+// rounds go on from where they were: owners keep their turns.
+func (q *queue) load(jobs []store.Job, now time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, j := range jobs {
+		p := *j.Queue
+		op := ownerPriority{j.Owner, p.Priority}
+		q.last[op] = max(q.last[op], p.Round)
+		if s, ok := q.served[p.Priority]; !ok || p.Round < s {
+			q.served[p.Priority] = p.Round
+		}
+		q.seq = max(q.seq, p.Seq)
+		if j.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+			q.addLocked(j, now)
+		}
+	}
+	q.signal()
+}
+
+func (q *queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// insert puts w in g at its place.
+func (g *waitGroup) insert(w *waiting) {
+	i, _ := slices.BinarySearchFunc(g.jobs, w, func(a, b *waiting) int {
+		if before(a.place, b.place) {
+			return -1
+		}
+		return 1
+	})
+	g.jobs = slices.Insert(g.jobs, i, w)
+}
+
+// remove takes w out of g.
+func (g *waitGroup) remove(w *waiting) {
+	if i := slices.Index(g.jobs, w); i >= 0 {
+		g.jobs = slices.Delete(g.jobs, i, i+1)
+	}
+}
+
+// next hands out the first job, in queue order, that reserve finds a slot
+// for, and its slot. reserve is asked about each group's first job only.
+// The job stays in the queue, handed, until finish or putBack.
+func (q *queue) next(reserve func(worker string, selector map[string]string) *reservation) (*waiting, *reservation) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var heads []*waitGroup
+	for key, g := range q.groups {
+		if len(g.jobs) == 0 {
+			delete(q.groups, key)
+			continue
+		}
+		heads = append(heads, g)
+	}
+	slices.SortFunc(heads, func(a, b *waitGroup) int {
+		if before(a.jobs[0].place, b.jobs[0].place) {
+			return -1
+		}
+		return 1
+	})
+	for _, g := range heads {
+		slot := reserve(g.worker, g.selector)
+		if slot == nil {
+			continue
+		}
+		w := g.jobs[0]
+		g.jobs = g.jobs[1:]
+		w.handed = true
+		q.served[w.place.Priority] = max(q.served[w.place.Priority], w.place.Round)
+		return w, slot
+	}
+	return nil, nil
+}
+
+// finish takes a handed job out of the queue: it started, or ended.
+func (q *queue) finish(w *waiting) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.dropLocked(w) {
+		close(w.done)
+	}
+}
+
+// dropLocked takes w out of the queue, and reports whether it was in.
+// Its done channel stays open: the caller closes it once the job's end is
+// recorded, or puts the job back with restore.
+func (q *queue) dropLocked(w *waiting) bool {
+	if q.jobs[w.job.ID] != w {
+		return false
+	}
+	delete(q.jobs, w.job.ID)
+	w.group.remove(w)
+	return true
+}
+
+// putBack returns a handed job to its place: its worker did not take it.
+func (q *queue) putBack(w *waiting) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.jobs[w.job.ID] != w || !w.handed {
+		return
+	}
+	w.handed = false
+	g := q.groups[w.group.key]
+	if g == nil {
+		g = w.group
+		q.groups[g.key] = g
+	}
+	w.group = g
+	g.insert(w)
+	q.signal()
+}
+
+// requeued puts back a job the store put back (store.RequeueJob): the
+// handed job, if this process handed it out, or else a job a scheduler
+// before it handed out.
+// It reports whether the job was added rather than put back.
+func (q *queue) requeued(j store.Job) (added bool) {
+	q.mu.Lock()
+	w := q.jobs[j.ID]
+	q.mu.Unlock()
+	if w != nil {
+		q.putBack(w)
+		return false
+	}
+	q.add(j, time.Now())
+	return true
+}
+
+// take removes job id from the queue if it is waiting, for a stop. A job
+// being started is not taken: its wait channel tells when it is out.
+func (q *queue) take(id string) (w *waiting, handed <-chan struct{}) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	w = q.jobs[id]
+	switch {
+	case w == nil:
+		return nil, nil
+	case w.handed:
+		return nil, w.done
+	}
+	q.dropLocked(w)
+	return w, nil
+}
+
+// expired takes out the waiting jobs whose deadline is before now, and
+// tells when the next deadline is (zero for none).
+func (q *queue) expired(now time.Time) (out []*waiting, next time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.deadlines.Len() > 0 {
+		w := q.deadlines[0]
+		if q.jobs[w.job.ID] != w {
+			heap.Pop(&q.deadlines) // left the queue already
+			continue
+		}
+		if w.place.Deadline.After(now) {
+			return out, w.place.Deadline
+		}
+		heap.Pop(&q.deadlines)
+		if w.handed {
+			continue // being started: too late to time out
+		}
+		q.dropLocked(w)
+		out = append(out, w)
+	}
+	return out, time.Time{}
+}
+
+// restore puts back a job taken out by take or expired whose end could
+// not be recorded: it waits again, at its place; retryAt, when set, is
+// when its queue timeout is tried again.
+func (q *queue) restore(w *waiting, retryAt time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.jobs[w.job.ID] != nil {
+		return
+	}
+	j := w.job
+	p := w.place
+	if !retryAt.IsZero() {
+		p.Deadline = retryAt
+	}
+	j.Queue = &p
+	nw := q.addLocked(j, w.queuedAt)
+	nw.done = w.done // callers may wait on the old channel; it is still open
+	q.signal()
+}
+
+// position is job id's place in the order jobs are handed out (1 is
+// next), counting the jobs waiting; zero when it is not waiting.
+func (q *queue) position(id string) int32 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	w := q.jobs[id]
+	if w == nil || w.handed {
+		return 0
+	}
+	n := 1
+	for _, g := range q.groups {
+		n += countBefore(g.jobs, w.place)
+	}
+	return int32(n)
+}
+
+// countBefore counts the jobs of a sorted group placed before p.
+func countBefore(jobs []*waiting, p store.QueuePlace) int {
+	i, _ := slices.BinarySearchFunc(jobs, p, func(a *waiting, p store.QueuePlace) int {
+		if before(a.place, p) {
+			return -1
+		}
+		return 1
+	})
+	return i
+}
+
+// leaves returns a channel closed when job id leaves the queue; closed
+// already when it is not in it.
+func (q *queue) leaves(id string) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if w := q.jobs[id]; w != nil {
+		return w.done
+	}
+	gone := make(chan struct{})
+	close(gone)
+	return gone
+}
+
+// waitingCount is how many jobs wait, by priority.
+func (q *queue) waitingCount() map[int32]int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := make(map[int32]int)
+	for _, w := range q.jobs {
+		if !w.handed {
+			out[w.place.Priority]++
+		}
+	}
+	return out
+}
+
+// empty reports whether no job waits or is being handed out.
+func (q *queue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.jobs) == 0
+}
+
+// deadlineHeap orders waiting jobs by deadline.
+type deadlineHeap []*waiting
+
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].place.Deadline.Before(h[j].place.Deadline) }
+func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(*waiting)) }
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	w := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return w
+}

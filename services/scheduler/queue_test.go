@@ -1,0 +1,303 @@
+package scheduler_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+)
+
+// noLimit is the queue_timeout that waits until placed or stopped.
+var noLimit = durationpb.New(-time.Second)
+
+// queuedSleep is a job that sleeps 0.1 s and may wait without limit.
+func queuedSleep(priority *int32) *batonv1.StartJobRequest {
+	return &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"0.1"}, QueueTimeout: noLimit, Priority: priority}
+}
+
+// finalJobs waits until every job in ids has ended and returns their
+// statuses, by id.
+func finalJobs(t *testing.T, c batonv1connect.SchedulerServiceClient, ids []string) map[string]*batonv1.JobStatus {
+	t.Helper()
+	out := make(map[string]*batonv1.JobStatus, len(ids))
+	deadline := time.Now().Add(2 * waitTimeout)
+	for _, id := range ids {
+		for {
+			res, err := c.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{JobId: id}))
+			if err != nil {
+				t.Fatalf("QueryJob(%s): %v", id, err)
+			}
+			if res.Msg.GetDone() {
+				out[id] = res.Msg.GetStatus()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("job %s has not ended: %v (%s)", id, res.Msg.GetStatus().GetState(), res.Msg.GetStatus().GetReason())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return out
+}
+
+// checkWorkerOrder checks, worker by worker, that its jobs never overlapped
+// and started in the order given by rank (lower first).
+func checkWorkerOrder(t *testing.T, jobs map[string]*batonv1.JobStatus, rank func(id string) int) {
+	t.Helper()
+	byWorker := map[string][]*batonv1.JobStatus{}
+	for _, st := range jobs {
+		byWorker[st.GetWorkerId()] = append(byWorker[st.GetWorkerId()], st)
+	}
+	for w, sts := range byWorker {
+		slices.SortFunc(sts, func(a, b *batonv1.JobStatus) int {
+			return a.GetStartedAt().AsTime().Compare(b.GetStartedAt().AsTime())
+		})
+		for i := 1; i < len(sts); i++ {
+			prev, cur := sts[i-1], sts[i]
+			if cur.GetStartedAt().AsTime().Before(prev.GetEndedAt().AsTime()) {
+				t.Errorf("worker %s ran jobs %s and %s at once", w, prev.GetJobId(), cur.GetJobId())
+			}
+			if rank(cur.GetJobId()) < rank(prev.GetJobId()) {
+				t.Errorf("worker %s started job #%d after job #%d", w, rank(cur.GetJobId()), rank(prev.GetJobId()))
+			}
+		}
+	}
+}
+
+func TestQueueRunsJobsInOrderAndPriorityFirst(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	for _, n := range []string{"w1", "w2"} {
+		startWorkerWith(t, n, sched, workerSetup{capacity: 1})
+	}
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1", "w2")
+
+	var ids []string
+	for range 40 {
+		ids = append(ids, startJob(t, sched.client, queuedSleep(nil)).GetJobId())
+	}
+	urgent := startJob(t, sched.client, queuedSleep(new(int32(90))))
+	st := urgent.GetJobs()[0]
+	if st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+		t.Fatalf("the urgent job is %v, want QUEUED behind full workers", st.GetState())
+	}
+	if st.GetQueuePosition() != 1 {
+		t.Errorf("the urgent job's position is %d, want 1: it goes before every job of lower priority", st.GetQueuePosition())
+	}
+	if !strings.Contains(st.GetReason(), "full") {
+		t.Errorf("the urgent job's reason is %q, want one saying the workers are full", st.GetReason())
+	}
+	// The jobs still waiting now are all behind the urgent one.
+	waiting, err := sched.client.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{States: []batonv1.JobState{batonv1.JobState_JOB_STATE_QUEUED}, PageSize: 100}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	behind := map[string]bool{}
+	for _, j := range waiting.Msg.GetJobs() {
+		if j.GetJobId() != urgent.GetJobId() {
+			behind[j.GetJobId()] = true
+			if j.GetQueuePosition() < 2 {
+				t.Errorf("queued job %s lists position %d, want 2 or later", j.GetJobId(), j.GetQueuePosition())
+			}
+		}
+	}
+	if len(behind) < 30 {
+		t.Fatalf("only %d jobs were queued behind the urgent one; the workers should have been busy", len(behind))
+	}
+
+	all := append(slices.Clone(ids), urgent.GetJobId())
+	jobs := finalJobs(t, sched.client, all)
+	for id, st := range jobs {
+		if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Errorf("job %s ended %v (%s), want SUCCEEDED", id, st.GetState(), st.GetReason())
+		}
+	}
+	// Per worker, jobs started in submission order, except the urgent one,
+	// which went before every job that was waiting when it came.
+	rank := func(id string) int {
+		if id == urgent.GetJobId() {
+			return -1
+		}
+		return slices.Index(ids, id)
+	}
+	checkWorkerOrder(t, jobs, func(id string) int {
+		if behind[id] || id == urgent.GetJobId() {
+			return 1000 + rank(id)
+		}
+		return rank(id)
+	})
+	uw := jobs[urgent.GetJobId()].GetWorkerId()
+	for id := range behind {
+		if st := jobs[id]; st.GetWorkerId() == uw && st.GetStartedAt().AsTime().Before(jobs[urgent.GetJobId()].GetStartedAt().AsTime()) {
+			t.Errorf("job %s, queued before the urgent job came, started before it on %s", id, uw)
+		}
+	}
+}
+
+func TestQueueIsFairBetweenOwners(t *testing.T) {
+	c := startSecureClusterCapacity(t, 1, "w1", "w2")
+	ac, bc := c.client(t, alice), c.client(t, bob)
+	var aliceIDs, bobIDs []string
+	for range 30 {
+		aliceIDs = append(aliceIDs, startJob(t, ac, queuedSleep(nil)).GetJobId())
+	}
+	for range 10 {
+		bobIDs = append(bobIDs, startJob(t, bc, queuedSleep(nil)).GetJobId())
+	}
+	a := finalJobs(t, ac, aliceIDs)
+	b := finalJobs(t, bc, bobIDs)
+	bobTenth := b[bobIDs[9]].GetStartedAt().AsTime()
+	aliceTwentieth := a[aliceIDs[19]].GetStartedAt().AsTime()
+	if !bobTenth.Before(aliceTwentieth) {
+		t.Errorf("bob's tenth job started at %v, not before alice's twentieth at %v: owners did not take turns", bobTenth, aliceTwentieth)
+	}
+	for id, st := range b {
+		if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Errorf("bob's job %s ended %v (%s)", id, st.GetState(), st.GetReason())
+		}
+	}
+	for id, st := range a {
+		if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Errorf("alice's job %s ended %v (%s)", id, st.GetState(), st.GetReason())
+		}
+	}
+}
+
+func TestQueueStopCancelsAndTimeoutEnds(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+
+	blocker := startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"100"}})
+	marker := filepath.Join(t.TempDir(), "ran")
+	cancelled := startJob(t, sched.client, &batonv1.StartJobRequest{
+		Command: "sh", Args: []string{"-c", "touch " + marker}, QueueTimeout: noLimit,
+	})
+	if st := cancelled.GetJobs()[0]; st.GetState() != batonv1.JobState_JOB_STATE_QUEUED || st.GetQueuePosition() != 1 {
+		t.Fatalf("job behind a full worker is %v at position %d, want QUEUED at 1", st.GetState(), st.GetQueuePosition())
+	}
+	expiring := startJob(t, sched.client, &batonv1.StartJobRequest{
+		Command: "sh", Path: "hello.sh", QueueTimeout: durationpb.New(300 * time.Millisecond),
+	})
+
+	stop, err := sched.client.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{JobId: cancelled.GetJobId()}))
+	if err != nil {
+		t.Fatalf("StopJob of a queued job: %v", err)
+	}
+	if st := stop.Msg.GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || st.GetStoppedBy() == "" || st.GetStartedAt() != nil {
+		t.Fatalf("stopped queued job = %v, stopped_by %q, started_at %v; want STOPPED, stopped_by set, never started", st.GetState(), st.GetStoppedBy(), st.GetStartedAt())
+	}
+
+	timedOut := finalJobs(t, sched.client, []string{expiring.GetJobId()})[expiring.GetJobId()]
+	if timedOut.GetState() != batonv1.JobState_JOB_STATE_TIMED_OUT || timedOut.GetReason() != "queued 300ms without a free slot; it never ran" {
+		t.Errorf("job whose queue timeout passed = %v %q", timedOut.GetState(), timedOut.GetReason())
+	}
+
+	// With the slot free, the cancelled job still never runs.
+	if _, err := sched.client.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{JobId: blocker.GetJobId()})); err != nil {
+		t.Fatal(err)
+	}
+	after := startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit})
+	if st := finalJobs(t, sched.client, []string{after.GetJobId()})[after.GetJobId()]; st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("a job after the slot freed ended %v (%s)", st.GetState(), st.GetReason())
+	}
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("the stopped queued job's command ran")
+	}
+	if st := queryJob(t, sched.client, cancelled.GetJobId()).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED {
+		t.Errorf("the cancelled job is now %v", st.GetState())
+	}
+}
+
+func TestQueueWithoutTimeoutFailsAtOnce(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"100"}})
+	_, err := sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"}))
+	wantCode(t, "StartJob without a queue timeout on a full worker", err, connect.CodeResourceExhausted)
+	for _, bad := range []*durationpb.Duration{durationpb.New(-2 * time.Second), durationpb.New(-time.Millisecond), durationpb.New(31 * 24 * time.Hour)} {
+		_, err := sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: bad}))
+		wantCode(t, "StartJob with queue_timeout "+bad.AsDuration().String(), err, connect.CodeInvalidArgument)
+	}
+	_, err = sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit, Priority: new(int32(101))}))
+	wantCode(t, "StartJob with priority 101", err, connect.CodeInvalidArgument)
+	res, err := sched.client.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(res.Msg.GetJobs()); n != 1 {
+		t.Errorf("refused starts left %d jobs, want only the running one", n)
+	}
+}
+
+// queuePositions returns the queued jobs' positions, by id.
+func queuePositions(t *testing.T, c batonv1connect.SchedulerServiceClient) map[string]int32 {
+	t.Helper()
+	res, err := c.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{States: []batonv1.JobState{batonv1.JobState_JOB_STATE_QUEUED}, PageSize: 1000}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]int32{}
+	for _, j := range res.Msg.GetJobs() {
+		out[j.GetJobId()] = j.GetQueuePosition()
+	}
+	return out
+}
+
+func TestQueueSurvivesSchedulerKill(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "baton.db")
+	sched := startScheduler(t, db, nil)
+	w := startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	blocker := startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"1"}})
+	// Each job writes its number to one file as it starts: the file is
+	// the order the jobs ran in, each as many times as it ran.
+	ran := filepath.Join(t.TempDir(), "ran")
+	var ids []string
+	for i := range 20 {
+		ids = append(ids, startJob(t, sched.client, &batonv1.StartJobRequest{
+			Command: "sh", Args: []string{"-c", `echo "$N" >> ` + ran + `; sleep 0.05`},
+			Env: map[string]string{"N": strconv.Itoa(i)}, QueueTimeout: noLimit,
+		}).GetJobId())
+	}
+	before := queuePositions(t, sched.client)
+	if len(before) != 20 {
+		t.Fatalf("%d jobs queued before the kill, want 20", len(before))
+	}
+	sched.kill()
+
+	again := startScheduler(t, db, nil)
+	w.sched.point(again.client)
+	after := queuePositions(t, again.client)
+	for _, id := range ids {
+		if after[id] != before[id] {
+			t.Errorf("job %s was at %d before the restart and at %d after", id, before[id], after[id])
+		}
+	}
+	jobs := finalJobs(t, again.client, append([]string{blocker.GetJobId()}, ids...))
+	for _, id := range ids {
+		if st := jobs[id]; st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Errorf("job %s ended %v (%s)", id, st.GetState(), st.GetReason())
+		}
+	}
+	out, err := os.ReadFile(ran)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 20 {
+		want = append(want, strconv.Itoa(i))
+	}
+	if got := strings.Fields(string(out)); !slices.Equal(got, want) {
+		t.Errorf("jobs ran as %v, want each once, in the order queued: %v", got, want)
+	}
+}
