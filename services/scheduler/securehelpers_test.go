@@ -55,7 +55,7 @@ type secureCluster struct {
 	tokens    map[string]string // by principal, e.g. "user/tess"
 	// capacity is the most jobs each worker runs at once; 0 means no limit.
 	capacity int
-	caPool    *x509.CertPool
+	caPool   *x509.CertPool
 }
 
 type secureWorker struct {

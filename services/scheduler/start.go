@@ -3,8 +3,8 @@ package scheduler
 import (
 	"cmp"
 	"context"
-	"slices"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
