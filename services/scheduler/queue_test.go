@@ -301,3 +301,66 @@ func TestQueueSurvivesSchedulerKill(t *testing.T) {
 		t.Errorf("jobs ran as %v, want each once, in the order queued: %v", got, want)
 	}
 }
+
+func TestQueueRunJobSaysQueuedThenRuns(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	blocker := startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"0.5"}})
+
+	r := runJob(t.Context(), sched.client, &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit}})
+	if r.err != nil {
+		t.Fatalf("RunJob: %v", r.err)
+	}
+	if r.order != "qscf" {
+		t.Fatalf("RunJob sent %q, want queued, started, output, final status", r.order)
+	}
+	if r.queued.GetState() != batonv1.JobState_JOB_STATE_QUEUED || r.queued.GetQueuePosition() != 1 || r.queued.GetJobId() != r.final.GetJobId() {
+		t.Errorf("queued message = %v at %d for %s", r.queued.GetState(), r.queued.GetQueuePosition(), r.queued.GetJobId())
+	}
+	if r.out.String() != "hello\n" || r.final.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+		t.Errorf("run = %q, %v", r.out.String(), r.final.GetState())
+	}
+	if b := queryJob(t, sched.client, blocker.GetJobId()).GetStatus(); !b.GetEndedAt().AsTime().Before(r.started.GetStartedAt().AsTime()) {
+		t.Errorf("the queued run started at %v, before the blocker ended at %v", r.started.GetStartedAt().AsTime(), b.GetEndedAt().AsTime())
+	}
+
+	// A run that times out in the queue ends with its status and no start.
+	startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"5"}})
+	r = runJob(t.Context(), sched.client, &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: durationpb.New(200 * time.Millisecond)}})
+	if r.err != nil || r.order != "qf" || r.final.GetState() != batonv1.JobState_JOB_STATE_TIMED_OUT {
+		t.Fatalf("RunJob timing out in the queue: %q, %v, err %v; want queued then TIMED_OUT", r.order, r.final.GetState(), r.err)
+	}
+}
+
+func TestQueueFanOutWaitsOnFullWorkers(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	for _, n := range []string{"w1", "w2"} {
+		startWorkerWith(t, n, sched, workerSetup{capacity: 1})
+	}
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1", "w2")
+	blocker := startJob(t, sched.client, &batonv1.StartJobRequest{WorkerId: "w2", Command: "sh", Path: "sleep.sh", Args: []string{"0.5"}})
+	res := startJob(t, sched.client, &batonv1.StartJobRequest{All: true, Command: "sh", Path: "hello.sh", QueueTimeout: noLimit})
+	if len(res.GetJobs()) != 2 {
+		t.Fatalf("fan-out made %d jobs, want one per worker", len(res.GetJobs()))
+	}
+	got := map[string]batonv1.JobState{}
+	for _, st := range res.GetJobs() {
+		got[st.GetWorkerId()] = st.GetState()
+	}
+	if got["w1"] == batonv1.JobState_JOB_STATE_QUEUED || got["w2"] != batonv1.JobState_JOB_STATE_QUEUED {
+		t.Fatalf("fan-out jobs = %v; want w1's started and w2's queued on w2", got)
+	}
+	ids := []string{blocker.GetJobId()}
+	for _, st := range res.GetJobs() {
+		ids = append(ids, st.GetJobId())
+	}
+	for id, st := range finalJobs(t, sched.client, ids) {
+		if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Errorf("job %s ended %v (%s)", id, st.GetState(), st.GetReason())
+		}
+		if id == res.GetJobs()[1].GetJobId() && st.GetWorkerId() != res.GetJobs()[1].GetWorkerId() {
+			t.Errorf("the job queued on %s ran on %s", res.GetJobs()[1].GetWorkerId(), st.GetWorkerId())
+		}
+	}
+}

@@ -20,10 +20,12 @@ import (
 // run is what a RunJob call brought: its messages in order, the output and
 // the call's error.
 type run struct {
+	queued  *batonv1.JobStatus
 	started *batonv1.JobStatus
 	final   *batonv1.JobStatus
 	out     bytes.Buffer
-	// order is the kind of every message: 's' started, 'c' chunk, 'f' final.
+	// order is the kind of every message: 'q' queued, 's' started, 'c'
+	// chunk, 'f' final.
 	order string
 	err   error
 }
@@ -39,6 +41,8 @@ func runJob(ctx context.Context, c batonv1connect.SchedulerServiceClient, req *b
 	for stream.Receive() {
 		msg := stream.Msg()
 		switch {
+		case msg.GetQueued() != nil:
+			r.queued, r.order = msg.GetQueued(), r.order+"q"
 		case msg.GetStarted() != nil:
 			r.started, r.order = msg.GetStarted(), r.order+"s"
 		case msg.GetChunk() != nil:

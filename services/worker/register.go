@@ -105,18 +105,22 @@ func reportOf(st jobrun.Status, workerID string) *batonv1.JobStatus {
 func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duration) {
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-w.changes.notify():
-			// Report job changes promptly instead of at the next tick, but
-			// let a burst of changes gather into one heartbeat.
-			if !sleep(ctx, coalesceChanges) {
+			// Report job changes promptly instead of at the next tick (an
+			// end frees a slot a queued job waits for), but at most one
+			// heartbeat per coalesceChanges, so that a burst of changes
+			// gathers into one.
+			if !sleep(ctx, coalesceChanges-time.Since(last)) {
 				return
 			}
 		}
+		last = time.Now()
 		next, more, err := w.beat(ctx, id)
 		for more && err == nil && ctx.Err() == nil {
 			next, more, err = w.beat(ctx, id)

@@ -1,0 +1,164 @@
+package scheduler
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
+)
+
+// addJob queues job id of owner at priority, for any worker matching
+// selector (or worker, when set), the way enqueue does.
+func addJob(q *queue, id, owner, worker string, priority int32, selector map[string]string, deadline time.Time) *waiting {
+	p := q.place(owner, worker, priority, deadline)
+	j := store.Job{ID: id, Owner: owner, WorkerID: worker, Queue: &p, Status: &batonv1.JobStatus{
+		State: batonv1.JobState_JOB_STATE_QUEUED, Spec: &batonv1.JobSpec{Selector: selector},
+	}}
+	return q.add(j, time.Now())
+}
+
+// drain hands out every job, one slot at a time, and returns their ids in
+// the order handed out.
+func drain(q *queue) []string {
+	var out []string
+	for {
+		w, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
+		if w == nil {
+			return out
+		}
+		q.finish(w)
+		out = append(out, w.job.ID)
+	}
+}
+
+func TestQueueOrderPriorityTurnsAndSubmission(t *testing.T) {
+	q := newQueue()
+	for i := range 3 {
+		addJob(q, fmt.Sprintf("a%d", i), "alice", "", 50, nil, time.Time{})
+	}
+	addJob(q, "b0", "bob", "", 50, nil, time.Time{})
+	addJob(q, "b1", "bob", "", 50, nil, time.Time{})
+	addJob(q, "urgent", "carol", "", 90, nil, time.Time{})
+	addJob(q, "low", "carol", "", 10, nil, time.Time{})
+	if p := q.position("urgent"); p != 1 {
+		t.Errorf("position of the urgent job = %d, want 1", p)
+	}
+	if p := q.position("b1"); p != 5 {
+		t.Errorf("position of bob's second job = %d, want 5 (urgent, a0, b0, a1, b1)", p)
+	}
+	if p := q.position("missing"); p != 0 {
+		t.Errorf("position of an unknown job = %d, want 0", p)
+	}
+	want := []string{"urgent", "a0", "b0", "a1", "b1", "a2", "low"}
+	if got := drain(q); !slices.Equal(got, want) {
+		t.Fatalf("handed out %v, want %v", got, want)
+	}
+}
+
+func TestQueueLateOwnerJoinsTheTurnsFromNow(t *testing.T) {
+	q := newQueue()
+	for i := range 6 {
+		addJob(q, fmt.Sprintf("a%d", i), "alice", "", 50, nil, time.Time{})
+	}
+	// Three of alice's jobs run before bob comes.
+	for range 3 {
+		w, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
+		q.finish(w)
+	}
+	addJob(q, "b0", "bob", "", 50, nil, time.Time{})
+	addJob(q, "b1", "bob", "", 50, nil, time.Time{})
+	// Bob's first job takes his turn in the round being served (alice
+	// had hers: a2), then they alternate; bob never goes ahead of the
+	// round being served.
+	want := []string{"b0", "a3", "b1", "a4", "a5"}
+	if got := drain(q); !slices.Equal(got, want) {
+		t.Fatalf("handed out %v, want %v", got, want)
+	}
+}
+
+func TestQueueSkipsGroupsWithoutSlotButKeepsTheirPlace(t *testing.T) {
+	q := newQueue()
+	addJob(q, "gpu0", "alice", "", 50, map[string]string{"gpu": "1"}, time.Time{})
+	addJob(q, "cpu0", "alice", "", 50, nil, time.Time{})
+	addJob(q, "gpu1", "alice", "", 50, map[string]string{"gpu": "1"}, time.Time{})
+	asked := 0
+	noGPU := func(_ string, sel map[string]string) *reservation {
+		asked++
+		if sel["gpu"] != "" {
+			return nil
+		}
+		return &reservation{}
+	}
+	w, _ := q.next(noGPU)
+	if w == nil || w.job.ID != "cpu0" {
+		t.Fatalf("with no GPU slot, handed out %v, want cpu0", w)
+	}
+	q.finish(w)
+	if w, _ := q.next(noGPU); w != nil {
+		t.Fatalf("handed out %s with no slot for it", w.job.ID)
+	}
+	if asked != 3 {
+		t.Errorf("asked for a slot %d times, want 3: once per group and round, never per job", asked)
+	}
+	// A handed job its worker did not take gets its place back.
+	w, _ = q.next(func(string, map[string]string) *reservation { return &reservation{} })
+	if w.job.ID != "gpu0" {
+		t.Fatalf("handed out %s, want gpu0", w.job.ID)
+	}
+	if p := q.position("gpu0"); p != 0 {
+		t.Errorf("a handed job has position %d, want 0", p)
+	}
+	q.putBack(w)
+	if got := drain(q); !slices.Equal(got, []string{"gpu0", "gpu1"}) {
+		t.Fatalf("after the put-back, handed out %v, want gpu0, gpu1", got)
+	}
+}
+
+func TestQueueTakeExpireAndRestore(t *testing.T) {
+	q := newQueue()
+	now := time.Now()
+	a := addJob(q, "a", "alice", "", 50, nil, now.Add(time.Second))
+	addJob(q, "b", "alice", "", 50, nil, now.Add(time.Hour))
+	addJob(q, "c", "alice", "", 50, nil, time.Time{})
+
+	out, next := q.expired(now)
+	if len(out) != 0 || !next.Equal(now.Add(time.Second)) {
+		t.Fatalf("expired(now) = %d jobs, next %v; want none, next in 1s", len(out), next)
+	}
+	out, next = q.expired(now.Add(2 * time.Second))
+	if len(out) != 1 || out[0] != a || !next.Equal(now.Add(time.Hour)) {
+		t.Fatalf("expired(+2s) = %v, next %v; want job a, next in 1h", out, next)
+	}
+	// Its end could not be recorded: it waits again, at its place, and
+	// its timeout is tried again later.
+	q.restore(a, now.Add(3*time.Second))
+	if p := q.position("a"); p != 1 {
+		t.Errorf("restored job at position %d, want 1", p)
+	}
+	w, handed := q.take("b")
+	if w == nil || handed != nil {
+		t.Fatalf("take(b) = %v, %v; want the waiting job", w, handed)
+	}
+	h, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
+	if h.job.ID != "a" {
+		t.Fatalf("handed out %s, want a", h.job.ID)
+	}
+	if w, handed := q.take("a"); w != nil || handed == nil {
+		t.Fatalf("take of a handed job = %v, %v; want its done channel to wait on", w, handed)
+	}
+	q.finish(h)
+	select {
+	case <-q.leaves("a"):
+	default:
+		t.Error("leaves(a) is open after a finished")
+	}
+	if got := drain(q); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("left in the queue: %v, want c", got)
+	}
+	if !q.empty() {
+		t.Error("queue not empty after draining")
+	}
+}
