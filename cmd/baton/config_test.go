@@ -193,3 +193,20 @@ func TestByteSizeRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestSchedulerQueueLimitConfig(t *testing.T) {
+	for _, tc := range []struct {
+		limit int
+		ok    bool
+	}{{100000, true}, {1, true}, {-1, true}, {0, false}, {-2, false}} {
+		cfg := defaultSchedulerConfig()
+		cfg.Scheduler.MaxQueuedPerOwner = tc.limit
+		err := cfg.validate()
+		if (err == nil) != tc.ok {
+			t.Errorf("max_queued_per_owner = %d: validate() = %v, want ok %v", tc.limit, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "max_queued_per_owner") {
+			t.Errorf("max_queued_per_owner = %d: error %q does not name the key", tc.limit, err)
+		}
+	}
+}

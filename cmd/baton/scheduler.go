@@ -57,6 +57,9 @@ type SchedulerSection struct {
 	RestartGrace      Duration `koanf:"restart_grace"`
 	Retention         Duration `koanf:"retention"`
 	ShutdownTimeout   Duration `koanf:"shutdown_timeout"`
+	// MaxQueuedPerOwner is the most jobs one owner may have waiting in
+	// the queue; -1 means no limit.
+	MaxQueuedPerOwner int `koanf:"max_queued_per_owner"`
 	// AuditFile receives one JSON line per mutating call and per denied
 	// call; empty disables the audit log.
 	AuditFile string `koanf:"audit_file"`
@@ -72,6 +75,7 @@ func defaultSchedulerConfig() SchedulerConfig {
 		RestartGrace:      Duration(scheduler.DefaultRestartGrace),
 		Retention:         Duration(scheduler.DefaultRetention),
 		ShutdownTimeout:   Duration(30 * time.Second),
+		MaxQueuedPerOwner: scheduler.DefaultMaxQueuedPerOwner,
 	}
 	c.Log = defaultLogConfig()
 	return c
@@ -83,6 +87,9 @@ func (c *SchedulerConfig) validate() error {
 	s := c.Scheduler
 	if s.HeartbeatInterval <= 0 || s.HeartbeatGrace <= 0 || s.FailoverGrace <= 0 || s.RestartGrace <= 0 || s.Retention <= 0 || s.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("scheduler.heartbeat_interval, heartbeat_grace, failover_grace, restart_grace, retention and shutdown_timeout must be positive"))
+	}
+	if s.MaxQueuedPerOwner == 0 || s.MaxQueuedPerOwner < -1 {
+		errs = append(errs, fmt.Errorf("scheduler.max_queued_per_owner is %d: give a positive number, or -1 for no limit", s.MaxQueuedPerOwner))
 	}
 	if _, _, err := net.SplitHostPort(c.GRPCServer.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("grpc_server.addr %q: %w", c.GRPCServer.Addr, err))
@@ -185,6 +192,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		FailoverGrace:     time.Duration(cfg.Scheduler.FailoverGrace),
 		RestartGrace:      time.Duration(cfg.Scheduler.RestartGrace),
 		Retention:         time.Duration(cfg.Scheduler.Retention),
+		MaxQueuedPerOwner: cfg.Scheduler.MaxQueuedPerOwner,
 		WorkerTLS:         creds,
 		Audit:             audit,
 		Logger:            logger,

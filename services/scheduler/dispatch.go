@@ -67,7 +67,10 @@ func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, o
 	if d := req.GetQueueTimeout().AsDuration(); d > 0 {
 		deadline = now.Add(d)
 	}
-	place := s.q.place(owner, worker, priorityOf(req), deadline)
+	place, err := s.q.place(owner, worker, priorityOf(req), deadline)
+	if err != nil {
+		return nil, nil, err
+	}
 	job := store.Job{
 		ID: uid.String(), WorkerID: worker, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: now,
 		Queue: &place,
@@ -136,9 +139,9 @@ func (s *Scheduler) dispatch(ctx context.Context, w *waiting, slot *reservation)
 	defer slot.release()
 	ctx = context.WithoutCancel(ctx)
 	t := slot.target
-	job, err := s.store.AssignJob(ctx, w.job.ID, t.id)
+	job, err := s.store.AssignJob(ctx, w.id, t.id)
 	if err != nil {
-		s.logger.ErrorContext(ctx, "handing a queued job to a worker failed", "job_id", w.job.ID, "worker_id", t.id, "error", err)
+		s.logger.ErrorContext(ctx, "handing a queued job to a worker failed", "job_id", w.id, "worker_id", t.id, "error", err)
 		time.AfterFunc(requeueDelay, func() { s.q.putBack(w) })
 		return
 	}
@@ -239,22 +242,37 @@ func (s *Scheduler) leaveQueue(w *waiting, outcome string) {
 // expireQueued ends the jobs whose queue timeout passed and returns the
 // next deadline (zero for none).
 func (s *Scheduler) expireQueued(ctx context.Context) time.Time {
+	ctx = context.WithoutCancel(ctx)
 	expired, next := s.q.expired(time.Now())
 	for _, w := range expired {
-		waited := w.job.Status.GetSpec().GetQueueTimeout().AsDuration()
-		st := proto.CloneOf(w.job.Status)
-		st.State = batonv1.JobState_JOB_STATE_TIMED_OUT
-		st.Reason = fmt.Sprintf("queued %s without a free slot; it never ran", waited)
-		st.EndedAt = timestamppb.Now()
-		if err := s.store.UpdateJobStatus(context.WithoutCancel(ctx), w.job.ID, st); err != nil {
-			s.logger.ErrorContext(ctx, "ending a job whose queue timeout passed failed", "job_id", w.job.ID, "error", err)
+		reason := fmt.Sprintf("queued %s without a free slot; it never ran", w.queueTimeout)
+		if err := s.endQueued(ctx, w, batonv1.JobState_JOB_STATE_TIMED_OUT, "", reason); err != nil {
+			s.logger.ErrorContext(ctx, "ending a job whose queue timeout passed failed", "job_id", w.id, "error", err)
 			s.q.restore(w, time.Now().Add(time.Second))
 			continue
 		}
-		close(w.done)
 		s.opts.Metrics.JobLeftQueue(w.place.Priority, "timed_out", time.Since(w.queuedAt))
 	}
 	return next
+}
+
+// endQueued records the end of a job taken out of the queue, which never
+// ran, and closes its done channel.
+func (s *Scheduler) endQueued(ctx context.Context, w *waiting, state batonv1.JobState, by, reason string) error {
+	j, err := s.store.GetJob(ctx, w.id)
+	if err != nil {
+		return err
+	}
+	st := proto.CloneOf(j.Status)
+	st.State = state
+	st.StoppedBy = by
+	st.Reason = reason
+	st.EndedAt = timestamppb.Now()
+	if err := s.store.UpdateJobStatus(ctx, w.id, st); err != nil {
+		return err
+	}
+	close(w.done)
+	return nil
 }
 
 // inQueue reports whether a job in state st may be in the queue: waiting,
@@ -270,16 +288,10 @@ func (s *Scheduler) stopQueued(ctx context.Context, j store.Job, by string) (*ba
 	for range 3 {
 		w, handed := s.q.take(j.ID)
 		if w != nil {
-			st := proto.CloneOf(w.job.Status)
-			st.State = batonv1.JobState_JOB_STATE_STOPPED
-			st.StoppedBy = by
-			st.Reason = "stopped while queued; it never ran"
-			st.EndedAt = timestamppb.Now()
-			if err := s.store.UpdateJobStatus(ctx, j.ID, st); err != nil {
+			if err := s.endQueued(ctx, w, batonv1.JobState_JOB_STATE_STOPPED, by, "stopped while queued; it never ran"); err != nil {
 				s.q.restore(w, time.Time{})
 				return nil, j, true, err
 			}
-			close(w.done)
 			s.opts.Metrics.JobLeftQueue(w.place.Priority, "stopped", time.Since(w.queuedAt))
 			cur, err := s.store.GetJob(ctx, j.ID)
 			if err != nil {

@@ -24,6 +24,7 @@ var (
 	errWrongWorker       = errors.New("job not on that worker")
 	errNotRegistered     = errors.New("worker not registered")
 	errKeyOfGroup        = errors.New("idempotency key of a group")
+	errQueueFull         = errors.New("too many jobs queued")
 )
 
 // userError is an error kind with a message meant for the caller.
@@ -67,6 +68,7 @@ var codes = []struct {
 	{errDraining, connect.CodeFailedPrecondition},
 	{errNoWorkers, connect.CodeUnavailable},
 	{errNoCapacity, connect.CodeResourceExhausted},
+	{errQueueFull, connect.CodeResourceExhausted},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},

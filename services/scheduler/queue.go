@@ -39,6 +39,9 @@ type queue struct {
 	// deadlines holds the jobs with a queue timeout, soonest first; a job
 	// that left the queue stays in it until popped.
 	deadlines deadlineHeap
+	// owned counts each owner's jobs in the queue, against limit (0: none).
+	owned map[string]int
+	limit int
 	// wake is signalled when a job is added or comes back: the dispatcher
 	// should look again.
 	wake chan struct{}
@@ -49,11 +52,16 @@ type ownerPriority struct {
 	priority int32
 }
 
-// waiting is one queued job.
+// waiting is one queued job: what ordering and timing it out need, not
+// its spec (a spec may be 256 KiB; the store has it).
 type waiting struct {
-	job   store.Job
+	id    string
+	owner string
 	place store.QueuePlace
-	group *waitGroup
+	// queueTimeout is the job's queue_timeout, for the reason it gets
+	// when that passes.
+	queueTimeout time.Duration
+	group        *waitGroup
 	// queuedAt is when the job entered the queue (this process's clock,
 	// for the wait metric).
 	queuedAt time.Time
@@ -73,13 +81,17 @@ type waitGroup struct {
 	jobs     []*waiting
 }
 
-func newQueue() *queue {
+// newQueue returns an empty queue in which an owner may have at most
+// limit jobs (0: no limit).
+func newQueue(limit int) *queue {
 	return &queue{
 		groups: make(map[string]*waitGroup),
 		jobs:   make(map[string]*waiting),
 		served: make(map[int32]int64),
 		last:   make(map[ownerPriority]int64),
 		wake:   make(chan struct{}, 1),
+		owned:  make(map[string]int),
+		limit:  limit,
 	}
 }
 
@@ -108,15 +120,19 @@ func groupKey(worker string, selector map[string]string) string {
 }
 
 // place gives a new job of owner its place: the next seq, and its round
-// at priority. The caller records the job with it, then adds it.
-func (q *queue) place(owner, worker string, priority int32, deadline time.Time) store.QueuePlace {
+// at priority. The caller records the job with it, then adds it. It fails
+// when the owner has as many jobs queued as the limit allows.
+func (q *queue) place(owner, worker string, priority int32, deadline time.Time) (store.QueuePlace, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.limit > 0 && q.owned[owner] >= q.limit {
+		return store.QueuePlace{}, newError(errQueueFull, "%s has %d jobs queued, the most the scheduler's max_queued_per_owner allows; wait for some to start, or stop some", owner, q.owned[owner])
+	}
 	op := ownerPriority{owner, priority}
 	round := max(q.last[op]+1, q.served[priority])
 	q.last[op] = round
 	q.seq++
-	return store.QueuePlace{WorkerID: worker, Priority: priority, Round: round, Seq: q.seq, Deadline: deadline}
+	return store.QueuePlace{WorkerID: worker, Priority: priority, Round: round, Seq: q.seq, Deadline: deadline}, nil
 }
 
 // add puts job j, recorded with j.Queue as its place, in the queue.
@@ -129,21 +145,30 @@ func (q *queue) add(j store.Job, queuedAt time.Time) *waiting {
 }
 
 func (q *queue) addLocked(j store.Job, queuedAt time.Time) *waiting {
-	p := *j.Queue
-	sel := j.Status.GetSpec().GetSelector()
-	key := groupKey(p.WorkerID, sel)
+	spec := j.Status.GetSpec()
+	w := &waiting{
+		id: j.ID, owner: j.Owner, place: *j.Queue, queuedAt: queuedAt,
+		queueTimeout: spec.GetQueueTimeout().AsDuration(), done: make(chan struct{}),
+	}
+	q.insertLocked(w, spec.GetSelector())
+	return w
+}
+
+// insertLocked puts w in its group and the queue's indexes.
+func (q *queue) insertLocked(w *waiting, selector map[string]string) {
+	key := groupKey(w.place.WorkerID, selector)
 	g := q.groups[key]
 	if g == nil {
-		g = &waitGroup{key: key, worker: p.WorkerID, selector: sel}
+		g = &waitGroup{key: key, worker: w.place.WorkerID, selector: selector}
 		q.groups[key] = g
 	}
-	w := &waiting{job: j, place: p, group: g, queuedAt: queuedAt, done: make(chan struct{})}
+	w.group = g
 	g.insert(w)
-	q.jobs[j.ID] = w
-	if !p.Deadline.IsZero() {
+	q.jobs[w.id] = w
+	q.owned[w.owner]++
+	if !w.place.Deadline.IsZero() {
 		heap.Push(&q.deadlines, w)
 	}
-	return w
 }
 
 // load fills the queue from the store's queued jobs, in their order. Their
@@ -238,11 +263,14 @@ func (q *queue) finish(w *waiting) {
 // Its done channel stays open: the caller closes it once the job's end is
 // recorded, or puts the job back with restore.
 func (q *queue) dropLocked(w *waiting) bool {
-	if q.jobs[w.job.ID] != w {
+	if q.jobs[w.id] != w {
 		return false
 	}
-	delete(q.jobs, w.job.ID)
+	delete(q.jobs, w.id)
 	w.group.remove(w)
+	if q.owned[w.owner]--; q.owned[w.owner] <= 0 {
+		delete(q.owned, w.owner)
+	}
 	return true
 }
 
@@ -250,7 +278,7 @@ func (q *queue) dropLocked(w *waiting) bool {
 func (q *queue) putBack(w *waiting) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.jobs[w.job.ID] != w || !w.handed {
+	if q.jobs[w.id] != w || !w.handed {
 		return
 	}
 	w.handed = false
@@ -303,7 +331,7 @@ func (q *queue) expired(now time.Time) (out []*waiting, next time.Time) {
 	defer q.mu.Unlock()
 	for q.deadlines.Len() > 0 {
 		w := q.deadlines[0]
-		if q.jobs[w.job.ID] != w {
+		if q.jobs[w.id] != w {
 			heap.Pop(&q.deadlines) // left the queue already
 			continue
 		}
@@ -326,17 +354,16 @@ func (q *queue) expired(now time.Time) (out []*waiting, next time.Time) {
 func (q *queue) restore(w *waiting, retryAt time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.jobs[w.job.ID] != nil {
+	if q.jobs[w.id] != nil {
 		return
 	}
-	j := w.job
-	p := w.place
+	nw := *w
+	nw.handed = false
 	if !retryAt.IsZero() {
-		p.Deadline = retryAt
+		nw.place.Deadline = retryAt
 	}
-	j.Queue = &p
-	nw := q.addLocked(j, w.queuedAt)
-	nw.done = w.done // callers may wait on the old channel; it is still open
+	// The same done channel: callers may wait on it, and it is still open.
+	q.insertLocked(&nw, w.group.selector)
 	q.signal()
 }
 

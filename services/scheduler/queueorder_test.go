@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -13,7 +14,10 @@ import (
 // addJob queues job id of owner at priority, for any worker matching
 // selector (or worker, when set), the way enqueue does.
 func addJob(q *queue, id, owner, worker string, priority int32, selector map[string]string, deadline time.Time) *waiting {
-	p := q.place(owner, worker, priority, deadline)
+	p, err := q.place(owner, worker, priority, deadline)
+	if err != nil {
+		panic(err)
+	}
 	j := store.Job{ID: id, Owner: owner, WorkerID: worker, Queue: &p, Status: &batonv1.JobStatus{
 		State: batonv1.JobState_JOB_STATE_QUEUED, Spec: &batonv1.JobSpec{Selector: selector},
 	}}
@@ -30,12 +34,12 @@ func drain(q *queue) []string {
 			return out
 		}
 		q.finish(w)
-		out = append(out, w.job.ID)
+		out = append(out, w.id)
 	}
 }
 
 func TestQueueOrderPriorityTurnsAndSubmission(t *testing.T) {
-	q := newQueue()
+	q := newQueue(0)
 	for i := range 3 {
 		addJob(q, fmt.Sprintf("a%d", i), "alice", "", 50, nil, time.Time{})
 	}
@@ -59,7 +63,7 @@ func TestQueueOrderPriorityTurnsAndSubmission(t *testing.T) {
 }
 
 func TestQueueLateOwnerJoinsTheTurnsFromNow(t *testing.T) {
-	q := newQueue()
+	q := newQueue(0)
 	for i := range 6 {
 		addJob(q, fmt.Sprintf("a%d", i), "alice", "", 50, nil, time.Time{})
 	}
@@ -80,7 +84,7 @@ func TestQueueLateOwnerJoinsTheTurnsFromNow(t *testing.T) {
 }
 
 func TestQueueSkipsGroupsWithoutSlotButKeepsTheirPlace(t *testing.T) {
-	q := newQueue()
+	q := newQueue(0)
 	addJob(q, "gpu0", "alice", "", 50, map[string]string{"gpu": "1"}, time.Time{})
 	addJob(q, "cpu0", "alice", "", 50, nil, time.Time{})
 	addJob(q, "gpu1", "alice", "", 50, map[string]string{"gpu": "1"}, time.Time{})
@@ -93,20 +97,20 @@ func TestQueueSkipsGroupsWithoutSlotButKeepsTheirPlace(t *testing.T) {
 		return &reservation{}
 	}
 	w, _ := q.next(noGPU)
-	if w == nil || w.job.ID != "cpu0" {
+	if w == nil || w.id != "cpu0" {
 		t.Fatalf("with no GPU slot, handed out %v, want cpu0", w)
 	}
 	q.finish(w)
 	if w, _ := q.next(noGPU); w != nil {
-		t.Fatalf("handed out %s with no slot for it", w.job.ID)
+		t.Fatalf("handed out %s with no slot for it", w.id)
 	}
 	if asked != 3 {
 		t.Errorf("asked for a slot %d times, want 3: once per group and round, never per job", asked)
 	}
 	// A handed job its worker did not take gets its place back.
 	w, _ = q.next(func(string, map[string]string) *reservation { return &reservation{} })
-	if w.job.ID != "gpu0" {
-		t.Fatalf("handed out %s, want gpu0", w.job.ID)
+	if w.id != "gpu0" {
+		t.Fatalf("handed out %s, want gpu0", w.id)
 	}
 	if p := q.position("gpu0"); p != 0 {
 		t.Errorf("a handed job has position %d, want 0", p)
@@ -118,7 +122,7 @@ func TestQueueSkipsGroupsWithoutSlotButKeepsTheirPlace(t *testing.T) {
 }
 
 func TestQueueTakeExpireAndRestore(t *testing.T) {
-	q := newQueue()
+	q := newQueue(0)
 	now := time.Now()
 	a := addJob(q, "a", "alice", "", 50, nil, now.Add(time.Second))
 	addJob(q, "b", "alice", "", 50, nil, now.Add(time.Hour))
@@ -143,8 +147,8 @@ func TestQueueTakeExpireAndRestore(t *testing.T) {
 		t.Fatalf("take(b) = %v, %v; want the waiting job", w, handed)
 	}
 	h, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
-	if h.job.ID != "a" {
-		t.Fatalf("handed out %s, want a", h.job.ID)
+	if h.id != "a" {
+		t.Fatalf("handed out %s, want a", h.id)
 	}
 	if w, handed := q.take("a"); w != nil || handed == nil {
 		t.Fatalf("take of a handed job = %v, %v; want its done channel to wait on", w, handed)
@@ -160,5 +164,22 @@ func TestQueueTakeExpireAndRestore(t *testing.T) {
 	}
 	if !q.empty() {
 		t.Error("queue not empty after draining")
+	}
+}
+
+func TestQueueLimitsEachOwner(t *testing.T) {
+	q := newQueue(2)
+	addJob(q, "a0", "alice", "", 50, nil, time.Time{})
+	addJob(q, "a1", "alice", "", 50, nil, time.Time{})
+	if _, err := q.place("alice", "", 50, time.Time{}); !errors.Is(err, errQueueFull) {
+		t.Fatalf("a third job of alice's: %v, want errQueueFull", err)
+	}
+	if _, err := q.place("bob", "", 50, time.Time{}); err != nil {
+		t.Fatalf("bob's first job: %v", err)
+	}
+	w, _ := q.take("a0")
+	close(w.done)
+	if _, err := q.place("alice", "", 50, time.Time{}); err != nil {
+		t.Fatalf("alice's job after one left: %v", err)
 	}
 }

@@ -143,7 +143,7 @@ func (s *Scheduler) runQueued(ctx context.Context, req *batonv1.RunJobRequest, o
 	if err := send(&batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Queued{Queued: redacted(caller(ctx), st)}}); err != nil {
 		return err
 	}
-	return s.awaitQueued(ctx, w.job.ID, w.done, req.GetStream(), send)
+	return s.awaitQueued(ctx, w.id, w.done, req.GetStream(), send)
 }
 
 // awaitQueued waits for a queued job to leave the queue, then follows it.

@@ -32,6 +32,7 @@ const (
 	DefaultRestartGrace      = time.Minute
 	DefaultRetention         = 24 * time.Hour
 	DefaultWorkerCallTimeout = 30 * time.Second
+	DefaultMaxQueuedPerOwner = 100000
 	maxCallDuration          = 5 * time.Minute
 	pruneEvery               = time.Hour
 )
@@ -58,6 +59,10 @@ type Options struct {
 	// WorkerCallTimeout bounds unary calls to a worker that have no
 	// reason to wait (start, query).
 	WorkerCallTimeout time.Duration
+	// MaxQueuedPerOwner is the most jobs one owner may have waiting in
+	// the queue; more are refused with resource_exhausted. Zero means
+	// DefaultMaxQueuedPerOwner, negative no limit.
+	MaxQueuedPerOwner int
 	// HTTPClient dials workers over h2c; one pooled client for all of
 	// them. Default: serving.NewHTTPClient(nil). Ignored with WorkerTLS.
 	HTTPClient *http.Client
@@ -125,6 +130,12 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	if opts.WorkerCallTimeout <= 0 {
 		opts.WorkerCallTimeout = DefaultWorkerCallTimeout
 	}
+	switch {
+	case opts.MaxQueuedPerOwner == 0:
+		opts.MaxQueuedPerOwner = DefaultMaxQueuedPerOwner
+	case opts.MaxQueuedPerOwner < 0:
+		opts.MaxQueuedPerOwner = 0
+	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = serving.NewHTTPClient(nil)
 	}
@@ -139,7 +150,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 		return nil, err
 	}
 	s.reg.load(workers, opts.FailoverGrace)
-	s.q = newQueue()
+	s.q = newQueue(opts.MaxQueuedPerOwner)
 	queued, err := opts.Store.ListQueued(ctx)
 	if err != nil {
 		return nil, err
