@@ -63,11 +63,12 @@ const (
 	QueuePlaced   = "placed"    // a worker accepted it
 	QueueStopped  = "stopped"   // StopJob cancelled it
 	QueueTimedOut = "timed_out" // its queue_timeout ran out
+	QueueRefused  = "refused"   // the worker it was handed to refused it for good
 )
 
 // queueOutcomes are the outcome label values, each reported from the start
 // so that rate() works before the first job of a kind leaves the queue.
-var queueOutcomes = []string{QueuePlaced, QueueStopped, QueueTimedOut}
+var queueOutcomes = []string{QueuePlaced, QueueStopped, QueueTimedOut, QueueRefused}
 
 // queueWaitBuckets are the queue wait buckets, in seconds: a job placed as a
 // slot frees waits milliseconds, one behind a long job or a full cluster
@@ -130,8 +131,8 @@ func (m *Scheduler) JobQueued(priority int32) {
 }
 
 // JobLeftQueue counts a job with priority that left the queue after
-// waiting there for waited; outcome is [QueuePlaced], [QueueStopped] or
-// [QueueTimedOut]. Another outcome is not observed, so that a caller's
+// waiting there for waited; outcome is [QueuePlaced], [QueueStopped],
+// [QueueTimedOut] or [QueueRefused]. Another outcome is not observed, so that a caller's
 // mistake cannot add label values; the job still leaves the gauge.
 func (m *Scheduler) JobLeftQueue(priority int32, outcome string, waited time.Duration) {
 	if m == nil {
@@ -139,7 +140,7 @@ func (m *Scheduler) JobLeftQueue(priority int32, outcome string, waited time.Dur
 	}
 	m.queued.WithLabelValues(priorityLabel(priority)).Dec()
 	switch outcome {
-	case QueuePlaced, QueueStopped, QueueTimedOut:
+	case QueuePlaced, QueueStopped, QueueTimedOut, QueueRefused:
 		m.queueWait.WithLabelValues(outcome).Observe(max(waited, 0).Seconds())
 	}
 }

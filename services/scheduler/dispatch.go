@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
 )
 
@@ -107,8 +109,13 @@ func (s *Scheduler) queuedStatus(j store.Job) *batonv1.JobStatus {
 }
 
 // runQueue hands queued jobs to workers as slots free, and ends the jobs
-// whose queue timeout passed, until ctx ends.
+// whose queue timeout passed, until ctx ends; then it waits for the starts
+// it began. A start cut short by ctx has an unknown outcome: its job stays
+// PENDING with its place, for the next registration of its worker to
+// settle.
 func (s *Scheduler) runQueue(ctx context.Context) {
+	var starts sync.WaitGroup
+	defer starts.Wait()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -118,7 +125,7 @@ func (s *Scheduler) runQueue(ctx context.Context) {
 			if w == nil {
 				break
 			}
-			go s.dispatch(ctx, w, slot)
+			starts.Go(func() { s.dispatch(ctx, w, slot) })
 		}
 		timer.Stop()
 		if !next.IsZero() {
@@ -135,9 +142,11 @@ func (s *Scheduler) runQueue(ctx context.Context) {
 }
 
 // dispatch starts job w on the worker slot reserved for it.
-func (s *Scheduler) dispatch(ctx context.Context, w *waiting, slot *reservation) {
+func (s *Scheduler) dispatch(runCtx context.Context, w *waiting, slot *reservation) {
 	defer slot.release()
-	ctx = context.WithoutCancel(ctx)
+	// Records are written whatever happens to runCtx; only the calls to
+	// the worker end with it.
+	ctx := context.WithoutCancel(runCtx)
 	t := slot.target
 	job, err := s.store.AssignJob(ctx, w.id, t.id)
 	if err != nil {
@@ -147,22 +156,24 @@ func (s *Scheduler) dispatch(ctx context.Context, w *waiting, slot *reservation)
 	}
 	s.starting.Store(job.ID, struct{}{})
 	defer s.starting.Delete(job.ID)
-	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	cctx, cancel := context.WithTimeout(runCtx, s.opts.WorkerCallTimeout)
 	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartOf(job)))
 	cancel()
 	switch code := connect.CodeOf(err); {
 	case err == nil:
 		s.started(ctx, slot, job, res.Msg.GetStatus())
-		s.leaveQueue(w, "placed")
+		s.leaveQueue(w, metrics.QueuePlaced)
 	case code == connect.CodeResourceExhausted:
 		s.requeue(ctx, w, job.ID, requeueDelay)
 	case code == connect.CodeInvalidArgument, code == connect.CodeNotFound, code == connect.CodePermissionDenied,
 		code == connect.CodeFailedPrecondition:
 		s.refused(ctx, w, job, t.id, err)
+	case runCtx.Err() != nil:
+		// Shutting down: the next registration of the worker settles it.
 	default:
 		// Timed out, connection lost, or the job exists already: the
 		// worker may have started it.
-		s.settleHanded(ctx, w, job, slot)
+		s.settleHanded(runCtx, w, job, slot)
 	}
 }
 
@@ -189,36 +200,37 @@ func (s *Scheduler) refused(ctx context.Context, w *waiting, job store.Job, work
 	if err := s.store.UpdateJobStatus(ctx, job.ID, st); err != nil {
 		s.logger.ErrorContext(ctx, "recording a refused start failed", "job_id", job.ID, "error", err)
 	}
-	s.leaveQueue(w, "refused")
+	s.leaveQueue(w, metrics.QueueRefused)
 }
 
 // settleHanded finds out whether the worker started a handed job whose
 // start call failed: it asks the worker until it answers, and meanwhile
 // watches the store, where a report of the job (or its worker's DOWN)
 // may settle it first.
-func (s *Scheduler) settleHanded(ctx context.Context, w *waiting, job store.Job, slot *reservation) {
+func (s *Scheduler) settleHanded(runCtx context.Context, w *waiting, job store.Job, slot *reservation) {
+	ctx := context.WithoutCancel(runCtx)
 	t := slot.target
 	pause := 500 * time.Millisecond
 	for {
 		cur, err := s.store.GetJob(ctx, job.ID)
 		switch {
 		case err != nil && !errors.Is(err, store.ErrUnavailable):
-			s.leaveQueue(w, "lost")
+			s.leaveQueue(w, metrics.QueuePlaced)
 			return
 		case err == nil && cur.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED:
 			s.q.putBack(w)
 			return
 		case err == nil && cur.Status.GetState() != batonv1.JobState_JOB_STATE_PENDING:
-			s.leaveQueue(w, "placed")
+			s.leaveQueue(w, metrics.QueuePlaced)
 			return
 		}
-		qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+		qctx, cancel := context.WithTimeout(runCtx, s.opts.WorkerCallTimeout)
 		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: job.ID}))
 		cancel()
 		switch {
 		case qerr == nil && res.Msg.GetStatus() != nil:
 			s.started(ctx, slot, job, res.Msg.GetStatus())
-			s.leaveQueue(w, "placed")
+			s.leaveQueue(w, metrics.QueuePlaced)
 			return
 		case connect.CodeOf(qerr) == connect.CodeNotFound:
 			s.requeue(ctx, w, job.ID, 0)
@@ -226,7 +238,7 @@ func (s *Scheduler) settleHanded(ctx context.Context, w *waiting, job store.Job,
 		}
 		select {
 		case <-time.After(pause):
-		case <-s.stopping.Done():
+		case <-runCtx.Done():
 			return
 		}
 		pause = min(2*pause, 30*time.Second)
@@ -251,7 +263,7 @@ func (s *Scheduler) expireQueued(ctx context.Context) time.Time {
 			s.q.restore(w, time.Now().Add(time.Second))
 			continue
 		}
-		s.opts.Metrics.JobLeftQueue(w.place.Priority, "timed_out", time.Since(w.queuedAt))
+		s.opts.Metrics.JobLeftQueue(w.place.Priority, metrics.QueueTimedOut, time.Since(w.queuedAt))
 	}
 	return next
 }
@@ -292,7 +304,7 @@ func (s *Scheduler) stopQueued(ctx context.Context, j store.Job, by string) (*ba
 				s.q.restore(w, time.Time{})
 				return nil, j, true, err
 			}
-			s.opts.Metrics.JobLeftQueue(w.place.Priority, "stopped", time.Since(w.queuedAt))
+			s.opts.Metrics.JobLeftQueue(w.place.Priority, metrics.QueueStopped, time.Since(w.queuedAt))
 			cur, err := s.store.GetJob(ctx, j.ID)
 			if err != nil {
 				return nil, j, true, err
