@@ -16,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
@@ -71,14 +72,23 @@ const (
 
 // scriptPathArg reports whether COMMAND's first argument is sent as the
 // job's script path: a relative path with no ".." element that does not
-// look like an option. The worker resolves it in its scripts directory
-// (`baton run -- bash count.sh` runs scripts/count.sh); --no-path turns
-// this off for commands whose first argument is plain data.
+// look like an option and names a file, by a slash or an extension
+// ("count.sh", "tools/train", not "hi" or "1.5"). The worker resolves it
+// in its scripts directory (`baton run -- bash count.sh` runs
+// scripts/count.sh); --no-path turns this off for commands whose first
+// argument is plain data.
 func scriptPathArg(arg string) bool {
 	if arg == "" || strings.HasPrefix(arg, "-") || filepath.IsAbs(arg) {
 		return false
 	}
-	return !slices.Contains(strings.Split(filepath.ToSlash(arg), "/"), "..")
+	if slices.Contains(strings.Split(filepath.ToSlash(arg), "/"), "..") {
+		return false
+	}
+	if strings.Contains(arg, "/") {
+		return true
+	}
+	ext := filepath.Ext(arg)
+	return len(ext) > 1 && unicode.IsLetter(rune(ext[1]))
 }
 
 // startRequest builds the StartJob request from the flags and
@@ -171,8 +181,9 @@ N killed it, as shells do).
 COMMAND is an allow-listed program (bash, sh, python3, ...) or an executable
 in the worker's scripts directory. COMMAND's first argument is sent as the
 job's script path when it is a relative path without ".." that does not
-start with "-": "baton run -- bash count.sh" runs count.sh from the scripts
-directory. --no-path passes it as a plain argument instead.
+start with "-" and names a file, by a slash or an extension: "baton run --
+bash count.sh" runs count.sh from the scripts directory, "baton run -- echo
+hi" prints hi. --no-path passes it as a plain argument instead.
 
 When every matching worker is full, the job waits in the scheduler's queue
 (without limit unless --queue-timeout; --no-wait fails at once instead).

@@ -210,3 +210,19 @@ func TestSchedulerQueueLimitConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestSchedulerUserPriorityConfig(t *testing.T) {
+	for _, tc := range []struct {
+		p  int
+		ok bool
+	}{{50, true}, {0, true}, {100, true}, {-1, false}, {101, false}} {
+		cfg := defaultSchedulerConfig()
+		cfg.Scheduler.MaxUserPriority = tc.p
+		if err := cfg.validate(); (err == nil) != tc.ok {
+			t.Errorf("max_user_priority = %d: validate() = %v, want ok %v", tc.p, err, tc.ok)
+		}
+	}
+	if got := userPriority(0); got >= 0 {
+		t.Errorf("userPriority(0) = %d: a configured 0 must not read as the default", got)
+	}
+}

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,14 +32,16 @@ func newDevCommand() *cobra.Command {
 	}
 	flags := cmd.Flags()
 	flags.StringVar(&dataDir, "data-dir", filepath.Join(stateDir(), "dev"), "where the cluster keeps its data")
-	flags.StringVar(&scriptsDir, "scripts-dir", "examples/scripts", "the workers' scripts directory")
+	flags.StringVar(&scriptsDir, "scripts-dir", "", "the workers' scripts directory (default: the example scripts, written to <data-dir>/"+devScriptsDir+" at each start)")
 	flags.StringVar(&addr, "addr", "127.0.0.1:7070", "the scheduler's address")
 	flags.StringVar(&httpAddr, "http-addr", "127.0.0.1:7080", "the scheduler's plain HTTP address")
 	flags.IntVar(&workerPort, "worker-port", 7071, "the first worker's port (the second uses the next one)")
 	flags.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		if info, err := os.Stat(scriptsDir); err != nil || !info.IsDir() {
-			return fmt.Errorf("scripts directory %q not found: run from the repository root or pass --scripts-dir", scriptsDir)
+		if scriptsDir != "" {
+			if info, err := os.Stat(scriptsDir); err != nil || !info.IsDir() {
+				return fmt.Errorf("--scripts-dir: %q is not a directory", scriptsDir)
+			}
 		}
 		return runDev(cmd.Context(), devConfig{
 			dataDir: dataDir, scriptsDir: scriptsDir, addr: addr, httpAddr: httpAddr,
@@ -50,7 +54,12 @@ func newDevCommand() *cobra.Command {
 // devAdmin is the client identity `baton dev` issues for its user.
 var devAdmin = identity.Principal{Role: identity.RoleAdmin, Name: "dev"}
 
+// devScriptsDir is where, under its data directory, `baton dev` writes
+// the example scripts when it is given no scripts directory.
+const devScriptsDir = "scripts"
+
 type devConfig struct {
+	// scriptsDir "" means the example scripts built into the binary.
 	dataDir, scriptsDir, addr, httpAddr, logLevel string
 	workerPort                                    int
 }
@@ -83,6 +92,12 @@ func runDev(ctx context.Context, dc devConfig) error {
 	caFile, certs, err := ensureDevCerts(os.Stdout, dc.dataDir, principals...)
 	if err != nil {
 		return fmt.Errorf("dev certificates: %w", err)
+	}
+	if dc.scriptsDir == "" {
+		dc.scriptsDir = filepath.Join(dc.dataDir, devScriptsDir)
+		if err := writeExampleScripts(dc.scriptsDir); err != nil {
+			return fmt.Errorf("write the example scripts: %w", err)
+		}
 	}
 	tlsFor := func(p identity.Principal, addr string) GRPCServerConfig {
 		return GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: caFile, CrtFile: certs[p][0], KeyFile: certs[p][1]}
@@ -152,6 +167,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	var names []string
+	programs := pathPrograms(os.Getenv("PATH"))
 	for i, name := range workerNames {
 		w := defaultWorkerConfig()
 		names = append(names, name+" "+net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
@@ -160,6 +176,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 		w.Worker.Name = name
 		w.Worker.DataDir = filepath.Join(dc.dataDir, name)
 		w.Worker.ScriptsDir = dc.scriptsDir
+		w.Worker.AllowedCommands = programs
 		w.Worker.Labels = map[string]string{"slot": strconv.Itoa(i + 1)}
 		w.Worker.StopGrace = Duration(5 * time.Second)
 		w.Log = sched.Log
@@ -184,14 +201,15 @@ func runDev(ctx context.Context, dc devConfig) error {
   scheduler  https://%[1]s   mutual TLS: gRPC, gRPC-Web and Connect JSON
   http api   http://%[2]s    plain HTTP on loopback, no tokens: every caller is an anonymous admin
   workers    %[3]s, %[4]s
+  jobs       any program on PATH (%[7]d found at start) and the scripts in %[8]s
   certs      %[5]s   (ca.crt, admin-dev.crt/.key for clients)
   data       %[6]s
 Try:
-  go run ./cmd/baton run -- bash count.sh
+  %[9]s run -- bash count.sh
   curl -s -H 'Content-Type: application/json' -d '{"command":"bash","path":"count.sh"}' http://%[2]s/baton.v1.SchedulerService/StartJob
   curl -s --cacert %[5]s/ca.crt --cert %[5]s/admin-dev.crt --key %[5]s/admin-dev.key -H 'Content-Type: application/json' -d '{}' https://%[1]s/baton.v1.SchedulerService/ListWorkers
 Press Ctrl-C to stop.
-`, dc.addr, dc.httpAddr, names[0], names[1], certDir, dc.dataDir)
+`, dc.addr, dc.httpAddr, names[0], names[1], certDir, dc.dataDir, len(programs), dc.scriptsDir, cliName())
 
 	wg.Wait()
 	stopSched()
@@ -200,6 +218,28 @@ Press Ctrl-C to stop.
 		fmt.Println("Baton dev cluster stopped.")
 	}
 	return err
+}
+
+// cliName is how the banner tells its user to run the client. `go run`
+// leaves its binary in a go-build temporary directory, gone once the
+// cluster stops; the binary PATH finds is "baton"; any other goes by its
+// path.
+func cliName() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "baton"
+	}
+	if strings.Contains(exe, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/baton"
+	}
+	if onPath, err := exec.LookPath("baton"); err == nil {
+		a, errA := os.Stat(onPath)
+		b, errB := os.Stat(exe)
+		if errA == nil && errB == nil && os.SameFile(a, b) {
+			return "baton"
+		}
+	}
+	return shellQuote(exe)
 }
 
 // waitForListener waits until addr accepts connections, the server fails,

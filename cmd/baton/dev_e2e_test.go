@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"net"
 	"os"
 	"os/exec"
@@ -10,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -26,56 +24,11 @@ func TestDevClusterFromScratch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, httpAddr, port := freeAddr(t), freeAddr(t), freePortPair(t)
-	env := append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
-	baton := func(args ...string) *exec.Cmd {
-		cmd := exec.Command(bin, args...)
-		cmd.Env, cmd.Dir = env, repo
-		return cmd
-	}
-	startDev := func() (*exec.Cmd, *lockedBuffer) {
-		t.Helper()
-		out := &lockedBuffer{}
-		dev := baton("dev", "--addr", addr, "--http-addr", httpAddr, "--worker-port", strconv.Itoa(port))
-		dev.Stdout, dev.Stderr = out, out
-		if err := dev.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = dev.Process.Kill(); _, _ = dev.Process.Wait() })
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			cmd := baton("workers", "-o", "json")
-			b, err := cmd.Output()
-			var workers []map[string]any
-			if err == nil && json.Unmarshal(b, &workers) == nil && len(workers) == 2 &&
-				workers[0]["state"] == "WORKER_STATE_READY" && workers[1]["state"] == "WORKER_STATE_READY" {
-				return dev, out
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the dev cluster did not get two READY workers: %v %s\n%s", err, b, out.String())
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-	stopDev := func(dev *exec.Cmd, out *lockedBuffer) {
-		t.Helper()
-		if err := dev.Process.Signal(syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- dev.Wait() }()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("baton dev after Ctrl-C: %v\n%s", err, out.String())
-			}
-		case <-time.After(60 * time.Second):
-			t.Fatalf("baton dev did not stop after Ctrl-C\n%s", out.String())
-		}
-	}
+	d := newDevProcess(t, bin, home, repo)
+	baton := func(args ...string) *exec.Cmd { return d.baton(t.Context(), args...) }
 
-	dev, out := startDev()
-	if !strings.Contains(out.String(), "https://"+addr) {
+	dev, out := d.start()
+	if !strings.Contains(out.String(), "https://"+d.addr) {
 		t.Errorf("dev did not print its mutual-TLS address:\n%s", out.String())
 	}
 	var stdout, stderr bytes.Buffer
@@ -102,13 +55,13 @@ func TestDevClusterFromScratch(t *testing.T) {
 			t.Fatal("the detached job never ran")
 		}
 	}
-	stopDev(dev, out)
+	d.stop(dev, out)
 	if processWithArg0(marker) {
 		t.Error("a job's process outlived baton dev")
 	}
 
 	// The second start keeps the CA and the history.
-	dev, out = startDev()
+	dev, out = d.start()
 	again, err := os.ReadFile(filepath.Join(home, ".local", "state", "baton", "dev", "certs", "ca.crt"))
 	if err != nil || !bytes.Equal(ca, again) {
 		t.Errorf("the second start made a new CA (%v)", err)
@@ -117,7 +70,7 @@ func TestDevClusterFromScratch(t *testing.T) {
 	if err != nil || !strings.Contains(string(status), "JOB_STATE_STOPPED") {
 		t.Errorf("status of the job from the first run: %v %s", err, status)
 	}
-	stopDev(dev, out)
+	d.stop(dev, out)
 }
 
 // processWithArg0 reports whether a live process has argv[0] == name.

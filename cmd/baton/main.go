@@ -56,7 +56,7 @@ var version = "dev"
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "baton",
-		Version:       version,
+		Version:       readBuildVersion().Version,
 		Short:         "Baton runs jobs on a fleet of workers, conducted by one scheduler.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -70,6 +70,8 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newRunCommand(), newStartCommand(), newStopCommand(), newStatusCommand(),
 		newLogsCommand(), newJobsCommand(), newWorkersCommand(), newDrainCommand())
 	root.AddCommand(newConfigCommand())
+	root.AddCommand(newVersionCommand())
+	root.SetVersionTemplate(versionPrefix + "{{.Version}}\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return &usageError{msg: cmd.CommandPath() + ": " + err.Error()}
 	})

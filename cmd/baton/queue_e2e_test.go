@@ -16,7 +16,9 @@ import (
 // again: every job runs exactly once, in the order it was queued.
 func TestClusterQueueSurvivesSchedulerKill9(t *testing.T) {
 	c := newCluster(t, clusterOptions{workers: []string{"w1"}, capacity: 1})
-	blocker := c.start(c.napJob("w1", 3))
+	// The worker stays busy until the scheduler is back, so that every
+	// job is queued across the kill whatever the machine's speed.
+	blocker := c.start(c.napJob("w1", 300))
 	c.waitJobState(blocker.JobID, "JOB_STATE_RUNNING", 30*time.Second)
 
 	// Each job appends its number to one file: the file is the order the
@@ -46,6 +48,8 @@ func TestClusterQueueSurvivesSchedulerKill9(t *testing.T) {
 
 	c.sched.kill()
 	c.startScheduler()
+	c.waitWorkerState("w1", "WORKER_STATE_READY", 30*time.Second)
+	c.mustCall("StopJob", fmt.Sprintf(`{"job_id":%q}`, blocker.JobID), nil)
 
 	for _, id := range ids {
 		if st := c.waitJob(id, 60*time.Second, "ended", func(s jobStatus) bool { return isTerminal(s.State) }); st.State != "JOB_STATE_SUCCEEDED" {

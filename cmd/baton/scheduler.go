@@ -60,6 +60,9 @@ type SchedulerSection struct {
 	// MaxQueuedPerOwner is the most jobs one owner may have waiting in
 	// the queue; -1 means no limit.
 	MaxQueuedPerOwner int `koanf:"max_queued_per_owner"`
+	// MaxUserPriority is the highest priority a user (not an admin) may
+	// give a job.
+	MaxUserPriority int `koanf:"max_user_priority"`
 	// AuditFile receives one JSON line per mutating call and per denied
 	// call; empty disables the audit log.
 	AuditFile string `koanf:"audit_file"`
@@ -76,6 +79,7 @@ func defaultSchedulerConfig() SchedulerConfig {
 		Retention:         Duration(scheduler.DefaultRetention),
 		ShutdownTimeout:   Duration(30 * time.Second),
 		MaxQueuedPerOwner: scheduler.DefaultMaxQueuedPerOwner,
+		MaxUserPriority:   scheduler.DefaultMaxUserPriority,
 	}
 	c.Log = defaultLogConfig()
 	return c
@@ -87,6 +91,9 @@ func (c *SchedulerConfig) validate() error {
 	s := c.Scheduler
 	if s.HeartbeatInterval <= 0 || s.HeartbeatGrace <= 0 || s.FailoverGrace <= 0 || s.RestartGrace <= 0 || s.Retention <= 0 || s.ShutdownTimeout <= 0 {
 		errs = append(errs, errors.New("scheduler.heartbeat_interval, heartbeat_grace, failover_grace, restart_grace, retention and shutdown_timeout must be positive"))
+	}
+	if s.MaxUserPriority < 0 || s.MaxUserPriority > 100 {
+		errs = append(errs, fmt.Errorf("scheduler.max_user_priority is %d: give a priority from 0 to 100", s.MaxUserPriority))
 	}
 	if s.MaxQueuedPerOwner == 0 || s.MaxQueuedPerOwner < -1 {
 		errs = append(errs, fmt.Errorf("scheduler.max_queued_per_owner is %d: give a positive number, or -1 for no limit", s.MaxQueuedPerOwner))
@@ -193,6 +200,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		RestartGrace:      time.Duration(cfg.Scheduler.RestartGrace),
 		Retention:         time.Duration(cfg.Scheduler.Retention),
 		MaxQueuedPerOwner: cfg.Scheduler.MaxQueuedPerOwner,
+		MaxUserPriority:   userPriority(cfg.Scheduler.MaxUserPriority),
 		WorkerTLS:         creds,
 		Audit:             audit,
 		Logger:            logger,
@@ -294,4 +302,14 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		_ = s.Shutdown(shutdownCtx)
 	}
 	return err
+}
+
+// userPriority is max_user_priority as scheduler.Options takes it, where
+// zero means the default: a configured 0 (users may only ask for the
+// lowest priority) is passed as negative.
+func userPriority(p int) int32 {
+	if p == 0 {
+		return -1
+	}
+	return int32(p)
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
 )
@@ -21,16 +22,20 @@ import (
 // (enqueue) when it may wait and no slot is free; the dispatcher hands it
 // to a worker the moment a slot that fits it frees (a job ends, a worker
 // registers), records it PENDING there (store.AssignJob) and starts it.
-// A worker that will not take it puts it back at its place; one that
-// cannot say whether it did is asked until it answers.
+// A worker that will not take it puts it back at its place, after a pause
+// that grows with each try; one that cannot say whether it did is asked
+// until it answers.
 
 // DefaultPriority is the priority of a StartJob that sets none.
 const DefaultPriority = 50
 
-// requeueDelay is how long a job a worker refused as full waits before it
-// is handed out again: the worker's heartbeat will correct the count that
-// made it look free.
-const requeueDelay = 100 * time.Millisecond
+// Pauses before a job its worker did not take is handed out again: the
+// worker's heartbeat will correct the count that made it look free, or
+// the worker's trouble (a full disk, say) may pass.
+const (
+	retryPause    = 100 * time.Millisecond
+	maxRetryPause = 30 * time.Second
+)
 
 // waits reports whether a StartJob may wait in the queue.
 func waits(req *batonv1.StartJobRequest) bool {
@@ -43,6 +48,16 @@ func priorityOf(req *batonv1.StartJobRequest) int32 {
 		return DefaultPriority
 	}
 	return req.GetPriority()
+}
+
+// checkPriority refuses a priority above MaxUserPriority from a caller
+// who is not an admin: going ahead of everyone is the operator's call.
+func (s *Scheduler) checkPriority(ctx context.Context, req *batonv1.StartJobRequest) error {
+	p := priorityOf(req)
+	if p <= s.opts.MaxUserPriority || caller(ctx).Role == identity.RoleAdmin {
+		return nil
+	}
+	return newError(errPriority, "priority %d is above %d, the most users may ask for (scheduler.max_user_priority); an admin may set more", p, s.opts.MaxUserPriority)
 }
 
 // queueable reports whether a placement error is one a job may wait out:
@@ -60,6 +75,9 @@ func queueable(err error) bool {
 // worker names the worker it must run on, or is empty. It returns the
 // job's status as a caller sees it.
 func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, owner, group, key, worker string) (*batonv1.JobStatus, *waiting, error) {
+	if err := s.reg.checkNamed(worker); err != nil {
+		return nil, nil, err
+	}
 	uid, err := uuid.NewV7()
 	if err != nil {
 		return nil, nil, err
@@ -69,7 +87,7 @@ func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, o
 	if d := req.GetQueueTimeout().AsDuration(); d > 0 {
 		deadline = now.Add(d)
 	}
-	place, err := s.q.place(owner, worker, priorityOf(req), deadline)
+	place, err := s.q.place(owner, worker, req.GetSelector(), priorityOf(req), deadline)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -90,21 +108,15 @@ func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, o
 	return s.queuedStatus(job), w, nil
 }
 
-// queuedStatus is a QUEUED job's status with its identity, its position
-// and what it waits for now.
+// queuedStatus is a job's status with its identity and, while it is
+// QUEUED, its position and what it waits for now.
 func (s *Scheduler) queuedStatus(j store.Job) *batonv1.JobStatus {
 	st := withIdentity(j, proto.CloneOf(j.Status))
 	if st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
 		return st
 	}
 	st.QueuePosition = s.q.position(j.ID)
-	worker := ""
-	if j.Queue != nil {
-		worker = j.Queue.WorkerID
-	} else if st.GetWorkerId() != "" {
-		worker = st.GetWorkerId()
-	}
-	st.Reason = s.reg.waitReason(worker, st.GetSpec().GetSelector())
+	st.Reason = s.reg.waitReason(st.GetWorkerId(), st.GetSpec().GetSelector())
 	return st
 }
 
@@ -120,8 +132,14 @@ func (s *Scheduler) runQueue(ctx context.Context) {
 	defer timer.Stop()
 	for {
 		next := s.expireQueued(ctx)
-		for {
-			w, slot := s.q.next(s.reg.reserveQueued)
+		for !s.q.empty() {
+			open := s.reg.openWorkers()
+			if len(open) == 0 {
+				break
+			}
+			w, slot := s.q.next(func(worker string, selector map[string]string) *reservation {
+				return s.reg.reserveAmong(open, worker, selector)
+			})
 			if w == nil {
 				break
 			}
@@ -148,14 +166,21 @@ func (s *Scheduler) dispatch(runCtx context.Context, w *waiting, slot *reservati
 	// the worker end with it.
 	ctx := context.WithoutCancel(runCtx)
 	t := slot.target
+	// Marked as being started before it is PENDING on the worker, so that
+	// a registration of the worker meanwhile leaves it to this start.
+	s.starting.Store(w.id, struct{}{})
+	defer s.starting.Delete(w.id)
 	job, err := s.store.AssignJob(ctx, w.id, t.id)
-	if err != nil {
+	switch {
+	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+		// The store no longer has it waiting: it is settled there.
+		s.leaveQueue(w, metrics.QueuePlaced)
+		return
+	case err != nil:
 		s.logger.ErrorContext(ctx, "handing a queued job to a worker failed", "job_id", w.id, "worker_id", t.id, "error", err)
-		time.AfterFunc(requeueDelay, func() { s.q.putBack(w) })
+		s.retryLater(w)
 		return
 	}
-	s.starting.Store(job.ID, struct{}{})
-	defer s.starting.Delete(job.ID)
 	cctx, cancel := context.WithTimeout(runCtx, s.opts.WorkerCallTimeout)
 	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartOf(job)))
 	cancel()
@@ -164,26 +189,52 @@ func (s *Scheduler) dispatch(runCtx context.Context, w *waiting, slot *reservati
 		s.started(ctx, slot, job, res.Msg.GetStatus())
 		s.leaveQueue(w, metrics.QueuePlaced)
 	case code == connect.CodeResourceExhausted:
-		s.requeue(ctx, w, job.ID, requeueDelay)
+		s.requeue(runCtx, w, job.ID)
 	case code == connect.CodeInvalidArgument, code == connect.CodeNotFound, code == connect.CodePermissionDenied,
 		code == connect.CodeFailedPrecondition:
 		s.refused(ctx, w, job, t.id, err)
 	case runCtx.Err() != nil:
 		// Shutting down: the next registration of the worker settles it.
 	default:
-		// Timed out, connection lost, or the job exists already: the
-		// worker may have started it.
+		// Timed out, connection lost, the worker failed, or the job
+		// exists already: the worker may have started it.
 		s.settleHanded(runCtx, w, job, slot)
 	}
 }
 
-// requeue puts a handed job back in the queue after delay: its worker did
-// not take it.
-func (s *Scheduler) requeue(ctx context.Context, w *waiting, id string, delay time.Duration) {
-	if _, err := s.store.RequeueJob(ctx, id); err != nil {
+// retryLater puts a handed job back in the queue after a pause that grows
+// with each try.
+func (s *Scheduler) retryLater(w *waiting) {
+	pause := min(retryPause<<min(w.tries, 10), maxRetryPause)
+	w.tries++
+	s.q.pause(w)
+	time.AfterFunc(pause, func() { s.q.putBack(w) })
+}
+
+// requeue puts a handed job its worker did not take back at its place in
+// the store, then in the queue after a pause. A job the store no longer
+// has as being started (a report of it came) leaves the queue.
+func (s *Scheduler) requeue(runCtx context.Context, w *waiting, id string) {
+	ctx := context.WithoutCancel(runCtx)
+	pause := retryPause
+	for {
+		_, err := s.store.RequeueJob(ctx, id)
+		switch {
+		case err == nil:
+			s.retryLater(w)
+			return
+		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+			s.leaveQueue(w, metrics.QueuePlaced)
+			return
+		}
 		s.logger.ErrorContext(ctx, "putting a job back in the queue failed", "job_id", id, "error", err)
+		select {
+		case <-time.After(pause):
+		case <-runCtx.Done():
+			return // the next registration of its worker settles it
+		}
+		pause = min(2*pause, maxRetryPause)
 	}
-	time.AfterFunc(delay, func() { s.q.putBack(w) })
 }
 
 // refused ends a handed job its worker refused to start for a reason
@@ -218,7 +269,7 @@ func (s *Scheduler) settleHanded(runCtx context.Context, w *waiting, job store.J
 			s.leaveQueue(w, metrics.QueuePlaced)
 			return
 		case err == nil && cur.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED:
-			s.q.putBack(w)
+			s.retryLater(w)
 			return
 		case err == nil && cur.Status.GetState() != batonv1.JobState_JOB_STATE_PENDING:
 			s.leaveQueue(w, metrics.QueuePlaced)
@@ -233,7 +284,7 @@ func (s *Scheduler) settleHanded(runCtx context.Context, w *waiting, job store.J
 			s.leaveQueue(w, metrics.QueuePlaced)
 			return
 		case connect.CodeOf(qerr) == connect.CodeNotFound:
-			s.requeue(ctx, w, job.ID, 0)
+			s.requeue(runCtx, w, job.ID)
 			return
 		}
 		select {
@@ -241,7 +292,7 @@ func (s *Scheduler) settleHanded(runCtx context.Context, w *waiting, job store.J
 		case <-runCtx.Done():
 			return
 		}
-		pause = min(2*pause, 30*time.Second)
+		pause = min(2*pause, maxRetryPause)
 	}
 }
 
@@ -294,10 +345,13 @@ func inQueue(st batonv1.JobState) bool {
 }
 
 // stopQueued cancels job j if it waits in the queue: it ends STOPPED
-// without having run. It reports false when j is not waiting (any more):
+// without having run. A job being handed to a worker is waited for, up to
+// WorkerCallTimeout: it is either back in the queue, and cancelled there,
+// or on its worker. It reports false when j is not waiting (any more):
 // the caller stops it as a started job, with j read again.
 func (s *Scheduler) stopQueued(ctx context.Context, j store.Job, by string) (*batonv1.JobStatus, store.Job, bool, error) {
-	for range 3 {
+	deadline := time.Now().Add(s.opts.WorkerCallTimeout)
+	for {
 		w, handed := s.q.take(j.ID)
 		if w != nil {
 			if err := s.endQueued(ctx, w, batonv1.JobState_JOB_STATE_STOPPED, by, "stopped while queued; it never ran"); err != nil {
@@ -311,30 +365,27 @@ func (s *Scheduler) stopQueued(ctx context.Context, j store.Job, by string) (*ba
 			}
 			return withIdentity(cur, cur.Status), cur, true, nil
 		}
-		if handed != nil {
-			// Being started: stop it once it is on its worker.
-			select {
-			case <-handed:
-			case <-time.After(s.opts.WorkerCallTimeout):
-			case <-ctx.Done():
-				return nil, j, true, ctx.Err()
+		if !handed {
+			cur, err := s.store.GetJob(ctx, j.ID)
+			if err != nil {
+				return nil, j, true, err
 			}
+			j = cur
+			if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+				return nil, j, false, nil
+			}
+			// Recorded QUEUED, but not in the queue yet: its StartJob is
+			// adding it.
 		}
-		if handed == nil && j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
-			return nil, j, false, nil // a start of StartJob's own, not the queue's
+		if time.Now().After(deadline) {
+			return nil, j, true, newError(errWorkerUnavailable, "job %s is being handed to a worker; stop it again", j.ID)
 		}
-		cur, err := s.store.GetJob(ctx, j.ID)
-		if err != nil {
-			return nil, j, true, err
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, j, true, ctx.Err()
 		}
-		j = cur
-		if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
-			return nil, j, false, nil
-		}
-		// Recorded, but not in the queue yet: its StartJob is adding it.
-		time.Sleep(10 * time.Millisecond)
 	}
-	return nil, j, true, newError(errWorkerUnavailable, "job %s is being queued; stop it again", j.ID)
 }
 
 // workerStartOf is the WorkerService call that starts a recorded job.

@@ -25,6 +25,7 @@ var (
 	errNotRegistered     = errors.New("worker not registered")
 	errKeyOfGroup        = errors.New("idempotency key of a group")
 	errQueueFull         = errors.New("too many jobs queued")
+	errPriority          = errors.New("priority not allowed")
 )
 
 // userError is an error kind with a message meant for the caller.
@@ -69,6 +70,7 @@ var codes = []struct {
 	{errNoWorkers, connect.CodeUnavailable},
 	{errNoCapacity, connect.CodeResourceExhausted},
 	{errQueueFull, connect.CodeResourceExhausted},
+	{errPriority, connect.CodePermissionDenied},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},

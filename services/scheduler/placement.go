@@ -71,7 +71,7 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]*reservation, error) {
 	// and the reservation; then scan again. Each round reserves a slot or
 	// finds the workers fuller, so this ends.
 	for {
-		best, matched := r.leastLoadedLocked(req.GetSelector(), false)
+		best, matched := r.leastLoadedLocked(req.GetSelector())
 		if !matched {
 			return nil, r.noneMatchingLocked()
 		}
@@ -90,35 +90,83 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]*reservation, error) {
 	}
 }
 
-// reserveQueued reserves a slot for a queued job, or returns nil: on the
-// named worker, or the least-loaded matching one, if it is READY, has
-// registered with this scheduler (so that its running count is its own
-// word, not a stored one) and has room.
-func (r *registry) reserveQueued(worker string, selector map[string]string) *reservation {
+// openWorkers lists the workers a queued job may be handed to now: READY,
+// registered with this scheduler (so that their running count is their
+// own word, not a stored one) and with a free slot. When every worker is
+// busy, as while jobs queue, the list is empty and the queue is not
+// looked at.
+func (r *registry) openWorkers() []*member {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	var m *member
-	if worker != "" {
-		m = r.members[worker]
-		if m == nil || m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
-			return nil
+	var out []*member
+	for _, m := range r.members {
+		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
+			continue
 		}
-	} else {
-		m, _ = r.leastLoadedLocked(selector, true)
-		if m == nil {
-			return nil
+		m.hot.Lock()
+		open := m.live && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
+		m.hot.Unlock()
+		if open {
+			out = append(out, m)
 		}
 	}
-	m.hot.Lock()
-	ok := m.live && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
+	return out
+}
+
+// reserveAmong reserves a slot for a queued job on one of open (from
+// openWorkers): the named worker, or the least-loaded one matching
+// selector, if it still has room. It returns nil when none has.
+func (r *registry) reserveAmong(open []*member, worker string, selector map[string]string) *reservation {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var best *member
+	var bestRunning int32
+	for _, m := range open {
+		if r.members[m.w.ID] != m || m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
+			continue
+		}
+		if worker != "" && m.w.ID != worker || worker == "" && !matches(m.w.Labels, selector) {
+			continue
+		}
+		m.hot.Lock()
+		running, room := m.w.RunningJobs, m.live && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
+		m.hot.Unlock()
+		if room && (best == nil || lessLoaded(m, running, best, bestRunning)) {
+			best, bestRunning = m, running
+		}
+	}
+	if best == nil {
+		return nil
+	}
+	best.hot.Lock()
+	ok := best.live && (best.w.Capacity <= 0 || best.w.RunningJobs < best.w.Capacity)
 	if ok {
-		r.reserveHot(m)
+		r.reserveHot(best)
 	}
-	m.hot.Unlock()
+	best.hot.Unlock()
 	if !ok {
 		return nil
 	}
-	return r.reservationLocked(m)
+	return r.reservationLocked(best)
+}
+
+// checkNamed refuses a job for a worker that is unknown or draining: it
+// would wait forever. A worker that is down, restarting or gone may come
+// back, and a job may wait for it.
+func (r *registry) checkNamed(id string) error {
+	if id == "" {
+		return nil
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m := r.members[id]
+	switch {
+	case m == nil || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED:
+		return errWorkerNotFound(id)
+	case m.w.State == batonv1.WorkerState_WORKER_STATE_DRAINING:
+		return newError(errDraining, "worker %q is draining and takes no new jobs", id)
+	}
+	return nil
 }
 
 // waitReason says what a queued job waits for: the named worker, or a
@@ -203,10 +251,7 @@ func (r *registry) reservationLocked(m *member) *reservation {
 // with room, and whether any READY worker matched at all. One pass, no
 // allocation: it runs on every StartJob, with thousands of workers. The
 // caller holds r.mu.
-//
-// With liveOnly, only workers registered with this process count as having
-// room.
-func (r *registry) leastLoadedLocked(selector map[string]string, liveOnly bool) (*member, bool) {
+func (r *registry) leastLoadedLocked(selector map[string]string) (*member, bool) {
 	var best *member
 	var bestRunning int32
 	matched := false
@@ -216,9 +261,9 @@ func (r *registry) leastLoadedLocked(selector map[string]string, liveOnly bool) 
 		}
 		matched = true
 		m.hot.Lock()
-		running, live := m.w.RunningJobs, m.live
+		running := m.w.RunningJobs
 		m.hot.Unlock()
-		if m.w.Capacity > 0 && running >= m.w.Capacity || liveOnly && !live {
+		if m.w.Capacity > 0 && running >= m.w.Capacity {
 			continue
 		}
 		if best == nil || lessLoaded(m, running, best, bestRunning) {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -21,7 +22,13 @@ import (
 // Jobs are grouped by what they can run on (a named worker, or a
 // selector): within one group, if the first job finds no slot, none of
 // the others can. So handing out the next job looks at each group's first
-// job only, however long the queue is.
+// job only, however long the queue is, and only when some worker has a
+// free slot.
+//
+// Turns are taken within a group, among the owners competing for the same
+// workers: a group's round is the one being served there, and an owner's
+// next job gets the later of its own next round and that one, so an owner
+// who arrives late takes turns from now on, not from the start.
 //
 // The queue only orders and hands out; placing a job and recording it is
 // the dispatcher's (dispatch.go). It is safe for concurrent use.
@@ -29,15 +36,9 @@ type queue struct {
 	mu     sync.Mutex
 	groups map[string]*waitGroup
 	jobs   map[string]*waiting
-	// served is, per priority, the latest round handed out; last is, per
-	// owner and priority, the latest round given to a job. A new job's
-	// round is the later of the owner's next and the one being served, so
-	// an owner who arrives late takes turns from now on, not from the start.
-	served map[int32]int64
-	last   map[ownerPriority]int64
+	size   atomic.Int64 // len(jobs), read without mu
 	seq    int64
-	// deadlines holds the jobs with a queue timeout, soonest first; a job
-	// that left the queue stays in it until popped.
+	// deadlines holds the waiting jobs with a queue timeout, soonest first.
 	deadlines deadlineHeap
 	// owned counts each owner's jobs in the queue, against limit (0: none).
 	owned map[string]int
@@ -47,7 +48,9 @@ type queue struct {
 	wake chan struct{}
 }
 
-type ownerPriority struct {
+// turn is where an owner is in the turns of one group at one priority.
+type turn struct {
+	group    string
 	owner    string
 	priority int32
 }
@@ -68,6 +71,13 @@ type waiting struct {
 	// handed is true while the dispatcher starts the job: it is out of
 	// its group but not yet out of the queue.
 	handed bool
+	// tries counts the hand-outs that did not start the job, for the
+	// pause before the next; pausing is true during that pause, when the
+	// job is handed but nobody is starting it.
+	tries   int
+	pausing bool
+	// heapIndex is the job's index in deadlines, -1 when not in it.
+	heapIndex int
 	// done is closed when the job leaves the queue: started, or ended
 	// without running.
 	done chan struct{}
@@ -79,6 +89,12 @@ type waitGroup struct {
 	worker   string
 	selector map[string]string
 	jobs     []*waiting
+	// served is, per priority, the latest round handed out; last and
+	// count are, per owner and priority, the latest round given and the
+	// jobs waiting.
+	served map[int32]int64
+	last   map[turn]int64
+	count  map[turn]int
 }
 
 // newQueue returns an empty queue in which an owner may have at most
@@ -87,8 +103,6 @@ func newQueue(limit int) *queue {
 	return &queue{
 		groups: make(map[string]*waitGroup),
 		jobs:   make(map[string]*waiting),
-		served: make(map[int32]int64),
-		last:   make(map[ownerPriority]int64),
 		wake:   make(chan struct{}, 1),
 		owned:  make(map[string]int),
 		limit:  limit,
@@ -119,18 +133,33 @@ func groupKey(worker string, selector map[string]string) string {
 	return b.String()
 }
 
+// groupLocked returns the group of worker and selector, made if needed.
+func (q *queue) groupLocked(worker string, selector map[string]string) *waitGroup {
+	key := groupKey(worker, selector)
+	g := q.groups[key]
+	if g == nil {
+		g = &waitGroup{
+			key: key, worker: worker, selector: selector,
+			served: make(map[int32]int64), last: make(map[turn]int64), count: make(map[turn]int),
+		}
+		q.groups[key] = g
+	}
+	return g
+}
+
 // place gives a new job of owner its place: the next seq, and its round
-// at priority. The caller records the job with it, then adds it. It fails
-// when the owner has as many jobs queued as the limit allows.
-func (q *queue) place(owner, worker string, priority int32, deadline time.Time) (store.QueuePlace, error) {
+// at priority in its group. The caller records the job with it, then adds
+// it. It fails when the owner has as many jobs queued as the limit allows.
+func (q *queue) place(owner, worker string, selector map[string]string, priority int32, deadline time.Time) (store.QueuePlace, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.limit > 0 && q.owned[owner] >= q.limit {
 		return store.QueuePlace{}, newError(errQueueFull, "%s has %d jobs queued, the most the scheduler's max_queued_per_owner allows; wait for some to start, or stop some", owner, q.owned[owner])
 	}
-	op := ownerPriority{owner, priority}
-	round := max(q.last[op]+1, q.served[priority])
-	q.last[op] = round
+	g := q.groupLocked(worker, selector)
+	t := turn{g.key, owner, priority}
+	round := max(g.last[t]+1, g.served[priority])
+	g.last[t] = round
 	q.seq++
 	return store.QueuePlace{WorkerID: worker, Priority: priority, Round: round, Seq: q.seq, Deadline: deadline}, nil
 }
@@ -148,44 +177,43 @@ func (q *queue) addLocked(j store.Job, queuedAt time.Time) *waiting {
 	spec := j.Status.GetSpec()
 	w := &waiting{
 		id: j.ID, owner: j.Owner, place: *j.Queue, queuedAt: queuedAt,
-		queueTimeout: spec.GetQueueTimeout().AsDuration(), done: make(chan struct{}),
+		queueTimeout: spec.GetQueueTimeout().AsDuration(), heapIndex: -1, done: make(chan struct{}),
 	}
-	q.insertLocked(w, spec.GetSelector())
+	w.group = q.groupLocked(w.place.WorkerID, spec.GetSelector())
+	q.insertLocked(w)
 	return w
 }
 
-// insertLocked puts w in its group and the queue's indexes.
-func (q *queue) insertLocked(w *waiting, selector map[string]string) {
-	key := groupKey(w.place.WorkerID, selector)
-	g := q.groups[key]
-	if g == nil {
-		g = &waitGroup{key: key, worker: w.place.WorkerID, selector: selector}
-		q.groups[key] = g
-	}
-	w.group = g
+// insertLocked puts w, whose group is set, in the queue's indexes.
+func (q *queue) insertLocked(w *waiting) {
+	g := w.group
 	g.insert(w)
+	t := turn{g.key, w.owner, w.place.Priority}
+	g.count[t]++
+	g.last[t] = max(g.last[t], w.place.Round)
 	q.jobs[w.id] = w
+	q.size.Store(int64(len(q.jobs)))
 	q.owned[w.owner]++
 	if !w.place.Deadline.IsZero() {
 		heap.Push(&q.deadlines, w)
 	}
 }
 
-// load fills the queue from the store's queued jobs, in their order. Their
-// rounds go on from where they were: owners keep their turns.
+// load fills the queue from the store's queued jobs. Each group's turns go
+// on from its first waiting job: owners keep their places, and one who
+// comes later joins the turns there.
 func (q *queue) load(jobs []store.Job, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, j := range jobs {
-		p := *j.Queue
-		op := ownerPriority{j.Owner, p.Priority}
-		q.last[op] = max(q.last[op], p.Round)
-		if s, ok := q.served[p.Priority]; !ok || p.Round < s {
-			q.served[p.Priority] = p.Round
+		q.seq = max(q.seq, j.Queue.Seq)
+		if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+			continue // handed out: its worker's registration settles it
 		}
-		q.seq = max(q.seq, p.Seq)
-		if j.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
-			q.addLocked(j, now)
+		w := q.addLocked(j, now)
+		g, p := w.group, w.place
+		if s, ok := g.served[p.Priority]; !ok || p.Round < s {
+			g.served[p.Priority] = p.Round
 		}
 	}
 	q.signal()
@@ -200,16 +228,11 @@ func (q *queue) signal() {
 
 // insert puts w in g at its place.
 func (g *waitGroup) insert(w *waiting) {
-	i, _ := slices.BinarySearchFunc(g.jobs, w, func(a, b *waiting) int {
-		if before(a.place, b.place) {
-			return -1
-		}
-		return 1
-	})
+	i := countBefore(g.jobs, w.place)
 	g.jobs = slices.Insert(g.jobs, i, w)
 }
 
-// remove takes w out of g.
+// remove takes w out of g's order.
 func (g *waitGroup) remove(w *waiting) {
 	if i := slices.Index(g.jobs, w); i >= 0 {
 		g.jobs = slices.Delete(g.jobs, i, i+1)
@@ -217,18 +240,19 @@ func (g *waitGroup) remove(w *waiting) {
 }
 
 // next hands out the first job, in queue order, that reserve finds a slot
-// for, and its slot. reserve is asked about each group's first job only.
+// for, and its slot; reserve is asked about each group's first job only.
 // The job stays in the queue, handed, until finish or putBack.
 func (q *queue) next(reserve func(worker string, selector map[string]string) *reservation) (*waiting, *reservation) {
+	if q.size.Load() == 0 {
+		return nil, nil
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var heads []*waitGroup
-	for key, g := range q.groups {
-		if len(g.jobs) == 0 {
-			delete(q.groups, key)
-			continue
+	for _, g := range q.groups {
+		if len(g.jobs) > 0 {
+			heads = append(heads, g)
 		}
-		heads = append(heads, g)
 	}
 	slices.SortFunc(heads, func(a, b *waitGroup) int {
 		if before(a.jobs[0].place, b.jobs[0].place) {
@@ -244,7 +268,8 @@ func (q *queue) next(reserve func(worker string, selector map[string]string) *re
 		w := g.jobs[0]
 		g.jobs = g.jobs[1:]
 		w.handed = true
-		q.served[w.place.Priority] = max(q.served[w.place.Priority], w.place.Round)
+		q.unheapLocked(w)
+		g.served[w.place.Priority] = max(g.served[w.place.Priority], w.place.Round)
 		return w, slot
 	}
 	return nil, nil
@@ -267,11 +292,31 @@ func (q *queue) dropLocked(w *waiting) bool {
 		return false
 	}
 	delete(q.jobs, w.id)
-	w.group.remove(w)
+	q.size.Store(int64(len(q.jobs)))
+	g := w.group
+	g.remove(w)
+	q.unheapLocked(w)
+	t := turn{g.key, w.owner, w.place.Priority}
+	if g.count[t]--; g.count[t] <= 0 {
+		// An owner with nothing waiting here starts afresh next time, at
+		// the round being served.
+		delete(g.count, t)
+		delete(g.last, t)
+	}
+	if len(g.count) == 0 && q.groups[g.key] == g {
+		delete(q.groups, g.key)
+	}
 	if q.owned[w.owner]--; q.owned[w.owner] <= 0 {
 		delete(q.owned, w.owner)
 	}
 	return true
+}
+
+// unheapLocked takes w out of the deadlines, if it is in them.
+func (q *queue) unheapLocked(w *waiting) {
+	if w.heapIndex >= 0 {
+		heap.Remove(&q.deadlines, w.heapIndex)
+	}
 }
 
 // putBack returns a handed job to its place: its worker did not take it.
@@ -281,47 +326,42 @@ func (q *queue) putBack(w *waiting) {
 	if q.jobs[w.id] != w || !w.handed {
 		return
 	}
-	w.handed = false
-	g := q.groups[w.group.key]
-	if g == nil {
-		g = w.group
-		q.groups[g.key] = g
+	w.handed, w.pausing = false, false
+	if q.groups[w.group.key] != w.group {
+		q.groups[w.group.key] = w.group
 	}
-	w.group = g
-	g.insert(w)
+	w.group.insert(w)
+	if !w.place.Deadline.IsZero() {
+		heap.Push(&q.deadlines, w)
+	}
 	q.signal()
 }
 
-// requeued puts back a job the store put back (store.RequeueJob): the
-// handed job, if this process handed it out, or else a job a scheduler
-// before it handed out.
-// It reports whether the job was added rather than put back.
-func (q *queue) requeued(j store.Job) (added bool) {
+// pause marks a handed job as waiting out a pause before putBack.
+func (q *queue) pause(w *waiting) {
 	q.mu.Lock()
-	w := q.jobs[j.ID]
-	q.mu.Unlock()
-	if w != nil {
-		q.putBack(w)
-		return false
+	defer q.mu.Unlock()
+	if q.jobs[w.id] == w && w.handed {
+		w.pausing = true
 	}
-	q.add(j, time.Now())
-	return true
 }
 
-// take removes job id from the queue if it is waiting, for a stop. A job
-// being started is not taken: its wait channel tells when it is out.
-func (q *queue) take(id string) (w *waiting, handed <-chan struct{}) {
+// take removes job id from the queue if it is waiting (or pausing before
+// it waits again), for a stop. A job being started is not taken: handed
+// reports it.
+func (q *queue) take(id string) (w *waiting, handed bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	w = q.jobs[id]
 	switch {
 	case w == nil:
-		return nil, nil
-	case w.handed:
-		return nil, w.done
+		return nil, false
+	case w.handed && !w.pausing:
+		return nil, true
 	}
 	q.dropLocked(w)
-	return w, nil
+	w.handed, w.pausing = false, false
+	return w, false
 }
 
 // expired takes out the waiting jobs whose deadline is before now, and
@@ -331,16 +371,8 @@ func (q *queue) expired(now time.Time) (out []*waiting, next time.Time) {
 	defer q.mu.Unlock()
 	for q.deadlines.Len() > 0 {
 		w := q.deadlines[0]
-		if q.jobs[w.id] != w {
-			heap.Pop(&q.deadlines) // left the queue already
-			continue
-		}
 		if w.place.Deadline.After(now) {
 			return out, w.place.Deadline
-		}
-		heap.Pop(&q.deadlines)
-		if w.handed {
-			continue // being started: too late to time out
 		}
 		q.dropLocked(w)
 		out = append(out, w)
@@ -357,14 +389,45 @@ func (q *queue) restore(w *waiting, retryAt time.Time) {
 	if q.jobs[w.id] != nil {
 		return
 	}
-	nw := *w
-	nw.handed = false
 	if !retryAt.IsZero() {
-		nw.place.Deadline = retryAt
+		w.place.Deadline = retryAt
 	}
-	// The same done channel: callers may wait on it, and it is still open.
-	q.insertLocked(&nw, w.group.selector)
+	w.handed = false
+	if q.groups[w.group.key] != w.group {
+		q.groups[w.group.key] = w.group
+	}
+	// The same w, so the same done channel: callers may wait on it.
+	q.insertLocked(w)
 	q.signal()
+}
+
+// requeued puts back a job the store put back (store.RequeueJob): the
+// handed job, if this process handed it out, or else a job a scheduler
+// before it handed out. It reports whether the job was added rather than
+// put back.
+func (q *queue) requeued(j store.Job) (added bool) {
+	q.mu.Lock()
+	w := q.jobs[j.ID]
+	q.mu.Unlock()
+	if w != nil {
+		q.putBack(w)
+		return false
+	}
+	q.add(j, time.Now())
+	return true
+}
+
+// leaves returns a channel closed when job id leaves the queue; closed
+// already when it is not in it.
+func (q *queue) leaves(id string) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if w := q.jobs[id]; w != nil {
+		return w.done
+	}
+	gone := make(chan struct{})
+	close(gone)
+	return gone
 }
 
 // position is job id's place in the order jobs are handed out (1 is
@@ -394,19 +457,6 @@ func countBefore(jobs []*waiting, p store.QueuePlace) int {
 	return i
 }
 
-// leaves returns a channel closed when job id leaves the queue; closed
-// already when it is not in it.
-func (q *queue) leaves(id string) <-chan struct{} {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if w := q.jobs[id]; w != nil {
-		return w.done
-	}
-	gone := make(chan struct{})
-	close(gone)
-	return gone
-}
-
 // waitingCount is how many jobs wait, by priority.
 func (q *queue) waitingCount() map[int32]int {
 	q.mu.Lock()
@@ -420,24 +470,31 @@ func (q *queue) waitingCount() map[int32]int {
 	return out
 }
 
-// empty reports whether no job waits or is being handed out.
-func (q *queue) empty() bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.jobs) == 0
-}
+// empty reports whether no job waits or is being handed out. It takes no
+// lock: StartJob asks it every time.
+func (q *queue) empty() bool { return q.size.Load() == 0 }
 
-// deadlineHeap orders waiting jobs by deadline.
+// deadlineHeap orders waiting jobs by deadline; each knows its index.
 type deadlineHeap []*waiting
 
 func (h deadlineHeap) Len() int           { return len(h) }
 func (h deadlineHeap) Less(i, j int) bool { return h[i].place.Deadline.Before(h[j].place.Deadline) }
-func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(*waiting)) }
+func (h deadlineHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIndex, h[j].heapIndex = i, j
+}
+
+func (h *deadlineHeap) Push(x any) {
+	w := x.(*waiting)
+	w.heapIndex = len(*h)
+	*h = append(*h, w)
+}
+
 func (h *deadlineHeap) Pop() any {
 	old := *h
 	w := old[len(old)-1]
 	old[len(old)-1] = nil
+	w.heapIndex = -1
 	*h = old[:len(old)-1]
 	return w
 }

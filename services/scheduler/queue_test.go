@@ -80,6 +80,9 @@ func TestQueueRunsJobsInOrderAndPriorityFirst(t *testing.T) {
 	}
 	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1", "w2")
 
+	// Both workers are busy until every job is queued, so that the queue
+	// holds them all whatever the machine's speed.
+	blockers := fillWorkers(t, sched.client, 2)
 	var ids []string
 	for range 40 {
 		ids = append(ids, startJob(t, sched.client, queuedSleep(nil)).GetJobId())
@@ -109,9 +112,10 @@ func TestQueueRunsJobsInOrderAndPriorityFirst(t *testing.T) {
 			}
 		}
 	}
-	if len(behind) < 30 {
-		t.Fatalf("only %d jobs were queued behind the urgent one; the workers should have been busy", len(behind))
+	if len(behind) != 40 {
+		t.Fatalf("%d jobs were queued behind the urgent one, want 40", len(behind))
 	}
+	stopAll(t, sched.client, blockers)
 
 	all := append(slices.Clone(ids), urgent.GetJobId())
 	jobs := finalJobs(t, sched.client, all)
@@ -144,7 +148,8 @@ func TestQueueRunsJobsInOrderAndPriorityFirst(t *testing.T) {
 
 func TestQueueIsFairBetweenOwners(t *testing.T) {
 	c := startSecureClusterCapacity(t, 1, "w1", "w2")
-	ac, bc := c.client(t, alice), c.client(t, bob)
+	ac, bc, admin := c.client(t, alice), c.client(t, bob), c.client(t, root)
+	blockers := fillWorkers(t, admin, 2)
 	var aliceIDs, bobIDs []string
 	for range 30 {
 		aliceIDs = append(aliceIDs, startJob(t, ac, queuedSleep(nil)).GetJobId())
@@ -152,6 +157,7 @@ func TestQueueIsFairBetweenOwners(t *testing.T) {
 	for range 10 {
 		bobIDs = append(bobIDs, startJob(t, bc, queuedSleep(nil)).GetJobId())
 	}
+	stopAll(t, admin, blockers)
 	a := finalJobs(t, ac, aliceIDs)
 	b := finalJobs(t, bc, bobIDs)
 	bobTenth := b[bobIDs[9]].GetStartedAt().AsTime()
@@ -239,6 +245,27 @@ func TestQueueWithoutTimeoutFailsAtOnce(t *testing.T) {
 	}
 }
 
+// fillWorkers starts n long jobs that take every slot of n workers of
+// capacity 1, and returns their ids; stopAll ends them.
+func fillWorkers(t *testing.T, c batonv1connect.SchedulerServiceClient, n int) []string {
+	t.Helper()
+	var ids []string
+	for range n {
+		ids = append(ids, startJob(t, c, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"100"}}).GetJobId())
+	}
+	return ids
+}
+
+// stopAll stops the jobs ids.
+func stopAll(t *testing.T, c batonv1connect.SchedulerServiceClient, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := c.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{JobId: id})); err != nil {
+			t.Fatalf("StopJob(%s): %v", id, err)
+		}
+	}
+}
+
 // queuePositions returns the queued jobs' positions, by id.
 func queuePositions(t *testing.T, c batonv1connect.SchedulerServiceClient) map[string]int32 {
 	t.Helper()
@@ -258,7 +285,7 @@ func TestQueueSurvivesSchedulerKill(t *testing.T) {
 	sched := startScheduler(t, db, nil)
 	w := startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
 	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
-	blocker := startJob(t, sched.client, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"1"}})
+	blockers := fillWorkers(t, sched.client, 1)
 	// Each job writes its number to one file as it starts: the file is
 	// the order the jobs ran in, each as many times as it ran.
 	ran := filepath.Join(t.TempDir(), "ran")
@@ -283,7 +310,9 @@ func TestQueueSurvivesSchedulerKill(t *testing.T) {
 			t.Errorf("job %s was at %d before the restart and at %d after", id, before[id], after[id])
 		}
 	}
-	jobs := finalJobs(t, again.client, append([]string{blocker.GetJobId()}, ids...))
+	waitWorkers(t, again.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	stopAll(t, again.client, blockers)
+	jobs := finalJobs(t, again.client, ids)
 	for _, id := range ids {
 		if st := jobs[id]; st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
 			t.Errorf("job %s ended %v (%s)", id, st.GetState(), st.GetReason())
@@ -363,4 +392,49 @@ func TestQueueFanOutWaitsOnFullWorkers(t *testing.T) {
 			t.Errorf("the job queued on %s ran on %s", res.GetJobs()[1].GetWorkerId(), st.GetWorkerId())
 		}
 	}
+}
+
+func TestQueuePriorityAboveUsersIsAdminsOnly(t *testing.T) {
+	c := startSecureClusterCapacity(t, 1, "w1")
+	ac, admin := c.client(t, alice), c.client(t, root)
+	_, err := ac.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit, Priority: new(int32(90))}))
+	wantCode(t, "a user's StartJob with priority 90", err, connect.CodePermissionDenied)
+	r := runJob(t.Context(), ac, &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", Priority: new(int32(51))}})
+	wantCode(t, "a user's RunJob with priority 51", r.err, connect.CodePermissionDenied)
+	if r.order != "" {
+		t.Errorf("a refused RunJob sent %q", r.order)
+	}
+	for _, p := range []int32{0, 50} {
+		res := startJob(t, ac, &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit, Priority: new(p)})
+		if got := res.GetJobs()[0].GetSpec().GetPriority(); got != p {
+			t.Errorf("a user's job asked for priority %d and got %d", p, got)
+		}
+	}
+	res := startJob(t, admin, &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit, Priority: new(int32(100))})
+	if got := res.GetJobs()[0].GetSpec().GetPriority(); got != 100 {
+		t.Errorf("an admin's job asked for priority 100 and got %d", got)
+	}
+}
+
+func TestQueueRefusesUnknownAndDrainingWorkers(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
+	startWorkerWith(t, "w2", sched, workerSetup{capacity: 1})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1", "w2")
+	if _, err := sched.client.DrainWorker(t.Context(), connect.NewRequest(&batonv1.DrainWorkerRequest{WorkerId: "w2"})); err != nil {
+		t.Fatal(err)
+	}
+	check := func(when string) {
+		t.Helper()
+		_, err := sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "ghost", Command: "sh", Path: "hello.sh", QueueTimeout: noLimit}))
+		wantCode(t, "StartJob for an unknown worker, "+when, err, connect.CodeNotFound)
+		_, err = sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "w2", Command: "sh", Path: "hello.sh", QueueTimeout: noLimit}))
+		wantCode(t, "StartJob for a draining worker, "+when, err, connect.CodeFailedPrecondition)
+	}
+	check("with the queue empty")
+	startJob(t, sched.client, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "sleep.sh", Args: []string{"100"}})
+	if st := startJob(t, sched.client, &batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh", QueueTimeout: noLimit}).GetJobs()[0]; st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+		t.Fatalf("a job for the busy w1 is %v, want QUEUED", st.GetState())
+	}
+	check("with jobs queued")
 }

@@ -14,7 +14,7 @@ import (
 // addJob queues job id of owner at priority, for any worker matching
 // selector (or worker, when set), the way enqueue does.
 func addJob(q *queue, id, owner, worker string, priority int32, selector map[string]string, deadline time.Time) *waiting {
-	p, err := q.place(owner, worker, priority, deadline)
+	p, err := q.place(owner, worker, selector, priority, deadline)
 	if err != nil {
 		panic(err)
 	}
@@ -143,15 +143,15 @@ func TestQueueTakeExpireAndRestore(t *testing.T) {
 		t.Errorf("restored job at position %d, want 1", p)
 	}
 	w, handed := q.take("b")
-	if w == nil || handed != nil {
+	if w == nil || handed {
 		t.Fatalf("take(b) = %v, %v; want the waiting job", w, handed)
 	}
 	h, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
 	if h.id != "a" {
 		t.Fatalf("handed out %s, want a", h.id)
 	}
-	if w, handed := q.take("a"); w != nil || handed == nil {
-		t.Fatalf("take of a handed job = %v, %v; want its done channel to wait on", w, handed)
+	if w, handed := q.take("a"); w != nil || !handed {
+		t.Fatalf("take of a handed job = %v, %v; want it reported as handed", w, handed)
 	}
 	q.finish(h)
 	select {
@@ -171,15 +171,100 @@ func TestQueueLimitsEachOwner(t *testing.T) {
 	q := newQueue(2)
 	addJob(q, "a0", "alice", "", 50, nil, time.Time{})
 	addJob(q, "a1", "alice", "", 50, nil, time.Time{})
-	if _, err := q.place("alice", "", 50, time.Time{}); !errors.Is(err, errQueueFull) {
+	if _, err := q.place("alice", "", nil, 50, time.Time{}); !errors.Is(err, errQueueFull) {
 		t.Fatalf("a third job of alice's: %v, want errQueueFull", err)
 	}
-	if _, err := q.place("bob", "", 50, time.Time{}); err != nil {
+	if _, err := q.place("bob", "", nil, 50, time.Time{}); err != nil {
 		t.Fatalf("bob's first job: %v", err)
 	}
 	w, _ := q.take("a0")
 	close(w.done)
-	if _, err := q.place("alice", "", 50, time.Time{}); err != nil {
+	if _, err := q.place("alice", "", nil, 50, time.Time{}); err != nil {
 		t.Fatalf("alice's job after one left: %v", err)
+	}
+}
+
+func TestQueueKeepsDeadlinesOfPutBackJobsAndNoOthers(t *testing.T) {
+	q := newQueue(0)
+	now := time.Now()
+	addJob(q, "a", "alice", "", 50, nil, now.Add(time.Second))
+	w, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
+	if out, _ := q.expired(now.Add(time.Hour)); len(out) != 0 {
+		t.Fatalf("a job being started timed out: %v", out)
+	}
+	q.putBack(w)
+	if out, _ := q.expired(now.Add(time.Hour)); len(out) != 1 || out[0].id != "a" {
+		t.Fatalf("a job put back lost its queue timeout: expired = %v", out)
+	}
+	// Jobs that leave take their deadline with them.
+	for i := range 1000 {
+		id := fmt.Sprintf("s%d", i)
+		addJob(q, id, "alice", "", 50, nil, now.Add(time.Duration(i+1)*time.Hour))
+		if w, _ := q.take(id); w == nil {
+			t.Fatalf("take(%s) found nothing", id)
+		}
+	}
+	if n := q.deadlines.Len(); n != 0 {
+		t.Errorf("%d deadlines left after every job with one left", n)
+	}
+}
+
+func TestQueueTurnsArePerGroupAndForgetOwnersWhoLeft(t *testing.T) {
+	q := newQueue(0)
+	// A fast group where alice's 100 jobs are handed out, and a slow one
+	// where bob waits with 3.
+	for i := range 100 {
+		addJob(q, fmt.Sprintf("a%d", i), "alice", "", 50, map[string]string{"pool": "fast"}, time.Time{})
+	}
+	for i := range 3 {
+		addJob(q, fmt.Sprintf("b%d", i), "bob", "", 50, map[string]string{"pool": "slow"}, time.Time{})
+	}
+	fastOnly := func(_ string, sel map[string]string) *reservation {
+		if sel["pool"] == "fast" {
+			return &reservation{}
+		}
+		return nil
+	}
+	for {
+		w, _ := q.next(fastOnly)
+		if w == nil {
+			break
+		}
+		q.finish(w)
+	}
+	// Carol joins the slow group: she takes turns with bob there, whatever
+	// went on in the fast group.
+	addJob(q, "c0", "carol", "", 50, map[string]string{"pool": "slow"}, time.Time{})
+	if p := q.position("c0"); p != 2 {
+		t.Errorf("carol's first job in the slow group is at %d, want 2 (after bob's first)", p)
+	}
+	// Dave queues 50 and stops them all; his next job is not behind them.
+	for i := range 50 {
+		addJob(q, fmt.Sprintf("d%d", i), "dave", "", 50, map[string]string{"pool": "slow"}, time.Time{})
+	}
+	for i := range 50 {
+		q.take(fmt.Sprintf("d%d", i))
+	}
+	addJob(q, "d-again", "dave", "", 50, map[string]string{"pool": "slow"}, time.Time{})
+	if p := q.position("d-again"); p > 3 {
+		t.Errorf("dave's job after he stopped his others is at %d, want at most 3", p)
+	}
+}
+
+func TestQueueStopTakesAPausingJob(t *testing.T) {
+	q := newQueue(0)
+	addJob(q, "a", "alice", "", 50, nil, time.Time{})
+	w, _ := q.next(func(string, map[string]string) *reservation { return &reservation{} })
+	if got, handed := q.take("a"); got != nil || !handed {
+		t.Fatalf("take of a job being started = %v, %v; want handed", got, handed)
+	}
+	q.pause(w)
+	got, handed := q.take("a")
+	if got != w || handed {
+		t.Fatalf("take of a pausing job = %v, %v; want the job", got, handed)
+	}
+	q.putBack(w) // the pause ends: nothing comes back
+	if !q.empty() {
+		t.Error("a stopped job came back after its pause")
 	}
 }

@@ -73,6 +73,20 @@ func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error 
 	case err == nil:
 		return s.recordReport(ctx, t.id, res.Msg.GetStatus())
 	case connect.CodeOf(err) == connect.CodeNotFound:
+		if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING && j.StopRequestedBy != "" {
+			// Never received, and stopped meanwhile: it ends as a job
+			// stopped in the queue does.
+			st := proto.CloneOf(j.Status)
+			st.State = batonv1.JobState_JOB_STATE_STOPPED
+			st.StoppedBy = j.StopRequestedBy
+			st.Reason = "stopped before it ran"
+			st.EndedAt = timestamppb.Now()
+			if err := s.store.UpdateJobStatus(ctx, j.ID, st); err != nil {
+				s.logger.ErrorContext(ctx, "ending a stopped job failed", "job_id", j.ID, "error", err)
+				return unavailable()
+			}
+			return nil
+		}
 		if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
 			// Handed out by the queue, but never received: it waits again.
 			requeued, err := s.store.RequeueJob(ctx, j.ID)

@@ -44,6 +44,9 @@ func startedMsg(ctx context.Context, st *batonv1.JobStatus) *batonv1.RunJobRespo
 
 func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owner string, send runSend) error {
 	start := req.GetJob()
+	if err := s.checkPriority(ctx, start); err != nil {
+		return err
+	}
 	key := start.GetIdempotencyKey()
 	if key != "" {
 		res, err := s.byKey(ctx, owner, key)
@@ -238,16 +241,16 @@ func (s *Scheduler) runExisting(ctx context.Context, res *batonv1.StartJobRespon
 	if err != nil {
 		return err
 	}
+	if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
+		if j, err = s.awaitStart(ctx, j.ID); err != nil {
+			return err
+		}
+	}
 	if j.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
 		if err := send(&batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Queued{Queued: redacted(caller(ctx), s.queuedStatus(j))}}); err != nil {
 			return err
 		}
 		return s.awaitQueued(ctx, j.ID, s.q.leaves(j.ID), stream, send)
-	}
-	if j.Status.GetState() == batonv1.JobState_JOB_STATE_PENDING {
-		if j, err = s.awaitStart(ctx, j.ID); err != nil {
-			return err
-		}
 	}
 	if err := send(startedMsg(ctx, j.Status)); err != nil {
 		return err

@@ -33,6 +33,7 @@ const (
 	DefaultRetention         = 24 * time.Hour
 	DefaultWorkerCallTimeout = 30 * time.Second
 	DefaultMaxQueuedPerOwner = 100000
+	DefaultMaxUserPriority   = DefaultPriority
 	maxCallDuration          = 5 * time.Minute
 	pruneEvery               = time.Hour
 )
@@ -63,6 +64,10 @@ type Options struct {
 	// the queue; more are refused with resource_exhausted. Zero means
 	// DefaultMaxQueuedPerOwner, negative no limit.
 	MaxQueuedPerOwner int
+	// MaxUserPriority is the highest priority a caller who is not an
+	// admin may give a job; higher is permission_denied. Zero means
+	// DefaultMaxUserPriority; negative, 0.
+	MaxUserPriority int32
 	// HTTPClient dials workers over h2c; one pooled client for all of
 	// them. Default: serving.NewHTTPClient(nil). Ignored with WorkerTLS.
 	HTTPClient *http.Client
@@ -135,6 +140,12 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 		opts.MaxQueuedPerOwner = DefaultMaxQueuedPerOwner
 	case opts.MaxQueuedPerOwner < 0:
 		opts.MaxQueuedPerOwner = 0
+	}
+	switch {
+	case opts.MaxUserPriority == 0:
+		opts.MaxUserPriority = DefaultMaxUserPriority
+	case opts.MaxUserPriority < 0:
+		opts.MaxUserPriority = 0
 	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = serving.NewHTTPClient(nil)

@@ -23,6 +23,9 @@ import (
 // worker under one group, which owns the key.
 
 func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
+	if err := s.checkPriority(ctx, req); err != nil {
+		return nil, err
+	}
 	key := req.GetIdempotencyKey()
 	if key != "" {
 		res, err := s.byKey(ctx, owner, key)

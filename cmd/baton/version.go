@@ -1,0 +1,127 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// versionPrefix begins the first line of `baton version` and the whole of
+// `baton --version`, which scripts and tests compare.
+const versionPrefix = "baton version "
+
+// buildVersion describes the binary for bug reports. The commit fields are
+// empty when the build had no version control information: a build
+// outside a checkout, from the module proxy, or with -buildvcs=false.
+type buildVersion struct {
+	// Version is the release: the -X main.version a release links in,
+	// else the module's version of a `go install ...@v1.2.3`, else "dev".
+	Version       string `json:"version"`
+	Module        string `json:"module,omitempty"`
+	ModuleVersion string `json:"moduleVersion,omitempty"`
+	Commit        string `json:"commit,omitempty"`
+	CommitTime    string `json:"commitTime,omitempty"`
+	// Modified says the checkout had changes not in Commit.
+	Modified  bool   `json:"modified"`
+	GoVersion string `json:"goVersion"`
+	Platform  string `json:"platform"`
+}
+
+// readBuildVersion describes the running binary.
+func readBuildVersion() buildVersion {
+	bi, _ := debug.ReadBuildInfo()
+	return describeBuild(version, bi)
+}
+
+// describeBuild describes a build whose -X main.version is linked and
+// whose build information is bi, which may be nil.
+func describeBuild(linked string, bi *debug.BuildInfo) buildVersion {
+	v := buildVersion{Version: linked, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	if v.Version == "" {
+		v.Version = "dev"
+	}
+	if bi == nil {
+		return v
+	}
+	if bi.GoVersion != "" {
+		v.GoVersion = bi.GoVersion
+	}
+	v.Module = bi.Main.Path
+	if bi.Main.Version != "(devel)" {
+		v.ModuleVersion = bi.Main.Version
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			v.Commit = s.Value
+		case "vcs.time":
+			v.CommitTime = s.Value
+		case "vcs.modified":
+			v.Modified = s.Value == "true"
+		}
+	}
+	// A checkout's module version is a pseudo-version derived from its
+	// commit, already shown as such; only a module built by version (no
+	// checkout) names a release.
+	if v.Version == "dev" && v.Commit == "" && v.ModuleVersion != "" {
+		v.Version = v.ModuleVersion
+	}
+	return v
+}
+
+// writeVersion prints v as `baton version` does: the line of
+// `baton --version`, then one field per line.
+func writeVersion(w io.Writer, v buildVersion) error {
+	var b strings.Builder
+	field := func(name, value string) { fmt.Fprintf(&b, "%-12s%s\n", name+":", value) }
+	b.WriteString(versionPrefix + v.Version + "\n")
+	if v.Module != "" {
+		module := v.Module
+		if v.ModuleVersion != "" {
+			module += " " + v.ModuleVersion
+		}
+		field("Module", module)
+	}
+	switch {
+	case v.Commit == "":
+		field("Commit", "unknown (built without version control information)")
+	case v.Modified:
+		field("Commit", v.Commit+" (modified)")
+	default:
+		field("Commit", v.Commit)
+	}
+	if v.CommitTime != "" {
+		field("Committed", v.CommitTime)
+	}
+	field("Go", v.GoVersion+" "+v.Platform)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func newVersionCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "version",
+		Short: "Print this binary's version, commit and Go version",
+		Args:  usageArgs(cobra.NoArgs),
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		v := readBuildVersion()
+		switch output {
+		case "table":
+			return writeVersion(cmd.OutOrStdout(), v)
+		case "json":
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
+		}
+		return usageErrorf("--output %q: use table or json", output)
+	}
+	return cmd
+}
