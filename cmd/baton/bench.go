@@ -47,6 +47,10 @@ type benchOptions struct {
 	StreamMiB int
 	// StreamRuns is how many times each way of streaming runs.
 	StreamRuns int
+	// Queue, with Local, queues this many jobs at once behind workers of
+	// small capacity and measures how they are handed out, instead of
+	// the load.
+	Queue int
 	// Binary is the baton executable the local cluster runs; empty means
 	// this process's own.
 	Binary string
@@ -106,6 +110,8 @@ type benchResult struct {
 	ThroughputRatio float64 `json:"throughput_ratio,omitempty"`
 	// Stream is the output-stream comparison of --stream-mib.
 	Stream *streamResult `json:"stream,omitempty"`
+	// Queue is the queue's figures of --queue.
+	Queue *queueResult `json:"queue,omitempty"`
 	// TargetsCluster names the cluster whose figures Targets judge.
 	TargetsCluster string `json:"targets_cluster,omitempty"`
 	// Targets are the fast path's targets, judged on this run's figures.
@@ -151,7 +157,16 @@ followed into a file by this binary as a child process,
   baton run --config CLIENT.toml -- head -c BYTES /dev/zero > FILE
 against
   sh -c 'head -c BYTES /dev/zero | cat > FILE'
---stream-runs times each, alternating, and compares the medians.`,
+--stream-runs times each, alternating, and compares the medians.
+
+--queue N runs, instead of the load, N jobs submitted at once from --clients
+clients with StartJob and queue_timeout -1s to a local cluster whose two
+workers run 4 jobs each, so that nearly all of them wait on the scheduler.
+Once all have ended it reports, from their statuses, the dispatch latency
+(from a job's end on a worker to the start of the next job in its slot),
+the submission and drain rates, and the scheduler's CPU per job:
+
+  go run ./cmd/baton bench --local --queue 10000`,
 		Args: cobra.NoArgs,
 	}
 	flags := cmd.Flags()
@@ -167,6 +182,7 @@ against
 	flags.BoolVar(&opts.JobUIDs, "job-uids", false, "with --local, as root: run the load again on a local cluster whose jobs get uids of their own and compare")
 	flags.IntVar(&opts.StreamMiB, "stream-mib", 0, "with --local: instead of the load, follow a job writing this many MiB through `baton run` into a file, against a pipe")
 	flags.IntVar(&opts.StreamRuns, "stream-runs", 5, "with --stream-mib: runs of each way")
+	flags.IntVar(&opts.Queue, "queue", 0, "with --local: instead of the load, queue this many jobs at once behind 2 workers of capacity 4 and measure their dispatch")
 	flags.StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if output != "table" && output != "json" {
@@ -193,6 +209,9 @@ against
 func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 	if err := opts.check(); err != nil {
 		return nil, err
+	}
+	if opts.Queue > 0 {
+		return runQueueBench(ctx, opts)
 	}
 	res := &benchResult{
 		Scheduler: opts.Scheduler, Local: opts.Local, Clients: opts.Clients, Jobs: opts.Jobs,
@@ -238,8 +257,12 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 // check refuses flags that do not go together.
 func (opts benchOptions) check() error {
 	switch {
-	case (opts.MTLS || opts.JobUIDs || opts.StreamMiB != 0) && !opts.Local:
-		return errors.New("--mtls, --job-uids and --stream-mib need --local: they run on local clusters")
+	case (opts.MTLS || opts.JobUIDs || opts.StreamMiB != 0 || opts.Queue != 0) && !opts.Local:
+		return errors.New("--mtls, --job-uids, --stream-mib and --queue need --local: they run on local clusters")
+	case opts.Queue < 0:
+		return errors.New("--queue must be positive")
+	case opts.Queue > 0 && (opts.JobUIDs || opts.StreamMiB != 0):
+		return errors.New("--queue goes with --mtls or alone, not with --job-uids or --stream-mib")
 	case opts.MTLS && opts.JobUIDs:
 		return errors.New("--mtls and --job-uids: one comparison at a time")
 	case opts.StreamMiB < 0 || (opts.StreamMiB > 0 && opts.StreamRuns < 1):
@@ -255,21 +278,16 @@ func (opts benchOptions) check() error {
 // runLocal starts the local clusters, runs the load (or the stream
 // measurement) on them and stops them.
 func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries *atomic.Int64) (_ *benchResult, err error) {
-	binary := opts.Binary
-	if binary == "" {
-		if binary, err = os.Executable(); err != nil {
-			return nil, err
-		}
+	binary, err := localBinary(opts)
+	if err != nil {
+		return nil, err
 	}
 	type variant struct {
 		label string
 		v     localVariant
 	}
 	base := localVariant{}
-	res.JobsRunAs = "the worker's uid"
-	if os.Geteuid() == 0 {
-		res.JobsRunAs = "uids of their own (worker.job_uids, as root by default)"
-	}
+	res.JobsRunAs = jobsRunAs()
 	if opts.JobUIDs {
 		if os.Geteuid() != 0 {
 			return nil, errors.New("--job-uids needs root: only root runs jobs under other uids")
@@ -360,6 +378,23 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 		}
 	}
 	return res, nil
+}
+
+// localBinary is the baton executable local clusters run: opts.Binary,
+// or this process's own.
+func localBinary(opts benchOptions) (string, error) {
+	if opts.Binary != "" {
+		return opts.Binary, nil
+	}
+	return os.Executable()
+}
+
+// jobsRunAs says which uid a local cluster's jobs run under by default.
+func jobsRunAs() string {
+	if os.Geteuid() == 0 {
+		return "uids of their own (worker.job_uids, as root by default)"
+	}
+	return "the worker's uid"
 }
 
 // loadThrough runs the load through the scheduler at addr, counting
@@ -542,6 +577,10 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // printBench writes the result as tables.
 func printBench(w io.Writer, r *benchResult) {
+	if r.Queue != nil {
+		printQueue(w, r)
+		return
+	}
 	where := r.Scheduler
 	if r.Local {
 		where += " (local: 1 scheduler, 2 workers, child processes; jobs run as " + r.JobsRunAs + ")"

@@ -38,6 +38,8 @@ type localVariant struct {
 	jobUser string
 	// outputLimit raises worker.output_limit when above its default.
 	outputLimit int64
+	// capacity sets worker.capacity when above zero.
+	capacity int
 }
 
 // benchWorkerNames are the local cluster's workers.
@@ -191,6 +193,9 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 		w.Worker.AllowedCommands = allowed
 		w.Worker.StopGrace = Duration(time.Second)
 		w.Worker.OutputLimit = max(w.Worker.OutputLimit, ByteSize(v.outputLimit))
+		if v.capacity > 0 {
+			w.Worker.Capacity = v.capacity
+		}
 		if v.jobUIDs {
 			w.Worker.JobUIDs = defaultJobUIDs
 		}

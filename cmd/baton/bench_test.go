@@ -248,6 +248,9 @@ func TestBenchFlags(t *testing.T) {
 		{"stream and job uids", benchOptions{Local: true, JobUIDs: true, StreamMiB: 1, StreamRuns: 1}},
 		{"stream without runs", benchOptions{Local: true, StreamMiB: 1}},
 		{"no clients", benchOptions{Local: true, Jobs: 1}},
+		{"queue without local", benchOptions{Queue: 10, Clients: 1, Jobs: 1}},
+		{"queue and job uids", benchOptions{Local: true, JobUIDs: true, Queue: 10, Clients: 1, Jobs: 1}},
+		{"negative queue", benchOptions{Local: true, Queue: -1, Clients: 1, Jobs: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := runBench(t.Context(), tc.opts); err == nil {

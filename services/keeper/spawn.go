@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	keeperv1 "github.com/baton-run/baton/gen/baton/keeper/v1"
 	"github.com/baton-run/baton/gen/baton/keeper/v1/keeperv1connect"
@@ -139,10 +140,42 @@ func Decommission(ctx context.Context, dataDir string) (bool, error) {
 			return false, fmt.Errorf("keeper: %w: run this as the worker's user", err)
 		}
 		// No keeper answered: none runs, or one is ending.
-		return false, nil
+		return false, awaitExit(ctx, dataDir)
 	}
 	if _, err := rpc.Shutdown(ctx, connect.NewRequest(&keeperv1.ShutdownRequest{})); err != nil && !errors.Is(err, context.Canceled) {
 		return true, fmt.Errorf("keeper: %w", err)
 	}
-	return true, nil
+	return true, awaitExit(ctx, dataDir)
+}
+
+// awaitExit waits until no process holds the keeper lock of dataDir: the
+// keeper that answered Shutdown has exited, not only said it will.
+func awaitExit(ctx context.Context, dataDir string) error {
+	dir, err := absDir(dataDir)
+	if err != nil {
+		return err
+	}
+	f, err := openOwn(filepath.Join(dir, lockName), os.O_RDONLY)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("keeper lock: %w", err)
+	}
+	defer f.Close()
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB)
+		if err == nil {
+			_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
+			return nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			return fmt.Errorf("keeper lock: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("keeper: still running: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -84,12 +85,19 @@ func (l Limits) withDefaults() Limits {
 var ErrPlaintextNotLoopback = errors.New("plaintext (use_tls = false) is only allowed on loopback addresses")
 
 // Mux is an http.ServeMux with gRPC health and reflection mounted for the
-// given fully-qualified service names.
+// given fully-qualified service names. Health reports on those services;
+// reflection lists them and the health and reflection services too, which
+// the mux serves as well, so that `grpcurl list` shows every service a
+// client can call.
 func Mux(services ...string) (*http.ServeMux, *grpchealth.StaticChecker) {
 	mux := http.NewServeMux()
 	checker := grpchealth.NewStaticChecker(services...)
 	mux.Handle(grpchealth.NewHandler(checker))
-	reflector := grpcreflect.NewStaticReflector(services...)
+	reflector := grpcreflect.NewStaticReflector(append(slices.Clip(services),
+		grpchealth.HealthV1ServiceName,
+		grpcreflect.ReflectV1ServiceName,
+		grpcreflect.ReflectV1AlphaServiceName,
+	)...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector))
 	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
 	return mux, checker

@@ -106,24 +106,27 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	var last time.Time
+	// reported is the running count of the last heartbeat the scheduler
+	// took; until then, the registration's (unknown here: taken as full).
+	reported := int32(w.opts.Runner.Capacity)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-timer.C:
 		case <-w.changes.notify():
-			// Report job changes promptly instead of at the next tick (an
-			// end frees a slot a queued job waits for), but at most one
-			// heartbeat per coalesceChanges, so that a burst of changes
-			// gathers into one.
-			if !sleep(ctx, coalesceChanges-time.Since(last)) {
+			// Report job changes promptly instead of at the next tick, but
+			// at most one heartbeat per coalesceChanges, so that a burst
+			// of changes gathers into one; except a slot freed on a worker
+			// the scheduler takes for full: a queued job may wait for it.
+			if !w.freedSlot(reported) && !sleep(ctx, coalesceChanges-time.Since(last)) {
 				return
 			}
 		}
 		last = time.Now()
-		next, more, err := w.beat(ctx, id)
+		next, more, err := w.beat(ctx, id, &reported)
 		for more && err == nil && ctx.Err() == nil {
-			next, more, err = w.beat(ctx, id)
+			next, more, err = w.beat(ctx, id, &reported)
 		}
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			w.logger.WarnContext(ctx, "scheduler does not know this worker; registering again", "worker_id", id)
@@ -139,9 +142,17 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 	}
 }
 
+// freedSlot reports whether the worker has a free slot now although the
+// running count it last reported filled its capacity.
+func (w *Worker) freedSlot(reported int32) bool {
+	capacity := int32(w.opts.Runner.Capacity)
+	return capacity > 0 && reported >= capacity && int32(w.runner.Running()) < capacity
+}
+
 // beat sends one heartbeat with job changes not yet acknowledged, at most
 // maxChangesPerBeat of them; more reports that others are still waiting.
-func (w *Worker) beat(ctx context.Context, id string) (interval time.Duration, more bool, err error) {
+// reported is set to the running count the scheduler took.
+func (w *Worker) beat(ctx context.Context, id string, reported *int32) (interval time.Duration, more bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	pending := w.changes.snapshot()
@@ -162,6 +173,7 @@ func (w *Worker) beat(ctx context.Context, id string) (interval time.Duration, m
 		return 0, false, err
 	}
 	w.changes.ack(pending)
+	*reported = req.RunningJobs
 	return intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), more, nil
 }
 
@@ -180,9 +192,10 @@ func (w *Worker) LeaveForRestart() {
 func (w *Worker) leave(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	var reported int32
 	for more := true; more; {
 		var err error
-		if _, more, err = w.beat(ctx, id); err != nil {
+		if _, more, err = w.beat(ctx, id, &reported); err != nil {
 			w.logger.Warn("final heartbeat failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
 			break
 		}
