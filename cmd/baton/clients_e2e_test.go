@@ -113,8 +113,8 @@ func TestClientsPython(t *testing.T) {
 
 // What CI machines have: a test whose toolchain CI has must not skip there.
 const (
-	ciHasNode   = true  // node and npm
-	ciHasGRPCIO = true  // grpcio, protobuf, protoc and grpc_python_plugin
+	ciHasNode   = true // node and npm
+	ciHasGRPCIO = true // grpcio, protobuf, protoc and grpc_python_plugin
 )
 
 // requireTool returns the path of a program on PATH; see toolchainMissing

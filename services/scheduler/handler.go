@@ -64,6 +64,7 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
 		WorkerId:          id,
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
+		JobsWaiting:       !s.q.empty(),
 	}), nil
 }
 
@@ -149,6 +150,7 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 	return connect.NewResponse(&batonv1.HeartbeatResponse{
 		HeartbeatInterval: durationpb.New(s.opts.HeartbeatInterval),
 		State:             state,
+		JobsWaiting:       !s.q.empty(),
 	}), nil
 }
 

@@ -20,7 +20,7 @@ const (
 	maxRetry        = 30 * time.Second
 	defaultInterval = 5 * time.Second
 	callTimeout     = 10 * time.Second
-	coalesceChanges = 20 * time.Millisecond
+	coalesceChanges = 200 * time.Millisecond
 	// maxReportedJobs bounds the jobs one registration lists, and
 	// maxChangesPerBeat the changes one heartbeat carries, so that neither
 	// message nears the scheduler's message size limit whatever the number
@@ -89,6 +89,7 @@ func (w *Worker) register(ctx context.Context) (string, time.Duration, error) {
 	if err != nil {
 		return "", 0, err
 	}
+	w.changes.jobsWaiting.Store(res.Msg.GetJobsWaiting())
 	return res.Msg.GetWorkerId(), intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), nil
 }
 
@@ -106,9 +107,6 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 	timer := time.NewTimer(interval)
 	defer timer.Stop()
 	var last time.Time
-	// reported is the running count of the last heartbeat the scheduler
-	// took; until then, the registration's (unknown here: taken as full).
-	reported := int32(w.opts.Runner.Capacity)
 	for {
 		select {
 		case <-ctx.Done():
@@ -119,14 +117,14 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 			// at most one heartbeat per coalesceChanges, so that a burst
 			// of changes gathers into one; except a slot freed on a worker
 			// the scheduler takes for full: a queued job may wait for it.
-			if !w.freedSlot(reported) && !sleep(ctx, coalesceChanges-time.Since(last)) {
+			if !w.gather(ctx, last) {
 				return
 			}
 		}
 		last = time.Now()
-		next, more, err := w.beat(ctx, id, &reported)
+		next, more, err := w.beat(ctx, id)
 		for more && err == nil && ctx.Err() == nil {
-			next, more, err = w.beat(ctx, id, &reported)
+			next, more, err = w.beat(ctx, id)
 		}
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			w.logger.WarnContext(ctx, "scheduler does not know this worker; registering again", "worker_id", id)
@@ -142,17 +140,28 @@ func (w *Worker) heartbeat(ctx context.Context, id string, interval time.Duratio
 	}
 }
 
-// freedSlot reports whether the worker has a free slot now although the
-// running count it last reported filled its capacity.
-func (w *Worker) freedSlot(reported int32) bool {
-	capacity := int32(w.opts.Runner.Capacity)
-	return capacity > 0 && reported >= capacity && int32(w.runner.Running()) < capacity
+// gather waits until changes are due: coalesceChanges after the last
+// heartbeat, or at once for a job's end while jobs wait in the
+// scheduler's queue (the end frees a slot one of them may take). It
+// reports false when ctx ends first.
+func (w *Worker) gather(ctx context.Context, last time.Time) bool {
+	t := time.NewTimer(coalesceChanges - time.Since(last))
+	defer t.Stop()
+	for !w.changes.jobsWaiting.Load() || w.changes.ends() == 0 {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-w.changes.notify():
+		}
+	}
+	return true
 }
 
 // beat sends one heartbeat with job changes not yet acknowledged, at most
 // maxChangesPerBeat of them; more reports that others are still waiting.
-// reported is set to the running count the scheduler took.
-func (w *Worker) beat(ctx context.Context, id string, reported *int32) (interval time.Duration, more bool, err error) {
+func (w *Worker) beat(ctx context.Context, id string) (interval time.Duration, more bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	pending := w.changes.snapshot()
@@ -173,7 +182,7 @@ func (w *Worker) beat(ctx context.Context, id string, reported *int32) (interval
 		return 0, false, err
 	}
 	w.changes.ack(pending)
-	*reported = req.RunningJobs
+	w.changes.jobsWaiting.Store(res.Msg.GetJobsWaiting())
 	return intervalOf(res.Msg.GetHeartbeatInterval().AsDuration()), more, nil
 }
 
@@ -192,10 +201,9 @@ func (w *Worker) LeaveForRestart() {
 func (w *Worker) leave(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var reported int32
 	for more := true; more; {
 		var err error
-		if _, more, err = w.beat(ctx, id, &reported); err != nil {
+		if _, more, err = w.beat(ctx, id); err != nil {
 			w.logger.Warn("final heartbeat failed", "worker_id", id, "code", connect.CodeOf(err).String(), "error", err)
 			break
 		}
@@ -244,6 +252,9 @@ type changeSet struct {
 	wake    chan struct{}
 	// restarting is set by LeaveForRestart and sent by leave.
 	restarting atomic.Bool
+	// jobsWaiting is the scheduler's last word on whether jobs wait in its
+	// queue.
+	jobsWaiting atomic.Bool
 }
 
 type change struct {
@@ -265,6 +276,19 @@ func (c *changeSet) add(st jobrun.Status) {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// ends counts the pending changes that are a job's end.
+func (c *changeSet) ends() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, ch := range c.pending {
+		if ch.status.State.Terminal() {
+			n++
+		}
+	}
+	return n
 }
 
 // notify fires after changes were added.

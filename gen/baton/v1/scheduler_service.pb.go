@@ -299,8 +299,10 @@ type RegisterWorkerResponse struct {
 	WorkerId string `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// heartbeat_interval is how often to call Heartbeat.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,2,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// jobs_waiting is as in HeartbeatResponse.
+	JobsWaiting   bool `protobuf:"varint,3,opt,name=jobs_waiting,json=jobsWaiting,proto3" json:"jobs_waiting,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterWorkerResponse) Reset() {
@@ -345,6 +347,13 @@ func (x *RegisterWorkerResponse) GetHeartbeatInterval() *durationpb.Duration {
 		return x.HeartbeatInterval
 	}
 	return nil
+}
+
+func (x *RegisterWorkerResponse) GetJobsWaiting() bool {
+	if x != nil {
+		return x.JobsWaiting
+	}
+	return false
 }
 
 // DeregisterWorkerRequest removes a worker on graceful shutdown.
@@ -511,7 +520,11 @@ type HeartbeatResponse struct {
 	// heartbeat_interval is how often to call Heartbeat from now on.
 	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,1,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
 	// state is the worker's roster state (DRAINING after DrainWorker).
-	State         WorkerState `protobuf:"varint,2,opt,name=state,proto3,enum=baton.v1.WorkerState" json:"state,omitempty"`
+	State WorkerState `protobuf:"varint,2,opt,name=state,proto3,enum=baton.v1.WorkerState" json:"state,omitempty"`
+	// jobs_waiting says jobs wait in the scheduler's queue for a free slot:
+	// the worker reports each job's end at once, rather than gathering
+	// changes into the next heartbeat, since the end frees a slot.
+	JobsWaiting   bool `protobuf:"varint,3,opt,name=jobs_waiting,json=jobsWaiting,proto3" json:"jobs_waiting,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -558,6 +571,13 @@ func (x *HeartbeatResponse) GetState() WorkerState {
 		return x.State
 	}
 	return WorkerState_WORKER_STATE_UNSPECIFIED
+}
+
+func (x *HeartbeatResponse) GetJobsWaiting() bool {
+	if x != nil {
+		return x.JobsWaiting
+	}
+	return false
 }
 
 // StartJobRequest asks the scheduler to run a job. Set worker_id to pick the
@@ -1815,10 +1835,11 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\xbaH\a\x92\x01\x04\x10\xa0\x8d\x06R\x04jobs\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x7f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa2\x01\n" +
 	"\x16RegisterWorkerResponse\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12H\n" +
-	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\"a\n" +
+	"\x12heartbeat_interval\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12!\n" +
+	"\fjobs_waiting\x18\x03 \x01(\bR\vjobsWaiting\"a\n" +
 	"\x17DeregisterWorkerRequest\x12&\n" +
 	"\tworker_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\bworkerId\x12\x1e\n" +
 	"\n" +
@@ -1829,10 +1850,11 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\tworker_id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@R\bworkerId\x12*\n" +
 	"\frunning_jobs\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\vrunningJobs\x129\n" +
 	"\achanges\x18\x03 \x03(\v2\x13.baton.v1.JobStatusB\n" +
-	"\xbaH\a\x92\x01\x04\x10\xa0\x8d\x06R\achanges\"\x8a\x01\n" +
+	"\xbaH\a\x92\x01\x04\x10\xa0\x8d\x06R\achanges\"\xad\x01\n" +
 	"\x11HeartbeatResponse\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12+\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\"\xa8\r\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\x12!\n" +
+	"\fjobs_waiting\x18\x03 \x01(\bR\vjobsWaiting\"\xa8\r\n" +
 	"\x0fStartJobRequest\x12H\n" +
 	"\tworker_id\x18\x01 \x01(\tB+\xbaH(\xd8\x01\x01r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\x120\n" +
 	"\acommand\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x10\x01\x18\xff\x012\n" +
