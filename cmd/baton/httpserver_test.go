@@ -87,6 +87,38 @@ func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 	if code := status(oldToken); code != http.StatusOK {
 		t.Errorf("with the configured token: HTTP %d", code)
 	}
+	// What is served beside the API follows the same rule: /metrics for a
+	// viewer's token, health for any caller the listener knows.
+	get := func(method, path, token string) int {
+		t.Helper()
+		req, err := http.NewRequest(method, "https://"+cfg.HTTPServer.Addr+path, strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res.StatusCode
+	}
+	for _, tc := range []struct {
+		method, path, token string
+		want                int
+	}{
+		{http.MethodGet, "/metrics", "", http.StatusUnauthorized},
+		{http.MethodGet, "/metrics", oldToken, http.StatusOK},
+		{http.MethodPost, "/grpc.health.v1.Health/Check", "", http.StatusUnauthorized},
+		{http.MethodPost, "/grpc.health.v1.Health/Check", oldToken, http.StatusOK},
+	} {
+		if code := get(tc.method, tc.path, tc.token); code != tc.want {
+			t.Errorf("%s %s with token %v: HTTP %d, want %d", tc.method, tc.path, tc.token != "", code, tc.want)
+		}
+	}
 	if code := status(""); code != http.StatusUnauthorized {
 		t.Errorf("without a token: HTTP %d, want 401", code)
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/services/identity"
 )
 
 // getMetrics fetches /metrics from addr, over TLS when addr is "tls:host:port".
@@ -120,6 +122,34 @@ func TestDevServesMetrics(t *testing.T) {
 	// The gRPC listener serves the same registry.
 	if grpcSide := getMetrics(t, tlsClient, "tls:"+addr); !strings.Contains(grpcSide, want[1]) {
 		t.Errorf("/metrics on the gRPC listener lacks %q", want[1])
+	}
+	// A user's certificate of the same cluster reads no metrics: they
+	// count every owner's jobs and name every worker.
+	ca, err := identity.LoadAuthority(filepath.Join(dataDir, devCADir, "ca.crt"), filepath.Join(dataDir, devCADir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	userCrt, userKey, err := ca.Issue(identity.Principal{Role: identity.RoleUser, Name: "alice"}, identity.IssueOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	userPair, err := tls.X509KeyPair(userCrt, userKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	userClient := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{userPair},
+	}}}
+	t.Cleanup(userClient.CloseIdleConnections)
+	for _, a := range []string{addr, worker1} {
+		res, err := userClient.Get("https://" + a + "/metrics")
+		if err != nil {
+			t.Fatalf("GET %s/metrics as a user: %v", a, err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusForbidden {
+			t.Errorf("GET %s/metrics with a user's certificate: %s, want 403", a, res.Status)
+		}
 	}
 	// Each worker has its own registry, without the process's metrics.
 	var jobs int

@@ -219,12 +219,12 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 	} else {
 		logger.Warn("serving without TLS: there is no identity, every caller counts as an anonymous admin; use this on loopback only")
 	}
-	// /metrics is served beside the API, before authentication: on the
-	// mTLS listener only a certificate of the cluster gets that far. With
-	// use_tls = false the listener answers loopback names only, like the
-	// plain http_server (serving.Listen).
+	// /metrics and health are served beside the API under one rule on
+	// every listener (identity.GuardOperations). With use_tls = false the
+	// listener answers loopback names only, like the plain http_server
+	// (serving.Listen), and its anonymous caller may read them.
 	grpcAuth := identity.NewAuthenticator(creds, nil, creds == nil)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, m.Mount(grpcAuth.Middleware(sched.Handler())), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(identity.GuardOperations(m.Mount(sched.Handler()))), serverTLS, logger)
 	if err != nil {
 		return err
 	}
@@ -261,7 +261,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 			}
 		}
 		// The web page takes / and its assets; the API keeps its routes.
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, m.Mount(webui.Handler(httpAuth.Middleware(sched.Handler()))), httpTLS, logger,
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, webui.Handler(httpAuth.Middleware(identity.GuardOperations(m.Mount(sched.Handler())))), httpTLS, logger,
 			serving.WithAllowedHosts(cfg.HTTPServer.AllowedHosts...))
 		if err != nil {
 			_ = srv.Shutdown(context.Background())

@@ -296,7 +296,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		return err
 	}
 	auth := identity.NewAuthenticator(creds, nil, creds == nil)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, m.Mount(auth.Middleware(w.Handler())), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, auth.Middleware(identity.GuardOperations(m.Mount(w.Handler()))), serverTLS, logger)
 	if err != nil {
 		_ = w.Close(context.Background())
 		return err
