@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -104,7 +105,14 @@ func load(out any, src configSource) (*koanf.Koanf, error) {
 	leaves := leafKeys(reflect.TypeOf(out).Elem(), "")
 
 	if src.file != "" {
-		if err := k.Load(file.Provider(src.file), toml.Parser()); err != nil {
+		fk := koanf.New(".")
+		if err := fk.Load(file.Provider(src.file), toml.Parser()); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", src.file, err)
+		}
+		if err := resolvePaths(fk, leaves, src.file); err != nil {
+			return nil, err
+		}
+		if err := k.Merge(fk); err != nil {
 			return nil, fmt.Errorf("config file %s: %w", src.file, err)
 		}
 	}
@@ -161,6 +169,31 @@ func load(out any, src configSource) (*koanf.Koanf, error) {
 
 // envValue turns an environment string into what the key's field holds:
 // lists are comma-separated, maps are k=v pairs separated by commas.
+// resolvePaths makes the relative paths a config file gives (the keys
+// ending in _file or _dir) relative to the file's directory, as kubectl
+// does with a kubeconfig: a daemon started from another directory reads
+// the same files. Paths from the environment and flags stay relative to
+// the working directory, as a shell user expects.
+func resolvePaths(fk *koanf.Koanf, leaves map[string]reflect.Type, path string) error {
+	dir, err := filepath.Abs(filepath.Dir(path))
+	if err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for key, t := range leaves {
+		if t.Kind() != reflect.String || !(strings.HasSuffix(key, "_file") || strings.HasSuffix(key, "_dir")) || !fk.Exists(key) {
+			continue
+		}
+		v, ok := fk.Get(key).(string)
+		if !ok || v == "" || filepath.IsAbs(v) {
+			continue
+		}
+		if err := fk.Set(key, filepath.Join(dir, v)); err != nil {
+			return fmt.Errorf("config file %s: %s: %w", path, key, err)
+		}
+	}
+	return nil
+}
+
 func envValue(t reflect.Type, value string) any {
 	switch t.Kind() {
 	case reflect.Slice:

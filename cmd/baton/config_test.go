@@ -121,6 +121,11 @@ func TestOriginalConfigLoads(t *testing.T) {
 	if err := cfg.validate(); err != nil {
 		t.Fatal(err)
 	}
+	// Its paths are relative to the file: they name the repository's
+	// example scripts whatever the working directory.
+	if fi, err := os.Stat(filepath.Join(cfg.Worker.ScriptsDir, "count.sh")); err != nil || fi.IsDir() {
+		t.Errorf("examples/config/worker.toml's scripts_dir %q has no count.sh: %v", cfg.Worker.ScriptsDir, err)
+	}
 }
 
 // TestMutualTLSExamplesLoad keeps the mTLS example configs valid.
@@ -224,5 +229,41 @@ func TestSchedulerUserPriorityConfig(t *testing.T) {
 	}
 	if got := userPriority(0); got >= 0 {
 		t.Errorf("userPriority(0) = %d: a configured 0 must not read as the default", got)
+	}
+}
+
+func TestConfigPathsFollowTheFile(t *testing.T) {
+	t.Parallel()
+	file := writeConfig(t, `
+[grpc_server]
+addr = "127.0.0.1:9001"
+use_tls = true
+crt_file = "certs/worker-w1.crt"
+key_file = "/etc/baton/worker-w1.key"
+
+[scheduler]
+addr = "127.0.0.1:9000"
+
+[worker]
+name = "w1"
+data_dir = "data"
+`)
+	dir := filepath.Dir(file)
+	cfg := defaultWorkerConfig()
+	_, err := load(&cfg, configSource{file: file, environ: []string{"BATON_WORKER_SCRIPTS_DIR=scripts", "HOME=/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct{ name, got, want string }{
+		{"a relative path in the file follows the file", cfg.GRPCServer.CrtFile, filepath.Join(dir, "certs", "worker-w1.crt")},
+		{"an absolute path stays", cfg.GRPCServer.KeyFile, "/etc/baton/worker-w1.key"},
+		{"data_dir follows the file", cfg.Worker.DataDir, filepath.Join(dir, "data")},
+		{"a path from the environment follows the working directory", cfg.Worker.ScriptsDir, "scripts"},
+		{"a name is not a path", cfg.Worker.Name, "w1"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, c.got, c.want)
+		}
 	}
 }
