@@ -52,7 +52,9 @@ func errWorkerGone(id string, st batonv1.WorkerState) error {
 // workerError is a failed call to a worker.
 type workerError struct {
 	worker string
-	err    error
+	// addr is the address dialled, when known.
+	addr string
+	err  error
 }
 
 func (e *workerError) Error() string { return fmt.Sprintf("worker %q: %v", e.worker, e.err) }
@@ -122,8 +124,15 @@ func mapWorkerError(we *workerError) error {
 		return interceptors.Internal(fmt.Sprintf("worker %q failed; see its log", we.worker), we)
 	default:
 		// Unavailable, DeadlineExceeded, Canceled by our own timeout,
-		// Unknown transport failures and anything unexpected.
-		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("worker %q could not be reached (%s)", we.worker, code))
+		// Unknown transport failures and anything unexpected: say where
+		// the scheduler dialled and what it got, which is what an
+		// operator fixes (the worker's advertised address, a firewall, a
+		// certificate).
+		at := ""
+		if we.addr != "" {
+			at = " at " + we.addr
+		}
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("worker %q%s could not be reached: %s (%s)", we.worker, at, msg, code))
 	}
 }
 

@@ -60,6 +60,7 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 		return nil, err
 	}
 	go s.deliverStops(id)
+	s.settleUnknownStarts(id)
 	s.logger.InfoContext(ctx, "worker registered", "worker_id", id, "address", msg.GetAddress(), "jobs", len(msg.GetJobs()))
 	return connect.NewResponse(&batonv1.RegisterWorkerResponse{
 		WorkerId:          id,
@@ -141,7 +142,9 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 		if err := s.recordReport(ctx, id, st); err != nil {
 			return nil, err
 		}
+		s.unsettled.Delete(st.GetJobId())
 	}
+	s.settleUnknownStarts(id)
 	// The roster entry is not written back: a heartbeat changes only the
 	// last-heartbeat time and the running count, which live in memory (10k
 	// workers every 5 s would be 2,000 store writes a second). State

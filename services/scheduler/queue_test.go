@@ -1,11 +1,14 @@
 package scheduler_test
 
 import (
+	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/scheduler"
 )
 
 // noLimit is the queue_timeout that waits until placed or stopped.
@@ -437,4 +441,69 @@ func TestQueueRefusesUnknownAndDrainingWorkers(t *testing.T) {
 		t.Fatalf("a job for the busy w1 is %v, want QUEUED", st.GetState())
 	}
 	check("with jobs queued")
+}
+
+func TestStartOnAnUnreachableWorkerNamesTheAddress(t *testing.T) {
+	sched := startScheduler(t, "", nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	if _, err := sched.client.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{Name: "w9", Address: addr})); err != nil {
+		t.Fatal(err)
+	}
+	_, err = sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "w9", Command: "sh", Path: "hello.sh"}))
+	wantCode(t, "StartJob on a worker nobody listens for", err, connect.CodeUnavailable)
+	if msg := err.Error(); !strings.Contains(msg, addr) || !strings.Contains(msg, "refused") {
+		t.Errorf("the error %q does not name the address dialled (%s) and why", msg, addr)
+	}
+}
+
+// hangingCalls is a worker interceptor that, while on, holds StartJob and
+// QueryJob calls until their deadline, as a worker that stopped answering.
+type hangingCalls struct{ on atomic.Bool }
+
+func (h *hangingCalls) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if p := req.Spec().Procedure; h.on.Load() && (strings.HasSuffix(p, "/StartJob") || strings.HasSuffix(p, "/QueryJob")) {
+			<-ctx.Done()
+			return nil, connect.NewError(connect.CodeDeadlineExceeded, ctx.Err())
+		}
+		return next(ctx, req)
+	}
+}
+func (h *hangingCalls) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+func (h *hangingCalls) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+func TestUnknownStartIsSettledAtTheNextHeartbeat(t *testing.T) {
+	sched := startScheduler(t, "", func(o *scheduler.Options) {
+		o.WorkerCallTimeout = 300 * time.Millisecond
+		o.HeartbeatInterval = 200 * time.Millisecond
+	})
+	hang := &hangingCalls{}
+	startWorkerWith(t, "w1", sched, workerSetup{interceptors: []connect.Interceptor{hang}})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	hang.on.Store(true)
+	_, err := sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}))
+	wantCode(t, "StartJob on a worker that does not answer", err, connect.CodeUnavailable)
+	list := func() *batonv1.JobStatus {
+		res, err := sched.client.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{}))
+		if err != nil || len(res.Msg.GetJobs()) != 1 {
+			t.Fatalf("ListJobs: %v, %d jobs", err, len(res.Msg.GetJobs()))
+		}
+		return res.Msg.GetJobs()[0]
+	}
+	if st := list(); st.GetState() != batonv1.JobState_JOB_STATE_LOST || !strings.Contains(st.GetReason(), "outcome unknown") {
+		t.Fatalf("the job is %v %q, want LOST with its outcome unknown", st.GetState(), st.GetReason())
+	}
+	hang.on.Store(false)
+	waitFor(t, "the unknown start to be settled", func() bool {
+		return strings.HasPrefix(list().GetReason(), "never started")
+	})
 }

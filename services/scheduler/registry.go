@@ -431,7 +431,9 @@ func (r *registry) tally() (byState map[batonv1.WorkerState]int, running int) {
 
 // target is what a call to a worker needs, copied out of the registry.
 type target struct {
-	id     string
+	id string
+	// addr is the address the worker registered, for messages.
+	addr   string
 	state  batonv1.WorkerState
 	client batonv1connect.WorkerServiceClient
 	gone   <-chan struct{}
@@ -460,7 +462,7 @@ func (r *registry) targetLocked(m *member) target {
 	if m.client == nil {
 		m.client = r.dial(m.w.ID, m.w.Address)
 	}
-	return target{id: m.w.ID, state: m.w.State, client: m.client, gone: m.gone}
+	return target{id: m.w.ID, addr: m.w.Address, state: m.w.State, client: m.client, gone: m.gone}
 }
 
 // release gives back a placement reservation after a failed start.

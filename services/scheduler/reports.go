@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 
 	"connectrpc.com/connect"
@@ -153,4 +154,51 @@ func withIdentity(j store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
 	st.Spec = j.Status.GetSpec()
 	st.CreatedAt = timestamppb.New(j.CreatedAt)
 	return st
+}
+
+// settleUnknownStarts asks worker workerID about the jobs whose start had
+// an unknown outcome there, once at a time per worker: it is called at
+// each of its heartbeats and registrations until every one is settled. A
+// job the worker has gets its real state; one it does not have never
+// started, and says so.
+func (s *Scheduler) settleUnknownStarts(workerID string) {
+	var ids []string
+	s.unsettled.Range(func(id, w any) bool {
+		if w.(string) == workerID {
+			ids = append(ids, id.(string))
+		}
+		return true
+	})
+	if len(ids) == 0 {
+		return
+	}
+	if _, busy := s.settling.LoadOrStore(workerID, struct{}{}); busy {
+		return
+	}
+	go func() {
+		defer s.settling.Delete(workerID)
+		ctx, cancel := context.WithTimeout(s.stopping, s.opts.WorkerCallTimeout)
+		defer cancel()
+		t, ok := s.reg.target(workerID)
+		if !ok {
+			return
+		}
+		for _, id := range ids {
+			res, err := t.client.QueryJob(ctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: id}))
+			switch {
+			case err == nil:
+				if s.recordReport(ctx, workerID, res.Msg.GetStatus()) == nil {
+					s.unsettled.Delete(id)
+				}
+			case connect.CodeOf(err) == connect.CodeNotFound:
+				never := &batonv1.JobStatus{JobId: id, State: batonv1.JobState_JOB_STATE_LOST, EndedAt: timestamppb.Now(),
+					Reason: "never started: its start had no answer, and worker " + strconv.Quote(workerID) + " does not have it"}
+				if s.recordReport(ctx, workerID, never) == nil {
+					s.unsettled.Delete(id)
+				}
+			default:
+				return // still unreachable: the next heartbeat tries again
+			}
+		}
+	}()
 }

@@ -108,6 +108,11 @@ type Scheduler struct {
 	starting sync.Map
 	// q holds the jobs waiting for a slot.
 	q *queue
+	// unsettled maps the jobs whose start's outcome is unknown (the
+	// worker did not answer) to their worker, which is asked about them
+	// at its next heartbeat; settling marks a worker being asked.
+	unsettled sync.Map
+	settling  sync.Map
 }
 
 // New loads the roster from the store and prepares the handler. Workers the

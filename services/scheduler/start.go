@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -289,14 +290,15 @@ func (s *Scheduler) settleStart(ctx context.Context, t target, job store.Job, ca
 		if err := s.store.DeleteJob(ctx, job.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
 			s.logger.ErrorContext(ctx, "deleting a job the worker did not start failed", "job_id", job.ID, "error", err)
 		}
-		return nil, &workerError{worker: t.id, err: callErr}
+		return nil, &workerError{worker: t.id, addr: t.addr, err: callErr}
 	}
 	lost := proto.CloneOf(job.Status)
 	lost.JobId, lost.WorkerId, lost.Owner, lost.GroupId = job.ID, t.id, job.Owner, job.GroupID
 	lost.State = batonv1.JobState_JOB_STATE_LOST
-	lost.Reason = "start outcome unknown: the worker did not answer; its next report settles it"
+	lost.Reason = fmt.Sprintf("start outcome unknown: worker %q at %s did not answer (%s); it is asked again at its next heartbeat", t.id, t.addr, connect.CodeOf(callErr))
 	if err := s.store.UpdateJobStatus(ctx, job.ID, lost); err != nil {
 		s.logger.ErrorContext(ctx, "recording a job with an unknown start failed", "job_id", job.ID, "error", err)
 	}
-	return nil, &workerError{worker: t.id, err: callErr}
+	s.unsettled.Store(job.ID, t.id)
+	return nil, &workerError{worker: t.id, addr: t.addr, err: callErr}
 }

@@ -63,7 +63,7 @@ func (s *Scheduler) deliverStop(ctx context.Context, t target, j store.Job, by s
 		return j.Status, nil
 	}
 	if err != nil {
-		return nil, &workerError{worker: t.id, err: err}
+		return nil, &workerError{worker: t.id, addr: t.addr, err: err}
 	}
 	st := withIdentity(j, res.Msg.GetStatus())
 	if err := s.store.ApplyWorkerReport(ctx, j.WorkerID, j.ID, st); err != nil {
