@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"math"
 	"net"
@@ -176,7 +177,7 @@ func ListenWithLimits(addr string, handler http.Handler, tlsConf *tls.Config, lo
 			SendPingTimeout:      pingAfter,
 			PingTimeout:          pingAckTimeout,
 		},
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ErrorLog: log.New(newHandshakeLog(logger), "", 0),
 	}
 	return &Server{srv: srv, ln: ln, logger: logger}, nil
 }
