@@ -267,3 +267,34 @@ data_dir = "data"
 		}
 	}
 }
+
+func TestWorkerTakesTheClientsAddressForms(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		addr   string
+		tls    bool
+		want   string
+		errKey bool
+	}{
+		{"sched:7070", true, "sched:7070", false},
+		{"https://sched:7070", true, "sched:7070", false},
+		{"https://sched:7070/", true, "sched:7070", false},
+		{"http://127.0.0.1:7070", false, "127.0.0.1:7070", false},
+		{"https://sched:7070", false, "", true},
+		{"http://sched:7070", true, "", true},
+		{"ftp://sched:7070", true, "", true},
+		{"https://sched", true, "", true},
+		{"https://sched:7070/api", true, "", true},
+	} {
+		got, err := schedulerHostPort(tc.addr, tc.tls)
+		if tc.errKey {
+			if err == nil || !strings.Contains(err.Error(), "scheduler.addr") {
+				t.Errorf("%q (tls %v): %q, %v; want an error naming scheduler.addr", tc.addr, tc.tls, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q (tls %v): %q, %v; want %q", tc.addr, tc.tls, got, err, tc.want)
+		}
+	}
+}

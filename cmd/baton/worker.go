@@ -238,6 +238,9 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		defer audit.Close()
 		reloads["audit file"] = audit.Reopen
 	}
+	if cfg.Scheduler.Addr, err = schedulerHostPort(cfg.Scheduler.Addr, creds != nil); err != nil {
+		return err
+	}
 	var scheduler batonv1connect.SchedulerServiceClient
 	if cfg.Scheduler.Addr != "" {
 		scheduler = batonv1connect.NewSchedulerServiceClient(
@@ -411,4 +414,32 @@ func stateDir() string {
 		return filepath.Join(home, ".local", "state", "baton")
 	}
 	return filepath.Join(os.TempDir(), "baton")
+}
+
+// schedulerHostPort reads scheduler.addr in the forms the CLI takes for
+// client.scheduler: host:port, or a URL whose scheme agrees with the
+// worker's TLS setting (https with use_tls, http without). It refuses
+// anything else at start, naming the key, rather than dialling a host
+// named "https".
+func schedulerHostPort(addr string, useTLS bool) (string, error) {
+	addr = strings.TrimSpace(addr)
+	if addr == "" || !strings.Contains(addr, "://") {
+		return addr, nil
+	}
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return "", fmt.Errorf("scheduler.addr %q: use host:port, or a URL like https://host:port", addr)
+	}
+	switch {
+	case u.Scheme == "https" && !useTLS:
+		return "", fmt.Errorf("scheduler.addr %q is https but this worker has use_tls = false: set grpc_server.use_tls and its certificate, or use http://", addr)
+	case u.Scheme == "http" && useTLS:
+		return "", fmt.Errorf("scheduler.addr %q is plain http but this worker uses TLS: use https:// or host:port", addr)
+	case u.Scheme != "https" && u.Scheme != "http":
+		return "", fmt.Errorf("scheduler.addr %q: the scheme must be http or https", addr)
+	}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return "", fmt.Errorf("scheduler.addr %q: give the port (https://host:7070)", addr)
+	}
+	return u.Host, nil
 }
