@@ -145,6 +145,17 @@ func TestMutualTLSExamplesLoad(t *testing.T) {
 	if err := s.validate(); err != nil || s.Scheduler.AuditFile == "" || s.HTTPServer.CrtFile == "" {
 		t.Errorf("scheduler: %v, %+v", err, s)
 	}
+	c := defaultClientConfig()
+	if _, err := load(&c, configSource{file: "../../examples/config/mtls/client.toml", environ: []string{}}); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := filepath.Abs("../../examples/config/mtls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Client.CAFile != filepath.Join(dir, "certs", "ca.crt") || !strings.HasPrefix(c.Client.Scheduler, "https://") {
+		t.Errorf("client: %+v; want https and paths beside the file", c.Client)
+	}
 }
 
 func TestByteSizeRoundTrip(t *testing.T) {
