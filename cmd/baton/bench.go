@@ -20,9 +20,8 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/client"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
-	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/serving"
 )
 
 // benchOptions are the flags of `baton bench`.
@@ -400,12 +399,14 @@ func jobsRunAs() string {
 // loadThrough runs the load through the scheduler at addr, counting
 // errors into res.
 func loadThrough(ctx context.Context, opts benchOptions, jobs int, addr string, clientTLS *tls.Config, res *benchResult, retries *atomic.Int64) (loadSample, error) {
-	httpClient := serving.NewHTTPClient(clientTLS)
-	defer httpClient.CloseIdleConnections()
-	client := batonv1connect.NewSchedulerServiceClient(httpClient, serving.BaseURL(addr, clientTLS != nil))
+	cl, err := benchClient(addr, clientTLS)
+	if err != nil {
+		return loadSample{}, err
+	}
+	defer cl.Close()
 	var mu sync.Mutex
 	return runLoad(ctx, opts.Clients, jobs, func(ctx context.Context) error {
-		err := runJob(ctx, client, opts, retries)
+		err := runJob(ctx, cl, opts, retries)
 		if err != nil {
 			mu.Lock()
 			res.Errors[errorKey(err)]++
@@ -413,6 +414,17 @@ func loadThrough(ctx context.Context, opts benchOptions, jobs int, addr string, 
 		}
 		return err
 	})
+}
+
+// benchClient is a client of the scheduler at addr (h2c, or TLS with
+// clientTLS). It makes up no idempotency keys: the starts measured are the
+// fast path without one, as in the figures of earlier versions.
+func benchClient(addr string, clientTLS *tls.Config) (*client.Client, error) {
+	opts := []client.Option{client.WithoutGeneratedKeys()}
+	if clientTLS != nil {
+		opts = append(opts, client.WithTLSConfig(clientTLS))
+	}
+	return client.New(client.Config{Schedulers: []string{addr}}, opts...)
 }
 
 // benchRounds is how many alternating rounds two clusters split the jobs
@@ -519,13 +531,13 @@ func errorKey(err error) string {
 }
 
 // runJob runs one job through the scheduler with RunJob and follows it to
-// its final status. A start answered ResourceExhausted is retried after a
-// pause.
-func runJob(ctx context.Context, client batonv1connect.SchedulerServiceClient, opts benchOptions, retries *atomic.Int64) error {
-	req := &batonv1.RunJobRequest{Job: &batonv1.StartJobRequest{WorkerId: opts.Worker, Command: opts.Command, Args: opts.Args}}
+// its final status. A start answered ResourceExhausted (every worker full)
+// is retried after a pause.
+func runJob(ctx context.Context, cl *client.Client, opts benchOptions, retries *atomic.Int64) error {
+	req := &batonv1.StartJobRequest{WorkerId: opts.Worker, Command: opts.Command, Args: opts.Args}
 	for {
-		st, started, err := runOnce(ctx, client, req)
-		if !started && connect.CodeOf(err) == connect.CodeResourceExhausted {
+		st, err := cl.Run(ctx, req, client.Handlers{})
+		if errors.Is(err, client.ErrResourceExhausted) {
 			retries.Add(1)
 			if !sleepCtx(ctx, benchRetryDelay) {
 				return ctx.Err()
@@ -540,28 +552,6 @@ func runJob(ctx context.Context, client batonv1connect.SchedulerServiceClient, o
 		}
 		return nil
 	}
-}
-
-// runOnce makes one RunJob call and returns the job's final status and
-// whether the job started at all.
-func runOnce(ctx context.Context, client batonv1connect.SchedulerServiceClient, req *batonv1.RunJobRequest) (*batonv1.JobStatus, bool, error) {
-	stream, err := client.RunJob(ctx, connect.NewRequest(req))
-	if err != nil {
-		return nil, false, err
-	}
-	defer stream.Close()
-	started := false
-	for stream.Receive() {
-		msg := stream.Msg()
-		started = started || msg.GetStarted() != nil
-		if st := msg.GetStatus(); st != nil {
-			return st, true, nil
-		}
-	}
-	if err := stream.Err(); err != nil {
-		return nil, started, err
-	}
-	return nil, started, connect.NewError(connect.CodeDataLoss, errors.New("the run ended without the job's final status"))
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

@@ -15,9 +15,9 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/baton-run/baton/client"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
-	"github.com/baton-run/baton/services/serving"
 )
 
 // benchQueueCapacity is each local worker's capacity with --queue: small,
@@ -129,9 +129,12 @@ func runQueueBench(ctx context.Context, opts benchOptions) (_ *benchResult, err 
 // and measures the round from the jobs' final statuses. StartJob failures
 // are counted into errs.
 func queueRound(ctx context.Context, lc *localCluster, opts benchOptions, n int, errs map[string]int) (*queueResult, error) {
-	httpClient := serving.NewHTTPClient(lc.clientTLS)
-	defer httpClient.CloseIdleConnections()
-	client := batonv1connect.NewSchedulerServiceClient(httpClient, serving.BaseURL(lc.addr, lc.clientTLS != nil))
+	cl, err := benchClient(lc.addr, lc.clientTLS)
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	sched := cl.Scheduler()
 
 	qr := &queueResult{Jobs: n, Workers: len(lc.workers), Capacity: benchQueueCapacity, LoadBefore: loadAvg()}
 	cpu0, err := lc.cpu()
@@ -143,18 +146,18 @@ func queueRound(ctx context.Context, lc *localCluster, opts benchOptions, n int,
 		ids = make(map[string]bool, n)
 	)
 	sample, err := runLoad(ctx, opts.Clients, n, func(ctx context.Context) error {
-		r, err := client.StartJob(ctx, connect.NewRequest(&batonv1.StartJobRequest{
+		r, err := cl.Start(ctx, &batonv1.StartJobRequest{
 			WorkerId: opts.Worker, Command: opts.Command, Args: opts.Args,
-			QueueTimeout: durationpb.New(-time.Second),
-		}))
+			QueueTimeout: durationpb.New(client.NoQueueLimit),
+		})
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
 			errs[errorKey(err)]++
 			return err
 		}
-		ids[r.Msg.GetJobId()] = true
-		if js := r.Msg.GetJobs(); len(js) > 0 && js[0].GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+		ids[r.GetJobId()] = true
+		if js := r.GetJobs(); len(js) > 0 && js[0].GetState() == batonv1.JobState_JOB_STATE_QUEUED {
 			qr.QueuedAtStart++
 		}
 		return nil
@@ -167,7 +170,7 @@ func queueRound(ctx context.Context, lc *localCluster, opts benchOptions, n int,
 	if err != nil {
 		return nil, err
 	}
-	if err := waitDrained(ctx, lc, client); err != nil {
+	if err := waitDrained(ctx, lc, sched); err != nil {
 		return nil, err
 	}
 	cpu2, err := lc.cpu()
@@ -175,7 +178,7 @@ func queueRound(ctx context.Context, lc *localCluster, opts benchOptions, n int,
 		return nil, err
 	}
 	qr.LoadAfter = loadAvg()
-	jobs, err := listByID(ctx, client, ids)
+	jobs, err := listByID(ctx, sched, ids)
 	if err != nil {
 		return nil, err
 	}

@@ -107,8 +107,7 @@ func printClientConfig(w io.Writer, co *clientOptions) error {
 	if err := printTOML(w, &cfg); err != nil {
 		return err
 	}
-	_, _, err = cfg.Client.schedulerURL()
-	return err
+	return cfg.Client.checkScheduler()
 }
 
 // printTOML writes a config struct (a pointer) as TOML, in the form its

@@ -6,19 +6,20 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/client"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 )
 
 // clientCall is what every client command needs once its flags are parsed.
 type clientCall struct {
 	ctx    context.Context
-	client *schedulerClient
+	client *client.Client
 	format outputFormat
 	out    io.Writer
 	errOut io.Writer
@@ -35,11 +36,11 @@ func prepare(cmd *cobra.Command, co *clientOptions) (*clientCall, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := newSchedulerClient(cfg.Client)
+	cl, err := cfg.Client.newClient()
 	if err != nil {
 		return nil, err
 	}
-	return &clientCall{ctx: cmd.Context(), client: client, format: format, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}, nil
+	return &clientCall{ctx: cmd.Context(), client: cl, format: format, out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}, nil
 }
 
 // clientCommand builds a client command: its flags, and a RunE that
@@ -51,10 +52,8 @@ func clientCommand(cmd *cobra.Command, run func(c *clientCall, args []string) er
 		if err != nil {
 			return err
 		}
-		if err := run(c, args); err != nil {
-			return c.client.explain(err)
-		}
-		return nil
+		defer c.client.Close()
+		return explain(run(c, args))
 	}
 	return cmd
 }
@@ -82,9 +81,10 @@ start --all): every job of the group is stopped.`,
 		if err := checkID("JOB", id); err != nil {
 			return err
 		}
-		res, err := c.client.StopJob(c.ctx, connect.NewRequest(&batonv1.StopJobRequest{JobId: id}))
-		if connect.CodeOf(err) == connect.CodeNotFound {
-			if g, gerr := c.client.StopJob(c.ctx, connect.NewRequest(&batonv1.StopJobRequest{GroupId: id})); gerr == nil {
+		sched := c.client.Scheduler()
+		res, err := sched.StopJob(c.ctx, connect.NewRequest(&batonv1.StopJobRequest{JobId: id}))
+		if errors.Is(err, client.ErrNotFound) {
+			if g, gerr := sched.StopJob(c.ctx, connect.NewRequest(&batonv1.StopJobRequest{GroupId: id})); gerr == nil {
 				res, err = g, nil
 			}
 		}
@@ -111,10 +111,11 @@ func newStatusCommand() *cobra.Command {
 		if err := checkID("JOB", id); err != nil {
 			return err
 		}
-		res, err := c.client.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: id}))
+		sched := c.client.Scheduler()
+		res, err := sched.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: id}))
 		group := false
-		if connect.CodeOf(err) == connect.CodeNotFound {
-			if g, gerr := c.client.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{GroupId: id})); gerr == nil {
+		if errors.Is(err, client.ErrNotFound) {
+			if g, gerr := sched.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{GroupId: id})); gerr == nil {
 				res, err, group = g, nil, true
 			}
 		}
@@ -179,73 +180,60 @@ status last when following.`,
 // followLogs prints the output req asks for. When following, a stream cut
 // as `baton run`'s can be (the scheduler or the job's worker restarting)
 // is resumed from the last offset printed, so no byte is missing or
-// repeated.
+// repeated, and a job that waits in the queue is waited for.
 func followLogs(c *clientCall, req *batonv1.StreamJobOutputRequest) error {
-	delay := resumeFirst
-	for attempt := 0; ; attempt++ {
-		ended, progress, err := printLogs(c, req)
-		if ended || (err == nil && !req.GetFollow()) {
-			return err
-		}
-		if err == nil {
-			err = connect.NewError(connect.CodeUnavailable, errors.New("the output stream ended before the job's status"))
-		}
-		if progress {
-			attempt, delay = 0, resumeFirst
-		}
-		if !req.GetFollow() || !resumable(err) || attempt >= resumeAttempts || c.ctx.Err() != nil {
-			return err
-		}
-		// A job LOST is not followed further: no stream will finish it.
-		if q, qerr := c.client.QueryJob(c.ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: req.GetJobId()})); qerr == nil && q.Msg.GetDone() &&
-			q.Msg.GetStatus().GetState() == batonv1.JobState_JOB_STATE_LOST {
-			return nil
-		}
-		select {
-		case <-c.ctx.Done():
-			return c.ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, resumeMax)
+	if !req.GetFollow() {
+		return printLogs(c, req)
 	}
+	noted := false
+	st, err := c.client.Follow(c.ctx, req, client.Handlers{
+		Queued: func(st *batonv1.JobStatus) {
+			if !noted {
+				noted = true
+				fmt.Fprintf(c.errOut, "baton: job %s %s\n", st.GetJobId(), queuedNote(st))
+			}
+		},
+		Output: func(chunk *batonv1.OutputChunk) error {
+			return printLog(c, &batonv1.StreamJobOutputResponse{Event: &batonv1.StreamJobOutputResponse_Chunk{Chunk: chunk}})
+		},
+	})
+	if err != nil {
+		return err
+	}
+	return printLog(c, &batonv1.StreamJobOutputResponse{Event: &batonv1.StreamJobOutputResponse_Status{Status: st}})
 }
 
-// printLogs prints one StreamJobOutput call's messages, moving req's
-// offset past each chunk printed. ended says the job's status came.
-func printLogs(c *clientCall, req *batonv1.StreamJobOutputRequest) (ended, progress bool, err error) {
-	stream, err := c.client.StreamJobOutput(c.ctx, connect.NewRequest(req))
+// printLogs prints one StreamJobOutput call's messages: the output so far.
+func printLogs(c *clientCall, req *batonv1.StreamJobOutputRequest) error {
+	stream, err := c.client.Scheduler().StreamJobOutput(c.ctx, connect.NewRequest(req))
 	if err != nil {
-		return false, false, err
+		return err
 	}
 	defer stream.Close()
 	for stream.Receive() {
-		msg := stream.Msg()
-		if chunk := msg.GetChunk(); chunk != nil {
-			req.Offset = chunk.GetOffset() + int64(len(chunk.GetData()))
-			progress = true
-		}
-		if msg.GetStatus() != nil {
-			ended = true
-		}
-		if c.format == formatJSON {
-			if err := writeJSONLine(c.out, msg); err != nil {
-				return ended, progress, err
-			}
-			continue
-		}
-		chunk := msg.GetChunk()
-		if chunk == nil {
-			continue
-		}
-		w := c.out
-		if chunk.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
-			w = c.errOut
-		}
-		if _, err := w.Write(chunk.GetData()); err != nil {
-			return ended, progress, err
+		if err := printLog(c, stream.Msg()); err != nil {
+			return err
 		}
 	}
-	return ended, progress, stream.Err()
+	return stream.Err()
+}
+
+// printLog prints one message of a job's output: as a JSON line with -o
+// json, else a chunk's bytes to stdout or stderr, as the job wrote them.
+func printLog(c *clientCall, msg *batonv1.StreamJobOutputResponse) error {
+	if c.format == formatJSON {
+		return writeJSONLine(c.out, msg)
+	}
+	chunk := msg.GetChunk()
+	if chunk == nil {
+		return nil
+	}
+	w := c.out
+	if chunk.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
+		w = c.errOut
+	}
+	_, err := w.Write(chunk.GetData())
+	return err
 }
 
 func newJobsCommand() *cobra.Command {
@@ -274,7 +262,7 @@ With -o json it prints one JSON array of job statuses.`,
 			}
 			req.States = append(req.States, st)
 		}
-		jobs, more, err := listJobs(c.ctx, c.client, req, limit)
+		jobs, more, err := listJobs(c.ctx, c.client.Scheduler(), req, limit)
 		if err != nil {
 			return err
 		}
@@ -296,7 +284,7 @@ const maxPageSize = 1000
 
 // listJobs pages through ListJobs until limit jobs (0: all) or the last
 // page; more says whether jobs were left out.
-func listJobs(ctx context.Context, client *schedulerClient, req *batonv1.ListJobsRequest, limit int) ([]*batonv1.JobStatus, bool, error) {
+func listJobs(ctx context.Context, sched batonv1connect.SchedulerServiceClient, req *batonv1.ListJobsRequest, limit int) ([]*batonv1.JobStatus, bool, error) {
 	var jobs []*batonv1.JobStatus
 	for {
 		size := maxPageSize
@@ -304,7 +292,7 @@ func listJobs(ctx context.Context, client *schedulerClient, req *batonv1.ListJob
 			size = min(size, limit-len(jobs))
 		}
 		req.PageSize = int32(size)
-		res, err := client.ListJobs(ctx, connect.NewRequest(req))
+		res, err := sched.ListJobs(ctx, connect.NewRequest(req))
 		if err != nil {
 			return nil, false, err
 		}
@@ -340,7 +328,7 @@ func newWorkersCommand() *cobra.Command {
 		Long:  `workers lists the roster by name. With -o json it prints one JSON array of workers.`,
 		Args:  usageArgs(cobra.NoArgs),
 	}, func(c *clientCall, _ []string) error {
-		res, err := c.client.ListWorkers(c.ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		res, err := c.client.Scheduler().ListWorkers(c.ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
 		if err != nil {
 			return err
 		}
@@ -357,7 +345,7 @@ func newDrainCommand() *cobra.Command {
 		Short: "Stop placing jobs on a worker; its running jobs finish",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 	}, func(c *clientCall, args []string) error {
-		res, err := c.client.DrainWorker(c.ctx, connect.NewRequest(&batonv1.DrainWorkerRequest{WorkerId: args[0]}))
+		res, err := c.client.Scheduler().DrainWorker(c.ctx, connect.NewRequest(&batonv1.DrainWorkerRequest{WorkerId: args[0]}))
 		if err != nil {
 			return err
 		}

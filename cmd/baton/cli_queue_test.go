@@ -355,22 +355,20 @@ func TestCtrlCCancelsAQueuedRun(t *testing.T) {
 	t.Parallel()
 	s := &queueScheduler{}
 	url := serveQueue(t, s)
-	client, err := newSchedulerClient(ClientSection{Scheduler: url})
+	cl, err := ClientSection{Scheduler: url}.newClient()
 	if err != nil {
 		t.Fatal(err)
 	}
-	run, res, err := startRun(t.Context(), client, &batonv1.StartJobRequest{Command: "true", QueueTimeout: durationpb.New(-time.Second)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.GetJobId() != queuedJobID || res.GetJobs()[0].GetState() != batonv1.JobState_JOB_STATE_QUEUED {
-		t.Fatalf("start: %v", res)
-	}
+	defer cl.Close()
 	var stdout, stderr lockedBuffer
-	a := &attachment{client: client, res: res, run: run, stdout: &stdout, stderr: &stderr}
+	a := &attachment{client: cl, stdout: &stdout, stderr: &stderr, spin: startSpinner(&stderr, "placing the job…")}
 	sigs := make(chan os.Signal, 1)
 	done := make(chan error, 1)
-	go func() { done <- a.follow(t.Context(), sigs, nil) }()
+	go func() {
+		done <- a.run(t.Context(), sigs, &batonv1.StartJobRequest{Command: "true", QueueTimeout: durationpb.New(-time.Second)})
+	}()
+	// Before the job is named or after: either way the job is stopped by
+	// its id once it has one.
 	sigs <- os.Interrupt
 	select {
 	case id := <-s.stops:
@@ -389,7 +387,9 @@ func TestCtrlCCancelsAQueuedRun(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the run did not end after its job was stopped; stderr %q", stderr.String())
 	}
-	if want := "baton: stopping job " + queuedJobID + " (Ctrl-C again to detach)\n"; stderr.String() != want {
+	want := "baton: queued at position 3: all 2 matching workers are full (Ctrl-C cancels)\n" +
+		"baton: stopping job " + queuedJobID + " (Ctrl-C again to detach)\n"
+	if stderr.String() != want {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/baton-run/baton/client"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
@@ -66,8 +67,6 @@ const (
 	defaultPriority = 50
 	maxPriority     = 100
 	maxQueueTimeout = 30 * 24 * time.Hour
-	// noQueueLimit is how StartJobRequest says "wait until placed".
-	noQueueLimit = -time.Second
 )
 
 // scriptPathArg reports whether COMMAND's first argument is sent as the
@@ -139,7 +138,7 @@ func (o *runOptions) setQueueing(req *batonv1.StartJobRequest) error {
 	case o.queueTimeout > maxQueueTimeout:
 		return usageErrorf("--queue-timeout must be at most %s (30 days)", maxQueueTimeout)
 	}
-	wait := noQueueLimit
+	wait := client.NoQueueLimit
 	if o.noWait || explicit {
 		wait = o.queueTimeout
 	}
@@ -241,10 +240,11 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	if err != nil {
 		return err
 	}
-	client, err := newSchedulerClient(cfg.Client)
+	cl, err := cfg.Client.newClient()
 	if err != nil {
 		return err
 	}
+	defer cl.Close()
 	// Ctrl-C is ours to handle: the first stops the job, the second
 	// detaches. The command's context ends on the first signal, so the
 	// RPCs run on one that does not.
@@ -256,67 +256,23 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 		return &exitError{code: signalExit(syscall.SIGINT)}
 	}
 	ctx := context.WithoutCancel(cmd.Context())
-	stderr := cmd.ErrOrStderr()
-
-	startCtx, cancelStart := context.WithCancel(ctx)
-	defer cancelStart()
-	type started struct {
-		res *batonv1.StartJobResponse
-		// run is the rest of a RunJob stream: the job's output and final
-		// status, for the follower to read before any StreamJobOutput.
-		run *connect.ServerStreamForClient[batonv1.RunJobResponse]
-		err error
+	a := &attachment{
+		client: cl, stdout: cmd.OutOrStdout(), stderr: cmd.ErrOrStderr(),
+		spin: startSpinner(cmd.ErrOrStderr(), "placing the job…"),
 	}
-	// One job followed to its end is one RunJob call; a fan-out, or a
-	// start without attaching, is a StartJob.
-	oneCall := attach && !req.GetAll()
-	startDone := make(chan started, 1)
-	spin := startSpinner(stderr, "placing the job…")
-	go func() {
-		// A full cluster is the scheduler's to wait out: the job is queued
-		// there, and the start answers as soon as it is.
-		var st started
-		if oneCall {
-			st.run, st.res, st.err = startRun(startCtx, client, req)
-		} else {
-			var res *connect.Response[batonv1.StartJobResponse]
-			if res, st.err = client.StartJob(startCtx, connect.NewRequest(req)); st.err == nil {
-				st.res = res.Msg
-			}
-		}
-		startDone <- st
-	}()
-	var interrupted os.Signal
-	var st started
-wait:
-	for {
-		select {
-		case st = <-startDone:
-			break wait
-		case sig := <-sigs:
-			if interrupted != nil || !attach {
-				spin.end()
-				fmt.Fprintln(stderr, "baton: interrupted before the job's id was known; `baton jobs` lists it if it started")
-				return &exitError{code: signalExit(sig)}
-			}
-			interrupted = sig
-		}
+	defer a.quiet()
+	if attach && !req.GetAll() {
+		// One job followed to its end is one RunJob call.
+		return a.run(ctx, sigs, req)
 	}
-	if st.err != nil {
-		spin.end()
-		return explainStartError(client.explain(st.err), req)
+	// A fan-out, or a start without attaching, is a StartJob.
+	res, interrupted, err := a.start(ctx, sigs, req, attach)
+	if err != nil {
+		return err
 	}
-	res := st.res
-	if oneCall && res.GetJobs()[0].GetState() == batonv1.JobState_JOB_STATE_QUEUED {
-		// The spinner stays until the job starts: the follow ends it.
-		spin.say(queuedNote(res.GetJobs()[0]) + " (Ctrl-C cancels)")
-	} else {
-		spin.end()
-		spin = nil
-		for _, j := range res.GetJobs() {
-			if j.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
-				fmt.Fprintf(stderr, "baton: job %s %s\n", j.GetJobId(), queuedNote(j))
-			}
+	for _, j := range res.GetJobs() {
+		if j.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+			fmt.Fprintf(a.stderr, "baton: job %s %s\n", j.GetJobId(), queuedNote(j))
 		}
 	}
 	if !attach {
@@ -330,11 +286,117 @@ wait:
 		_, err := fmt.Fprintln(cmd.OutOrStdout(), id)
 		return err
 	}
-	a := &attachment{
-		client: client, res: res, run: st.run, stdout: cmd.OutOrStdout(), stderr: stderr,
-		prefix: res.GetGroupId() != "", spin: spin,
+	a.res, a.prefix = res, res.GetGroupId() != ""
+	follows := make([]func(context.Context) followResult, len(res.GetJobs()))
+	for i, j := range res.GetJobs() {
+		follows[i] = func(ctx context.Context) followResult {
+			sink := a.sink(j)
+			defer sink.flush()
+			st, err := cl.Follow(ctx, &batonv1.StreamJobOutputRequest{JobId: j.GetJobId()}, client.Handlers{Output: sink.write})
+			return followResult{st, err}
+		}
 	}
-	return a.follow(ctx, sigs, interrupted)
+	return a.follow(ctx, sigs, interrupted, follows)
+}
+
+// run starts one job with RunJob and follows it to its end. A job that
+// waits in the queue keeps the spinner, saying where it waits, until it
+// starts.
+func (a *attachment) run(ctx context.Context, sigs <-chan os.Signal, req *batonv1.StartJobRequest) error {
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	// known is closed once the job's first status (set in first before)
+	// or the run's end is in.
+	known := make(chan struct{})
+	var first *batonv1.JobStatus
+	var once sync.Once
+	announce := func(st *batonv1.JobStatus) { once.Do(func() { first = st; close(known) }) }
+	done := make(chan followResult, 1)
+	sink := a.sink(nil)
+	go func() {
+		st, err := a.client.Run(runCtx, req, client.Handlers{
+			Queued: func(st *batonv1.JobStatus) {
+				a.spin.say(queuedNote(st) + " (Ctrl-C cancels)")
+				announce(st)
+			},
+			Started: func(st *batonv1.JobStatus) {
+				a.quiet()
+				announce(st)
+			},
+			Output: sink.write,
+		})
+		done <- followResult{st, err}
+		announce(nil)
+	}()
+	interrupted, err := a.awaitID(sigs, true, known)
+	if err != nil {
+		return err
+	}
+	if first == nil {
+		// The run ended before naming its job: the start failed.
+		r := <-done
+		a.quiet()
+		if r.err != nil {
+			return explainStartError(explain(r.err), req)
+		}
+		first = r.status
+		done <- r
+	}
+	a.res = &batonv1.StartJobResponse{JobId: first.GetJobId(), Jobs: []*batonv1.JobStatus{first}}
+	return a.follow(ctx, sigs, interrupted, []func(context.Context) followResult{
+		func(followCtx context.Context) followResult {
+			// A detach ends the follow, and with it the run.
+			stop := context.AfterFunc(followCtx, cancelRun)
+			defer stop()
+			return <-done
+		},
+	})
+}
+
+// start starts the job (or the fan-out's jobs) with StartJob.
+func (a *attachment) start(ctx context.Context, sigs <-chan os.Signal, req *batonv1.StartJobRequest, attach bool) (*batonv1.StartJobResponse, os.Signal, error) {
+	startCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	known := make(chan struct{})
+	var (
+		res *batonv1.StartJobResponse
+		err error
+	)
+	go func() {
+		defer close(known)
+		// A full cluster is the scheduler's to wait out: the job is
+		// queued there, and the start answers as soon as it is.
+		res, err = a.client.Start(startCtx, req)
+	}()
+	interrupted, werr := a.awaitID(sigs, attach, known)
+	if werr != nil {
+		return nil, nil, werr
+	}
+	a.quiet()
+	if err != nil {
+		return nil, nil, explainStartError(explain(err), req)
+	}
+	return res, interrupted, nil
+}
+
+// awaitID waits until known is closed, while the job has no id to stop it
+// by. The first signal, when attaching, is kept to stop the job once it
+// has one; a second, or any without attaching, gives up.
+func (a *attachment) awaitID(sigs <-chan os.Signal, attach bool, known <-chan struct{}) (os.Signal, error) {
+	var interrupted os.Signal
+	for {
+		select {
+		case <-known:
+			return interrupted, nil
+		case sig := <-sigs:
+			if interrupted != nil || !attach {
+				a.quiet()
+				fmt.Fprintln(a.stderr, "baton: interrupted before the job's id was known; `baton jobs` lists it if it started")
+				return nil, &exitError{code: signalExit(sig)}
+			}
+			interrupted = sig
+		}
+	}
 }
 
 // queuedNote says where a queued job is in the queue and what it waits
@@ -348,36 +410,6 @@ func queuedNote(j *batonv1.JobStatus) string {
 		return note + ": " + r
 	}
 	return note + ", waiting for a free slot"
-}
-
-// startRun starts one job with RunJob and reads its first message, started
-// or queued. It returns the rest of the stream, which the caller closes,
-// and the start as StartJob would have answered it.
-func startRun(ctx context.Context, client *schedulerClient, req *batonv1.StartJobRequest) (*connect.ServerStreamForClient[batonv1.RunJobResponse], *batonv1.StartJobResponse, error) {
-	stream, err := client.RunJob(ctx, connect.NewRequest(&batonv1.RunJobRequest{Job: req}))
-	if err != nil {
-		return nil, nil, err
-	}
-	if !stream.Receive() {
-		err := stream.Err()
-		_ = stream.Close()
-		if err == nil {
-			err = connect.NewError(connect.CodeUnavailable, errors.New("the scheduler ended the run before the job started"))
-		}
-		return nil, nil, err
-	}
-	// A job that has to wait is queued first; it has its id already, so
-	// a stop can reach it before it runs.
-	first := stream.Msg()
-	st := first.GetStarted()
-	if st == nil {
-		st = first.GetQueued()
-	}
-	if st == nil {
-		_ = stream.Close()
-		return nil, nil, connect.NewError(connect.CodeInternal, errors.New("the scheduler sent no start status first"))
-	}
-	return stream, &batonv1.StartJobResponse{JobId: st.GetJobId(), Jobs: []*batonv1.JobStatus{st}}, nil
 }
 
 // explainStartError adds the path rule to a "not found" about the script
@@ -419,17 +451,15 @@ func jobExitCode(st *batonv1.JobStatus) int {
 // attachment follows the started job (or every job of a fan-out) to its
 // end, and owns the terminal's output while it does.
 type attachment struct {
-	client *schedulerClient
+	client *client.Client
+	// res names the job(s) followed, for a stop.
 	res    *batonv1.StartJobResponse
-	// run, if set, is the RunJob stream of the one job, read before any
-	// StreamJobOutput.
-	run    *connect.ServerStreamForClient[batonv1.RunJobResponse]
 	stdout io.Writer
 	stderr io.Writer
 	// prefix puts "[worker] " before each line (a fan-out).
 	prefix bool
-	// spin, if set, says the job is queued until it starts; anything
-	// written to the terminal ends it first.
+	// spin says the job is being placed, or queued, until it starts;
+	// anything written to the terminal ends it first.
 	spin *spinner
 	// mu keeps lines of different jobs from interleaving mid-line.
 	mu sync.Mutex
@@ -461,23 +491,17 @@ func stopSignals() []os.Signal {
 	return sigs
 }
 
-// follow streams every job's output until each has a final status, then
-// returns the exit status. Signals: the first stops the job(s), the second
-// detaches.
-func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrupted os.Signal) error {
+// follow runs each of follows (one per job, in a.res's order) until each
+// has a final status, then returns the exit status. Signals: the first
+// stops the job(s), the second detaches, which ends the follows' context.
+func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrupted os.Signal, follows []func(context.Context) followResult) error {
 	defer a.quiet()
-	jobs := a.res.GetJobs()
 	followCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	results := make([]followResult, len(jobs))
+	results := make([]followResult, len(follows))
 	var wg sync.WaitGroup
-	for i, j := range jobs {
-		wg.Go(func() {
-			sink := a.sink(j)
-			st, err := followOutput(followCtx, a.client, j.GetJobId(), a.run, a.quiet, sink.write)
-			sink.flush()
-			results[i] = followResult{st, err}
-		})
+	for i, f := range follows {
+		wg.Go(func() { results[i] = f(followCtx) })
 	}
 	allDone := make(chan struct{})
 	go func() { wg.Wait(); close(allDone) }()
@@ -504,8 +528,8 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 		})
 		go func() {
 			defer markDelivered()
-			if _, err := a.client.StopJob(traced, connect.NewRequest(req)); err != nil {
-				a.printErr("baton: stop: %s\n", errorLine(a.client.explain(err)))
+			if _, err := a.client.Scheduler().StopJob(traced, connect.NewRequest(req)); err != nil {
+				a.printErr("baton: stop: %s\n", errorLine(explain(err)))
 			}
 		}()
 	}
@@ -575,7 +599,7 @@ func (a *attachment) finish(results []followResult, stopSig os.Signal) error {
 		ends = append(ends, ended{a.res.GetJobs()[i].GetWorkerId(), r.status})
 	}
 	if len(errs) > 0 {
-		return errs[0]
+		return explain(errs[0])
 	}
 	slices.SortFunc(ends, func(x, y ended) int { return strings.Compare(x.worker, y.worker) })
 	code := 0
@@ -629,7 +653,7 @@ func (a *attachment) printErr(format string, args ...any) {
 // job, as whole prefixed lines for a fan-out.
 func (a *attachment) sink(j *batonv1.JobStatus) *outputSink {
 	s := &outputSink{a: a}
-	if a.prefix {
+	if a.prefix && j != nil {
 		s.tag = []byte("[" + j.GetWorkerId() + "] ")
 	}
 	return s
@@ -694,123 +718,9 @@ func (s *outputSink) flush() {
 	}
 }
 
-// Resuming a cut output stream: the scheduler ends streams with
-// Unavailable when it shuts down or the job's worker goes away, and the
-// stream picks up again from the last offset.
-const (
-	resumeAttempts = 20
-	resumeFirst    = 200 * time.Millisecond
-	// stopDeliveryWait bounds how long a second Ctrl-C waits for the stop
-	// request to reach the scheduler.
-	stopDeliveryWait = 3 * time.Second
-	resumeMax        = 3 * time.Second
-)
-
-// followOutput streams a job's output (both streams, interleaved, from
-// the start) into sink until the job's final status, resuming from the
-// last offset when the stream is cut. run, if not nil, is read first: the
-// rest of the RunJob call that started the job, which calls started when
-// it says that a queued job runs.
-func followOutput(ctx context.Context, client *schedulerClient, jobID string, run *connect.ServerStreamForClient[batonv1.RunJobResponse], started func(), sink func(*batonv1.OutputChunk) error) (*batonv1.JobStatus, error) {
-	var offset int64
-	delay := resumeFirst
-	for attempt := 0; ; attempt++ {
-		var (
-			st       *batonv1.JobStatus
-			progress bool
-			err      error
-			sinkErr  error
-		)
-		if run != nil {
-			msg := func() *batonv1.RunJobResponse {
-				m := run.Msg()
-				if m.GetStarted() != nil {
-					started()
-				}
-				return m
-			}
-			st, progress, err, sinkErr = drainOutput(run, msg, &offset, sink)
-			run = nil
-		} else {
-			var stream *connect.ServerStreamForClient[batonv1.StreamJobOutputResponse]
-			stream, err = client.StreamJobOutput(ctx, connect.NewRequest(&batonv1.StreamJobOutputRequest{
-				JobId: jobID, Offset: offset, Follow: true,
-			}))
-			if err == nil {
-				st, progress, err, sinkErr = drainOutput(stream, stream.Msg, &offset, sink)
-			}
-		}
-		if st != nil || sinkErr != nil {
-			return st, sinkErr
-		}
-		if progress {
-			attempt, delay = 0, resumeFirst
-		}
-		if err == nil {
-			err = connect.NewError(connect.CodeUnavailable, errors.New("the output stream ended before the job's status"))
-		}
-		if !resumable(err) || attempt >= resumeAttempts || ctx.Err() != nil {
-			return nil, client.explain(err)
-		}
-		// A worker that went away leaves the job LOST: no stream will ever
-		// finish it, so its stored status is the answer.
-		if q, qerr := client.QueryJob(ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: jobID})); qerr == nil && q.Msg.GetDone() &&
-			q.Msg.GetStatus().GetState() == batonv1.JobState_JOB_STATE_LOST {
-			return q.Msg.GetStatus(), nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, resumeMax)
-	}
-}
-
-// resumable reports whether a follow that ended with err is worth picking
-// up again: the scheduler said so (it shuts down, the worker went away), or
-// the connection broke mid-message, as it does when the scheduler is
-// killed (Connect's client then says "internal: protocol error").
-func resumable(err error) bool {
-	return connect.CodeOf(err) == connect.CodeUnavailable ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
-// outputStream is a stream of output messages: a RunJob's or a
-// StreamJobOutput's.
-type outputStream interface {
-	Receive() bool
-	Err() error
-	Close() error
-}
-
-// outputMsg is one message of an outputStream.
-type outputMsg interface {
-	GetChunk() *batonv1.OutputChunk
-	GetStatus() *batonv1.JobStatus
-}
-
-// drainOutput reads stream to its end, passing chunks to sink and moving
-// offset past them. It returns the job's status if the stream brought it,
-// whether any chunk arrived, the stream's error, and the sink's, which ends
-// the follow with no resume.
-func drainOutput[M outputMsg](stream outputStream, msg func() M, offset *int64, sink func(*batonv1.OutputChunk) error) (st *batonv1.JobStatus, progress bool, streamErr, sinkErr error) {
-	defer stream.Close()
-	for stream.Receive() {
-		m := msg()
-		if st := m.GetStatus(); st != nil {
-			return st, progress, nil, nil
-		}
-		if c := m.GetChunk(); c != nil {
-			if err := sink(c); err != nil {
-				return nil, progress, nil, err
-			}
-			*offset = c.GetOffset() + int64(len(c.GetData()))
-			progress = true
-		}
-	}
-	return nil, progress, stream.Err(), nil
-}
+// stopDeliveryWait bounds how long a second Ctrl-C waits for the stop
+// request to reach the scheduler.
+const stopDeliveryWait = 3 * time.Second
 
 // errorLine is how the CLI writes an error on one line: the Connect code
 // and the message, or the error alone.

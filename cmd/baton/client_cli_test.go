@@ -3,16 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -187,34 +180,36 @@ func TestParseJobState(t *testing.T) {
 	}
 }
 
+// TestSchedulerURL: client.scheduler is one address of the client's
+// Config, and the CLI's checks of it say which flag or key to change.
 func TestSchedulerURL(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
 		c       ClientSection
 		want    string
-		tls     bool
 		wantErr string
 	}{
-		{"default", defaultClientConfig().Client, "http://127.0.0.1:7070", false, ""},
-		{"host:port is h2c", ClientSection{Scheduler: "sched:7070"}, "http://sched:7070", false, ""},
-		{"host:port with a CA is TLS", ClientSection{Scheduler: "sched:7070", CAFile: "ca.pem"}, "https://sched:7070", true, ""},
-		{"https URL", ClientSection{Scheduler: "https://sched.example:443/"}, "https://sched.example:443", true, ""},
-		{"http URL with a certificate", ClientSection{Scheduler: "http://sched:7070", CertFile: "c.pem"}, "", false, "use https://"},
-		{"other scheme", ClientSection{Scheduler: "ftp://sched:21"}, "", false, "http (h2c) or https"},
-		{"no port", ClientSection{Scheduler: "sched"}, "", false, "host:port"},
-		{"empty", ClientSection{}, "", false, "empty"},
+		{"default", defaultClientConfig().Client, "http://127.0.0.1:7070", ""},
+		{"host:port is h2c", ClientSection{Scheduler: "sched:7070"}, "http://sched:7070", ""},
+		{"host:port with a CA is TLS", ClientSection{Scheduler: "sched:7070", CAFile: "ca.pem"}, "https://sched:7070", ""},
+		{"https URL", ClientSection{Scheduler: "https://sched.example:443/"}, "https://sched.example:443", ""},
+		{"http URL with a certificate", ClientSection{Scheduler: "http://sched:7070", CertFile: "c.pem"}, "", "use https://"},
+		{"other scheme", ClientSection{Scheduler: "ftp://sched:21"}, "", "http (h2c) or https"},
+		{"no port", ClientSection{Scheduler: "sched"}, "", "host:port"},
+		{"empty", ClientSection{}, "", "give --scheduler URL"},
 	}
 	for _, tt := range tests {
-		got, useTLS, err := tt.c.schedulerURL()
+		err := tt.c.checkScheduler()
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%s: error %v, want one saying %q", tt.name, err, tt.wantErr)
 			}
 			continue
 		}
-		if err != nil || got != tt.want || useTLS != tt.tls {
-			t.Errorf("%s: %q tls=%v err=%v, want %q tls=%v", tt.name, got, useTLS, err, tt.want, tt.tls)
+		got, uerr := tt.c.clientConfig().BaseURLs()
+		if err != nil || uerr != nil || len(got) != 1 || got[0] != tt.want {
+			t.Errorf("%s: %q, %v, %v; want %q", tt.name, got, err, uerr, tt.want)
 		}
 	}
 }
@@ -381,117 +376,20 @@ func (r *tokenRecorder) ListWorkers(_ context.Context, req *connect.Request[bato
 	return connect.NewResponse(&batonv1.ListWorkersResponse{}), nil
 }
 
-func (r *tokenRecorder) StreamJobOutput(_ context.Context, req *connect.Request[batonv1.StreamJobOutputRequest], stream *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
-	r.record(req.Header())
-	return stream.Send(&batonv1.StreamJobOutputResponse{Event: &batonv1.StreamJobOutputResponse_Status{Status: &batonv1.JobStatus{}}})
-}
-
-// TestBearerToken: the token goes on unary calls and streams alike, over
-// the h2c transport the CLI uses.
-func TestBearerToken(t *testing.T) {
-	t.Parallel()
-	rec := &tokenRecorder{}
-	_, handler := batonv1connect.NewSchedulerServiceHandler(rec)
-	srv := httptest.NewUnstartedServer(handler)
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	t.Cleanup(srv.Close)
-
-	client, err := newSchedulerClient(ClientSection{Scheduler: srv.URL, Token: " s3cret "})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := client.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{})); err != nil {
-		t.Fatal(err)
-	}
-	stream, err := client.StreamJobOutput(t.Context(), connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: "x"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for stream.Receive() {
-	}
-	if err := stream.Err(); err != nil {
-		t.Fatal(err)
-	}
-	_ = stream.Close()
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	if want := []string{"Bearer s3cret", "Bearer s3cret"}; !slices.Equal(rec.seen, want) {
-		t.Errorf("Authorization headers %q, want %q", rec.seen, want)
-	}
-
-	if _, err := newSchedulerClient(ClientSection{Scheduler: srv.URL, Token: "two words"}); err == nil {
-		t.Error("a token with a space was accepted")
-	}
-}
-
-// TestClientUnreachable: a refused connection is one line naming the URL.
+// TestClientUnreachable: a refused connection is one line naming the URL
+// and where the CLI took it from.
 func TestClientUnreachable(t *testing.T) {
 	t.Parallel()
 	addr := freeAddr(t)
-	client, err := newSchedulerClient(ClientSection{Scheduler: addr})
+	cl, err := ClientSection{Scheduler: addr}.newClient()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = client.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
-	line := errorLine(client.explain(err))
-	if !strings.HasPrefix(line, "unavailable: cannot reach the scheduler at http://"+addr) || strings.Contains(line, "\n") {
+	defer cl.Close()
+	_, err = cl.Scheduler().ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+	line := errorLine(explain(err))
+	if !strings.HasPrefix(line, "unavailable: cannot reach the scheduler at http://"+addr) || !strings.HasSuffix(line, "(--scheduler, BATON_CLIENT_SCHEDULER or client.scheduler)") || strings.Contains(line, "\n") {
 		t.Errorf("error line %q", line)
-	}
-}
-
-// writeTestKeyPair writes a self-signed certificate and its key, the key
-// with the given mode.
-func writeTestKeyPair(t *testing.T, keyMode os.FileMode) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "cli"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), keyMode); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(keyFile, keyMode); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
-func TestClientTLSConfig(t *testing.T) {
-	t.Parallel()
-	cert, key := writeTestKeyPair(t, 0o600)
-	conf, err := ClientSection{CAFile: cert, CertFile: cert, KeyFile: key}.tlsConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if conf.MinVersion != 0x0304 || conf.RootCAs == nil || len(conf.Certificates) != 1 {
-		t.Errorf("tls config: min %#x, roots %v, %d certificates", conf.MinVersion, conf.RootCAs != nil, len(conf.Certificates))
-	}
-
-	openCert, openKey := writeTestKeyPair(t, 0o644)
-	if _, err := (ClientSection{CertFile: openCert, KeyFile: openKey}).tlsConfig(); err == nil || !strings.Contains(err.Error(), "readable by others") {
-		t.Errorf("a world-readable key: error %v", err)
-	}
-	if _, err := (ClientSection{CertFile: cert}).tlsConfig(); err == nil || !strings.Contains(err.Error(), "go together") {
-		t.Errorf("a certificate without its key: error %v", err)
 	}
 }
 
@@ -516,7 +414,7 @@ func TestTokenNeverInCleartext(t *testing.T) {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 
 	for _, addr := range []string{net.JoinHostPort(ip, port), "http://" + net.JoinHostPort(ip, port)} {
-		_, err := newSchedulerClient(ClientSection{Scheduler: addr, Token: "s3cret"})
+		_, err := ClientSection{Scheduler: addr, Token: "s3cret"}.newClient()
 		if err == nil || !strings.Contains(err.Error(), "client.token") || !strings.Contains(err.Error(), "https://") {
 			t.Errorf("token to %s over h2c: %v", addr, err)
 		}
@@ -536,9 +434,12 @@ func TestTokenNeverInCleartext(t *testing.T) {
 		t.Errorf("the listener received %q", seen)
 	}
 	for _, addr := range []string{"127.0.0.1:7070", "localhost:7070", "[::1]:7070", "https://" + net.JoinHostPort(ip, port)} {
-		if _, err := newSchedulerClient(ClientSection{Scheduler: addr, Token: "s3cret"}); err != nil {
+		cl, err := ClientSection{Scheduler: addr, Token: "s3cret"}.newClient()
+		if err != nil {
 			t.Errorf("token to %s: %v", addr, err)
+			continue
 		}
+		cl.Close()
 	}
 }
 
