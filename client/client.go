@@ -102,7 +102,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		}
 	}
 	// Outermost, so that every error the caller sees is mapped.
-	interceptors := []connect.Interceptor{&errorInterceptor{baseURL: urls[0]}}
+	interceptors := []connect.Interceptor{&errorInterceptor{baseURL: urls[0], tls: tlsConf}}
 	if cfg.Token != "" {
 		if err := cfg.checkToken(urls); err != nil {
 			return nil, err

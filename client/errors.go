@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -79,7 +80,11 @@ func newError(code connect.Code, msg string) *Error {
 
 // errorInterceptor turns every call's *connect.Error into an *Error, and
 // names the scheduler's URL when it cannot be reached.
-type errorInterceptor struct{ baseURL string }
+type errorInterceptor struct {
+	baseURL string
+	// tls is the client's TLS config, for diagnoseTLS; nil for h2c.
+	tls *tls.Config
+}
 
 // mapError returns err as an *Error when it is a *connect.Error. The
 // end of a stream (io.EOF) and errors of the caller's own making are
@@ -93,8 +98,19 @@ func (i *errorInterceptor) mapError(err error) error {
 		return err
 	}
 	e := &Error{Code: ce.Code(), Message: ce.Message(), err: err}
+	if connect.IsWireError(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return e
+	}
+	// No answer from the scheduler: a TLS mismatch shows as one of
+	// several transport errors, so it is asked for once more, plainly.
+	if why := diagnoseTLS(i.baseURL, i.tls); why != "" {
+		e.Code, e.Unreachable = connect.CodeUnavailable, true
+		e.Message = fmt.Sprintf("cannot talk to the scheduler at %s: %s", i.baseURL, why)
+		e.err = connect.NewError(e.Code, &explained{msg: e.Message, cause: err})
+		return e
+	}
 	var op *net.OpError
-	if ce.Code() == connect.CodeUnavailable && !connect.IsWireError(err) && errors.As(err, &op) {
+	if ce.Code() == connect.CodeUnavailable && errors.As(err, &op) {
 		e.Unreachable = true
 		e.Message = fmt.Sprintf("cannot reach the scheduler at %s (%v); is it running?", i.baseURL, op.Err)
 		// The cause stays in the chain, for errors.Is(err, syscall.ECONNRESET).

@@ -80,6 +80,11 @@ func (a *Authenticator) authenticate(r *http.Request) (Principal, error) {
 	if a.creds != nil && (a.tokens.Load() == nil || a.tokens.Load().Len() == 0) {
 		return Principal{}, errors.New("no credentials: present a client certificate")
 	}
+	if a.creds == nil {
+		// A listener that takes tokens only: a worker, or a client with a
+		// certificate, has dialled the wrong port.
+		return Principal{}, errors.New("no credentials: this listener takes bearer tokens only (Authorization: Bearer …); workers and clients with certificates use the scheduler's mutual-TLS port (grpc_server.addr)")
+	}
 	return Principal{}, errors.New("no credentials: present a client certificate or a bearer token")
 }
 

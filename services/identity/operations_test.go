@@ -4,7 +4,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestGuardOperations(t *testing.T) {
@@ -41,5 +43,24 @@ func TestGuardOperations(t *testing.T) {
 				t.Errorf("%s: HTTP %d (%s), want %d", tc.path, w.Code, w.Body.String(), tc.want)
 			}
 		})
+	}
+}
+
+// TestTokenPortSaysWhereCertificatesGo: a caller with no token on a
+// listener that takes only tokens (a worker that dialled the scheduler's
+// HTTPS port, say) is told which port it wants.
+func TestTokenPortSaysWhereCertificatesGo(t *testing.T) {
+	_, entry, err := NewToken(Principal{Role: RoleViewer, Name: "v"}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := ParseTokens([]string{entry})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := NewAuthenticator(nil, tokens, false)
+	_, err = a.authenticate(httptest.NewRequest(http.MethodPost, "/baton.v1.SchedulerService/Heartbeat", nil))
+	if err == nil || !strings.Contains(err.Error(), "mutual-TLS port (grpc_server.addr)") {
+		t.Errorf("no credentials on the token port: %v; want it to name the mutual-TLS port", err)
 	}
 }

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect"
+
+	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/identity"
+)
+
+// TestTLSRefusalsSayWhatToFix: a scheduler over mutual TLS, and clients
+// that get it wrong in the usual ways. Each gets one message naming the
+// setting to change, the same every time, however the refusal surfaced
+// on the connection.
+func TestTLSRefusalsSayWhatToFix(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	alice := identity.Principal{Role: identity.RoleUser, Name: "alice"}
+	caFile, certs, err := ensureCerts(filepath.Join(dir, "certs"), "t", identity.Scheduler, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, otherCerts, err := ensureCerts(filepath.Join(dir, "other"), "t", alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaultSchedulerConfig()
+	cfg.GRPCServer = GRPCServerConfig{Addr: freeAddr(t), UseTLS: true, CAFile: caFile, CrtFile: certs[identity.Scheduler][0], KeyFile: certs[identity.Scheduler][1]}
+	cfg.Scheduler.DataDir = filepath.Join(dir, "data")
+	cfg.Log = LogConfig{Level: "error", Format: "text"}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- runScheduler(ctx, cfg, func() (SchedulerConfig, error) { return cfg, nil }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("scheduler: %v", err)
+		}
+	})
+	waitListening(t, cfg.GRPCServer.Addr)
+
+	call := func(c ClientSection) string {
+		t.Helper()
+		cl, err := c.newClient()
+		if err != nil {
+			return err.Error()
+		}
+		defer cl.Close()
+		_, err = cl.Scheduler().ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		if err == nil {
+			return "ok"
+		}
+		return errorLine(explain(err))
+	}
+	good := ClientSection{Scheduler: "https://" + cfg.GRPCServer.Addr, CAFile: caFile, CertFile: certs[alice][0], KeyFile: certs[alice][1]}
+	if got := call(good); got != "ok" {
+		t.Fatalf("a client with its certificate: %s", got)
+	}
+	for _, tc := range []struct {
+		name string
+		c    ClientSection
+		want string
+	}{
+		{"no certificate", ClientSection{Scheduler: good.Scheduler, CAFile: caFile}, "sent no certificate; set client.cert_file and client.key_file"},
+		{"another cluster's certificate", ClientSection{Scheduler: good.Scheduler, CAFile: caFile, CertFile: otherCerts[alice][0], KeyFile: otherCerts[alice][1]}, "not signed by the cluster's CA"},
+		{"another cluster's CA", ClientSection{Scheduler: good.Scheduler, CAFile: filepath.Join(dir, "other", "ca.crt"), CertFile: certs[alice][0], KeyFile: certs[alice][1]}, "not signed by the CA in client.ca_file"},
+		{"plain http to the TLS port", ClientSection{Scheduler: "http://" + cfg.GRPCServer.Addr}, "speaks TLS: use https://"},
+	} {
+		first := call(tc.c)
+		if !strings.Contains(first, tc.want) {
+			t.Errorf("%s: %q, want it to say %q", tc.name, first, tc.want)
+		}
+		for range 2 {
+			if again := call(tc.c); again != first {
+				t.Errorf("%s: %q, then %q: one cause, two messages", tc.name, first, again)
+			}
+		}
+	}
+}
