@@ -1,6 +1,8 @@
 package main
 
 import (
+	"connectrpc.com/connect"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -307,5 +309,17 @@ func TestWorkerTakesTheClientsAddressForms(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%q (tls %v): %q, %v; want %q", tc.addr, tc.tls, got, err, tc.want)
 		}
+	}
+}
+
+func TestWorkerErrorsNameTheSchedulerAddress(t *testing.T) {
+	t.Parallel()
+	n := namedAddrErrors{addr: "10.0.0.1:7071"}
+	err := n.wrap(connect.NewError(connect.CodeUnauthenticated, errors.New("no credentials: this listener takes bearer tokens only")))
+	if connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "scheduler.addr 10.0.0.1:7071: no credentials") {
+		t.Errorf("wrapped: %v (%v)", err, connect.CodeOf(err))
+	}
+	if n.wrap(nil) != nil {
+		t.Error("a nil error was wrapped")
 	}
 }

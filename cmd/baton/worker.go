@@ -1,6 +1,7 @@
 package main
 
 import (
+	"connectrpc.com/connect"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -246,6 +247,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 		scheduler = batonv1connect.NewSchedulerServiceClient(
 			serving.NewHTTPClient(clientTLS),
 			serving.BaseURL(cfg.Scheduler.Addr, creds != nil),
+			connect.WithInterceptors(namedAddrErrors{addr: cfg.Scheduler.Addr}),
 		)
 	}
 	advertise := cfg.Worker.AdvertiseAddr
@@ -442,4 +444,37 @@ func schedulerHostPort(addr string, useTLS bool) (string, error) {
 		return "", fmt.Errorf("scheduler.addr %q: give the port (https://host:7070)", addr)
 	}
 	return u.Host, nil
+}
+
+// namedAddrErrors prefixes the errors of the worker's calls to the
+// scheduler with scheduler.addr and its value: a refused connection, a
+// name that does not resolve, a listener that takes only tokens or a peer
+// that is not the scheduler are all fixed there, and the log should say
+// so.
+type namedAddrErrors struct{ addr string }
+
+func (n namedAddrErrors) wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if ce := new(connect.Error); errors.As(err, &ce) {
+		msg = ce.Message()
+	}
+	return connect.NewError(connect.CodeOf(err), fmt.Errorf("scheduler.addr %s: %s", n.addr, msg))
+}
+
+func (n namedAddrErrors) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		res, err := next(ctx, req)
+		return res, n.wrap(err)
+	}
+}
+
+func (n namedAddrErrors) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (n namedAddrErrors) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }
