@@ -69,7 +69,7 @@ func newRootCommand() *cobra.Command {
 	root.AddCommand(newTokenCommand())
 	root.AddCommand(newRunCommand(), newStartCommand(), newStopCommand(), newStatusCommand(),
 		newLogsCommand(), newJobsCommand(), newWorkersCommand(), newDrainCommand())
-	root.AddCommand(newConfigCommand())
+	root.AddCommand(newConfigCommand(), newCheckCommand())
 	root.AddCommand(newVersionCommand())
 	root.SetVersionTemplate(versionPrefix + "{{.Version}}\n")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {

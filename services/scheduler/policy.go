@@ -49,6 +49,9 @@ func Policy() identity.Policy {
 		batonv1connect.SchedulerServiceStreamJobOutputProcedure:  {Roles: readers},
 		batonv1connect.SchedulerServiceListWorkersProcedure:      {Roles: readers},
 		batonv1connect.SchedulerServiceDrainWorkerProcedure:      {Roles: admins, Mutating: true},
+		// A worker checks only its own address: the scheduler expects
+		// the caller's identity there (see checkWorkerAddress).
+		batonv1connect.SchedulerServiceCheckWorkerAddressProcedure: {Roles: members},
 	}
 }
 

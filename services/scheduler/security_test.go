@@ -220,7 +220,8 @@ func TestEveryProcedureNeedsAnIdentityAndARole(t *testing.T) {
 		identity.RoleAdmin:  {"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers", "DrainWorker"},
 		identity.RoleUser:   {"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
 		identity.RoleViewer: {"QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
-		identity.RoleWorker: memberProcs,
+		// CheckWorkerAddress names no worker: the caller's own identity is checked.
+		identity.RoleWorker: append(slices.Clone(memberProcs), "CheckWorkerAddress"),
 	}
 	for _, p := range []identity.Principal{
 		root, alice, vic,

@@ -13,7 +13,8 @@ import (
 // (net/http writes "http: TLS handshake error from PEER: ERR") becomes one
 // warning naming the peer and, in words an operator acts on, the reason;
 // at most one a minute for each peer address, so a client retrying in a
-// loop does not flood the log. Other lines stay at debug level.
+// loop does not flood the log. Every line, refusals included, is also
+// logged as it came at debug level.
 type handshakeLog struct {
 	logger *slog.Logger
 	now    func() time.Time
@@ -40,6 +41,9 @@ func (h *handshakeLog) Write(p []byte) (int, error) {
 		h.logger.Debug(line)
 		return len(p), nil
 	}
+	// Every refusal at debug level, as it came; the warning below is
+	// rate-limited.
+	h.logger.Debug(line)
 	peer, cause, _ := strings.Cut(rest, ": ")
 	ip := peer
 	if host, _, err := net.SplitHostPort(peer); err == nil {

@@ -1808,6 +1808,120 @@ func (x *DrainWorkerResponse) GetWorker() *Worker {
 	return nil
 }
 
+// CheckWorkerAddressRequest names the address a worker would register.
+type CheckWorkerAddressRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address is host:port of the worker's WorkerService, as it would give it
+	// in RegisterWorkerRequest.address: a DNS name or IP and a port.
+	Address       string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckWorkerAddressRequest) Reset() {
+	*x = CheckWorkerAddressRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckWorkerAddressRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckWorkerAddressRequest) ProtoMessage() {}
+
+func (x *CheckWorkerAddressRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckWorkerAddressRequest.ProtoReflect.Descriptor instead.
+func (*CheckWorkerAddressRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CheckWorkerAddressRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+// CheckWorkerAddressResponse is the outcome of the scheduler's dial.
+type CheckWorkerAddressResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// reachable is true when the scheduler reached the address and the peer
+	// there proved to be the calling worker (without TLS: answered at all).
+	Reachable bool `protobuf:"varint,1,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	// error says why not when reachable is false: the dial, TLS or identity
+	// failure as the scheduler saw it.
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// expected is the identity the scheduler required at the address
+	// ("worker/w1"); empty on a scheduler without TLS, which checks none.
+	Expected      string `protobuf:"bytes,3,opt,name=expected,proto3" json:"expected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckWorkerAddressResponse) Reset() {
+	*x = CheckWorkerAddressResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckWorkerAddressResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckWorkerAddressResponse) ProtoMessage() {}
+
+func (x *CheckWorkerAddressResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckWorkerAddressResponse.ProtoReflect.Descriptor instead.
+func (*CheckWorkerAddressResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *CheckWorkerAddressResponse) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *CheckWorkerAddressResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *CheckWorkerAddressResponse) GetExpected() string {
+	if x != nil {
+		return x.Expected
+	}
+	return ""
+}
+
 var File_baton_v1_scheduler_service_proto protoreflect.FileDescriptor
 
 const file_baton_v1_scheduler_service_proto_rawDesc = "" +
@@ -1960,14 +2074,20 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x12DrainWorkerRequest\x12E\n" +
 	"\tworker_id\x18\x01 \x01(\tB(\xbaH%r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\"?\n" +
 	"\x13DrainWorkerResponse\x12(\n" +
-	"\x06worker\x18\x01 \x01(\v2\x10.baton.v1.WorkerR\x06worker*\xa9\x01\n" +
+	"\x06worker\x18\x01 \x01(\v2\x10.baton.v1.WorkerR\x06worker\"B\n" +
+	"\x19CheckWorkerAddressRequest\x12%\n" +
+	"\aaddress\x18\x01 \x01(\tB\v\xbaH\br\x06\x18\x85\x02\x80\x02\x01R\aaddress\"l\n" +
+	"\x1aCheckWorkerAddressResponse\x12\x1c\n" +
+	"\treachable\x18\x01 \x01(\bR\treachable\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1a\n" +
+	"\bexpected\x18\x03 \x01(\tR\bexpected*\xa9\x01\n" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12WORKER_STATE_READY\x10\x01\x12\x19\n" +
 	"\x15WORKER_STATE_DRAINING\x10\x02\x12\x15\n" +
 	"\x11WORKER_STATE_DOWN\x10\x03\x12\x15\n" +
 	"\x11WORKER_STATE_LEFT\x10\x04\x12\x1b\n" +
-	"\x17WORKER_STATE_RESTARTING\x10\x052\xe4\x06\n" +
+	"\x17WORKER_STATE_RESTARTING\x10\x052\xc7\a\n" +
 	"\x10SchedulerService\x12U\n" +
 	"\x0eRegisterWorker\x12\x1f.baton.v1.RegisterWorkerRequest\x1a .baton.v1.RegisterWorkerResponse\"\x00\x12[\n" +
 	"\x10DeregisterWorker\x12!.baton.v1.DeregisterWorkerRequest\x1a\".baton.v1.DeregisterWorkerResponse\"\x00\x12F\n" +
@@ -1979,7 +2099,8 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x0fStreamJobOutput\x12 .baton.v1.StreamJobOutputRequest\x1a!.baton.v1.StreamJobOutputResponse\"\x03\x90\x02\x010\x01\x12?\n" +
 	"\x06RunJob\x12\x17.baton.v1.RunJobRequest\x1a\x18.baton.v1.RunJobResponse\"\x000\x01\x12O\n" +
 	"\vListWorkers\x12\x1c.baton.v1.ListWorkersRequest\x1a\x1d.baton.v1.ListWorkersResponse\"\x03\x90\x02\x01\x12L\n" +
-	"\vDrainWorker\x12\x1c.baton.v1.DrainWorkerRequest\x1a\x1d.baton.v1.DrainWorkerResponse\"\x00B\x97\x01\n" +
+	"\vDrainWorker\x12\x1c.baton.v1.DrainWorkerRequest\x1a\x1d.baton.v1.DrainWorkerResponse\"\x00\x12a\n" +
+	"\x12CheckWorkerAddress\x12#.baton.v1.CheckWorkerAddressRequest\x1a$.baton.v1.CheckWorkerAddressResponse\"\x00B\x97\x01\n" +
 	"\fcom.baton.v1B\x15SchedulerServiceProtoP\x01Z/github.com/baton-run/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (
@@ -1995,76 +2116,78 @@ func file_baton_v1_scheduler_service_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_scheduler_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_baton_v1_scheduler_service_proto_goTypes = []any{
-	(WorkerState)(0),                 // 0: baton.v1.WorkerState
-	(*Worker)(nil),                   // 1: baton.v1.Worker
-	(*RegisterWorkerRequest)(nil),    // 2: baton.v1.RegisterWorkerRequest
-	(*RegisterWorkerResponse)(nil),   // 3: baton.v1.RegisterWorkerResponse
-	(*DeregisterWorkerRequest)(nil),  // 4: baton.v1.DeregisterWorkerRequest
-	(*DeregisterWorkerResponse)(nil), // 5: baton.v1.DeregisterWorkerResponse
-	(*HeartbeatRequest)(nil),         // 6: baton.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),        // 7: baton.v1.HeartbeatResponse
-	(*StartJobRequest)(nil),          // 8: baton.v1.StartJobRequest
-	(*StartJobResponse)(nil),         // 9: baton.v1.StartJobResponse
-	(*StopJobRequest)(nil),           // 10: baton.v1.StopJobRequest
-	(*StopJobResponse)(nil),          // 11: baton.v1.StopJobResponse
-	(*QueryJobRequest)(nil),          // 12: baton.v1.QueryJobRequest
-	(*QueryJobResponse)(nil),         // 13: baton.v1.QueryJobResponse
-	(*ListJobsRequest)(nil),          // 14: baton.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),         // 15: baton.v1.ListJobsResponse
-	(*StreamJobOutputRequest)(nil),   // 16: baton.v1.StreamJobOutputRequest
-	(*StreamJobOutputResponse)(nil),  // 17: baton.v1.StreamJobOutputResponse
-	(*RunJobRequest)(nil),            // 18: baton.v1.RunJobRequest
-	(*RunJobResponse)(nil),           // 19: baton.v1.RunJobResponse
-	(*ListWorkersRequest)(nil),       // 20: baton.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),      // 21: baton.v1.ListWorkersResponse
-	(*DrainWorkerRequest)(nil),       // 22: baton.v1.DrainWorkerRequest
-	(*DrainWorkerResponse)(nil),      // 23: baton.v1.DrainWorkerResponse
-	nil,                              // 24: baton.v1.Worker.LabelsEntry
-	nil,                              // 25: baton.v1.RegisterWorkerRequest.LabelsEntry
-	nil,                              // 26: baton.v1.StartJobRequest.EnvEntry
-	nil,                              // 27: baton.v1.StartJobRequest.SelectorEntry
-	nil,                              // 28: baton.v1.StartJobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
-	(*JobStatus)(nil),                // 30: baton.v1.JobStatus
-	(*durationpb.Duration)(nil),      // 31: google.protobuf.Duration
-	(JobState)(0),                    // 32: baton.v1.JobState
-	(OutputStream)(0),                // 33: baton.v1.OutputStream
-	(*OutputChunk)(nil),              // 34: baton.v1.OutputChunk
+	(WorkerState)(0),                   // 0: baton.v1.WorkerState
+	(*Worker)(nil),                     // 1: baton.v1.Worker
+	(*RegisterWorkerRequest)(nil),      // 2: baton.v1.RegisterWorkerRequest
+	(*RegisterWorkerResponse)(nil),     // 3: baton.v1.RegisterWorkerResponse
+	(*DeregisterWorkerRequest)(nil),    // 4: baton.v1.DeregisterWorkerRequest
+	(*DeregisterWorkerResponse)(nil),   // 5: baton.v1.DeregisterWorkerResponse
+	(*HeartbeatRequest)(nil),           // 6: baton.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),          // 7: baton.v1.HeartbeatResponse
+	(*StartJobRequest)(nil),            // 8: baton.v1.StartJobRequest
+	(*StartJobResponse)(nil),           // 9: baton.v1.StartJobResponse
+	(*StopJobRequest)(nil),             // 10: baton.v1.StopJobRequest
+	(*StopJobResponse)(nil),            // 11: baton.v1.StopJobResponse
+	(*QueryJobRequest)(nil),            // 12: baton.v1.QueryJobRequest
+	(*QueryJobResponse)(nil),           // 13: baton.v1.QueryJobResponse
+	(*ListJobsRequest)(nil),            // 14: baton.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),           // 15: baton.v1.ListJobsResponse
+	(*StreamJobOutputRequest)(nil),     // 16: baton.v1.StreamJobOutputRequest
+	(*StreamJobOutputResponse)(nil),    // 17: baton.v1.StreamJobOutputResponse
+	(*RunJobRequest)(nil),              // 18: baton.v1.RunJobRequest
+	(*RunJobResponse)(nil),             // 19: baton.v1.RunJobResponse
+	(*ListWorkersRequest)(nil),         // 20: baton.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),        // 21: baton.v1.ListWorkersResponse
+	(*DrainWorkerRequest)(nil),         // 22: baton.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),        // 23: baton.v1.DrainWorkerResponse
+	(*CheckWorkerAddressRequest)(nil),  // 24: baton.v1.CheckWorkerAddressRequest
+	(*CheckWorkerAddressResponse)(nil), // 25: baton.v1.CheckWorkerAddressResponse
+	nil,                                // 26: baton.v1.Worker.LabelsEntry
+	nil,                                // 27: baton.v1.RegisterWorkerRequest.LabelsEntry
+	nil,                                // 28: baton.v1.StartJobRequest.EnvEntry
+	nil,                                // 29: baton.v1.StartJobRequest.SelectorEntry
+	nil,                                // 30: baton.v1.StartJobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
+	(*JobStatus)(nil),                  // 32: baton.v1.JobStatus
+	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
+	(JobState)(0),                      // 34: baton.v1.JobState
+	(OutputStream)(0),                  // 35: baton.v1.OutputStream
+	(*OutputChunk)(nil),                // 36: baton.v1.OutputChunk
 }
 var file_baton_v1_scheduler_service_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Worker.state:type_name -> baton.v1.WorkerState
-	24, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
-	29, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
-	29, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
-	25, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
-	30, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
-	31, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	30, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
-	31, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	26, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
+	31, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
+	31, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
+	27, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
+	32, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
+	33, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	32, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
+	33, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
 	0,  // 9: baton.v1.HeartbeatResponse.state:type_name -> baton.v1.WorkerState
-	26, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
-	31, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
-	27, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
-	28, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
-	31, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
-	30, // 15: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
-	30, // 16: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
-	30, // 17: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
-	30, // 18: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
-	30, // 19: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
-	32, // 20: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
-	30, // 21: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
-	33, // 22: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
-	34, // 23: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
-	30, // 24: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
+	28, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
+	33, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
+	29, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
+	30, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
+	33, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
+	32, // 15: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
+	32, // 16: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
+	32, // 17: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
+	32, // 18: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
+	32, // 19: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
+	34, // 20: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
+	32, // 21: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
+	35, // 22: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
+	36, // 23: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
+	32, // 24: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
 	8,  // 25: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
-	33, // 26: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
-	30, // 27: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
-	34, // 28: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
-	30, // 29: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
-	30, // 30: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
+	35, // 26: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
+	32, // 27: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
+	36, // 28: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
+	32, // 29: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
+	32, // 30: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
 	0,  // 31: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
 	1,  // 32: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
 	1,  // 33: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
@@ -2079,19 +2202,21 @@ var file_baton_v1_scheduler_service_proto_depIdxs = []int32{
 	18, // 42: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
 	20, // 43: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
 	22, // 44: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
-	3,  // 45: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
-	5,  // 46: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
-	7,  // 47: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
-	9,  // 48: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
-	11, // 49: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
-	13, // 50: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
-	15, // 51: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	17, // 52: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
-	19, // 53: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
-	21, // 54: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
-	23, // 55: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
-	45, // [45:56] is the sub-list for method output_type
-	34, // [34:45] is the sub-list for method input_type
+	24, // 45: baton.v1.SchedulerService.CheckWorkerAddress:input_type -> baton.v1.CheckWorkerAddressRequest
+	3,  // 46: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
+	5,  // 47: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
+	7,  // 48: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
+	9,  // 49: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
+	11, // 50: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
+	13, // 51: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
+	15, // 52: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	17, // 53: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
+	19, // 54: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
+	21, // 55: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
+	23, // 56: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
+	25, // 57: baton.v1.SchedulerService.CheckWorkerAddress:output_type -> baton.v1.CheckWorkerAddressResponse
+	46, // [46:58] is the sub-list for method output_type
+	34, // [34:46] is the sub-list for method input_type
 	34, // [34:34] is the sub-list for extension type_name
 	34, // [34:34] is the sub-list for extension extendee
 	0,  // [0:34] is the sub-list for field type_name
@@ -2120,7 +2245,7 @@ func file_baton_v1_scheduler_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_scheduler_service_proto_rawDesc), len(file_baton_v1_scheduler_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

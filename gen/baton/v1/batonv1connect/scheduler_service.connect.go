@@ -65,6 +65,9 @@ const (
 	// SchedulerServiceDrainWorkerProcedure is the fully-qualified name of the SchedulerService's
 	// DrainWorker RPC.
 	SchedulerServiceDrainWorkerProcedure = "/baton.v1.SchedulerService/DrainWorker"
+	// SchedulerServiceCheckWorkerAddressProcedure is the fully-qualified name of the SchedulerService's
+	// CheckWorkerAddress RPC.
+	SchedulerServiceCheckWorkerAddressProcedure = "/baton.v1.SchedulerService/CheckWorkerAddress"
 )
 
 // SchedulerServiceClient is a client for the baton.v1.SchedulerService service.
@@ -100,6 +103,11 @@ type SchedulerServiceClient interface {
 	ListWorkers(context.Context, *connect.Request[v1.ListWorkersRequest]) (*connect.Response[v1.ListWorkersResponse], error)
 	// DrainWorker stops new placements on a worker; its running jobs finish.
 	DrainWorker(context.Context, *connect.Request[v1.DrainWorkerRequest]) (*connect.Response[v1.DrainWorkerResponse], error)
+	// CheckWorkerAddress makes the scheduler dial an address as it would dial
+	// the calling worker there, and says whether the peer proved to be that
+	// worker: `baton check` asks it before a worker registers the address.
+	// Only worker identities may call it.
+	CheckWorkerAddress(context.Context, *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error)
 }
 
 // NewSchedulerServiceClient constructs a client for the baton.v1.SchedulerService service. By
@@ -183,22 +191,29 @@ func NewSchedulerServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(schedulerServiceMethods.ByName("DrainWorker")),
 			connect.WithClientOptions(opts...),
 		),
+		checkWorkerAddress: connect.NewClient[v1.CheckWorkerAddressRequest, v1.CheckWorkerAddressResponse](
+			httpClient,
+			baseURL+SchedulerServiceCheckWorkerAddressProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("CheckWorkerAddress")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // schedulerServiceClient implements SchedulerServiceClient.
 type schedulerServiceClient struct {
-	registerWorker   *connect.Client[v1.RegisterWorkerRequest, v1.RegisterWorkerResponse]
-	deregisterWorker *connect.Client[v1.DeregisterWorkerRequest, v1.DeregisterWorkerResponse]
-	heartbeat        *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
-	startJob         *connect.Client[v1.StartJobRequest, v1.StartJobResponse]
-	stopJob          *connect.Client[v1.StopJobRequest, v1.StopJobResponse]
-	queryJob         *connect.Client[v1.QueryJobRequest, v1.QueryJobResponse]
-	listJobs         *connect.Client[v1.ListJobsRequest, v1.ListJobsResponse]
-	streamJobOutput  *connect.Client[v1.StreamJobOutputRequest, v1.StreamJobOutputResponse]
-	runJob           *connect.Client[v1.RunJobRequest, v1.RunJobResponse]
-	listWorkers      *connect.Client[v1.ListWorkersRequest, v1.ListWorkersResponse]
-	drainWorker      *connect.Client[v1.DrainWorkerRequest, v1.DrainWorkerResponse]
+	registerWorker     *connect.Client[v1.RegisterWorkerRequest, v1.RegisterWorkerResponse]
+	deregisterWorker   *connect.Client[v1.DeregisterWorkerRequest, v1.DeregisterWorkerResponse]
+	heartbeat          *connect.Client[v1.HeartbeatRequest, v1.HeartbeatResponse]
+	startJob           *connect.Client[v1.StartJobRequest, v1.StartJobResponse]
+	stopJob            *connect.Client[v1.StopJobRequest, v1.StopJobResponse]
+	queryJob           *connect.Client[v1.QueryJobRequest, v1.QueryJobResponse]
+	listJobs           *connect.Client[v1.ListJobsRequest, v1.ListJobsResponse]
+	streamJobOutput    *connect.Client[v1.StreamJobOutputRequest, v1.StreamJobOutputResponse]
+	runJob             *connect.Client[v1.RunJobRequest, v1.RunJobResponse]
+	listWorkers        *connect.Client[v1.ListWorkersRequest, v1.ListWorkersResponse]
+	drainWorker        *connect.Client[v1.DrainWorkerRequest, v1.DrainWorkerResponse]
+	checkWorkerAddress *connect.Client[v1.CheckWorkerAddressRequest, v1.CheckWorkerAddressResponse]
 }
 
 // RegisterWorker calls baton.v1.SchedulerService.RegisterWorker.
@@ -256,6 +271,11 @@ func (c *schedulerServiceClient) DrainWorker(ctx context.Context, req *connect.R
 	return c.drainWorker.CallUnary(ctx, req)
 }
 
+// CheckWorkerAddress calls baton.v1.SchedulerService.CheckWorkerAddress.
+func (c *schedulerServiceClient) CheckWorkerAddress(ctx context.Context, req *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error) {
+	return c.checkWorkerAddress.CallUnary(ctx, req)
+}
+
 // SchedulerServiceHandler is an implementation of the baton.v1.SchedulerService service.
 type SchedulerServiceHandler interface {
 	// RegisterWorker adds a worker to the roster (or re-admits it) and returns
@@ -289,6 +309,11 @@ type SchedulerServiceHandler interface {
 	ListWorkers(context.Context, *connect.Request[v1.ListWorkersRequest]) (*connect.Response[v1.ListWorkersResponse], error)
 	// DrainWorker stops new placements on a worker; its running jobs finish.
 	DrainWorker(context.Context, *connect.Request[v1.DrainWorkerRequest]) (*connect.Response[v1.DrainWorkerResponse], error)
+	// CheckWorkerAddress makes the scheduler dial an address as it would dial
+	// the calling worker there, and says whether the peer proved to be that
+	// worker: `baton check` asks it before a worker registers the address.
+	// Only worker identities may call it.
+	CheckWorkerAddress(context.Context, *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error)
 }
 
 // NewSchedulerServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -368,6 +393,12 @@ func NewSchedulerServiceHandler(svc SchedulerServiceHandler, opts ...connect.Han
 		connect.WithSchema(schedulerServiceMethods.ByName("DrainWorker")),
 		connect.WithHandlerOptions(opts...),
 	)
+	schedulerServiceCheckWorkerAddressHandler := connect.NewUnaryHandler(
+		SchedulerServiceCheckWorkerAddressProcedure,
+		svc.CheckWorkerAddress,
+		connect.WithSchema(schedulerServiceMethods.ByName("CheckWorkerAddress")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/baton.v1.SchedulerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SchedulerServiceRegisterWorkerProcedure:
@@ -392,6 +423,8 @@ func NewSchedulerServiceHandler(svc SchedulerServiceHandler, opts ...connect.Han
 			schedulerServiceListWorkersHandler.ServeHTTP(w, r)
 		case SchedulerServiceDrainWorkerProcedure:
 			schedulerServiceDrainWorkerHandler.ServeHTTP(w, r)
+		case SchedulerServiceCheckWorkerAddressProcedure:
+			schedulerServiceCheckWorkerAddressHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -443,4 +476,8 @@ func (UnimplementedSchedulerServiceHandler) ListWorkers(context.Context, *connec
 
 func (UnimplementedSchedulerServiceHandler) DrainWorker(context.Context, *connect.Request[v1.DrainWorkerRequest]) (*connect.Response[v1.DrainWorkerResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.DrainWorker is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) CheckWorkerAddress(context.Context, *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.CheckWorkerAddress is not implemented"))
 }
