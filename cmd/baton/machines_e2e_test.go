@@ -227,9 +227,28 @@ cert_file = "certs/user-alice.crt"
 key_file = "certs/user-alice.key"
 `, schedIP))
 
-	// 3. The daemons, each started from / on its own host.
+	// 3. The daemons, each started from / on its own host, each worker
+	// after `baton check` passed on its host.
+	check := func(host, cfg string) (string, error) {
+		t.Helper()
+		return m.run(host, "/", "check", "--config", cfg)
+	}
+	if out, err := check("sched", schedCfg); err != nil {
+		t.Fatalf("baton check on the scheduler's host: %v\n%s", err, out)
+	}
 	m.start("sched", dirs["sched"], "scheduler", "scheduler", "--config", schedCfg)
 	for _, w := range []string{"w1", "w2"} {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			out, err := check(w, workerCfg[w])
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) || !strings.Contains(out, "scheduler.addr") {
+				t.Fatalf("baton check on %s: %v\n%s", w, err, out)
+			}
+			time.Sleep(200 * time.Millisecond) // the scheduler is still starting
+		}
 		m.start(w, dirs[w], "worker", "worker", "--config", workerCfg[w])
 		t.Cleanup(func() {
 			if out, err := m.run(w, "/", "worker", "decommission", "--config", workerCfg[w]); err != nil {
@@ -271,4 +290,48 @@ key_file = "certs/user-alice.key"
 			t.Errorf("baton run on %s from the client machine: %q, %v", w, out, err)
 		}
 	}
+	if out, err := check(clientHost, clientCfg); err != nil {
+		t.Errorf("baton check on the client's machine: %v\n%s", err, out)
+	}
+
+	// 5. What check catches: a worker advertising an address the
+	// scheduler cannot reach, and a client with another cluster's
+	// certificate.
+	bad := write("w2", "unreachable.toml", strings.Replace(mustRead(t, workerCfg["w2"]), `scripts_dir = "scripts"`,
+		fmt.Sprintf("scripts_dir = \"scripts\"\nadvertise_addr = \"%s:7999\"", m.addr(2)), 1))
+	out, err := check("w2", bad)
+	t.Logf("baton check of a worker advertising an address nobody answers at:\n%s", out)
+	if err == nil || !strings.Contains(out, "FAIL worker.advertise_addr") {
+		t.Errorf("baton check of a worker advertising %s:7999: %v\n%s", m.addr(2), err, out)
+	}
+	other := filepath.Join(dirs["admin"], "other")
+	for _, args := range [][]string{
+		{"certs", "init", "--dir", other, "--cluster", "lab"},
+		{"certs", "issue", "--dir", other, "--role", "user", "--name", "alice"},
+	} {
+		if out, err := m.run("client", dirs["admin"], args...); err != nil {
+			t.Fatalf("baton %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	strange := write(clientHost, "other.toml", fmt.Sprintf(`
+[client]
+scheduler = "https://%s:7070"
+ca_file = "certs/ca.crt"
+cert_file = %q
+key_file = %q
+`, schedIP, filepath.Join(other, "user-alice.crt"), filepath.Join(other, "user-alice.key")))
+	out, err = check(clientHost, strange)
+	t.Logf("baton check of a client with another cluster's certificate:\n%s", out)
+	if err == nil || !strings.Contains(out, "FAIL") || !strings.Contains(out, "client.") {
+		t.Errorf("baton check of a client with another cluster's certificate: %v\n%s", err, out)
+	}
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
