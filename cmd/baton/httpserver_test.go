@@ -67,29 +67,7 @@ func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool},
 	}}
 	t.Cleanup(client.CloseIdleConnections)
-	status := func(token string) int {
-		t.Helper()
-		req, err := http.NewRequest(http.MethodPost, "https://"+cfg.HTTPServer.Addr+"/baton.v1.SchedulerService/ListWorkers", strings.NewReader("{}"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res.Body.Close()
-		return res.StatusCode
-	}
-	if code := status(oldToken); code != http.StatusOK {
-		t.Errorf("with the configured token: HTTP %d", code)
-	}
-	// What is served beside the API follows the same rule: /metrics for a
-	// viewer's token, health for any caller the listener knows.
-	get := func(method, path, token string) int {
+	call := func(method, path, token string) int {
 		t.Helper()
 		req, err := http.NewRequest(method, "https://"+cfg.HTTPServer.Addr+path, strings.NewReader("{}"))
 		if err != nil {
@@ -106,6 +84,15 @@ func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 		res.Body.Close()
 		return res.StatusCode
 	}
+	status := func(token string) int {
+		t.Helper()
+		return call(http.MethodPost, "/baton.v1.SchedulerService/ListWorkers", token)
+	}
+	if code := status(oldToken); code != http.StatusOK {
+		t.Errorf("with the configured token: HTTP %d", code)
+	}
+	// What is served beside the API follows the same rule: /metrics for a
+	// viewer's token, health for any caller the listener knows.
 	for _, tc := range []struct {
 		method, path, token string
 		want                int
@@ -115,7 +102,7 @@ func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 		{http.MethodPost, "/grpc.health.v1.Health/Check", "", http.StatusUnauthorized},
 		{http.MethodPost, "/grpc.health.v1.Health/Check", oldToken, http.StatusOK},
 	} {
-		if code := get(tc.method, tc.path, tc.token); code != tc.want {
+		if code := call(tc.method, tc.path, tc.token); code != tc.want {
 			t.Errorf("%s %s with token %v: HTTP %d, want %d", tc.method, tc.path, tc.token != "", code, tc.want)
 		}
 	}
