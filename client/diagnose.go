@@ -17,13 +17,16 @@ import (
 // surface the same refusal as a broken pipe, an EOF or a closed HTTP/2
 // connection, depending on timing; the handshake gives one answer. It
 // returns "" when the handshake finds nothing wrong.
-func diagnoseTLS(baseURL string, conf *tls.Config) string {
+//
+// It takes at most the time left to ctx (and 5 s), so a call with a short
+// deadline fails about as fast as it would have.
+func diagnoseTLS(ctx context.Context, baseURL string, conf *tls.Config) string {
 	u, err := url.Parse(baseURL)
-	if err != nil {
+	if err != nil || ctx.Err() != nil {
 		return ""
 	}
 	addr := u.Host
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if u.Scheme == "http" {
 		// A plain client: does the port speak TLS?
@@ -62,7 +65,11 @@ func diagnoseTLS(baseURL string, conf *tls.Config) string {
 	// In TLS 1.3 the server judges the client's certificate after the
 	// client's side of the handshake is done: its verdict is an alert on
 	// the first read, where an accepted client reads HTTP/2 settings.
-	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	readBy := time.Now().Add(3 * time.Second)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(readBy) {
+		readBy = dl
+	}
+	_ = conn.SetReadDeadline(readBy)
 	if _, err := conn.Read(make([]byte, 1)); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {

@@ -89,7 +89,7 @@ type errorInterceptor struct {
 // mapError returns err as an *Error when it is a *connect.Error. The
 // end of a stream (io.EOF) and errors of the caller's own making are
 // returned as they are.
-func (i *errorInterceptor) mapError(err error) error {
+func (i *errorInterceptor) mapError(ctx context.Context, err error) error {
 	var ce *connect.Error
 	if err == nil || errors.Is(err, io.EOF) || !errors.As(err, &ce) {
 		return err
@@ -103,7 +103,7 @@ func (i *errorInterceptor) mapError(err error) error {
 	}
 	// No answer from the scheduler: a TLS mismatch shows as one of
 	// several transport errors, so it is asked for once more, plainly.
-	if why := diagnoseTLS(i.baseURL, i.tls); why != "" {
+	if why := diagnoseTLS(ctx, i.baseURL, i.tls); why != "" {
 		e.Code, e.Unreachable = connect.CodeUnavailable, true
 		e.Message = fmt.Sprintf("cannot talk to the scheduler at %s: %s", i.baseURL, why)
 		e.err = connect.NewError(e.Code, &explained{msg: e.Message, cause: err})
@@ -133,7 +133,7 @@ func (e *explained) Unwrap() error { return e.cause }
 func (i *errorInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		res, err := next(ctx, req)
-		return res, i.mapError(err)
+		return res, i.mapError(ctx, err)
 	}
 }
 
@@ -141,7 +141,7 @@ func (i *errorInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 // them.
 func (i *errorInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
-		return &errorConn{StreamingClientConn: next(ctx, spec), i: i}
+		return &errorConn{StreamingClientConn: next(ctx, spec), i: i, ctx: ctx}
 	}
 }
 
@@ -155,21 +155,22 @@ var _ connect.Interceptor = (*errorInterceptor)(nil)
 // errorConn is a client stream whose errors are mapped.
 type errorConn struct {
 	connect.StreamingClientConn
-	i *errorInterceptor
+	i   *errorInterceptor
+	ctx context.Context
 }
 
 func (c *errorConn) Send(msg any) error {
-	return c.i.mapError(c.StreamingClientConn.Send(msg))
+	return c.i.mapError(c.ctx, c.StreamingClientConn.Send(msg))
 }
 
 func (c *errorConn) Receive(msg any) error {
-	return c.i.mapError(c.StreamingClientConn.Receive(msg))
+	return c.i.mapError(c.ctx, c.StreamingClientConn.Receive(msg))
 }
 
 func (c *errorConn) CloseRequest() error {
-	return c.i.mapError(c.StreamingClientConn.CloseRequest())
+	return c.i.mapError(c.ctx, c.StreamingClientConn.CloseRequest())
 }
 
 func (c *errorConn) CloseResponse() error {
-	return c.i.mapError(c.StreamingClientConn.CloseResponse())
+	return c.i.mapError(c.ctx, c.StreamingClientConn.CloseResponse())
 }

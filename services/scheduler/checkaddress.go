@@ -27,6 +27,14 @@ func (h *handler) CheckWorkerAddress(ctx context.Context, req *connect.Request[b
 		// an anonymous caller of a plain listener has no name to check.
 		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("an address check needs a worker's certificate: the scheduler expects that worker at the address"))
 	}
+	// A few checks at a time: each may hold a connection for
+	// checkAddressTimeout, and nobody needs many at once.
+	select {
+	case h.s.checks <- struct{}{}:
+		defer func() { <-h.s.checks }()
+	default:
+		return nil, connect.NewError(connect.CodeResourceExhausted, errors.New("other address checks are running; try again in a few seconds"))
+	}
 	return connect.NewResponse(h.s.checkWorkerAddress(ctx, p.Name, req.Msg.GetAddress())), nil
 }
 

@@ -156,10 +156,15 @@ func (q *queue) place(owner, worker string, selector map[string]string, priority
 	if q.limit > 0 && q.owned[owner] >= q.limit {
 		return store.QueuePlace{}, newError(errQueueFull, "%s has %d jobs queued, the most the scheduler's max_queued_per_owner allows; wait for some to start, or stop some", owner, q.owned[owner])
 	}
-	g := q.groupLocked(worker, selector)
-	t := turn{g.key, owner, priority}
-	round := max(g.last[t]+1, g.served[priority])
-	g.last[t] = round
+	// The group is made when the job is added: a job whose record fails
+	// leaves nothing behind.
+	var last, served int64
+	if g := q.groups[groupKey(worker, selector)]; g != nil {
+		t := turn{g.key, owner, priority}
+		last, served = g.last[t], g.served[priority]
+		g.last[t] = max(last+1, served)
+	}
+	round := max(last+1, served)
 	q.seq++
 	return store.QueuePlace{WorkerID: worker, Priority: priority, Round: round, Seq: q.seq, Deadline: deadline}, nil
 }
@@ -327,9 +332,8 @@ func (q *queue) putBack(w *waiting) {
 		return
 	}
 	w.handed, w.pausing = false, false
-	if q.groups[w.group.key] != w.group {
-		q.groups[w.group.key] = w.group
-	}
+	// A handed job still counts in its group, so the group is the one in
+	// q.groups (dropLocked removes a group only when nothing counts).
 	w.group.insert(w)
 	if !w.place.Deadline.IsZero() {
 		heap.Push(&q.deadlines, w)
@@ -393,9 +397,9 @@ func (q *queue) restore(w *waiting, retryAt time.Time) {
 		w.place.Deadline = retryAt
 	}
 	w.handed = false
-	if q.groups[w.group.key] != w.group {
-		q.groups[w.group.key] = w.group
-	}
+	// Its group may have gone with its last job, and a new one of the same
+	// workers come since: the job joins whichever is there.
+	w.group = q.groupLocked(w.place.WorkerID, w.group.selector)
 	// The same w, so the same done channel: callers may wait on it.
 	q.insertLocked(w)
 	q.signal()

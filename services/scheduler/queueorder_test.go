@@ -268,3 +268,31 @@ func TestQueueStopTakesAPausingJob(t *testing.T) {
 		t.Error("a stopped job came back after its pause")
 	}
 }
+
+func TestQueueRestoreJoinsTheGroupThatIsThere(t *testing.T) {
+	q := newQueue(0)
+	now := time.Now()
+	sel := map[string]string{"pool": "a"}
+	addJob(q, "a", "alice", "", 50, sel, now.Add(time.Second))
+	out, _ := q.expired(now.Add(2 * time.Second)) // a's group goes with it
+	if len(out) != 1 {
+		t.Fatalf("expired %d jobs, want 1", len(out))
+	}
+	addJob(q, "b", "alice", "", 50, sel, time.Time{}) // a new group, same workers
+	q.restore(out[0], now.Add(time.Hour))             // a's end could not be recorded
+	if got := drain(q); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("handed out %v, want a then b: no job left behind", got)
+	}
+}
+
+func TestQueuePlaceLeavesNothingBehind(t *testing.T) {
+	q := newQueue(0)
+	for i := range 100 {
+		if _, err := q.place("alice", "", map[string]string{"n": fmt.Sprint(i)}, 50, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(q.groups); n != 0 {
+		t.Errorf("%d groups left by places whose jobs were never added", n)
+	}
+}

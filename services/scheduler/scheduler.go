@@ -113,6 +113,8 @@ type Scheduler struct {
 	// at its next heartbeat; settling marks a worker being asked.
 	unsettled sync.Map
 	settling  sync.Map
+	// checks bounds the CheckWorkerAddress calls in progress.
+	checks chan struct{}
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
@@ -158,7 +160,7 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Scheduler{opts: opts, store: opts.Store, logger: opts.Logger}
+	s := &Scheduler{opts: opts, store: opts.Store, logger: opts.Logger, checks: make(chan struct{}, 4)}
 	s.stopping, s.stopStreams = context.WithCancel(context.Background())
 	s.reg = newRegistry(s.dialer())
 	workers, err := opts.Store.ListWorkers(ctx)
@@ -341,6 +343,12 @@ func (s *Scheduler) forgetWorker(ctx context.Context, m *member) {
 		s.logger.ErrorContext(ctx, "forgetting a worker failed", "worker_id", m.w.ID, "error", err)
 		return
 	}
+	s.unsettled.Range(func(id, w any) bool {
+		if w.(string) == m.w.ID {
+			s.unsettled.Delete(id)
+		}
+		return true
+	})
 	s.logger.InfoContext(ctx, "forgot a worker gone for longer than the retention", "worker_id", m.w.ID)
 }
 
