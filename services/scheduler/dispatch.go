@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -408,10 +409,11 @@ func workerStartOf(j store.Job) *batonv1.WorkerServiceStartJobRequest {
 	}
 }
 
-// clip cuts s to at most n bytes.
+// clip cuts s to at most n bytes, on a character boundary: a protobuf
+// string must be valid UTF-8, or the record carrying it cannot be written.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n]
+	return strings.ToValidUTF8(s[:n], "")
 }

@@ -507,3 +507,33 @@ func TestUnknownStartIsSettledAtTheNextHeartbeat(t *testing.T) {
 		return strings.HasPrefix(list().GetReason(), "never started")
 	})
 }
+
+// TestQueuedJobsAreTheirOwners: another user can neither see, stop nor
+// follow a job while it waits in the queue, and does not learn of it
+// from the queue listing.
+func TestQueuedJobsAreTheirOwners(t *testing.T) {
+	c := startSecureClusterCapacity(t, 1, "w1")
+	ac, bc, admin := c.client(t, alice), c.client(t, bob), c.client(t, root)
+	blockers := fillWorkers(t, admin, 1)
+	id := startJob(t, ac, queuedSleep(nil)).GetJobId()
+
+	_, err := bc.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{JobId: id}))
+	wantCode(t, "bob stops alice's queued job", err, connect.CodeNotFound)
+	_, err = bc.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{JobId: id}))
+	wantCode(t, "bob queries alice's queued job", err, connect.CodeNotFound)
+	stream, err := bc.StreamJobOutput(t.Context(), connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: id, Follow: true}))
+	if err == nil {
+		for stream.Receive() {
+		}
+		err = stream.Err()
+		stream.Close()
+	}
+	wantCode(t, "bob follows alice's queued job", err, connect.CodeNotFound)
+	if got := queuePositions(t, bc); len(got) != 0 {
+		t.Errorf("bob's queue listing shows %v", got)
+	}
+	if st := queryJob(t, ac, id).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_QUEUED || st.GetQueuePosition() != 1 {
+		t.Errorf("alice's job is %v at %d after bob's attempts, want QUEUED at 1", st.GetState(), st.GetQueuePosition())
+	}
+	stopAll(t, admin, blockers)
+}
