@@ -125,9 +125,12 @@ func TestBenchQueue(t *testing.T) {
 	if q.Succeeded != jobs || len(q.Ended) != 0 || len(res.Errors) != 0 || q.OverCapacity != 0 {
 		t.Errorf("succeeded %d of %d, ended otherwise %v, errors %v, over capacity %d", q.Succeeded, jobs, q.Ended, res.Errors, q.OverCapacity)
 	}
-	// 2 workers of capacity 4: all but the first 8 starts waited for a slot.
-	if q.Dispatch.Samples != jobs-8 || q.Dispatch.P50Ms <= 0 {
-		t.Errorf("dispatch %+v; want %d samples", q.Dispatch, jobs-8)
+	// 2 workers of capacity 4: each worker's first 4 starts took a free
+	// slot and every later one waited for one. How the jobs split between
+	// the workers is placement's choice: 32 samples when each ran at
+	// least 4, up to 36 when one ran none.
+	if q.Dispatch.Samples < jobs-8 || q.Dispatch.Samples > jobs-4 || q.Dispatch.P50Ms <= 0 {
+		t.Errorf("dispatch %+v; want %d to %d samples", q.Dispatch, jobs-8, jobs-4)
 	}
 	if q.DrainPerSec <= 0 || q.SubmitPerSec <= 0 || q.SchedulerCPUMsPerJob <= 0 || q.LoadBefore == "" {
 		t.Errorf("zero figures: %+v", *q)

@@ -442,7 +442,14 @@ func TestClusterThousandStarts(t *testing.T) {
 	t.Run("no job cgroups left", func(t *testing.T) {
 		dirs := map[string]string{}
 		for _, n := range names {
-			dirs[n] = cgroupParentOrSkip(t, c.workers[n].dataDir)
+			// Not cgroupParentOrSkip: the workers are idle now, and an idle
+			// worker's empty parent may have been removed by another
+			// worker's start (jobrun's removeStaleParents). A parent that
+			// still holds job cgroups cannot be removed, so a leak shows
+			// either way.
+			if dirs[n] = cgroupDirFor(c.workers[n].dataDir); dirs[n] == "" {
+				t.Skip("no cgroup v2 mount: workers contain jobs by process group only, so there are no job cgroups to check")
+			}
 		}
 		deadline := time.Now().Add(60 * time.Second)
 		for {
