@@ -3,6 +3,8 @@ package jobrun
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +19,7 @@ func TestHandoffCarriesRunningJobs(t *testing.T) {
 	for _, cgroup := range []string{"", "-"} {
 		t.Run("cgroup="+cgroup, func(t *testing.T) {
 			t.Parallel()
-			opts := Options{DataDir: t.TempDir(), ScriptsDir: t.TempDir(), AllowedCommands: testCommands, CgroupParent: cgroup, StopGrace: 300 * time.Millisecond}
+			opts := Options{DataDir: t.TempDir(), ScriptsDir: t.TempDir(), AllowedCommands: testCommands, CgroupParent: cgroup, StopGrace: 2 * time.Second}
 			first, err := New(opts)
 			if err != nil {
 				t.Fatal(err)
@@ -26,7 +28,9 @@ func TestHandoffCarriesRunningJobs(t *testing.T) {
 				`for i in $(seq 1 40); do echo "out $i"; echo "err $i" >&2; sleep 0.02; done; exit 7`}})
 			timeout := mustStart(t, first, "timeout", Spec{Command: "sleep", Args: []string{"1000"}, Timeout: 1500 * time.Millisecond})
 			stubborn := mustStart(t, first, "stubborn", Spec{Command: "sh", Args: []string{"-c", `trap "" TERM; echo ready; while :; do sleep 0.05; done`}})
-			between := mustStart(t, first, "between", Spec{Command: "sh", Args: []string{"-c", "sleep 0.2; exit 4"}})
+			release := filepath.Join(t.TempDir(), "release")
+			between := mustStart(t, first, "between", Spec{Command: "sh", Args: []string{"-c",
+				`while [ ! -e "$0" ]; do sleep 0.01; done; exit 4`, release}})
 			eventually(t, "stubborn traps TERM", func() bool { return first.mustStatus(t, "stubborn").StdoutBytes > 0 })
 			stopCtx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 			_, _ = first.Stop(stopCtx, "stubborn", "alice") // begins the stop; the grace runs on
@@ -40,7 +44,11 @@ func TestHandoffCarriesRunningJobs(t *testing.T) {
 			if len(handed) != 4 {
 				t.Fatalf("handed over %d jobs, want 4", len(handed))
 			}
-			time.Sleep(400 * time.Millisecond) // "between" exits with nobody to see it
+			// "between" exits with nobody to see it.
+			if err := os.WriteFile(release, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "between exits", func() bool { return isZombie(between.PID) })
 
 			opts.Adopt = handed
 			second, err := New(opts)
@@ -127,4 +135,53 @@ func (r *Runner) mustStatus(t testing.TB, id string) Status {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// TestAdoptingJobsThatEndedMeanwhile hands over many jobs that all exit
+// before the next Runner adopts them: each ends the moment it is resumed,
+// while the others are still being resumed. Under the race detector this
+// shows that adoption does not read the job table those ends rewrite.
+func TestAdoptingJobsThatEndedMeanwhile(t *testing.T) {
+	t.Parallel()
+	opts := Options{DataDir: t.TempDir(), ScriptsDir: t.TempDir(), AllowedCommands: testCommands, CgroupParent: "-"}
+	first, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 150
+	release := filepath.Join(t.TempDir(), "release")
+	for i := range n {
+		mustStart(t, first, fmt.Sprintf("short-%d", i), Spec{Command: "sh", Args: []string{"-c",
+			`while [ ! -e "$0" ]; do sleep 0.01; done; exit 3`, release}})
+	}
+	handed, err := first.Handoff()
+	if err != nil || len(handed) != n {
+		t.Fatalf("Handoff: %d jobs, %v", len(handed), err)
+	}
+	if err := os.WriteFile(release, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range handed {
+		pid := h.Status.PID
+		eventually(t, "the job exits", func() bool { return isZombie(pid) })
+	}
+	opts.Adopt = handed
+	second, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = second.Close(context.Background()) })
+	for i := range n {
+		if got := waitDone(t, second, fmt.Sprintf("short-%d", i)); got.State != StateFailed || got.ExitCode != 3 {
+			t.Errorf("short-%d: %v code %d, want FAILED 3", i, got.State, got.ExitCode)
+		}
+	}
+}
+
+// isZombie reports whether pid has exited and awaits its parent's reaping,
+// as a job's process does between one Runner's Handoff and the next's
+// adoption.
+func isZombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && strings.Contains(string(b), ") Z ")
 }

@@ -227,11 +227,17 @@ func New(opts Options) (*Runner, error) {
 	if r.uids != nil {
 		r.recoverUIDs()
 	}
+	// The jobs are looked up before any resumes: a resumed job that had
+	// already exited ends at once and rewrites its entry in r.jobs.
+	carried := make(map[*job]*Handoff, len(r.adopted))
 	for id, h := range r.adopted {
-		r.resume(r.jobs[id].j, h)
-		r.log.Info("job carried on from the previous image", "job_id", id, "pid", h.Status.PID)
+		carried[r.jobs[id].j] = h
 	}
 	r.adopted = nil
+	for j, h := range carried {
+		r.resume(j, h)
+		r.log.Info("job carried on from the previous image", "job_id", j.id, "pid", h.Status.PID)
+	}
 	// Ready-made job directories of workers before the journal.
 	_ = os.RemoveAll(filepath.Join(dataDir, "spares"))
 	go r.janitor()
