@@ -304,10 +304,18 @@ func procParent(pid int) (int, error) {
 	return strconv.Atoi(f[1])
 }
 
-// drop closes the descriptors of a handoff that is not adopted.
+// drop closes the descriptors of a handoff that is not adopted. Its
+// process, if still a child of this one, is reaped whenever it ends (it is
+// killed as a leftover when its record proves it the job's): nobody else
+// waits for it, and unreaped it would stay a zombie for this process's life.
 func (r *Runner) drop(h *Handoff) {
 	for _, fd := range h.FDs() {
 		_ = unix.Close(fd)
 	}
 	delete(r.adopted, h.Status.ID)
+	if pid := h.Status.PID; pid > 1 {
+		if ppid, err := procParent(pid); err == nil && ppid == os.Getpid() {
+			go reap(pid)
+		}
+	}
 }

@@ -2,6 +2,7 @@ package jobrun
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -126,6 +127,11 @@ func TestHandoffNotMatchingIsNotAdopted(t *testing.T) {
 		t.Errorf("a handoff with another start time: adopted as %v", got.State)
 	}
 	eventually(t, "the job's process is killed", func() bool { return !aliveGroup(t, st.PID) })
+	// Nobody else waits for it: unreaped, it would stay a zombie.
+	eventually(t, "the killed process is reaped", func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/%d", st.PID))
+		return errors.Is(err, os.ErrNotExist)
+	})
 }
 
 func (r *Runner) mustStatus(t testing.TB, id string) Status {
