@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // The clients in other languages (clients/) are generated from proto/ with
@@ -268,14 +270,14 @@ func bufGenerate(t *testing.T, repo, dir, pluginDir string) {
 // it when the test ends.
 func startDevForClients(t *testing.T) string {
 	t.Helper()
-	bin := sharedBaton(t)
-	home := jobsTempDir(t)
-	addr, httpAddr, port := freeAddr(t), freeAddr(t), freePortPair(t)
-	out := &lockedBuffer{}
+	bin := e2e.SharedBaton(t)
+	home := e2e.JobsTempDir(t)
+	addr, httpAddr, port := e2e.FreeAddr(t), e2e.FreeAddr(t), e2e.FreePortPair(t)
+	out := &e2e.LockedBuffer{}
 	dev := exec.Command(bin, "dev", "--data-dir", filepath.Join(home, "dev"),
 		"--addr", addr, "--http-addr", httpAddr, "--worker-port", strconv.Itoa(port))
 	dev.Dir = repoRoot(t)
-	dev.Env = append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	dev.Env = append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	dev.Stdout, dev.Stderr = out, out
 	if err := dev.Start(); err != nil {
 		t.Fatal(err)
@@ -362,7 +364,7 @@ func checkExample(t *testing.T, cmd *exec.Cmd, want exampleResult) {
 	}
 	timer := time.AfterFunc(60*time.Second, func() { _ = cmd.Process.Kill() })
 	defer timer.Stop()
-	code := exitCode(t, cmd.Wait())
+	code := e2e.ExitCode(t, cmd.Wait())
 	ok := code == want.code && (want.stdout == "" || stdout.String() == want.stdout)
 	for _, s := range want.stderr {
 		ok = ok && strings.Contains(stderr.String(), s)

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // These tests run a real scheduler and three real workers as processes and
@@ -659,7 +661,7 @@ func TestClusterRunThroughSchedulerRestart(t *testing.T) {
 	defer stdout.Close()
 	var stderr bytes.Buffer
 	run := exec.Command(c.bin, "run", "--scheduler", c.schedAdr, "--", "bash", "-c", "for i in $(seq 1 30); do echo $i; sleep 0.1; done; exit 7")
-	run.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	run.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	run.Stdout, run.Stderr = stdout, &stderr
 	if err := run.Start(); err != nil {
 		t.Fatal(err)

@@ -20,45 +20,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-var (
-	sharedBuild    sync.Once
-	sharedBin      string
-	sharedBuildErr error
-	sharedBuildDir string
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if sharedBuildDir != "" {
-		_ = os.RemoveAll(sharedBuildDir)
-	}
+	e2e.RemoveSharedBaton()
 	os.Exit(code)
-}
-
-// sharedBaton builds the binary once for every cluster test of the run.
-func sharedBaton(t *testing.T) string {
-	t.Helper()
-	sharedBuild.Do(func() {
-		dir, err := os.MkdirTemp("", "baton-cluster-bin-")
-		if err != nil {
-			sharedBuildErr = err
-			return
-		}
-		sharedBuildDir = dir
-		bin := filepath.Join(dir, "baton")
-		out, err := batonBuildCommand(bin).CombinedOutput()
-		if err != nil {
-			sharedBuildErr = fmt.Errorf("go build: %v\n%s", err, out)
-			return
-		}
-		sharedBin = bin
-	})
-	if sharedBuildErr != nil {
-		t.Fatal(sharedBuildErr)
-	}
-	return sharedBin
 }
 
 // Test timings: the scheduler is told these; D is the down deadline
@@ -178,8 +147,8 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 	_, _ = rand.Read(rnd[:])
 	c := &cluster{
 		t:       t,
-		bin:     sharedBaton(t),
-		dir:     jobsTempDir(t),
+		bin:     e2e.SharedBaton(t),
+		dir:     e2e.JobsTempDir(t),
 		marker:  "bzt" + hex.EncodeToString(rnd[:]),
 		opts:    opts,
 		workers: map[string]*workerInfo{},
@@ -190,7 +159,7 @@ func newCluster(t *testing.T, opts clusterOptions) *cluster {
 	}
 	t.Cleanup(c.cleanup)
 
-	c.schedAdr = freeAddr(t)
+	c.schedAdr = e2e.FreeAddr(t)
 	schedData := filepath.Join(c.dir, "scheduler")
 	c.schedCfg = filepath.Join(c.dir, "scheduler.toml")
 	c.writeFile(c.schedCfg, fmt.Sprintf(`[grpc_server]
@@ -212,7 +181,7 @@ format = "json"
 	c.startScheduler()
 
 	for _, name := range opts.workers {
-		w := &workerInfo{name: name, addr: freeAddr(t)}
+		w := &workerInfo{name: name, addr: e2e.FreeAddr(t)}
 		base := filepath.Join(c.dir, name)
 		scripts := filepath.Join(base, "scripts")
 		w.dataDir = filepath.Join(base, "data")
@@ -267,7 +236,7 @@ func (c *cluster) spawn(name string, args ...string) *proc {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(c.bin, args...)
-	cmd.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	cmd.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -288,14 +257,14 @@ func (c *cluster) spawn(name string, args ...string) *proc {
 func (c *cluster) startScheduler() {
 	c.t.Helper()
 	c.sched = c.spawn("scheduler", "scheduler", "--config", c.schedCfg)
-	waitListening(c.t, c.schedAdr)
+	e2e.WaitListening(c.t, c.schedAdr)
 }
 
 func (c *cluster) startWorker(name string) {
 	c.t.Helper()
 	w := c.workers[name]
 	w.proc = c.spawn(name, "worker", "--config", w.cfgPath)
-	waitListening(c.t, w.addr)
+	e2e.WaitListening(c.t, w.addr)
 }
 
 // decommission runs `baton worker decommission` for worker name: its
@@ -304,7 +273,7 @@ func (c *cluster) decommission(name string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, c.bin, "worker", "decommission", "--config", c.workers[name].cfgPath)
-	cmd.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	cmd.Env = append([]string{"HOME=" + c.dir, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -702,16 +671,16 @@ var (
 	secondBuildErr error
 )
 
-// secondBaton builds the binary a second time, as sharedBaton does but
+// secondBaton builds the binary a second time, as e2e.SharedBaton does but
 // with another version linked in (-X main.version=second), so that its
 // content, and with it the build a keeper compares, differs from the
 // first. It lies next to the first binary and is removed with it.
 func secondBaton(t *testing.T) string {
 	t.Helper()
-	first := sharedBaton(t)
+	first := e2e.SharedBaton(t)
 	secondBuild.Do(func() {
 		bin := filepath.Join(filepath.Dir(first), "baton-second")
-		cmd := batonBuildCommand(bin)
+		cmd := e2e.BuildCommand(bin)
 		pkg := cmd.Args[len(cmd.Args)-1]
 		cmd.Args = append(cmd.Args[:len(cmd.Args)-1:len(cmd.Args)-1], "-ldflags=-X=main.version=second", pkg)
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
@@ -24,7 +25,7 @@ func TestJobCannotReachAnotherUsersJob(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skipf("jobs get uids of their own only under a worker running as root; this test runs as uid %d", os.Geteuid())
 	}
-	bin := sharedBaton(t)
+	bin := e2e.SharedBaton(t)
 	certs := filepath.Join(t.TempDir(), "certs")
 	issueCerts(t, bin, certs, "e2e", "scheduler", "worker/w1", "user/alice", "user/bob", "admin/root")
 	sc := newSecureCluster(t, bin, certs, "w1")
@@ -43,7 +44,7 @@ func TestJobCannotReachAnotherUsersJob(t *testing.T) {
 	var pid int32
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		q, err := alice.QueryJob(ctx, connect.NewRequest(&batonv1.QueryJobRequest{JobId: aliceJob}))
-		if err == nil && q.Msg.GetStatus().GetPid() > 0 && processWithArg0(marker) {
+		if err == nil && q.Msg.GetStatus().GetPid() > 0 && e2e.ProcessWithArg0(marker) {
 			pid = q.Msg.GetStatus().GetPid()
 			break
 		}

@@ -6,20 +6,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-)
 
-// jobsTempDir is t.TempDir made reachable by other uids. A worker running
-// as root runs each job under a uid of its own, which must pass through
-// the directories above its home and the scripts; the testing package
-// makes the parent of t.TempDir 0700.
-func jobsTempDir(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
+)
 
 // TestWorkerBinaryRunsJobsUnderOwnUIDs runs `baton worker` as root with no
 // job_uids or job_user: its jobs run under uids of their own from the
@@ -29,8 +18,8 @@ func TestWorkerBinaryRunsJobsUnderOwnUIDs(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skipf("the per-job uid default applies to a worker running as root; this test runs as uid %d", os.Geteuid())
 	}
-	bin := sharedBaton(t)
-	dir := jobsTempDir(t)
+	bin := e2e.SharedBaton(t)
+	dir := e2e.JobsTempDir(t)
 	scripts := filepath.Join(dir, "scripts")
 	if err := os.MkdirAll(scripts, 0o755); err != nil {
 		t.Fatal(err)
@@ -41,7 +30,7 @@ func TestWorkerBinaryRunsJobsUnderOwnUIDs(t *testing.T) {
 	var started struct {
 		JobID string `json:"jobId"`
 	}
-	if code := postJSON(t, base+"StartJob", `{"command":"bash","args":["-c","id -u"]}`, &started); code != 200 || started.JobID == "" {
+	if code := e2e.PostJSON(t, base+"StartJob", `{"command":"bash","args":["-c","id -u"]}`, &started); code != 200 || started.JobID == "" {
 		t.Fatalf("StartJob: HTTP %d\n%s", code, logs.String())
 	}
 	out, final := streamJSON(t, base+"StreamJobOutput", `{"job_id":"`+started.JobID+`","follow":true}`)

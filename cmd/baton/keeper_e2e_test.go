@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/bench"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // Acceptance tests of "Jobs outlive their worker": a worker's jobs belong
@@ -41,7 +44,7 @@ func (c *cluster) queryKept(id string) keptStatus {
 // lockPid returns the pid the keeper of dataDir wrote in its lock file.
 func lockPid(t *testing.T, dataDir string) int {
 	t.Helper()
-	pid, err := keeperPid(dataDir)
+	pid, err := bench.KeeperPID(dataDir)
 	if err != nil {
 		t.Fatalf("the keeper's pid: %v", err)
 	}
@@ -101,7 +104,7 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stdout.Close()
-	var stderr lockedBuffer
+	var stderr e2e.LockedBuffer
 	e := newCLIEnv(t, c)
 	run := e.command("run", "--worker", "w1", "--", "bash", "-c",
 		fmt.Sprintf("for ((i = 1; i <= %d; i++)); do echo \"line $i\"; sleep 0.1; done; exit 3", lines))
@@ -141,7 +144,7 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logsOut.Close()
-	var logsErr lockedBuffer
+	var logsErr e2e.LockedBuffer
 	logsF := e.command("logs", "-f", id)
 	logsF.Stdout, logsF.Stderr = logsOut, &logsErr
 	if err := logsF.Start(); err != nil {
@@ -189,7 +192,7 @@ func TestKeeperJobSurvivesWorkerKills(t *testing.T) {
 	select {
 	case err := <-exited:
 		exited <- err
-		if code := exitCode(t, err); code != 3 {
+		if code := e2e.ExitCode(t, err); code != 3 {
 			t.Errorf("baton run exited with %d, want the job's 3; stderr:\n%s", code, stderr.String())
 		}
 	case <-time.After(2 * time.Minute):
@@ -278,7 +281,7 @@ func TestKeeperReattachesManyJobs(t *testing.T) {
 		var res struct {
 			Jobs []jobStatus `json:"jobs"`
 		}
-		code := postJSON(t, worker, `{"states":["JOB_STATE_RUNNING"],"page_size":1000}`, &res)
+		code := e2e.PostJSON(t, worker, `{"states":["JOB_STATE_RUNNING"],"page_size":1000}`, &res)
 		if code == http.StatusOK && len(res.Jobs) == jobs && len(c.listOn("w1", "JOB_STATE_RUNNING")) == jobs {
 			break
 		}

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // TestStopKeptWhileWorkerAway: a worker frozen with SIGSTOP is marked DOWN
@@ -40,7 +42,7 @@ func TestStopKeptWhileWorkerAway(t *testing.T) {
 	if code != http.StatusServiceUnavailable || e.Code != "unavailable" || !strings.Contains(e.Message, "kept") {
 		t.Errorf("StopJob on a LOST job of a DOWN worker: HTTP %d %+v, want 503 unavailable saying the stop is kept", code, e)
 	}
-	if !processWithArg0(marker) {
+	if !e2e.ProcessWithArg0(marker) {
 		t.Fatal("the job's process ended while its worker was frozen; the test proves nothing")
 	}
 

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // machines is a set of hosts, each a network namespace with an address of
@@ -39,7 +41,7 @@ func newMachines(t *testing.T, hosts ...string) *machines {
 	var rnd [3]byte
 	_, _ = rand.Read(rnd[:])
 	m := &machines{
-		t: t, bin: sharedBaton(t),
+		t: t, bin: e2e.SharedBaton(t),
 		prefix: "bz" + hex.EncodeToString(rnd[:2]),
 		subnet: fmt.Sprintf("10.%d.%d", 200+int(rnd[2])%50, rnd[0]),
 	}
@@ -76,7 +78,7 @@ func (m *machines) ip(args ...string) {
 func (m *machines) command(ctx context.Context, host, dir string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", m.prefix + "-" + host, m.bin}, args...)...)
 	cmd.Dir = dir
-	cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
@@ -135,7 +137,7 @@ func (m *machines) cleanup() {
 func TestSeveralMachines(t *testing.T) {
 	m := newMachines(t, "sched", "w1", "w2", "client")
 	schedIP, clientHost := m.addr(0), "client"
-	root := jobsTempDir(t)
+	root := e2e.JobsTempDir(t)
 	dirs := map[string]string{}
 	for _, h := range []string{"admin", "sched", "w1", "w2", "client"} {
 		dirs[h] = filepath.Join(root, h)

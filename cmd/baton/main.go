@@ -1,5 +1,7 @@
 // Command baton is the single Baton binary: the scheduler, the worker, a
-// local development cluster and the client CLI.
+// local development cluster and the client CLI. This file only puts the
+// commands of the packages under internal/ together and turns their errors
+// into exit statuses.
 package main
 
 import (
@@ -12,6 +14,14 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+
+	"github.com/baton-run/baton/cmd/baton/internal/bench"
+	"github.com/baton-run/baton/cmd/baton/internal/buildinfo"
+	"github.com/baton-run/baton/cmd/baton/internal/certs"
+	"github.com/baton-run/baton/cmd/baton/internal/clientcli"
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
+	"github.com/baton-run/baton/cmd/baton/internal/dev"
 )
 
 func main() {
@@ -28,12 +38,12 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	var exit *exitError
+	var exit *cliout.ExitError
 	if errors.As(err, &exit) {
-		return exit.code
+		return exit.Code
 	}
-	if usage := new(usageError); errors.As(err, &usage) {
-		fmt.Fprintf(os.Stderr, "baton: %s\n", usage.msg)
+	if usage := new(cliout.UsageError); errors.As(err, &usage) {
+		fmt.Fprintf(os.Stderr, "baton: %s\n", usage.Error())
 		return 2
 	}
 	if ce := new(connect.Error); errors.As(err, &ce) {
@@ -44,11 +54,6 @@ func run(args []string) int {
 	return 1
 }
 
-// exitError ends the process with a given status and no message.
-type exitError struct{ code int }
-
-func (e *exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
-
 // version names this build; releases set it with
 // -ldflags "-X main.version=v1.2.3".
 var version = "dev"
@@ -56,24 +61,19 @@ var version = "dev"
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "baton",
-		Version:       readBuildVersion().Version,
+		Version:       buildinfo.Read(version).Version,
 		Short:         "Baton runs jobs on a fleet of workers, conducted by one scheduler.",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevCommand())
-	root.AddCommand(newSchedulerCommand())
-	root.AddCommand(newWorkerCommand(), newKeeperCommand())
-	root.AddCommand(newBenchCommand())
-	root.AddCommand(newCertsCommand())
-	root.AddCommand(newTokenCommand())
-	root.AddCommand(newRunCommand(), newStartCommand(), newStopCommand(), newStatusCommand(),
-		newLogsCommand(), newJobsCommand(), newWorkersCommand(), newDrainCommand())
-	root.AddCommand(newConfigCommand(), newCheckCommand())
-	root.AddCommand(newVersionCommand())
-	root.SetVersionTemplate(versionPrefix + "{{.Version}}\n")
-	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
-		return &usageError{msg: cmd.CommandPath() + ": " + err.Error()}
-	})
+	root.AddCommand(dev.NewCommand())
+	root.AddCommand(daemon.NewSchedulerCommand())
+	root.AddCommand(daemon.NewWorkerCommand(), daemon.NewKeeperCommand())
+	root.AddCommand(bench.NewCommand())
+	root.AddCommand(certs.NewCommand(), certs.NewTokenCommand())
+	root.AddCommand(clientcli.Commands()...)
+	root.AddCommand(buildinfo.NewCommand(version))
+	root.SetVersionTemplate(buildinfo.Prefix + "{{.Version}}\n")
+	root.SetFlagErrorFunc(cliout.FlagError)
 	return root
 }

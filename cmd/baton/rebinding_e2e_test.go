@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/serving"
 )
 
@@ -26,16 +29,16 @@ func newGuardedCluster(t *testing.T) (*cluster, string) {
 	_, _ = rand.Read(rnd[:])
 	c := &cluster{
 		t:       t,
-		bin:     sharedBaton(t),
-		dir:     jobsTempDir(t),
+		bin:     e2e.SharedBaton(t),
+		dir:     e2e.JobsTempDir(t),
 		marker:  "bzt" + hex.EncodeToString(rnd[:]),
 		opts:    clusterOptions{capacity: 8},
 		workers: map[string]*workerInfo{},
 		client:  &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{}},
 	}
 	t.Cleanup(c.cleanup)
-	c.schedAdr = freeAddr(t)
-	httpAddr := freeAddr(t)
+	c.schedAdr = e2e.FreeAddr(t)
+	httpAddr := e2e.FreeAddr(t)
 	c.schedCfg = filepath.Join(c.dir, "scheduler.toml")
 	c.writeFile(c.schedCfg, fmt.Sprintf(`[grpc_server]
 addr = %q
@@ -54,9 +57,9 @@ heartbeat_grace = %q
 format = "json"
 `, c.schedAdr, httpAddr, filepath.Join(c.dir, "scheduler"), testHeartbeat.String(), testGrace.String()), 0o600)
 	c.startScheduler()
-	waitListening(t, httpAddr)
+	e2e.WaitListening(t, httpAddr)
 
-	w := &workerInfo{name: "w1", addr: freeAddr(t), dataDir: filepath.Join(c.dir, "w1", "data")}
+	w := &workerInfo{name: "w1", addr: e2e.FreeAddr(t), dataDir: filepath.Join(c.dir, "w1", "data")}
 	scripts := filepath.Join(c.dir, "w1", "scripts")
 	if err := os.MkdirAll(scripts, 0o755); err != nil {
 		t.Fatal(err)
@@ -232,14 +235,14 @@ func TestAllowedHostsConfig(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			cfg := defaultSchedulerConfig()
+			cfg := daemon.DefaultSchedulerConfig()
 			environ := tt.environ
 			if environ == nil {
 				environ = []string{}
 			}
-			_, err := load(&cfg, configSource{file: writeConfig(t, tt.file), environ: environ})
+			_, err := config.Load(&cfg, config.Source{File: e2e.WriteConfig(t, tt.file), Environ: environ})
 			if err == nil {
-				err = cfg.validate()
+				err = cfg.Validate()
 			}
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) {
@@ -257,11 +260,11 @@ func TestAllowedHostsConfig(t *testing.T) {
 	}
 	t.Run("example file", func(t *testing.T) {
 		t.Parallel()
-		cfg := defaultSchedulerConfig()
-		if _, err := load(&cfg, configSource{file: "../../examples/config/scheduler.toml", environ: []string{}}); err != nil {
+		cfg := daemon.DefaultSchedulerConfig()
+		if _, err := config.Load(&cfg, config.Source{File: "../../examples/config/scheduler.toml", Environ: []string{}}); err != nil {
 			t.Fatal(err)
 		}
-		if err := cfg.validate(); err != nil {
+		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -10,6 +10,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
@@ -18,7 +19,7 @@ import (
 // job owned by alice, and registers with w1's job in its table. None of it
 // may change what alice sees, and her stop must still reach her process.
 func TestForgedWorkerReports(t *testing.T) {
-	bin := sharedBaton(t)
+	bin := e2e.SharedBaton(t)
 	certs := filepath.Join(t.TempDir(), "certs")
 	issueCerts(t, bin, certs, "e2e", "scheduler", "worker/w1", "worker/w2", "user/alice", "admin/root")
 	sc := newSecureCluster(t, bin, certs, "w1", "w2")
@@ -33,7 +34,7 @@ func TestForgedWorkerReports(t *testing.T) {
 		t.Fatalf("alice StartJob: %v", err)
 	}
 	job := started.Msg.GetJobId()
-	for deadline := time.Now().Add(30 * time.Second); !processWithArg0(marker); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); !e2e.ProcessWithArg0(marker); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("alice's job %s never ran", job)
 		}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,6 +17,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // cliEnv runs the baton CLI as a subprocess against a test cluster.
@@ -32,7 +36,7 @@ func newCLIEnv(t *testing.T, c *cluster) *cliEnv {
 	t.Helper()
 	home := t.TempDir()
 	path := filepath.Join(home, ".local", "state", "baton", "dev", "client.toml")
-	if err := writeClientConfig(path, ClientSection{Scheduler: "http://" + c.schedAdr}); err != nil {
+	if err := config.WriteClientConfig(path, config.ClientSection{Scheduler: "http://" + c.schedAdr}); err != nil {
 		t.Fatal(err)
 	}
 	return &cliEnv{c: c, home: home}
@@ -40,7 +44,7 @@ func newCLIEnv(t *testing.T, c *cluster) *cliEnv {
 
 func (e *cliEnv) command(args ...string) *exec.Cmd {
 	cmd := exec.Command(e.c.bin, args...)
-	cmd.Env = append([]string{"HOME=" + e.home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	cmd.Env = append([]string{"HOME=" + e.home, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
 }
@@ -70,20 +74,7 @@ func (e *cliEnv) run(t *testing.T, args ...string) cliResult {
 		<-done
 		t.Fatalf("baton %v did not end within a minute; stderr:\n%s", args, stderr.String())
 	}
-	return cliResult{stdout.String(), stderr.String(), exitCode(t, err)}
-}
-
-func exitCode(t *testing.T, err error) int {
-	t.Helper()
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &ee):
-		return ee.ExitCode()
-	}
-	t.Fatal(err)
-	return -1
+	return cliResult{stdout.String(), stderr.String(), e2e.ExitCode(t, err)}
 }
 
 // lineReader collects a pipe's lines as they arrive.
@@ -180,7 +171,7 @@ func (a *attached) exit(t *testing.T, d time.Duration) int {
 	t.Helper()
 	select {
 	case err := <-a.done:
-		return exitCode(t, err)
+		return e2e.ExitCode(t, err)
 	case <-time.After(d):
 		t.Fatalf("the CLI did not exit within %v; stderr %q", d, a.stderr.all())
 		return -1
@@ -282,7 +273,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 		t.Parallel()
 		started := e.run(t, "start", "--worker", "w2", "--", "bash", "count.sh")
 		id := strings.TrimSpace(started.stdout)
-		if started.code != 0 || checkID("start's output", id) != nil {
+		if _, err := uuid.Parse(id); started.code != 0 || err != nil {
 			t.Fatalf("start: %+v", started)
 		}
 		logs := e.run(t, "logs", "-f", id)
@@ -370,7 +361,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 			{"unknown worker", []string{"run", "--worker", "w9", "--", "bash", "-c", "true"}, 1, "baton: not_found: ", ""},
 			{"missing script", []string{"run", "--", "bash", "nosuch.sh"}, 1, "baton: not_found: ", "--no-path passes it as a plain argument"},
 			{"command not allowed", []string{"run", "--", "python3", "-c", "1"}, 1, "baton: permission_denied: ", ""},
-			{"unreachable", []string{"workers", "--scheduler", freeAddr(t)}, 1, "baton: unavailable: cannot reach the scheduler", ""},
+			{"unreachable", []string{"workers", "--scheduler", e2e.FreeAddr(t)}, 1, "baton: unavailable: cannot reach the scheduler", ""},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
@@ -386,7 +377,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 	t.Run("the scheduler from the environment", func(t *testing.T) {
 		t.Parallel()
 		cmd := exec.Command(c.bin, "workers", "-o", "json")
-		cmd.Env = append([]string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH"), "BATON_CLIENT_SCHEDULER=" + c.schedAdr}, coverEnv()...)
+		cmd.Env = append([]string{"HOME=" + t.TempDir(), "PATH=" + os.Getenv("PATH"), "BATON_CLIENT_SCHEDULER=" + c.schedAdr}, e2e.CoverEnv()...)
 		out, err := cmd.Output()
 		var roster []map[string]any
 		if err != nil || json.Unmarshal(out, &roster) != nil || len(roster) != 2 {
@@ -423,7 +414,7 @@ func TestCLIWaitsForASlot(t *testing.T) {
 	e := newCLIEnv(t, c)
 	busy := e.run(t, "start", "--", "bash", "-c", "sleep 100")
 	id := strings.TrimSpace(busy.stdout)
-	if busy.code != 0 || checkID("start's output", id) != nil {
+	if _, err := uuid.Parse(id); busy.code != 0 || err != nil {
 		t.Fatalf("start: %+v", busy)
 	}
 	if full := e.run(t, "run", "--no-wait", "--", "true"); full.code != 1 || !strings.Contains(full.stderr, "resource_exhausted") {
@@ -452,7 +443,7 @@ func TestRunStopsWhenItsOutputCloses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr lockedBuffer
+	var stderr e2e.LockedBuffer
 	cmd.Stdout, cmd.Stderr = w, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -469,7 +460,7 @@ func TestRunStopsWhenItsOutputCloses(t *testing.T) {
 	go func() { exited <- cmd.Wait() }()
 	select {
 	case err := <-exited:
-		if code := exitCode(t, err); code != 141 {
+		if code := e2e.ExitCode(t, err); code != 141 {
 			t.Errorf("baton run exited %d, want 141; stderr %q", code, stderr.String())
 		}
 	case <-time.After(30 * time.Second):

@@ -21,6 +21,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
@@ -43,7 +44,7 @@ func runBaton(t *testing.T, bin, home string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	cmd.Env = append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -111,7 +112,7 @@ func newSecureCluster(t *testing.T, bin, certs string, workers ...string) *secur
 	c := &cluster{
 		t:       t,
 		bin:     bin,
-		dir:     jobsTempDir(t),
+		dir:     e2e.JobsTempDir(t),
 		marker:  "bzs" + hex.EncodeToString(rnd[:]),
 		workers: map[string]*workerInfo{},
 	}
@@ -119,7 +120,7 @@ func newSecureCluster(t *testing.T, bin, certs string, workers ...string) *secur
 	sc := &secureCluster{cluster: c, certs: certs, auditFile: filepath.Join(c.dir, "audit", "scheduler.jsonl"), workerAudit: map[string]string{}}
 	ca := filepath.Join(certs, "ca.crt")
 
-	c.schedAdr = freeAddr(t)
+	c.schedAdr = e2e.FreeAddr(t)
 	schedData := filepath.Join(c.dir, "scheduler")
 	if err := os.MkdirAll(schedData, 0o755); err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ format = "json"
 	c.startScheduler()
 
 	for _, name := range workers {
-		w := &workerInfo{name: name, addr: freeAddr(t)}
+		w := &workerInfo{name: name, addr: e2e.FreeAddr(t)}
 		base := filepath.Join(c.dir, name)
 		scripts := filepath.Join(base, "scripts")
 		w.dataDir = filepath.Join(base, "data")
@@ -344,7 +345,7 @@ const (
 // callers without a cluster certificate are refused at the handshake; and
 // the audit file holds exactly the mutating calls and denials of the run.
 func TestSecurityCluster(t *testing.T) {
-	bin := sharedBaton(t)
+	bin := e2e.SharedBaton(t)
 	certs := filepath.Join(t.TempDir(), "certs")
 	issueCerts(t, bin, certs, "e2e", "scheduler", "worker/w1", "worker/w2", "user/alice", "user/bob", "admin/root")
 	for _, base := range []string{"ca", "scheduler", "worker-w1", "worker-w2", "user-alice", "user-bob", "admin-root"} {
@@ -582,7 +583,7 @@ func (sc *secureCluster) curlRefused() {
 // worker, and a daemon whose private key others can read, refuse to start
 // and say why.
 func TestSecurityStartupRefusals(t *testing.T) {
-	bin := sharedBaton(t)
+	bin := e2e.SharedBaton(t)
 	dir := t.TempDir()
 	certs := filepath.Join(dir, "certs")
 	issueCerts(t, bin, certs, "e2e", "scheduler", "worker/w1")
@@ -601,7 +602,7 @@ key_file = %q
 name = %q
 data_dir = %q
 scripts_dir = %q
-`, freeAddr(t), ca, crt, key, name, filepath.Join(dir, name+"-data"), dir)
+`, e2e.FreeAddr(t), ca, crt, key, name, filepath.Join(dir, name+"-data"), dir)
 		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -631,7 +632,7 @@ key_file = %q
 
 [scheduler]
 data_dir = %q
-`, freeAddr(t), ca, filepath.Join(certs, "scheduler.crt"), looseKey, filepath.Join(dir, "sched-data")), 0o600); err != nil {
+`, e2e.FreeAddr(t), ca, filepath.Join(certs, "scheduler.crt"), looseKey, filepath.Join(dir, "sched-data")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	w1Key := filepath.Join(certs, "worker-w1.key")

@@ -6,21 +6,18 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/keeper"
 )
 
@@ -28,117 +25,11 @@ import (
 func buildBaton(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "baton")
-	cmd := batonBuildCommand(bin)
+	cmd := e2e.BuildCommand(bin)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
-}
-
-// batonBuildCommand returns the go build command that writes the baton
-// binary to bin. Under go test -cover the binary is built with coverage too,
-// so that what the end-to-end tests run through its processes counts in
-// `go tool covdata`; BATONTEST_COVERPKG (not BATON_: the config loader
-// rejects unknown BATON_ variables) names the packages, as -coverpkg does.
-func batonBuildCommand(bin string) *exec.Cmd {
-	args := []string{"build", "-o", bin}
-	if coverDir() != "" {
-		args = append(args, "-cover", "-covermode="+testing.CoverMode())
-		if pkgs := os.Getenv("BATONTEST_COVERPKG"); pkgs != "" {
-			args = append(args, "-coverpkg="+pkgs)
-		}
-	}
-	return exec.Command("go", append(args, ".")...)
-}
-
-// coverDir returns the absolute directory this test binary writes its
-// coverage data to (-test.gocoverdir), or "" when it runs without coverage.
-func coverDir() string {
-	f := flag.Lookup("test.gocoverdir")
-	if testing.CoverMode() == "" || f == nil || f.Value.String() == "" {
-		return ""
-	}
-	dir, err := filepath.Abs(f.Value.String())
-	if err != nil {
-		return ""
-	}
-	return dir
-}
-
-// coverEnv returns the GOCOVERDIR entry a baton process needs when the
-// binary has coverage: without it the process writes no data and warns
-// on stderr, which CLI tests read.
-func coverEnv() []string {
-	if dir := coverDir(); dir != "" {
-		return []string{"GOCOVERDIR=" + dir}
-	}
-	return nil
-}
-
-// freeAddr returns a loopback address nothing listens on, for a server the
-// test starts later.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	return "127.0.0.1:" + strconv.Itoa(freePorts(t, 1))
-}
-
-// freePortPair returns a port p such that p and p+1 are free on loopback,
-// for the two workers of `baton dev`.
-func freePortPair(t *testing.T) int {
-	t.Helper()
-	return freePorts(t, 2)
-}
-
-// nextPort walks the ports freePorts hands out. They lie below the
-// kernel's ephemeral range (ip_local_port_range, 32768 and up here): a
-// port taken from that range and freed again may become the source port of
-// any outgoing connection before the server binds it, which fails the bind
-// with "address already in use". Each port is handed out once per process.
-var nextPort atomic.Int32
-
-// freePorts returns the first of n consecutive loopback ports that are free
-// now.
-func freePorts(t *testing.T, n int) int {
-	t.Helper()
-	nextPort.CompareAndSwap(0, int32(20000+os.Getpid()%4000))
-	for range 500 {
-		p := int(nextPort.Add(int32(n))) - n
-		if p+n >= 32768 {
-			nextPort.Store(20000)
-			continue
-		}
-		free := true
-		for i := range n {
-			ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))
-			if err != nil {
-				free = false
-				break
-			}
-			_ = ln.Close()
-		}
-		if free {
-			return p
-		}
-	}
-	t.Fatalf("no %d free consecutive ports below the ephemeral range", n)
-	return 0
-}
-
-// postJSON makes a Connect unary call with a JSON body, as curl would.
-func postJSON(t *testing.T, url string, body string, out any) int {
-	t.Helper()
-	res, err := http.Post(url, "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			t.Fatalf("%s: %v in %s", url, err, raw)
-		}
-	}
-	return res.StatusCode
 }
 
 // TestWorkerBinaryServesJSON runs `baton worker` as a real process and
@@ -147,7 +38,7 @@ func postJSON(t *testing.T, url string, body string, out any) int {
 func TestWorkerBinaryServesJSON(t *testing.T) {
 	t.Parallel()
 	bin := buildBaton(t)
-	dir := jobsTempDir(t)
+	dir := e2e.JobsTempDir(t)
 	scripts := filepath.Join(dir, "scripts")
 	if err := os.MkdirAll(scripts, 0o755); err != nil {
 		t.Fatal(err)
@@ -163,7 +54,7 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 	var started struct {
 		JobID string `json:"jobId"`
 	}
-	if code := postJSON(t, base+"StartJob", `{"command":"bash","path":"count.sh"}`, &started); code != 200 || started.JobID == "" {
+	if code := e2e.PostJSON(t, base+"StartJob", `{"command":"bash","path":"count.sh"}`, &started); code != 200 || started.JobID == "" {
 		t.Fatalf("StartJob: HTTP %d, job %q\n%s", code, started.JobID, logs.String())
 	}
 
@@ -183,7 +74,7 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 			ExitCode *int   `json:"exitCode"`
 		} `json:"status"`
 	}
-	postJSON(t, base+"QueryJob", `{"jobId":"`+started.JobID+`"}`, &q)
+	e2e.PostJSON(t, base+"QueryJob", `{"jobId":"`+started.JobID+`"}`, &q)
 	if !q.Done || q.Error || q.Status.State != "JOB_STATE_SUCCEEDED" || q.Status.ExitCode == nil || *q.Status.ExitCode != 0 {
 		t.Errorf("QueryJob = %+v", q)
 	}
@@ -192,7 +83,7 @@ func TestWorkerBinaryServesJSON(t *testing.T) {
 		Code    string `json:"code"`
 		Message string `json:"message"`
 	}
-	if code := postJSON(t, base+"StartJob", `{"command":"bash","path":"../../etc/passwd"}`, &bad); code != 400 || bad.Code != "invalid_argument" {
+	if code := e2e.PostJSON(t, base+"StartJob", `{"command":"bash","path":"../../etc/passwd"}`, &bad); code != 400 || bad.Code != "invalid_argument" {
 		t.Errorf("escaping path: HTTP %d %+v", code, bad)
 	}
 
@@ -228,7 +119,7 @@ type plainWorker struct {
 // the result back on exited.
 func startPlainWorker(t *testing.T, bin, dir, name, scripts string) *plainWorker {
 	t.Helper()
-	w := &plainWorker{addr: freeAddr(t), exited: make(chan error, 1), logs: &bytes.Buffer{}}
+	w := &plainWorker{addr: e2e.FreeAddr(t), exited: make(chan error, 1), logs: &bytes.Buffer{}}
 	config := fmt.Sprintf("[grpc_server]\naddr = %q\nuse_tls = false\n\n[worker]\nname = %q\ndata_dir = %q\nscripts_dir = %q\n\n[log]\nformat = \"json\"\n",
 		w.addr, name, filepath.Join(dir, "data"), scripts)
 	cfgFile := filepath.Join(dir, "worker.toml")
@@ -236,7 +127,7 @@ func startPlainWorker(t *testing.T, bin, dir, name, scripts string) *plainWorker
 		t.Fatal(err)
 	}
 	w.cmd = exec.Command(bin, "worker", "--config", cfgFile)
-	w.cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	w.cmd.Env = append([]string{"HOME=" + dir, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	w.cmd.Stderr = w.logs
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -250,21 +141,8 @@ func startPlainWorker(t *testing.T, bin, dir, name, scripts string) *plainWorker
 			t.Errorf("decommission of %s: %v", name, err)
 		}
 	})
-	waitListening(t, w.addr)
+	e2e.WaitListening(t, w.addr)
 	return w
-}
-
-func waitListening(t *testing.T, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("nothing listens on %s", addr)
 }
 
 // streamJSON calls a server-streaming procedure over the Connect protocol

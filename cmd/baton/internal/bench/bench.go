@@ -1,4 +1,7 @@
-package main
+// Package bench is `baton bench`: it starts local clusters of baton
+// processes from the daemons' default configurations and measures
+// throughput, latency, streaming and footprint against targets.
+package bench
 
 import (
 	"context"
@@ -121,7 +124,8 @@ type benchResult struct {
 // ResourceExhausted (every worker full).
 const benchRetryDelay = 20 * time.Millisecond
 
-func newBenchCommand() *cobra.Command {
+// NewCommand is `baton bench`.
+func NewCommand() *cobra.Command {
 	var opts benchOptions
 	var output string
 	cmd := &cobra.Command{

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -11,13 +11,22 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // benchBinary is a copy of the baton binary of its own for one test, so
 // that the processes it starts are told from those of other tests.
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	e2e.RemoveSharedBaton()
+	os.Exit(code)
+}
+
 func benchBinary(t *testing.T) string {
 	t.Helper()
-	src, err := os.Open(sharedBaton(t))
+	src, err := os.Open(e2e.SharedBaton(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +131,7 @@ func TestBenchLocal(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			bin, dir := benchBinary(t), jobsTempDir(t)
+			bin, dir := benchBinary(t), e2e.JobsTempDir(t)
 			// Enough jobs for every process to use a few ticks of CPU.
 			const jobs = 100
 			res, err := runBench(t.Context(), benchOptions{
@@ -181,9 +190,9 @@ func TestBenchLocal(t *testing.T) {
 // JSON output and that it leaves nothing behind in its TMPDIR.
 func TestBenchCommandJSON(t *testing.T) {
 	t.Parallel()
-	bin, dir := benchBinary(t), jobsTempDir(t)
+	bin, dir := benchBinary(t), e2e.JobsTempDir(t)
 	cmd := exec.Command(bin, "bench", "--local", "--mtls", "--clients", "2", "--jobs", "20", "-o", "json")
-	cmd.Env = append(append(benchEnv(), "TMPDIR="+dir), coverEnv()...)
+	cmd.Env = append(append(benchEnv(), "TMPDIR="+dir), e2e.CoverEnv()...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -210,7 +219,7 @@ func TestBenchCommandJSON(t *testing.T) {
 // file's size.
 func TestBenchStream(t *testing.T) {
 	t.Parallel()
-	bin, dir := benchBinary(t), jobsTempDir(t)
+	bin, dir := benchBinary(t), e2e.JobsTempDir(t)
 	res, err := runBench(t.Context(), benchOptions{Local: true, MTLS: true, StreamMiB: 2, StreamRuns: 2, Command: "true", Binary: bin, TempDir: dir})
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -21,6 +21,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/baton-run/baton/cmd/baton/internal/certs"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
@@ -133,7 +136,7 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 		for _, n := range benchWorkerNames {
 			principals = append(principals, identity.Principal{Role: identity.RoleWorker, Name: n})
 		}
-		if caFile, files, err = ensureCerts(filepath.Join(dir, "certs"), "bench", principals...); err != nil {
+		if caFile, files, err = certs.Ensure(filepath.Join(dir, "certs"), "bench", principals...); err != nil {
 			return nil, err
 		}
 		if admin, err = identity.LoadCredentials(caFile, files[adminP][0], files[adminP][1]); err != nil {
@@ -141,30 +144,30 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 		}
 		lc.clientTLS = admin.ClientTLS(identity.Expect(identity.Scheduler))
 	}
-	server := func(p identity.Principal, addr string) GRPCServerConfig {
+	server := func(p identity.Principal, addr string) config.GRPCServerConfig {
 		if !v.secure {
-			return GRPCServerConfig{Addr: addr}
+			return config.GRPCServerConfig{Addr: addr}
 		}
-		return GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: caFile, CrtFile: files[p][0], KeyFile: files[p][1]}
+		return config.GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: caFile, CrtFile: files[p][0], KeyFile: files[p][1]}
 	}
-	quiet := LogConfig{Level: "warn", Format: "text"}
+	quiet := config.LogConfig{Level: "warn", Format: "text"}
 
-	client := ClientSection{Scheduler: "http://" + lc.addr}
+	client := config.ClientSection{Scheduler: "http://" + lc.addr}
 	if v.secure {
-		client = ClientSection{Scheduler: "https://" + lc.addr, CAFile: caFile, CertFile: files[adminP][0], KeyFile: files[adminP][1]}
+		client = config.ClientSection{Scheduler: "https://" + lc.addr, CAFile: caFile, CertFile: files[adminP][0], KeyFile: files[adminP][1]}
 	}
 	lc.clientConfig = filepath.Join(dir, "client.toml")
-	if err := writeClientConfig(lc.clientConfig, client); err != nil {
+	if err := config.WriteClientConfig(lc.clientConfig, client); err != nil {
 		return nil, err
 	}
 	lc.adminHTTP = serving.NewHTTPClient(lc.clientTLS)
 	lc.admin = batonv1connect.NewSchedulerServiceClient(lc.adminHTTP, serving.BaseURL(lc.addr, v.secure))
 
-	sched := defaultSchedulerConfig()
+	sched := daemon.DefaultSchedulerConfig()
 	sched.GRPCServer = server(identity.Scheduler, lc.addr)
 	sched.Scheduler.DataDir = filepath.Join(dir, "scheduler")
 	sched.Log = quiet
-	if err := sched.validate(); err != nil {
+	if err := sched.Validate(); err != nil {
 		return nil, err
 	}
 	if lc.scheduler, err = startDaemon(binary, "scheduler", "scheduler", dir, &sched); err != nil {
@@ -183,7 +186,7 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 	}
 	for i, name := range benchWorkerNames {
 		self := identity.Principal{Role: identity.RoleWorker, Name: name}
-		w := defaultWorkerConfig()
+		w := daemon.DefaultWorkerConfig()
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1+i]))
 		w.GRPCServer = server(self, addr)
 		w.Scheduler.Addr = lc.addr
@@ -191,17 +194,17 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 		w.Worker.DataDir = filepath.Join(dir, name, "data")
 		w.Worker.ScriptsDir = filepath.Join(dir, name, "scripts")
 		w.Worker.AllowedCommands = allowed
-		w.Worker.StopGrace = Duration(time.Second)
-		w.Worker.OutputLimit = max(w.Worker.OutputLimit, ByteSize(v.outputLimit))
+		w.Worker.StopGrace = config.Duration(time.Second)
+		w.Worker.OutputLimit = max(w.Worker.OutputLimit, config.ByteSize(v.outputLimit))
 		if v.capacity > 0 {
 			w.Worker.Capacity = v.capacity
 		}
 		if v.jobUIDs {
-			w.Worker.JobUIDs = defaultJobUIDs
+			w.Worker.JobUIDs = daemon.DefaultJobUIDs
 		}
 		w.Worker.JobUser = v.jobUser
 		w.Log = quiet
-		if err := w.validate(); err != nil {
+		if err := w.Validate(); err != nil {
 			return nil, err
 		}
 		if err := os.MkdirAll(w.Worker.ScriptsDir, 0o755); err != nil {
@@ -307,7 +310,7 @@ func startDaemon(binary, role, name, dir string, cfg any) (*benchDaemon, error) 
 	if err != nil {
 		return nil, err
 	}
-	werr := printTOML(f, cfg)
+	werr := config.PrintTOML(f, cfg)
 	if err := errors.Join(werr, f.Close()); err != nil {
 		return nil, fmt.Errorf("%s config: %w", name, err)
 	}
@@ -341,7 +344,7 @@ func startDaemon(binary, role, name, dir string, cfg any) (*benchDaemon, error) 
 func benchEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, envPrefix) {
+		if !strings.HasPrefix(kv, config.EnvPrefix) {
 			env = append(env, kv)
 		}
 	}

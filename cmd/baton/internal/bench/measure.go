@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -206,7 +206,7 @@ func (lc *localCluster) cpu() (map[string]time.Duration, error) {
 		m[d.name] = t
 	}
 	for _, w := range lc.workers {
-		pid, err := keeperPid(w.dataDir)
+		pid, err := KeeperPID(w.dataDir)
 		if err != nil {
 			return nil, fmt.Errorf("%s's keeper: %w", w.name, err)
 		}
@@ -219,9 +219,9 @@ func (lc *localCluster) cpu() (map[string]time.Duration, error) {
 	return m, nil
 }
 
-// keeperPid reads the pid of the keeper of a worker's data directory from
+// KeeperPID reads the pid of the keeper of a worker's data directory from
 // its lock file.
-func keeperPid(dataDir string) (int, error) {
+func KeeperPID(dataDir string) (int, error) {
 	b, err := os.ReadFile(filepath.Join(dataDir, "keeper.lock"))
 	if err != nil {
 		return 0, err

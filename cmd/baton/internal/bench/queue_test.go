@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // TestDispatchLatencies pairs each start with the end that freed its slot
@@ -111,7 +113,7 @@ func TestLatencyStats(t *testing.T) {
 // cluster's processes and directory are gone.
 func TestBenchQueue(t *testing.T) {
 	t.Parallel()
-	bin, dir := benchBinary(t), jobsTempDir(t)
+	bin, dir := benchBinary(t), e2e.JobsTempDir(t)
 	const jobs = 40
 	res, err := runBench(t.Context(), benchOptions{Local: true, Queue: jobs, Clients: 4, Jobs: 1, Command: "true", Binary: bin, TempDir: dir})
 	if err != nil {

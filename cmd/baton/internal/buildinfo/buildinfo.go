@@ -1,4 +1,6 @@
-package main
+// Package buildinfo describes the running binary for bug reports: `baton
+// version` and `baton --version`.
+package buildinfo
 
 import (
 	"encoding/json"
@@ -9,16 +11,18 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
 )
 
-// versionPrefix begins the first line of `baton version` and the whole of
+// Prefix begins the first line of `baton version` and the whole of
 // `baton --version`, which scripts and tests compare.
-const versionPrefix = "baton version "
+const Prefix = "baton version "
 
-// buildVersion describes the binary for bug reports. The commit fields are
+// Build describes the binary for bug reports. The commit fields are
 // empty when the build had no version control information: a build
 // outside a checkout, from the module proxy, or with -buildvcs=false.
-type buildVersion struct {
+type Build struct {
 	// Version is the release: the -X main.version a release links in,
 	// else the module's version of a `go install ...@v1.2.3`, else "dev".
 	Version       string `json:"version"`
@@ -32,16 +36,16 @@ type buildVersion struct {
 	Platform  string `json:"platform"`
 }
 
-// readBuildVersion describes the running binary.
-func readBuildVersion() buildVersion {
+// Read describes the running binary, whose -X main.version is linked.
+func Read(linked string) Build {
 	bi, _ := debug.ReadBuildInfo()
-	return describeBuild(version, bi)
+	return describeBuild(linked, bi)
 }
 
 // describeBuild describes a build whose -X main.version is linked and
 // whose build information is bi, which may be nil.
-func describeBuild(linked string, bi *debug.BuildInfo) buildVersion {
-	v := buildVersion{Version: linked, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+func describeBuild(linked string, bi *debug.BuildInfo) Build {
+	v := Build{Version: linked, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	if v.Version == "" {
 		v.Version = "dev"
 	}
@@ -76,10 +80,10 @@ func describeBuild(linked string, bi *debug.BuildInfo) buildVersion {
 
 // writeVersion prints v as `baton version` does: the line of
 // `baton --version`, then one field per line.
-func writeVersion(w io.Writer, v buildVersion) error {
+func writeVersion(w io.Writer, v Build) error {
 	var b strings.Builder
 	field := func(name, value string) { fmt.Fprintf(&b, "%-12s%s\n", name+":", value) }
-	b.WriteString(versionPrefix + v.Version + "\n")
+	b.WriteString(Prefix + v.Version + "\n")
 	if v.Module != "" {
 		module := v.Module
 		if v.ModuleVersion != "" {
@@ -103,16 +107,18 @@ func writeVersion(w io.Writer, v buildVersion) error {
 	return err
 }
 
-func newVersionCommand() *cobra.Command {
+// NewCommand is `baton version`, for a binary whose -X main.version is
+// linked.
+func NewCommand(linked string) *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print this binary's version, commit and Go version",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cliout.UsageArgs(cobra.NoArgs),
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		v := readBuildVersion()
+		v := Read(linked)
 		switch output {
 		case "table":
 			return writeVersion(cmd.OutOrStdout(), v)
@@ -121,7 +127,7 @@ func newVersionCommand() *cobra.Command {
 			enc.SetIndent("", "  ")
 			return enc.Encode(v)
 		}
-		return usageErrorf("--output %q: use table or json", output)
+		return cliout.UsageErrorf("--output %q: use table or json", output)
 	}
 	return cmd
 }

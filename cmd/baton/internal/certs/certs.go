@@ -1,4 +1,6 @@
-package main
+// Package certs is `baton certs` and `baton token`: a cluster CA, the
+// certificates it issues, and bearer tokens.
+package certs
 
 import (
 	"errors"
@@ -13,8 +15,8 @@ import (
 	"github.com/baton-run/baton/services/identity"
 )
 
-// newCertsCommand groups `baton certs init` and `baton certs issue`.
-func newCertsCommand() *cobra.Command {
+// NewCommand groups `baton certs init` and `baton certs issue`.
+func NewCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "certs",
 		Short: "Create a cluster CA and issue role certificates (mutual TLS)",
@@ -31,7 +33,7 @@ func newCertsInitCommand() *cobra.Command {
 		Short: "Create the cluster CA: DIR/ca.crt and DIR/ca.key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := initAuthority(dir, cluster, force)
+			_, err := InitAuthority(dir, cluster, force)
 			if err == nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "created the CA of cluster %q: %s, %s\n", cluster,
 					filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key"))
@@ -45,9 +47,9 @@ func newCertsInitCommand() *cobra.Command {
 	return cmd
 }
 
-// initAuthority creates the CA files in dir, refusing to replace a CA
+// InitAuthority creates the CA files in dir, refusing to replace a CA
 // unless forced.
-func initAuthority(dir, cluster string, force bool) (*identity.Authority, error) {
+func InitAuthority(dir, cluster string, force bool) (*identity.Authority, error) {
 	if _, err := os.Stat(filepath.Join(dir, "ca.crt")); err == nil && !force {
 		return nil, fmt.Errorf("%s already holds a CA; pass --force to replace it", dir)
 	}
@@ -131,8 +133,8 @@ func issueCert(ca *identity.Authority, dir string, p identity.Principal, hosts [
 	return identity.WriteKeyPair(dir, identity.FileBase(p), crt, key)
 }
 
-// newTokenCommand creates a bearer token for browsers and JSON clients.
-func newTokenCommand() *cobra.Command {
+// NewTokenCommand creates a bearer token for browsers and JSON clients.
+func NewTokenCommand() *cobra.Command {
 	var role, name string
 	var expires time.Duration
 	cmd := &cobra.Command{
@@ -169,29 +171,29 @@ add to the scheduler's config, then send it SIGHUP:
 `, token, entry)
 }
 
-// ensureCerts returns the certificate and key files of each principal in
+// Ensure returns the certificate and key files of each principal in
 // dir, creating the CA of cluster and any certificate that is missing:
 // `baton dev` run twice reuses what it made the first time.
-func ensureCerts(dir, cluster string, principals ...identity.Principal) (caFile string, files map[identity.Principal][2]string, err error) {
+func Ensure(dir, cluster string, principals ...identity.Principal) (caFile string, files map[identity.Principal][2]string, err error) {
 	caFile = filepath.Join(dir, "ca.crt")
 	var ca *identity.Authority
 	if _, err := os.Stat(caFile); errors.Is(err, os.ErrNotExist) {
-		if ca, err = initAuthority(dir, cluster, false); err != nil {
+		if ca, err = InitAuthority(dir, cluster, false); err != nil {
 			return "", nil, err
 		}
 	} else if ca, err = identity.LoadAuthority(caFile, filepath.Join(dir, "ca.key")); err != nil {
 		return "", nil, err
 	}
-	files, err = issueMissing(ca, func(identity.Principal) string { return dir }, principals)
+	files, err = IssueMissing(ca, func(identity.Principal) string { return dir }, principals)
 	if err != nil {
 		return "", nil, err
 	}
 	return caFile, files, nil
 }
 
-// issueMissing returns the certificate and key files of each principal in
+// IssueMissing returns the certificate and key files of each principal in
 // dirOf(p), issuing a pair where one is missing.
-func issueMissing(ca *identity.Authority, dirOf func(identity.Principal) string, principals []identity.Principal) (map[identity.Principal][2]string, error) {
+func IssueMissing(ca *identity.Authority, dirOf func(identity.Principal) string, principals []identity.Principal) (map[identity.Principal][2]string, error) {
 	files := make(map[identity.Principal][2]string, len(principals))
 	for _, p := range principals {
 		dir := dirOf(p)

@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"context"
@@ -25,6 +25,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/baton-run/baton/client"
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
@@ -67,19 +70,19 @@ a worker calls its scheduler with its identity and has the scheduler dial
 back its advertised address; a client calls the scheduler with its identity.
 It prints one line per finding, naming the key to change, and exits 0 only
 when every finding is ok. Run it as the user the daemon runs as.`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cliout.UsageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.file == "" {
-				return usageErrorf("baton check: give the config file with --config FILE (or BATON_CONFIG)")
+				return cliout.UsageErrorf("baton check: give the config file with --config FILE (or BATON_CONFIG)")
 			}
 			switch k := checkKind(role); k {
 			case "", checkScheduler, checkWorker, checkClient:
 				o.kind = k
 			default:
-				return usageErrorf("baton check: --role %q: use scheduler, worker or client", role)
+				return cliout.UsageErrorf("baton check: --role %q: use scheduler, worker or client", role)
 			}
 			if o.timeout <= 0 {
-				return usageErrorf("baton check: --timeout must be positive")
+				return cliout.UsageErrorf("baton check: --timeout must be positive")
 			}
 			r := checkConfig(cmd.Context(), o)
 			out := cmd.OutOrStdout()
@@ -87,7 +90,7 @@ when every finding is ok. Run it as the user the daemon runs as.`,
 				fmt.Fprintln(out, f)
 			}
 			if !r.ok() {
-				return &exitError{code: 1}
+				return &cliout.ExitError{Code: 1}
 			}
 			return nil
 		},
@@ -208,7 +211,7 @@ func inferCheckKind(path string) (checkKind, string, error) {
 // loaded. Each error validate finds is a finding of its own, under the
 // key it names; the checks after it go on.
 func loadChecked(r *checkReport, o checkOptions, cfg any, validate func() error, kind checkKind, why string) bool {
-	if _, err := load(cfg, configSource{file: o.file, environ: o.environ}); err != nil {
+	if _, err := config.Load(cfg, config.Source{File: o.file, Environ: o.environ, Others: daemon.Configs()}); err != nil {
 		r.fail("config", "%v", err)
 		return false
 	}
@@ -219,7 +222,7 @@ func loadChecked(r *checkReport, o checkOptions, cfg any, validate func() error,
 			errs = joined.Unwrap()
 		}
 	}
-	leaves := leafKeys(reflect.TypeOf(cfg).Elem(), "")
+	leaves := config.LeafKeys(reflect.TypeOf(cfg).Elem(), "")
 	for _, err := range errs {
 		r.fail(keyNamed(err.Error(), leaves, "config"), "%v", err)
 	}
@@ -242,10 +245,10 @@ func keyNamed(msg string, leaves map[string]reflect.Type, fallback string) strin
 // checkWorkerConfig checks a worker's config: its certificate, then the
 // scheduler with the worker's identity, then the scheduler dialling back.
 func checkWorkerConfig(ctx context.Context, r *checkReport, o checkOptions, why string) {
-	cfg := defaultWorkerConfig()
+	cfg := daemon.DefaultWorkerConfig()
 	validate := func() error {
-		cfg.Worker.fillJobUIDs(os.Geteuid())
-		return cfg.validate()
+		cfg.Worker.FillJobUIDs(os.Geteuid())
+		return cfg.Validate()
 	}
 	if !loadChecked(r, o, &cfg, validate, checkWorker, why) {
 		return
@@ -253,14 +256,14 @@ func checkWorkerConfig(ctx context.Context, r *checkReport, o checkOptions, why 
 
 	checkDirectory(r, "worker.scripts_dir", cfg.Worker.ScriptsDir)
 
-	// The address the scheduler will dial, as runWorker works it out.
+	// The address the scheduler will dial, as daemon.RunWorker works it out.
 	advertise, advertiseKey := cfg.Worker.AdvertiseAddr, "worker.advertise_addr"
 	if advertise == "" {
 		listenHost, _, _ := net.SplitHostPort(cfg.GRPCServer.Addr)
 		if !unspecifiedHost(listenHost) {
 			advertiseKey = "grpc_server.addr"
 		}
-		a, err := advertiseAddr(cfg.GRPCServer.Addr, cfg.Scheduler.Addr)
+		a, err := daemon.AdvertiseAddr(cfg.GRPCServer.Addr, cfg.Scheduler.Addr)
 		if err != nil {
 			r.fail("worker.advertise_addr", "%v", err)
 		} else {
@@ -296,10 +299,10 @@ func checkWorkerConfig(ctx context.Context, r *checkReport, o checkOptions, why 
 
 // checkWorkerCalls calls the scheduler as the worker would, then has the
 // scheduler dial the worker's advertised address back.
-func checkWorkerCalls(ctx context.Context, r *checkReport, timeout time.Duration, cfg WorkerConfig, creds *identity.Credentials, advertise string) {
+func checkWorkerCalls(ctx context.Context, r *checkReport, timeout time.Duration, cfg daemon.WorkerConfig, creds *identity.Credentials, advertise string) {
 	var clientTLS *tls.Config
 	if creds != nil {
-		// As runWorker: the scheduler is known by its identity.
+		// As daemon.RunWorker: the scheduler is known by its identity.
 		clientTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
 	}
 	hc := serving.NewHTTPClient(clientTLS)
@@ -438,8 +441,8 @@ func connectMessage(err error) string {
 // checkSchedulerConfig checks a scheduler's config: its files and
 // certificates. Nothing is called: the scheduler's peers call it.
 func checkSchedulerConfig(r *checkReport, o checkOptions, why string) {
-	cfg := defaultSchedulerConfig()
-	if !loadChecked(r, o, &cfg, cfg.validate, checkScheduler, why) {
+	cfg := daemon.DefaultSchedulerConfig()
+	if !loadChecked(r, o, &cfg, cfg.Validate, checkScheduler, why) {
 		return
 	}
 
@@ -491,7 +494,7 @@ func checkPlainListener(r *checkReport, tlsKey, addrKey, addr string) {
 	if err != nil {
 		return // validate reported it
 	}
-	if !isLoopbackHost(host) {
+	if !daemon.IsLoopbackHost(host) {
 		r.fail(tlsKey, "%s has no TLS but %s is not a loopback address: without TLS there is no identity, so it may only listen on 127.0.0.1, ::1 or localhost; serve TLS with certificates from `baton certs`", addrKey, addr)
 		return
 	}
@@ -505,7 +508,7 @@ type reachedAt struct{ host, key string }
 // and a certificate for self. nameKey is where self's name comes from.
 // It returns the credentials as the daemon loads them, or nil if any
 // check failed.
-func checkMemberTLS(r *checkReport, gs GRPCServerConfig, self identity.Principal, nameKey string, hosts []reachedAt) *identity.Credentials {
+func checkMemberTLS(r *checkReport, gs config.GRPCServerConfig, self identity.Principal, nameKey string, hosts []reachedAt) *identity.Credentials {
 	before := r.failures()
 	ca, cluster := checkCAFile(r, "grpc_server.ca_file", gs.CAFile, true)
 	keyPEM := checkKeyFile(r, "grpc_server.key_file", gs.KeyFile)
@@ -778,7 +781,7 @@ var clientRoles = []identity.Role{identity.RoleAdmin, identity.RoleUser, identit
 // checkClientConfig checks a client's config: its files, then a call to
 // the scheduler with its identity.
 func checkClientConfig(ctx context.Context, r *checkReport, o checkOptions, why string) {
-	cfg := defaultClientConfig()
+	cfg := config.DefaultClientConfig()
 	if !loadChecked(r, o, &cfg, func() error { return nil }, checkClient, why) {
 		return
 	}
@@ -833,7 +836,7 @@ func checkClientConfig(ctx context.Context, r *checkReport, o checkOptions, why 
 	}
 	cl, err := client.New(cc)
 	if err != nil {
-		r.fail(keyNamed(err.Error(), leafKeys(reflect.TypeOf(cfg), ""), "client.scheduler"), "%v", err)
+		r.fail(keyNamed(err.Error(), config.LeafKeys(reflect.TypeOf(cfg), ""), "client.scheduler"), "%v", err)
 		return
 	}
 	defer cl.Close()
@@ -863,12 +866,12 @@ func checkClientConfig(ctx context.Context, r *checkReport, o checkOptions, why 
 // blameClientCall says which key a client's failed call points at, and
 // why. Package client already words what it diagnoses (a TLS mismatch)
 // by the key to change; that key is taken from its message.
-func blameClientCall(err error, c ClientSection, base string, timeout time.Duration) (key, why string) {
+func blameClientCall(err error, c config.ClientSection, base string, timeout time.Duration) (key, why string) {
 	var hostErr x509.HostnameError
 	var unknownCA x509.UnknownAuthorityError
 	var op *net.OpError
 	msg := connectMessage(err)
-	named := keyNamed(msg, leafKeys(reflect.TypeOf(ClientConfig{}), ""), "")
+	named := keyNamed(msg, config.LeafKeys(reflect.TypeOf(config.ClientConfig{}), ""), "")
 	switch code := connect.CodeOf(err); {
 	case errors.Is(err, context.DeadlineExceeded) || code == connect.CodeDeadlineExceeded:
 		return "client.scheduler", fmt.Sprintf("no answer within %s: is the scheduler running there, and the port open?", timeout)

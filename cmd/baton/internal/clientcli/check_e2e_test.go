@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"context"
@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	batoncerts "github.com/baton-run/baton/cmd/baton/internal/certs"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/identity"
 )
 
@@ -24,18 +28,18 @@ func TestCheckAgainstAScheduler(t *testing.T) {
 	w1 := identity.Principal{Role: identity.RoleWorker, Name: "w1"}
 	w2 := identity.Principal{Role: identity.RoleWorker, Name: "w2"}
 	alice := identity.Principal{Role: identity.RoleUser, Name: "alice"}
-	caFile, certs, err := ensureCerts(filepath.Join(dir, "certs"), "e2e", identity.Scheduler, w1, w2, alice)
+	caFile, certs, err := batoncerts.Ensure(filepath.Join(dir, "certs"), "e2e", identity.Scheduler, w1, w2, alice)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, staging, err := ensureCerts(filepath.Join(dir, "staging"), "staging", w1)
+	_, staging, err := batoncerts.Ensure(filepath.Join(dir, "staging"), "staging", w1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.MkdirAll(filepath.Join(dir, "scripts"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	schedAddr := freeAddr(t)
+	schedAddr := e2e.FreeAddr(t)
 	schedConfig := filepath.Join(dir, "scheduler.toml")
 	writeCheckConfig(t, schedConfig, fmt.Sprintf(`[grpc_server]
 addr = %q
@@ -50,20 +54,20 @@ data_dir = "data"
 [log]
 level = "error"
 `, schedAddr))
-	cfg := defaultSchedulerConfig()
-	if _, err := load(&cfg, configSource{file: schedConfig, environ: []string{}}); err != nil {
+	cfg := daemon.DefaultSchedulerConfig()
+	if _, err := config.Load(&cfg, config.Source{File: schedConfig, Environ: []string{}}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- runScheduler(ctx, cfg, nil) }()
+	go func() { done <- daemon.RunScheduler(ctx, cfg, nil) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("scheduler: %v", err)
 		}
 	})
-	waitListening(t, schedAddr)
+	e2e.WaitListening(t, schedAddr)
 
 	check := func(path string) *checkReport {
 		t.Helper()
@@ -105,7 +109,7 @@ scripts_dir = "scripts"
 
 	t.Run("worker passes", func(t *testing.T) {
 		t.Parallel()
-		listen := freeAddr(t)
+		listen := e2e.FreeAddr(t)
 		r := check(worker("w1-good", listen, "", certs[w1], "certs/ca.crt"))
 		if !r.ok() {
 			t.Fatalf("want every finding ok:\n%s", r)
@@ -121,8 +125,8 @@ scripts_dir = "scripts"
 
 	t.Run("nobody listens at the advertised address", func(t *testing.T) {
 		t.Parallel()
-		nobody := freeAddr(t)
-		r := check(worker("w1-nobody", freeAddr(t), nobody, certs[w1], "certs/ca.crt"))
+		nobody := e2e.FreeAddr(t)
+		r := check(worker("w1-nobody", e2e.FreeAddr(t), nobody, certs[w1], "certs/ca.crt"))
 		f, ok := r.finding("FAIL", "worker.advertise_addr")
 		if r.ok() || !ok || !strings.Contains(f.msg, "cannot reach worker/w1 at "+nobody) || !strings.Contains(f.msg, "connection refused") {
 			t.Fatalf("want FAIL worker.advertise_addr, connection refused:\n%s", r)
@@ -132,7 +136,7 @@ scripts_dir = "scripts"
 	t.Run("another worker answers at the advertised address", func(t *testing.T) {
 		t.Parallel()
 		// w2's listener: the scheduler must not take it for w1.
-		taken := freeAddr(t)
+		taken := e2e.FreeAddr(t)
 		creds, err := identity.LoadCredentials(caFile, certs[w2][0], certs[w2][1])
 		if err != nil {
 			t.Fatal(err)
@@ -151,7 +155,7 @@ scripts_dir = "scripts"
 
 	t.Run("worker of another cluster", func(t *testing.T) {
 		t.Parallel()
-		r := check(worker("w1-staging", freeAddr(t), "", staging[w1], "staging/ca.crt"))
+		r := check(worker("w1-staging", e2e.FreeAddr(t), "", staging[w1], "staging/ca.crt"))
 		if _, ok := r.finding("FAIL", "grpc_server.ca_file"); !ok {
 			t.Fatalf("want FAIL grpc_server.ca_file:\n%s", r)
 		}

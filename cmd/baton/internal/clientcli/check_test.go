@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
 	"github.com/baton-run/baton/services/identity"
 )
 
@@ -433,11 +434,11 @@ func TestCheckExitStatus(t *testing.T) {
 			root.SetArgs(tc.args)
 			err := root.ExecuteContext(t.Context())
 			got := 0
-			var exit *exitError
+			var exit *cliout.ExitError
 			switch {
 			case errors.As(err, &exit):
-				got = exit.code
-			case errors.As(err, new(*usageError)):
+				got = exit.Code
+			case errors.As(err, new(*cliout.UsageError)):
 				got = 2
 			case err != nil:
 				t.Fatalf("error %v, want an exit status", err)

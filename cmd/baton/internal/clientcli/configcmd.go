@@ -1,21 +1,22 @@
-package main
+package clientcli
 
 import (
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"reflect"
 
-	"github.com/knadh/koanf/parsers/toml/v2"
 	"github.com/spf13/cobra"
+
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
 )
 
 func newConfigCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "config",
 		Short: "Inspect configuration",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cliout.UsageArgs(cobra.NoArgs),
 	}
 	cmd.AddCommand(newConfigPrintCommand())
 	return cmd
@@ -33,7 +34,7 @@ defaults, its config file, BATON_ environment variables and the flags given
 here (the same flags the command itself takes), as TOML. Without an
 argument it prints the client commands' configuration. The output is a
 valid config file; a client token is printed as "<redacted>".`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cliout.UsageArgs(cobra.NoArgs),
 	}
 	co := bindClientFlags(print)
 	_ = print.Flags().MarkHidden("output")
@@ -42,50 +43,50 @@ valid config file; a client token is printed as "<redacted>".`,
 	sched := &cobra.Command{
 		Use:   "scheduler",
 		Short: "Print the effective configuration of baton scheduler",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cliout.UsageArgs(cobra.NoArgs),
 	}
-	loadSched := bindConfigFlags(sched, schedulerFlags)
+	loadSched := config.BindFlags(sched, daemon.SchedulerFlags, daemon.Configs())
 	sched.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg := defaultSchedulerConfig()
+		cfg := daemon.DefaultSchedulerConfig()
 		if err := loadSched(&cfg); err != nil {
 			return err
 		}
 		// As `baton scheduler` fills it in.
 		if cfg.Scheduler.DataDir == "" {
-			cfg.Scheduler.DataDir = filepath.Join(stateDir(), "scheduler")
+			cfg.Scheduler.DataDir = filepath.Join(config.StateDir(), "scheduler")
 		}
-		if err := printTOML(cmd.OutOrStdout(), &cfg); err != nil {
+		if err := config.PrintTOML(cmd.OutOrStdout(), &cfg); err != nil {
 			return err
 		}
-		return cfg.validate()
+		return cfg.Validate()
 	}
 
 	worker := &cobra.Command{
 		Use:   "worker",
 		Short: "Print the effective configuration of baton worker",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cliout.UsageArgs(cobra.NoArgs),
 	}
-	loadWorker := bindConfigFlags(worker, workerFlags)
+	loadWorker := config.BindFlags(worker, daemon.WorkerFlags, daemon.Configs())
 	worker.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg := defaultWorkerConfig()
+		cfg := daemon.DefaultWorkerConfig()
 		if err := loadWorker(&cfg); err != nil {
 			return err
 		}
 		// As `baton worker` fills it in.
 		if cfg.Worker.DataDir == "" {
-			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
+			cfg.Worker.DataDir = daemon.DefaultWorkerDataDir(cfg.Worker.Name)
 		}
-		cfg.Worker.fillJobUIDs(os.Geteuid())
-		if err := printTOML(cmd.OutOrStdout(), &cfg); err != nil {
+		cfg.Worker.FillJobUIDs(os.Geteuid())
+		if err := config.PrintTOML(cmd.OutOrStdout(), &cfg); err != nil {
 			return err
 		}
-		return cfg.validate()
+		return cfg.Validate()
 	}
 
 	client := &cobra.Command{
 		Use:   "client",
 		Short: "Print the effective configuration of the client commands",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cliout.UsageArgs(cobra.NoArgs),
 	}
 	cco := bindClientFlags(client)
 	_ = client.Flags().MarkHidden("output")
@@ -104,19 +105,8 @@ func printClientConfig(w io.Writer, co *clientOptions) error {
 	if cfg.Client.Token != "" {
 		cfg.Client.Token = "<redacted>"
 	}
-	if err := printTOML(w, &cfg); err != nil {
+	if err := config.PrintTOML(w, &cfg); err != nil {
 		return err
 	}
-	return cfg.Client.checkScheduler()
-}
-
-// printTOML writes a config struct (a pointer) as TOML, in the form its
-// file takes.
-func printTOML(w io.Writer, cfg any) error {
-	body, err := toml.Parser().Marshal(structMap(reflect.ValueOf(cfg).Elem()))
-	if err != nil {
-		return fmt.Errorf("config print: %w", err)
-	}
-	_, err = w.Write(body)
-	return err
+	return checkSchedulerAddr(cfg.Client)
 }

@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"errors"
@@ -8,11 +8,12 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/baton-run/baton/client"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
 )
 
-// clientConfig is the [client] section as package client takes it: one
+// packageConfig is the [client] section as package client takes it: one
 // scheduler address.
-func (c ClientSection) clientConfig() client.Config {
+func packageConfig(c config.ClientSection) client.Config {
 	return client.Config{
 		Schedulers: []string{c.Scheduler},
 		CAFile:     c.CAFile,
@@ -22,24 +23,24 @@ func (c ClientSection) clientConfig() client.Config {
 	}
 }
 
-// checkScheduler checks client.scheduler as the client will use it,
+// checkSchedulerAddr checks client.scheduler as the client will use it,
 // without reading any file.
-func (c ClientSection) checkScheduler() error {
+func checkSchedulerAddr(c config.ClientSection) error {
 	if strings.TrimSpace(c.Scheduler) == "" {
 		return errors.New("client.scheduler is empty: give --scheduler URL or set it in the client config")
 	}
-	_, err := c.clientConfig().BaseURLs()
+	_, err := packageConfig(c).BaseURLs()
 	return err
 }
 
 // newClient builds the client the commands call the scheduler with. It
 // reads the CA, certificate and key files, and dials nothing: the first
 // call does.
-func (c ClientSection) newClient() (*client.Client, error) {
-	if err := c.checkScheduler(); err != nil {
+func newClient(c config.ClientSection) (*client.Client, error) {
+	if err := checkSchedulerAddr(c); err != nil {
 		return nil, err
 	}
-	return client.New(c.clientConfig())
+	return client.New(packageConfig(c))
 }
 
 // explain adds to an error about a scheduler that cannot be reached where

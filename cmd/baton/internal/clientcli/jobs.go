@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/baton-run/baton/client"
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 )
@@ -36,7 +37,7 @@ func prepare(cmd *cobra.Command, co *clientOptions) (*clientCall, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := cfg.Client.newClient()
+	cl, err := newClient(cfg.Client)
 	if err != nil {
 		return nil, err
 	}
@@ -62,7 +63,7 @@ func clientCommand(cmd *cobra.Command, run func(c *clientCall, args []string) er
 // call is made.
 func checkID(what, id string) error {
 	if _, err := uuid.Parse(id); err != nil {
-		return usageErrorf("%s %q is not an id: job and group ids are UUIDs, as printed by baton start and baton jobs", what, id)
+		return cliout.UsageErrorf("%s %q is not an id: job and group ids are UUIDs, as printed by baton start and baton jobs", what, id)
 	}
 	return nil
 }
@@ -75,7 +76,7 @@ func newStopCommand() *cobra.Command {
 waits for it to end and prints its final status. Stopping a finished job
 changes nothing and prints its status. JOB may also be a group id (from
 start --all): every job of the group is stopped.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cliout.UsageArgs(cobra.ExactArgs(1)),
 	}, func(c *clientCall, args []string) error {
 		id := args[0]
 		if err := checkID("JOB", id); err != nil {
@@ -105,7 +106,7 @@ func newStatusCommand() *cobra.Command {
 	return clientCommand(&cobra.Command{
 		Use:   "status JOB",
 		Short: "Show a job's status (or a group's jobs)",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cliout.UsageArgs(cobra.ExactArgs(1)),
 	}, func(c *clientCall, args []string) error {
 		id := args[0]
 		if err := checkID("JOB", id); err != nil {
@@ -144,7 +145,7 @@ stderr, in the order it was produced; -f follows until the job ends.
 the one stream of --stdout or --stderr). With -o json each message of the
 stream is printed as one JSON object a line (JSON Lines), the job's final
 status last when following.`,
-		Args: usageArgs(cobra.ExactArgs(1)),
+		Args: cliout.UsageArgs(cobra.ExactArgs(1)),
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the output until the job ends")
 	cmd.Flags().Int64Var(&offset, "offset", 0, "start this many bytes into the output")
@@ -156,10 +157,10 @@ status last when following.`,
 			return err
 		}
 		if onlyStdout && onlyStderr {
-			return usageErrorf("--stdout and --stderr: give one, or neither for both")
+			return cliout.UsageErrorf("--stdout and --stderr: give one, or neither for both")
 		}
 		if offset < 0 {
-			return usageErrorf("--offset must not be negative")
+			return cliout.UsageErrorf("--offset must not be negative")
 		}
 		req := &batonv1.StreamJobOutputRequest{JobId: id, Offset: offset, Follow: follow}
 		switch {
@@ -245,14 +246,14 @@ func newJobsCommand() *cobra.Command {
 		Short: "List jobs, newest first",
 		Long: `jobs lists jobs, newest first, fetching as many pages as --limit needs.
 With -o json it prints one JSON array of job statuses.`,
-		Args: usageArgs(cobra.NoArgs),
+		Args: cliout.UsageArgs(cobra.NoArgs),
 	}
 	cmd.Flags().StringSliceVar(&states, "state", nil, "only jobs in these states: queued, pending, running, succeeded, failed, stopped, timed_out, lost (repeat or comma-separate)")
 	cmd.Flags().StringVar(&worker, "worker", "", "only this worker's jobs (name or id)")
 	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many jobs (0: all)")
 	return clientCommand(cmd, func(c *clientCall, _ []string) error {
 		if limit < 0 {
-			return usageErrorf("--limit must not be negative")
+			return cliout.UsageErrorf("--limit must not be negative")
 		}
 		req := &batonv1.ListJobsRequest{WorkerId: worker}
 		for _, s := range states {
@@ -262,7 +263,7 @@ With -o json it prints one JSON array of job statuses.`,
 			}
 			req.States = append(req.States, st)
 		}
-		jobs, more, err := listJobs(c.ctx, c.client.Scheduler(), req, limit)
+		jobs, more, err := ListJobs(c.ctx, c.client.Scheduler(), req, limit)
 		if err != nil {
 			return err
 		}
@@ -282,9 +283,9 @@ With -o json it prints one JSON array of job statuses.`,
 // maxPageSize is the largest page ListJobs serves.
 const maxPageSize = 1000
 
-// listJobs pages through ListJobs until limit jobs (0: all) or the last
+// ListJobs pages through ListJobs until limit jobs (0: all) or the last
 // page; more says whether jobs were left out.
-func listJobs(ctx context.Context, sched batonv1connect.SchedulerServiceClient, req *batonv1.ListJobsRequest, limit int) ([]*batonv1.JobStatus, bool, error) {
+func ListJobs(ctx context.Context, sched batonv1connect.SchedulerServiceClient, req *batonv1.ListJobsRequest, limit int) ([]*batonv1.JobStatus, bool, error) {
 	var jobs []*batonv1.JobStatus
 	for {
 		size := maxPageSize
@@ -316,7 +317,7 @@ func parseJobState(s string) (batonv1.JobState, error) {
 	}
 	v, ok := batonv1.JobState_value[name]
 	if !ok || v == 0 {
-		return 0, usageErrorf("--state %q: use queued, pending, running, succeeded, failed, stopped, timed_out or lost", s)
+		return 0, cliout.UsageErrorf("--state %q: use queued, pending, running, succeeded, failed, stopped, timed_out or lost", s)
 	}
 	return batonv1.JobState(v), nil
 }
@@ -326,7 +327,7 @@ func newWorkersCommand() *cobra.Command {
 		Use:   "workers",
 		Short: "List the workers: state, address, running jobs, labels",
 		Long:  `workers lists the roster by name. With -o json it prints one JSON array of workers.`,
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cliout.UsageArgs(cobra.NoArgs),
 	}, func(c *clientCall, _ []string) error {
 		res, err := c.client.Scheduler().ListWorkers(c.ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
 		if err != nil {
@@ -343,7 +344,7 @@ func newDrainCommand() *cobra.Command {
 	return clientCommand(&cobra.Command{
 		Use:   "drain WORKER",
 		Short: "Stop placing jobs on a worker; its running jobs finish",
-		Args:  usageArgs(cobra.ExactArgs(1)),
+		Args:  cliout.UsageArgs(cobra.ExactArgs(1)),
 	}, func(c *clientCall, args []string) error {
 		res, err := c.client.Scheduler().DrainWorker(c.ctx, connect.NewRequest(&batonv1.DrainWorkerRequest{WorkerId: args[0]}))
 		if err != nil {

@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"bytes"
@@ -21,6 +21,10 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 )
@@ -122,8 +126,8 @@ func TestStartRequest(t *testing.T) {
 			ro, args := parseRunFlags(t, tt.args)
 			got, err := ro.startRequest(args)
 			if tt.usage != "" {
-				var ue *usageError
-				if !errors.As(err, &ue) || !strings.Contains(ue.msg, tt.usage) {
+				var ue *cliout.UsageError
+				if !errors.As(err, &ue) || !strings.Contains(ue.Error(), tt.usage) {
 					t.Fatalf("error = %v, want a usage error naming %q", err, tt.usage)
 				}
 				return
@@ -173,7 +177,7 @@ func TestParseJobState(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"", "unspecified", "runing"} {
-		var ue *usageError
+		var ue *cliout.UsageError
 		if _, err := parseJobState(s); !errors.As(err, &ue) {
 			t.Errorf("%q: error %v, want a usage error", s, err)
 		}
@@ -186,28 +190,28 @@ func TestSchedulerURL(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name    string
-		c       ClientSection
+		c       config.ClientSection
 		want    string
 		wantErr string
 	}{
-		{"default", defaultClientConfig().Client, "http://127.0.0.1:7070", ""},
-		{"host:port is h2c", ClientSection{Scheduler: "sched:7070"}, "http://sched:7070", ""},
-		{"host:port with a CA is TLS", ClientSection{Scheduler: "sched:7070", CAFile: "ca.pem"}, "https://sched:7070", ""},
-		{"https URL", ClientSection{Scheduler: "https://sched.example:443/"}, "https://sched.example:443", ""},
-		{"http URL with a certificate", ClientSection{Scheduler: "http://sched:7070", CertFile: "c.pem"}, "", "use https://"},
-		{"other scheme", ClientSection{Scheduler: "ftp://sched:21"}, "", "http (h2c) or https"},
-		{"no port", ClientSection{Scheduler: "sched"}, "", "host:port"},
-		{"empty", ClientSection{}, "", "give --scheduler URL"},
+		{"default", config.DefaultClientConfig().Client, "http://127.0.0.1:7070", ""},
+		{"host:port is h2c", config.ClientSection{Scheduler: "sched:7070"}, "http://sched:7070", ""},
+		{"host:port with a CA is TLS", config.ClientSection{Scheduler: "sched:7070", CAFile: "ca.pem"}, "https://sched:7070", ""},
+		{"https URL", config.ClientSection{Scheduler: "https://sched.example:443/"}, "https://sched.example:443", ""},
+		{"http URL with a certificate", config.ClientSection{Scheduler: "http://sched:7070", CertFile: "c.pem"}, "", "use https://"},
+		{"other scheme", config.ClientSection{Scheduler: "ftp://sched:21"}, "", "http (h2c) or https"},
+		{"no port", config.ClientSection{Scheduler: "sched"}, "", "host:port"},
+		{"empty", config.ClientSection{}, "", "give --scheduler URL"},
 	}
 	for _, tt := range tests {
-		err := tt.c.checkScheduler()
+		err := checkSchedulerAddr(tt.c)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%s: error %v, want one saying %q", tt.name, err, tt.wantErr)
 			}
 			continue
 		}
-		got, uerr := tt.c.clientConfig().BaseURLs()
+		got, uerr := packageConfig(tt.c).BaseURLs()
 		if err != nil || uerr != nil || len(got) != 1 || got[0] != tt.want {
 			t.Errorf("%s: %q, %v, %v; want %q", tt.name, got, err, uerr, tt.want)
 		}
@@ -228,7 +232,7 @@ func clientOptionsFor(t *testing.T, environ []string, args ...string) *clientOpt
 
 func TestClientConfigLayers(t *testing.T) {
 	t.Parallel()
-	file := writeConfig(t, "[client]\nscheduler = \"https://from-file:7070\"\nca_file = \"/etc/baton/ca.pem\"\ntoken = \"file-token\"\n")
+	file := e2e.WriteConfig(t, "[client]\nscheduler = \"https://from-file:7070\"\nca_file = \"/etc/baton/ca.pem\"\ntoken = \"file-token\"\n")
 	co := clientOptionsFor(t,
 		[]string{"BATON_CLIENT_TOKEN=env-token", "BATON_CLIENT_CA_FILE=/env/ca.pem", "BATON_WORKER_NAME=for-the-worker", "BATON_JOB_ID=x"},
 		"--config", file, "--ca", "/flag/ca.pem")
@@ -236,7 +240,7 @@ func TestClientConfigLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := ClientSection{Scheduler: "https://from-file:7070", CAFile: "/flag/ca.pem", Token: "env-token"}
+	want := config.ClientSection{Scheduler: "https://from-file:7070", CAFile: "/flag/ca.pem", Token: "env-token"}
 	if cfg.Client != want {
 		t.Errorf("config = %+v, want %+v", cfg.Client, want)
 	}
@@ -252,7 +256,7 @@ func TestClientConfigLayers(t *testing.T) {
 		{"unknown variable", "", []string{"BATON_CLIENT_TOKN=x"}, "BATON_CLIENT_TOKN"},
 	}
 	for _, tt := range tests {
-		args := []string{"--config", writeConfig(t, tt.file+"\n")}
+		args := []string{"--config", e2e.WriteConfig(t, tt.file+"\n")}
 		_, err := clientOptionsFor(t, append([]string{}, tt.environ...), args...).config()
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error %v, want one naming %q", tt.name, err, tt.want)
@@ -264,14 +268,14 @@ func TestClientConfigLayers(t *testing.T) {
 // can still start a worker, whose own typos are still caught.
 func TestDaemonIgnoresClientEnv(t *testing.T) {
 	t.Parallel()
-	cfg := defaultWorkerConfig()
-	if _, err := load(&cfg, configSource{environ: []string{"BATON_CLIENT_SCHEDULER=https://x:1", "BATON_WORKER_CAPACITY=3"}}); err != nil {
+	cfg := daemon.DefaultWorkerConfig()
+	if _, err := config.Load(&cfg, config.Source{Environ: []string{"BATON_CLIENT_SCHEDULER=https://x:1", "BATON_WORKER_CAPACITY=3"}, Others: daemon.Configs()}); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Worker.Capacity != 3 {
 		t.Errorf("capacity = %d", cfg.Worker.Capacity)
 	}
-	if _, err := load(&cfg, configSource{environ: []string{"BATON_CLIENT_SCHEDULR=x"}}); err == nil || !strings.Contains(err.Error(), "BATON_CLIENT_SCHEDULR") {
+	if _, err := config.Load(&cfg, config.Source{Environ: []string{"BATON_CLIENT_SCHEDULR=x"}, Others: daemon.Configs()}); err == nil || !strings.Contains(err.Error(), "BATON_CLIENT_SCHEDULR") {
 		t.Errorf("error = %v, want one naming BATON_CLIENT_SCHEDULR", err)
 	}
 }
@@ -279,12 +283,12 @@ func TestDaemonIgnoresClientEnv(t *testing.T) {
 func TestWriteClientConfig(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "dev", "client.toml")
-	want := ClientSection{Scheduler: "https://127.0.0.1:7070", CAFile: "/d/ca.pem", CertFile: "/d/admin.pem", KeyFile: "/d/admin-key.pem"}
-	if err := writeClientConfig(path, want); err != nil {
+	want := config.ClientSection{Scheduler: "https://127.0.0.1:7070", CAFile: "/d/ca.pem", CertFile: "/d/admin.pem", KeyFile: "/d/admin-key.pem"}
+	if err := config.WriteClientConfig(path, want); err != nil {
 		t.Fatal(err)
 	}
 	// Written twice: the second run of baton dev replaces the file.
-	if err := writeClientConfig(path, want); err != nil {
+	if err := config.WriteClientConfig(path, want); err != nil {
 		t.Fatal(err)
 	}
 	info, err := os.Stat(path)
@@ -324,10 +328,10 @@ func TestConfigPrintRoundTrips(t *testing.T) {
 	}
 	t.Run("worker", func(t *testing.T) {
 		t.Parallel()
-		file := writeConfig(t, "[worker]\nname = \"from-file\"\ncapacity = 5\nstop_grace = \"3s\"\n")
+		file := e2e.WriteConfig(t, "[worker]\nname = \"from-file\"\ncapacity = 5\nstop_grace = \"3s\"\n")
 		out := printed(t, "config", "print", "worker", "--config", file, "--name", "from-flag")
-		cfg := defaultWorkerConfig()
-		if _, err := load(&cfg, configSource{file: writeConfig(t, out), environ: []string{}}); err != nil {
+		cfg := daemon.DefaultWorkerConfig()
+		if _, err := config.Load(&cfg, config.Source{File: e2e.WriteConfig(t, out), Environ: []string{}}); err != nil {
 			t.Fatalf("%v in\n%s", err, out)
 		}
 		if cfg.Worker.Name != "from-flag" || cfg.Worker.Capacity != 5 || time.Duration(cfg.Worker.StopGrace) != 3*time.Second || cfg.Worker.DataDir == "" {
@@ -336,9 +340,9 @@ func TestConfigPrintRoundTrips(t *testing.T) {
 	})
 	t.Run("scheduler", func(t *testing.T) {
 		t.Parallel()
-		out := printed(t, "config", "print", "scheduler", "--config", writeConfig(t, "[http_server]\naddr = \"127.0.0.1:9\"\n"))
-		cfg := defaultSchedulerConfig()
-		if _, err := load(&cfg, configSource{file: writeConfig(t, out), environ: []string{}}); err != nil {
+		out := printed(t, "config", "print", "scheduler", "--config", e2e.WriteConfig(t, "[http_server]\naddr = \"127.0.0.1:9\"\n"))
+		cfg := daemon.DefaultSchedulerConfig()
+		if _, err := config.Load(&cfg, config.Source{File: e2e.WriteConfig(t, out), Environ: []string{}}); err != nil {
 			t.Fatalf("%v in\n%s", err, out)
 		}
 		if cfg.HTTPServer.Addr != "127.0.0.1:9" || cfg.GRPCServer.Addr != "127.0.0.1:7070" {
@@ -347,7 +351,7 @@ func TestConfigPrintRoundTrips(t *testing.T) {
 	})
 	t.Run("client hides the token", func(t *testing.T) {
 		t.Parallel()
-		file := writeConfig(t, "[client]\nscheduler = \"sched:7070\"\ntoken = \"s3cret\"\n")
+		file := e2e.WriteConfig(t, "[client]\nscheduler = \"sched:7070\"\ntoken = \"s3cret\"\n")
 		for _, args := range [][]string{{"config", "print"}, {"config", "print", "client"}} {
 			out := printed(t, append(args, "--config", file)...)
 			if strings.Contains(out, "s3cret") || !strings.Contains(out, "<redacted>") || !strings.Contains(out, "sched:7070") {
@@ -380,8 +384,8 @@ func (r *tokenRecorder) ListWorkers(_ context.Context, req *connect.Request[bato
 // and where the CLI took it from.
 func TestClientUnreachable(t *testing.T) {
 	t.Parallel()
-	addr := freeAddr(t)
-	cl, err := ClientSection{Scheduler: addr}.newClient()
+	addr := e2e.FreeAddr(t)
+	cl, err := newClient(config.ClientSection{Scheduler: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,7 +402,7 @@ func TestClientUnreachable(t *testing.T) {
 // what to change, and the listener sees no request.
 func TestTokenNeverInCleartext(t *testing.T) {
 	t.Parallel()
-	ip := nonLoopbackIPv4(t)
+	ip := e2e.NonLoopbackIPv4(t)
 	rec := &tokenRecorder{}
 	_, handler := batonv1connect.NewSchedulerServiceHandler(rec)
 	srv := httptest.NewUnstartedServer(handler)
@@ -414,13 +418,13 @@ func TestTokenNeverInCleartext(t *testing.T) {
 	_, port, _ := net.SplitHostPort(l.Addr().String())
 
 	for _, addr := range []string{net.JoinHostPort(ip, port), "http://" + net.JoinHostPort(ip, port)} {
-		_, err := ClientSection{Scheduler: addr, Token: "s3cret"}.newClient()
+		_, err := newClient(config.ClientSection{Scheduler: addr, Token: "s3cret"})
 		if err == nil || !strings.Contains(err.Error(), "client.token") || !strings.Contains(err.Error(), "https://") {
 			t.Errorf("token to %s over h2c: %v", addr, err)
 		}
 	}
 	// The CLI as a user runs it: refused, nothing sent.
-	file := writeConfig(t, fmt.Sprintf("[client]\nscheduler = %q\ntoken = \"s3cret\"\n", net.JoinHostPort(ip, port)))
+	file := e2e.WriteConfig(t, fmt.Sprintf("[client]\nscheduler = %q\ntoken = \"s3cret\"\n", net.JoinHostPort(ip, port)))
 	root := newRootCommand()
 	root.SetOut(io.Discard)
 	root.SetArgs([]string{"workers", "--config", file})
@@ -434,28 +438,11 @@ func TestTokenNeverInCleartext(t *testing.T) {
 		t.Errorf("the listener received %q", seen)
 	}
 	for _, addr := range []string{"127.0.0.1:7070", "localhost:7070", "[::1]:7070", "https://" + net.JoinHostPort(ip, port)} {
-		cl, err := ClientSection{Scheduler: addr, Token: "s3cret"}.newClient()
+		cl, err := newClient(config.ClientSection{Scheduler: addr, Token: "s3cret"})
 		if err != nil {
 			t.Errorf("token to %s: %v", addr, err)
 			continue
 		}
 		cl.Close()
 	}
-}
-
-// nonLoopbackIPv4 returns an IPv4 address of this machine that is not
-// loopback.
-func nonLoopbackIPv4(t *testing.T) string {
-	t.Helper()
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && !n.IP.IsLoopback() {
-			return n.IP.String()
-		}
-	}
-	t.Fatal("this machine has no IPv4 address but loopback")
-	return ""
 }

@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"bytes"
@@ -14,12 +14,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
@@ -30,26 +30,6 @@ const (
 	formatTable outputFormat = "table"
 	formatJSON  outputFormat = "json"
 )
-
-// usageError is a command line the CLI cannot act on: the process prints
-// it and exits with status 2, as shells and getopt tools do.
-type usageError struct{ msg string }
-
-func (e *usageError) Error() string { return e.msg }
-
-func usageErrorf(format string, args ...any) error {
-	return &usageError{msg: fmt.Sprintf(format, args...)}
-}
-
-// usageArgs turns cobra's argument-count errors into usage errors.
-func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if err := check(cmd, args); err != nil {
-			return &usageError{msg: cmd.CommandPath() + ": " + err.Error()}
-		}
-		return nil
-	}
-}
 
 // writeJSON prints one protobuf message as indented protojson.
 func writeJSON(w io.Writer, msg proto.Message) error {
@@ -251,20 +231,9 @@ func commandLine(spec *batonv1.JobSpec) string {
 	}
 	words = append(words, spec.GetArgs()...)
 	for i, w := range words {
-		words[i] = shellQuote(w)
+		words[i] = cliout.ShellQuote(w)
 	}
 	return strings.TrimSpace(strings.Join(words, " "))
-}
-
-// shellQuote quotes a word in single quotes unless it is made only of
-// characters no shell treats specially.
-func shellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=:,+@%", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func truncate(s string, n int) string {

@@ -1,11 +1,8 @@
-package main
+package clientcli
 
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -13,10 +10,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
 
 // goldenNow is the fixed "now" the table goldens are rendered at.
 var goldenNow = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
@@ -117,29 +113,8 @@ func TestTableGolden(t *testing.T) {
 			if err := tt.render(&got); err != nil {
 				t.Fatal(err)
 			}
-			checkGolden(t, tt.name, got.Bytes())
+			e2e.CheckGolden(t, tt.name, got.Bytes())
 		})
-	}
-}
-
-func checkGolden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -run TestTableGolden -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs from %s:\n--- got ---\n%s--- want ---\n%s", name, path, got, want)
 	}
 }
 

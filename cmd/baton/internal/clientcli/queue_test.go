@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"context"
@@ -16,6 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 )
@@ -58,8 +61,8 @@ func TestQueueFlags(t *testing.T) {
 			}
 			err = ro.setQueueing(req)
 			if tt.usage != "" {
-				var ue *usageError
-				if !errors.As(err, &ue) || !strings.Contains(ue.msg, tt.usage) {
+				var ue *cliout.UsageError
+				if !errors.As(err, &ue) || !strings.Contains(ue.Error(), tt.usage) {
 					t.Fatalf("error = %v, want a usage error naming %q", err, tt.usage)
 				}
 				return
@@ -91,13 +94,13 @@ func TestQueueFlagsRefusedBeforeAnyCall(t *testing.T) {
 		} {
 			t.Run(command+" "+strings.Join(flags, " "), func(t *testing.T) {
 				t.Parallel()
-				args := append(append([]string{command, "--scheduler", freeAddr(t)}, flags...), "--", "true")
+				args := append(append([]string{command, "--scheduler", e2e.FreeAddr(t)}, flags...), "--", "true")
 				root := newRootCommand()
-				var stdout, stderr lockedBuffer
+				var stdout, stderr e2e.LockedBuffer
 				root.SetOut(&stdout)
 				root.SetErr(&stderr)
 				root.SetArgs(args)
-				var ue *usageError
+				var ue *cliout.UsageError
 				if err := root.ExecuteContext(t.Context()); !errors.As(err, &ue) {
 					t.Errorf("baton %s: error %v, want a usage error", strings.Join(args, " "), err)
 				}
@@ -154,7 +157,7 @@ func TestQueuedTables(t *testing.T) {
 			if err := tt.render(&got); err != nil {
 				t.Fatal(err)
 			}
-			checkGolden(t, tt.name, []byte(got.String()))
+			e2e.CheckGolden(t, tt.name, []byte(got.String()))
 		})
 	}
 }
@@ -248,9 +251,9 @@ func serveQueue(t *testing.T, s *queueScheduler) string {
 // runCLI runs the CLI in this process against the scheduler at url.
 func runCLI(t *testing.T, url string, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
-	file := writeConfig(t, fmt.Sprintf("[client]\nscheduler = %q\n", url))
+	file := e2e.WriteConfig(t, fmt.Sprintf("[client]\nscheduler = %q\n", url))
 	root := newRootCommand()
-	var out, errOut lockedBuffer
+	var out, errOut e2e.LockedBuffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)
 	root.SetArgs(append([]string{args[0], "--config", file}, args[1:]...))
@@ -322,8 +325,8 @@ func TestRunQueued(t *testing.T) {
 			s := &queueScheduler{then: tt.then}
 			stdout, stderr, err := runCLI(t, serveQueue(t, s), tt.args...)
 			code := 0
-			if ee := new(exitError); errors.As(err, &ee) {
-				code = ee.code
+			if ee := new(cliout.ExitError); errors.As(err, &ee) {
+				code = ee.Code
 			} else if err != nil {
 				t.Fatalf("baton %s: %v", strings.Join(tt.args, " "), err)
 			}
@@ -355,12 +358,12 @@ func TestCtrlCCancelsAQueuedRun(t *testing.T) {
 	t.Parallel()
 	s := &queueScheduler{}
 	url := serveQueue(t, s)
-	cl, err := ClientSection{Scheduler: url}.newClient()
+	cl, err := newClient(config.ClientSection{Scheduler: url})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	var stdout, stderr lockedBuffer
+	var stdout, stderr e2e.LockedBuffer
 	a := &attachment{client: cl, stdout: &stdout, stderr: &stderr, spin: startSpinner(&stderr, "placing the job…")}
 	sigs := make(chan os.Signal, 1)
 	done := make(chan error, 1)
@@ -381,7 +384,7 @@ func TestCtrlCCancelsAQueuedRun(t *testing.T) {
 	}
 	select {
 	case err := <-done:
-		if ee := new(exitError); !errors.As(err, &ee) || ee.code != 130 {
+		if ee := new(cliout.ExitError); !errors.As(err, &ee) || ee.Code != 130 {
 			t.Errorf("follow: %v, want exit 130", err)
 		}
 	case <-time.After(10 * time.Second):

@@ -1,4 +1,4 @@
-package main
+package clientcli
 
 import (
 	"bytes"
@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-run/baton/client"
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
@@ -94,13 +95,13 @@ func scriptPathArg(arg string) bool {
 // COMMAND [ARGS...].
 func (o *runOptions) startRequest(args []string) (*batonv1.StartJobRequest, error) {
 	if len(args) == 0 {
-		return nil, usageErrorf("missing COMMAND: baton run [flags] -- COMMAND [ARGS...]")
+		return nil, cliout.UsageErrorf("missing COMMAND: baton run [flags] -- COMMAND [ARGS...]")
 	}
 	if o.all && o.worker != "" {
-		return nil, usageErrorf("--all and --worker do not go together: --all runs on every worker matching --selector")
+		return nil, cliout.UsageErrorf("--all and --worker do not go together: --all runs on every worker matching --selector")
 	}
 	if o.timeout < 0 {
-		return nil, usageErrorf("--timeout must not be negative")
+		return nil, cliout.UsageErrorf("--timeout must not be negative")
 	}
 	req := &batonv1.StartJobRequest{
 		WorkerId: o.worker,
@@ -132,11 +133,11 @@ func (o *runOptions) setQueueing(req *batonv1.StartJobRequest) error {
 	explicit := o.flags != nil && o.flags.Changed("queue-timeout")
 	switch {
 	case o.noWait && explicit:
-		return usageErrorf("--no-wait and --queue-timeout do not go together: --no-wait is --queue-timeout 0")
+		return cliout.UsageErrorf("--no-wait and --queue-timeout do not go together: --no-wait is --queue-timeout 0")
 	case o.queueTimeout < 0:
-		return usageErrorf("--queue-timeout must not be negative: leave it out to wait without limit")
+		return cliout.UsageErrorf("--queue-timeout must not be negative: leave it out to wait without limit")
 	case o.queueTimeout > maxQueueTimeout:
-		return usageErrorf("--queue-timeout must be at most %s (30 days)", maxQueueTimeout)
+		return cliout.UsageErrorf("--queue-timeout must be at most %s (30 days)", maxQueueTimeout)
 	}
 	wait := client.NoQueueLimit
 	if o.noWait || explicit {
@@ -145,7 +146,7 @@ func (o *runOptions) setQueueing(req *batonv1.StartJobRequest) error {
 	req.QueueTimeout = durationpb.New(wait)
 	if o.flags != nil && o.flags.Changed("priority") {
 		if o.priority < 0 || o.priority > maxPriority {
-			return usageErrorf("--priority %d: use 0 to %d", o.priority, maxPriority)
+			return cliout.UsageErrorf("--priority %d: use 0 to %d", o.priority, maxPriority)
 		}
 		req.Priority = proto.Int32(int32(o.priority))
 	}
@@ -161,7 +162,7 @@ func pairs(flag string, values []string) (map[string]string, error) {
 	for _, kv := range values {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
-			return nil, usageErrorf("%s %q: use KEY=VALUE", flag, kv)
+			return nil, cliout.UsageErrorf("%s %q: use KEY=VALUE", flag, kv)
 		}
 		m[k] = v
 	}
@@ -193,7 +194,7 @@ second Ctrl-C detaches at once and leaves the job to the scheduler.
 With --all the job runs on every matching worker; each line of output is
 prefixed with the worker's name, and the exit status is that of the first
 job (by worker name) that did not succeed, or 0.`,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+		Args: cliout.UsageArgs(cobra.MinimumNArgs(1)),
 	}
 	co := bindClientFlags(cmd)
 	bindRunFlags(cmd, &ro)
@@ -213,7 +214,7 @@ func newStartCommand() *cobra.Command {
 the group's id, which stop and status accept) and returns. The script path
 rule and the queue flags are run's; a job that has to wait is queued, its
 id printed all the same, and stderr says where it is in the queue.`,
-		Args: usageArgs(cobra.MinimumNArgs(1)),
+		Args: cliout.UsageArgs(cobra.MinimumNArgs(1)),
 	}
 	co := bindClientFlags(cmd)
 	bindRunFlags(cmd, &ro)
@@ -240,7 +241,7 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	if err != nil {
 		return err
 	}
-	cl, err := cfg.Client.newClient()
+	cl, err := newClient(cfg.Client)
 	if err != nil {
 		return err
 	}
@@ -253,7 +254,7 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	defer signal.Stop(sigs)
 	if cmd.Context().Err() != nil {
 		// Interrupted before the handler above was in place.
-		return &exitError{code: signalExit(syscall.SIGINT)}
+		return &cliout.ExitError{Code: signalExit(syscall.SIGINT)}
 	}
 	ctx := context.WithoutCancel(cmd.Context())
 	a := &attachment{
@@ -392,7 +393,7 @@ func (a *attachment) awaitID(sigs <-chan os.Signal, attach bool, known <-chan st
 			if interrupted != nil || !attach {
 				a.quiet()
 				fmt.Fprintln(a.stderr, "baton: interrupted before the job's id was known; `baton jobs` lists it if it started")
-				return nil, &exitError{code: signalExit(sig)}
+				return nil, &cliout.ExitError{Code: signalExit(sig)}
 			}
 			interrupted = sig
 		}
@@ -549,7 +550,7 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 				case <-delivered:
 				case <-time.After(stopDeliveryWait):
 				}
-				return &exitError{code: signalExit(syscall.SIGPIPE)}
+				return &cliout.ExitError{Code: signalExit(syscall.SIGPIPE)}
 			}
 			return a.finish(results, stopSig)
 		case sig := <-sigs:
@@ -566,7 +567,7 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 			}
 			cancel()
 			a.printErr("baton: detached; the job goes on stopping (baton status %s)\n", a.res.GetJobId())
-			return &exitError{code: signalExit(sig)}
+			return &cliout.ExitError{Code: signalExit(sig)}
 		}
 	}
 }
@@ -630,7 +631,7 @@ func (a *attachment) finish(results []followResult, stopSig os.Signal) error {
 		}
 	}
 	if code != 0 {
-		return &exitError{code: code}
+		return &cliout.ExitError{Code: code}
 	}
 	return nil
 }

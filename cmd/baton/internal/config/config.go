@@ -1,8 +1,14 @@
-package main
+// Package config reads the configuration every baton command shares the
+// machinery for: defaults, then a TOML file, then BATON_ variables, then
+// flags, with unknown keys refused. It also holds the sections more than
+// one command has: [grpc_server] with its TLS files, [log], and the
+// client's [client].
+package config
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -21,8 +27,8 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// envPrefix starts every environment variable that configures Baton.
-const envPrefix = "BATON_"
+// EnvPrefix starts every environment variable that configures Baton.
+const EnvPrefix = "BATON_"
 
 // envIgnored are BATON_ variables that are not configuration: jobs see
 // BATON_JOB_ID, and a job may well run the baton CLI.
@@ -84,55 +90,59 @@ func (s ByteSize) MarshalText() ([]byte, error) {
 	return []byte(strconv.FormatInt(int64(s), 10)), nil
 }
 
-// configSource says where a command's configuration comes from. Later
+// Source says where a command's configuration comes from. Later
 // sources win: defaults, then the TOML file, then BATON_ variables, then the
 // flags given on the command line.
-type configSource struct {
-	file     string
-	flags    *pflag.FlagSet
-	flagKeys map[string]string // flag name → config key
-	environ  []string
+type Source struct {
+	File     string
+	Flags    *pflag.FlagSet
+	FlagKeys map[string]string // flag name → config key
+	// Environ replaces the process environment when not nil.
+	Environ []string
+	// Others are the configurations (struct values) of the binary's other
+	// commands: their BATON_ variables are skipped, not refused.
+	Others []any
 }
 
-// load fills out (a pointer to a struct with koanf tags, already holding the
+// Load fills out (a pointer to a struct with koanf tags, already holding the
 // defaults) from the sources. Unknown keys in the file or the environment
 // are errors that name the key.
-func load(out any, src configSource) (*koanf.Koanf, error) {
+func Load(out any, src Source) (*koanf.Koanf, error) {
 	k := koanf.New(".")
 	if err := k.Load(structProvider{out}, nil); err != nil {
 		return nil, fmt.Errorf("defaults: %w", err)
 	}
-	leaves := leafKeys(reflect.TypeOf(out).Elem(), "")
+	leaves := LeafKeys(reflect.TypeOf(out).Elem(), "")
 
-	if src.file != "" {
+	if src.File != "" {
 		fk := koanf.New(".")
-		if err := fk.Load(file.Provider(src.file), toml.Parser()); err != nil {
-			return nil, fmt.Errorf("config file %s: %w", src.file, err)
+		if err := fk.Load(file.Provider(src.File), toml.Parser()); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", src.File, err)
 		}
-		if err := resolvePaths(fk, leaves, src.file); err != nil {
+		if err := resolvePaths(fk, leaves, src.File); err != nil {
 			return nil, err
 		}
 		if err := k.Merge(fk); err != nil {
-			return nil, fmt.Errorf("config file %s: %w", src.file, err)
+			return nil, fmt.Errorf("config file %s: %w", src.File, err)
 		}
 	}
 
 	envKeys := make(map[string]string, len(leaves))
 	for key := range leaves {
-		envKeys[envPrefix+strings.ToUpper(strings.NewReplacer(".", "_").Replace(key))] = key
+		envKeys[EnvPrefix+strings.ToUpper(strings.NewReplacer(".", "_").Replace(key))] = key
 	}
 	var unknownEnv []string
-	environ := src.environ
+	environ := src.Environ
 	if environ == nil {
 		environ = os.Environ()
 	}
 	err := k.Load(env.Provider(".", env.Opt{
-		Prefix:      envPrefix,
+		Prefix:      EnvPrefix,
 		EnvironFunc: func() []string { return environ },
 		TransformFunc: func(name, value string) (string, any) {
 			key, ok := envKeys[name]
 			if !ok {
-				if !slices.Contains(envIgnored, name) && !otherConfigEnv(name) {
+				if !slices.Contains(envIgnored, name) && !otherConfigEnv(name, src.Others) {
 					unknownEnv = append(unknownEnv, name)
 				}
 				return "", nil
@@ -148,13 +158,13 @@ func load(out any, src configSource) (*koanf.Koanf, error) {
 		return nil, fmt.Errorf("unknown environment variable %s (see the configuration reference in the README)", strings.Join(unknownEnv, ", "))
 	}
 
-	if src.flags != nil {
-		err := k.Load(posflag.ProviderWithFlag(src.flags, ".", k, func(f *pflag.Flag) (string, any) {
-			key, ok := src.flagKeys[f.Name]
+	if src.Flags != nil {
+		err := k.Load(posflag.ProviderWithFlag(src.Flags, ".", k, func(f *pflag.Flag) (string, any) {
+			key, ok := src.FlagKeys[f.Name]
 			if !ok || !f.Changed {
 				return "", nil
 			}
-			return key, posflag.FlagVal(src.flags, f)
+			return key, posflag.FlagVal(src.Flags, f)
 		}), nil)
 		if err != nil {
 			return nil, fmt.Errorf("flags: %w", err)
@@ -245,9 +255,9 @@ func cleanDecodeError(err error) error {
 	return err
 }
 
-// leafKeys lists the dotted keys of a config struct, with their field types.
+// LeafKeys lists the dotted keys of a config struct, with their field types.
 // Maps are leaves: their own keys are free-form.
-func leafKeys(t reflect.Type, prefix string) map[string]reflect.Type {
+func LeafKeys(t reflect.Type, prefix string) map[string]reflect.Type {
 	keys := map[string]reflect.Type{}
 	for f := range t.Fields() {
 		tag := f.Tag.Get("koanf")
@@ -256,7 +266,7 @@ func leafKeys(t reflect.Type, prefix string) map[string]reflect.Type {
 		}
 		key := prefix + tag
 		if f.Type.Kind() == reflect.Struct {
-			for k, v := range leafKeys(f.Type, key+".") {
+			for k, v := range LeafKeys(f.Type, key+".") {
 				keys[k] = v
 			}
 			continue
@@ -272,10 +282,12 @@ type structProvider struct{ v any }
 func (p structProvider) ReadBytes() ([]byte, error) { return nil, errors.New("not supported") }
 
 func (p structProvider) Read() (map[string]any, error) {
-	return structMap(reflect.ValueOf(p.v).Elem()), nil
+	return StructMap(reflect.ValueOf(p.v).Elem()), nil
 }
 
-func structMap(v reflect.Value) map[string]any {
+// StructMap turns a config struct into the nested map its TOML file
+// holds, keyed by the koanf tags, with values in their text form.
+func StructMap(v reflect.Value) map[string]any {
 	out := map[string]any{}
 	t := v.Type()
 	for i := range t.NumField() {
@@ -286,7 +298,7 @@ func structMap(v reflect.Value) map[string]any {
 		fv := v.Field(i)
 		switch {
 		case fv.Kind() == reflect.Struct:
-			out[tag] = structMap(fv)
+			out[tag] = StructMap(fv)
 		case fv.Kind() == reflect.Map:
 			m := map[string]any{}
 			iter := fv.MapRange()
@@ -306,30 +318,68 @@ func structMap(v reflect.Value) map[string]any {
 	return out
 }
 
-// configFlag is a command-line flag that sets one configuration key.
-type configFlag struct{ name, key, usage string }
+// Flag is a command-line flag that sets one configuration key.
+type Flag struct{ Name, Key, Usage string }
 
-// flagKeys maps flag names to configuration keys.
-func flagKeys(flags []configFlag) map[string]string {
+// FlagKeys maps flag names to configuration keys.
+func FlagKeys(flags []Flag) map[string]string {
 	keys := make(map[string]string, len(flags))
 	for _, f := range flags {
-		keys[f.name] = f.key
+		keys[f.Name] = f.Key
 	}
 	return keys
 }
 
-// bindConfigFlags adds --config and flags to a daemon command; the returned
+// BindFlags adds --config and flags to a daemon command; the returned
 // function loads the configuration into cfg, which holds the defaults.
-func bindConfigFlags(cmd *cobra.Command, flags []configFlag) func(cfg any) error {
+// others are as in Source.
+func BindFlags(cmd *cobra.Command, flags []Flag, others []any) func(cfg any) error {
 	var file string
 	fs := cmd.Flags()
 	fs.StringVar(&file, "config", os.Getenv("BATON_CONFIG"), "TOML config file")
 	for _, f := range flags {
-		fs.String(f.name, "", f.usage+" ("+f.key+")")
+		fs.String(f.Name, "", f.Usage+" ("+f.Key+")")
 	}
-	keys := flagKeys(flags)
+	keys := FlagKeys(flags)
 	return func(cfg any) error {
-		_, err := load(cfg, configSource{file: file, flags: fs, flagKeys: keys})
+		_, err := Load(cfg, Source{File: file, Flags: fs, FlagKeys: keys, Others: others})
 		return err
 	}
+}
+
+// otherConfigEnv reports whether name is the environment variable of a key
+// of one of the other commands' configurations. A shell may export variables for
+// several commands (the worker's and the client's); each command skips the
+// others' but still refuses names no command knows.
+func otherConfigEnv(name string, others []any) bool {
+	for _, cfg := range others {
+		for key := range LeafKeys(reflect.TypeOf(cfg), "") {
+			if EnvPrefix+strings.ToUpper(strings.ReplaceAll(key, ".", "_")) == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// PrintTOML writes a config struct (a pointer) as TOML, in the form its
+// file takes.
+func PrintTOML(w io.Writer, cfg any) error {
+	body, err := toml.Parser().Marshal(StructMap(reflect.ValueOf(cfg).Elem()))
+	if err != nil {
+		return fmt.Errorf("config print: %w", err)
+	}
+	_, err = w.Write(body)
+	return err
+}
+
+// StateDir is where daemons keep their data by default.
+func StateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "baton")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "baton")
+	}
+	return filepath.Join(os.TempDir(), "baton")
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -18,10 +18,11 @@ type LogConfig struct {
 	Format string `koanf:"format"`
 }
 
-func defaultLogConfig() LogConfig { return LogConfig{Level: "info", Format: "auto"} }
+// DefaultLogConfig logs at info, as text on a terminal and JSON otherwise.
+func DefaultLogConfig() LogConfig { return LogConfig{Level: "info", Format: "auto"} }
 
-// newLogger builds the process's logger from its config.
-func newLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
+// NewLogger builds the process's logger from its config.
+func NewLogger(c LogConfig, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(c.Level)); err != nil {
 		return nil, fmt.Errorf("log.level %q: use debug, info, warn or error", c.Level)

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"bytes"
@@ -14,7 +14,7 @@ func TestLogDurationsAreText(t *testing.T) {
 	t.Parallel()
 	for _, format := range []string{"json", "text"} {
 		var out bytes.Buffer
-		logger, err := newLogger(LogConfig{Level: "info", Format: format}, &out)
+		logger, err := NewLogger(LogConfig{Level: "info", Format: format}, &out)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -31,7 +31,7 @@ func TestLogDurationsAreText(t *testing.T) {
 			t.Errorf("text: %s", out.String())
 		}
 	}
-	if _, err := newLogger(LogConfig{Level: "info", Format: "xml"}, &bytes.Buffer{}); err == nil {
+	if _, err := NewLogger(LogConfig{Level: "info", Format: "xml"}, &bytes.Buffer{}); err == nil {
 		t.Error("log.format xml was accepted")
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"context"
@@ -15,11 +15,11 @@ func TestReloadOnHangup(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	ran := make(chan string, 2)
-	reloadOnHangup(ctx, slog.New(slog.DiscardHandler), map[string]func() error{
+	ReloadOnHangup(ctx, slog.New(slog.DiscardHandler), map[string]func() error{
 		"good": func() error { ran <- "good"; return nil },
 		"bad":  func() error { ran <- "bad"; return errors.New("broken file") },
 	})
-	// signal.Notify is in place once reloadOnHangup returns.
+	// signal.Notify is in place once ReloadOnHangup returns.
 	if err := syscall.Kill(syscall.Getpid(), syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}

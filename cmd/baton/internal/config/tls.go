@@ -1,9 +1,8 @@
-package main
+package config
 
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,9 +29,9 @@ type GRPCServerConfig struct {
 	CAFile string `koanf:"ca_file"`
 }
 
-// credentials loads the daemon's TLS identity, or returns nil without TLS.
+// Credentials loads the daemon's TLS identity, or returns nil without TLS.
 // want is the role the daemon's own certificate must have.
-func (c GRPCServerConfig) credentials(want identity.Principal) (*identity.Credentials, error) {
+func (c GRPCServerConfig) Credentials(want identity.Principal) (*identity.Credentials, error) {
 	if !c.UseTLS {
 		return nil, nil
 	}
@@ -49,19 +48,21 @@ func (c GRPCServerConfig) credentials(want identity.Principal) (*identity.Creden
 	return creds, nil
 }
 
-// keyPair is a certificate and key reloaded from their files on demand,
+// KeyPair is a certificate and key reloaded from their files on demand,
 // for listeners that identify themselves but not their clients.
-type keyPair struct {
+type KeyPair struct {
 	crtFile, keyFile string
 	cert             atomic.Pointer[tls.Certificate]
 }
 
-func loadKeyPairFiles(crtFile, keyFile string) (*keyPair, error) {
-	kp := &keyPair{crtFile: crtFile, keyFile: keyFile}
-	return kp, kp.reload()
+// LoadKeyPairFiles loads the pair, checking the key's mode.
+func LoadKeyPairFiles(crtFile, keyFile string) (*KeyPair, error) {
+	kp := &KeyPair{crtFile: crtFile, keyFile: keyFile}
+	return kp, kp.Reload()
 }
 
-func (kp *keyPair) reload() error {
+// Reload reads the files again; a failure keeps the pair it had.
+func (kp *KeyPair) Reload() error {
 	info, err := os.Stat(kp.keyFile)
 	if err != nil {
 		return fmt.Errorf("private key: %w", err)
@@ -77,31 +78,18 @@ func (kp *keyPair) reload() error {
 	return nil
 }
 
-// serverTLS serves the current certificate to every new connection.
-func (kp *keyPair) serverTLS() *tls.Config {
+// ServerTLS serves the current certificate to every new connection.
+func (kp *KeyPair) ServerTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.cert.Load(), nil },
 	}
 }
 
-// loadCA reads a PEM file of trusted CA certificates.
-func loadCA(file string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("CA file %s holds no PEM certificate", file)
-	}
-	return pool, nil
-}
-
-// reloadOnHangup runs every step on each SIGHUP until ctx ends: new
+// ReloadOnHangup runs every step on each SIGHUP until ctx ends: new
 // connections then use the new certificates; open ones keep theirs. A
 // failing step keeps what it had and is logged.
-func reloadOnHangup(ctx context.Context, logger *slog.Logger, steps map[string]func() error) {
+func ReloadOnHangup(ctx context.Context, logger *slog.Logger, steps map[string]func() error) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	go func() {

@@ -1,9 +1,11 @@
-package main
+package daemon
 
 import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // TestAdvertiseAddr: a worker listening on every address advertises the
@@ -11,7 +13,7 @@ import (
 // address the scheduler could not dial is a start-up error.
 func TestAdvertiseAddr(t *testing.T) {
 	t.Parallel()
-	ip := nonLoopbackIPv4(t)
+	ip := e2e.NonLoopbackIPv4(t)
 	sched := net.JoinHostPort(ip, "7070")
 	tests := []struct {
 		listen, scheduler, want, err string
@@ -26,16 +28,16 @@ func TestAdvertiseAddr(t *testing.T) {
 		{"localhost:7071", sched, "", "loopback"},
 	}
 	for _, tc := range tests {
-		got, err := advertiseAddr(tc.listen, tc.scheduler)
+		got, err := AdvertiseAddr(tc.listen, tc.scheduler)
 		switch {
 		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "worker.advertise_addr")):
-			t.Errorf("advertiseAddr(%q, %q) = %q, %v; want an error about %s", tc.listen, tc.scheduler, got, err, tc.err)
+			t.Errorf("AdvertiseAddr(%q, %q) = %q, %v; want an error about %s", tc.listen, tc.scheduler, got, err, tc.err)
 		case tc.err == "" && (err != nil || got != tc.want):
-			t.Errorf("advertiseAddr(%q, %q) = %q, %v; want %q", tc.listen, tc.scheduler, got, err, tc.want)
+			t.Errorf("AdvertiseAddr(%q, %q) = %q, %v; want %q", tc.listen, tc.scheduler, got, err, tc.want)
 		}
 	}
 	// Without a scheduler the hostname stands for every address.
-	if got, err := advertiseAddr("0.0.0.0:7071", ""); err != nil || strings.HasPrefix(got, "0.0.0.0") {
+	if got, err := AdvertiseAddr("0.0.0.0:7071", ""); err != nil || strings.HasPrefix(got, "0.0.0.0") {
 		t.Errorf("without a scheduler: %q, %v", got, err)
 	}
 }

@@ -1,7 +1,6 @@
-package main
+package daemon
 
 import (
-	"connectrpc.com/connect"
 	"errors"
 	"os"
 	"path/filepath"
@@ -9,21 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/spf13/pflag"
-)
 
-func writeConfig(t *testing.T, body string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
+)
 
 func TestWorkerConfigLayers(t *testing.T) {
 	t.Parallel()
-	file := writeConfig(t, `
+	file := e2e.WriteConfig(t, `
 [grpc_server]
 addr = "127.0.0.1:9001"
 use_tls = false
@@ -42,12 +36,12 @@ labels = { zone = "a", gpu = "no" }
 	if err := flags.Parse([]string{"--name", "from-flag"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultWorkerConfig()
-	_, err := load(&cfg, configSource{
-		file:     file,
-		flags:    flags,
-		flagKeys: flagKeys(workerFlags),
-		environ:  []string{"BATON_WORKER_CAPACITY=7", "BATON_WORKER_RETENTION=1h", "BATON_JOB_ID=ignored", "HOME=/x"},
+	cfg := DefaultWorkerConfig()
+	_, err := config.Load(&cfg, config.Source{
+		File:     file,
+		Flags:    flags,
+		FlagKeys: config.FlagKeys(WorkerFlags),
+		Environ:  []string{"BATON_WORKER_CAPACITY=7", "BATON_WORKER_RETENTION=1h", "BATON_JOB_ID=ignored", "HOME=/x"},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,15 +84,15 @@ func TestConfigRejectsUnknownKeys(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			src := configSource{environ: tt.environ}
+			src := config.Source{Environ: tt.environ}
 			if tt.environ == nil {
-				src.environ = []string{}
+				src.Environ = []string{}
 			}
 			if tt.file != "" {
-				src.file = writeConfig(t, tt.file)
+				src.File = e2e.WriteConfig(t, tt.file)
 			}
-			cfg := defaultWorkerConfig()
-			_, err := load(&cfg, src)
+			cfg := DefaultWorkerConfig()
+			_, err := config.Load(&cfg, src)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error = %v, want one naming %q", err, tt.want)
 			}
@@ -108,19 +102,19 @@ func TestConfigRejectsUnknownKeys(t *testing.T) {
 
 func TestOriginalConfigLoads(t *testing.T) {
 	t.Parallel()
-	cfg := defaultWorkerConfig()
-	_, err := load(&cfg, configSource{file: "../../examples/config/config.toml", environ: []string{}})
+	cfg := DefaultWorkerConfig()
+	_, err := config.Load(&cfg, config.Source{File: "../../../../examples/config/config.toml", Environ: []string{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.GRPCServer.Addr != "127.0.0.1:7071" || cfg.Scheduler.Addr != "127.0.0.1:7070" || cfg.GRPCServer.UseTLS {
 		t.Errorf("original config read as %+v", cfg.GRPCServer)
 	}
-	cfg = defaultWorkerConfig()
-	if _, err := load(&cfg, configSource{file: "../../examples/config/worker.toml", environ: []string{}}); err != nil {
+	cfg = DefaultWorkerConfig()
+	if _, err := config.Load(&cfg, config.Source{File: "../../../../examples/config/worker.toml", Environ: []string{}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	// Its paths are relative to the file: they name the repository's
@@ -133,25 +127,25 @@ func TestOriginalConfigLoads(t *testing.T) {
 // TestMutualTLSExamplesLoad keeps the mTLS example configs valid.
 func TestMutualTLSExamplesLoad(t *testing.T) {
 	t.Parallel()
-	w := defaultWorkerConfig()
-	if _, err := load(&w, configSource{file: "../../examples/config/mtls/worker.toml", environ: []string{}}); err != nil {
+	w := DefaultWorkerConfig()
+	if _, err := config.Load(&w, config.Source{File: "../../../../examples/config/mtls/worker.toml", Environ: []string{}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.validate(); err != nil || !w.GRPCServer.UseTLS || w.GRPCServer.CAFile == "" {
+	if err := w.Validate(); err != nil || !w.GRPCServer.UseTLS || w.GRPCServer.CAFile == "" {
 		t.Errorf("worker: %v, %+v", err, w.GRPCServer)
 	}
-	s := defaultSchedulerConfig()
-	if _, err := load(&s, configSource{file: "../../examples/config/mtls/scheduler.toml", environ: []string{}}); err != nil {
+	s := DefaultSchedulerConfig()
+	if _, err := config.Load(&s, config.Source{File: "../../../../examples/config/mtls/scheduler.toml", Environ: []string{}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.validate(); err != nil || s.Scheduler.AuditFile == "" || s.HTTPServer.CrtFile == "" {
+	if err := s.Validate(); err != nil || s.Scheduler.AuditFile == "" || s.HTTPServer.CrtFile == "" {
 		t.Errorf("scheduler: %v, %+v", err, s)
 	}
-	c := defaultClientConfig()
-	if _, err := load(&c, configSource{file: "../../examples/config/mtls/client.toml", environ: []string{}}); err != nil {
+	c := config.DefaultClientConfig()
+	if _, err := config.Load(&c, config.Source{File: "../../../../examples/config/mtls/client.toml", Environ: []string{}}); err != nil {
 		t.Fatal(err)
 	}
-	dir, err := filepath.Abs("../../examples/config/mtls")
+	dir, err := filepath.Abs("../../../../examples/config/mtls")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +181,7 @@ func TestByteSizeRoundTrip(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.text, func(t *testing.T) {
-			var s ByteSize
+			var s config.ByteSize
 			if err := s.UnmarshalText([]byte(tc.text)); err != nil {
 				t.Fatalf("UnmarshalText(%q): %v", tc.text, err)
 			}
@@ -198,14 +192,14 @@ func TestByteSizeRoundTrip(t *testing.T) {
 			if err != nil || string(out) != tc.canonical {
 				t.Errorf("MarshalText(%d) = %q, %v, want %q", int64(s), out, err, tc.canonical)
 			}
-			var again ByteSize
+			var again config.ByteSize
 			if err := again.UnmarshalText(out); err != nil || again != s {
 				t.Errorf("UnmarshalText(%q) = %d, %v, want %d back", out, int64(again), err, int64(s))
 			}
 		})
 	}
 	for _, bad := range []string{"", "-1", "1.5MiB", "MiB", "12XB", "64 M", "0x10", "4611686018427387905", "4294967297GiB"} {
-		var s ByteSize
+		var s config.ByteSize
 		if err := s.UnmarshalText([]byte(bad)); err == nil {
 			t.Errorf("UnmarshalText(%q) = %d, want an error", bad, int64(s))
 		}
@@ -217,9 +211,9 @@ func TestSchedulerQueueLimitConfig(t *testing.T) {
 		limit int
 		ok    bool
 	}{{100000, true}, {1, true}, {-1, true}, {0, false}, {-2, false}} {
-		cfg := defaultSchedulerConfig()
+		cfg := DefaultSchedulerConfig()
 		cfg.Scheduler.MaxQueuedPerOwner = tc.limit
-		err := cfg.validate()
+		err := cfg.Validate()
 		if (err == nil) != tc.ok {
 			t.Errorf("max_queued_per_owner = %d: validate() = %v, want ok %v", tc.limit, err, tc.ok)
 		}
@@ -234,9 +228,9 @@ func TestSchedulerUserPriorityConfig(t *testing.T) {
 		p  int
 		ok bool
 	}{{50, true}, {0, true}, {100, true}, {-1, false}, {101, false}} {
-		cfg := defaultSchedulerConfig()
+		cfg := DefaultSchedulerConfig()
 		cfg.Scheduler.MaxUserPriority = tc.p
-		if err := cfg.validate(); (err == nil) != tc.ok {
+		if err := cfg.Validate(); (err == nil) != tc.ok {
 			t.Errorf("max_user_priority = %d: validate() = %v, want ok %v", tc.p, err, tc.ok)
 		}
 	}
@@ -247,7 +241,7 @@ func TestSchedulerUserPriorityConfig(t *testing.T) {
 
 func TestConfigPathsFollowTheFile(t *testing.T) {
 	t.Parallel()
-	file := writeConfig(t, `
+	file := e2e.WriteConfig(t, `
 [grpc_server]
 addr = "127.0.0.1:9001"
 use_tls = true
@@ -262,8 +256,8 @@ name = "w1"
 data_dir = "data"
 `)
 	dir := filepath.Dir(file)
-	cfg := defaultWorkerConfig()
-	_, err := load(&cfg, configSource{file: file, environ: []string{"BATON_WORKER_SCRIPTS_DIR=scripts", "HOME=/x"}})
+	cfg := DefaultWorkerConfig()
+	_, err := config.Load(&cfg, config.Source{File: file, Environ: []string{"BATON_WORKER_SCRIPTS_DIR=scripts", "HOME=/x"}})
 	if err != nil {
 		t.Fatal(err)
 	}

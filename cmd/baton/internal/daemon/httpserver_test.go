@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	batoncerts "github.com/baton-run/baton/cmd/baton/internal/certs"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/identity"
 )
 
@@ -20,11 +23,11 @@ import (
 // removed token stops working and a new one starts.
 func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 	dir := t.TempDir()
-	caFile, certs, err := ensureCerts(filepath.Join(dir, "certs"), "t", identity.Scheduler)
+	caFile, certs, err := batoncerts.Ensure(filepath.Join(dir, "certs"), "t", identity.Scheduler)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := loadCA(caFile)
+	pool, err := e2e.LoadCA(caFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,12 +39,12 @@ func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := defaultSchedulerConfig()
-	cfg.GRPCServer.Addr = freeAddr(t)
-	cfg.HTTPServer = HTTPServerConfig{Addr: freeAddr(t), CrtFile: certs[identity.Scheduler][0], KeyFile: certs[identity.Scheduler][1], Tokens: []string{oldEntry}}
+	cfg := DefaultSchedulerConfig()
+	cfg.GRPCServer.Addr = e2e.FreeAddr(t)
+	cfg.HTTPServer = HTTPServerConfig{Addr: e2e.FreeAddr(t), CrtFile: certs[identity.Scheduler][0], KeyFile: certs[identity.Scheduler][1], Tokens: []string{oldEntry}}
 	cfg.Scheduler.DataDir = filepath.Join(dir, "data")
-	cfg.Log = LogConfig{Level: "error", Format: "text"}
-	if err := cfg.validate(); err != nil {
+	cfg.Log = config.LogConfig{Level: "error", Format: "text"}
+	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	// What the config file says after the operator's edit.
@@ -54,14 +57,14 @@ func TestHTTPServerWithTLSAndTokens(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- runScheduler(ctx, cfg, reload) }()
+	go func() { done <- RunScheduler(ctx, cfg, reload) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("scheduler: %v", err)
 		}
 	})
-	waitListening(t, cfg.HTTPServer.Addr)
+	e2e.WaitListening(t, cfg.HTTPServer.Addr)
 
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool},

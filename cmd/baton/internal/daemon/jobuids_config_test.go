@@ -1,10 +1,12 @@
-package main
+package daemon
 
 import (
 	"os/user"
 	"strings"
 	"testing"
 
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/jobrun"
 )
 
@@ -44,13 +46,13 @@ func TestJobIdentityConfig(t *testing.T) {
 			if strings.Contains(tc.file, "nobody") && nobodyErr != nil {
 				t.Skipf("this host has no user nobody: %v", nobodyErr)
 			}
-			src := configSource{environ: tc.environ}
-			if src.environ == nil {
-				src.environ = []string{}
+			src := config.Source{Environ: tc.environ}
+			if src.Environ == nil {
+				src.Environ = []string{}
 			}
-			src.file = writeConfig(t, "[worker]\nname = \"w\"\n"+tc.file+"\n")
-			cfg := defaultWorkerConfig()
-			if _, err := load(&cfg, src); err != nil {
+			src.File = e2e.WriteConfig(t, "[worker]\nname = \"w\"\n"+tc.file+"\n")
+			cfg := DefaultWorkerConfig()
+			if _, err := config.Load(&cfg, src); err != nil {
 				t.Fatal(err)
 			}
 			err := cfg.validateAs(tc.euid)
@@ -90,13 +92,13 @@ func TestJobUIDsPrinted(t *testing.T) {
 		in   WorkerSection
 		want string
 	}{
-		{"root", 0, WorkerSection{}, defaultJobUIDs},
+		{"root", 0, WorkerSection{}, DefaultJobUIDs},
 		{"root with a user", 0, WorkerSection{JobUser: "nobody"}, ""},
 		{"root with a range", 0, WorkerSection{JobUIDs: "70000-70001"}, "70000-70001"},
 		{"not root", 1000, WorkerSection{}, ""},
 	} {
 		s := tc.in
-		s.fillJobUIDs(tc.euid)
+		s.FillJobUIDs(tc.euid)
 		if s.JobUIDs != tc.want {
 			t.Errorf("%s: job_uids = %q, want %q", tc.name, s.JobUIDs, tc.want)
 		}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"errors"
@@ -7,13 +7,15 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
 	"github.com/baton-run/baton/services/keeper"
 )
 
-// newKeeperCommand is the keeper process `baton worker` starts for its data
+// NewKeeperCommand is the keeper process `baton worker` starts for its data
 // directory (see package keeper). It is not for people to run: it reads its
 // options from the worker on standard input.
-func newKeeperCommand() *cobra.Command {
+func NewKeeperCommand() *cobra.Command {
 	var (
 		dataDir string
 		check   bool
@@ -25,12 +27,12 @@ func newKeeperCommand() *cobra.Command {
 		Hidden: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dataDir == "" {
-				return &usageError{msg: "keeper: --data-dir is required"}
+				return cliout.UsageErrorf("keeper: --data-dir is required")
 			}
 			if check {
 				return keeper.Check(dataDir, os.Stdin, cmd.OutOrStdout())
 			}
-			logger, err := newLogger(LogConfig{Level: "info", Format: "json"}, os.Stderr)
+			logger, err := config.NewLogger(config.LogConfig{Level: "info", Format: "json"}, os.Stderr)
 			if err != nil {
 				return err
 			}

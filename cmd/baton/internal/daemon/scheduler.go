@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/cmd/baton/internal/config"
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
@@ -22,10 +23,10 @@ import (
 
 // SchedulerConfig is the configuration of `baton scheduler`.
 type SchedulerConfig struct {
-	GRPCServer GRPCServerConfig `koanf:"grpc_server"`
-	HTTPServer HTTPServerConfig `koanf:"http_server"`
-	Scheduler  SchedulerSection `koanf:"scheduler"`
-	Log        LogConfig        `koanf:"log"`
+	GRPCServer config.GRPCServerConfig `koanf:"grpc_server"`
+	HTTPServer HTTPServerConfig        `koanf:"http_server"`
+	Scheduler  SchedulerSection        `koanf:"scheduler"`
+	Log        config.LogConfig        `koanf:"log"`
 }
 
 // HTTPServerConfig is the [http_server] section: an optional second
@@ -50,13 +51,13 @@ type HTTPServerConfig struct {
 
 // SchedulerSection is the [scheduler] section.
 type SchedulerSection struct {
-	DataDir           string   `koanf:"data_dir"`
-	HeartbeatInterval Duration `koanf:"heartbeat_interval"`
-	HeartbeatGrace    Duration `koanf:"heartbeat_grace"`
-	FailoverGrace     Duration `koanf:"failover_grace"`
-	RestartGrace      Duration `koanf:"restart_grace"`
-	Retention         Duration `koanf:"retention"`
-	ShutdownTimeout   Duration `koanf:"shutdown_timeout"`
+	DataDir           string          `koanf:"data_dir"`
+	HeartbeatInterval config.Duration `koanf:"heartbeat_interval"`
+	HeartbeatGrace    config.Duration `koanf:"heartbeat_grace"`
+	FailoverGrace     config.Duration `koanf:"failover_grace"`
+	RestartGrace      config.Duration `koanf:"restart_grace"`
+	Retention         config.Duration `koanf:"retention"`
+	ShutdownTimeout   config.Duration `koanf:"shutdown_timeout"`
 	// MaxQueuedPerOwner is the most jobs one owner may have waiting in
 	// the queue; -1 means no limit.
 	MaxQueuedPerOwner int `koanf:"max_queued_per_owner"`
@@ -68,25 +69,27 @@ type SchedulerSection struct {
 	AuditFile string `koanf:"audit_file"`
 }
 
-func defaultSchedulerConfig() SchedulerConfig {
+// DefaultSchedulerConfig is a scheduler on loopback with the scheduler
+// package's defaults.
+func DefaultSchedulerConfig() SchedulerConfig {
 	var c SchedulerConfig
 	c.GRPCServer.Addr = "127.0.0.1:7070"
 	c.Scheduler = SchedulerSection{
-		HeartbeatInterval: Duration(scheduler.DefaultHeartbeatInterval),
-		HeartbeatGrace:    Duration(scheduler.DefaultHeartbeatGrace),
-		FailoverGrace:     Duration(scheduler.DefaultFailoverGrace),
-		RestartGrace:      Duration(scheduler.DefaultRestartGrace),
-		Retention:         Duration(scheduler.DefaultRetention),
-		ShutdownTimeout:   Duration(30 * time.Second),
+		HeartbeatInterval: config.Duration(scheduler.DefaultHeartbeatInterval),
+		HeartbeatGrace:    config.Duration(scheduler.DefaultHeartbeatGrace),
+		FailoverGrace:     config.Duration(scheduler.DefaultFailoverGrace),
+		RestartGrace:      config.Duration(scheduler.DefaultRestartGrace),
+		Retention:         config.Duration(scheduler.DefaultRetention),
+		ShutdownTimeout:   config.Duration(30 * time.Second),
 		MaxQueuedPerOwner: scheduler.DefaultMaxQueuedPerOwner,
 		MaxUserPriority:   scheduler.DefaultMaxUserPriority,
 	}
-	c.Log = defaultLogConfig()
+	c.Log = config.DefaultLogConfig()
 	return c
 }
 
-// validate checks what the types cannot.
-func (c *SchedulerConfig) validate() error {
+// Validate checks what the types cannot.
+func (c *SchedulerConfig) Validate() error {
 	var errs []error
 	s := c.Scheduler
 	if s.HeartbeatInterval <= 0 || s.HeartbeatGrace <= 0 || s.FailoverGrace <= 0 || s.RestartGrace <= 0 || s.Retention <= 0 || s.ShutdownTimeout <= 0 {
@@ -121,55 +124,56 @@ func (c *SchedulerConfig) validate() error {
 	return errors.Join(errs...)
 }
 
-// schedulerFlags are `baton scheduler`'s flags besides --config.
-var schedulerFlags = []configFlag{
-	{"addr", "grpc_server.addr", "listen address"},
-	{"http-addr", "http_server.addr", "plain HTTP listener on loopback"},
-	{"data-dir", "scheduler.data_dir", "data directory"},
-	{"log-level", "log.level", "debug, info, warn or error"},
-	{"log-format", "log.format", "text, json or auto"},
+// SchedulerFlags are `baton scheduler`'s flags besides --config.
+var SchedulerFlags = []config.Flag{
+	{Name: "addr", Key: "grpc_server.addr", Usage: "listen address"},
+	{Name: "http-addr", Key: "http_server.addr", Usage: "plain HTTP listener on loopback"},
+	{Name: "data-dir", Key: "scheduler.data_dir", Usage: "data directory"},
+	{Name: "log-level", Key: "log.level", Usage: "debug, info, warn or error"},
+	{Name: "log-format", Key: "log.format", Usage: "text, json or auto"},
 }
 
-func newSchedulerCommand() *cobra.Command {
+// NewSchedulerCommand is `baton scheduler`.
+func NewSchedulerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "scheduler",
 		Short: "Run the scheduler: it keeps the roster of workers and places jobs on them",
 		Args:  cobra.NoArgs,
 	}
-	loadConfig := bindConfigFlags(cmd, schedulerFlags)
+	loadConfig := config.BindFlags(cmd, SchedulerFlags, Configs())
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
-		cfg := defaultSchedulerConfig()
+		cfg := DefaultSchedulerConfig()
 		if err := loadConfig(&cfg); err != nil {
 			return err
 		}
 		if cfg.Scheduler.DataDir == "" {
-			cfg.Scheduler.DataDir = filepath.Join(stateDir(), "scheduler")
+			cfg.Scheduler.DataDir = filepath.Join(config.StateDir(), "scheduler")
 		}
-		if err := cfg.validate(); err != nil {
+		if err := cfg.Validate(); err != nil {
 			return err
 		}
 		reload := func() (SchedulerConfig, error) {
-			fresh := defaultSchedulerConfig()
+			fresh := DefaultSchedulerConfig()
 			if err := loadConfig(&fresh); err != nil {
 				return cfg, err
 			}
-			return fresh, fresh.validate()
+			return fresh, fresh.Validate()
 		}
-		return runScheduler(cmd.Context(), cfg, reload)
+		return RunScheduler(cmd.Context(), cfg, reload)
 	}
 	return cmd
 }
 
-// runScheduler serves until ctx ends, then shuts down in order: report not
+// RunScheduler serves until ctx ends, then shuts down in order: report not
 // serving, stop the listeners (bounded), stop the sweeper, close the store.
 // On SIGHUP it reloads certificates, keys and tokens (from reload, when
 // not nil) and reopens the audit file.
-func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (SchedulerConfig, error)) error {
-	logger, err := newLogger(cfg.Log, os.Stderr)
+func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (SchedulerConfig, error)) error {
+	logger, err := config.NewLogger(cfg.Log, os.Stderr)
 	if err != nil {
 		return err
 	}
-	creds, err := cfg.GRPCServer.credentials(identity.Scheduler)
+	creds, err := cfg.GRPCServer.Credentials(identity.Scheduler)
 	if err != nil {
 		return err
 	}
@@ -232,13 +236,13 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 	if cfg.HTTPServer.Addr != "" {
 		var httpTLS *tls.Config
 		if cfg.HTTPServer.CrtFile != "" {
-			kp, err := loadKeyPairFiles(cfg.HTTPServer.CrtFile, cfg.HTTPServer.KeyFile)
+			kp, err := config.LoadKeyPairFiles(cfg.HTTPServer.CrtFile, cfg.HTTPServer.KeyFile)
 			if err != nil {
 				_ = srv.Shutdown(context.Background())
 				return fmt.Errorf("http_server: %w", err)
 			}
-			httpTLS = kp.serverTLS()
-			reloads["http_server certificate"] = kp.reload
+			httpTLS = kp.ServerTLS()
+			reloads["http_server certificate"] = kp.Reload
 		}
 		// Without TLS, serving.Listen refuses anything but loopback, and
 		// answers only requests for this machine: loopback addresses,
@@ -272,7 +276,7 @@ func runScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 			logger.Warn("http_server has no tokens: every caller there counts as an anonymous admin; it listens on loopback only", "http_addr", cfg.HTTPServer.Addr)
 		}
 	}
-	reloadOnHangup(ctx, logger, reloads)
+	config.ReloadOnHangup(ctx, logger, reloads)
 	logger.Info("scheduler serving", "addr", srv.Addr().String(), "tls", serverTLS != nil, "http_addr", cfg.HTTPServer.Addr, "data_dir", cfg.Scheduler.DataDir)
 
 	serveErr := make(chan error, len(servers))

@@ -1,7 +1,6 @@
-package main
+package daemon
 
 import (
-	"connectrpc.com/connect"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -13,8 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/cmd/baton/internal/config"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/jobrun"
@@ -25,22 +26,13 @@ import (
 
 // WorkerConfig is the configuration of `baton worker`.
 type WorkerConfig struct {
-	GRPCServer GRPCServerConfig `koanf:"grpc_server"`
+	GRPCServer config.GRPCServerConfig `koanf:"grpc_server"`
 	Scheduler  struct {
 		// Addr is the scheduler's host:port; empty runs the worker alone.
 		Addr string `koanf:"addr"`
 	} `koanf:"scheduler"`
-	Worker WorkerSection `koanf:"worker"`
-	Log    LogConfig     `koanf:"log"`
-
-	// sharesProcess is set by `baton dev`, whose workers run in the
-	// scheduler's process: the go_* and process_* metrics are then the
-	// scheduler's to report.
-	sharesProcess bool
-	// jobsAsWorker, set by `baton dev` with its reason, runs jobs under the
-	// worker's own uid even as root: a dev cluster whose directories jobs
-	// under other uids cannot reach still runs jobs, and says so.
-	jobsAsWorker string
+	Worker WorkerSection    `koanf:"worker"`
+	Log    config.LogConfig `koanf:"log"`
 }
 
 // WorkerSection is the [worker] section.
@@ -53,10 +45,10 @@ type WorkerSection struct {
 	InheritEnv      []string          `koanf:"inherit_env"`
 	Labels          map[string]string `koanf:"labels"`
 	Capacity        int               `koanf:"capacity"`
-	StopGrace       Duration          `koanf:"stop_grace"`
-	OutputLimit     ByteSize          `koanf:"output_limit"`
-	Retention       Duration          `koanf:"retention"`
-	ShutdownTimeout Duration          `koanf:"shutdown_timeout"`
+	StopGrace       config.Duration   `koanf:"stop_grace"`
+	OutputLimit     config.ByteSize   `koanf:"output_limit"`
+	Retention       config.Duration   `koanf:"retention"`
+	ShutdownTimeout config.Duration   `koanf:"shutdown_timeout"`
 	// AuditFile receives one JSON line per StartJob, StopJob and denied
 	// call, naming the client the scheduler acted for; empty disables it.
 	AuditFile string `koanf:"audit_file"`
@@ -72,16 +64,16 @@ type WorkerSection struct {
 	Keeper bool `koanf:"keeper"`
 }
 
-// defaultJobUIDs is the range a root worker takes its per-job uids from:
+// DefaultJobUIDs is the range a root worker takes its per-job uids from:
 // the one systemd gives its dynamic users, below nobody (65534).
-const defaultJobUIDs = "61184-65519"
+const DefaultJobUIDs = "61184-65519"
 
-// fillJobUIDs sets job_uids to the default range when the worker runs as
+// FillJobUIDs sets job_uids to the default range when the worker runs as
 // root and neither job_uids nor job_user is set, so that `config print`
 // shows what applies.
-func (s *WorkerSection) fillJobUIDs(euid int) {
+func (s *WorkerSection) FillJobUIDs(euid int) {
 	if euid == 0 && strings.TrimSpace(s.JobUIDs) == "" && strings.TrimSpace(s.JobUser) == "" {
-		s.JobUIDs = defaultJobUIDs
+		s.JobUIDs = DefaultJobUIDs
 	}
 }
 
@@ -106,7 +98,7 @@ func (s *WorkerSection) jobIdentity(euid int) (jobrun.UIDRange, *jobrun.User, er
 	case uids == "" && euid != 0:
 		return jobrun.UIDRange{}, nil, nil
 	case uids == "":
-		uids = defaultJobUIDs
+		uids = DefaultJobUIDs
 	}
 	rng, err := jobrun.ParseUIDRange(uids)
 	if err != nil {
@@ -118,7 +110,8 @@ func (s *WorkerSection) jobIdentity(euid int) (jobrun.UIDRange, *jobrun.User, er
 	return rng, nil, nil
 }
 
-func defaultWorkerConfig() WorkerConfig {
+// DefaultWorkerConfig is a worker named after the host, on loopback.
+func DefaultWorkerConfig() WorkerConfig {
 	host, _ := os.Hostname()
 	var c WorkerConfig
 	c.GRPCServer.Addr = "127.0.0.1:7071"
@@ -128,20 +121,20 @@ func defaultWorkerConfig() WorkerConfig {
 		AllowedCommands: []string{"sh", "bash", "python3", "ruby", "perl", "node"},
 		Labels:          map[string]string{},
 		Capacity:        64,
-		StopGrace:       Duration(10 * time.Second),
+		StopGrace:       config.Duration(10 * time.Second),
 		OutputLimit:     64 << 20,
-		Retention:       Duration(24 * time.Hour),
-		ShutdownTimeout: Duration(30 * time.Second),
+		Retention:       config.Duration(24 * time.Hour),
+		ShutdownTimeout: config.Duration(30 * time.Second),
 		Keeper:          true,
 	}
-	c.Log = defaultLogConfig()
+	c.Log = config.DefaultLogConfig()
 	return c
 }
 
-// validate checks what the types cannot.
-func (c *WorkerConfig) validate() error { return c.validateAs(os.Geteuid()) }
+// Validate checks what the types cannot.
+func (c *WorkerConfig) Validate() error { return c.validateAs(os.Geteuid()) }
 
-// validateAs is validate for a worker running with effective uid euid.
+// validateAs is Validate for a worker running with effective uid euid.
 func (c *WorkerConfig) validateAs(euid int) error {
 	var errs []error
 	if c.Worker.Name == "" {
@@ -162,34 +155,35 @@ func (c *WorkerConfig) validateAs(euid int) error {
 	return errors.Join(errs...)
 }
 
-// workerFlags are `baton worker`'s flags besides --config.
-var workerFlags = []configFlag{
-	{"addr", "grpc_server.addr", "listen address"},
-	{"scheduler", "scheduler.addr", "scheduler address"},
-	{"name", "worker.name", "worker name"},
-	{"data-dir", "worker.data_dir", "data directory"},
-	{"scripts-dir", "worker.scripts_dir", "scripts directory"},
-	{"log-level", "log.level", "debug, info, warn or error"},
-	{"log-format", "log.format", "text, json or auto"},
+// WorkerFlags are `baton worker`'s flags besides --config.
+var WorkerFlags = []config.Flag{
+	{Name: "addr", Key: "grpc_server.addr", Usage: "listen address"},
+	{Name: "scheduler", Key: "scheduler.addr", Usage: "scheduler address"},
+	{Name: "name", Key: "worker.name", Usage: "worker name"},
+	{Name: "data-dir", Key: "worker.data_dir", Usage: "data directory"},
+	{Name: "scripts-dir", Key: "worker.scripts_dir", Usage: "scripts directory"},
+	{Name: "log-level", Key: "log.level", Usage: "debug, info, warn or error"},
+	{Name: "log-format", Key: "log.format", Usage: "text, json or auto"},
 }
 
 // bindWorkerConfig binds the worker's config flags to cmd; the function
 // it returns loads the configuration, its data directory defaulted.
 func bindWorkerConfig(cmd *cobra.Command) func() (WorkerConfig, error) {
-	load := bindConfigFlags(cmd, workerFlags)
+	load := config.BindFlags(cmd, WorkerFlags, Configs())
 	return func() (WorkerConfig, error) {
-		cfg := defaultWorkerConfig()
+		cfg := DefaultWorkerConfig()
 		if err := load(&cfg); err != nil {
 			return cfg, err
 		}
 		if cfg.Worker.DataDir == "" {
-			cfg.Worker.DataDir = defaultWorkerDataDir(cfg.Worker.Name)
+			cfg.Worker.DataDir = DefaultWorkerDataDir(cfg.Worker.Name)
 		}
 		return cfg, nil
 	}
 }
 
-func newWorkerCommand() *cobra.Command {
+// NewWorkerCommand is `baton worker` and its `decommission`.
+func NewWorkerCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker: it runs jobs as OS processes for the scheduler",
@@ -201,24 +195,53 @@ func newWorkerCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		cfg.Worker.fillJobUIDs(os.Geteuid())
-		if err := cfg.validate(); err != nil {
+		cfg.Worker.FillJobUIDs(os.Geteuid())
+		if err := cfg.Validate(); err != nil {
 			return err
 		}
-		return runWorker(cmd.Context(), cfg)
+		return RunWorker(cmd.Context(), cfg)
 	}
 	cmd.AddCommand(newDecommissionCommand())
 	return cmd
 }
 
-// runWorker serves until ctx ends, then shuts down in order: stop taking
+// WorkerOption changes how RunWorker runs a worker, beyond what its
+// configuration says.
+type WorkerOption func(*workerRun)
+
+// workerRun is what the options set.
+type workerRun struct {
+	sharesProcess bool
+	jobsAsWorker  string
+}
+
+// WithSharedProcess is for `baton dev`, whose workers run in the
+// scheduler's process: the go_* and process_* metrics are then the
+// scheduler's to report, and jobs run in this process, without a keeper.
+func WithSharedProcess() WorkerOption {
+	return func(r *workerRun) { r.sharesProcess = true }
+}
+
+// WithJobsAsWorker, given by `baton dev` with its reason, runs jobs under
+// the worker's own uid even as root: a dev cluster whose directories jobs
+// under other uids cannot reach still runs jobs, and says so. An empty
+// reason changes nothing.
+func WithJobsAsWorker(reason string) WorkerOption {
+	return func(r *workerRun) { r.jobsAsWorker = reason }
+}
+
+// RunWorker serves until ctx ends, then shuts down in order: stop taking
 // calls, stop the jobs, report their ends and deregister.
-func runWorker(ctx context.Context, cfg WorkerConfig) error {
-	logger, err := newLogger(cfg.Log, os.Stderr)
+func RunWorker(ctx context.Context, cfg WorkerConfig, opts ...WorkerOption) error {
+	var run workerRun
+	for _, o := range opts {
+		o(&run)
+	}
+	logger, err := config.NewLogger(cfg.Log, os.Stderr)
 	if err != nil {
 		return err
 	}
-	creds, err := cfg.GRPCServer.credentials(identity.Principal{Role: identity.RoleWorker, Name: cfg.Worker.Name})
+	creds, err := cfg.GRPCServer.Credentials(identity.Principal{Role: identity.RoleWorker, Name: cfg.Worker.Name})
 	if err != nil {
 		return err
 	}
@@ -252,12 +275,12 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	}
 	advertise := cfg.Worker.AdvertiseAddr
 	if advertise == "" {
-		if advertise, err = advertiseAddr(cfg.GRPCServer.Addr, cfg.Scheduler.Addr); err != nil {
+		if advertise, err = AdvertiseAddr(cfg.GRPCServer.Addr, cfg.Scheduler.Addr); err != nil {
 			return err
 		}
 	}
 	var mopts []metrics.Option
-	if !cfg.sharesProcess {
+	if !run.sharesProcess {
 		mopts = append(mopts, metrics.WithProcessMetrics())
 	}
 	m := metrics.NewWorker(mopts...)
@@ -265,12 +288,12 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	if err != nil {
 		return err
 	}
-	if cfg.jobsAsWorker != "" {
+	if run.jobsAsWorker != "" {
 		jobUIDs, jobUser = jobrun.UIDRange{}, nil
-		logger.Warn("jobs run under the worker's own uid, without a uid of their own", "worker", cfg.Worker.Name, "reason", cfg.jobsAsWorker)
+		logger.Warn("jobs run under the worker's own uid, without a uid of their own", "worker", cfg.Worker.Name, "reason", run.jobsAsWorker)
 	}
 	var keeperExe string
-	if cfg.Worker.Keeper && !cfg.sharesProcess {
+	if cfg.Worker.Keeper && !run.sharesProcess {
 		if keeperExe, err = os.Executable(); err != nil {
 			return fmt.Errorf("worker.keeper: the keeper is started from this executable, which cannot be found: %w", err)
 		}
@@ -311,7 +334,7 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	}
 	logger.Info("worker serving", "worker", cfg.Worker.Name, "addr", srv.Addr().String(), "tls", serverTLS != nil, "scheduler", cfg.Scheduler.Addr)
 
-	reloadOnHangup(ctx, logger, reloads)
+	config.ReloadOnHangup(ctx, logger, reloads)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve() }()
 	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
@@ -346,13 +369,13 @@ func runWorker(ctx context.Context, cfg WorkerConfig) error {
 	return errors.Join(err, closeErr)
 }
 
-// advertiseAddr turns a listen address into one the scheduler can dial.
+// AdvertiseAddr turns a listen address into one the scheduler can dial.
 // An unspecified host (0.0.0.0, ::) becomes the address this machine
 // reaches the scheduler from: the source address the kernel picks for the
 // route to it (a UDP "connect", which sends nothing). Without a scheduler
 // it becomes the hostname. A loopback address the scheduler, not on
 // loopback itself, could not dial is an error.
-func advertiseAddr(listen, scheduler string) (string, error) {
+func AdvertiseAddr(listen, scheduler string) (string, error) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return listen, nil
@@ -380,14 +403,14 @@ func advertiseAddr(listen, scheduler string) (string, error) {
 			host = h
 		}
 	}
-	if schedHost != "" && isLoopbackHost(host) && !isLoopbackHost(schedHost) {
+	if schedHost != "" && IsLoopbackHost(host) && !IsLoopbackHost(schedHost) {
 		return "", fmt.Errorf("the worker would advertise %s, a loopback address, to a scheduler at %s that cannot dial it: set worker.advertise_addr to an address the scheduler reaches, or listen on one (grpc_server.addr)", net.JoinHostPort(host, port), scheduler)
 	}
 	return net.JoinHostPort(host, port), nil
 }
 
-// isLoopbackHost reports whether host is "localhost" or a loopback IP.
-func isLoopbackHost(host string) bool {
+// IsLoopbackHost reports whether host is "localhost" or a loopback IP.
+func IsLoopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true
 	}
@@ -395,27 +418,16 @@ func isLoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// defaultWorkerDataDir is a worker's data directory when none is
+// DefaultWorkerDataDir is a worker's data directory when none is
 // configured. A worker running as root runs jobs under uids of their own,
 // which must pass through the data directory to their homes: root's home
 // directory is closed to them, so its data goes to /var/lib/baton unless
 // XDG_STATE_HOME says otherwise.
-func defaultWorkerDataDir(name string) string {
+func DefaultWorkerDataDir(name string) string {
 	if os.Geteuid() == 0 && os.Getenv("XDG_STATE_HOME") == "" {
 		return filepath.Join("/var/lib/baton", "worker-"+name)
 	}
-	return filepath.Join(stateDir(), "worker-"+name)
-}
-
-// stateDir is where daemons keep their data by default.
-func stateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "baton")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "baton")
-	}
-	return filepath.Join(os.TempDir(), "baton")
+	return filepath.Join(config.StateDir(), "worker-"+name)
 }
 
 // schedulerHostPort reads scheduler.addr in the forms the CLI takes for

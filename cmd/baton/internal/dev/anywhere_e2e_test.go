@@ -1,4 +1,4 @@
-package main
+package dev
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // devProcess is a `baton dev` a test starts, with the environment and
@@ -29,8 +31,8 @@ type devProcess struct {
 func newDevProcess(t *testing.T, bin, home, dir string) *devProcess {
 	return &devProcess{
 		t: t, bin: bin, dir: dir,
-		env:  append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, coverEnv()...),
-		addr: freeAddr(t), httpAddr: freeAddr(t), port: freePortPair(t),
+		env:  append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...),
+		addr: e2e.FreeAddr(t), httpAddr: e2e.FreeAddr(t), port: e2e.FreePortPair(t),
 	}
 }
 
@@ -43,10 +45,10 @@ func (d *devProcess) baton(ctx context.Context, args ...string) *exec.Cmd {
 
 // start starts the cluster and waits until both workers are READY. The
 // process is killed at the end of the test unless stop ended it before.
-func (d *devProcess) start() (*exec.Cmd, *lockedBuffer) {
+func (d *devProcess) start() (*exec.Cmd, *e2e.LockedBuffer) {
 	t := d.t
 	t.Helper()
-	out := &lockedBuffer{}
+	out := &e2e.LockedBuffer{}
 	dev := d.baton(context.Background(), "dev", "--addr", d.addr, "--http-addr", d.httpAddr, "--worker-port", strconv.Itoa(d.port))
 	dev.Stdout, dev.Stderr = out, out
 	if err := dev.Start(); err != nil {
@@ -69,7 +71,7 @@ func (d *devProcess) start() (*exec.Cmd, *lockedBuffer) {
 }
 
 // stop stops the cluster with Ctrl-C, which must end it cleanly.
-func (d *devProcess) stop(dev *exec.Cmd, out *lockedBuffer) {
+func (d *devProcess) stop(dev *exec.Cmd, out *e2e.LockedBuffer) {
 	t := d.t
 	t.Helper()
 	if err := dev.Process.Signal(syscall.SIGINT); err != nil {
@@ -94,8 +96,8 @@ func (d *devProcess) stop(dev *exec.Cmd, out *lockedBuffer) {
 // directory is left as it was.
 func TestDevRunsAnywhere(t *testing.T) {
 	t.Parallel()
-	home, work := jobsTempDir(t), jobsTempDir(t)
-	d := newDevProcess(t, sharedBaton(t), home, work)
+	home, work := e2e.JobsTempDir(t), e2e.JobsTempDir(t)
+	d := newDevProcess(t, e2e.SharedBaton(t), home, work)
 	dev, out := d.start()
 	if !strings.Contains(out.String(), "any program on PATH") {
 		t.Errorf("the banner does not say that jobs may run any program on PATH:\n%s", out.String())
@@ -128,7 +130,7 @@ func TestDevRunsAnywhere(t *testing.T) {
 			args := append(append([]string{"run"}, tt.flags...), "--")
 			run := d.baton(ctx, append(args, tt.args...)...)
 			run.Stdout, run.Stderr = &stdout, &stderr
-			code := exitCode(t, run.Run())
+			code := e2e.ExitCode(t, run.Run())
 			if code != tt.wantCode || stdout.String() != tt.wantStdout || !strings.Contains(stderr.String(), tt.wantStderr) {
 				t.Errorf("baton %s: exit %d, stdout %q, stderr %q; want exit %d, stdout %q, stderr with %q",
 					strings.Join(run.Args[1:], " "), code, stdout.String(), stderr.String(), tt.wantCode, tt.wantStdout, tt.wantStderr)
@@ -136,7 +138,7 @@ func TestDevRunsAnywhere(t *testing.T) {
 		})
 	}
 
-	want, err := os.ReadFile(filepath.Join("..", "..", "examples", "scripts", "count.sh"))
+	want, err := os.ReadFile(filepath.Join("..", "..", "..", "..", "examples", "scripts", "count.sh"))
 	if err != nil {
 		t.Fatal(err)
 	}

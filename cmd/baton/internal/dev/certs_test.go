@@ -1,4 +1,4 @@
-package main
+package dev
 
 import (
 	"bytes"
@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	batoncerts "github.com/baton-run/baton/cmd/baton/internal/certs"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/identity"
 )
 
@@ -32,7 +35,7 @@ var devPrincipals = []identity.Principal{
 // the CA, its key and every pair in certs/, through the same code.
 func oldDevLayout(t *testing.T, dataDir string) {
 	t.Helper()
-	if _, _, err := ensureCerts(filepath.Join(dataDir, "certs"), "dev", devPrincipals...); err != nil {
+	if _, _, err := batoncerts.Ensure(filepath.Join(dataDir, "certs"), "dev", devPrincipals...); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(dataDir, "certs", "ca.key")); err != nil {
@@ -213,7 +216,7 @@ func TestDevCertsKeepTheCAKeyApart(t *testing.T) {
 		t.Parallel()
 		dataDir := t.TempDir()
 		oldDevLayout(t, dataDir)
-		if _, err := initAuthority(filepath.Join(dataDir, devCADir), "dev", false); err != nil {
+		if _, err := batoncerts.InitAuthority(filepath.Join(dataDir, devCADir), "dev", false); err != nil {
 			t.Fatal(err)
 		}
 		if _, _, err := ensureDevCerts(io.Discard, dataDir, devPrincipals...); err == nil || !strings.Contains(err.Error(), "different CA keys") {
@@ -247,8 +250,8 @@ func TestDevCertsKeepTheCAKeyApart(t *testing.T) {
 // copied from the old directory.
 func TestDevMovesTheCAKeyOfAnOlderDataDir(t *testing.T) {
 	t.Parallel()
-	bin := sharedBaton(t)
-	home := jobsTempDir(t)
+	bin := e2e.SharedBaton(t)
+	home := e2e.JobsTempDir(t)
 	dataDir := filepath.Join(home, ".local", "state", "baton", "dev")
 	oldDevLayout(t, dataDir)
 	// As root, jobs run under uids of their own and must pass through the
@@ -274,18 +277,18 @@ func TestDevMovesTheCAKeyOfAnOlderDataDir(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	repo, err := filepath.Abs(filepath.Join("..", ".."))
+	repo, err := filepath.Abs(filepath.Join("..", "..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, httpAddr, port := freeAddr(t), freeAddr(t), freePortPair(t)
-	env := append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, coverEnv()...)
+	addr, httpAddr, port := e2e.FreeAddr(t), e2e.FreeAddr(t), e2e.FreePortPair(t)
+	env := append([]string{"HOME=" + home, "PATH=" + os.Getenv("PATH")}, e2e.CoverEnv()...)
 	baton := func(args ...string) *exec.Cmd {
 		cmd := exec.Command(bin, args...)
 		cmd.Env, cmd.Dir = env, repo
 		return cmd
 	}
-	out := &lockedBuffer{}
+	out := &e2e.LockedBuffer{}
 	dev := baton("dev", "--addr", addr, "--http-addr", httpAddr, "--worker-port", strconv.Itoa(port))
 	dev.Stdout, dev.Stderr = out, out
 	if err := dev.Start(); err != nil {
@@ -339,7 +342,7 @@ func TestDevMovesTheCAKeyOfAnOlderDataDir(t *testing.T) {
 		t.Errorf("run through dev's client.toml: %v, stdout %q, stderr %q", err, stdout.String(), stderr.String())
 	}
 	copiedCfg := filepath.Join(copied, "client.toml")
-	if err := writeClientConfig(copiedCfg, ClientSection{
+	if err := config.WriteClientConfig(copiedCfg, config.ClientSection{
 		Scheduler: "https://" + addr, CAFile: filepath.Join(copied, "ca.crt"),
 		CertFile: filepath.Join(copied, "admin-dev.crt"), KeyFile: filepath.Join(copied, "admin-dev.key"),
 	}); err != nil {

@@ -1,4 +1,7 @@
-package main
+// Package dev is `baton dev`: a scheduler and two workers in one process,
+// on loopback, over mutual TLS, with the example scripts, for trying Baton
+// out.
+package dev
 
 import (
 	"bytes"
@@ -17,12 +20,16 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/baton-run/baton/cmd/baton/internal/certs"
+	"github.com/baton-run/baton/cmd/baton/internal/cliout"
+	"github.com/baton-run/baton/cmd/baton/internal/config"
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
 	"github.com/baton-run/baton/services/identity"
 )
 
-// newDevCommand starts a scheduler and two workers in one process, on
+// NewCommand starts a scheduler and two workers in one process, on
 // loopback, for trying Baton out. Data persists between runs.
-func newDevCommand() *cobra.Command {
+func NewCommand() *cobra.Command {
 	var dataDir, scriptsDir, addr, httpAddr, logLevel string
 	var workerPort int
 	cmd := &cobra.Command{
@@ -31,7 +38,7 @@ func newDevCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	flags := cmd.Flags()
-	flags.StringVar(&dataDir, "data-dir", filepath.Join(stateDir(), "dev"), "where the cluster keeps its data")
+	flags.StringVar(&dataDir, "data-dir", filepath.Join(config.StateDir(), "dev"), "where the cluster keeps its data")
 	flags.StringVar(&scriptsDir, "scripts-dir", "", "the workers' scripts directory (default: the example scripts, written to <data-dir>/"+devScriptsDir+" at each start)")
 	flags.StringVar(&addr, "addr", "127.0.0.1:7070", "the scheduler's address")
 	flags.StringVar(&httpAddr, "http-addr", "127.0.0.1:7080", "the scheduler's plain HTTP address")
@@ -99,20 +106,20 @@ func runDev(ctx context.Context, dc devConfig) error {
 			return fmt.Errorf("write the example scripts: %w", err)
 		}
 	}
-	tlsFor := func(p identity.Principal, addr string) GRPCServerConfig {
-		return GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: caFile, CrtFile: certs[p][0], KeyFile: certs[p][1]}
+	tlsFor := func(p identity.Principal, addr string) config.GRPCServerConfig {
+		return config.GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: caFile, CrtFile: certs[p][0], KeyFile: certs[p][1]}
 	}
 
-	sched := defaultSchedulerConfig()
+	sched := daemon.DefaultSchedulerConfig()
 	sched.GRPCServer = tlsFor(identity.Scheduler, dc.addr)
 	sched.Scheduler.AuditFile = filepath.Join(dc.dataDir, "scheduler", "audit.log")
 	sched.HTTPServer.Addr = dc.httpAddr
 	sched.Scheduler.DataDir = filepath.Join(dc.dataDir, "scheduler")
-	sched.Log = LogConfig{Level: dc.logLevel, Format: "text"}
-	if err := sched.validate(); err != nil {
+	sched.Log = config.LogConfig{Level: dc.logLevel, Format: "text"}
+	if err := sched.Validate(); err != nil {
 		return err
 	}
-	if err := writeClientConfig(filepath.Join(dc.dataDir, "client.toml"), ClientSection{
+	if err := config.WriteClientConfig(filepath.Join(dc.dataDir, "client.toml"), config.ClientSection{
 		Scheduler: "https://" + dc.addr, CAFile: caFile, CertFile: certs[devAdmin][0], KeyFile: certs[devAdmin][1],
 	}); err != nil {
 		return err
@@ -138,7 +145,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 	}
 
 	schedDone := make(chan error, 1)
-	go func() { schedDone <- runScheduler(schedCtx, sched, nil) }()
+	go func() { schedDone <- daemon.RunScheduler(schedCtx, sched, nil) }()
 	if err, exited := waitForListener(ctx, dc.addr, schedDone); err != nil {
 		stopSched()
 		if !exited {
@@ -169,7 +176,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 	var names []string
 	programs := pathPrograms(os.Getenv("PATH"))
 	for i, name := range workerNames {
-		w := defaultWorkerConfig()
+		w := daemon.DefaultWorkerConfig()
 		names = append(names, name+" "+net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
 		w.GRPCServer = tlsFor(identity.Principal{Role: identity.RoleWorker, Name: name}, net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
 		w.Scheduler.Addr = dc.addr
@@ -178,15 +185,13 @@ func runDev(ctx context.Context, dc devConfig) error {
 		w.Worker.ScriptsDir = dc.scriptsDir
 		w.Worker.AllowedCommands = programs
 		w.Worker.Labels = map[string]string{"slot": strconv.Itoa(i + 1)}
-		w.Worker.StopGrace = Duration(5 * time.Second)
+		w.Worker.StopGrace = config.Duration(5 * time.Second)
 		w.Log = sched.Log
-		w.sharesProcess = true
-		w.jobsAsWorker = jobsAsWorker
-		if err := w.validate(); err != nil {
+		if err := w.Validate(); err != nil {
 			return err
 		}
 		wg.Go(func() {
-			if errs[i] = runWorker(ctx, w); errs[i] != nil {
+			if errs[i] = daemon.RunWorker(ctx, w, daemon.WithSharedProcess(), daemon.WithJobsAsWorker(jobsAsWorker)); errs[i] != nil {
 				stopWorkers()
 			}
 		})
@@ -239,7 +244,7 @@ func cliName() string {
 			return "baton"
 		}
 	}
-	return shellQuote(exe)
+	return cliout.ShellQuote(exe)
 }
 
 // waitForListener waits until addr accepts connections, the server fails,
@@ -313,7 +318,7 @@ func ensureDevCerts(w io.Writer, dataDir string, principals ...identity.Principa
 	if err := writeIfChanged(caFile, ca.CertPEM(), 0o644); err != nil {
 		return "", nil, err
 	}
-	files, err = issueMissing(ca, func(p identity.Principal) string {
+	files, err = certs.IssueMissing(ca, func(p identity.Principal) string {
 		if isServer(p) {
 			return serverDir
 		}
@@ -344,7 +349,7 @@ func devAuthority(caDir, clientDir string) (*identity.Authority, error) {
 			return nil, fmt.Errorf("the dev CA's key %s is missing (%s is there): restore it, or remove the data directory to start over with a new CA", keyFile, crt)
 		}
 	}
-	return initAuthority(caDir, "dev", false)
+	return certs.InitAuthority(caDir, "dev", false)
 }
 
 // migrateDevCerts moves what an older baton dev kept in clientDir to where

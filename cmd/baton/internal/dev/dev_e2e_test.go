@@ -1,4 +1,4 @@
-package main
+package dev
 
 import (
 	"bytes"
@@ -8,19 +8,27 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // TestDevClusterFromScratch runs `baton dev` as a user would on a fresh
 // machine (an empty HOME): the client commands find it by themselves over
 // mutual TLS, Ctrl-C stops everything with nothing left behind, and a
 // second start reuses the data and certificates of the first.
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	e2e.RemoveSharedBaton()
+	os.Exit(code)
+}
+
 func TestDevClusterFromScratch(t *testing.T) {
-	bin := sharedBaton(t)
-	home := jobsTempDir(t)
-	repo, err := filepath.Abs(filepath.Join("..", ".."))
+	bin := e2e.SharedBaton(t)
+	home := e2e.JobsTempDir(t)
+	repo, err := filepath.Abs(filepath.Join("..", "..", "..", ".."))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +43,7 @@ func TestDevClusterFromScratch(t *testing.T) {
 	run := baton("run", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
 	run.Stdout, run.Stderr = &stdout, &stderr
 	err = run.Run()
-	if code := exitCode(t, err); code != 3 || stdout.String() != "out\n" || stderr.String() != "err\n" {
+	if code := e2e.ExitCode(t, err); code != 3 || stdout.String() != "out\n" || stderr.String() != "err\n" {
 		t.Errorf("run: exit %d, stdout %q, stderr %q; want 3, \"out\\n\", \"err\\n\"", code, stdout.String(), stderr.String())
 	}
 	// A job still running when the cluster stops, marked so that a
@@ -50,13 +58,13 @@ func TestDevClusterFromScratch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); !processWithArg0(marker); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); !e2e.ProcessWithArg0(marker); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the detached job never ran")
 		}
 	}
 	d.stop(dev, out)
-	if processWithArg0(marker) {
+	if e2e.ProcessWithArg0(marker) {
 		t.Error("a job's process outlived baton dev")
 	}
 
@@ -73,40 +81,6 @@ func TestDevClusterFromScratch(t *testing.T) {
 	d.stop(dev, out)
 }
 
-// processWithArg0 reports whether a live process has argv[0] == name.
-func processWithArg0(name string) bool {
-	dirs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range dirs {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		if arg0, _, _ := bytes.Cut(b, []byte{0}); string(arg0) == name {
-			return true
-		}
-	}
-	return false
-}
-
-// lockedBuffer is a bytes.Buffer that a process's output copier and the
-// test may use at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestDevRefusesTakenPorts: a port held by something else is an error that
 // names it, not a cluster that half starts.
 func TestDevRefusesTakenPorts(t *testing.T) {
@@ -117,8 +91,8 @@ func TestDevRefusesTakenPorts(t *testing.T) {
 	}
 	defer taken.Close()
 	err = runDev(t.Context(), devConfig{
-		dataDir: t.TempDir(), scriptsDir: filepath.Join("..", "..", "examples", "scripts"),
-		addr: freeAddr(t), httpAddr: taken.Addr().String(), workerPort: freePortPair(t), logLevel: "error",
+		dataDir: t.TempDir(), scriptsDir: filepath.Join("..", "..", "..", "..", "examples", "scripts"),
+		addr: e2e.FreeAddr(t), httpAddr: taken.Addr().String(), workerPort: e2e.FreePortPair(t), logLevel: "error",
 	})
 	if err == nil || !strings.Contains(err.Error(), taken.Addr().String()+" is taken") {
 		t.Errorf("runDev with a taken port: %v", err)

@@ -1,4 +1,4 @@
-package main
+package dev
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/identity"
 )
 
@@ -38,14 +39,14 @@ func getMetrics(t *testing.T, client *http.Client, addr string) string {
 // /metrics: the scheduler's two with the job counted, each worker's own.
 func TestDevServesMetrics(t *testing.T) {
 	t.Parallel()
-	addr, httpAddr := freeAddr(t), freeAddr(t)
-	port := freePortPair(t)
+	addr, httpAddr := e2e.FreeAddr(t), e2e.FreeAddr(t)
+	port := e2e.FreePortPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	dataDir := jobsTempDir(t)
+	dataDir := e2e.JobsTempDir(t)
 	go func() {
 		done <- runDev(ctx, devConfig{
-			dataDir: dataDir, scriptsDir: filepath.Join("..", "..", "examples", "scripts"),
+			dataDir: dataDir, scriptsDir: filepath.Join("..", "..", "..", "..", "examples", "scripts"),
 			addr: addr, httpAddr: httpAddr, workerPort: port, logLevel: "error",
 		})
 	}()
@@ -61,8 +62,8 @@ func TestDevServesMetrics(t *testing.T) {
 		}
 	})
 	worker1 := "127.0.0.1:" + strconv.Itoa(port)
-	waitListening(t, httpAddr)
-	waitListening(t, worker1)
+	e2e.WaitListening(t, httpAddr)
+	e2e.WaitListening(t, worker1)
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
 	t.Cleanup(client.CloseIdleConnections)
 
@@ -77,7 +78,7 @@ func TestDevServesMetrics(t *testing.T) {
 	var started struct {
 		JobID string `json:"jobId"`
 	}
-	if code := postJSON(t, "http://"+httpAddr+"/baton.v1.SchedulerService/StartJob", `{"command":"sh","args":["-c","exit 3"]}`, &started); code != 200 {
+	if code := e2e.PostJSON(t, "http://"+httpAddr+"/baton.v1.SchedulerService/StartJob", `{"command":"sh","args":["-c","exit 3"]}`, &started); code != 200 {
 		t.Fatalf("StartJob: HTTP %d", code)
 	}
 	want := []string{
@@ -111,7 +112,7 @@ func TestDevServesMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := loadCA(filepath.Join(certs, "ca.crt"))
+	pool, err := e2e.LoadCA(filepath.Join(certs, "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}

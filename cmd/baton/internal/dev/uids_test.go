@@ -1,9 +1,11 @@
-package main
+package dev
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
 // TestUnsearchable: baton dev gives jobs uids of their own only when they
@@ -11,7 +13,7 @@ import (
 // directory in the way, which the dev cluster then prints.
 func TestUnsearchable(t *testing.T) {
 	t.Parallel()
-	root := jobsTempDir(t)
+	root := e2e.JobsTempDir(t)
 	open := filepath.Join(root, "open", "data")
 	closed := filepath.Join(root, "closed", "data")
 	for _, d := range []string{open, closed} {

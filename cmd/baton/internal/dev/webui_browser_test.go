@@ -1,4 +1,4 @@
-package main
+package dev
 
 import (
 	"cmp"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	"github.com/baton-run/baton/services/webui/browsertest"
 )
 
@@ -125,15 +126,15 @@ const describePageJS = `location.hash + " | " + [...document.querySelectorAll("s
 // as text; 1,000 jobs paged; a phone-sized screen; no console errors.
 func TestWebPageInBrowser(t *testing.T) {
 	browsertest.Chromium(t)
-	addr, httpAddr := freeAddr(t), freeAddr(t)
-	workerPort := freePortPair(t)
+	addr, httpAddr := e2e.FreeAddr(t), e2e.FreeAddr(t)
+	workerPort := e2e.FreePortPair(t)
 	base := "http://" + httpAddr
 
 	clusterCtx, stopCluster := context.WithCancel(context.Background())
 	devDone := make(chan error, 1)
 	go func() {
 		devDone <- runDev(clusterCtx, devConfig{
-			dataDir: jobsTempDir(t), scriptsDir: "../../examples/scripts",
+			dataDir: e2e.JobsTempDir(t), scriptsDir: "../../../../examples/scripts",
 			addr: addr, httpAddr: httpAddr, workerPort: workerPort, logLevel: "error",
 		})
 	}()
@@ -148,7 +149,7 @@ func TestWebPageInBrowser(t *testing.T) {
 			t.Error("dev cluster did not stop within 60s")
 		}
 	})
-	waitListening(t, httpAddr)
+	e2e.WaitListening(t, httpAddr)
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
 
 	ctx, consoleErrors := browsertest.Start(t, context.Background(), nil)
