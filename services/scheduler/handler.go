@@ -359,7 +359,7 @@ func (h *handler) ListJobs(ctx context.Context, req *connect.Request[batonv1.Lis
 
 // ListWorkers lists the roster by name, from the roster view.
 func (h *handler) ListWorkers(_ context.Context, req *connect.Request[batonv1.ListWorkersRequest]) (*connect.Response[batonv1.ListWorkersResponse], error) {
-	q := listQuery{states: req.Msg.GetStates(), pageSize: int(req.Msg.GetPageSize())}
+	q := listQuery{states: req.Msg.GetStates(), selector: req.Msg.GetSelector(), pageSize: int(req.Msg.GetPageSize())}
 	if tok := req.Msg.GetPageToken(); tok != "" {
 		after, err := parsePageToken(tok)
 		if err != nil {

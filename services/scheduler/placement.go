@@ -1,9 +1,7 @@
 package scheduler
 
 import (
-	"cmp"
 	"fmt"
-	"slices"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
@@ -94,17 +92,12 @@ func (r *registry) place(req *batonv1.StartJobRequest) ([]*reservation, error) {
 // registered with this scheduler (so that their running count is their
 // own word, not a stored one) and with a free slot. When every worker is
 // busy, as while jobs queue, the list is empty and the queue is not
-// looked at.
+// looked at; finding that costs one look at the least-loaded worker.
 func (r *registry) openWorkers() []*member {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
 	var out []*member
-	for _, m := range r.members {
-		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
-			continue
-		}
+	for _, m := range r.loads.withRoom() {
 		m.hot.Lock()
-		open := m.live && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
+		open := m.live && m.w.State == batonv1.WorkerState_WORKER_STATE_READY && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
 		m.hot.Unlock()
 		if open {
 			out = append(out, m)
@@ -131,7 +124,7 @@ func (r *registry) reserveAmong(open []*member, worker string, selector map[stri
 		m.hot.Lock()
 		running, room := m.w.RunningJobs, m.live && (m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity)
 		m.hot.Unlock()
-		if room && (best == nil || lessLoaded(m, running, best, bestRunning)) {
+		if room && (best == nil || lessLoaded(m, running, m.w.Capacity, best, bestRunning, best.w.Capacity)) {
 			best, bestRunning = m, running
 		}
 	}
@@ -187,16 +180,11 @@ func (r *registry) waitReason(worker string, selector map[string]string) string 
 		}
 		return fmt.Sprintf("waiting for a free slot on worker %q (%d of %d in use)", worker, running, capacity)
 	}
-	ready, matching := 0, 0
-	for _, m := range r.members {
-		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY {
-			continue
-		}
-		ready++
-		if matches(m.w.Labels, selector) {
-			matching++
-		}
-	}
+	ready, matching := r.idx.state(batonv1.WorkerState_WORKER_STATE_READY).Len(), 0
+	r.readyMatchingLocked(selector, func(*member) bool {
+		matching++
+		return true
+	})
 	switch {
 	case ready == 0:
 		return "waiting for a worker: none is ready"
@@ -216,15 +204,13 @@ func (r *registry) placeAll(selector map[string]string, roomOnly bool) (slots []
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	var matching []*member
-	for _, m := range r.members {
-		if m.w.State == batonv1.WorkerState_WORKER_STATE_READY && matches(m.w.Labels, selector) {
-			matching = append(matching, m)
-		}
-	}
+	r.readyMatchingLocked(selector, func(m *member) bool {
+		matching = append(matching, m)
+		return true
+	})
 	if len(matching) == 0 {
 		return nil, nil, r.noneMatchingLocked()
 	}
-	slices.SortFunc(matching, func(a, b *member) int { return cmp.Compare(a.w.ID, b.w.ID) })
 	for _, m := range matching {
 		m.hot.Lock()
 		room := m.w.Capacity <= 0 || m.w.RunningJobs < m.w.Capacity
@@ -248,36 +234,55 @@ func (r *registry) reservationLocked(m *member) *reservation {
 }
 
 // leastLoadedLocked is the least-loaded READY worker matching selector
-// with room, and whether any READY worker matched at all. One pass, no
-// allocation: it runs on every StartJob, with thousands of workers. The
-// caller holds r.mu.
+// with room, and whether any READY worker matched at all. Without a
+// selector that is the top of registry.loads; with one, the workers of
+// its rarest label pair are compared. The caller holds r.mu.
 func (r *registry) leastLoadedLocked(selector map[string]string) (*member, bool) {
+	if len(selector) == 0 {
+		return r.loads.least()
+	}
 	var best *member
 	var bestRunning int32
 	matched := false
-	for _, m := range r.members {
-		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY || !matches(m.w.Labels, selector) {
-			continue
-		}
+	r.readyMatchingLocked(selector, func(m *member) bool {
 		matched = true
 		m.hot.Lock()
 		running := m.w.RunningJobs
 		m.hot.Unlock()
 		if m.w.Capacity > 0 && running >= m.w.Capacity {
-			continue
+			return true
 		}
-		if best == nil || lessLoaded(m, running, best, bestRunning) {
+		if best == nil || lessLoaded(m, running, m.w.Capacity, best, bestRunning, best.w.Capacity) {
 			best, bestRunning = m, running
 		}
-	}
+		return true
+	})
 	return best, matched
 }
 
-// lessLoaded orders workers, given their running counts, by the share of
-// their capacity in use (an unlimited worker counts as empty), then by
-// running jobs, then by id so that placement is deterministic.
-func lessLoaded(a *member, ra int32, b *member, rb int32) bool {
-	la, lb := load(ra, a.w.Capacity), load(rb, b.w.Capacity)
+// readyMatchingLocked calls fn with each READY worker whose labels match
+// selector, in name order, until fn returns false. It walks the workers
+// of the selector's rarest label pair, or the READY ones for an empty
+// selector. The caller holds r.mu.
+func (r *registry) readyMatchingLocked(selector map[string]string, fn func(*member) bool) {
+	if len(selector) == 0 {
+		r.idx.state(batonv1.WorkerState_WORKER_STATE_READY).Ascend(fn)
+		return
+	}
+	r.idx.narrowest(selector).Ascend(func(m *member) bool {
+		if m.w.State != batonv1.WorkerState_WORKER_STATE_READY || !matches(m.w.Labels, selector) {
+			return true
+		}
+		return fn(m)
+	})
+}
+
+// lessLoaded orders workers, given their running counts and capacities,
+// by the share of their capacity in use (an unlimited worker counts as
+// empty), then by running jobs, then by id so that placement is
+// deterministic.
+func lessLoaded(a *member, ra, ca int32, b *member, rb, cb int32) bool {
+	la, lb := load(ra, ca), load(rb, cb)
 	if la != lb {
 		return la < lb
 	}
@@ -307,10 +312,8 @@ func matches(labels, selector map[string]string) bool {
 // noneMatchingLocked says why no worker matched: none is ready at all, or
 // none has the labels asked for.
 func (r *registry) noneMatchingLocked() error {
-	for _, m := range r.members {
-		if m.w.State == batonv1.WorkerState_WORKER_STATE_READY {
-			return newError(errNoMatch, "no ready worker has labels matching the selector")
-		}
+	if r.idx.state(batonv1.WorkerState_WORKER_STATE_READY).Len() > 0 {
+		return newError(errNoMatch, "no ready worker has labels matching the selector")
 	}
 	return newError(errNoWorkers, "no worker is ready; start a worker or wait for one to register")
 }

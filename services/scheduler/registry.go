@@ -25,11 +25,21 @@ type registry struct {
 	// dial makes the pooled client of one worker.
 	dial func(name, addr string) batonv1connect.WorkerServiceClient
 
-	// mu guards members, membership and the members' cold fields (see member).
-	// Walks of the roster (placement, the roster view, the sweeper) hold
-	// it for reading or writing.
+	// mu guards members, idx, membership and the members' cold fields
+	// (see member). Changes of membership, state or labels hold it for
+	// writing; placement and listing hold it for reading.
 	mu      sync.RWMutex
 	members map[string]*member // by worker id (== name)
+	// idx orders the members by name: all, by state and by label pair.
+	idx rosterIndex
+	// loads orders the READY workers by load, for placement.
+	loads loadHeap
+	// due orders the workers that heartbeat or restart by deadline, for
+	// the DOWN sweep.
+	due deadlines
+	// running is the sum of the running counts of the workers that run
+	// jobs (see runsJobs), for the metrics.
+	running atomic.Int64
 	// membership counts additions to and removals from members, so that
 	// the roster view knows when to sort its order again.
 	membership uint64
@@ -104,6 +114,24 @@ type member struct {
 	// heartbeat's timestamp: the roster view re-encodes only the workers
 	// whose rev moved.
 	rev uint64
+
+	// Where the member is filed (see reindexHot and rosterIndex.file):
+	// heapAt and key in registry.loads (guarded by its lock), dueAt in
+	// registry.due (likewise), filed, filedState and filedLabels in
+	// registry.idx (guarded by registry.mu), and the running count
+	// registry.running includes (guarded by hot).
+	heapAt         int
+	key            heapKey
+	dueAt          int
+	filed          bool
+	filedState     batonv1.WorkerState
+	filedLabels    map[string]string
+	countedRunning int32
+}
+
+// newMember makes the member of roster entry w, filed nowhere yet.
+func newMember(w store.Worker) *member {
+	return &member{w: w, gone: make(chan struct{}), heapAt: -1, dueAt: -1}
 }
 
 // downed is a worker the sweeper marked DOWN.
@@ -118,7 +146,7 @@ type downed struct {
 }
 
 func newRegistry(dial func(name, addr string) batonv1connect.WorkerServiceClient) *registry {
-	return &registry{dial: dial, members: make(map[string]*member), freed: make(chan struct{}, 1)}
+	return &registry{dial: dial, members: make(map[string]*member), idx: newRosterIndex(), freed: make(chan struct{}, 1)}
 }
 
 // load fills the roster from the store. READY, DRAINING and RESTARTING
@@ -129,7 +157,8 @@ func (r *registry) load(workers []store.Worker, grace time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, w := range workers {
-		m := &member{w: w, gone: make(chan struct{}), deadline: deadline, rev: r.version.Add(1)}
+		m := newMember(w)
+		m.deadline, m.rev = deadline, r.version.Add(1)
 		if !active(w.State) {
 			close(m.gone)
 		}
@@ -137,16 +166,60 @@ func (r *registry) load(workers []store.Worker, grace time.Duration) {
 			m.restartGrace = grace
 		}
 		r.addLocked(m)
+		m.hot.Lock()
+		r.reindexHot(m)
+		if runsJobs(w.State) {
+			r.due.watch(m, deadline)
+		}
+		m.hot.Unlock()
 	}
 }
 
-// addLocked adds (or replaces) m; the caller holds r.mu.
+// addLocked adds (or replaces) m; the caller holds r.mu for writing.
 func (r *registry) addLocked(m *member) {
-	if r.members[m.w.ID] == nil {
+	old := r.members[m.w.ID]
+	switch {
+	case old == nil:
 		r.membership++
+	case old != m:
+		r.removeLocked(old)
 	}
 	r.members[m.w.ID] = m
 	r.index.Store(m.w.ID, m)
+	r.idx.add(m)
+}
+
+// removeLocked takes m out of the indexes, as it leaves the roster; the
+// caller holds r.mu for writing and deletes it from members and index.
+// (registry.due lets go of it when it comes due: it is not active.)
+func (r *registry) removeLocked(m *member) {
+	r.idx.remove(m)
+	m.hot.Lock()
+	r.loads.set(m, false, 0, 0)
+	r.running.Add(-int64(m.countedRunning))
+	m.countedRunning = 0
+	m.hot.Unlock()
+}
+
+// reindexHot files m's placement facts (state, capacity, running count)
+// after a change of any of them; the caller holds m.hot.
+func (r *registry) reindexHot(m *member) {
+	r.loads.set(m, m.w.State == batonv1.WorkerState_WORKER_STATE_READY, m.w.RunningJobs, m.w.Capacity)
+	var counted int32
+	if runsJobs(m.w.State) {
+		counted = m.w.RunningJobs
+	}
+	if d := counted - m.countedRunning; d != 0 {
+		r.running.Add(int64(d))
+		m.countedRunning = counted
+	}
+}
+
+// refileLocked files m everywhere after a change of its state or labels;
+// the caller holds r.mu for writing and m.hot.
+func (r *registry) refileLocked(m *member) {
+	r.idx.file(m)
+	r.reindexHot(m)
 }
 
 // changedHot records a change of m other than its heartbeat time; the
@@ -183,7 +256,7 @@ func (r *registry) getOrCreate(id string) *member {
 	defer r.mu.Unlock()
 	m := r.members[id]
 	if m == nil {
-		m = &member{w: store.Worker{ID: id, Name: id, State: batonv1.WorkerState_WORKER_STATE_UNSPECIFIED}, gone: make(chan struct{})}
+		m = newMember(store.Worker{ID: id, Name: id, State: batonv1.WorkerState_WORKER_STATE_UNSPECIFIED})
 		close(m.gone)
 		r.addLocked(m)
 	}
@@ -224,6 +297,8 @@ func (r *registry) register(m *member, req *batonv1.RegisterWorkerRequest, runni
 	m.deadline = deadline
 	m.live = true
 	m.gen++
+	r.refileLocked(m)
+	r.due.watch(m, deadline)
 	r.slotFreed()
 	select {
 	case <-m.gone:
@@ -254,7 +329,7 @@ func (r *registry) heartbeat(m *member, running int32, changed []string, deadlin
 	}
 	r.reportedHot(m, running, changed)
 	m.w.LastHeartbeat = now
-	m.deadline = deadline
+	r.setDeadlineHot(m, deadline)
 	return m.w.State, true
 }
 
@@ -265,16 +340,21 @@ func (r *registry) forget(cutoff time.Time) []*member {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var gone []*member
-	for id, m := range r.members {
-		m.hot.Lock()
-		old := !m.live && (m.w.State == batonv1.WorkerState_WORKER_STATE_DOWN || m.w.State == batonv1.WorkerState_WORKER_STATE_LEFT) &&
-			m.w.LastHeartbeat.Before(cutoff)
-		m.hot.Unlock()
-		if old {
-			delete(r.members, id)
-			r.index.Delete(id)
-			gone = append(gone, m)
-		}
+	for _, st := range []batonv1.WorkerState{batonv1.WorkerState_WORKER_STATE_DOWN, batonv1.WorkerState_WORKER_STATE_LEFT} {
+		r.idx.state(st).Ascend(func(m *member) bool {
+			m.hot.Lock()
+			old := !m.live && m.w.LastHeartbeat.Before(cutoff)
+			m.hot.Unlock()
+			if old {
+				gone = append(gone, m)
+			}
+			return true
+		})
+	}
+	for _, m := range gone {
+		r.removeLocked(m)
+		delete(r.members, m.w.ID)
+		r.index.Delete(m.w.ID)
 	}
 	if len(gone) > 0 {
 		r.membership++
@@ -328,6 +408,8 @@ func (r *registry) restart(id string, grace time.Duration) (*member, bool) {
 	m.w.State = batonv1.WorkerState_WORKER_STATE_RESTARTING
 	m.deadline = now.Add(grace)
 	m.live = false
+	r.refileLocked(m)
+	r.due.watch(m, m.deadline)
 	select {
 	case <-m.gone:
 	default:
@@ -344,6 +426,7 @@ func (r *registry) endLocked(m *member, st batonv1.WorkerState) {
 	m.starts = startCount{pending: m.starts.pending}
 	m.w.RunningJobs = 0
 	m.live = false
+	r.refileLocked(m)
 	select {
 	case <-m.gone:
 	default:
@@ -366,28 +449,63 @@ func (r *registry) drain(id string) (*member, error) {
 	defer m.hot.Unlock()
 	r.changedHot(m)
 	m.w.State = batonv1.WorkerState_WORKER_STATE_DRAINING
+	r.refileLocked(m)
 	return m, nil
 }
 
 // expire marks DOWN every active or restarting worker whose deadline is
-// before now.
+// before now. It looks only at the workers registry.due has due: those
+// whose deadline moved meanwhile are filed again at it, and only the ones
+// to mark DOWN take the roster lock.
 func (r *registry) expire(now time.Time) []downed {
+	var late []*member
+	for _, m := range r.due.due(now) {
+		m.hot.Lock()
+		switch {
+		case !runsJobs(m.w.State):
+			// Not watched until it registers or restarts again.
+		case now.After(m.deadline) && m.reporting == 0:
+			late = append(late, m)
+		default:
+			// Heartbeating (or reporting right now: then due again at the
+			// next sweep).
+			r.due.watch(m, m.deadline)
+		}
+		m.hot.Unlock()
+	}
+	if len(late) == 0 {
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []downed
-	for id, m := range r.members {
-		restarting := m.w.State == batonv1.WorkerState_WORKER_STATE_RESTARTING
-		if !active(m.w.State) && !restarting {
+	for _, m := range late {
+		if r.members[m.w.ID] != m {
 			continue
 		}
 		m.hot.Lock()
-		if now.After(m.deadline) && m.reporting == 0 {
+		restarting := m.w.State == batonv1.WorkerState_WORKER_STATE_RESTARTING
+		switch {
+		case !runsJobs(m.w.State):
+		case now.After(m.deadline) && m.reporting == 0:
 			r.endLocked(m, batonv1.WorkerState_WORKER_STATE_DOWN)
-			out = append(out, downed{m: m, id: id, gen: m.gen, restarting: restarting, grace: m.restartGrace})
+			out = append(out, downed{m: m, id: m.w.ID, gen: m.gen, restarting: restarting, grace: m.restartGrace})
+		default:
+			r.due.watch(m, m.deadline)
 		}
 		m.hot.Unlock()
 	}
 	return out
+}
+
+// setDeadlineHot sets m's deadline; the caller holds m.hot. A later one
+// (a heartbeat's, nearly always) costs nothing more: registry.due finds it
+// when the earlier one comes due.
+func (r *registry) setDeadlineHot(m *member, deadline time.Time) {
+	if deadline.Before(m.deadline) {
+		r.due.watch(m, deadline)
+	}
+	m.deadline = deadline
 }
 
 // stillDown reports whether m is still DOWN from the transition of gen.
@@ -414,19 +532,13 @@ func (r *registry) tally() (byState map[batonv1.WorkerState]int, running int) {
 	byState = make(map[batonv1.WorkerState]int, 5)
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	for _, m := range r.members {
-		m.hot.Lock()
-		st, n := m.w.State, m.w.RunningJobs
-		m.hot.Unlock()
-		if st == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
-			continue // created by a registration still in progress
-		}
-		byState[st]++
-		if runsJobs(st) {
-			running += int(n)
+	for st, t := range r.idx.byState {
+		// UNSPECIFIED: made by a registration still in progress.
+		if n := t.Len(); n > 0 && st != batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+			byState[st] = n
 		}
 	}
-	return byState, running
+	return byState, int(r.running.Load())
 }
 
 // target is what a call to a worker needs, copied out of the registry.
@@ -494,7 +606,7 @@ func (r *registry) beginReport(m *member, ttl time.Duration) (end func()) {
 		defer m.hot.Unlock()
 		m.reporting--
 		if m.live && active(m.w.State) {
-			m.deadline = now.Add(ttl)
+			r.setDeadlineHot(m, now.Add(ttl))
 		}
 	}
 }

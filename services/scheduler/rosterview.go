@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,33 +71,77 @@ type rosterList struct {
 // listQuery is what a ListWorkers call asks for.
 type listQuery struct {
 	states   []batonv1.WorkerState // all when empty
+	selector map[string]string     // all when empty
 	pageSize int                   // all when 0
 	after    string                // the page starts after this name
 }
 
-// list answers q from the view, by name. The answer for all workers at
-// once is the view's current one, which listCodec writes from its cached
-// encoding; filtered answers and pages are built from its messages.
+// list answers q, by name. The answer for all workers at once is the
+// view's current one, which listCodec writes from its cached encoding;
+// pages and filtered answers come from the registry's indexes (see
+// registry.list), at the cost of what they hold.
 func (v *rosterView) list(reg *registry, q listQuery) *batonv1.ListWorkersResponse {
-	all := v.current(reg).res
-	if len(q.states) == 0 && q.pageSize == 0 && q.after == "" {
-		return all
+	if len(q.states) == 0 && len(q.selector) == 0 && q.pageSize == 0 && q.after == "" {
+		return v.current(reg).res
 	}
-	ws := all.GetWorkers()
-	if q.after != "" {
-		ws = ws[sort.Search(len(ws), func(i int) bool { return ws[i].GetName() > q.after }):]
+	return reg.list(q)
+}
+
+// list answers a page or a filtered listing from the indexes: it walks the
+// narrowest of them (the selector's rarest label pair, or each state
+// asked for, or every worker) from the page's start, and stops one worker
+// past the page.
+func (r *registry) list(q listQuery) *batonv1.ListWorkersResponse {
+	limit := -1 // all
+	if q.pageSize > 0 {
+		limit = q.pageSize + 1 // one more tells whether a next page exists
 	}
-	res := &batonv1.ListWorkersResponse{}
-	for _, w := range ws {
-		if len(q.states) > 0 && !slices.Contains(q.states, w.GetState()) {
-			continue
+	states := slices.Compact(slices.Sorted(slices.Values(q.states)))
+	r.mu.RLock()
+	var sources []*memberTree
+	switch {
+	case len(q.selector) > 0 || len(states) == 0:
+		sources = []*memberTree{r.idx.narrowest(q.selector)}
+	default:
+		for _, st := range states {
+			sources = append(sources, r.idx.state(st))
 		}
-		if q.pageSize > 0 && len(res.Workers) == q.pageSize {
-			// One more matches: the page is full and there is a next one.
-			res.NextPageToken = pageToken(res.Workers[len(res.Workers)-1].GetName())
-			break
+	}
+	var found []*member
+	for _, t := range sources {
+		n := 0
+		walk := func(m *member) bool {
+			if m.w.ID == q.after || m.w.State == batonv1.WorkerState_WORKER_STATE_UNSPECIFIED ||
+				len(states) > 0 && !slices.Contains(states, m.w.State) || !matches(m.w.Labels, q.selector) {
+				return true
+			}
+			found = append(found, m)
+			n++
+			return limit < 0 || n < limit
 		}
-		res.Workers = append(res.Workers, w)
+		if q.after == "" {
+			t.Ascend(walk)
+		} else {
+			t.AscendGreaterOrEqual(&member{w: store.Worker{ID: q.after}}, walk)
+		}
+	}
+	if len(sources) > 1 {
+		// Each state's workers are in name order; so is the page.
+		slices.SortFunc(found, func(a, b *member) int { return strings.Compare(a.w.ID, b.w.ID) })
+	}
+	if limit > 0 && len(found) > limit {
+		found = found[:limit]
+	}
+	res := &batonv1.ListWorkersResponse{Workers: make([]*batonv1.Worker, 0, len(found))}
+	for _, m := range found {
+		m.hot.Lock()
+		res.Workers = append(res.Workers, workerToProto(m.w))
+		m.hot.Unlock()
+	}
+	r.mu.RUnlock()
+	if q.pageSize > 0 && len(res.Workers) > q.pageSize {
+		res.Workers = res.Workers[:q.pageSize]
+		res.NextPageToken = pageToken(res.Workers[q.pageSize-1].GetName())
 	}
 	return res
 }
@@ -206,23 +249,23 @@ func (v *rosterView) current(reg *registry) *rosterList {
 	return next
 }
 
-// resortLocked rebuilds the slots from reg's members, in name order,
+// resortLocked rebuilds the slots from reg's members, in name order (a
+// worker's name is its id),
 // keeping what was encoded. The caller holds v.mu and reg.mu (read).
 func (v *rosterView) resortLocked(reg *registry) {
 	old := make(map[*member]viewSlot, len(v.slots))
 	for _, s := range v.slots {
 		old[s.m] = s
 	}
-	slots := make([]viewSlot, 0, len(reg.members))
-	for _, m := range reg.members {
+	slots := make([]viewSlot, 0, reg.idx.all.Len())
+	reg.idx.all.Ascend(func(m *member) bool {
 		s, ok := old[m]
 		if !ok {
 			s = viewSlot{m: m}
 		}
 		slots = append(slots, s)
-	}
-	// A member's name is set when it is added and never changes.
-	slices.SortFunc(slots, func(a, b viewSlot) int { return strings.Compare(a.m.w.Name, b.m.w.Name) })
+		return true
+	})
 	v.slots = slots
 	v.membership = reg.membership
 }

@@ -39,10 +39,14 @@ func (r *registry) totalHot(m *member) {
 	n := c.reported + c.pending + int32(len(c.unreported))
 	if m.w.RunningJobs != n {
 		r.changedHot(m)
-		if n < m.w.RunningJobs {
+		freed := n < m.w.RunningJobs
+		m.w.RunningJobs = n
+		r.reindexHot(m)
+		// After the index has it: the queue's dispatcher finds workers
+		// with room there.
+		if freed {
 			r.slotFreed()
 		}
-		m.w.RunningJobs = n
 	}
 }
 

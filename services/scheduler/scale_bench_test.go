@@ -32,10 +32,18 @@ import (
 	"github.com/baton-run/baton/services/worker"
 )
 
-// Shape of BenchmarkScale10kWorkers.
+// Shape of BenchmarkScale10kWorkers: scaleWorkers fakes heartbeating every
+// scaleHeartbeat, unless BATON_SCALE_WORKERS and BATON_SCALE_HEARTBEAT say
+// otherwise (see scaleShape).
+var (
+	scaleWorkers   = 10000
+	scaleHeartbeat = 5 * time.Second
+)
+
 const (
-	scaleWorkers       = 10000
-	scaleHeartbeat     = 5 * time.Second
+	scaleWorkersEnv   = "BATON_SCALE_WORKERS"
+	scaleHeartbeatEnv = "BATON_SCALE_HEARTBEAT"
+
 	scaleClients       = 8  // HTTP clients (connections) the fakes share
 	scaleRegistrations = 64 // registrations in flight at once
 	scaleProbeRate     = 20 // ListWorkers and StartJob calls per second, each
@@ -86,6 +94,7 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 	if testing.Short() {
 		b.Skip("10k-worker scale run skipped in -short mode")
 	}
+	scaleShape(b)
 	window := scaleWindow
 	if v := os.Getenv(scaleWindowEnv); v != "" {
 		d, err := time.ParseDuration(v)
@@ -197,6 +206,25 @@ func BenchmarkScale10kWorkers(b *testing.B) {
 	}
 }
 
+// scaleShape sets the fleet's size and heartbeat interval from the
+// environment, where given.
+func scaleShape(tb testing.TB) {
+	if v := os.Getenv(scaleWorkersEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 200000 {
+			tb.Fatalf("%s=%q: want a number of workers from 1 to 200000", scaleWorkersEnv, v)
+		}
+		scaleWorkers = n
+	}
+	if v := os.Getenv(scaleHeartbeatEnv); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 100*time.Millisecond {
+			tb.Fatalf("%s=%q: want a duration of at least 100ms, like 10s", scaleHeartbeatEnv, v)
+		}
+		scaleHeartbeat = d
+	}
+}
+
 // serverTimes times the calls an http.Handler serves, by path.
 type serverTimes struct {
 	mu     sync.Mutex
@@ -280,6 +308,7 @@ func TestScaleLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s: %v", scaleWindowEnv, err)
 	}
+	scaleShape(t) // the benchmark's environment is this process's
 	ctx := context.Background()
 	fakeWorkerAddr := serveScale(t, fakeWorkerHandler())
 
@@ -325,7 +354,7 @@ func TestScaleLoad(t *testing.T) {
 	for i := range scaleWorkers {
 		hbWG.Go(func() {
 			// Spread the fakes uniformly over one interval.
-			offset := time.Duration(int64(scaleHeartbeat) * int64(i) / scaleWorkers)
+			offset := time.Duration(int64(scaleHeartbeat) * int64(i) / int64(scaleWorkers))
 			fleet.heartbeatLoop(hbCtx, i, time.Until(start.Add(offset)))
 		})
 	}

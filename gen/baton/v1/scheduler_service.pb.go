@@ -1604,7 +1604,10 @@ type ListWorkersRequest struct {
 	// page_token continues a previous listing (its next_page_token): the page
 	// starts after the last worker of the previous one, by name, so workers that
 	// join meanwhile are not skipped if they sort later.
-	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// selector keeps only workers whose labels hold every pair, as a StartJob
+	// selector picks them.
+	Selector      map[string]string `protobuf:"bytes,4,rep,name=selector,proto3" json:"selector,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1658,6 +1661,13 @@ func (x *ListWorkersRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListWorkersRequest) GetSelector() map[string]string {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
 }
 
 // ListWorkersResponse is the roster, or one page of it.
@@ -2061,13 +2071,17 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x05chunk\x18\x02 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
 	"\x06status\x18\x03 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06status\x12-\n" +
 	"\x06queued\x18\x04 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06queuedB\a\n" +
-	"\x05event\"\xba\x01\n" +
+	"\x05event\"\xf8\x02\n" +
 	"\x12ListWorkersRequest\x12@\n" +
 	"\x06states\x18\x01 \x03(\x0e2\x15.baton.v1.WorkerStateB\x11\xbaH\x0e\x92\x01\v\x10\x05\"\a\x82\x01\x04\x10\x01 \x00R\x06states\x12'\n" +
 	"\tpage_size\x18\x02 \x01(\x05B\n" +
 	"\xbaH\a\x1a\x05\x18\x90N(\x00R\bpageSize\x129\n" +
 	"\n" +
-	"page_token\x18\x03 \x01(\tB\x1a\xbaH\x17r\x15\x18\x80\x012\x10^[A-Za-z0-9_-]*$R\tpageToken\"i\n" +
+	"page_token\x18\x03 \x01(\tB\x1a\xbaH\x17r\x15\x18\x80\x012\x10^[A-Za-z0-9_-]*$R\tpageToken\x12\x7f\n" +
+	"\bselector\x18\x04 \x03(\v2*.baton.v1.ListWorkersRequest.SelectorEntryB7\xbaH4\x9a\x011\x10\x10\"&r$2\"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$*\x05r\x03\x18\x80\x02R\bselector\x1a;\n" +
+	"\rSelectorEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"i\n" +
 	"\x13ListWorkersResponse\x12*\n" +
 	"\aworkers\x18\x01 \x03(\v2\x10.baton.v1.WorkerR\aworkers\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"[\n" +
@@ -2116,7 +2130,7 @@ func file_baton_v1_scheduler_service_proto_rawDescGZIP() []byte {
 }
 
 var file_baton_v1_scheduler_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_baton_v1_scheduler_service_proto_goTypes = []any{
 	(WorkerState)(0),                   // 0: baton.v1.WorkerState
 	(*Worker)(nil),                     // 1: baton.v1.Worker
@@ -2149,77 +2163,79 @@ var file_baton_v1_scheduler_service_proto_goTypes = []any{
 	nil,                                // 28: baton.v1.StartJobRequest.EnvEntry
 	nil,                                // 29: baton.v1.StartJobRequest.SelectorEntry
 	nil,                                // 30: baton.v1.StartJobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),      // 31: google.protobuf.Timestamp
-	(*JobStatus)(nil),                  // 32: baton.v1.JobStatus
-	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
-	(JobState)(0),                      // 34: baton.v1.JobState
-	(OutputStream)(0),                  // 35: baton.v1.OutputStream
-	(*OutputChunk)(nil),                // 36: baton.v1.OutputChunk
+	nil,                                // 31: baton.v1.ListWorkersRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
+	(*JobStatus)(nil),                  // 33: baton.v1.JobStatus
+	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
+	(JobState)(0),                      // 35: baton.v1.JobState
+	(OutputStream)(0),                  // 36: baton.v1.OutputStream
+	(*OutputChunk)(nil),                // 37: baton.v1.OutputChunk
 }
 var file_baton_v1_scheduler_service_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Worker.state:type_name -> baton.v1.WorkerState
 	26, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
-	31, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
-	31, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
+	32, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
+	32, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
 	27, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
-	32, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
-	33, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	32, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
-	33, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	33, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
+	34, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	33, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
+	34, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
 	0,  // 9: baton.v1.HeartbeatResponse.state:type_name -> baton.v1.WorkerState
 	28, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
-	33, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
+	34, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
 	29, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
 	30, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
-	33, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
-	32, // 15: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
-	32, // 16: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
-	32, // 17: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
-	32, // 18: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
-	32, // 19: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
-	34, // 20: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
-	32, // 21: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
-	35, // 22: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
-	36, // 23: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
-	32, // 24: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
+	34, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
+	33, // 15: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
+	33, // 16: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
+	33, // 17: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
+	33, // 18: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
+	33, // 19: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
+	35, // 20: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
+	33, // 21: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
+	36, // 22: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
+	37, // 23: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
+	33, // 24: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
 	8,  // 25: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
-	35, // 26: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
-	32, // 27: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
-	36, // 28: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
-	32, // 29: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
-	32, // 30: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
+	36, // 26: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
+	33, // 27: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
+	37, // 28: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
+	33, // 29: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
+	33, // 30: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
 	0,  // 31: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
-	1,  // 32: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
-	1,  // 33: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
-	2,  // 34: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
-	4,  // 35: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
-	6,  // 36: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
-	8,  // 37: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
-	10, // 38: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
-	12, // 39: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
-	14, // 40: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
-	16, // 41: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
-	18, // 42: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
-	20, // 43: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
-	22, // 44: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
-	24, // 45: baton.v1.SchedulerService.CheckWorkerAddress:input_type -> baton.v1.CheckWorkerAddressRequest
-	3,  // 46: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
-	5,  // 47: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
-	7,  // 48: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
-	9,  // 49: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
-	11, // 50: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
-	13, // 51: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
-	15, // 52: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	17, // 53: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
-	19, // 54: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
-	21, // 55: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
-	23, // 56: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
-	25, // 57: baton.v1.SchedulerService.CheckWorkerAddress:output_type -> baton.v1.CheckWorkerAddressResponse
-	46, // [46:58] is the sub-list for method output_type
-	34, // [34:46] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	31, // 32: baton.v1.ListWorkersRequest.selector:type_name -> baton.v1.ListWorkersRequest.SelectorEntry
+	1,  // 33: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
+	1,  // 34: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
+	2,  // 35: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
+	4,  // 36: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
+	6,  // 37: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
+	8,  // 38: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
+	10, // 39: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
+	12, // 40: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
+	14, // 41: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	16, // 42: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
+	18, // 43: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
+	20, // 44: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
+	22, // 45: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
+	24, // 46: baton.v1.SchedulerService.CheckWorkerAddress:input_type -> baton.v1.CheckWorkerAddressRequest
+	3,  // 47: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
+	5,  // 48: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
+	7,  // 49: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
+	9,  // 50: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
+	11, // 51: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
+	13, // 52: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
+	15, // 53: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	17, // 54: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
+	19, // 55: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
+	21, // 56: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
+	23, // 57: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
+	25, // 58: baton.v1.SchedulerService.CheckWorkerAddress:output_type -> baton.v1.CheckWorkerAddressResponse
+	47, // [47:59] is the sub-list for method output_type
+	35, // [35:47] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_scheduler_service_proto_init() }
@@ -2245,7 +2261,7 @@ func file_baton_v1_scheduler_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_scheduler_service_proto_rawDesc), len(file_baton_v1_scheduler_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
