@@ -15,15 +15,14 @@ import (
 	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
-// benchBinary is a copy of the baton binary of its own for one test, so
-// that the processes it starts are told from those of other tests.
-
 func TestMain(m *testing.M) {
 	code := m.Run()
 	e2e.RemoveSharedBaton()
 	os.Exit(code)
 }
 
+// benchBinary is a copy of the baton binary of its own for one test, so
+// that the processes it starts are told from those of other tests.
 func benchBinary(t *testing.T) string {
 	t.Helper()
 	src, err := os.Open(e2e.SharedBaton(t))

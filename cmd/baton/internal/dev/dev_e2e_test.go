@@ -14,17 +14,16 @@ import (
 	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
-// TestDevClusterFromScratch runs `baton dev` as a user would on a fresh
-// machine (an empty HOME): the client commands find it by themselves over
-// mutual TLS, Ctrl-C stops everything with nothing left behind, and a
-// second start reuses the data and certificates of the first.
-
 func TestMain(m *testing.M) {
 	code := m.Run()
 	e2e.RemoveSharedBaton()
 	os.Exit(code)
 }
 
+// TestDevClusterFromScratch runs `baton dev` as a user would on a fresh
+// machine (an empty HOME): the client commands find it by themselves over
+// mutual TLS, Ctrl-C stops everything with nothing left behind, and a
+// second start reuses the data and certificates of the first.
 func TestDevClusterFromScratch(t *testing.T) {
 	bin := e2e.SharedBaton(t)
 	home := e2e.JobsTempDir(t)
