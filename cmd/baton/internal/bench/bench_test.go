@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -170,6 +171,18 @@ func TestBenchLocal(t *testing.T) {
 			}
 			if res.TargetsCluster != tc.targets {
 				t.Errorf("targets judged on %q, want %q", res.TargetsCluster, tc.targets)
+			}
+			// The tables `baton bench` prints name every row it measured.
+			var table bytes.Buffer
+			printBench(&table, res)
+			wantLines := []string{fmt.Sprintf("%d jobs of \"true\" from 4 clients", jobs), "os/exec", "baton/exec: p50", "errors: none"}
+			if tc.mtls {
+				wantLines = append(wantLines, "baton mTLS", "mTLS/h2c: p50")
+			}
+			for _, want := range wantLines {
+				if !strings.Contains(table.String(), want) {
+					t.Errorf("bench tables lack %q:\n%s", want, table.String())
+				}
 			}
 			var names []string
 			for _, tg := range res.Targets {
