@@ -67,11 +67,12 @@ func (r *registry) slotFreed() {
 //
 // Its fields have two guards. The cold ones (the roster entry's name,
 // address, labels, capacity and registration time; gen, gone, client) are
-// guarded by registry.mu. The hot ones, which a heartbeat changes, are
-// guarded by hot: the entry's running count and last heartbeat, deadline,
-// reporting and rev. State, live and the restart fields are written
-// holding both, so either one is enough to read them. Lock order: registry.mu, then hot. The
-// labels map is never modified once stored, only replaced.
+// written holding registry.mu and hot, so either is enough to read them.
+// The hot ones, which a heartbeat changes, are guarded by hot: the entry's
+// running count and last heartbeat, deadline, reporting and rev. State,
+// live and the restart fields are written holding both too. Lock order:
+// registry.mu, then hot. The labels map is never modified once stored,
+// only replaced.
 type member struct {
 	// opMu serialises the multi-step changes of one worker (registration,
 	// heartbeat, the DOWN transition) and the store writes they make, so

@@ -190,11 +190,14 @@ func (v *rosterView) current(reg *registry) *rosterList {
 		v.resortLocked(reg)
 		resorted = true
 	}
+	reg.mu.RUnlock()
 	// A change after the version was read moves it again: the next call
 	// walks again, so no change is missed.
 	v.version = version
-	// Copy what changed under the locks; encode after them, so that
-	// heartbeats wait only for the walk.
+	// Copy what changed, each member under its own lock (which its cold
+	// fields are written under too); encode after, so that a heartbeat
+	// waits for one copy at most. No roster lock is held: a join or a
+	// placement meanwhile shows in the next answer.
 	var stale []int
 	for i := range v.slots {
 		s := &v.slots[i]
@@ -212,7 +215,6 @@ func (v *rosterView) current(reg *registry) *rosterList {
 		}
 		m.hot.Unlock()
 	}
-	reg.mu.RUnlock()
 
 	for _, i := range stale {
 		s := &v.slots[i]
