@@ -34,10 +34,6 @@ func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, repor
 		s.logger.ErrorContext(ctx, "listing a worker's jobs failed", "worker_id", workerID, "error", err)
 		return unavailable()
 	}
-	t, ok := s.reg.target(workerID)
-	if !ok {
-		return nil
-	}
 	var asks []store.Job
 	for _, j := range jobs {
 		if reported[j.ID] {
@@ -47,6 +43,16 @@ func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, repor
 			continue
 		}
 		asks = append(asks, j)
+	}
+	if len(asks) == 0 {
+		// Nothing to ask: the worker's client is not made (see
+		// targetLocked), as a registration of every worker would make
+		// them all.
+		return nil
+	}
+	t, ok := s.reg.target(workerID)
+	if !ok {
+		return nil
 	}
 	errs := make([]error, len(asks))
 	limit := make(chan struct{}, 16)

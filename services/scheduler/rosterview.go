@@ -42,7 +42,9 @@ type rosterView struct {
 	membership, version uint64
 	// slots holds every member of the registry, by name.
 	slots []viewSlot
-	cur   atomic.Pointer[rosterList]
+	// chunks is the encoding of the listed slots, viewChunk slots each.
+	chunks [][]byte
+	cur    atomic.Pointer[rosterList]
 }
 
 // viewSlot is one member as the view last encoded it.
@@ -64,8 +66,8 @@ type rosterList struct {
 	// date; other changes are applied as they happen.
 	synced time.Time
 	res    *batonv1.ListWorkersResponse
-	// enc is res in protobuf binary form.
-	enc []byte
+	// enc is res in protobuf binary form: the concatenation of its chunks.
+	enc [][]byte
 }
 
 // listQuery is what a ListWorkers call asks for.
@@ -163,9 +165,9 @@ func parsePageToken(tok string) (string, error) {
 // workerNameRE is the worker name pattern of the schema.
 var workerNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
-// encoded returns the wire form of res if res is the view's current
-// answer.
-func (v *rosterView) encoded(res *batonv1.ListWorkersResponse) ([]byte, bool) {
+// encoded returns the wire form of res, in chunks, if res is the view's
+// current answer.
+func (v *rosterView) encoded(res *batonv1.ListWorkersResponse) ([][]byte, bool) {
 	if cur := v.cur.Load(); cur != nil && cur.res == res {
 		return cur.enc, true
 	}
@@ -231,24 +233,55 @@ func (v *rosterView) current(reg *registry) *rosterList {
 		v.cur.Store(next)
 		return next
 	}
-	size, n := 0, 0
+	// The encoding is kept in chunks of viewChunk slots: a change
+	// re-concatenates only its chunk, not the whole roster's megabytes.
+	if chunks := (len(v.slots) + viewChunk - 1) / viewChunk; resorted || len(v.chunks) != chunks {
+		v.chunks = make([][]byte, chunks)
+		for c := range v.chunks {
+			v.chunks[c] = v.chunkEncoding(c)
+		}
+	} else {
+		last := -1
+		for _, i := range stale { // in slot order
+			if c := i / viewChunk; c != last {
+				v.chunks[c] = v.chunkEncoding(c)
+				last = c
+			}
+		}
+	}
+	n := 0
 	for i := range v.slots {
 		if v.slots[i].pb != nil {
-			size += len(v.slots[i].enc)
 			n++
 		}
 	}
 	workers := make([]*batonv1.Worker, 0, n)
-	enc := make([]byte, 0, size)
 	for i := range v.slots {
 		if s := &v.slots[i]; s.pb != nil {
 			workers = append(workers, s.pb)
-			enc = append(enc, s.enc...)
 		}
 	}
-	next := &rosterList{synced: synced, res: &batonv1.ListWorkersResponse{Workers: workers}, enc: enc}
+	next := &rosterList{synced: synced, res: &batonv1.ListWorkersResponse{Workers: workers}, enc: slices.Clone(v.chunks)}
 	v.cur.Store(next)
 	return next
+}
+
+// viewChunk is how many slots share one chunk of the view's encoding.
+const viewChunk = 256
+
+// chunkEncoding concatenates the encodings of chunk c's listed slots. A
+// chunk once built is never modified: answers in flight hold it.
+func (v *rosterView) chunkEncoding(c int) []byte {
+	slots := v.slots[c*viewChunk : min((c+1)*viewChunk, len(v.slots))]
+	size := 0
+	for i := range slots {
+		size += len(slots[i].enc)
+	}
+	b := make([]byte, 0, size)
+	for i := range slots {
+		b = append(b, slots[i].enc...)
+	}
+	return b
 }
 
 // resortLocked rebuilds the slots from reg's members, in name order (a
@@ -315,7 +348,10 @@ func (c listCodec) Marshal(msg any) ([]byte, error) { return c.MarshalAppend(nil
 func (c listCodec) MarshalAppend(dst []byte, msg any) ([]byte, error) {
 	if res, ok := msg.(*batonv1.ListWorkersResponse); ok {
 		if enc, ok := c.view.encoded(res); ok {
-			return append(dst, enc...), nil
+			for _, chunk := range enc {
+				dst = append(dst, chunk...)
+			}
+			return dst, nil
 		}
 	}
 	pm, ok := msg.(proto.Message)

@@ -141,3 +141,38 @@ func TestRosterViewCodecOthers(t *testing.T) {
 		t.Error("Marshal of a string succeeded")
 	}
 }
+
+// TestRosterViewChunks changes workers in different chunks of the view's
+// encoding, one at a time and several at once, and joins one in the
+// middle: each answer's bytes are its workers', in order.
+func TestRosterViewChunks(t *testing.T) {
+	t.Parallel()
+	r := newRegistry(testDial)
+	var v rosterView
+	const n = 3*viewChunk + 17
+	for i := range n {
+		joinWorker(r, fmt.Sprintf("w%04d", 2*i), nil)
+	}
+	check := func(what string, want int) {
+		t.Helper()
+		res := v.list(r, listQuery{})
+		if len(res.GetWorkers()) != want {
+			t.Fatalf("after %s: %d workers, want %d", what, len(res.GetWorkers()), want)
+		}
+		checkEncoding(t, &v, res)
+	}
+	check("joining", n)
+	for _, i := range []int{0, viewChunk + 3, 2*viewChunk - 1, n - 1} {
+		if _, ok := r.heartbeat(r.get(fmt.Sprintf("w%04d", 2*i)), 3, nil, time.Now().Add(time.Minute)); !ok {
+			t.Fatal("heartbeat refused")
+		}
+		check(fmt.Sprintf("a new running count on worker %d", i), n)
+	}
+	if _, err := r.drain(fmt.Sprintf("w%04d", 2*viewChunk)); err != nil {
+		t.Fatal(err)
+	}
+	r.leave(fmt.Sprintf("w%04d", 2*(3*viewChunk)))
+	check("a drain and a departure in two chunks", n)
+	joinWorker(r, fmt.Sprintf("w%04d", 2*viewChunk+1), nil) // sorts into the second chunk
+	check("a join in the middle", n+1)
+}

@@ -84,8 +84,11 @@ func (s *Scheduler) deliverStops(workerID string) {
 		s.logger.ErrorContext(ctx, "listing kept stops failed", "worker_id", workerID, "error", err)
 		return
 	}
+	if len(jobs) == 0 {
+		return // and the worker's client is not made for nothing
+	}
 	t, ok := s.reg.target(workerID)
-	if len(jobs) == 0 || !ok {
+	if !ok {
 		return
 	}
 	limit := make(chan struct{}, 16)
