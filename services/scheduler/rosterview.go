@@ -348,6 +348,11 @@ func (c listCodec) Marshal(msg any) ([]byte, error) { return c.MarshalAppend(nil
 func (c listCodec) MarshalAppend(dst []byte, msg any) ([]byte, error) {
 	if res, ok := msg.(*batonv1.ListWorkersResponse); ok {
 		if enc, ok := c.view.encoded(res); ok {
+			size := 0
+			for _, chunk := range enc {
+				size += len(chunk)
+			}
+			dst = slices.Grow(dst, size) // once, not a doubling per chunk
 			for _, chunk := range enc {
 				dst = append(dst, chunk...)
 			}
