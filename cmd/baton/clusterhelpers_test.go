@@ -207,10 +207,11 @@ allowed_commands = ["bash", "true"]
 capacity = %d
 stop_grace = "2s"
 shutdown_timeout = "20s"
+labels = { host = %q }
 
 [log]
 format = "json"
-`, w.addr, c.schedAdr, name, w.dataDir, scripts, opts.capacity), 0o600)
+`, w.addr, c.schedAdr, name, w.dataDir, scripts, opts.capacity, name), 0o600)
 		c.workers[name] = w
 		c.startWorker(name)
 	}

@@ -326,6 +326,12 @@ func TestCLIAgainstCluster(t *testing.T) {
 		if err := json.Unmarshal([]byte(e.run(t, "workers", "-o", "json").stdout), &roster); err != nil || len(roster) != 2 {
 			t.Errorf("workers -o json: %v, %v", roster, err)
 		}
+		if rows := strings.Split(strings.TrimSpace(e.run(t, "workers", "--selector", "host=w2", "--state", "ready").stdout), "\n"); len(rows) != 2 || !strings.HasPrefix(rows[1], "w2  ") {
+			t.Errorf("workers --selector host=w2 --state ready:\n%s", strings.Join(rows, "\n"))
+		}
+		if out := e.run(t, "workers", "--state", "draining").stdout; strings.Contains(out, "w1") || strings.Contains(out, "w2") {
+			t.Errorf("workers --state draining lists a ready worker:\n%s", out)
+		}
 	})
 
 	t.Run("stop prints the final status", func(t *testing.T) {
@@ -357,6 +363,9 @@ func TestCLIAgainstCluster(t *testing.T) {
 			{"unknown flag", []string{"jobs", "--bogus"}, 2, "baton: baton jobs: unknown flag: --bogus", ""},
 			{"unknown state", []string{"jobs", "--state", "sleeping"}, 2, `baton: --state "sleeping"`, ""},
 			{"bad output", []string{"workers", "-o", "yaml"}, 2, `baton: --output "yaml"`, ""},
+			{"unknown worker state", []string{"workers", "--state", "busy"}, 2, `baton: --state "busy"`, ""},
+			{"bad selector", []string{"workers", "--selector", "host"}, 2, `baton: --selector "host"`, ""},
+			{"selector the schema refuses", []string{"workers", "--selector", "bad key=1"}, 1, "baton: invalid_argument: ", ""},
 			{"unknown job", []string{"status", "01a21d30-3bcb-72dd-97fe-c0ad8a69ebf4"}, 1, "baton: not_found: ", ""},
 			{"unknown worker", []string{"run", "--worker", "w9", "--", "bash", "-c", "true"}, 1, "baton: not_found: ", ""},
 			{"missing script", []string{"run", "--", "bash", "nosuch.sh"}, 1, "baton: not_found: ", "--no-path passes it as a plain argument"},

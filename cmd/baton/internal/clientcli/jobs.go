@@ -323,21 +323,58 @@ func parseJobState(s string) (batonv1.JobState, error) {
 }
 
 func newWorkersCommand() *cobra.Command {
-	return clientCommand(&cobra.Command{
+	var states, selectors []string
+	cmd := &cobra.Command{
 		Use:   "workers",
 		Short: "List the workers: state, address, running jobs, labels",
-		Long:  `workers lists the roster by name. With -o json it prints one JSON array of workers.`,
-		Args:  cliout.UsageArgs(cobra.NoArgs),
-	}, func(c *clientCall, _ []string) error {
-		res, err := c.client.Scheduler().ListWorkers(c.ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
-		if err != nil {
+		Long: `workers lists the roster by name, a page of 1,000 workers at a time.
+With -o json it prints one JSON array of workers.`,
+		Args: cliout.UsageArgs(cobra.NoArgs),
+	}
+	cmd.Flags().StringSliceVar(&states, "state", nil, "only workers in these states: ready, draining, down, left, restarting (repeat or comma-separate)")
+	cmd.Flags().StringArrayVar(&selectors, "selector", nil, "only workers whose labels include k=v (repeat for more)")
+	return clientCommand(cmd, func(c *clientCall, _ []string) error {
+		req := &batonv1.ListWorkersRequest{PageSize: maxPageSize}
+		for _, s := range states {
+			st, err := parseWorkerState(s)
+			if err != nil {
+				return err
+			}
+			req.States = append(req.States, st)
+		}
+		var err error
+		if req.Selector, err = pairs("--selector", selectors); err != nil {
 			return err
 		}
-		if c.format == formatJSON {
-			return writeJSONList(c.out, res.Msg.GetWorkers())
+		var workers []*batonv1.Worker
+		for {
+			res, err := c.client.Scheduler().ListWorkers(c.ctx, connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			workers = append(workers, res.Msg.GetWorkers()...)
+			if req.PageToken = res.Msg.GetNextPageToken(); req.PageToken == "" {
+				break
+			}
 		}
-		return writeWorkersTable(c.out, res.Msg.GetWorkers(), liveStyle())
+		if c.format == formatJSON {
+			return writeJSONList(c.out, workers)
+		}
+		return writeWorkersTable(c.out, workers, liveStyle())
 	})
+}
+
+// parseWorkerState accepts "ready", "READY" and "WORKER_STATE_READY".
+func parseWorkerState(s string) (batonv1.WorkerState, error) {
+	name := strings.ToUpper(strings.TrimSpace(s))
+	if !strings.HasPrefix(name, "WORKER_STATE_") {
+		name = "WORKER_STATE_" + name
+	}
+	v, ok := batonv1.WorkerState_value[name]
+	if !ok || v == 0 {
+		return 0, cliout.UsageErrorf("--state %q: use ready, draining, down, left or restarting", s)
+	}
+	return batonv1.WorkerState(v), nil
 }
 
 func newDrainCommand() *cobra.Command {
