@@ -33,10 +33,10 @@ type registry struct {
 	// idx orders the members by name: all, by state and by label pair.
 	idx rosterIndex
 	// loads orders the READY workers by load, for placement.
-	loads loadHeap
+	loads *loadHeap
 	// due orders the workers that heartbeat or restart by deadline, for
 	// the DOWN sweep.
-	due deadlines
+	due *deadlines
 	// running is the sum of the running counts of the workers that run
 	// jobs (see runsJobs), for the metrics.
 	running atomic.Int64
@@ -117,13 +117,14 @@ type member struct {
 	rev uint64
 
 	// Where the member is filed (see reindexHot and rosterIndex.file):
-	// heapAt and key in registry.loads (guarded by its lock), dueAt in
-	// registry.due (likewise), filed, filedState and filedLabels in
-	// registry.idx (guarded by registry.mu), and the running count
-	// registry.running includes (guarded by hot).
+	// heapAt and key in registry.loads (guarded by its lock), dueAt and
+	// dueTime in registry.due (likewise), filed, filedState and
+	// filedLabels in registry.idx (guarded by registry.mu), and the
+	// running count registry.running includes (guarded by hot).
 	heapAt         int
 	key            heapKey
 	dueAt          int
+	dueTime        time.Time
 	filed          bool
 	filedState     batonv1.WorkerState
 	filedLabels    map[string]string
@@ -147,7 +148,8 @@ type downed struct {
 }
 
 func newRegistry(dial func(name, addr string) batonv1connect.WorkerServiceClient) *registry {
-	return &registry{dial: dial, members: make(map[string]*member), idx: newRosterIndex(), freed: make(chan struct{}, 1)}
+	return &registry{dial: dial, members: make(map[string]*member), idx: newRosterIndex(),
+		loads: newLoadHeap(), due: newDeadlines(), freed: make(chan struct{}, 1)}
 }
 
 // load fills the roster from the store. READY, DRAINING and RESTARTING

@@ -311,15 +311,28 @@ func ListJobs(ctx context.Context, sched batonv1connect.SchedulerServiceClient, 
 
 // parseJobState accepts "running", "RUNNING" and "JOB_STATE_RUNNING".
 func parseJobState(s string) (batonv1.JobState, error) {
+	v, err := parseState(s, "JOB_STATE_", batonv1.JobState_value, "queued, pending, running, succeeded, failed, stopped, timed_out or lost")
+	return batonv1.JobState(v), err
+}
+
+// parseWorkerState accepts "ready", "READY" and "WORKER_STATE_READY".
+func parseWorkerState(s string) (batonv1.WorkerState, error) {
+	v, err := parseState(s, "WORKER_STATE_", batonv1.WorkerState_value, "ready, draining, down, left or restarting")
+	return batonv1.WorkerState(v), err
+}
+
+// parseState finds a --state value among an enum's values (by name, with
+// or without prefix, in any case); the unspecified zero is not one.
+func parseState(s, prefix string, values map[string]int32, choices string) (int32, error) {
 	name := strings.ToUpper(strings.TrimSpace(s))
-	if !strings.HasPrefix(name, "JOB_STATE_") {
-		name = "JOB_STATE_" + name
+	if !strings.HasPrefix(name, prefix) {
+		name = prefix + name
 	}
-	v, ok := batonv1.JobState_value[name]
+	v, ok := values[name]
 	if !ok || v == 0 {
-		return 0, cliout.UsageErrorf("--state %q: use queued, pending, running, succeeded, failed, stopped, timed_out or lost", s)
+		return 0, cliout.UsageErrorf("--state %q: use %s", s, choices)
 	}
-	return batonv1.JobState(v), nil
+	return v, nil
 }
 
 func newWorkersCommand() *cobra.Command {
@@ -362,19 +375,6 @@ With -o json it prints one JSON array of workers.`,
 		}
 		return writeWorkersTable(c.out, workers, liveStyle())
 	})
-}
-
-// parseWorkerState accepts "ready", "READY" and "WORKER_STATE_READY".
-func parseWorkerState(s string) (batonv1.WorkerState, error) {
-	name := strings.ToUpper(strings.TrimSpace(s))
-	if !strings.HasPrefix(name, "WORKER_STATE_") {
-		name = "WORKER_STATE_" + name
-	}
-	v, ok := batonv1.WorkerState_value[name]
-	if !ok || v == 0 {
-		return 0, cliout.UsageErrorf("--state %q: use ready, draining, down, left or restarting", s)
-	}
-	return batonv1.WorkerState(v), nil
 }
 
 func newDrainCommand() *cobra.Command {
