@@ -483,3 +483,34 @@ func TestRunStopsWhenItsOutputCloses(t *testing.T) {
 		t.Errorf("the job after its output closed: %v, want STOPPED", st)
 	}
 }
+
+// TestRunIgnoresAStraySIGPIPE: a SIGPIPE that is not its output closing
+// (while baton run asks for the signal, a write to any broken connection
+// raises one) neither stops the job nor ends the run.
+func TestRunIgnoresAStraySIGPIPE(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, clusterOptions{workers: []string{"w1"}})
+	e := newCLIEnv(t, c)
+	cmd := e.command("run", "--", "bash", "-c", "echo started; sleep 1; echo done")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr e2e.LockedBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	first := make([]byte, len("started\n"))
+	if _, err := io.ReadFull(stdout, first); err != nil {
+		t.Fatalf("first line: %v; stderr %q", err, stderr.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGPIPE); err != nil {
+		t.Fatal(err)
+	}
+	rest, _ := io.ReadAll(stdout)
+	if err := cmd.Wait(); err != nil || string(rest) != "done\n" || strings.Contains(stderr.String(), "stopping") {
+		t.Errorf("after a stray SIGPIPE: %v, rest of the output %q, stderr %q", err, rest, stderr.String())
+	}
+}

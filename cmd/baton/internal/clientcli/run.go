@@ -252,6 +252,15 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, stopSignals()...)
 	defer signal.Stop(sigs)
+	// A write to a closed standard output would end this process with
+	// SIGPIPE and leave the job running. Asked for (and never read), the
+	// signal only makes the write fail with EPIPE, which ends the follow
+	// and stops the job (see outputClosed). It is not a stop signal:
+	// while it is asked for, a write to any broken connection raises it,
+	// not only one to the output.
+	pipes := make(chan os.Signal, 1)
+	signal.Notify(pipes, syscall.SIGPIPE)
+	defer signal.Stop(pipes)
 	if cmd.Context().Err() != nil {
 		// Interrupted before the handler above was in place.
 		return &cliout.ExitError{Code: signalExit(syscall.SIGINT)}
@@ -481,11 +490,10 @@ type followResult struct {
 
 // stopSignals are the signals that stop the job `baton run` follows, as
 // Ctrl-C does: also a terminal's hang-up (unless started under nohup,
-// which ignores it) and the close of the pipe its output goes to (`baton
-// run … | head -1`), which would otherwise end this process and leave the
-// job running.
+// which ignores it). The close of the pipe its output goes to (`baton run
+// … | head -1`) stops it too, through the failed write (outputClosed).
 func stopSignals() []os.Signal {
-	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGPIPE}
+	sigs := []os.Signal{os.Interrupt, syscall.SIGTERM}
 	if !signal.Ignored(syscall.SIGHUP) {
 		sigs = append(sigs, syscall.SIGHUP)
 	}
@@ -557,9 +565,6 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 			if !stopping {
 				stop(sig)
 				continue
-			}
-			if sig == syscall.SIGPIPE {
-				continue // every write to the closed pipe raises one
 			}
 			select {
 			case <-delivered:
