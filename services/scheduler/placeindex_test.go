@@ -9,6 +9,7 @@ import (
 	"time"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
 )
 
 // The registry's indexes against scans of the whole roster: on random
@@ -123,10 +124,15 @@ func (f *fleetModel) step() {
 		slots, err := f.r.place(&batonv1.StartJobRequest{Command: "true", Selector: f.selector()})
 		if err == nil {
 			f.jobs++
-			if f.rnd.IntN(2) == 0 {
-				slots[0].confirm(fmt.Sprint("job-", f.jobs))
-			} else {
+			switch f.rnd.IntN(3) {
+			case 0:
 				slots[0].release()
+			case 1:
+				slots[0].confirm(fmt.Sprint("job-", f.jobs))
+			default:
+				// Started, then ended before any heartbeat told of it.
+				slots[0].confirm(fmt.Sprint("job-", f.jobs))
+				f.r.ended(slots[0].id, fmt.Sprint("job-", f.jobs))
 			}
 		}
 	case op == 7:
@@ -213,6 +219,19 @@ func (f *fleetModel) check(round int) {
 	}
 }
 
+// restart loads the roster into a new registry, as a scheduler starting
+// again does from its store, with a grace before anyone is DOWN.
+func (f *fleetModel) restart() {
+	var workers []store.Worker
+	for _, m := range f.r.members {
+		if m.w.State != batonv1.WorkerState_WORKER_STATE_UNSPECIFIED {
+			workers = append(workers, f.r.snapshot(m))
+		}
+	}
+	f.r = newRegistry(testDial)
+	f.r.load(workers, f.deadline().Sub(time.Now()))
+}
+
 // expire marks DOWN whom a scan says is late, and no one else.
 func (f *fleetModel) expire(round int) {
 	f.offset += time.Duration(f.rnd.IntN(90)) * time.Minute
@@ -255,6 +274,10 @@ func TestIndexesAnswerAsScans(t *testing.T) {
 			f.check(round)
 			if f.rnd.IntN(4) == 0 {
 				f.expire(round)
+				f.check(round)
+			}
+			if f.rnd.IntN(15) == 0 {
+				f.restart()
 				f.check(round)
 			}
 			if f.rnd.IntN(10) == 0 {

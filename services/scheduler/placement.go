@@ -180,11 +180,15 @@ func (r *registry) waitReason(worker string, selector map[string]string) string 
 		}
 		return fmt.Sprintf("waiting for a free slot on worker %q (%d of %d in use)", worker, running, capacity)
 	}
-	ready, matching := r.idx.state(batonv1.WorkerState_WORKER_STATE_READY).Len(), 0
-	r.readyMatchingLocked(selector, func(*member) bool {
-		matching++
-		return true
-	})
+	ready := r.idx.state(batonv1.WorkerState_WORKER_STATE_READY).Len()
+	matching := ready
+	if len(selector) > 0 {
+		matching = 0
+		r.readyMatchingLocked(selector, func(*member) bool {
+			matching++
+			return true
+		})
+	}
 	switch {
 	case ready == 0:
 		return "waiting for a worker: none is ready"

@@ -186,6 +186,7 @@ func (r *registry) addLocked(m *member) {
 		r.membership++
 	case old != m:
 		r.removeLocked(old)
+		r.membership++ // the roster view holds members, not names
 	}
 	r.members[m.w.ID] = m
 	r.index.Store(m.w.ID, m)

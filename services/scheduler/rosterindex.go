@@ -25,8 +25,13 @@ type memberTree = btree.BTreeG[*member]
 
 func newMemberTree() *memberTree {
 	// A worker's name is its id, set when its member is made.
-	return btree.NewG(32, func(a, b *member) bool { return a.w.ID < b.w.ID })
+	return btree.NewWithFreeListG(32, func(a, b *member) bool { return a.w.ID < b.w.ID }, treeNodes)
 }
+
+// treeNodes is the free list every member tree shares: with a label pair
+// per worker (say host=NAME) there are as many trees as workers, and one
+// list each would hold spare nodes for every one of them.
+var treeNodes = btree.NewFreeListG[*member](btree.DefaultFreeListSize)
 
 func newRosterIndex() rosterIndex {
 	return rosterIndex{all: newMemberTree(), byState: make(map[batonv1.WorkerState]*memberTree), byLabel: make(map[string]*memberTree)}

@@ -90,9 +90,10 @@ func (v *rosterView) list(reg *registry, q listQuery) *batonv1.ListWorkersRespon
 }
 
 // list answers a page or a filtered listing from the indexes: it walks the
-// narrowest of them (the selector's rarest label pair, or each state
-// asked for, or every worker) from the page's start, and stops one worker
-// past the page.
+// narrowest of them (the selector's rarest label pair, or the states asked
+// for, or every worker) from the page's start, and stops one worker past
+// the page. Only finding the workers holds the roster lock; their messages
+// are made under each one's own lock.
 func (r *registry) list(q listQuery) *batonv1.ListWorkersResponse {
 	limit := -1 // all
 	if q.pageSize > 0 {
@@ -100,13 +101,17 @@ func (r *registry) list(q listQuery) *batonv1.ListWorkersResponse {
 	}
 	states := slices.Compact(slices.Sorted(slices.Values(q.states)))
 	r.mu.RLock()
-	var sources []*memberTree
-	switch {
-	case len(q.selector) > 0 || len(states) == 0:
-		sources = []*memberTree{r.idx.narrowest(q.selector)}
-	default:
+	sources := []*memberTree{r.idx.narrowest(q.selector)}
+	if len(states) > 0 {
+		var byState []*memberTree
+		n := 0
 		for _, st := range states {
-			sources = append(sources, r.idx.state(st))
+			t := r.idx.state(st)
+			byState = append(byState, t)
+			n += t.Len()
+		}
+		if n < sources[0].Len() {
+			sources = byState
 		}
 	}
 	var found []*member
@@ -127,6 +132,7 @@ func (r *registry) list(q listQuery) *batonv1.ListWorkersResponse {
 			t.AscendGreaterOrEqual(&member{w: store.Worker{ID: q.after}}, walk)
 		}
 	}
+	r.mu.RUnlock()
 	if len(sources) > 1 {
 		// Each state's workers are in name order; so is the page.
 		slices.SortFunc(found, func(a, b *member) int { return strings.Compare(a.w.ID, b.w.ID) })
@@ -136,11 +142,10 @@ func (r *registry) list(q listQuery) *batonv1.ListWorkersResponse {
 	}
 	res := &batonv1.ListWorkersResponse{Workers: make([]*batonv1.Worker, 0, len(found))}
 	for _, m := range found {
-		m.hot.Lock()
+		m.hot.Lock() // enough for every field of m.w (see member)
 		res.Workers = append(res.Workers, workerToProto(m.w))
 		m.hot.Unlock()
 	}
-	r.mu.RUnlock()
 	if q.pageSize > 0 && len(res.Workers) > q.pageSize {
 		res.Workers = res.Workers[:q.pageSize]
 		res.NextPageToken = pageToken(res.Workers[q.pageSize-1].GetName())
