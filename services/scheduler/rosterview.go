@@ -140,15 +140,20 @@ func (r *registry) list(q listQuery) *batonv1.ListWorkersResponse {
 	if limit > 0 && len(found) > limit {
 		found = found[:limit]
 	}
-	res := &batonv1.ListWorkersResponse{Workers: make([]*batonv1.Worker, 0, len(found))}
+	res := &batonv1.ListWorkersResponse{}
+	if q.pageSize > 0 && len(found) > q.pageSize {
+		found = found[:q.pageSize]
+		res.NextPageToken = pageToken(found[q.pageSize-1].w.ID)
+	}
+	res.Workers = make([]*batonv1.Worker, 0, len(found))
 	for _, m := range found {
 		m.hot.Lock() // enough for every field of m.w (see member)
-		res.Workers = append(res.Workers, workerToProto(m.w))
+		// A worker whose state changed since it was found is left out
+		// rather than listed against the filter; the page may be short.
+		if (len(states) == 0 || slices.Contains(states, m.w.State)) && matches(m.w.Labels, q.selector) {
+			res.Workers = append(res.Workers, workerToProto(m.w))
+		}
 		m.hot.Unlock()
-	}
-	if q.pageSize > 0 && len(res.Workers) > q.pageSize {
-		res.Workers = res.Workers[:q.pageSize]
-		res.NextPageToken = pageToken(res.Workers[q.pageSize-1].GetName())
 	}
 	return res
 }
