@@ -168,6 +168,9 @@ func TestQueuedTables(t *testing.T) {
 type queueScheduler struct {
 	batonv1connect.UnimplementedSchedulerServiceHandler
 	then []*batonv1.RunJobResponse
+	// holdAfterThen makes RunJob wait for stopped after sending then, as
+	// for a job that runs on.
+	holdAfterThen bool
 	// stops receives the id of each job StopJob is asked to stop; closing
 	// stopped ends a RunJob that waits for it.
 	stops   chan string
@@ -213,7 +216,7 @@ func (s *queueScheduler) RunJob(ctx context.Context, req *connect.Request[batonv
 			return err
 		}
 	}
-	if len(s.then) > 0 {
+	if len(s.then) > 0 && !s.holdAfterThen {
 		return nil
 	}
 	select {
@@ -394,5 +397,63 @@ func TestCtrlCCancelsAQueuedRun(t *testing.T) {
 		"baton: stopping job " + queuedJobID + " (Ctrl-C again to detach)\n"
 	if stderr.String() != want {
 		t.Errorf("stderr %q, want %q", stderr.String(), want)
+	}
+}
+
+// blockedWriter is an output nobody reads: a write waits until release
+// is closed.
+type blockedWriter struct {
+	entered chan struct{}
+	once    sync.Once
+	release chan struct{}
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.entered) })
+	<-w.release
+	return len(p), nil
+}
+
+// TestCtrlCStopsWhileOutputIsBlocked: the job's output fills a pipe nobody
+// reads, so writing it blocks; Ctrl-C still sends the stop at once.
+func TestCtrlCStopsWhileOutputIsBlocked(t *testing.T) {
+	t.Parallel()
+	started := &batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Started{Started: &batonv1.JobStatus{
+		JobId: queuedJobID, WorkerId: "w1", State: batonv1.JobState_JOB_STATE_RUNNING,
+	}}}
+	chunk := &batonv1.RunJobResponse{Event: &batonv1.RunJobResponse_Chunk{Chunk: &batonv1.OutputChunk{Data: []byte("y\n")}}}
+	s := &queueScheduler{then: []*batonv1.RunJobResponse{started, chunk}, holdAfterThen: true}
+	url := serveQueue(t, s)
+	cl, err := newClient(config.ClientSection{Scheduler: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	stdout := &blockedWriter{entered: make(chan struct{}), release: make(chan struct{})}
+	var stderr e2e.LockedBuffer
+	a := &attachment{client: cl, stdout: stdout, stderr: &stderr, spin: startSpinner(&stderr, "placing the job…")}
+	sigs := make(chan os.Signal, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- a.run(t.Context(), sigs, &batonv1.StartJobRequest{Command: "true", QueueTimeout: durationpb.New(-time.Second)})
+	}()
+	select {
+	case <-stdout.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the job's output was never written")
+	}
+	sigs <- os.Interrupt
+	select {
+	case <-s.stops:
+	case <-time.After(10 * time.Second):
+		close(stdout.release)
+		t.Fatalf("no StopJob within 10s while the output was blocked; stderr %q", stderr.String())
+	}
+	close(stdout.release)
+	close(s.stopped)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the run did not end after its job was stopped")
 	}
 }

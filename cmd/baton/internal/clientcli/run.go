@@ -471,8 +471,18 @@ type attachment struct {
 	// spin says the job is being placed, or queued, until it starts;
 	// anything written to the terminal ends it first.
 	spin *spinner
-	// mu keeps lines of different jobs from interleaving mid-line.
-	mu sync.Mutex
+	// outMu and errMu keep lines of different jobs from interleaving
+	// mid-line, one per stream (see lock): a stdout nobody reads must
+	// not hold up a note on stderr, such as the one a Ctrl-C prints.
+	outMu, errMu sync.Mutex
+}
+
+// lock returns the lock of writer w, stdout or stderr.
+func (a *attachment) lock(w io.Writer) *sync.Mutex {
+	if w == a.stderr {
+		return &a.errMu
+	}
+	return &a.outMu
 }
 
 // quiet ends the spinner, if any, so that it leaves the terminal's lines
@@ -531,16 +541,17 @@ func (a *attachment) follow(ctx context.Context, sigs <-chan os.Signal, interrup
 		if g := a.res.GetGroupId(); g != "" {
 			what, req = "group "+g, &batonv1.StopJobRequest{GroupId: g}
 		}
-		a.printErr("baton: stopping %s (Ctrl-C again to detach)\n", what)
 		traced := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			WroteRequest: func(httptrace.WroteRequestInfo) { markDelivered() },
 		})
+		// The stop goes out first: the note below may wait for stderr.
 		go func() {
 			defer markDelivered()
 			if _, err := a.client.Scheduler().StopJob(traced, connect.NewRequest(req)); err != nil {
 				a.printErr("baton: stop: %s\n", errorLine(explain(err)))
 			}
 		}()
+		a.printErr("baton: stopping %s (Ctrl-C again to detach)\n", what)
 	}
 	if interrupted != nil {
 		stop(interrupted)
@@ -650,8 +661,8 @@ func (a *attachment) workerTag(worker string) string {
 
 func (a *attachment) printErr(format string, args ...any) {
 	a.quiet()
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.errMu.Lock()
+	defer a.errMu.Unlock()
 	fmt.Fprintf(a.stderr, format, args...)
 }
 
@@ -679,9 +690,10 @@ func (s *outputSink) write(c *batonv1.OutputChunk) error {
 	if c.GetStream() == batonv1.OutputStream_OUTPUT_STREAM_STDERR {
 		w = s.a.stderr
 	}
+	mu := s.a.lock(w)
 	if s.tag == nil {
-		s.a.mu.Lock()
-		defer s.a.mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
 		_, err := w.Write(c.GetData())
 		return err
 	}
@@ -700,8 +712,8 @@ func (s *outputSink) write(c *batonv1.OutputChunk) error {
 	if len(out) == 0 {
 		return nil
 	}
-	s.a.mu.Lock()
-	defer s.a.mu.Unlock()
+	mu.Lock()
+	defer mu.Unlock()
 	_, err := w.Write(out)
 	return err
 }
@@ -717,9 +729,10 @@ func (s *outputSink) flush() {
 			w = s.a.stderr
 		}
 		line := append(append(append([]byte{}, s.tag...), p...), '\n')
-		s.a.mu.Lock()
+		mu := s.a.lock(w)
+		mu.Lock()
 		_, _ = w.Write(line)
-		s.a.mu.Unlock()
+		mu.Unlock()
 		s.partial[idx] = nil
 	}
 }
