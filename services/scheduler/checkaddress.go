@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -60,7 +61,8 @@ func (s *Scheduler) checkWorkerAddress(ctx context.Context, name, addr string) *
 	defer cancel()
 	_, err := grpchealth.NewClient(hc, serving.BaseURL(addr, useTLS)).Check(ctx, &grpchealth.CheckRequest{})
 	if err != nil {
-		res.Error = describeCheckError(err)
+		// The remote's words may be anything: bounded, valid UTF-8.
+		res.Error = clip(strings.ToValidUTF8(describeCheckError(err), "\uFFFD"), 1024)
 		return res
 	}
 	res.Reachable = true

@@ -52,9 +52,13 @@ func priorityOf(req *batonv1.StartJobRequest) int32 {
 }
 
 // checkPriority refuses a priority above MaxUserPriority from a caller
-// who is not an admin: going ahead of everyone is the operator's call.
+// who is not an admin: going ahead of everyone is the operator's call. A
+// job that asks for none has the default, whatever the maximum.
 func (s *Scheduler) checkPriority(ctx context.Context, req *batonv1.StartJobRequest) error {
-	p := priorityOf(req)
+	if req.Priority == nil {
+		return nil
+	}
+	p := req.GetPriority()
 	if p <= s.opts.MaxUserPriority || caller(ctx).Role == identity.RoleAdmin {
 		return nil
 	}

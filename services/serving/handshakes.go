@@ -28,7 +28,13 @@ type handshakeSeen struct {
 	suppressed int
 }
 
-const handshakeLogEvery = time.Minute
+const (
+	handshakeLogEvery = time.Minute
+	// maxHandshakeLine bounds a logged handshake error; maxHandshakePeers
+	// the peers remembered for the rate limit.
+	maxHandshakeLine  = 512
+	maxHandshakePeers = 10000
+)
 
 func newHandshakeLog(logger *slog.Logger) *handshakeLog {
 	return &handshakeLog{logger: logger, now: time.Now, last: make(map[string]handshakeSeen)}
@@ -36,6 +42,12 @@ func newHandshakeLog(logger *slog.Logger) *handshakeLog {
 
 func (h *handshakeLog) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
+	// The peer chooses much of this text (an offered protocol list is
+	// quoted in it): bounded, and valid UTF-8, before it is logged.
+	if len(line) > maxHandshakeLine {
+		line = line[:maxHandshakeLine] + "…"
+	}
+	line = strings.ToValidUTF8(line, "\uFFFD")
 	rest, ok := strings.CutPrefix(line, "http: TLS handshake error from ")
 	if !ok {
 		h.logger.Debug(line)
@@ -59,11 +71,16 @@ func (h *handshakeLog) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	h.last[ip] = handshakeSeen{at: now}
-	if len(h.last) > 10000 {
+	if len(h.last) > maxHandshakePeers {
 		for k, v := range h.last {
 			if now.Sub(v.at) >= handshakeLogEvery {
 				delete(h.last, k)
 			}
+		}
+		if len(h.last) > maxHandshakePeers {
+			// Many peers within the minute (a scan, or one host with many
+			// addresses): start afresh rather than grow.
+			clear(h.last)
 		}
 	}
 	h.mu.Unlock()
@@ -85,7 +102,8 @@ func handshakeReason(err string) string {
 		return "the client's certificate is not signed by this cluster's CA"
 	case strings.Contains(err, "certificate has expired"), strings.Contains(err, "not yet valid"):
 		return "the client's certificate has expired or is not valid yet"
-	case strings.Contains(err, "first record does not look like a TLS handshake"):
+	case strings.Contains(err, "first record does not look like a TLS handshake"),
+		strings.Contains(err, "client sent an HTTP request to an HTTPS server"):
 		return "the client spoke plain HTTP to this TLS port: it should use https (set its ca_file)"
 	case strings.Contains(err, "bad certificate"), strings.Contains(err, "unknown certificate authority"):
 		return "the client refused this server's certificate: it does not trust the CA that signed it, or the name it dialled is not in it"

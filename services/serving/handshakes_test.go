@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // lockedBuffer is a log destination safe for the server's goroutines.
@@ -102,5 +104,27 @@ func TestHandshakeLogForgetsAfterAMinute(t *testing.T) {
 	got := logs.lines("refused a TLS handshake")
 	if len(got) != 2 || !strings.Contains(got[1], "refused_since_last_logged=4") {
 		t.Fatalf("logged %q; want the first and, a minute later, one saying 4 were not logged", got)
+	}
+}
+
+// TestHandshakeLogBoundsWhatPeersSay: a peer that offers a huge list of
+// protocols, or bytes that are not UTF-8, gets a bounded, valid line; a
+// flood of peers does not grow the rate limit's memory past its bound.
+func TestHandshakeLogBoundsWhatPeersSay(t *testing.T) {
+	t.Parallel()
+	logs := &lockedBuffer{}
+	h := newHandshakeLog(slog.New(slog.NewTextHandler(logs, nil)))
+	huge := "http: TLS handshake error from 10.0.0.7:5555: tls: client requested unsupported application protocols ([" +
+		strings.Repeat("\xff\"x\" ", 50000) + "])\n"
+	_, _ = h.Write([]byte(huge))
+	got := logs.lines("refused a TLS handshake")
+	if len(got) != 1 || len(got[0]) > 2*maxHandshakeLine || !utf8.ValidString(got[0]) {
+		t.Fatalf("logged %d lines, the first %d bytes (valid UTF-8: %v)", len(got), len(got[0]), utf8.ValidString(got[0]))
+	}
+	for i := range 3 * maxHandshakePeers {
+		_, _ = h.Write(fmt.Appendf(nil, "http: TLS handshake error from [2001:db8::%x]:443: EOF\n", i))
+		if n := len(h.last); n > maxHandshakePeers+1 {
+			t.Fatalf("remembers %d peers after %d, want at most %d", n, i+1, maxHandshakePeers+1)
+		}
 	}
 }

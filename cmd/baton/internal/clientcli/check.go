@@ -305,12 +305,20 @@ func checkWorkerCalls(ctx context.Context, r *checkReport, timeout time.Duration
 		// As daemon.RunWorker: the scheduler is known by its identity.
 		clientTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
 	}
+	// The address as the worker reads it: host:port or a URL whose
+	// scheme must agree with use_tls.
+	hostPort, err := daemon.SchedulerHostPort(cfg.Scheduler.Addr, creds != nil)
+	if err != nil {
+		r.fail("scheduler.addr", "%v", err)
+		r.skip("worker.advertise_addr", "not checked: the scheduler must answer first")
+		return
+	}
 	hc := serving.NewHTTPClient(clientTLS)
 	defer hc.CloseIdleConnections()
-	base := serving.BaseURL(cfg.Scheduler.Addr, creds != nil)
+	base := serving.BaseURL(hostPort, creds != nil)
 
 	callCtx, cancel := context.WithTimeout(ctx, timeout)
-	_, err := grpchealth.NewClient(hc, base).Check(callCtx, &grpchealth.CheckRequest{})
+	_, err = grpchealth.NewClient(hc, base).Check(callCtx, &grpchealth.CheckRequest{})
 	cancel()
 	if err != nil {
 		key, why := blameSchedulerCall(err, timeout)

@@ -123,6 +123,29 @@ scripts_dir = "scripts"
 		}
 	})
 
+	t.Run("scheduler.addr as a URL, as the worker takes it", func(t *testing.T) {
+		t.Parallel()
+		path := worker("w1-url", e2e.FreeAddr(t), "", certs[w1], "certs/ca.crt")
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = []byte(strings.Replace(string(b), fmt.Sprintf("addr = %q\n\n[worker]", schedAddr), fmt.Sprintf("addr = %q\n\n[worker]", "https://"+schedAddr), 1))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r := check(path); !r.ok() {
+			t.Fatalf("https://%s: want every finding ok:\n%s", schedAddr, r)
+		}
+		b = []byte(strings.Replace(string(b), "https://", "http://", 1))
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r := check(path); r.ok() {
+			t.Fatalf("http:// with use_tls = true: want a FAIL:\n%s", r)
+		}
+	})
+
 	t.Run("nobody listens at the advertised address", func(t *testing.T) {
 		t.Parallel()
 		nobody := e2e.FreeAddr(t)

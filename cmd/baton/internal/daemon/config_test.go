@@ -293,7 +293,7 @@ func TestWorkerTakesTheClientsAddressForms(t *testing.T) {
 		{"https://sched", true, "", true},
 		{"https://sched:7070/api", true, "", true},
 	} {
-		got, err := schedulerHostPort(tc.addr, tc.tls)
+		got, err := SchedulerHostPort(tc.addr, tc.tls)
 		if tc.errKey {
 			if err == nil || !strings.Contains(err.Error(), "scheduler.addr") {
 				t.Errorf("%q (tls %v): %q, %v; want an error naming scheduler.addr", tc.addr, tc.tls, got, err)

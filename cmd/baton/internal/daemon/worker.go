@@ -262,7 +262,7 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, opts ...WorkerOption) erro
 		defer audit.Close()
 		reloads["audit file"] = audit.Reopen
 	}
-	if cfg.Scheduler.Addr, err = schedulerHostPort(cfg.Scheduler.Addr, creds != nil); err != nil {
+	if cfg.Scheduler.Addr, err = SchedulerHostPort(cfg.Scheduler.Addr, creds != nil); err != nil {
 		return err
 	}
 	var scheduler batonv1connect.SchedulerServiceClient
@@ -430,12 +430,12 @@ func DefaultWorkerDataDir(name string) string {
 	return filepath.Join(config.StateDir(), "worker-"+name)
 }
 
-// schedulerHostPort reads scheduler.addr in the forms the CLI takes for
+// SchedulerHostPort reads scheduler.addr in the forms the CLI takes for
 // client.scheduler: host:port, or a URL whose scheme agrees with the
 // worker's TLS setting (https with use_tls, http without). It refuses
 // anything else at start, naming the key, rather than dialling a host
 // named "https".
-func schedulerHostPort(addr string, useTLS bool) (string, error) {
+func SchedulerHostPort(addr string, useTLS bool) (string, error) {
 	addr = strings.TrimSpace(addr)
 	if addr == "" || !strings.Contains(addr, "://") {
 		return addr, nil
