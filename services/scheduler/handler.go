@@ -142,7 +142,8 @@ func (h *handler) Heartbeat(ctx context.Context, req *connect.Request[batonv1.He
 		if err := s.recordReport(ctx, id, st); err != nil {
 			return nil, err
 		}
-		s.unsettled.Delete(st.GetJobId())
+		// Settled by its own worker's word only.
+		s.unsettled.CompareAndDelete(st.GetJobId(), id)
 	}
 	s.settleUnknownStarts(id)
 	// The roster entry is not written back: a heartbeat changes only the

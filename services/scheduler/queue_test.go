@@ -502,6 +502,15 @@ func TestUnknownStartIsSettledAtTheNextHeartbeat(t *testing.T) {
 	if st := list(); st.GetState() != batonv1.JobState_JOB_STATE_LOST || !strings.Contains(st.GetReason(), "outcome unknown") {
 		t.Fatalf("the job is %v %q, want LOST with its outcome unknown", st.GetState(), st.GetReason())
 	}
+	// Another worker's word about the job settles nothing: only w1's does.
+	if _, err := sched.client.RegisterWorker(t.Context(), connect.NewRequest(&batonv1.RegisterWorkerRequest{Name: "w2", Address: "127.0.0.1:1"})); err != nil {
+		t.Fatal(err)
+	}
+	id := list().GetJobId()
+	if _, err := sched.client.Heartbeat(t.Context(), connect.NewRequest(&batonv1.HeartbeatRequest{WorkerId: "w2",
+		Changes: []*batonv1.JobStatus{{JobId: id, WorkerId: "w2", State: batonv1.JobState_JOB_STATE_RUNNING}}})); err != nil {
+		t.Fatal(err)
+	}
 	hang.on.Store(false)
 	waitFor(t, "the unknown start to be settled", func() bool {
 		return strings.HasPrefix(list().GetReason(), "never started")

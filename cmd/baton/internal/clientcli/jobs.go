@@ -302,6 +302,9 @@ func ListJobs(ctx context.Context, sched batonv1connect.SchedulerServiceClient, 
 		if next == "" {
 			return jobs, false, nil
 		}
+		if next == req.PageToken {
+			return nil, false, errors.New("the scheduler gave the same page token twice")
+		}
 		if limit > 0 && len(jobs) >= limit {
 			return jobs[:limit], true, nil
 		}
@@ -366,9 +369,14 @@ With -o json it prints one JSON array of workers.`,
 				return err
 			}
 			workers = append(workers, res.Msg.GetWorkers()...)
-			if req.PageToken = res.Msg.GetNextPageToken(); req.PageToken == "" {
+			next := res.Msg.GetNextPageToken()
+			if next == "" {
 				break
 			}
+			if next == req.PageToken {
+				return errors.New("the scheduler gave the same page token twice")
+			}
+			req.PageToken = next
 		}
 		if c.format == formatJSON {
 			return writeJSONList(c.out, workers)
