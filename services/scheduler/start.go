@@ -24,6 +24,9 @@ import (
 // worker under one group, which owns the key.
 
 func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
+	if err := refuseUnbuilt(req); err != nil {
+		return nil, err
+	}
 	if err := s.checkPriority(ctx, req); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@
 package batonv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -158,6 +159,63 @@ func (OutputStream) EnumDescriptor() ([]byte, []int) {
 	return file_baton_v1_job_proto_rawDescGZIP(), []int{1}
 }
 
+// DependencyCondition is what a job waits for another to end as.
+type DependencyCondition int32
+
+const (
+	// DEPENDENCY_CONDITION_UNSPECIFIED is never stored; it means SUCCEEDED in requests.
+	DependencyCondition_DEPENDENCY_CONDITION_UNSPECIFIED DependencyCondition = 0
+	// DEPENDENCY_CONDITION_SUCCEEDED: the other job ended SUCCEEDED.
+	DependencyCondition_DEPENDENCY_CONDITION_SUCCEEDED DependencyCondition = 1
+	// DEPENDENCY_CONDITION_FAILED: it ended in any terminal state but SUCCEEDED.
+	DependencyCondition_DEPENDENCY_CONDITION_FAILED DependencyCondition = 2
+	// DEPENDENCY_CONDITION_ENDED: it ended, however.
+	DependencyCondition_DEPENDENCY_CONDITION_ENDED DependencyCondition = 3
+)
+
+// Enum value maps for DependencyCondition.
+var (
+	DependencyCondition_name = map[int32]string{
+		0: "DEPENDENCY_CONDITION_UNSPECIFIED",
+		1: "DEPENDENCY_CONDITION_SUCCEEDED",
+		2: "DEPENDENCY_CONDITION_FAILED",
+		3: "DEPENDENCY_CONDITION_ENDED",
+	}
+	DependencyCondition_value = map[string]int32{
+		"DEPENDENCY_CONDITION_UNSPECIFIED": 0,
+		"DEPENDENCY_CONDITION_SUCCEEDED":   1,
+		"DEPENDENCY_CONDITION_FAILED":      2,
+		"DEPENDENCY_CONDITION_ENDED":       3,
+	}
+)
+
+func (x DependencyCondition) Enum() *DependencyCondition {
+	p := new(DependencyCondition)
+	*p = x
+	return p
+}
+
+func (x DependencyCondition) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DependencyCondition) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_job_proto_enumTypes[2].Descriptor()
+}
+
+func (DependencyCondition) Type() protoreflect.EnumType {
+	return &file_baton_v1_job_proto_enumTypes[2]
+}
+
+func (x DependencyCondition) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DependencyCondition.Descriptor instead.
+func (DependencyCondition) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{2}
+}
+
 // JobSpec is what a job runs and under which limits, as accepted by its worker.
 type JobSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -190,7 +248,20 @@ type JobSpec struct {
 	Priority int32 `protobuf:"varint,12,opt,name=priority,proto3" json:"priority,omitempty"`
 	// queue_timeout is how long the job could wait for a free slot: zero means
 	// not at all, a negative value without limit.
-	QueueTimeout  *durationpb.Duration `protobuf:"bytes,13,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	QueueTimeout *durationpb.Duration `protobuf:"bytes,13,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	// retry runs the job again when an attempt ends in a way it names.
+	Retry *RetryPolicy `protobuf:"bytes,14,opt,name=retry,proto3" json:"retry,omitempty"`
+	// after lists the jobs (or groups) this job waits for.
+	After []*Dependency `protobuf:"bytes,15,rep,name=after,proto3" json:"after,omitempty"`
+	// script_name, script_size and script_sha256 describe a script sent with
+	// the job (StartJobRequest.script): the worker writes it into the job's
+	// own directory and runs it as path. The content is not in the status.
+	ScriptName   string `protobuf:"bytes,16,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`
+	ScriptSize   int64  `protobuf:"varint,17,opt,name=script_size,json=scriptSize,proto3" json:"script_size,omitempty"`
+	ScriptSha256 string `protobuf:"bytes,18,opt,name=script_sha256,json=scriptSha256,proto3" json:"script_sha256,omitempty"`
+	// array_index is the job's index in an array (BATON_ARRAY_INDEX in its
+	// environment); unset for a job that is not part of an array.
+	ArrayIndex    *int32 `protobuf:"varint,19,opt,name=array_index,json=arrayIndex,proto3,oneof" json:"array_index,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -316,6 +387,439 @@ func (x *JobSpec) GetQueueTimeout() *durationpb.Duration {
 	return nil
 }
 
+func (x *JobSpec) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *JobSpec) GetAfter() []*Dependency {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *JobSpec) GetScriptName() string {
+	if x != nil {
+		return x.ScriptName
+	}
+	return ""
+}
+
+func (x *JobSpec) GetScriptSize() int64 {
+	if x != nil {
+		return x.ScriptSize
+	}
+	return 0
+}
+
+func (x *JobSpec) GetScriptSha256() string {
+	if x != nil {
+		return x.ScriptSha256
+	}
+	return ""
+}
+
+func (x *JobSpec) GetArrayIndex() int32 {
+	if x != nil && x.ArrayIndex != nil {
+		return *x.ArrayIndex
+	}
+	return 0
+}
+
+// JobUsage is what one run of a job cost, as its worker measured it.
+type JobUsage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// cpu_user and cpu_system are the CPU time of the job's processes.
+	CpuUser   *durationpb.Duration `protobuf:"bytes,1,opt,name=cpu_user,json=cpuUser,proto3" json:"cpu_user,omitempty"`
+	CpuSystem *durationpb.Duration `protobuf:"bytes,2,opt,name=cpu_system,json=cpuSystem,proto3" json:"cpu_system,omitempty"`
+	// peak_memory_bytes is the most memory the job held at once.
+	PeakMemoryBytes int64 `protobuf:"varint,3,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
+	// wall is the time from the process's start to its end (or to now).
+	Wall *durationpb.Duration `protobuf:"bytes,4,opt,name=wall,proto3" json:"wall,omitempty"`
+	// source says where the figures come from: "cgroup" (every process of
+	// the job) or "rusage" (the main process and the children it waited for).
+	Source        string `protobuf:"bytes,5,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobUsage) Reset() {
+	*x = JobUsage{}
+	mi := &file_baton_v1_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobUsage) ProtoMessage() {}
+
+func (x *JobUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobUsage.ProtoReflect.Descriptor instead.
+func (*JobUsage) Descriptor() ([]byte, []int) {
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *JobUsage) GetCpuUser() *durationpb.Duration {
+	if x != nil {
+		return x.CpuUser
+	}
+	return nil
+}
+
+func (x *JobUsage) GetCpuSystem() *durationpb.Duration {
+	if x != nil {
+		return x.CpuSystem
+	}
+	return nil
+}
+
+func (x *JobUsage) GetPeakMemoryBytes() int64 {
+	if x != nil {
+		return x.PeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *JobUsage) GetWall() *durationpb.Duration {
+	if x != nil {
+		return x.Wall
+	}
+	return nil
+}
+
+func (x *JobUsage) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+// RetryPolicy says when and how often a job runs again. Each run is an
+// attempt of the same job: the job id stays, and every attempt keeps its
+// own worker, times, end and output.
+type RetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// attempts is the most runs in all (3: the first and two retries).
+	Attempts int32 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// initial_backoff is the wait before the second attempt; each later wait
+	// is the previous times factor, at most max_backoff.
+	InitialBackoff *durationpb.Duration `protobuf:"bytes,2,opt,name=initial_backoff,json=initialBackoff,proto3" json:"initial_backoff,omitempty"`
+	MaxBackoff     *durationpb.Duration `protobuf:"bytes,3,opt,name=max_backoff,json=maxBackoff,proto3" json:"max_backoff,omitempty"`
+	// factor multiplies the wait after each attempt; zero means 2.
+	Factor float64 `protobuf:"fixed64,4,opt,name=factor,proto3" json:"factor,omitempty"`
+	// jitter spreads each wait by up to this fraction of it (0 to 1).
+	Jitter float64 `protobuf:"fixed64,5,opt,name=jitter,proto3" json:"jitter,omitempty"`
+	// exit_codes are the exit codes that count; empty means any non-zero.
+	ExitCodes []int32 `protobuf:"varint,6,rep,packed,name=exit_codes,json=exitCodes,proto3" json:"exit_codes,omitempty"`
+	// timed_out and lost make those ends count too. A lost attempt is
+	// placed again on another matching worker when there is one.
+	TimedOut      bool `protobuf:"varint,7,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	Lost          bool `protobuf:"varint,8,opt,name=lost,proto3" json:"lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_baton_v1_job_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_job_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RetryPolicy) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetInitialBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.InitialBackoff
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetMaxBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.MaxBackoff
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetFactor() float64 {
+	if x != nil {
+		return x.Factor
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetJitter() float64 {
+	if x != nil {
+		return x.Jitter
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetExitCodes() []int32 {
+	if x != nil {
+		return x.ExitCodes
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
+}
+
+func (x *RetryPolicy) GetLost() bool {
+	if x != nil {
+		return x.Lost
+	}
+	return false
+}
+
+// Dependency is one job (or every job of a group) a job waits for.
+type Dependency struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// job_id is the job waited for; group_id waits for every job of a group.
+	JobId   string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	GroupId string `protobuf:"bytes,2,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// condition is what it must end as.
+	Condition     DependencyCondition `protobuf:"varint,3,opt,name=condition,proto3,enum=baton.v1.DependencyCondition" json:"condition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Dependency) Reset() {
+	*x = Dependency{}
+	mi := &file_baton_v1_job_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Dependency) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Dependency) ProtoMessage() {}
+
+func (x *Dependency) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_job_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Dependency.ProtoReflect.Descriptor instead.
+func (*Dependency) Descriptor() ([]byte, []int) {
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Dependency) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *Dependency) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *Dependency) GetCondition() DependencyCondition {
+	if x != nil {
+		return x.Condition
+	}
+	return DependencyCondition_DEPENDENCY_CONDITION_UNSPECIFIED
+}
+
+// Attempt is one run of a job.
+type Attempt struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// number counts from 1.
+	Number int32 `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// run_id is the id the attempt ran under on its worker.
+	RunId         string                 `protobuf:"bytes,2,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	State         JobState               `protobuf:"varint,4,opt,name=state,proto3,enum=baton.v1.JobState" json:"state,omitempty"`
+	ExitCode      *int32                 `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Signal        string                 `protobuf:"bytes,6,opt,name=signal,proto3" json:"signal,omitempty"`
+	Reason        string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	Usage         *JobUsage              `protobuf:"bytes,10,opt,name=usage,proto3" json:"usage,omitempty"`
+	StdoutBytes   int64                  `protobuf:"varint,11,opt,name=stdout_bytes,json=stdoutBytes,proto3" json:"stdout_bytes,omitempty"`
+	StderrBytes   int64                  `protobuf:"varint,12,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_baton_v1_job_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_job_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Attempt) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Attempt) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
+func (x *Attempt) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *Attempt) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *Attempt) GetExitCode() int32 {
+	if x != nil && x.ExitCode != nil {
+		return *x.ExitCode
+	}
+	return 0
+}
+
+func (x *Attempt) GetSignal() string {
+	if x != nil {
+		return x.Signal
+	}
+	return ""
+}
+
+func (x *Attempt) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Attempt) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *Attempt) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
+func (x *Attempt) GetUsage() *JobUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *Attempt) GetStdoutBytes() int64 {
+	if x != nil {
+		return x.StdoutBytes
+	}
+	return 0
+}
+
+func (x *Attempt) GetStderrBytes() int64 {
+	if x != nil {
+		return x.StderrBytes
+	}
+	return 0
+}
+
 // JobStatus is everything known about one job.
 type JobStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -366,13 +870,27 @@ type JobStatus struct {
 	// hands out slots (1 is next); zero otherwise. A job that can only run on
 	// some workers can be passed by later jobs that can run elsewhere.
 	QueuePosition int32 `protobuf:"varint,19,opt,name=queue_position,json=queuePosition,proto3" json:"queue_position,omitempty"`
+	// usage is what the job's current (or last) attempt cost so far.
+	Usage *JobUsage `protobuf:"bytes,20,opt,name=usage,proto3" json:"usage,omitempty"`
+	// attempt is the number of the current (or last) attempt, from 1.
+	Attempt int32 `protobuf:"varint,21,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// attempts are the earlier attempts of a retried job, oldest first; the
+	// current one is the status itself.
+	Attempts []*Attempt `protobuf:"bytes,22,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// schedule names the schedule whose fire created the job, and fire_time
+	// the time it fired for.
+	Schedule string                 `protobuf:"bytes,23,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	FireTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=fire_time,json=fireTime,proto3" json:"fire_time,omitempty"`
+	// not_before is, for a job waiting for a time (a retry's backoff), when
+	// it may be placed.
+	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_baton_v1_job_proto_msgTypes[1]
+	mi := &file_baton_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -384,7 +902,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_job_proto_msgTypes[1]
+	mi := &file_baton_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -397,7 +915,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_baton_v1_job_proto_rawDescGZIP(), []int{1}
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JobStatus) GetJobId() string {
@@ -533,6 +1051,48 @@ func (x *JobStatus) GetQueuePosition() int32 {
 	return 0
 }
 
+func (x *JobStatus) GetUsage() *JobUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+func (x *JobStatus) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *JobStatus) GetAttempts() []*Attempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *JobStatus) GetSchedule() string {
+	if x != nil {
+		return x.Schedule
+	}
+	return ""
+}
+
+func (x *JobStatus) GetFireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FireTime
+	}
+	return nil
+}
+
+func (x *JobStatus) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
+}
+
 // OutputChunk is a piece of a job's output, in the order it was produced.
 type OutputChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -551,7 +1111,7 @@ type OutputChunk struct {
 
 func (x *OutputChunk) Reset() {
 	*x = OutputChunk{}
-	mi := &file_baton_v1_job_proto_msgTypes[2]
+	mi := &file_baton_v1_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +1123,7 @@ func (x *OutputChunk) String() string {
 func (*OutputChunk) ProtoMessage() {}
 
 func (x *OutputChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_job_proto_msgTypes[2]
+	mi := &file_baton_v1_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +1136,7 @@ func (x *OutputChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputChunk.ProtoReflect.Descriptor instead.
 func (*OutputChunk) Descriptor() ([]byte, []int) {
-	return file_baton_v1_job_proto_rawDescGZIP(), []int{2}
+	return file_baton_v1_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *OutputChunk) GetStream() OutputStream {
@@ -611,7 +1171,7 @@ var File_baton_v1_job_proto protoreflect.FileDescriptor
 
 const file_baton_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x05\n" +
+	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\a\n" +
 	"\aJobSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -627,7 +1187,16 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	" \x03(\v2\x1d.baton.v1.JobSpec.LabelsEntryR\x06labels\x12;\n" +
 	"\bselector\x18\v \x03(\v2\x1f.baton.v1.JobSpec.SelectorEntryR\bselector\x12\x1a\n" +
 	"\bpriority\x18\f \x01(\x05R\bpriority\x12>\n" +
-	"\rqueue_timeout\x18\r \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x1a6\n" +
+	"\rqueue_timeout\x18\r \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x12+\n" +
+	"\x05retry\x18\x0e \x01(\v2\x15.baton.v1.RetryPolicyR\x05retry\x12*\n" +
+	"\x05after\x18\x0f \x03(\v2\x14.baton.v1.DependencyR\x05after\x12\x1f\n" +
+	"\vscript_name\x18\x10 \x01(\tR\n" +
+	"scriptName\x12\x1f\n" +
+	"\vscript_size\x18\x11 \x01(\x03R\n" +
+	"scriptSize\x12#\n" +
+	"\rscript_sha256\x18\x12 \x01(\tR\fscriptSha256\x12$\n" +
+	"\varray_index\x18\x13 \x01(\x05H\x00R\n" +
+	"arrayIndex\x88\x01\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -636,7 +1205,50 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
 	"\rSelectorEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa5\x05\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0e\n" +
+	"\f_array_index\"\xed\x01\n" +
+	"\bJobUsage\x124\n" +
+	"\bcpu_user\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\acpuUser\x128\n" +
+	"\n" +
+	"cpu_system\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\tcpuSystem\x12*\n" +
+	"\x11peak_memory_bytes\x18\x03 \x01(\x03R\x0fpeakMemoryBytes\x12-\n" +
+	"\x04wall\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x04wall\x12\x16\n" +
+	"\x06source\x18\x05 \x01(\tR\x06source\"\x9d\x03\n" +
+	"\vRetryPolicy\x12%\n" +
+	"\battempts\x18\x01 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x01R\battempts\x12R\n" +
+	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationB\x0e\xbaH\v\xaa\x01\b\"\x04\b\x80\xa3\x052\x00R\x0einitialBackoff\x12J\n" +
+	"\vmax_backoff\x18\x03 \x01(\v2\x19.google.protobuf.DurationB\x0e\xbaH\v\xaa\x01\b\"\x04\b\x80\xa3\x052\x00R\n" +
+	"maxBackoff\x121\n" +
+	"\x06factor\x18\x04 \x01(\x01B\x19\xbaH\x16\x12\x14@\x01\x19\x00\x00\x00\x00\x00\x00$@)\x00\x00\x00\x00\x00\x00\x00\x00R\x06factor\x121\n" +
+	"\x06jitter\x18\x05 \x01(\x01B\x19\xbaH\x16\x12\x14@\x01\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00R\x06jitter\x120\n" +
+	"\n" +
+	"exit_codes\x18\x06 \x03(\x05B\x11\xbaH\x0e\x92\x01\v\x10@\"\a\x1a\x05\x18\xff\x01(\x01R\texitCodes\x12\x1b\n" +
+	"\ttimed_out\x18\a \x01(\bR\btimedOut\x12\x12\n" +
+	"\x04lost\x18\b \x01(\bR\x04lost\"\xba\x01\n" +
+	"\n" +
+	"Dependency\x12\"\n" +
+	"\x06job_id\x18\x01 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x05jobId\x12&\n" +
+	"\bgroup_id\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\agroupId\x12E\n" +
+	"\tcondition\x18\x03 \x01(\x0e2\x1d.baton.v1.DependencyConditionB\b\xbaH\x05\x82\x01\x02\x10\x01R\tcondition:\x19\xbaH\x16\"\x14\n" +
+	"\x06job_id\n" +
+	"\bgroup_id\x10\x01\"\xc1\x03\n" +
+	"\aAttempt\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x12\x15\n" +
+	"\x06run_id\x18\x02 \x01(\tR\x05runId\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12(\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x12.baton.v1.JobStateR\x05state\x12 \n" +
+	"\texit_code\x18\x05 \x01(\x05H\x00R\bexitCode\x88\x01\x01\x12\x16\n" +
+	"\x06signal\x18\x06 \x01(\tR\x06signal\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"started_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bended_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\x12(\n" +
+	"\x05usage\x18\n" +
+	" \x01(\v2\x12.baton.v1.JobUsageR\x05usage\x12!\n" +
+	"\fstdout_bytes\x18\v \x01(\x03R\vstdoutBytes\x12!\n" +
+	"\fstderr_bytes\x18\f \x01(\x03R\vstderrBytesB\f\n" +
+	"\n" +
+	"_exit_code\"\xa8\a\n" +
 	"\tJobStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12(\n" +
@@ -660,7 +1272,14 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\bgroup_id\x18\x10 \x01(\tR\agroupId\x12 \n" +
 	"\vcontainment\x18\x11 \x01(\tR\vcontainment\x12\x15\n" +
 	"\x06run_as\x18\x12 \x01(\tR\x05runAs\x12%\n" +
-	"\x0equeue_position\x18\x13 \x01(\x05R\rqueuePositionB\f\n" +
+	"\x0equeue_position\x18\x13 \x01(\x05R\rqueuePosition\x12(\n" +
+	"\x05usage\x18\x14 \x01(\v2\x12.baton.v1.JobUsageR\x05usage\x12\x18\n" +
+	"\aattempt\x18\x15 \x01(\x05R\aattempt\x12-\n" +
+	"\battempts\x18\x16 \x03(\v2\x11.baton.v1.AttemptR\battempts\x12\x1a\n" +
+	"\bschedule\x18\x17 \x01(\tR\bschedule\x127\n" +
+	"\tfire_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\bfireTime\x129\n" +
+	"\n" +
+	"not_before\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBeforeB\f\n" +
 	"\n" +
 	"_exit_code\"\x99\x01\n" +
 	"\vOutputChunk\x12.\n" +
@@ -681,7 +1300,12 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\fOutputStream\x12\x1d\n" +
 	"\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n" +
-	"\x14OUTPUT_STREAM_STDERR\x10\x02B\x8a\x01\n" +
+	"\x14OUTPUT_STREAM_STDERR\x10\x02*\xa0\x01\n" +
+	"\x13DependencyCondition\x12$\n" +
+	" DEPENDENCY_CONDITION_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1eDEPENDENCY_CONDITION_SUCCEEDED\x10\x01\x12\x1f\n" +
+	"\x1bDEPENDENCY_CONDITION_FAILED\x10\x02\x12\x1e\n" +
+	"\x1aDEPENDENCY_CONDITION_ENDED\x10\x03B\x8a\x01\n" +
 	"\fcom.baton.v1B\bJobProtoP\x01Z/github.com/baton-run/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (
@@ -696,38 +1320,59 @@ func file_baton_v1_job_proto_rawDescGZIP() []byte {
 	return file_baton_v1_job_proto_rawDescData
 }
 
-var file_baton_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_baton_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_baton_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_baton_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_baton_v1_job_proto_goTypes = []any{
 	(JobState)(0),                 // 0: baton.v1.JobState
 	(OutputStream)(0),             // 1: baton.v1.OutputStream
-	(*JobSpec)(nil),               // 2: baton.v1.JobSpec
-	(*JobStatus)(nil),             // 3: baton.v1.JobStatus
-	(*OutputChunk)(nil),           // 4: baton.v1.OutputChunk
-	nil,                           // 5: baton.v1.JobSpec.EnvEntry
-	nil,                           // 6: baton.v1.JobSpec.LabelsEntry
-	nil,                           // 7: baton.v1.JobSpec.SelectorEntry
-	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(DependencyCondition)(0),      // 2: baton.v1.DependencyCondition
+	(*JobSpec)(nil),               // 3: baton.v1.JobSpec
+	(*JobUsage)(nil),              // 4: baton.v1.JobUsage
+	(*RetryPolicy)(nil),           // 5: baton.v1.RetryPolicy
+	(*Dependency)(nil),            // 6: baton.v1.Dependency
+	(*Attempt)(nil),               // 7: baton.v1.Attempt
+	(*JobStatus)(nil),             // 8: baton.v1.JobStatus
+	(*OutputChunk)(nil),           // 9: baton.v1.OutputChunk
+	nil,                           // 10: baton.v1.JobSpec.EnvEntry
+	nil,                           // 11: baton.v1.JobSpec.LabelsEntry
+	nil,                           // 12: baton.v1.JobSpec.SelectorEntry
+	(*durationpb.Duration)(nil),   // 13: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_baton_v1_job_proto_depIdxs = []int32{
-	5,  // 0: baton.v1.JobSpec.env:type_name -> baton.v1.JobSpec.EnvEntry
-	8,  // 1: baton.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
-	6,  // 2: baton.v1.JobSpec.labels:type_name -> baton.v1.JobSpec.LabelsEntry
-	7,  // 3: baton.v1.JobSpec.selector:type_name -> baton.v1.JobSpec.SelectorEntry
-	8,  // 4: baton.v1.JobSpec.queue_timeout:type_name -> google.protobuf.Duration
-	0,  // 5: baton.v1.JobStatus.state:type_name -> baton.v1.JobState
-	9,  // 6: baton.v1.JobStatus.created_at:type_name -> google.protobuf.Timestamp
-	9,  // 7: baton.v1.JobStatus.started_at:type_name -> google.protobuf.Timestamp
-	9,  // 8: baton.v1.JobStatus.ended_at:type_name -> google.protobuf.Timestamp
-	2,  // 9: baton.v1.JobStatus.spec:type_name -> baton.v1.JobSpec
-	1,  // 10: baton.v1.OutputChunk.stream:type_name -> baton.v1.OutputStream
-	9,  // 11: baton.v1.OutputChunk.time:type_name -> google.protobuf.Timestamp
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 0: baton.v1.JobSpec.env:type_name -> baton.v1.JobSpec.EnvEntry
+	13, // 1: baton.v1.JobSpec.timeout:type_name -> google.protobuf.Duration
+	11, // 2: baton.v1.JobSpec.labels:type_name -> baton.v1.JobSpec.LabelsEntry
+	12, // 3: baton.v1.JobSpec.selector:type_name -> baton.v1.JobSpec.SelectorEntry
+	13, // 4: baton.v1.JobSpec.queue_timeout:type_name -> google.protobuf.Duration
+	5,  // 5: baton.v1.JobSpec.retry:type_name -> baton.v1.RetryPolicy
+	6,  // 6: baton.v1.JobSpec.after:type_name -> baton.v1.Dependency
+	13, // 7: baton.v1.JobUsage.cpu_user:type_name -> google.protobuf.Duration
+	13, // 8: baton.v1.JobUsage.cpu_system:type_name -> google.protobuf.Duration
+	13, // 9: baton.v1.JobUsage.wall:type_name -> google.protobuf.Duration
+	13, // 10: baton.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	13, // 11: baton.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	2,  // 12: baton.v1.Dependency.condition:type_name -> baton.v1.DependencyCondition
+	0,  // 13: baton.v1.Attempt.state:type_name -> baton.v1.JobState
+	14, // 14: baton.v1.Attempt.started_at:type_name -> google.protobuf.Timestamp
+	14, // 15: baton.v1.Attempt.ended_at:type_name -> google.protobuf.Timestamp
+	4,  // 16: baton.v1.Attempt.usage:type_name -> baton.v1.JobUsage
+	0,  // 17: baton.v1.JobStatus.state:type_name -> baton.v1.JobState
+	14, // 18: baton.v1.JobStatus.created_at:type_name -> google.protobuf.Timestamp
+	14, // 19: baton.v1.JobStatus.started_at:type_name -> google.protobuf.Timestamp
+	14, // 20: baton.v1.JobStatus.ended_at:type_name -> google.protobuf.Timestamp
+	3,  // 21: baton.v1.JobStatus.spec:type_name -> baton.v1.JobSpec
+	4,  // 22: baton.v1.JobStatus.usage:type_name -> baton.v1.JobUsage
+	7,  // 23: baton.v1.JobStatus.attempts:type_name -> baton.v1.Attempt
+	14, // 24: baton.v1.JobStatus.fire_time:type_name -> google.protobuf.Timestamp
+	14, // 25: baton.v1.JobStatus.not_before:type_name -> google.protobuf.Timestamp
+	1,  // 26: baton.v1.OutputChunk.stream:type_name -> baton.v1.OutputStream
+	14, // 27: baton.v1.OutputChunk.time:type_name -> google.protobuf.Timestamp
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_job_proto_init() }
@@ -735,14 +1380,16 @@ func file_baton_v1_job_proto_init() {
 	if File_baton_v1_job_proto != nil {
 		return
 	}
-	file_baton_v1_job_proto_msgTypes[1].OneofWrappers = []any{}
+	file_baton_v1_job_proto_msgTypes[0].OneofWrappers = []any{}
+	file_baton_v1_job_proto_msgTypes[4].OneofWrappers = []any{}
+	file_baton_v1_job_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_job_proto_rawDesc), len(file_baton_v1_job_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   6,
+			NumEnums:      3,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

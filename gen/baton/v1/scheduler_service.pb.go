@@ -92,6 +92,125 @@ func (WorkerState) EnumDescriptor() ([]byte, []int) {
 	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{0}
 }
 
+// OverlapPolicy says what a schedule does when a fire comes while the job
+// of an earlier fire still runs.
+type OverlapPolicy int32
+
+const (
+	// OVERLAP_POLICY_UNSPECIFIED means ALLOW.
+	OverlapPolicy_OVERLAP_POLICY_UNSPECIFIED OverlapPolicy = 0
+	// OVERLAP_POLICY_ALLOW starts the new job beside the running one.
+	OverlapPolicy_OVERLAP_POLICY_ALLOW OverlapPolicy = 1
+	// OVERLAP_POLICY_FORBID skips the fire, recorded as skipped.
+	OverlapPolicy_OVERLAP_POLICY_FORBID OverlapPolicy = 2
+	// OVERLAP_POLICY_REPLACE stops the running job, then starts the new one.
+	OverlapPolicy_OVERLAP_POLICY_REPLACE OverlapPolicy = 3
+)
+
+// Enum value maps for OverlapPolicy.
+var (
+	OverlapPolicy_name = map[int32]string{
+		0: "OVERLAP_POLICY_UNSPECIFIED",
+		1: "OVERLAP_POLICY_ALLOW",
+		2: "OVERLAP_POLICY_FORBID",
+		3: "OVERLAP_POLICY_REPLACE",
+	}
+	OverlapPolicy_value = map[string]int32{
+		"OVERLAP_POLICY_UNSPECIFIED": 0,
+		"OVERLAP_POLICY_ALLOW":       1,
+		"OVERLAP_POLICY_FORBID":      2,
+		"OVERLAP_POLICY_REPLACE":     3,
+	}
+)
+
+func (x OverlapPolicy) Enum() *OverlapPolicy {
+	p := new(OverlapPolicy)
+	*p = x
+	return p
+}
+
+func (x OverlapPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (OverlapPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_scheduler_service_proto_enumTypes[1].Descriptor()
+}
+
+func (OverlapPolicy) Type() protoreflect.EnumType {
+	return &file_baton_v1_scheduler_service_proto_enumTypes[1]
+}
+
+func (x OverlapPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use OverlapPolicy.Descriptor instead.
+func (OverlapPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{1}
+}
+
+// FireOutcome is what became of one fire time of a schedule.
+type FireOutcome int32
+
+const (
+	// FIRE_OUTCOME_UNSPECIFIED is never reported.
+	FireOutcome_FIRE_OUTCOME_UNSPECIFIED FireOutcome = 0
+	// FIRE_OUTCOME_STARTED: its job was created (see job_id or group_id).
+	FireOutcome_FIRE_OUTCOME_STARTED FireOutcome = 1
+	// FIRE_OUTCOME_MISSED: the scheduler was down past the catch-up deadline.
+	FireOutcome_FIRE_OUTCOME_MISSED FireOutcome = 2
+	// FIRE_OUTCOME_SKIPPED: the overlap policy forbade it.
+	FireOutcome_FIRE_OUTCOME_SKIPPED FireOutcome = 3
+	// FIRE_OUTCOME_FAILED: its job could not be created (see reason).
+	FireOutcome_FIRE_OUTCOME_FAILED FireOutcome = 4
+)
+
+// Enum value maps for FireOutcome.
+var (
+	FireOutcome_name = map[int32]string{
+		0: "FIRE_OUTCOME_UNSPECIFIED",
+		1: "FIRE_OUTCOME_STARTED",
+		2: "FIRE_OUTCOME_MISSED",
+		3: "FIRE_OUTCOME_SKIPPED",
+		4: "FIRE_OUTCOME_FAILED",
+	}
+	FireOutcome_value = map[string]int32{
+		"FIRE_OUTCOME_UNSPECIFIED": 0,
+		"FIRE_OUTCOME_STARTED":     1,
+		"FIRE_OUTCOME_MISSED":      2,
+		"FIRE_OUTCOME_SKIPPED":     3,
+		"FIRE_OUTCOME_FAILED":      4,
+	}
+)
+
+func (x FireOutcome) Enum() *FireOutcome {
+	p := new(FireOutcome)
+	*p = x
+	return p
+}
+
+func (x FireOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FireOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_baton_v1_scheduler_service_proto_enumTypes[2].Descriptor()
+}
+
+func (FireOutcome) Type() protoreflect.EnumType {
+	return &file_baton_v1_scheduler_service_proto_enumTypes[2]
+}
+
+func (x FireOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FireOutcome.Descriptor instead.
+func (FireOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{2}
+}
+
 // Worker is one roster entry.
 type Worker struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -624,7 +743,23 @@ type StartJobRequest struct {
 	// priority orders queued jobs, 0 (lowest) to 100; unset means 50. Higher
 	// priorities are placed first, then, within a priority, owners take turns
 	// and each owner's jobs go in the order they were submitted.
-	Priority      *int32 `protobuf:"varint,16,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	Priority *int32 `protobuf:"varint,16,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	// retry runs the job again when an attempt ends in a way the policy
+	// names; unset means one attempt.
+	Retry *RetryPolicy `protobuf:"bytes,17,opt,name=retry,proto3" json:"retry,omitempty"`
+	// after makes the job wait in the queue until each job (or group) named
+	// ends as its condition says; a job whose condition can no longer hold
+	// ends without running.
+	After []*Dependency `protobuf:"bytes,18,rep,name=after,proto3" json:"after,omitempty"`
+	// script is the content of a script sent with the job (at most 1 MiB):
+	// the worker writes it into the job's own directory as script_name and
+	// runs command with it as path, so nothing needs to be installed on the
+	// worker. path must be empty when script is set.
+	Script []byte `protobuf:"bytes,19,opt,name=script,proto3" json:"script,omitempty"`
+	// script_name is the file name the script is written as; empty means "script".
+	ScriptName string `protobuf:"bytes,20,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`
+	// array starts one job per index, as a group (see ArraySpec).
+	Array         *ArraySpec `protobuf:"bytes,21,opt,name=array,proto3" json:"array,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -771,6 +906,105 @@ func (x *StartJobRequest) GetPriority() int32 {
 	return 0
 }
 
+func (x *StartJobRequest) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+func (x *StartJobRequest) GetAfter() []*Dependency {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+func (x *StartJobRequest) GetScript() []byte {
+	if x != nil {
+		return x.Script
+	}
+	return nil
+}
+
+func (x *StartJobRequest) GetScriptName() string {
+	if x != nil {
+		return x.ScriptName
+	}
+	return ""
+}
+
+func (x *StartJobRequest) GetArray() *ArraySpec {
+	if x != nil {
+		return x.Array
+	}
+	return nil
+}
+
+// ArraySpec is a request for one job per index from first to last, run at
+// most max_running at once (0: no limit beyond the workers' capacity). Each
+// job has its index in BATON_ARRAY_INDEX; the jobs are listed and stopped
+// as one group.
+type ArraySpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	First         int32                  `protobuf:"varint,1,opt,name=first,proto3" json:"first,omitempty"`
+	Last          int32                  `protobuf:"varint,2,opt,name=last,proto3" json:"last,omitempty"`
+	MaxRunning    int32                  `protobuf:"varint,3,opt,name=max_running,json=maxRunning,proto3" json:"max_running,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArraySpec) Reset() {
+	*x = ArraySpec{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArraySpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArraySpec) ProtoMessage() {}
+
+func (x *ArraySpec) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArraySpec.ProtoReflect.Descriptor instead.
+func (*ArraySpec) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ArraySpec) GetFirst() int32 {
+	if x != nil {
+		return x.First
+	}
+	return 0
+}
+
+func (x *ArraySpec) GetLast() int32 {
+	if x != nil {
+		return x.Last
+	}
+	return 0
+}
+
+func (x *ArraySpec) GetMaxRunning() int32 {
+	if x != nil {
+		return x.MaxRunning
+	}
+	return 0
+}
+
 // StartJobResponse names the started job (or group).
 type StartJobResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -786,7 +1020,7 @@ type StartJobResponse struct {
 
 func (x *StartJobResponse) Reset() {
 	*x = StartJobResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[8]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +1032,7 @@ func (x *StartJobResponse) String() string {
 func (*StartJobResponse) ProtoMessage() {}
 
 func (x *StartJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[8]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +1045,7 @@ func (x *StartJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJobResponse.ProtoReflect.Descriptor instead.
 func (*StartJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{8}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StartJobResponse) GetJobId() string {
@@ -850,7 +1084,7 @@ type StopJobRequest struct {
 
 func (x *StopJobRequest) Reset() {
 	*x = StopJobRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[9]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1096,7 @@ func (x *StopJobRequest) String() string {
 func (*StopJobRequest) ProtoMessage() {}
 
 func (x *StopJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[9]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1109,7 @@ func (x *StopJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopJobRequest.ProtoReflect.Descriptor instead.
 func (*StopJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{9}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StopJobRequest) GetJobId() string {
@@ -912,7 +1146,7 @@ type StopJobResponse struct {
 
 func (x *StopJobResponse) Reset() {
 	*x = StopJobResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[10]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1158,7 @@ func (x *StopJobResponse) String() string {
 func (*StopJobResponse) ProtoMessage() {}
 
 func (x *StopJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[10]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1171,7 @@ func (x *StopJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopJobResponse.ProtoReflect.Descriptor instead.
 func (*StopJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{10}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StopJobResponse) GetStatus() *JobStatus {
@@ -969,7 +1203,7 @@ type QueryJobRequest struct {
 
 func (x *QueryJobRequest) Reset() {
 	*x = QueryJobRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[11]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1215,7 @@ func (x *QueryJobRequest) String() string {
 func (*QueryJobRequest) ProtoMessage() {}
 
 func (x *QueryJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[11]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1228,7 @@ func (x *QueryJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryJobRequest.ProtoReflect.Descriptor instead.
 func (*QueryJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{11}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *QueryJobRequest) GetJobId() string {
@@ -1040,7 +1274,7 @@ type QueryJobResponse struct {
 
 func (x *QueryJobResponse) Reset() {
 	*x = QueryJobResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[12]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1286,7 @@ func (x *QueryJobResponse) String() string {
 func (*QueryJobResponse) ProtoMessage() {}
 
 func (x *QueryJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[12]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1299,7 @@ func (x *QueryJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryJobResponse.ProtoReflect.Descriptor instead.
 func (*QueryJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{12}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *QueryJobResponse) GetDone() bool {
@@ -1124,7 +1358,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[13]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1370,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[13]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1383,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{13}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListJobsRequest) GetWorkerId() string {
@@ -1207,7 +1441,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[14]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1453,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[14]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1466,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{14}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobsResponse) GetJobs() []*JobStatus {
@@ -1260,14 +1494,17 @@ type StreamJobOutputRequest struct {
 	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
 	// stream keeps only one stream; unspecified means both, interleaved in the
 	// order they were produced.
-	Stream        OutputStream `protobuf:"varint,4,opt,name=stream,proto3,enum=baton.v1.OutputStream" json:"stream,omitempty"`
+	Stream OutputStream `protobuf:"varint,4,opt,name=stream,proto3,enum=baton.v1.OutputStream" json:"stream,omitempty"`
+	// attempt picks one attempt of a retried job (from 1); zero means the
+	// current one.
+	Attempt       int32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamJobOutputRequest) Reset() {
 	*x = StreamJobOutputRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[15]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1279,7 +1516,7 @@ func (x *StreamJobOutputRequest) String() string {
 func (*StreamJobOutputRequest) ProtoMessage() {}
 
 func (x *StreamJobOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[15]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1292,7 +1529,7 @@ func (x *StreamJobOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamJobOutputRequest.ProtoReflect.Descriptor instead.
 func (*StreamJobOutputRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{15}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StreamJobOutputRequest) GetJobId() string {
@@ -1323,6 +1560,13 @@ func (x *StreamJobOutputRequest) GetStream() OutputStream {
 	return OutputStream_OUTPUT_STREAM_UNSPECIFIED
 }
 
+func (x *StreamJobOutputRequest) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 // StreamJobOutputResponse is one output chunk, or the job's status as the
 // last message.
 type StreamJobOutputResponse struct {
@@ -1340,7 +1584,7 @@ type StreamJobOutputResponse struct {
 
 func (x *StreamJobOutputResponse) Reset() {
 	*x = StreamJobOutputResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[16]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1596,7 @@ func (x *StreamJobOutputResponse) String() string {
 func (*StreamJobOutputResponse) ProtoMessage() {}
 
 func (x *StreamJobOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[16]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1609,7 @@ func (x *StreamJobOutputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamJobOutputResponse.ProtoReflect.Descriptor instead.
 func (*StreamJobOutputResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{16}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StreamJobOutputResponse) GetEvent() isStreamJobOutputResponse_Event {
@@ -1425,7 +1669,7 @@ type RunJobRequest struct {
 
 func (x *RunJobRequest) Reset() {
 	*x = RunJobRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1437,7 +1681,7 @@ func (x *RunJobRequest) String() string {
 func (*RunJobRequest) ProtoMessage() {}
 
 func (x *RunJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[17]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1450,7 +1694,7 @@ func (x *RunJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunJobRequest.ProtoReflect.Descriptor instead.
 func (*RunJobRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{17}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RunJobRequest) GetJob() *StartJobRequest {
@@ -1486,7 +1730,7 @@ type RunJobResponse struct {
 
 func (x *RunJobResponse) Reset() {
 	*x = RunJobResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1742,7 @@ func (x *RunJobResponse) String() string {
 func (*RunJobResponse) ProtoMessage() {}
 
 func (x *RunJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[18]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1755,7 @@ func (x *RunJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunJobResponse.ProtoReflect.Descriptor instead.
 func (*RunJobResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{18}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RunJobResponse) GetEvent() isRunJobResponse_Event {
@@ -1614,7 +1858,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1626,7 +1870,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[19]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1639,7 +1883,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{19}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListWorkersRequest) GetStates() []WorkerState {
@@ -1684,7 +1928,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1940,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[20]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1953,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{20}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*Worker {
@@ -1737,7 +1981,7 @@ type DrainWorkerRequest struct {
 
 func (x *DrainWorkerRequest) Reset() {
 	*x = DrainWorkerRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[21]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1993,7 @@ func (x *DrainWorkerRequest) String() string {
 func (*DrainWorkerRequest) ProtoMessage() {}
 
 func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[21]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +2006,7 @@ func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
 func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{21}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DrainWorkerRequest) GetWorkerId() string {
@@ -1783,7 +2027,7 @@ type DrainWorkerResponse struct {
 
 func (x *DrainWorkerResponse) Reset() {
 	*x = DrainWorkerResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[22]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +2039,7 @@ func (x *DrainWorkerResponse) String() string {
 func (*DrainWorkerResponse) ProtoMessage() {}
 
 func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[22]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +2052,7 @@ func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
 func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{22}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DrainWorkerResponse) GetWorker() *Worker {
@@ -1830,7 +2074,7 @@ type CheckWorkerAddressRequest struct {
 
 func (x *CheckWorkerAddressRequest) Reset() {
 	*x = CheckWorkerAddressRequest{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[23]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +2086,7 @@ func (x *CheckWorkerAddressRequest) String() string {
 func (*CheckWorkerAddressRequest) ProtoMessage() {}
 
 func (x *CheckWorkerAddressRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[23]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +2099,7 @@ func (x *CheckWorkerAddressRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckWorkerAddressRequest.ProtoReflect.Descriptor instead.
 func (*CheckWorkerAddressRequest) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{23}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckWorkerAddressRequest) GetAddress() string {
@@ -1883,7 +2127,7 @@ type CheckWorkerAddressResponse struct {
 
 func (x *CheckWorkerAddressResponse) Reset() {
 	*x = CheckWorkerAddressResponse{}
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[24]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2139,7 @@ func (x *CheckWorkerAddressResponse) String() string {
 func (*CheckWorkerAddressResponse) ProtoMessage() {}
 
 func (x *CheckWorkerAddressResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_baton_v1_scheduler_service_proto_msgTypes[24]
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2152,7 @@ func (x *CheckWorkerAddressResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckWorkerAddressResponse.ProtoReflect.Descriptor instead.
 func (*CheckWorkerAddressResponse) Descriptor() ([]byte, []int) {
-	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{24}
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CheckWorkerAddressResponse) GetReachable() bool {
@@ -1930,6 +2174,1090 @@ func (x *CheckWorkerAddressResponse) GetExpected() string {
 		return x.Expected
 	}
 	return ""
+}
+
+// ScheduleFire is one fire time of a schedule and what became of it.
+type ScheduleFire struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	FireTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=fire_time,json=fireTime,proto3" json:"fire_time,omitempty"`
+	Outcome  FireOutcome            `protobuf:"varint,2,opt,name=outcome,proto3,enum=baton.v1.FireOutcome" json:"outcome,omitempty"`
+	JobId    string                 `protobuf:"bytes,3,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	GroupId  string                 `protobuf:"bytes,4,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Reason   string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// manual is set for a fire asked for with TriggerSchedule.
+	Manual        bool `protobuf:"varint,6,opt,name=manual,proto3" json:"manual,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleFire) Reset() {
+	*x = ScheduleFire{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleFire) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleFire) ProtoMessage() {}
+
+func (x *ScheduleFire) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleFire.ProtoReflect.Descriptor instead.
+func (*ScheduleFire) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ScheduleFire) GetFireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FireTime
+	}
+	return nil
+}
+
+func (x *ScheduleFire) GetOutcome() FireOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return FireOutcome_FIRE_OUTCOME_UNSPECIFIED
+}
+
+func (x *ScheduleFire) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetManual() bool {
+	if x != nil {
+		return x.Manual
+	}
+	return false
+}
+
+// Schedule is a job spec started at the times a cron expression names.
+type Schedule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name identifies the schedule among its owner's.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// cron has 5 fields (minute to weekday) or 6 (seconds first), or is a
+	// name such as "@hourly", or "@every 30s".
+	Cron string `protobuf:"bytes,2,opt,name=cron,proto3" json:"cron,omitempty"`
+	// time_zone is an IANA zone ("Europe/Paris") the cron is read in; empty means UTC.
+	TimeZone string `protobuf:"bytes,3,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// overlap says what a fire does while an earlier fire's job runs.
+	Overlap OverlapPolicy `protobuf:"varint,4,opt,name=overlap,proto3,enum=baton.v1.OverlapPolicy" json:"overlap,omitempty"`
+	// catch_up is how late a fire may still start after the scheduler was
+	// down; fires later than that are recorded as missed. Zero means 1 minute.
+	CatchUp *durationpb.Duration `protobuf:"bytes,5,opt,name=catch_up,json=catchUp,proto3" json:"catch_up,omitempty"`
+	// history_limit is how many recent fires are kept; zero means 20.
+	HistoryLimit int32 `protobuf:"varint,6,opt,name=history_limit,json=historyLimit,proto3" json:"history_limit,omitempty"`
+	// job is what each fire starts, as StartJob takes it (without an
+	// idempotency key: each fire's key is the schedule and its fire time).
+	Job *StartJobRequest `protobuf:"bytes,7,opt,name=job,proto3" json:"job,omitempty"`
+	// The fields below are the scheduler's; they are ignored in requests.
+	Paused    bool                   `protobuf:"varint,8,opt,name=paused,proto3" json:"paused,omitempty"`
+	Owner     string                 `protobuf:"bytes,9,opt,name=owner,proto3" json:"owner,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// last_fire_time is the latest fire time recorded; next_fire_time the
+	// next one the cron names (unset while paused).
+	LastFireTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_fire_time,json=lastFireTime,proto3" json:"last_fire_time,omitempty"`
+	NextFireTime *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=next_fire_time,json=nextFireTime,proto3" json:"next_fire_time,omitempty"`
+	// fires, misses and skips count the fire times by outcome.
+	Fires  int64 `protobuf:"varint,14,opt,name=fires,proto3" json:"fires,omitempty"`
+	Misses int64 `protobuf:"varint,15,opt,name=misses,proto3" json:"misses,omitempty"`
+	Skips  int64 `protobuf:"varint,16,opt,name=skips,proto3" json:"skips,omitempty"`
+	// recent are the latest fires, newest first (at most history_limit).
+	Recent        []*ScheduleFire `protobuf:"bytes,17,rep,name=recent,proto3" json:"recent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Schedule) Reset() {
+	*x = Schedule{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Schedule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Schedule) ProtoMessage() {}
+
+func (x *Schedule) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Schedule.ProtoReflect.Descriptor instead.
+func (*Schedule) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Schedule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Schedule) GetCron() string {
+	if x != nil {
+		return x.Cron
+	}
+	return ""
+}
+
+func (x *Schedule) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *Schedule) GetOverlap() OverlapPolicy {
+	if x != nil {
+		return x.Overlap
+	}
+	return OverlapPolicy_OVERLAP_POLICY_UNSPECIFIED
+}
+
+func (x *Schedule) GetCatchUp() *durationpb.Duration {
+	if x != nil {
+		return x.CatchUp
+	}
+	return nil
+}
+
+func (x *Schedule) GetHistoryLimit() int32 {
+	if x != nil {
+		return x.HistoryLimit
+	}
+	return 0
+}
+
+func (x *Schedule) GetJob() *StartJobRequest {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *Schedule) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *Schedule) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Schedule) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetUpdatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return nil
+}
+
+func (x *Schedule) GetLastFireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastFireTime
+	}
+	return nil
+}
+
+func (x *Schedule) GetNextFireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextFireTime
+	}
+	return nil
+}
+
+func (x *Schedule) GetFires() int64 {
+	if x != nil {
+		return x.Fires
+	}
+	return 0
+}
+
+func (x *Schedule) GetMisses() int64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *Schedule) GetSkips() int64 {
+	if x != nil {
+		return x.Skips
+	}
+	return 0
+}
+
+func (x *Schedule) GetRecent() []*ScheduleFire {
+	if x != nil {
+		return x.Recent
+	}
+	return nil
+}
+
+// CreateScheduleRequest defines a schedule.
+type CreateScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleRequest) Reset() {
+	*x = CreateScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleRequest) ProtoMessage() {}
+
+func (x *CreateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*CreateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// CreateScheduleResponse is the schedule as stored.
+type CreateScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateScheduleResponse) Reset() {
+	*x = CreateScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateScheduleResponse) ProtoMessage() {}
+
+func (x *CreateScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateScheduleResponse.ProtoReflect.Descriptor instead.
+func (*CreateScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// UpdateScheduleRequest replaces the definition of the schedule of that name.
+type UpdateScheduleRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Schedule *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	// owner picks another principal's schedule (admins only); empty means the caller's.
+	Owner         string `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateScheduleRequest) Reset() {
+	*x = UpdateScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateScheduleRequest) ProtoMessage() {}
+
+func (x *UpdateScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateScheduleRequest.ProtoReflect.Descriptor instead.
+func (*UpdateScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *UpdateScheduleRequest) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+func (x *UpdateScheduleRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// UpdateScheduleResponse is the schedule as stored.
+type UpdateScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateScheduleResponse) Reset() {
+	*x = UpdateScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateScheduleResponse) ProtoMessage() {}
+
+func (x *UpdateScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateScheduleResponse.ProtoReflect.Descriptor instead.
+func (*UpdateScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *UpdateScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ScheduleRef names one schedule: by name among the caller's, or, for
+// admins, among owner's.
+type ScheduleRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Owner         string                 `protobuf:"bytes,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleRef) Reset() {
+	*x = ScheduleRef{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleRef) ProtoMessage() {}
+
+func (x *ScheduleRef) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleRef.ProtoReflect.Descriptor instead.
+func (*ScheduleRef) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *ScheduleRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ScheduleRef) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// GetScheduleRequest asks for one schedule.
+type GetScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *ScheduleRef           `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleRequest) Reset() {
+	*x = GetScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleRequest) ProtoMessage() {}
+
+func (x *GetScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleRequest.ProtoReflect.Descriptor instead.
+func (*GetScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *GetScheduleRequest) GetSchedule() *ScheduleRef {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// GetScheduleResponse is the schedule with its recent fires.
+type GetScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetScheduleResponse) Reset() {
+	*x = GetScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetScheduleResponse) ProtoMessage() {}
+
+func (x *GetScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetScheduleResponse.ProtoReflect.Descriptor instead.
+func (*GetScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *GetScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ListSchedulesRequest lists schedules by owner and name.
+type ListSchedulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most schedules to return; zero means 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues a previous listing (its next_page_token).
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// owner keeps only this principal's schedules.
+	Owner         string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesRequest) Reset() {
+	*x = ListSchedulesRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesRequest) ProtoMessage() {}
+
+func (x *ListSchedulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesRequest.ProtoReflect.Descriptor instead.
+func (*ListSchedulesRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListSchedulesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSchedulesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListSchedulesRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+// ListSchedulesResponse is one page of schedules.
+type ListSchedulesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedules     []*Schedule            `protobuf:"bytes,1,rep,name=schedules,proto3" json:"schedules,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchedulesResponse) Reset() {
+	*x = ListSchedulesResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchedulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchedulesResponse) ProtoMessage() {}
+
+func (x *ListSchedulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchedulesResponse.ProtoReflect.Descriptor instead.
+func (*ListSchedulesResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *ListSchedulesResponse) GetSchedules() []*Schedule {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
+func (x *ListSchedulesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// DeleteScheduleRequest removes a schedule.
+type DeleteScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *ScheduleRef           `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleRequest) Reset() {
+	*x = DeleteScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleRequest) ProtoMessage() {}
+
+func (x *DeleteScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *DeleteScheduleRequest) GetSchedule() *ScheduleRef {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// DeleteScheduleResponse acknowledges a deletion.
+type DeleteScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteScheduleResponse) Reset() {
+	*x = DeleteScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteScheduleResponse) ProtoMessage() {}
+
+func (x *DeleteScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteScheduleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{38}
+}
+
+// PauseScheduleRequest pauses a schedule.
+type PauseScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *ScheduleRef           `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleRequest) Reset() {
+	*x = PauseScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleRequest) ProtoMessage() {}
+
+func (x *PauseScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleRequest.ProtoReflect.Descriptor instead.
+func (*PauseScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *PauseScheduleRequest) GetSchedule() *ScheduleRef {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// PauseScheduleResponse is the paused schedule.
+type PauseScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseScheduleResponse) Reset() {
+	*x = PauseScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseScheduleResponse) ProtoMessage() {}
+
+func (x *PauseScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseScheduleResponse.ProtoReflect.Descriptor instead.
+func (*PauseScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PauseScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ResumeScheduleRequest resumes a paused schedule.
+type ResumeScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *ScheduleRef           `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleRequest) Reset() {
+	*x = ResumeScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleRequest) ProtoMessage() {}
+
+func (x *ResumeScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleRequest.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ResumeScheduleRequest) GetSchedule() *ScheduleRef {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// ResumeScheduleResponse is the resumed schedule.
+type ResumeScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeScheduleResponse) Reset() {
+	*x = ResumeScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeScheduleResponse) ProtoMessage() {}
+
+func (x *ResumeScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeScheduleResponse.ProtoReflect.Descriptor instead.
+func (*ResumeScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// TriggerScheduleRequest fires a schedule now.
+type TriggerScheduleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schedule      *ScheduleRef           `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerScheduleRequest) Reset() {
+	*x = TriggerScheduleRequest{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerScheduleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerScheduleRequest) ProtoMessage() {}
+
+func (x *TriggerScheduleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerScheduleRequest.ProtoReflect.Descriptor instead.
+func (*TriggerScheduleRequest) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *TriggerScheduleRequest) GetSchedule() *ScheduleRef {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
+}
+
+// TriggerScheduleResponse is the manual fire and the schedule after it.
+type TriggerScheduleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fire          *ScheduleFire          `protobuf:"bytes,1,opt,name=fire,proto3" json:"fire,omitempty"`
+	Schedule      *Schedule              `protobuf:"bytes,2,opt,name=schedule,proto3" json:"schedule,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TriggerScheduleResponse) Reset() {
+	*x = TriggerScheduleResponse{}
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TriggerScheduleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TriggerScheduleResponse) ProtoMessage() {}
+
+func (x *TriggerScheduleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_baton_v1_scheduler_service_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TriggerScheduleResponse.ProtoReflect.Descriptor instead.
+func (*TriggerScheduleResponse) Descriptor() ([]byte, []int) {
+	return file_baton_v1_scheduler_service_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *TriggerScheduleResponse) GetFire() *ScheduleFire {
+	if x != nil {
+		return x.Fire
+	}
+	return nil
+}
+
+func (x *TriggerScheduleResponse) GetSchedule() *Schedule {
+	if x != nil {
+		return x.Schedule
+	}
+	return nil
 }
 
 var File_baton_v1_scheduler_service_proto protoreflect.FileDescriptor
@@ -1978,7 +3306,7 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x11HeartbeatResponse\x12H\n" +
 	"\x12heartbeat_interval\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.baton.v1.WorkerStateR\x05state\x12!\n" +
-	"\fjobs_waiting\x18\x03 \x01(\bR\vjobsWaiting\"\xa8\r\n" +
+	"\fjobs_waiting\x18\x03 \x01(\bR\vjobsWaiting\"\xa2\x12\n" +
 	"\x0fStartJobRequest\x12H\n" +
 	"\tworker_id\x18\x01 \x01(\tB+\xbaH(\xd8\x01\x01r#2!^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$R\bworkerId\x120\n" +
 	"\acommand\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x10\x01\x18\xff\x012\n" +
@@ -2003,7 +3331,13 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x06labels\x18\x0e \x03(\v2%.baton.v1.StartJobRequest.LabelsEntryB7\xbaH4\x9a\x011\x10@\"&r$2\"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$*\x05r\x03\x18\x80\x02R\x06labels\x12\xee\x01\n" +
 	"\rqueue_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationB\xad\x01\xbaH\xa9\x01\xba\x01\xa5\x01\n" +
 	"\rqueue_timeout\x12?queue_timeout must be -1s (no limit), or between 0s and 30 days\x1aSthis == duration('-1s') || (this >= duration('0s') && this <= duration('2592000s'))R\fqueueTimeout\x12*\n" +
-	"\bpriority\x18\x10 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00H\x00R\bpriority\x88\x01\x01\x1a6\n" +
+	"\bpriority\x18\x10 \x01(\x05B\t\xbaH\x06\x1a\x04\x18d(\x00H\x00R\bpriority\x88\x01\x01\x12+\n" +
+	"\x05retry\x18\x11 \x01(\v2\x15.baton.v1.RetryPolicyR\x05retry\x124\n" +
+	"\x05after\x18\x12 \x03(\v2\x14.baton.v1.DependencyB\b\xbaH\x05\x92\x01\x02\x10@R\x05after\x12!\n" +
+	"\x06script\x18\x13 \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80@R\x06script\x12B\n" +
+	"\vscript_name\x18\x14 \x01(\tB!\xbaH\x1e\xd8\x01\x01r\x192\x17^[A-Za-z0-9._-]{1,128}$R\n" +
+	"scriptName\x12)\n" +
+	"\x05array\x18\x15 \x01(\v2\x13.baton.v1.ArraySpecR\x05array\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
@@ -2012,9 +3346,18 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xf9\x01\xbaH\xf5\x01\x1a\xf2\x01\n" +
-	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144B\v\n" +
-	"\t_priority\"m\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01:\xfe\x04\xbaH\xfa\x04\x1a\xf2\x01\n" +
+	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144\x1a\x91\x02\n" +
+	"\n" +
+	"spec_total\x12Tthe job's script, command, path, args and env together must be at most 1048576 bytes\x1a\xac\x01size(this.script) + size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 1048576\x1ao\n" +
+	"\vscript_path\x125path must be empty when a script is sent with the job\x1a)size(this.script) == 0 || this.path == ''B\v\n" +
+	"\t_priority\"\x8c\x02\n" +
+	"\tArraySpec\x12\x1d\n" +
+	"\x05first\x18\x01 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x05first\x12\x1b\n" +
+	"\x04last\x18\x02 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\x04last\x12(\n" +
+	"\vmax_running\x18\x03 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\n" +
+	"maxRunning:\x98\x01\xbaH\x94\x01\x1a\x91\x01\n" +
+	"\varray_range\x12Garray: last must be at least first, and an array has at most 10000 jobs\x1a9this.last >= this.first && this.last - this.first < 10000\"m\n" +
 	"\x10StartJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bgroup_id\x18\x02 \x01(\tR\agroupId\x12'\n" +
@@ -2052,12 +3395,13 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\bgroup_id\x18\x06 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\agroupId\"c\n" +
 	"\x10ListJobsResponse\x12'\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x13.baton.v1.JobStatusR\x04jobs\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xac\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xcf\x01\n" +
 	"\x16StreamJobOutputRequest\x12\x1f\n" +
 	"\x06job_id\x18\x01 \x01(\tB\b\xbaH\x05r\x03\xb0\x01\x01R\x05jobId\x12\x1f\n" +
 	"\x06offset\x18\x02 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\x06offset\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x128\n" +
-	"\x06stream\x18\x04 \x01(\x0e2\x16.baton.v1.OutputStreamB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06stream\"\x80\x01\n" +
+	"\x06stream\x18\x04 \x01(\x0e2\x16.baton.v1.OutputStreamB\b\xbaH\x05\x82\x01\x02\x10\x01R\x06stream\x12!\n" +
+	"\aattempt\x18\x05 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00R\aattempt\"\x80\x01\n" +
 	"\x17StreamJobOutputResponse\x12-\n" +
 	"\x05chunk\x18\x01 \x01(\v2\x15.baton.v1.OutputChunkH\x00R\x05chunk\x12-\n" +
 	"\x06status\x18\x02 \x01(\v2\x13.baton.v1.JobStatusH\x00R\x06statusB\a\n" +
@@ -2094,14 +3438,97 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x1aCheckWorkerAddressResponse\x12\x1c\n" +
 	"\treachable\x18\x01 \x01(\bR\treachable\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12\x1a\n" +
-	"\bexpected\x18\x03 \x01(\tR\bexpected*\xa9\x01\n" +
+	"\bexpected\x18\x03 \x01(\tR\bexpected\"\xda\x01\n" +
+	"\fScheduleFire\x127\n" +
+	"\tfire_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\bfireTime\x12/\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x15.baton.v1.FireOutcomeR\aoutcome\x12\x15\n" +
+	"\x06job_id\x18\x03 \x01(\tR\x05jobId\x12\x19\n" +
+	"\bgroup_id\x18\x04 \x01(\tR\agroupId\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06manual\x18\x06 \x01(\bR\x06manual\"\x99\a\n" +
+	"\bSchedule\x126\n" +
+	"\x04name\x18\x01 \x01(\tB\"\xbaH\x1fr\x1d2\x1b^[a-z0-9][a-z0-9._-]{0,62}$R\x04name\x12\x1e\n" +
+	"\x04cron\x18\x02 \x01(\tB\n" +
+	"\xbaH\ar\x05\x10\x01\x18\x80\x01R\x04cron\x12$\n" +
+	"\ttime_zone\x18\x03 \x01(\tB\a\xbaH\x04r\x02\x18@R\btimeZone\x12;\n" +
+	"\aoverlap\x18\x04 \x01(\x0e2\x17.baton.v1.OverlapPolicyB\b\xbaH\x05\x82\x01\x02\x10\x01R\aoverlap\x12E\n" +
+	"\bcatch_up\x18\x05 \x01(\v2\x19.google.protobuf.DurationB\x0f\xbaH\f\xaa\x01\t\"\x05\b\x80\x9a\x9e\x012\x00R\acatchUp\x12/\n" +
+	"\rhistory_limit\x18\x06 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\fhistoryLimit\x12\xbd\x01\n" +
+	"\x03job\x18\a \x01(\v2\x19.baton.v1.StartJobRequestB\x8f\x01\xbaH\x8b\x01\xba\x01\x84\x01\n" +
+	"\x10schedule_job_key\x12Tjob.idempotency_key must be empty: each fire's key is the schedule and its fire time\x1a\x1athis.idempotency_key == ''\xc8\x01\x01R\x03job\x12\x16\n" +
+	"\x06paused\x18\b \x01(\bR\x06paused\x12\x14\n" +
+	"\x05owner\x18\t \x01(\tR\x05owner\x129\n" +
+	"\n" +
+	"created_at\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
+	"\n" +
+	"updated_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12@\n" +
+	"\x0elast_fire_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\flastFireTime\x12@\n" +
+	"\x0enext_fire_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\fnextFireTime\x12\x14\n" +
+	"\x05fires\x18\x0e \x01(\x03R\x05fires\x12\x16\n" +
+	"\x06misses\x18\x0f \x01(\x03R\x06misses\x12\x14\n" +
+	"\x05skips\x18\x10 \x01(\x03R\x05skips\x12.\n" +
+	"\x06recent\x18\x11 \x03(\v2\x16.baton.v1.ScheduleFireR\x06recent\"O\n" +
+	"\x15CreateScheduleRequest\x126\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleB\x06\xbaH\x03\xc8\x01\x01R\bschedule\"H\n" +
+	"\x16CreateScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"o\n" +
+	"\x15UpdateScheduleRequest\x126\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleB\x06\xbaH\x03\xc8\x01\x01R\bschedule\x12\x1e\n" +
+	"\x05owner\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05owner\"H\n" +
+	"\x16UpdateScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"e\n" +
+	"\vScheduleRef\x126\n" +
+	"\x04name\x18\x01 \x01(\tB\"\xbaH\x1fr\x1d2\x1b^[a-z0-9][a-z0-9._-]{0,62}$R\x04name\x12\x1e\n" +
+	"\x05owner\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05owner\"O\n" +
+	"\x12GetScheduleRequest\x129\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.baton.v1.ScheduleRefB\x06\xbaH\x03\xc8\x01\x01R\bschedule\"E\n" +
+	"\x13GetScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"\x88\x01\n" +
+	"\x14ListSchedulesRequest\x12'\n" +
+	"\tpage_size\x18\x01 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xe8\a(\x00R\bpageSize\x12'\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x04R\tpageToken\x12\x1e\n" +
+	"\x05owner\x18\x03 \x01(\tB\b\xbaH\x05r\x03\x18\x80\x02R\x05owner\"q\n" +
+	"\x15ListSchedulesResponse\x120\n" +
+	"\tschedules\x18\x01 \x03(\v2\x12.baton.v1.ScheduleR\tschedules\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"R\n" +
+	"\x15DeleteScheduleRequest\x129\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.baton.v1.ScheduleRefB\x06\xbaH\x03\xc8\x01\x01R\bschedule\"\x18\n" +
+	"\x16DeleteScheduleResponse\"Q\n" +
+	"\x14PauseScheduleRequest\x129\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.baton.v1.ScheduleRefB\x06\xbaH\x03\xc8\x01\x01R\bschedule\"G\n" +
+	"\x15PauseScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"R\n" +
+	"\x15ResumeScheduleRequest\x129\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.baton.v1.ScheduleRefB\x06\xbaH\x03\xc8\x01\x01R\bschedule\"H\n" +
+	"\x16ResumeScheduleResponse\x12.\n" +
+	"\bschedule\x18\x01 \x01(\v2\x12.baton.v1.ScheduleR\bschedule\"S\n" +
+	"\x16TriggerScheduleRequest\x129\n" +
+	"\bschedule\x18\x01 \x01(\v2\x15.baton.v1.ScheduleRefB\x06\xbaH\x03\xc8\x01\x01R\bschedule\"u\n" +
+	"\x17TriggerScheduleResponse\x12*\n" +
+	"\x04fire\x18\x01 \x01(\v2\x16.baton.v1.ScheduleFireR\x04fire\x12.\n" +
+	"\bschedule\x18\x02 \x01(\v2\x12.baton.v1.ScheduleR\bschedule*\xa9\x01\n" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12WORKER_STATE_READY\x10\x01\x12\x19\n" +
 	"\x15WORKER_STATE_DRAINING\x10\x02\x12\x15\n" +
 	"\x11WORKER_STATE_DOWN\x10\x03\x12\x15\n" +
 	"\x11WORKER_STATE_LEFT\x10\x04\x12\x1b\n" +
-	"\x17WORKER_STATE_RESTARTING\x10\x052\xc7\a\n" +
+	"\x17WORKER_STATE_RESTARTING\x10\x05*\x80\x01\n" +
+	"\rOverlapPolicy\x12\x1e\n" +
+	"\x1aOVERLAP_POLICY_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14OVERLAP_POLICY_ALLOW\x10\x01\x12\x19\n" +
+	"\x15OVERLAP_POLICY_FORBID\x10\x02\x12\x1a\n" +
+	"\x16OVERLAP_POLICY_REPLACE\x10\x03*\x91\x01\n" +
+	"\vFireOutcome\x12\x1c\n" +
+	"\x18FIRE_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14FIRE_OUTCOME_STARTED\x10\x01\x12\x17\n" +
+	"\x13FIRE_OUTCOME_MISSED\x10\x02\x12\x18\n" +
+	"\x14FIRE_OUTCOME_SKIPPED\x10\x03\x12\x17\n" +
+	"\x13FIRE_OUTCOME_FAILED\x10\x042\xf9\f\n" +
 	"\x10SchedulerService\x12U\n" +
 	"\x0eRegisterWorker\x12\x1f.baton.v1.RegisterWorkerRequest\x1a .baton.v1.RegisterWorkerResponse\"\x00\x12[\n" +
 	"\x10DeregisterWorker\x12!.baton.v1.DeregisterWorkerRequest\x1a\".baton.v1.DeregisterWorkerResponse\"\x00\x12F\n" +
@@ -2114,7 +3541,15 @@ const file_baton_v1_scheduler_service_proto_rawDesc = "" +
 	"\x06RunJob\x12\x17.baton.v1.RunJobRequest\x1a\x18.baton.v1.RunJobResponse\"\x000\x01\x12O\n" +
 	"\vListWorkers\x12\x1c.baton.v1.ListWorkersRequest\x1a\x1d.baton.v1.ListWorkersResponse\"\x03\x90\x02\x01\x12L\n" +
 	"\vDrainWorker\x12\x1c.baton.v1.DrainWorkerRequest\x1a\x1d.baton.v1.DrainWorkerResponse\"\x00\x12a\n" +
-	"\x12CheckWorkerAddress\x12#.baton.v1.CheckWorkerAddressRequest\x1a$.baton.v1.CheckWorkerAddressResponse\"\x00B\x97\x01\n" +
+	"\x12CheckWorkerAddress\x12#.baton.v1.CheckWorkerAddressRequest\x1a$.baton.v1.CheckWorkerAddressResponse\"\x00\x12U\n" +
+	"\x0eCreateSchedule\x12\x1f.baton.v1.CreateScheduleRequest\x1a .baton.v1.CreateScheduleResponse\"\x00\x12U\n" +
+	"\x0eUpdateSchedule\x12\x1f.baton.v1.UpdateScheduleRequest\x1a .baton.v1.UpdateScheduleResponse\"\x00\x12O\n" +
+	"\vGetSchedule\x12\x1c.baton.v1.GetScheduleRequest\x1a\x1d.baton.v1.GetScheduleResponse\"\x03\x90\x02\x01\x12U\n" +
+	"\rListSchedules\x12\x1e.baton.v1.ListSchedulesRequest\x1a\x1f.baton.v1.ListSchedulesResponse\"\x03\x90\x02\x01\x12U\n" +
+	"\x0eDeleteSchedule\x12\x1f.baton.v1.DeleteScheduleRequest\x1a .baton.v1.DeleteScheduleResponse\"\x00\x12R\n" +
+	"\rPauseSchedule\x12\x1e.baton.v1.PauseScheduleRequest\x1a\x1f.baton.v1.PauseScheduleResponse\"\x00\x12U\n" +
+	"\x0eResumeSchedule\x12\x1f.baton.v1.ResumeScheduleRequest\x1a .baton.v1.ResumeScheduleResponse\"\x00\x12X\n" +
+	"\x0fTriggerSchedule\x12 .baton.v1.TriggerScheduleRequest\x1a!.baton.v1.TriggerScheduleResponse\"\x00B\x97\x01\n" +
 	"\fcom.baton.v1B\x15SchedulerServiceProtoP\x01Z/github.com/baton-run/baton/gen/baton/v1;batonv1\xa2\x02\x03BXX\xaa\x02\bBaton.V1\xca\x02\bBaton\\V1\xe2\x02\x14Baton\\V1\\GPBMetadata\xea\x02\tBaton::V1b\x06proto3"
 
 var (
@@ -2129,113 +3564,181 @@ func file_baton_v1_scheduler_service_proto_rawDescGZIP() []byte {
 	return file_baton_v1_scheduler_service_proto_rawDescData
 }
 
-var file_baton_v1_scheduler_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_baton_v1_scheduler_service_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_baton_v1_scheduler_service_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_baton_v1_scheduler_service_proto_goTypes = []any{
 	(WorkerState)(0),                   // 0: baton.v1.WorkerState
-	(*Worker)(nil),                     // 1: baton.v1.Worker
-	(*RegisterWorkerRequest)(nil),      // 2: baton.v1.RegisterWorkerRequest
-	(*RegisterWorkerResponse)(nil),     // 3: baton.v1.RegisterWorkerResponse
-	(*DeregisterWorkerRequest)(nil),    // 4: baton.v1.DeregisterWorkerRequest
-	(*DeregisterWorkerResponse)(nil),   // 5: baton.v1.DeregisterWorkerResponse
-	(*HeartbeatRequest)(nil),           // 6: baton.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),          // 7: baton.v1.HeartbeatResponse
-	(*StartJobRequest)(nil),            // 8: baton.v1.StartJobRequest
-	(*StartJobResponse)(nil),           // 9: baton.v1.StartJobResponse
-	(*StopJobRequest)(nil),             // 10: baton.v1.StopJobRequest
-	(*StopJobResponse)(nil),            // 11: baton.v1.StopJobResponse
-	(*QueryJobRequest)(nil),            // 12: baton.v1.QueryJobRequest
-	(*QueryJobResponse)(nil),           // 13: baton.v1.QueryJobResponse
-	(*ListJobsRequest)(nil),            // 14: baton.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),           // 15: baton.v1.ListJobsResponse
-	(*StreamJobOutputRequest)(nil),     // 16: baton.v1.StreamJobOutputRequest
-	(*StreamJobOutputResponse)(nil),    // 17: baton.v1.StreamJobOutputResponse
-	(*RunJobRequest)(nil),              // 18: baton.v1.RunJobRequest
-	(*RunJobResponse)(nil),             // 19: baton.v1.RunJobResponse
-	(*ListWorkersRequest)(nil),         // 20: baton.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),        // 21: baton.v1.ListWorkersResponse
-	(*DrainWorkerRequest)(nil),         // 22: baton.v1.DrainWorkerRequest
-	(*DrainWorkerResponse)(nil),        // 23: baton.v1.DrainWorkerResponse
-	(*CheckWorkerAddressRequest)(nil),  // 24: baton.v1.CheckWorkerAddressRequest
-	(*CheckWorkerAddressResponse)(nil), // 25: baton.v1.CheckWorkerAddressResponse
-	nil,                                // 26: baton.v1.Worker.LabelsEntry
-	nil,                                // 27: baton.v1.RegisterWorkerRequest.LabelsEntry
-	nil,                                // 28: baton.v1.StartJobRequest.EnvEntry
-	nil,                                // 29: baton.v1.StartJobRequest.SelectorEntry
-	nil,                                // 30: baton.v1.StartJobRequest.LabelsEntry
-	nil,                                // 31: baton.v1.ListWorkersRequest.SelectorEntry
-	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
-	(*JobStatus)(nil),                  // 33: baton.v1.JobStatus
-	(*durationpb.Duration)(nil),        // 34: google.protobuf.Duration
-	(JobState)(0),                      // 35: baton.v1.JobState
-	(OutputStream)(0),                  // 36: baton.v1.OutputStream
-	(*OutputChunk)(nil),                // 37: baton.v1.OutputChunk
+	(OverlapPolicy)(0),                 // 1: baton.v1.OverlapPolicy
+	(FireOutcome)(0),                   // 2: baton.v1.FireOutcome
+	(*Worker)(nil),                     // 3: baton.v1.Worker
+	(*RegisterWorkerRequest)(nil),      // 4: baton.v1.RegisterWorkerRequest
+	(*RegisterWorkerResponse)(nil),     // 5: baton.v1.RegisterWorkerResponse
+	(*DeregisterWorkerRequest)(nil),    // 6: baton.v1.DeregisterWorkerRequest
+	(*DeregisterWorkerResponse)(nil),   // 7: baton.v1.DeregisterWorkerResponse
+	(*HeartbeatRequest)(nil),           // 8: baton.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),          // 9: baton.v1.HeartbeatResponse
+	(*StartJobRequest)(nil),            // 10: baton.v1.StartJobRequest
+	(*ArraySpec)(nil),                  // 11: baton.v1.ArraySpec
+	(*StartJobResponse)(nil),           // 12: baton.v1.StartJobResponse
+	(*StopJobRequest)(nil),             // 13: baton.v1.StopJobRequest
+	(*StopJobResponse)(nil),            // 14: baton.v1.StopJobResponse
+	(*QueryJobRequest)(nil),            // 15: baton.v1.QueryJobRequest
+	(*QueryJobResponse)(nil),           // 16: baton.v1.QueryJobResponse
+	(*ListJobsRequest)(nil),            // 17: baton.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),           // 18: baton.v1.ListJobsResponse
+	(*StreamJobOutputRequest)(nil),     // 19: baton.v1.StreamJobOutputRequest
+	(*StreamJobOutputResponse)(nil),    // 20: baton.v1.StreamJobOutputResponse
+	(*RunJobRequest)(nil),              // 21: baton.v1.RunJobRequest
+	(*RunJobResponse)(nil),             // 22: baton.v1.RunJobResponse
+	(*ListWorkersRequest)(nil),         // 23: baton.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),        // 24: baton.v1.ListWorkersResponse
+	(*DrainWorkerRequest)(nil),         // 25: baton.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),        // 26: baton.v1.DrainWorkerResponse
+	(*CheckWorkerAddressRequest)(nil),  // 27: baton.v1.CheckWorkerAddressRequest
+	(*CheckWorkerAddressResponse)(nil), // 28: baton.v1.CheckWorkerAddressResponse
+	(*ScheduleFire)(nil),               // 29: baton.v1.ScheduleFire
+	(*Schedule)(nil),                   // 30: baton.v1.Schedule
+	(*CreateScheduleRequest)(nil),      // 31: baton.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil),     // 32: baton.v1.CreateScheduleResponse
+	(*UpdateScheduleRequest)(nil),      // 33: baton.v1.UpdateScheduleRequest
+	(*UpdateScheduleResponse)(nil),     // 34: baton.v1.UpdateScheduleResponse
+	(*ScheduleRef)(nil),                // 35: baton.v1.ScheduleRef
+	(*GetScheduleRequest)(nil),         // 36: baton.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),        // 37: baton.v1.GetScheduleResponse
+	(*ListSchedulesRequest)(nil),       // 38: baton.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),      // 39: baton.v1.ListSchedulesResponse
+	(*DeleteScheduleRequest)(nil),      // 40: baton.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),     // 41: baton.v1.DeleteScheduleResponse
+	(*PauseScheduleRequest)(nil),       // 42: baton.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),      // 43: baton.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),      // 44: baton.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil),     // 45: baton.v1.ResumeScheduleResponse
+	(*TriggerScheduleRequest)(nil),     // 46: baton.v1.TriggerScheduleRequest
+	(*TriggerScheduleResponse)(nil),    // 47: baton.v1.TriggerScheduleResponse
+	nil,                                // 48: baton.v1.Worker.LabelsEntry
+	nil,                                // 49: baton.v1.RegisterWorkerRequest.LabelsEntry
+	nil,                                // 50: baton.v1.StartJobRequest.EnvEntry
+	nil,                                // 51: baton.v1.StartJobRequest.SelectorEntry
+	nil,                                // 52: baton.v1.StartJobRequest.LabelsEntry
+	nil,                                // 53: baton.v1.ListWorkersRequest.SelectorEntry
+	(*timestamppb.Timestamp)(nil),      // 54: google.protobuf.Timestamp
+	(*JobStatus)(nil),                  // 55: baton.v1.JobStatus
+	(*durationpb.Duration)(nil),        // 56: google.protobuf.Duration
+	(*RetryPolicy)(nil),                // 57: baton.v1.RetryPolicy
+	(*Dependency)(nil),                 // 58: baton.v1.Dependency
+	(JobState)(0),                      // 59: baton.v1.JobState
+	(OutputStream)(0),                  // 60: baton.v1.OutputStream
+	(*OutputChunk)(nil),                // 61: baton.v1.OutputChunk
 }
 var file_baton_v1_scheduler_service_proto_depIdxs = []int32{
 	0,  // 0: baton.v1.Worker.state:type_name -> baton.v1.WorkerState
-	26, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
-	32, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
-	32, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
-	27, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
-	33, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
-	34, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	33, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
-	34, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	48, // 1: baton.v1.Worker.labels:type_name -> baton.v1.Worker.LabelsEntry
+	54, // 2: baton.v1.Worker.last_heartbeat:type_name -> google.protobuf.Timestamp
+	54, // 3: baton.v1.Worker.registered_at:type_name -> google.protobuf.Timestamp
+	49, // 4: baton.v1.RegisterWorkerRequest.labels:type_name -> baton.v1.RegisterWorkerRequest.LabelsEntry
+	55, // 5: baton.v1.RegisterWorkerRequest.jobs:type_name -> baton.v1.JobStatus
+	56, // 6: baton.v1.RegisterWorkerResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	55, // 7: baton.v1.HeartbeatRequest.changes:type_name -> baton.v1.JobStatus
+	56, // 8: baton.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
 	0,  // 9: baton.v1.HeartbeatResponse.state:type_name -> baton.v1.WorkerState
-	28, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
-	34, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
-	29, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
-	30, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
-	34, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
-	33, // 15: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
-	33, // 16: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
-	33, // 17: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
-	33, // 18: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
-	33, // 19: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
-	35, // 20: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
-	33, // 21: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
-	36, // 22: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
-	37, // 23: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
-	33, // 24: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
-	8,  // 25: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
-	36, // 26: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
-	33, // 27: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
-	37, // 28: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
-	33, // 29: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
-	33, // 30: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
-	0,  // 31: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
-	31, // 32: baton.v1.ListWorkersRequest.selector:type_name -> baton.v1.ListWorkersRequest.SelectorEntry
-	1,  // 33: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
-	1,  // 34: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
-	2,  // 35: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
-	4,  // 36: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
-	6,  // 37: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
-	8,  // 38: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
-	10, // 39: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
-	12, // 40: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
-	14, // 41: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
-	16, // 42: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
-	18, // 43: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
-	20, // 44: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
-	22, // 45: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
-	24, // 46: baton.v1.SchedulerService.CheckWorkerAddress:input_type -> baton.v1.CheckWorkerAddressRequest
-	3,  // 47: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
-	5,  // 48: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
-	7,  // 49: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
-	9,  // 50: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
-	11, // 51: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
-	13, // 52: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
-	15, // 53: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
-	17, // 54: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
-	19, // 55: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
-	21, // 56: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
-	23, // 57: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
-	25, // 58: baton.v1.SchedulerService.CheckWorkerAddress:output_type -> baton.v1.CheckWorkerAddressResponse
-	47, // [47:59] is the sub-list for method output_type
-	35, // [35:47] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	50, // 10: baton.v1.StartJobRequest.env:type_name -> baton.v1.StartJobRequest.EnvEntry
+	56, // 11: baton.v1.StartJobRequest.timeout:type_name -> google.protobuf.Duration
+	51, // 12: baton.v1.StartJobRequest.selector:type_name -> baton.v1.StartJobRequest.SelectorEntry
+	52, // 13: baton.v1.StartJobRequest.labels:type_name -> baton.v1.StartJobRequest.LabelsEntry
+	56, // 14: baton.v1.StartJobRequest.queue_timeout:type_name -> google.protobuf.Duration
+	57, // 15: baton.v1.StartJobRequest.retry:type_name -> baton.v1.RetryPolicy
+	58, // 16: baton.v1.StartJobRequest.after:type_name -> baton.v1.Dependency
+	11, // 17: baton.v1.StartJobRequest.array:type_name -> baton.v1.ArraySpec
+	55, // 18: baton.v1.StartJobResponse.jobs:type_name -> baton.v1.JobStatus
+	55, // 19: baton.v1.StopJobResponse.status:type_name -> baton.v1.JobStatus
+	55, // 20: baton.v1.StopJobResponse.jobs:type_name -> baton.v1.JobStatus
+	55, // 21: baton.v1.QueryJobResponse.status:type_name -> baton.v1.JobStatus
+	55, // 22: baton.v1.QueryJobResponse.jobs:type_name -> baton.v1.JobStatus
+	59, // 23: baton.v1.ListJobsRequest.states:type_name -> baton.v1.JobState
+	55, // 24: baton.v1.ListJobsResponse.jobs:type_name -> baton.v1.JobStatus
+	60, // 25: baton.v1.StreamJobOutputRequest.stream:type_name -> baton.v1.OutputStream
+	61, // 26: baton.v1.StreamJobOutputResponse.chunk:type_name -> baton.v1.OutputChunk
+	55, // 27: baton.v1.StreamJobOutputResponse.status:type_name -> baton.v1.JobStatus
+	10, // 28: baton.v1.RunJobRequest.job:type_name -> baton.v1.StartJobRequest
+	60, // 29: baton.v1.RunJobRequest.stream:type_name -> baton.v1.OutputStream
+	55, // 30: baton.v1.RunJobResponse.started:type_name -> baton.v1.JobStatus
+	61, // 31: baton.v1.RunJobResponse.chunk:type_name -> baton.v1.OutputChunk
+	55, // 32: baton.v1.RunJobResponse.status:type_name -> baton.v1.JobStatus
+	55, // 33: baton.v1.RunJobResponse.queued:type_name -> baton.v1.JobStatus
+	0,  // 34: baton.v1.ListWorkersRequest.states:type_name -> baton.v1.WorkerState
+	53, // 35: baton.v1.ListWorkersRequest.selector:type_name -> baton.v1.ListWorkersRequest.SelectorEntry
+	3,  // 36: baton.v1.ListWorkersResponse.workers:type_name -> baton.v1.Worker
+	3,  // 37: baton.v1.DrainWorkerResponse.worker:type_name -> baton.v1.Worker
+	54, // 38: baton.v1.ScheduleFire.fire_time:type_name -> google.protobuf.Timestamp
+	2,  // 39: baton.v1.ScheduleFire.outcome:type_name -> baton.v1.FireOutcome
+	1,  // 40: baton.v1.Schedule.overlap:type_name -> baton.v1.OverlapPolicy
+	56, // 41: baton.v1.Schedule.catch_up:type_name -> google.protobuf.Duration
+	10, // 42: baton.v1.Schedule.job:type_name -> baton.v1.StartJobRequest
+	54, // 43: baton.v1.Schedule.created_at:type_name -> google.protobuf.Timestamp
+	54, // 44: baton.v1.Schedule.updated_at:type_name -> google.protobuf.Timestamp
+	54, // 45: baton.v1.Schedule.last_fire_time:type_name -> google.protobuf.Timestamp
+	54, // 46: baton.v1.Schedule.next_fire_time:type_name -> google.protobuf.Timestamp
+	29, // 47: baton.v1.Schedule.recent:type_name -> baton.v1.ScheduleFire
+	30, // 48: baton.v1.CreateScheduleRequest.schedule:type_name -> baton.v1.Schedule
+	30, // 49: baton.v1.CreateScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	30, // 50: baton.v1.UpdateScheduleRequest.schedule:type_name -> baton.v1.Schedule
+	30, // 51: baton.v1.UpdateScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 52: baton.v1.GetScheduleRequest.schedule:type_name -> baton.v1.ScheduleRef
+	30, // 53: baton.v1.GetScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	30, // 54: baton.v1.ListSchedulesResponse.schedules:type_name -> baton.v1.Schedule
+	35, // 55: baton.v1.DeleteScheduleRequest.schedule:type_name -> baton.v1.ScheduleRef
+	35, // 56: baton.v1.PauseScheduleRequest.schedule:type_name -> baton.v1.ScheduleRef
+	30, // 57: baton.v1.PauseScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 58: baton.v1.ResumeScheduleRequest.schedule:type_name -> baton.v1.ScheduleRef
+	30, // 59: baton.v1.ResumeScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	35, // 60: baton.v1.TriggerScheduleRequest.schedule:type_name -> baton.v1.ScheduleRef
+	29, // 61: baton.v1.TriggerScheduleResponse.fire:type_name -> baton.v1.ScheduleFire
+	30, // 62: baton.v1.TriggerScheduleResponse.schedule:type_name -> baton.v1.Schedule
+	4,  // 63: baton.v1.SchedulerService.RegisterWorker:input_type -> baton.v1.RegisterWorkerRequest
+	6,  // 64: baton.v1.SchedulerService.DeregisterWorker:input_type -> baton.v1.DeregisterWorkerRequest
+	8,  // 65: baton.v1.SchedulerService.Heartbeat:input_type -> baton.v1.HeartbeatRequest
+	10, // 66: baton.v1.SchedulerService.StartJob:input_type -> baton.v1.StartJobRequest
+	13, // 67: baton.v1.SchedulerService.StopJob:input_type -> baton.v1.StopJobRequest
+	15, // 68: baton.v1.SchedulerService.QueryJob:input_type -> baton.v1.QueryJobRequest
+	17, // 69: baton.v1.SchedulerService.ListJobs:input_type -> baton.v1.ListJobsRequest
+	19, // 70: baton.v1.SchedulerService.StreamJobOutput:input_type -> baton.v1.StreamJobOutputRequest
+	21, // 71: baton.v1.SchedulerService.RunJob:input_type -> baton.v1.RunJobRequest
+	23, // 72: baton.v1.SchedulerService.ListWorkers:input_type -> baton.v1.ListWorkersRequest
+	25, // 73: baton.v1.SchedulerService.DrainWorker:input_type -> baton.v1.DrainWorkerRequest
+	27, // 74: baton.v1.SchedulerService.CheckWorkerAddress:input_type -> baton.v1.CheckWorkerAddressRequest
+	31, // 75: baton.v1.SchedulerService.CreateSchedule:input_type -> baton.v1.CreateScheduleRequest
+	33, // 76: baton.v1.SchedulerService.UpdateSchedule:input_type -> baton.v1.UpdateScheduleRequest
+	36, // 77: baton.v1.SchedulerService.GetSchedule:input_type -> baton.v1.GetScheduleRequest
+	38, // 78: baton.v1.SchedulerService.ListSchedules:input_type -> baton.v1.ListSchedulesRequest
+	40, // 79: baton.v1.SchedulerService.DeleteSchedule:input_type -> baton.v1.DeleteScheduleRequest
+	42, // 80: baton.v1.SchedulerService.PauseSchedule:input_type -> baton.v1.PauseScheduleRequest
+	44, // 81: baton.v1.SchedulerService.ResumeSchedule:input_type -> baton.v1.ResumeScheduleRequest
+	46, // 82: baton.v1.SchedulerService.TriggerSchedule:input_type -> baton.v1.TriggerScheduleRequest
+	5,  // 83: baton.v1.SchedulerService.RegisterWorker:output_type -> baton.v1.RegisterWorkerResponse
+	7,  // 84: baton.v1.SchedulerService.DeregisterWorker:output_type -> baton.v1.DeregisterWorkerResponse
+	9,  // 85: baton.v1.SchedulerService.Heartbeat:output_type -> baton.v1.HeartbeatResponse
+	12, // 86: baton.v1.SchedulerService.StartJob:output_type -> baton.v1.StartJobResponse
+	14, // 87: baton.v1.SchedulerService.StopJob:output_type -> baton.v1.StopJobResponse
+	16, // 88: baton.v1.SchedulerService.QueryJob:output_type -> baton.v1.QueryJobResponse
+	18, // 89: baton.v1.SchedulerService.ListJobs:output_type -> baton.v1.ListJobsResponse
+	20, // 90: baton.v1.SchedulerService.StreamJobOutput:output_type -> baton.v1.StreamJobOutputResponse
+	22, // 91: baton.v1.SchedulerService.RunJob:output_type -> baton.v1.RunJobResponse
+	24, // 92: baton.v1.SchedulerService.ListWorkers:output_type -> baton.v1.ListWorkersResponse
+	26, // 93: baton.v1.SchedulerService.DrainWorker:output_type -> baton.v1.DrainWorkerResponse
+	28, // 94: baton.v1.SchedulerService.CheckWorkerAddress:output_type -> baton.v1.CheckWorkerAddressResponse
+	32, // 95: baton.v1.SchedulerService.CreateSchedule:output_type -> baton.v1.CreateScheduleResponse
+	34, // 96: baton.v1.SchedulerService.UpdateSchedule:output_type -> baton.v1.UpdateScheduleResponse
+	37, // 97: baton.v1.SchedulerService.GetSchedule:output_type -> baton.v1.GetScheduleResponse
+	39, // 98: baton.v1.SchedulerService.ListSchedules:output_type -> baton.v1.ListSchedulesResponse
+	41, // 99: baton.v1.SchedulerService.DeleteSchedule:output_type -> baton.v1.DeleteScheduleResponse
+	43, // 100: baton.v1.SchedulerService.PauseSchedule:output_type -> baton.v1.PauseScheduleResponse
+	45, // 101: baton.v1.SchedulerService.ResumeSchedule:output_type -> baton.v1.ResumeScheduleResponse
+	47, // 102: baton.v1.SchedulerService.TriggerSchedule:output_type -> baton.v1.TriggerScheduleResponse
+	83, // [83:103] is the sub-list for method output_type
+	63, // [63:83] is the sub-list for method input_type
+	63, // [63:63] is the sub-list for extension type_name
+	63, // [63:63] is the sub-list for extension extendee
+	0,  // [0:63] is the sub-list for field type_name
 }
 
 func init() { file_baton_v1_scheduler_service_proto_init() }
@@ -2245,11 +3748,11 @@ func file_baton_v1_scheduler_service_proto_init() {
 	}
 	file_baton_v1_job_proto_init()
 	file_baton_v1_scheduler_service_proto_msgTypes[7].OneofWrappers = []any{}
-	file_baton_v1_scheduler_service_proto_msgTypes[16].OneofWrappers = []any{
+	file_baton_v1_scheduler_service_proto_msgTypes[17].OneofWrappers = []any{
 		(*StreamJobOutputResponse_Chunk)(nil),
 		(*StreamJobOutputResponse_Status)(nil),
 	}
-	file_baton_v1_scheduler_service_proto_msgTypes[18].OneofWrappers = []any{
+	file_baton_v1_scheduler_service_proto_msgTypes[19].OneofWrappers = []any{
 		(*RunJobResponse_Started)(nil),
 		(*RunJobResponse_Chunk)(nil),
 		(*RunJobResponse_Status)(nil),
@@ -2260,8 +3763,8 @@ func file_baton_v1_scheduler_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_baton_v1_scheduler_service_proto_rawDesc), len(file_baton_v1_scheduler_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   31,
+			NumEnums:      3,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -68,6 +68,30 @@ const (
 	// SchedulerServiceCheckWorkerAddressProcedure is the fully-qualified name of the SchedulerService's
 	// CheckWorkerAddress RPC.
 	SchedulerServiceCheckWorkerAddressProcedure = "/baton.v1.SchedulerService/CheckWorkerAddress"
+	// SchedulerServiceCreateScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// CreateSchedule RPC.
+	SchedulerServiceCreateScheduleProcedure = "/baton.v1.SchedulerService/CreateSchedule"
+	// SchedulerServiceUpdateScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// UpdateSchedule RPC.
+	SchedulerServiceUpdateScheduleProcedure = "/baton.v1.SchedulerService/UpdateSchedule"
+	// SchedulerServiceGetScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// GetSchedule RPC.
+	SchedulerServiceGetScheduleProcedure = "/baton.v1.SchedulerService/GetSchedule"
+	// SchedulerServiceListSchedulesProcedure is the fully-qualified name of the SchedulerService's
+	// ListSchedules RPC.
+	SchedulerServiceListSchedulesProcedure = "/baton.v1.SchedulerService/ListSchedules"
+	// SchedulerServiceDeleteScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// DeleteSchedule RPC.
+	SchedulerServiceDeleteScheduleProcedure = "/baton.v1.SchedulerService/DeleteSchedule"
+	// SchedulerServicePauseScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// PauseSchedule RPC.
+	SchedulerServicePauseScheduleProcedure = "/baton.v1.SchedulerService/PauseSchedule"
+	// SchedulerServiceResumeScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// ResumeSchedule RPC.
+	SchedulerServiceResumeScheduleProcedure = "/baton.v1.SchedulerService/ResumeSchedule"
+	// SchedulerServiceTriggerScheduleProcedure is the fully-qualified name of the SchedulerService's
+	// TriggerSchedule RPC.
+	SchedulerServiceTriggerScheduleProcedure = "/baton.v1.SchedulerService/TriggerSchedule"
 )
 
 // SchedulerServiceClient is a client for the baton.v1.SchedulerService service.
@@ -108,6 +132,24 @@ type SchedulerServiceClient interface {
 	// worker: `baton check` asks it before a worker registers the address.
 	// Only worker identities may call it.
 	CheckWorkerAddress(context.Context, *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error)
+	// CreateSchedule defines a schedule: a job spec started at the times a
+	// cron expression names. Each fire time starts its job exactly once.
+	CreateSchedule(context.Context, *connect.Request[v1.CreateScheduleRequest]) (*connect.Response[v1.CreateScheduleResponse], error)
+	// UpdateSchedule replaces a schedule's definition; its fire history stays.
+	UpdateSchedule(context.Context, *connect.Request[v1.UpdateScheduleRequest]) (*connect.Response[v1.UpdateScheduleResponse], error)
+	// GetSchedule reports one schedule with its recent fires.
+	GetSchedule(context.Context, *connect.Request[v1.GetScheduleRequest]) (*connect.Response[v1.GetScheduleResponse], error)
+	// ListSchedules lists schedules by name, with pages.
+	ListSchedules(context.Context, *connect.Request[v1.ListSchedulesRequest]) (*connect.Response[v1.ListSchedulesResponse], error)
+	// DeleteSchedule removes a schedule; jobs it started are kept.
+	DeleteSchedule(context.Context, *connect.Request[v1.DeleteScheduleRequest]) (*connect.Response[v1.DeleteScheduleResponse], error)
+	// PauseSchedule stops a schedule from firing until it is resumed; fire
+	// times passed while paused are not made up.
+	PauseSchedule(context.Context, *connect.Request[v1.PauseScheduleRequest]) (*connect.Response[v1.PauseScheduleResponse], error)
+	// ResumeSchedule lets a paused schedule fire again from now on.
+	ResumeSchedule(context.Context, *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error)
+	// TriggerSchedule fires a schedule now, once, whatever its cron says.
+	TriggerSchedule(context.Context, *connect.Request[v1.TriggerScheduleRequest]) (*connect.Response[v1.TriggerScheduleResponse], error)
 }
 
 // NewSchedulerServiceClient constructs a client for the baton.v1.SchedulerService service. By
@@ -197,6 +239,56 @@ func NewSchedulerServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(schedulerServiceMethods.ByName("CheckWorkerAddress")),
 			connect.WithClientOptions(opts...),
 		),
+		createSchedule: connect.NewClient[v1.CreateScheduleRequest, v1.CreateScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServiceCreateScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("CreateSchedule")),
+			connect.WithClientOptions(opts...),
+		),
+		updateSchedule: connect.NewClient[v1.UpdateScheduleRequest, v1.UpdateScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServiceUpdateScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("UpdateSchedule")),
+			connect.WithClientOptions(opts...),
+		),
+		getSchedule: connect.NewClient[v1.GetScheduleRequest, v1.GetScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServiceGetScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("GetSchedule")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		listSchedules: connect.NewClient[v1.ListSchedulesRequest, v1.ListSchedulesResponse](
+			httpClient,
+			baseURL+SchedulerServiceListSchedulesProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("ListSchedules")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		deleteSchedule: connect.NewClient[v1.DeleteScheduleRequest, v1.DeleteScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServiceDeleteScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("DeleteSchedule")),
+			connect.WithClientOptions(opts...),
+		),
+		pauseSchedule: connect.NewClient[v1.PauseScheduleRequest, v1.PauseScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServicePauseScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("PauseSchedule")),
+			connect.WithClientOptions(opts...),
+		),
+		resumeSchedule: connect.NewClient[v1.ResumeScheduleRequest, v1.ResumeScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServiceResumeScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("ResumeSchedule")),
+			connect.WithClientOptions(opts...),
+		),
+		triggerSchedule: connect.NewClient[v1.TriggerScheduleRequest, v1.TriggerScheduleResponse](
+			httpClient,
+			baseURL+SchedulerServiceTriggerScheduleProcedure,
+			connect.WithSchema(schedulerServiceMethods.ByName("TriggerSchedule")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -214,6 +306,14 @@ type schedulerServiceClient struct {
 	listWorkers        *connect.Client[v1.ListWorkersRequest, v1.ListWorkersResponse]
 	drainWorker        *connect.Client[v1.DrainWorkerRequest, v1.DrainWorkerResponse]
 	checkWorkerAddress *connect.Client[v1.CheckWorkerAddressRequest, v1.CheckWorkerAddressResponse]
+	createSchedule     *connect.Client[v1.CreateScheduleRequest, v1.CreateScheduleResponse]
+	updateSchedule     *connect.Client[v1.UpdateScheduleRequest, v1.UpdateScheduleResponse]
+	getSchedule        *connect.Client[v1.GetScheduleRequest, v1.GetScheduleResponse]
+	listSchedules      *connect.Client[v1.ListSchedulesRequest, v1.ListSchedulesResponse]
+	deleteSchedule     *connect.Client[v1.DeleteScheduleRequest, v1.DeleteScheduleResponse]
+	pauseSchedule      *connect.Client[v1.PauseScheduleRequest, v1.PauseScheduleResponse]
+	resumeSchedule     *connect.Client[v1.ResumeScheduleRequest, v1.ResumeScheduleResponse]
+	triggerSchedule    *connect.Client[v1.TriggerScheduleRequest, v1.TriggerScheduleResponse]
 }
 
 // RegisterWorker calls baton.v1.SchedulerService.RegisterWorker.
@@ -276,6 +376,46 @@ func (c *schedulerServiceClient) CheckWorkerAddress(ctx context.Context, req *co
 	return c.checkWorkerAddress.CallUnary(ctx, req)
 }
 
+// CreateSchedule calls baton.v1.SchedulerService.CreateSchedule.
+func (c *schedulerServiceClient) CreateSchedule(ctx context.Context, req *connect.Request[v1.CreateScheduleRequest]) (*connect.Response[v1.CreateScheduleResponse], error) {
+	return c.createSchedule.CallUnary(ctx, req)
+}
+
+// UpdateSchedule calls baton.v1.SchedulerService.UpdateSchedule.
+func (c *schedulerServiceClient) UpdateSchedule(ctx context.Context, req *connect.Request[v1.UpdateScheduleRequest]) (*connect.Response[v1.UpdateScheduleResponse], error) {
+	return c.updateSchedule.CallUnary(ctx, req)
+}
+
+// GetSchedule calls baton.v1.SchedulerService.GetSchedule.
+func (c *schedulerServiceClient) GetSchedule(ctx context.Context, req *connect.Request[v1.GetScheduleRequest]) (*connect.Response[v1.GetScheduleResponse], error) {
+	return c.getSchedule.CallUnary(ctx, req)
+}
+
+// ListSchedules calls baton.v1.SchedulerService.ListSchedules.
+func (c *schedulerServiceClient) ListSchedules(ctx context.Context, req *connect.Request[v1.ListSchedulesRequest]) (*connect.Response[v1.ListSchedulesResponse], error) {
+	return c.listSchedules.CallUnary(ctx, req)
+}
+
+// DeleteSchedule calls baton.v1.SchedulerService.DeleteSchedule.
+func (c *schedulerServiceClient) DeleteSchedule(ctx context.Context, req *connect.Request[v1.DeleteScheduleRequest]) (*connect.Response[v1.DeleteScheduleResponse], error) {
+	return c.deleteSchedule.CallUnary(ctx, req)
+}
+
+// PauseSchedule calls baton.v1.SchedulerService.PauseSchedule.
+func (c *schedulerServiceClient) PauseSchedule(ctx context.Context, req *connect.Request[v1.PauseScheduleRequest]) (*connect.Response[v1.PauseScheduleResponse], error) {
+	return c.pauseSchedule.CallUnary(ctx, req)
+}
+
+// ResumeSchedule calls baton.v1.SchedulerService.ResumeSchedule.
+func (c *schedulerServiceClient) ResumeSchedule(ctx context.Context, req *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error) {
+	return c.resumeSchedule.CallUnary(ctx, req)
+}
+
+// TriggerSchedule calls baton.v1.SchedulerService.TriggerSchedule.
+func (c *schedulerServiceClient) TriggerSchedule(ctx context.Context, req *connect.Request[v1.TriggerScheduleRequest]) (*connect.Response[v1.TriggerScheduleResponse], error) {
+	return c.triggerSchedule.CallUnary(ctx, req)
+}
+
 // SchedulerServiceHandler is an implementation of the baton.v1.SchedulerService service.
 type SchedulerServiceHandler interface {
 	// RegisterWorker adds a worker to the roster (or re-admits it) and returns
@@ -314,6 +454,24 @@ type SchedulerServiceHandler interface {
 	// worker: `baton check` asks it before a worker registers the address.
 	// Only worker identities may call it.
 	CheckWorkerAddress(context.Context, *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error)
+	// CreateSchedule defines a schedule: a job spec started at the times a
+	// cron expression names. Each fire time starts its job exactly once.
+	CreateSchedule(context.Context, *connect.Request[v1.CreateScheduleRequest]) (*connect.Response[v1.CreateScheduleResponse], error)
+	// UpdateSchedule replaces a schedule's definition; its fire history stays.
+	UpdateSchedule(context.Context, *connect.Request[v1.UpdateScheduleRequest]) (*connect.Response[v1.UpdateScheduleResponse], error)
+	// GetSchedule reports one schedule with its recent fires.
+	GetSchedule(context.Context, *connect.Request[v1.GetScheduleRequest]) (*connect.Response[v1.GetScheduleResponse], error)
+	// ListSchedules lists schedules by name, with pages.
+	ListSchedules(context.Context, *connect.Request[v1.ListSchedulesRequest]) (*connect.Response[v1.ListSchedulesResponse], error)
+	// DeleteSchedule removes a schedule; jobs it started are kept.
+	DeleteSchedule(context.Context, *connect.Request[v1.DeleteScheduleRequest]) (*connect.Response[v1.DeleteScheduleResponse], error)
+	// PauseSchedule stops a schedule from firing until it is resumed; fire
+	// times passed while paused are not made up.
+	PauseSchedule(context.Context, *connect.Request[v1.PauseScheduleRequest]) (*connect.Response[v1.PauseScheduleResponse], error)
+	// ResumeSchedule lets a paused schedule fire again from now on.
+	ResumeSchedule(context.Context, *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error)
+	// TriggerSchedule fires a schedule now, once, whatever its cron says.
+	TriggerSchedule(context.Context, *connect.Request[v1.TriggerScheduleRequest]) (*connect.Response[v1.TriggerScheduleResponse], error)
 }
 
 // NewSchedulerServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -399,6 +557,56 @@ func NewSchedulerServiceHandler(svc SchedulerServiceHandler, opts ...connect.Han
 		connect.WithSchema(schedulerServiceMethods.ByName("CheckWorkerAddress")),
 		connect.WithHandlerOptions(opts...),
 	)
+	schedulerServiceCreateScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServiceCreateScheduleProcedure,
+		svc.CreateSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("CreateSchedule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServiceUpdateScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServiceUpdateScheduleProcedure,
+		svc.UpdateSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("UpdateSchedule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServiceGetScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServiceGetScheduleProcedure,
+		svc.GetSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("GetSchedule")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServiceListSchedulesHandler := connect.NewUnaryHandler(
+		SchedulerServiceListSchedulesProcedure,
+		svc.ListSchedules,
+		connect.WithSchema(schedulerServiceMethods.ByName("ListSchedules")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServiceDeleteScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServiceDeleteScheduleProcedure,
+		svc.DeleteSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("DeleteSchedule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServicePauseScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServicePauseScheduleProcedure,
+		svc.PauseSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("PauseSchedule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServiceResumeScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServiceResumeScheduleProcedure,
+		svc.ResumeSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("ResumeSchedule")),
+		connect.WithHandlerOptions(opts...),
+	)
+	schedulerServiceTriggerScheduleHandler := connect.NewUnaryHandler(
+		SchedulerServiceTriggerScheduleProcedure,
+		svc.TriggerSchedule,
+		connect.WithSchema(schedulerServiceMethods.ByName("TriggerSchedule")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/baton.v1.SchedulerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case SchedulerServiceRegisterWorkerProcedure:
@@ -425,6 +633,22 @@ func NewSchedulerServiceHandler(svc SchedulerServiceHandler, opts ...connect.Han
 			schedulerServiceDrainWorkerHandler.ServeHTTP(w, r)
 		case SchedulerServiceCheckWorkerAddressProcedure:
 			schedulerServiceCheckWorkerAddressHandler.ServeHTTP(w, r)
+		case SchedulerServiceCreateScheduleProcedure:
+			schedulerServiceCreateScheduleHandler.ServeHTTP(w, r)
+		case SchedulerServiceUpdateScheduleProcedure:
+			schedulerServiceUpdateScheduleHandler.ServeHTTP(w, r)
+		case SchedulerServiceGetScheduleProcedure:
+			schedulerServiceGetScheduleHandler.ServeHTTP(w, r)
+		case SchedulerServiceListSchedulesProcedure:
+			schedulerServiceListSchedulesHandler.ServeHTTP(w, r)
+		case SchedulerServiceDeleteScheduleProcedure:
+			schedulerServiceDeleteScheduleHandler.ServeHTTP(w, r)
+		case SchedulerServicePauseScheduleProcedure:
+			schedulerServicePauseScheduleHandler.ServeHTTP(w, r)
+		case SchedulerServiceResumeScheduleProcedure:
+			schedulerServiceResumeScheduleHandler.ServeHTTP(w, r)
+		case SchedulerServiceTriggerScheduleProcedure:
+			schedulerServiceTriggerScheduleHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -480,4 +704,36 @@ func (UnimplementedSchedulerServiceHandler) DrainWorker(context.Context, *connec
 
 func (UnimplementedSchedulerServiceHandler) CheckWorkerAddress(context.Context, *connect.Request[v1.CheckWorkerAddressRequest]) (*connect.Response[v1.CheckWorkerAddressResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.CheckWorkerAddress is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) CreateSchedule(context.Context, *connect.Request[v1.CreateScheduleRequest]) (*connect.Response[v1.CreateScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.CreateSchedule is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) UpdateSchedule(context.Context, *connect.Request[v1.UpdateScheduleRequest]) (*connect.Response[v1.UpdateScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.UpdateSchedule is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) GetSchedule(context.Context, *connect.Request[v1.GetScheduleRequest]) (*connect.Response[v1.GetScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.GetSchedule is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) ListSchedules(context.Context, *connect.Request[v1.ListSchedulesRequest]) (*connect.Response[v1.ListSchedulesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.ListSchedules is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) DeleteSchedule(context.Context, *connect.Request[v1.DeleteScheduleRequest]) (*connect.Response[v1.DeleteScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.DeleteSchedule is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) PauseSchedule(context.Context, *connect.Request[v1.PauseScheduleRequest]) (*connect.Response[v1.PauseScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.PauseSchedule is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) ResumeSchedule(context.Context, *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.ResumeSchedule is not implemented"))
+}
+
+func (UnimplementedSchedulerServiceHandler) TriggerSchedule(context.Context, *connect.Request[v1.TriggerScheduleRequest]) (*connect.Response[v1.TriggerScheduleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("baton.v1.SchedulerService.TriggerSchedule is not implemented"))
 }
