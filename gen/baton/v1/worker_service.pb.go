@@ -60,10 +60,7 @@ type WorkerServiceStartJobRequest struct {
 	// runs command with it as path. path must be empty when script is set.
 	Script []byte `protobuf:"bytes,14,opt,name=script,proto3" json:"script,omitempty"`
 	// script_name is the file name the script is written as; empty means "script".
-	ScriptName string `protobuf:"bytes,15,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`
-	// array_index is the job's index in an array, set as BATON_ARRAY_INDEX;
-	// only the scheduler sets it.
-	ArrayIndex    *int32 `protobuf:"varint,16,opt,name=array_index,json=arrayIndex,proto3,oneof" json:"array_index,omitempty"`
+	ScriptName    string `protobuf:"bytes,15,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -201,13 +198,6 @@ func (x *WorkerServiceStartJobRequest) GetScriptName() string {
 		return x.ScriptName
 	}
 	return ""
-}
-
-func (x *WorkerServiceStartJobRequest) GetArrayIndex() int32 {
-	if x != nil && x.ArrayIndex != nil {
-		return *x.ArrayIndex
-	}
-	return 0
 }
 
 // WorkerServiceStartJobResponse reports the started job.
@@ -944,7 +934,7 @@ var File_baton_v1_worker_service_proto protoreflect.FileDescriptor
 
 const file_baton_v1_worker_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1dbaton/v1/worker_service.proto\x12\bbaton.v1\x1a\x12baton/v1/job.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\xe4\r\n" +
+	"\x1dbaton/v1/worker_service.proto\x12\bbaton.v1\x1a\x12baton/v1/job.proto\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\xa5\r\n" +
 	"\x1cWorkerServiceStartJobRequest\x12\"\n" +
 	"\x06job_id\x18\x01 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\x05jobId\x120\n" +
 	"\acommand\x18\x02 \x01(\tB\x16\xbaH\x13r\x11\x10\x01\x18\xff\x012\n" +
@@ -968,9 +958,7 @@ const file_baton_v1_worker_service_proto_rawDesc = "" +
 	"\bgroup_id\x18\r \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\xb0\x01\x01R\agroupId\x12!\n" +
 	"\x06script\x18\x0e \x01(\fB\t\xbaH\x06z\x04\x18\x80\x80@R\x06script\x12B\n" +
 	"\vscript_name\x18\x0f \x01(\tB!\xbaH\x1e\xd8\x01\x01r\x192\x17^[A-Za-z0-9._-]{1,128}$R\n" +
-	"scriptName\x12-\n" +
-	"\varray_index\x18\x10 \x01(\x05B\a\xbaH\x04\x1a\x02(\x00H\x00R\n" +
-	"arrayIndex\x88\x01\x01\x1a6\n" +
+	"scriptName\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -980,8 +968,7 @@ const file_baton_v1_worker_service_proto_rawDesc = "" +
 	"\tspec_size\x12Kthe job's command, path, args and env together must be at most 262144 bytes\x1a\x97\x01size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 262144\x1a\x91\x02\n" +
 	"\n" +
 	"spec_total\x12Tthe job's script, command, path, args and env together must be at most 1048576 bytes\x1a\xac\x01size(this.script) + size(bytes(this.command)) + size(bytes(this.path)) + size(bytes(this.args.join(''))) + size(bytes(this.env.map(k, k + this.env[k]).join(''))) <= 1048576\x1ao\n" +
-	"\vscript_path\x125path must be empty when a script is sent with the job\x1a)size(this.script) == 0 || this.path == ''B\x0e\n" +
-	"\f_array_index\"c\n" +
+	"\vscript_path\x125path must be empty when a script is sent with the job\x1a)size(this.script) == 0 || this.path == ''\"c\n" +
 	"\x1dWorkerServiceStartJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12+\n" +
 	"\x06status\x18\x02 \x01(\v2\x13.baton.v1.JobStatusR\x06status\"g\n" +
@@ -1111,7 +1098,6 @@ func file_baton_v1_worker_service_proto_init() {
 		return
 	}
 	file_baton_v1_job_proto_init()
-	file_baton_v1_worker_service_proto_msgTypes[0].OneofWrappers = []any{}
 	file_baton_v1_worker_service_proto_msgTypes[9].OneofWrappers = []any{
 		(*WorkerServiceStreamJobOutputResponse_Chunk)(nil),
 		(*WorkerServiceStreamJobOutputResponse_Status)(nil),

@@ -89,19 +89,26 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 // Spec is what a job runs (see jobrun.Spec). Times and durations are
 // nanoseconds.
 type Spec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Command       string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
-	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	Args          []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
-	Env           map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Dir           string                 `protobuf:"bytes,5,opt,name=dir,proto3" json:"dir,omitempty"`
-	TimeoutNanos  int64                  `protobuf:"varint,6,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
-	OutputLimit   int64                  `protobuf:"varint,7,opt,name=output_limit,json=outputLimit,proto3" json:"output_limit,omitempty"`
-	MemoryLimit   int64                  `protobuf:"varint,8,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
-	CpuLimit      float64                `protobuf:"fixed64,9,opt,name=cpu_limit,json=cpuLimit,proto3" json:"cpu_limit,omitempty"`
-	Owner         string                 `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	GroupId       string                 `protobuf:"bytes,12,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Command      string                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	Path         string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Args         []string               `protobuf:"bytes,3,rep,name=args,proto3" json:"args,omitempty"`
+	Env          map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Dir          string                 `protobuf:"bytes,5,opt,name=dir,proto3" json:"dir,omitempty"`
+	TimeoutNanos int64                  `protobuf:"varint,6,opt,name=timeout_nanos,json=timeoutNanos,proto3" json:"timeout_nanos,omitempty"`
+	OutputLimit  int64                  `protobuf:"varint,7,opt,name=output_limit,json=outputLimit,proto3" json:"output_limit,omitempty"`
+	MemoryLimit  int64                  `protobuf:"varint,8,opt,name=memory_limit,json=memoryLimit,proto3" json:"memory_limit,omitempty"`
+	CpuLimit     float64                `protobuf:"fixed64,9,opt,name=cpu_limit,json=cpuLimit,proto3" json:"cpu_limit,omitempty"`
+	Owner        string                 `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
+	Labels       map[string]string      `protobuf:"bytes,11,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	GroupId      string                 `protobuf:"bytes,12,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	// script is the content of a script sent with the job, written into the
+	// job's directory as script_name and run as its path; only a Start
+	// carries it (statuses carry script_size and script_sha256).
+	Script        []byte `protobuf:"bytes,13,opt,name=script,proto3" json:"script,omitempty"`
+	ScriptName    string `protobuf:"bytes,14,opt,name=script_name,json=scriptName,proto3" json:"script_name,omitempty"`
+	ScriptSize    int64  `protobuf:"varint,15,opt,name=script_size,json=scriptSize,proto3" json:"script_size,omitempty"`
+	ScriptSha256  string `protobuf:"bytes,16,opt,name=script_sha256,json=scriptSha256,proto3" json:"script_sha256,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -220,6 +227,34 @@ func (x *Spec) GetGroupId() string {
 	return ""
 }
 
+func (x *Spec) GetScript() []byte {
+	if x != nil {
+		return x.Script
+	}
+	return nil
+}
+
+func (x *Spec) GetScriptName() string {
+	if x != nil {
+		return x.ScriptName
+	}
+	return ""
+}
+
+func (x *Spec) GetScriptSize() int64 {
+	if x != nil {
+		return x.ScriptSize
+	}
+	return 0
+}
+
+func (x *Spec) GetScriptSha256() string {
+	if x != nil {
+		return x.ScriptSha256
+	}
+	return ""
+}
+
 // Status is a snapshot of a job (see jobrun.Status).
 type Status struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -238,8 +273,14 @@ type Status struct {
 	StderrBytes        int64                  `protobuf:"varint,13,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
 	Cgroup             string                 `protobuf:"bytes,14,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
 	RunAs              string                 `protobuf:"bytes,15,opt,name=run_as,json=runAs,proto3" json:"run_as,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// What the job cost (see jobrun.Usage): CPU times and peak memory, and
+	// where they were read ("cgroup" or "rusage").
+	CpuUserNanos    int64  `protobuf:"varint,16,opt,name=cpu_user_nanos,json=cpuUserNanos,proto3" json:"cpu_user_nanos,omitempty"`
+	CpuSystemNanos  int64  `protobuf:"varint,17,opt,name=cpu_system_nanos,json=cpuSystemNanos,proto3" json:"cpu_system_nanos,omitempty"`
+	PeakMemoryBytes int64  `protobuf:"varint,18,opt,name=peak_memory_bytes,json=peakMemoryBytes,proto3" json:"peak_memory_bytes,omitempty"`
+	UsageSource     string `protobuf:"bytes,19,opt,name=usage_source,json=usageSource,proto3" json:"usage_source,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Status) Reset() {
@@ -373,6 +414,34 @@ func (x *Status) GetCgroup() string {
 func (x *Status) GetRunAs() string {
 	if x != nil {
 		return x.RunAs
+	}
+	return ""
+}
+
+func (x *Status) GetCpuUserNanos() int64 {
+	if x != nil {
+		return x.CpuUserNanos
+	}
+	return 0
+}
+
+func (x *Status) GetCpuSystemNanos() int64 {
+	if x != nil {
+		return x.CpuSystemNanos
+	}
+	return 0
+}
+
+func (x *Status) GetPeakMemoryBytes() int64 {
+	if x != nil {
+		return x.PeakMemoryBytes
+	}
+	return 0
+}
+
+func (x *Status) GetUsageSource() string {
+	if x != nil {
+		return x.UsageSource
 	}
 	return ""
 }
@@ -1751,7 +1820,7 @@ var File_baton_keeper_v1_keeper_proto protoreflect.FileDescriptor
 
 const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\n" +
-	"\x1cbaton/keeper/v1/keeper.proto\x12\x0fbaton.keeper.v1\"\xf3\x03\n" +
+	"\x1cbaton/keeper/v1/keeper.proto\x12\x0fbaton.keeper.v1\"\xf2\x04\n" +
 	"\x04Spec\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -1765,13 +1834,19 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\x05owner\x18\n" +
 	" \x01(\tR\x05owner\x129\n" +
 	"\x06labels\x18\v \x03(\v2!.baton.keeper.v1.Spec.LabelsEntryR\x06labels\x12\x19\n" +
-	"\bgroup_id\x18\f \x01(\tR\agroupId\x1a6\n" +
+	"\bgroup_id\x18\f \x01(\tR\agroupId\x12\x16\n" +
+	"\x06script\x18\r \x01(\fR\x06script\x12\x1f\n" +
+	"\vscript_name\x18\x0e \x01(\tR\n" +
+	"scriptName\x12\x1f\n" +
+	"\vscript_size\x18\x0f \x01(\x03R\n" +
+	"scriptSize\x12#\n" +
+	"\rscript_sha256\x18\x10 \x01(\tR\fscriptSha256\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfc\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9b\x05\n" +
 	"\x06Status\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12)\n" +
 	"\x04spec\x18\x02 \x01(\v2\x15.baton.keeper.v1.SpecR\x04spec\x12/\n" +
@@ -1789,7 +1864,11 @@ const file_baton_keeper_v1_keeper_proto_rawDesc = "" +
 	"\fstdout_bytes\x18\f \x01(\x03R\vstdoutBytes\x12!\n" +
 	"\fstderr_bytes\x18\r \x01(\x03R\vstderrBytes\x12\x16\n" +
 	"\x06cgroup\x18\x0e \x01(\tR\x06cgroup\x12\x15\n" +
-	"\x06run_as\x18\x0f \x01(\tR\x05runAs\"s\n" +
+	"\x06run_as\x18\x0f \x01(\tR\x05runAs\x12$\n" +
+	"\x0ecpu_user_nanos\x18\x10 \x01(\x03R\fcpuUserNanos\x12(\n" +
+	"\x10cpu_system_nanos\x18\x11 \x01(\x03R\x0ecpuSystemNanos\x12*\n" +
+	"\x11peak_memory_bytes\x18\x12 \x01(\x03R\x0fpeakMemoryBytes\x12!\n" +
+	"\fusage_source\x18\x13 \x01(\tR\vusageSource\"s\n" +
 	"\x05Chunk\x12\x16\n" +
 	"\x06stream\x18\x01 \x01(\x05R\x06stream\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
