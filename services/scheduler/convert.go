@@ -45,6 +45,7 @@ func specOf(req *batonv1.StartJobRequest) *batonv1.JobSpec {
 		Selector:         req.GetSelector(),
 		Priority:         priorityOf(req),
 		QueueTimeout:     req.GetQueueTimeout(),
+		After:            req.GetAfter(),
 	}
 }
 

@@ -80,6 +80,12 @@ func queueable(err error) bool {
 // worker names the worker it must run on, or is empty. It returns the
 // job's status as a caller sees it.
 func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, owner, group, key, worker string) (*batonv1.JobStatus, *waiting, error) {
+	return s.enqueueSpec(ctx, req, specOf(req), owner, group, key, worker)
+}
+
+// enqueueSpec is enqueue with the job's spec given. A job that waits for
+// other jobs, or for its array's turn, is held (holds.go).
+func (s *Scheduler) enqueueSpec(ctx context.Context, req *batonv1.StartJobRequest, spec *batonv1.JobSpec, owner, group, key, worker string) (*batonv1.JobStatus, *waiting, error) {
 	if err := s.reg.checkNamed(worker); err != nil {
 		return nil, nil, err
 	}
@@ -101,15 +107,23 @@ func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, o
 		Queue: &place,
 		Status: &batonv1.JobStatus{
 			State:  batonv1.JobState_JOB_STATE_QUEUED,
-			Spec:   specOf(req),
+			Spec:   spec,
 			Reason: s.reg.waitReason(worker, req.GetSelector()),
 		},
 	}
 	if err := s.store.CreateJob(ctx, job); err != nil {
 		return nil, nil, err
 	}
-	w := s.q.add(job, now)
 	s.opts.Metrics.JobQueued(place.Priority)
+	if !isHeld(job) {
+		w := s.q.add(job, now)
+		return s.queuedStatus(job), w, nil
+	}
+	w := s.q.hold(job, now)
+	s.settleHolds(ctx, w)
+	if cur, err := s.store.GetJob(ctx, job.ID); err == nil {
+		job = cur
+	}
 	return s.queuedStatus(job), w, nil
 }
 
@@ -118,6 +132,10 @@ func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, o
 func (s *Scheduler) queuedStatus(j store.Job) *batonv1.JobStatus {
 	st := withIdentity(j, proto.CloneOf(j.Status))
 	if st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+		return st
+	}
+	if held := s.q.heldReason(j.ID); held != "" {
+		st.Reason = held
 		return st
 	}
 	st.QueuePosition = s.q.position(j.ID)

@@ -169,6 +169,11 @@ type testWorker struct {
 var scripts = map[string]string{
 	"hello.sh": "#!/bin/sh\necho hello\n",
 	"sleep.sh": "#!/bin/sh\nexec sleep \"${1:-100}\"\n",
+	// mark.sh NAME FILE [SECONDS [CODE]] appends NAME (and the job's array
+	// index, if any) to FILE, sleeps, and exits with CODE.
+	// wait.sh FILE waits until FILE exists.
+	"wait.sh": "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.05; done\n",
+	"mark.sh": "#!/bin/sh\necho \"$1 ${BATON_ARRAY_INDEX:-}\" >> \"$2\"\nsleep \"${3:-0}\"\nexit \"${4:-0}\"\n",
 }
 
 func startWorker(t *testing.T, name string, sched *testScheduler, labels map[string]string) *testWorker {

@@ -46,6 +46,13 @@ type queue struct {
 	// wake is signalled when a job is added or comes back: the dispatcher
 	// should look again.
 	wake chan struct{}
+	// held are the jobs that wait for other jobs or their array's turn
+	// (holds.go), out of the order until nothing holds them; waiters maps
+	// a job or group id to the held jobs waiting for it, and arrays an
+	// array's group id to its turns.
+	held    map[string]*waiting
+	waiters map[string]map[*waiting]struct{}
+	arrays  map[string]*arrayTurns
 }
 
 // turn is where an owner is in the turns of one group at one priority.
@@ -65,6 +72,13 @@ type waiting struct {
 	// when that passes.
 	queueTimeout time.Duration
 	group        *waitGroup
+	selector     map[string]string
+	// held is true while something besides a slot holds the job: deps it
+	// still waits for, or its array's turn (array is its group then).
+	held       bool
+	deps       []dep
+	array      string
+	arrayIndex int32
 	// queuedAt is when the job entered the queue (this process's clock,
 	// for the wait metric).
 	queuedAt time.Time
@@ -106,6 +120,10 @@ func newQueue(limit int) *queue {
 		wake:   make(chan struct{}, 1),
 		owned:  make(map[string]int),
 		limit:  limit,
+
+		held:    make(map[string]*waiting),
+		waiters: make(map[string]map[*waiting]struct{}),
+		arrays:  make(map[string]*arrayTurns),
 	}
 }
 
@@ -183,6 +201,7 @@ func (q *queue) addLocked(j store.Job, queuedAt time.Time) *waiting {
 	w := &waiting{
 		id: j.ID, owner: j.Owner, place: *j.Queue, queuedAt: queuedAt,
 		queueTimeout: spec.GetQueueTimeout().AsDuration(), heapIndex: -1, done: make(chan struct{}),
+		selector: spec.GetSelector(),
 	}
 	w.group = q.groupLocked(w.place.WorkerID, spec.GetSelector())
 	q.insertLocked(w)
@@ -214,6 +233,10 @@ func (q *queue) load(jobs []store.Job, now time.Time) {
 		q.seq = max(q.seq, j.Queue.Seq)
 		if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
 			continue // handed out: its worker's registration settles it
+		}
+		if isHeld(j) {
+			q.holdLocked(j, now)
+			continue
 		}
 		w := q.addLocked(j, now)
 		g, p := w.group, w.place
@@ -356,6 +379,10 @@ func (q *queue) pause(w *waiting) {
 func (q *queue) take(id string) (w *waiting, handed bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if w := q.held[id]; w != nil {
+		q.takeHeldLocked(w)
+		return w, false
+	}
 	w = q.jobs[id]
 	switch {
 	case w == nil:
@@ -390,7 +417,11 @@ func (q *queue) expired(now time.Time) (out []*waiting, next time.Time) {
 func (q *queue) restore(w *waiting, retryAt time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.jobs[w.id] != nil {
+	if q.jobs[w.id] != nil || q.held[w.id] != nil {
+		return
+	}
+	if w.held {
+		q.reholdLocked(w)
 		return
 	}
 	if !retryAt.IsZero() {
@@ -427,6 +458,9 @@ func (q *queue) leaves(id string) <-chan struct{} {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if w := q.jobs[id]; w != nil {
+		return w.done
+	}
+	if w := q.held[id]; w != nil {
 		return w.done
 	}
 	gone := make(chan struct{})

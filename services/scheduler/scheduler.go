@@ -115,6 +115,8 @@ type Scheduler struct {
 	settling  sync.Map
 	// checks bounds the CheckWorkerAddress calls in progress.
 	checks chan struct{}
+	// ends carries the store's job ends to followEnds.
+	ends *endFeed
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
@@ -169,12 +171,20 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	}
 	s.reg.load(workers, opts.FailoverGrace)
 	s.q = newQueue(opts.MaxQueuedPerOwner)
+	s.ends = newEndFeed()
+	// Job ends release the jobs that wait for them, and are counted.
+	if o, ok := opts.Store.(store.JobEndObserver); ok {
+		o.ObserveJobEnds(s.jobEnded)
+	}
 	queued, err := opts.Store.ListQueued(ctx)
 	if err != nil {
 		return nil, err
 	}
 	s.q.load(queued, time.Now())
 	opts.Metrics.QueueLoaded(s.q.waitingCount())
+	if err := s.settleLoadedHolds(ctx); err != nil {
+		return nil, err
+	}
 
 	hopts, err := s.instrument()
 	if err != nil {
@@ -264,6 +274,12 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		s.runQueue(ctx)
 	}()
 	defer func() { <-queueDone }()
+	endsDone := make(chan struct{})
+	go func() {
+		defer close(endsDone)
+		s.followEnds(ctx)
+	}()
+	defer func() { <-endsDone }()
 	tick := time.NewTicker(max(s.opts.HeartbeatInterval/2, 10*time.Millisecond))
 	defer tick.Stop()
 	s.prune(ctx)

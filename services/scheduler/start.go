@@ -37,6 +37,12 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 			return res, err
 		}
 	}
+	if err := s.checkAfter(ctx, req, owner); err != nil {
+		return nil, err
+	}
+	if req.GetArray() != nil {
+		return s.startArray(ctx, req, owner, key)
+	}
 	if req.GetAll() {
 		return s.startGroup(ctx, req, owner, key)
 	}
@@ -59,7 +65,7 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 // when it may wait: behind the jobs already waiting, or because no slot
 // fits it now.
 func (s *Scheduler) startSingle(ctx context.Context, req *batonv1.StartJobRequest, owner, key string) (*batonv1.JobStatus, error) {
-	if waits(req) && !s.q.empty() {
+	if len(req.GetAfter()) > 0 || waits(req) && !s.q.empty() {
 		st, _, err := s.enqueue(ctx, req, owner, "", key, req.GetWorkerId())
 		return st, err
 	}

@@ -261,9 +261,12 @@ type JobSpec struct {
 	ScriptSha256 string `protobuf:"bytes,18,opt,name=script_sha256,json=scriptSha256,proto3" json:"script_sha256,omitempty"`
 	// array_index is the job's index in an array (BATON_ARRAY_INDEX in its
 	// environment); unset for a job that is not part of an array.
-	ArrayIndex    *int32 `protobuf:"varint,19,opt,name=array_index,json=arrayIndex,proto3,oneof" json:"array_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ArrayIndex *int32 `protobuf:"varint,19,opt,name=array_index,json=arrayIndex,proto3,oneof" json:"array_index,omitempty"`
+	// array_max_running is, for a job of an array, the most jobs of the
+	// array that run at once (0: no limit).
+	ArrayMaxRunning int32 `protobuf:"varint,20,opt,name=array_max_running,json=arrayMaxRunning,proto3" json:"array_max_running,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *JobSpec) Reset() {
@@ -425,6 +428,13 @@ func (x *JobSpec) GetScriptSha256() string {
 func (x *JobSpec) GetArrayIndex() int32 {
 	if x != nil && x.ArrayIndex != nil {
 		return *x.ArrayIndex
+	}
+	return 0
+}
+
+func (x *JobSpec) GetArrayMaxRunning() int32 {
+	if x != nil {
+		return x.ArrayMaxRunning
 	}
 	return 0
 }
@@ -1171,7 +1181,7 @@ var File_baton_v1_job_proto protoreflect.FileDescriptor
 
 const file_baton_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\a\n" +
+	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\a\n" +
 	"\aJobSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -1196,7 +1206,8 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"scriptSize\x12#\n" +
 	"\rscript_sha256\x18\x12 \x01(\tR\fscriptSha256\x12$\n" +
 	"\varray_index\x18\x13 \x01(\x05H\x00R\n" +
-	"arrayIndex\x88\x01\x01\x1a6\n" +
+	"arrayIndex\x88\x01\x01\x12*\n" +
+	"\x11array_max_running\x18\x14 \x01(\x05R\x0farrayMaxRunning\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +

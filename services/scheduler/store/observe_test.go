@@ -8,6 +8,7 @@ import (
 	"time"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/services/scheduler/store"
 )
 
 // endLog records the job ends a store reports.
@@ -16,9 +17,9 @@ type endLog struct {
 	ends []batonv1.JobState
 }
 
-func (l *endLog) add(s batonv1.JobState) {
+func (l *endLog) add(e store.JobEnd) {
 	l.mu.Lock()
-	l.ends = append(l.ends, s)
+	l.ends = append(l.ends, e.State)
 	l.mu.Unlock()
 }
 

@@ -65,7 +65,7 @@ type SQLite struct {
 	closeErr  error
 
 	// onJobEnd is called after a write that ended a job; see ObserveJobEnds.
-	onJobEnd atomic.Pointer[func(batonv1.JobState)]
+	onJobEnd atomic.Pointer[func(JobEnd)]
 }
 
 var (
@@ -74,16 +74,16 @@ var (
 )
 
 // ObserveJobEnds implements [JobEndObserver].
-func (s *SQLite) ObserveJobEnds(fn func(batonv1.JobState)) {
+func (s *SQLite) ObserveJobEnds(fn func(JobEnd)) {
 	s.onJobEnd.Store(&fn)
 }
 
-// jobsEnded reports n jobs that reached state to the observer, if any. It
-// is called after the transaction committed, with no lock held.
-func (s *SQLite) jobsEnded(state batonv1.JobState, n int) {
+// jobsEnded reports jobs that ended to the observer, if any. It is called
+// after the transaction committed, with no lock held.
+func (s *SQLite) jobsEnded(ends ...JobEnd) {
 	if fn := s.onJobEnd.Load(); fn != nil && *fn != nil {
-		for range n {
-			(*fn)(state)
+		for _, e := range ends {
+			(*fn)(e)
 		}
 	}
 }
@@ -620,6 +620,7 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		return fmt.Errorf("update job %s: nil status", id)
 	}
 	ended := false
+	var end JobEnd
 	err := s.write(ctx, func(tx *writer) error {
 		ended = false
 		row, err := tx.queryRow(`SELECT `+jobColumns+`, state, ended_at FROM jobs WHERE job_id = ?`, id)
@@ -686,6 +687,7 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		// A LOST job its worker reports with its true end has ended again;
 		// a repeated LOST has not.
 		ended = isTerminal(upd.GetState()) && !sameState
+		end = JobEnd{ID: old.ID, GroupID: old.GroupID, State: upd.GetState()}
 		return nil
 	})
 	if err != nil {
@@ -695,7 +697,7 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		return fmt.Errorf("update job %s: %w", id, err)
 	}
 	if ended {
-		s.jobsEnded(st.GetState(), 1)
+		s.jobsEnded(end)
 	}
 	return nil
 }
@@ -817,8 +819,9 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 	if at.IsZero() {
 		at = time.Now()
 	}
-	var n int
+	var ends []JobEnd
 	err := s.write(ctx, func(tx *writer) error {
+		ends = ends[:0]
 		// A job queued for the worker waits for it to come back.
 		rows, err := tx.query(`SELECT `+jobColumns+` FROM jobs WHERE worker_id = ? AND ended_at IS NULL AND state != ?`,
 			workerID, int32(batonv1.JobState_JOB_STATE_QUEUED))
@@ -845,15 +848,15 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 			if _, err := tx.exec(`DELETE FROM queue WHERE job_id = ?`, j.ID); err != nil {
 				return err
 			}
+			ends = append(ends, JobEnd{ID: j.ID, GroupID: j.GroupID, State: st.State})
 		}
-		n = len(jobs)
 		return nil
 	})
 	if err != nil {
 		return 0, fmt.Errorf("mark jobs of worker %s lost: %w", workerID, err)
 	}
-	s.jobsEnded(batonv1.JobState_JOB_STATE_LOST, n)
-	return n, nil
+	s.jobsEnded(ends...)
+	return len(ends), nil
 }
 
 func (s *SQLite) queryJobs(ctx context.Context, query string, args ...any) ([]Job, error) {
@@ -1111,4 +1114,26 @@ func nullString(s string) any {
 		return nil
 	}
 	return s
+}
+
+// GroupProgress implements [Store].
+func (s *SQLite) GroupProgress(ctx context.Context, id string) (GroupProgress, error) {
+	row, err := s.queryRow(ctx, `SELECT
+	(SELECT count(*) FROM groups WHERE group_id = ?1),
+	count(*) FILTER (WHERE ended_at IS NULL),
+	count(*) FILTER (WHERE ended_at IS NOT NULL AND state = ?2),
+	count(*) FILTER (WHERE ended_at IS NOT NULL AND state != ?2)
+FROM jobs WHERE group_id = ?1`, id, int32(batonv1.JobState_JOB_STATE_SUCCEEDED))
+	if err != nil {
+		return GroupProgress{}, fmt.Errorf("group %s progress: %w", id, err)
+	}
+	var exists int
+	var p GroupProgress
+	if err := row.Scan(&exists, &p.Open, &p.Succeeded, &p.Unsucceeded); err != nil {
+		return GroupProgress{}, fmt.Errorf("group %s progress: %w", id, err)
+	}
+	if exists == 0 {
+		return GroupProgress{}, fmt.Errorf("group %s: %w", id, ErrNotFound)
+	}
+	return p, nil
 }

@@ -126,6 +126,9 @@ type Store interface {
 	// GetGroup returns the group with the given id and the ids of its jobs,
 	// oldest first, or ErrNotFound.
 	GetGroup(ctx context.Context, id string) (Group, error)
+	// GroupProgress counts the jobs of group id by how far they are, or
+	// returns ErrNotFound for an unknown group.
+	GroupProgress(ctx context.Context, id string) (GroupProgress, error)
 	// GetGroupByIdempotencyKey returns the owner's group created with key,
 	// like GetGroup, or ErrNotFound (always, for an empty key).
 	GetGroupByIdempotencyKey(ctx context.Context, owner, key string) (Group, error)
@@ -173,12 +176,30 @@ type Store interface {
 // exactly when a job's state changes: its callers see the same end several
 // times (from StopJob, QueryJob and the worker's heartbeat).
 type JobEndObserver interface {
-	// ObserveJobEnds makes the store call fn with the new state after
-	// every write that moved a job into a terminal state: from a
-	// non-terminal state, or from LOST to the end its worker reported. fn
+	// ObserveJobEnds makes the store call fn with the job and its new
+	// state after every write that moved a job into a terminal state: from
+	// a non-terminal state, or from LOST to the end its worker reported. fn
 	// replaces any earlier one; it is called with no lock held and must
 	// return quickly.
-	ObserveJobEnds(fn func(batonv1.JobState))
+	ObserveJobEnds(fn func(JobEnd))
+}
+
+// JobEnd is a job that reached a terminal state, as [JobEndObserver]
+// reports it.
+type JobEnd struct {
+	ID      string
+	GroupID string
+	State   batonv1.JobState
+}
+
+// GroupProgress counts a group's jobs by how far they are: for a waiter
+// on the group, it has ended when Open is zero.
+type GroupProgress struct {
+	// Open counts the jobs not yet in a terminal state.
+	Open int
+	// Succeeded and Unsucceeded count the ended jobs that ended
+	// SUCCEEDED, and in any other terminal state.
+	Succeeded, Unsucceeded int
 }
 
 // Worker is one roster entry.
