@@ -154,7 +154,11 @@ func TestAfterRefusesWhatItCannotWaitFor(t *testing.T) {
 		"unknown group": markJob("X", marks, 0, 0, &batonv1.Dependency{GroupId: unknown}),
 		"not a uuid":    markJob("X", marks, 0, 0, afterJob("job-1", succeeded)),
 		"neither":       markJob("X", marks, 0, 0, &batonv1.Dependency{}),
-		"with all":      func() *batonv1.StartJobRequest { r := markJob("X", marks, 0, 0, afterJob(unknown, 0)); r.All = true; return r }(),
+		"with all": func() *batonv1.StartJobRequest {
+			r := markJob("X", marks, 0, 0, afterJob(unknown, 0))
+			r.All = true
+			return r
+		}(),
 	} {
 		_, err := sched.client.StartJob(t.Context(), connect.NewRequest(req))
 		wantCode(t, name, err, connect.CodeInvalidArgument)
