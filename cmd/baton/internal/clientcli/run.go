@@ -45,6 +45,7 @@ type runOptions struct {
 	queueTimeout time.Duration
 	priority     int
 	flags        *pflag.FlagSet
+	waits        waitOptions
 }
 
 func bindRunFlags(cmd *cobra.Command, o *runOptions) {
@@ -60,6 +61,7 @@ func bindRunFlags(cmd *cobra.Command, o *runOptions) {
 	fs.BoolVar(&o.noWait, "no-wait", false, "fail at once when every matching worker is full, rather than queue (--queue-timeout 0)")
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 0, "wait at most this long in the scheduler's queue for a free slot (default: no limit; 0: do not wait)")
 	fs.IntVar(&o.priority, "priority", defaultPriority, "place among queued jobs, 0 to 100: higher goes first")
+	bindWaitFlags(fs, &o.waits)
 	o.flags = fs
 }
 
@@ -122,6 +124,9 @@ func (o *runOptions) startRequest(args []string) (*batonv1.StartJobRequest, erro
 	}
 	if o.timeout > 0 {
 		req.Timeout = durationpb.New(o.timeout)
+	}
+	if err := o.waits.apply(req); err != nil {
+		return nil, err
 	}
 	return req, nil
 }
@@ -271,7 +276,7 @@ func runStart(cmd *cobra.Command, co *clientOptions, ro *runOptions, args []stri
 		spin: startSpinner(cmd.ErrOrStderr(), "placing the job…"),
 	}
 	defer a.quiet()
-	if attach && !req.GetAll() {
+	if attach && !req.GetAll() && req.GetArray() == nil {
 		// One job followed to its end is one RunJob call.
 		return a.run(ctx, sigs, req)
 	}
@@ -670,7 +675,10 @@ func (a *attachment) printErr(format string, args ...any) {
 // job, as whole prefixed lines for a fan-out.
 func (a *attachment) sink(j *batonv1.JobStatus) *outputSink {
 	s := &outputSink{a: a}
-	if a.prefix && j != nil {
+	switch {
+	case a.prefix && j != nil && j.GetSpec().ArrayIndex != nil:
+		s.tag = []byte("[" + strconv.Itoa(int(j.GetSpec().GetArrayIndex())) + "] ")
+	case a.prefix && j != nil:
 		s.tag = []byte("[" + j.GetWorkerId() + "] ")
 	}
 	return s
