@@ -57,6 +57,11 @@ func (f *endFeed) take() []store.JobEnd {
 
 // jobEnded is the store's observer of job ends.
 func (s *Scheduler) jobEnded(e store.JobEnd) {
+	if e.Retried {
+		// An attempt ended; the job waits for its next one.
+		s.ends.push(e)
+		return
+	}
 	s.opts.Metrics.JobFinished(e.State)
 	if s.q.holding() {
 		s.ends.push(e)
@@ -81,6 +86,10 @@ func (s *Scheduler) followEnds(ctx context.Context) {
 // afterEnd settles what waits for job e: jobs waiting for it, or for its
 // group, and its array's turns.
 func (s *Scheduler) afterEnd(ctx context.Context, e store.JobEnd) {
+	if e.Retried {
+		s.queueRetry(ctx, e)
+		return
+	}
 	for _, w := range s.q.waitingOn(e.ID) {
 		s.settleDep(ctx, w, dep{id: e.ID}, e.State, store.GroupProgress{})
 	}
@@ -329,4 +338,23 @@ func (s *Scheduler) settleLoadedHolds(ctx context.Context) error {
 // jobStateWord is a job state as a word: "FAILED".
 func jobStateWord(st batonv1.JobState) string {
 	return strings.TrimPrefix(st.String(), "JOB_STATE_")
+}
+
+// queueRetry holds the next attempt of job e, which the store queued when
+// e's attempt ended, until its backoff passed.
+func (s *Scheduler) queueRetry(ctx context.Context, e store.JobEnd) {
+	j, err := s.store.GetQueuedJob(ctx, e.ID)
+	switch {
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrConflict):
+		return // stopped, or ended, meanwhile
+	case err != nil:
+		s.logger.ErrorContext(ctx, "reading a job to retry failed", "job_id", e.ID, "error", err)
+		s.retryHoldsLater(e)
+		return
+	}
+	if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED || s.q.has(j.ID) {
+		return
+	}
+	s.q.hold(j, time.Now())
+	s.opts.Metrics.JobQueued(j.Queue.Priority)
 }

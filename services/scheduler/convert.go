@@ -46,6 +46,8 @@ func specOf(req *batonv1.StartJobRequest) *batonv1.JobSpec {
 		Priority:         priorityOf(req),
 		QueueTimeout:     req.GetQueueTimeout(),
 		After:            req.GetAfter(),
+		Retry:            req.GetRetry(),
+		Worker:           req.GetWorkerId(),
 	}
 }
 
@@ -111,4 +113,13 @@ func groupSummary(jobs []*batonv1.JobStatus) (done, failed bool, text string) {
 		text = fmt.Sprintf("%d of %d jobs failed; first: %s", nFailed, len(jobs), text)
 	}
 	return done, nFailed > 0, text
+}
+
+// runID is the id job j's current attempt runs under on its worker: the
+// job's id for its first attempt, one of its own for each retry.
+func runID(j store.Job) string {
+	if r := j.Status.GetRunId(); r != "" {
+		return r
+	}
+	return j.ID
 }

@@ -134,6 +134,9 @@ func (s *Scheduler) queuedStatus(j store.Job) *batonv1.JobStatus {
 	if st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
 		return st
 	}
+	if nb := st.GetNotBefore(); nb != nil && time.Now().Before(nb.AsTime()) {
+		return st // its reason says which attempt ended, and how long it waits
+	}
 	if held := s.q.heldReason(j.ID); held != "" {
 		st.Reason = held
 		return st
@@ -299,7 +302,7 @@ func (s *Scheduler) settleHanded(runCtx context.Context, w *waiting, job store.J
 			return
 		}
 		qctx, cancel := context.WithTimeout(runCtx, s.opts.WorkerCallTimeout)
-		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: job.ID}))
+		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: runID(job)}))
 		cancel()
 		switch {
 		case qerr == nil && res.Msg.GetStatus() != nil:
@@ -415,7 +418,7 @@ func (s *Scheduler) stopQueued(ctx context.Context, j store.Job, by string) (*ba
 func workerStartOf(j store.Job) *batonv1.WorkerServiceStartJobRequest {
 	spec := j.Status.GetSpec()
 	return &batonv1.WorkerServiceStartJobRequest{
-		JobId:            j.ID,
+		JobId:            runID(j),
 		Command:          spec.GetCommand(),
 		Path:             spec.GetPath(),
 		Args:             spec.GetArgs(),

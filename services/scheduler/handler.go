@@ -74,7 +74,7 @@ func (h *handler) RegisterWorker(ctx context.Context, req *connect.Request[baton
 func (s *Scheduler) recordRegistration(ctx context.Context, id string, jobs []*batonv1.JobStatus) (map[string]bool, error) {
 	reported := make(map[string]bool, len(jobs))
 	for _, st := range jobs {
-		reported[st.GetJobId()] = true
+		reported[st.GetJobId()] = true // the attempt's run id
 		if err := s.recordReport(ctx, id, st); err != nil {
 			return nil, err
 		}
@@ -312,14 +312,20 @@ func (s *Scheduler) currentStatus(ctx context.Context, j store.Job) *batonv1.Job
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
 	defer cancel()
-	res, err := t.client.QueryJob(cctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: j.ID}))
+	res, err := t.client.QueryJob(cctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: runID(j)}))
 	if err != nil || res.Msg.GetStatus() == nil {
 		s.logger.DebugContext(ctx, "worker did not report a job; using the stored status", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
 		return st
 	}
 	fresh := withIdentity(j, res.Msg.GetStatus())
-	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, fresh); err != nil {
+	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, runID(j), fresh); err != nil {
 		s.logger.ErrorContext(ctx, "recording a job's status failed", "job_id", j.ID, "error", err)
+	}
+	if terminal(fresh.GetState()) && s.retried(ctx, j) {
+		// The attempt's end was recorded as a retry: the job waits.
+		if cur, err := s.store.GetJob(ctx, j.ID); err == nil {
+			return s.queuedStatus(cur)
+		}
 	}
 	return fresh
 }

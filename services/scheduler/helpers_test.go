@@ -171,6 +171,9 @@ var scripts = map[string]string{
 	"sleep.sh": "#!/bin/sh\nexec sleep \"${1:-100}\"\n",
 	// mark.sh NAME FILE [SECONDS [CODE]] appends NAME (and the job's array
 	// index, if any) to FILE, sleeps, and exits with CODE.
+	// say.sh NAME FILE CODE prints "out NAME", appends NAME to FILE and
+	// exits with CODE.
+	"say.sh": "#!/bin/sh\necho \"out $1\"\necho \"$1\" >> \"$2\"\nexit \"${3:-0}\"\n",
 	// wait.sh FILE waits until FILE exists.
 	"wait.sh": "#!/bin/sh\nwhile [ ! -e \"$1\" ]; do sleep 0.05; done\n",
 	"mark.sh": "#!/bin/sh\necho \"$1 ${BATON_ARRAY_INDEX:-}\" >> \"$2\"\nsleep \"${3:-0}\"\nexit \"${4:-0}\"\n",

@@ -55,10 +55,11 @@ func holdsOf(j store.Job) (deps []dep, array string) {
 	return deps, array
 }
 
-// isHeld reports whether job j waits for something besides a slot.
+// isHeld reports whether job j waits for something besides a slot: other
+// jobs, its array's turn, or a time (a retry's backoff).
 func isHeld(j store.Job) bool {
 	deps, array := holdsOf(j)
-	return len(deps) > 0 || array != ""
+	return len(deps) > 0 || array != "" || j.Status.GetNotBefore() != nil
 }
 
 // hold adds job j, recorded QUEUED with its place, as held. The caller
@@ -78,6 +79,14 @@ func (q *queue) holdLocked(j store.Job, queuedAt time.Time) *waiting {
 		selector: spec.GetSelector(), held: true, arrayIndex: spec.GetArrayIndex(),
 	}
 	w.deps, w.array = holdsOf(j)
+	if nb := j.Status.GetNotBefore(); nb != nil && time.Until(nb.AsTime()) > 0 {
+		w.notBefore = nb.AsTime()
+		time.AfterFunc(time.Until(w.notBefore), func() { q.timeCame(w) })
+	}
+	// A retry's dependencies held before its first attempt ran.
+	if j.Status.GetAttempt() > 1 {
+		w.deps = nil
+	}
 	// Its wait for a slot starts when nothing else holds it.
 	w.place.Deadline = time.Time{}
 	q.held[w.id] = w
@@ -94,6 +103,9 @@ func (q *queue) holdLocked(j store.Job, queuedAt time.Time) *waiting {
 		i, _ := slices.BinarySearchFunc(a.held, w, func(a, b *waiting) int { return cmp.Compare(a.arrayIndex, b.arrayIndex) })
 		a.held = slices.Insert(a.held, i, w)
 	}
+	// A retry whose backoff passed already (while the scheduler was
+	// down, say) waits for nothing but a slot.
+	q.releaseLocked(w, time.Now())
 	return w
 }
 
@@ -150,7 +162,7 @@ func (q *queue) unwaitLocked(w *waiting, id string) {
 // it: no dependency left, and its array's turn. Its queue timeout runs
 // from now.
 func (q *queue) releaseLocked(w *waiting, now time.Time) {
-	if len(w.deps) > 0 || !w.held {
+	if len(w.deps) > 0 || !w.held || now.Before(w.notBefore) {
 		return
 	}
 	if a := q.arrays[w.array]; a != nil && slices.Contains(a.held, w) {
@@ -250,6 +262,15 @@ func (q *queue) heldReason(id string) string {
 	return ""
 }
 
+// timeCame releases held job w once the time it waited for came.
+func (q *queue) timeCame(w *waiting) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.held[w.id] == w {
+		q.releaseLocked(w, time.Now())
+	}
+}
+
 // describe says what d waits for: "job X to succeed".
 func (d dep) describe() string {
 	what := "job " + d.id
@@ -333,4 +354,11 @@ func (q *queue) arrayIDs() []string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return slices.Collect(maps.Keys(q.arrays))
+}
+
+// has reports whether job id is in the queue, held or not.
+func (q *queue) has(id string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.jobs[id] != nil || q.held[id] != nil
 }

@@ -79,6 +79,7 @@ type waiting struct {
 	deps       []dep
 	array      string
 	arrayIndex int32
+	notBefore  time.Time
 	// queuedAt is when the job entered the queue (this process's clock,
 	// for the wait metric).
 	queuedAt time.Time

@@ -31,24 +31,33 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 		return mapError(err)
 	}
 	msg := &batonv1.StreamJobOutputResponse{}
-	return h.s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{
-		JobId:  j.ID,
-		Offset: req.Msg.GetOffset(),
-		Follow: req.Msg.GetFollow(),
-		Stream: req.Msg.GetStream(),
-	}, func(chunk *batonv1.OutputChunk, st *batonv1.JobStatus) error {
+	send := func(chunk *batonv1.OutputChunk, st *batonv1.JobStatus) error {
 		if chunk != nil {
 			msg.Event = &batonv1.StreamJobOutputResponse_Chunk{Chunk: chunk}
 		} else {
 			msg.Event = &batonv1.StreamJobOutputResponse_Status{Status: st}
 		}
 		return stream.Send(msg)
-	})
+	}
+	if n := req.Msg.GetAttempt(); n > 0 {
+		return h.s.followAttempt(ctx, j, n, req.Msg, send)
+	}
+	return h.s.followFrom(ctx, j, req.Msg.GetOffset(), req.Msg.GetFollow(), req.Msg.GetStream(), send)
 }
 
 // follow relays job j's output, as req asks for it, from its worker to
-// send: chunks, then the job's status. Errors come mapped to Connect codes.
+// send: chunks, then the job's status. A job retried while it is followed
+// is followed on into its next attempt (see followFrom). Errors come
+// mapped to Connect codes.
 func (s *Scheduler) follow(ctx context.Context, j store.Job, req *batonv1.WorkerServiceStreamJobOutputRequest, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) error {
+	return s.followFrom(ctx, j, req.GetOffset(), req.GetFollow(), req.GetStream(), send)
+}
+
+// followRun relays the output of job j's current attempt from its worker
+// to send, its offsets moved on by base (the bytes of the attempts before
+// it). With req.Follow, the end of an attempt that the job's retry policy
+// runs again is not sent: followRun returns errRetried instead.
+func (s *Scheduler) followRun(ctx context.Context, j store.Job, req *batonv1.WorkerServiceStreamJobOutputRequest, base int64, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) error {
 	t, ok := s.reg.target(j.WorkerID)
 	if !ok {
 		return mapError(errWorkerNotFound(j.WorkerID))
@@ -63,7 +72,20 @@ func (s *Scheduler) follow(ctx context.Context, j store.Job, req *batonv1.Worker
 		return relayError(ctx, t.id, err)
 	}
 	defer ws.Close()
-	return s.relay(ctx, j, outputEvents(ws), ws.Err, send)
+	return s.relay(ctx, j, outputEvents(ws), ws.Err, shifted(base, req.GetFollow(), send))
+}
+
+// shifted moves the offsets of the chunks passed to send on by base.
+func shifted(base int64, follow bool, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) func(*batonv1.OutputChunk, *batonv1.JobStatus) error {
+	if base == 0 {
+		return send
+	}
+	return func(chunk *batonv1.OutputChunk, st *batonv1.JobStatus) error {
+		if chunk != nil {
+			chunk.Offset += base
+		}
+		return send(chunk, st)
+	}
 }
 
 // relayContext is ctx, cut when t goes DOWN, LEFT or RESTARTING (cause
@@ -93,11 +115,14 @@ func (s *Scheduler) relay(ctx context.Context, j store.Job, events iter.Seq2[*ba
 	for chunk, st := range events {
 		if st != nil {
 			st = withIdentity(j, st)
-			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, j.ID, st); err != nil {
+			if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), j.WorkerID, runID(j), st); err != nil {
 				s.logger.ErrorContext(ctx, "recording a streamed final status failed", "job_id", j.ID, "error", err)
 			}
 			if terminal(st.GetState()) {
-				s.reg.ended(j.WorkerID, j.ID)
+				s.reg.ended(j.WorkerID, runID(j))
+				if s.retried(ctx, j) {
+					return errRetried
+				}
 			}
 			st = redacted(caller(ctx), st)
 		}

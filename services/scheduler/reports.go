@@ -36,7 +36,7 @@ func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, repor
 	}
 	var asks []store.Job
 	for _, j := range jobs {
-		if reported[j.ID] {
+		if reported[runID(j)] {
 			continue
 		}
 		if _, inFlight := s.starting.Load(j.ID); inFlight {
@@ -74,7 +74,7 @@ func (s *Scheduler) settleUnreported(ctx context.Context, workerID string, repor
 // settleOne asks worker t after job j and records the answer.
 func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error {
 	qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
-	res, err := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: j.ID}))
+	res, err := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: runID(j)}))
 	cancel()
 	switch {
 	case err == nil:
@@ -159,6 +159,9 @@ func withIdentity(j store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
 	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
 	st.Spec = j.Status.GetSpec()
 	st.CreatedAt = timestamppb.New(j.CreatedAt)
+	// Attempts and what started the job are the scheduler's record too.
+	st.Attempt, st.Attempts, st.RunId = j.Status.GetAttempt(), j.Status.GetAttempts(), j.Status.GetRunId()
+	st.Schedule, st.FireTime = j.Status.GetSchedule(), j.Status.GetFireTime()
 	return st
 }
 

@@ -121,9 +121,10 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 		return err
 	}
 	if ws == nil {
-		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: job.ID, Follow: true, Stream: req.GetStream()}, relayTo(send))
+		return s.follow(ctx, job, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: runID(job), Follow: true, Stream: req.GetStream()}, relayTo(send))
 	}
-	return s.relay(rctx, job, outputEvents(ws), ws.Err, relayTo(send))
+	err = s.relay(rctx, job, outputEvents(ws), ws.Err, relayTo(send))
+	return s.followRetries(ctx, job.ID, runID(job), err, 0, req.GetStream(), relayTo(send))
 }
 
 // runQueued queues the run's job, tells the caller so, and once the job
@@ -169,7 +170,7 @@ func (s *Scheduler) awaitQueued(ctx context.Context, id string, done <-chan stru
 	if err := send(startedMsg(ctx, withIdentity(j, j.Status))); err != nil {
 		return err
 	}
-	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: j.ID, Follow: true, Stream: stream}, relayTo(send))
+	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: runID(j), Follow: true, Stream: stream}, relayTo(send))
 }
 
 // startRun asks worker t to run a job and reads the started status its
@@ -255,7 +256,7 @@ func (s *Scheduler) runExisting(ctx context.Context, res *batonv1.StartJobRespon
 	if err := send(startedMsg(ctx, j.Status)); err != nil {
 		return err
 	}
-	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: j.ID, Follow: true, Stream: stream}, relayTo(send))
+	return s.follow(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: runID(j), Follow: true, Stream: stream}, relayTo(send))
 }
 
 // awaitStart waits for job id to leave PENDING, the state of a start in

@@ -262,9 +262,9 @@ func (s *Scheduler) started(ctx context.Context, slot *reservation, job store.Jo
 	if st == nil {
 		st = &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING}
 	}
-	slot.confirm(job.ID)
+	slot.confirm(runID(job))
 	st = withIdentity(job, st)
-	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), slot.target.id, job.ID, st); err != nil {
+	if err := s.store.ApplyWorkerReport(context.WithoutCancel(ctx), slot.target.id, runID(job), st); err != nil {
 		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", job.ID, "error", err)
 	}
 	s.opts.Metrics.JobStarted()
@@ -286,7 +286,7 @@ func (s *Scheduler) settleStart(ctx context.Context, t target, job store.Job, ca
 		refused = true
 	default:
 		qctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
-		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: job.ID}))
+		res, qerr := t.client.QueryJob(qctx, connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: runID(job)}))
 		cancel()
 		switch {
 		case qerr == nil && res.Msg.GetStatus() != nil:

@@ -55,7 +55,7 @@ func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatu
 // that no longer knows the job has nothing to stop: the job keeps its
 // stored status and the stop is dropped.
 func (s *Scheduler) deliverStop(ctx context.Context, t target, j store.Job, by string) (*batonv1.JobStatus, error) {
-	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: j.ID, StoppedBy: by}))
+	res, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: runID(j), StoppedBy: by}))
 	if connect.CodeOf(err) == connect.CodeNotFound && j.Status.GetState() == batonv1.JobState_JOB_STATE_LOST {
 		if err := s.store.ClearStop(ctx, j.ID); err != nil {
 			s.logger.ErrorContext(ctx, "dropping a stop failed", "job_id", j.ID, "error", err)
@@ -66,7 +66,7 @@ func (s *Scheduler) deliverStop(ctx context.Context, t target, j store.Job, by s
 		return nil, &workerError{worker: t.id, addr: t.addr, err: err}
 	}
 	st := withIdentity(j, res.Msg.GetStatus())
-	if err := s.store.ApplyWorkerReport(ctx, j.WorkerID, j.ID, st); err != nil {
+	if err := s.store.ApplyWorkerReport(ctx, j.WorkerID, runID(j), st); err != nil {
 		s.logger.ErrorContext(ctx, "recording a stopped job failed", "job_id", j.ID, "error", err)
 	}
 	return st, nil

@@ -13,8 +13,6 @@ import (
 // out yet, rather than starting a job that silently ignores them.
 func refuseUnbuilt(req *batonv1.StartJobRequest) error {
 	switch {
-	case req.GetRetry() != nil:
-		return connect.NewError(connect.CodeUnimplemented, errors.New("retry is not supported by this scheduler"))
 	case len(req.GetScript()) > 0 || req.GetScriptName() != "":
 		return connect.NewError(connect.CodeUnimplemented, errors.New("script is not supported by this scheduler"))
 	}

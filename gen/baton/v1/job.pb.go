@@ -265,8 +265,11 @@ type JobSpec struct {
 	// array_max_running is, for a job of an array, the most jobs of the
 	// array that run at once (0: no limit).
 	ArrayMaxRunning int32 `protobuf:"varint,20,opt,name=array_max_running,json=arrayMaxRunning,proto3" json:"array_max_running,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// worker is the worker the job was asked to run on (its id), if any:
+	// a retried job runs there again.
+	Worker        string `protobuf:"bytes,21,opt,name=worker,proto3" json:"worker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobSpec) Reset() {
@@ -437,6 +440,13 @@ func (x *JobSpec) GetArrayMaxRunning() int32 {
 		return x.ArrayMaxRunning
 	}
 	return 0
+}
+
+func (x *JobSpec) GetWorker() string {
+	if x != nil {
+		return x.Worker
+	}
+	return ""
 }
 
 // JobUsage is what one run of a job cost, as its worker measured it.
@@ -893,7 +903,10 @@ type JobStatus struct {
 	FireTime *timestamppb.Timestamp `protobuf:"bytes,24,opt,name=fire_time,json=fireTime,proto3" json:"fire_time,omitempty"`
 	// not_before is, for a job waiting for a time (a retry's backoff), when
 	// it may be placed.
-	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotBefore *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	// run_id is the id the current attempt runs under on its worker: the
+	// job id for the first attempt, a new one for each retry.
+	RunId         string `protobuf:"bytes,26,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1103,6 +1116,13 @@ func (x *JobStatus) GetNotBefore() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *JobStatus) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
 // OutputChunk is a piece of a job's output, in the order it was produced.
 type OutputChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1181,7 +1201,7 @@ var File_baton_v1_job_proto protoreflect.FileDescriptor
 
 const file_baton_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\a\n" +
+	"\x12baton/v1/job.proto\x12\bbaton.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\a\n" +
 	"\aJobSpec\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
@@ -1207,7 +1227,8 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\rscript_sha256\x18\x12 \x01(\tR\fscriptSha256\x12$\n" +
 	"\varray_index\x18\x13 \x01(\x05H\x00R\n" +
 	"arrayIndex\x88\x01\x01\x12*\n" +
-	"\x11array_max_running\x18\x14 \x01(\x05R\x0farrayMaxRunning\x1a6\n" +
+	"\x11array_max_running\x18\x14 \x01(\x05R\x0farrayMaxRunning\x12\x16\n" +
+	"\x06worker\x18\x15 \x01(\tR\x06worker\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
@@ -1259,7 +1280,7 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\fstdout_bytes\x18\v \x01(\x03R\vstdoutBytes\x12!\n" +
 	"\fstderr_bytes\x18\f \x01(\x03R\vstderrBytesB\f\n" +
 	"\n" +
-	"_exit_code\"\xa8\a\n" +
+	"_exit_code\"\xbf\a\n" +
 	"\tJobStatus\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12(\n" +
@@ -1290,7 +1311,8 @@ const file_baton_v1_job_proto_rawDesc = "" +
 	"\bschedule\x18\x17 \x01(\tR\bschedule\x127\n" +
 	"\tfire_time\x18\x18 \x01(\v2\x1a.google.protobuf.TimestampR\bfireTime\x129\n" +
 	"\n" +
-	"not_before\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBeforeB\f\n" +
+	"not_before\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x12\x15\n" +
+	"\x06run_id\x18\x1a \x01(\tR\x05runIdB\f\n" +
 	"\n" +
 	"_exit_code\"\x99\x01\n" +
 	"\vOutputChunk\x12.\n" +

@@ -84,6 +84,12 @@ CREATE TABLE queue (
 	deadline  INTEGER NOT NULL  -- 0: no limit
 ) STRICT, WITHOUT ROWID;
 `,
+	// 4: a retried job's attempts after the first run under ids of their
+	// own on their workers; a worker's report names the attempt's.
+	`
+ALTER TABLE jobs ADD COLUMN run_id TEXT; -- NULL: the job id
+CREATE UNIQUE INDEX jobs_by_run_id ON jobs (run_id) WHERE run_id IS NOT NULL;
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

@@ -103,14 +103,33 @@ func (s *SQLite) RequeueJob(ctx context.Context, id string) (Job, error) {
 	return out, nil
 }
 
+// GetQueuedJob implements [Store].
+func (s *SQLite) GetQueuedJob(ctx context.Context, id string) (Job, error) {
+	row, err := s.queryRow(ctx, queuedJobQuery, id)
+	if err != nil {
+		return Job{}, fmt.Errorf("get queued job %s: %w", id, err)
+	}
+	j, _, err := scanQueuedJob(row, id)
+	if err != nil {
+		return Job{}, queueError("get queued job "+id, err)
+	}
+	return j, nil
+}
+
+var queuedJobQuery = `SELECT ` + prefixed("j.", jobColumns) + `, q.worker_id, q.priority, q.round, q.seq, q.deadline
+FROM jobs j LEFT JOIN queue q ON q.job_id = j.job_id WHERE j.job_id = ?`
+
 // queuedJob reads job id, with its place in the queue, and the worker it
 // was queued for; ErrConflict when it has no place in the queue.
 func queuedJob(tx *writer, id string) (Job, string, error) {
-	row, err := tx.queryRow(`SELECT `+prefixed("j.", jobColumns)+`, q.worker_id, q.priority, q.round, q.seq, q.deadline
-FROM jobs j LEFT JOIN queue q ON q.job_id = j.job_id WHERE j.job_id = ?`, id)
+	row, err := tx.queryRow(queuedJobQuery, id)
 	if err != nil {
 		return Job{}, "", err
 	}
+	return scanQueuedJob(row, id)
+}
+
+func scanQueuedJob(row scanner, id string) (Job, string, error) {
 	var (
 		pinned                         sql.NullString
 		priority, round, seq, deadline sql.NullInt64

@@ -531,7 +531,7 @@ func (s *SQLite) GetJobByIdempotencyKey(ctx context.Context, owner, key string) 
 
 // UpdateJobStatus implements [Store].
 func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, st, func(old Job) (*batonv1.JobStatus, error) {
+	return s.updateJobStatus(ctx, id, false, st, func(old Job) (*batonv1.JobStatus, error) {
 		if isTerminal(old.Status.GetState()) {
 			return nil, nil
 		}
@@ -545,7 +545,7 @@ func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.Job
 
 // ApplyWorkerReport implements [Store].
 func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, st, func(old Job) (*batonv1.JobStatus, error) {
+	return s.updateJobStatus(ctx, id, true, st, func(old Job) (*batonv1.JobStatus, error) {
 		if old.WorkerID != workerID {
 			return nil, fmt.Errorf("job %s is on worker %q, not %q: %w", id, old.WorkerID, workerID, ErrNotOnWorker)
 		}
@@ -615,15 +615,24 @@ func lifeStage(s batonv1.JobState) int {
 // updateJobStatus writes the status next(old) returns for job id, or
 // leaves the job as it is when next returns none. The identity fields
 // always stay the stored ones.
-func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus, next func(old Job) (*batonv1.JobStatus, error)) error {
+//
+// A worker's report (fromWorker) names the job by the id its current
+// attempt runs under there (see JobStatus.run_id), and an end it reports
+// may be retried: the job is then QUEUED for its next attempt instead of
+// ending (see retryOf).
+func (s *SQLite) updateJobStatus(ctx context.Context, id string, fromWorker bool, st *batonv1.JobStatus, next func(old Job) (*batonv1.JobStatus, error)) error {
 	if st == nil {
 		return fmt.Errorf("update job %s: nil status", id)
 	}
 	ended := false
 	var end JobEnd
+	lookup := `SELECT ` + jobColumns + `, state, ended_at FROM jobs WHERE job_id = ?`
+	if fromWorker {
+		lookup = `SELECT ` + jobColumns + `, state, ended_at FROM jobs WHERE (job_id = ?1 AND run_id IS NULL) OR run_id = ?1`
+	}
 	err := s.write(ctx, func(tx *writer) error {
 		ended = false
-		row, err := tx.queryRow(`SELECT `+jobColumns+`, state, ended_at FROM jobs WHERE job_id = ?`, id)
+		row, err := tx.queryRow(lookup, id)
 		if err != nil {
 			return err
 		}
@@ -641,6 +650,17 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, st *batonv1.Job
 		upd, err := next(old)
 		if upd == nil || err != nil {
 			return err
+		}
+		id := old.ID
+		if fromWorker {
+			if retry, ok := retryOf(old, upd, time.Now()); ok {
+				if err := writeRetry(tx, old, retry); err != nil {
+					return err
+				}
+				ended = true
+				end = JobEnd{ID: old.ID, GroupID: old.GroupID, State: upd.GetState(), Retried: true}
+				return nil
+			}
 		}
 		upd.JobId, upd.WorkerId, upd.Owner, upd.GroupId = old.ID, old.WorkerID, old.Owner, old.GroupID
 		upd.CreatedAt = timestamppb.New(old.CreatedAt)
@@ -833,10 +853,17 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 			return err
 		}
 		for _, j := range jobs {
-			st := j.Status
+			st := proto.CloneOf(j.Status)
 			st.State = batonv1.JobState_JOB_STATE_LOST
 			st.Reason = reason
 			st.EndedAt = timestamppb.New(at)
+			if retry, ok := retryOf(j, st, at); ok {
+				if err := writeRetry(tx, j, retry); err != nil {
+					return err
+				}
+				ends = append(ends, JobEnd{ID: j.ID, GroupID: j.GroupID, State: st.State, Retried: true})
+				continue
+			}
 			blob, err := proto.Marshal(st)
 			if err != nil {
 				return err

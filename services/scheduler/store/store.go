@@ -148,6 +148,9 @@ type Store interface {
 	// set: those QUEUED, and those PENDING on the worker AssignJob handed
 	// them to, until their start is settled.
 	ListQueued(ctx context.Context) ([]Job, error)
+	// GetQueuedJob returns job id with Queue set, or ErrNotFound, or
+	// ErrConflict for a job with no place in the queue.
+	GetQueuedJob(ctx context.Context, id string) (Job, error)
 	// AssignJob hands QUEUED job id to worker workerID: the job becomes
 	// PENDING on that worker and keeps its place in the queue until a
 	// report of its start (or end) arrives, or RequeueJob puts it back. It
@@ -190,6 +193,9 @@ type JobEnd struct {
 	ID      string
 	GroupID string
 	State   batonv1.JobState
+	// Retried is set when the end was an attempt's, and the job is QUEUED
+	// again for its next attempt (see JobStatus.attempts): it has not ended.
+	Retried bool
 }
 
 // GroupProgress counts a group's jobs by how far they are: for a waiter
