@@ -27,7 +27,7 @@ const (
 // waits to be killed without ever closing its Runner.
 func runWorkerChild(role string) int {
 	ended := make(chan Status, 1)
-	r, err := New(Options{
+	opts := Options{
 		DataDir:         os.Getenv(childDataEnv),
 		ScriptsDir:      os.Getenv(childScriptsEnv),
 		AllowedCommands: testCommands,
@@ -36,14 +36,27 @@ func runWorkerChild(role string) int {
 				ended <- st
 			}
 		},
-	})
+	}
+	spec := Spec{Command: "true"}
+	switch role {
+	case "durable":
+		spec = Spec{Command: "sh", Args: []string{"-c", "echo out; echo err >&2; exit 3"}}
+	case "hog-" + UsageCgroup, "hog-" + UsageRusage:
+		// A worker of its own, so that its resident set, which Linux
+		// counts into its children's (see rusageUsage), is small.
+		source := strings.TrimPrefix(role, "hog-")
+		opts.AllowedCommands = append(opts.AllowedCommands, os.Args[0])
+		spec = Spec{Command: os.Args[0], Env: map[string]string{hogEnv: source}}
+		if source == UsageRusage {
+			opts.CgroupParent = "-"
+		} else {
+			spec.MemoryLimit = 1 << 30 // see TestUsageMeasured
+		}
+	}
+	r, err := New(opts)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
-	}
-	spec := Spec{Command: "true"}
-	if role == "durable" {
-		spec = Spec{Command: "sh", Args: []string{"-c", "echo out; echo err >&2; exit 3"}}
 	}
 	if _, _, err := r.Start(context.Background(), "child-job", spec); err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -261,30 +261,35 @@ func (r *Runner) resume(j *job, h *Handoff) {
 	if j.out.limitWasHit() {
 		r.beginStop(j, StateFailed, "", "output limit of "+formatBytes(j.out.limit)+" reached")
 	}
-	go r.awaitEnd(j, pid, func() (int, syscall.Signal) { return reap(pid) }, j.pipes)
+	go r.awaitEnd(j, pid, func() (int, syscall.Signal, Usage) { return reap(pid) }, j.pipes)
 }
 
-// reap waits for the exited child pid and returns its exit code and the
-// signal that killed it (code -1 then).
-func reap(pid int) (int, syscall.Signal) {
-	var ws unix.WaitStatus
+// reap waits for the exited child pid and returns its exit code, the
+// signal that killed it (code -1 then) and its rusage. The pid was this
+// process's child before the exec too, so the rusage covers its whole run.
+func reap(pid int) (int, syscall.Signal, Usage) {
+	var (
+		ws syscall.WaitStatus
+		ru syscall.Rusage
+	)
 	for {
-		_, err := unix.Wait4(pid, &ws, 0, nil)
+		_, err := syscall.Wait4(pid, &ws, 0, &ru)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return -1, 0
+			return -1, 0, Usage{}
 		}
 		break
 	}
+	use := rusageUsage(&ru)
 	switch {
 	case ws.Signaled():
-		return -1, syscall.Signal(ws.Signal())
+		return -1, ws.Signal(), use
 	case ws.Exited():
-		return ws.ExitStatus(), 0
+		return ws.ExitStatus(), 0, use
 	}
-	return -1, 0
+	return -1, 0, use
 }
 
 // procParent returns a process's parent pid (field 4 of proc_pid_stat(5)).

@@ -297,23 +297,26 @@ func (r *Runner) handingOver() bool {
 func (r *Runner) wait(j *job, cmd *exec.Cmd) {
 	pid := cmd.Process.Pid
 	r.recordRunning(j, pid)
-	r.awaitEnd(j, pid, func() (int, syscall.Signal) {
+	r.awaitEnd(j, pid, func() (int, syscall.Signal, Usage) {
 		_ = cmd.Wait()
+		ru, _ := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		use := rusageUsage(ru)
 		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
 			switch {
 			case ws.Signaled():
-				return -1, ws.Signal()
+				return -1, ws.Signal(), use
 			case ws.Exited():
-				return ws.ExitStatus(), 0
+				return ws.ExitStatus(), 0, use
 			}
 		}
-		return -1, 0
+		return -1, 0, use
 	}, j.pipes)
 }
 
 // awaitEnd waits for the job's process to exit, kills what it left, reaps
-// it, and records and reports the job's end.
-func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal), readers [2]*os.File) {
+// it, and records and reports the job's end. reap returns the exit and the
+// rusage of the main process.
+func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal, Usage), readers [2]*os.File) {
 	// Wait for the exit without reaping it (waitid(2) WNOWAIT). While the
 	// leader is an unreaped zombie its pid, and with it the process group
 	// ID, cannot be reused, so signalling -pgid until it is reaped is safe.
@@ -340,7 +343,7 @@ func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal), re
 		}
 		cg.kill()
 	}
-	code, sig := reap()
+	code, sig, use := reap()
 
 	timer := time.NewTimer(copierDrainTimeout)
 	for i, ch := range j.copied {
@@ -360,6 +363,11 @@ func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal), re
 	}
 	timer.Stop()
 	oom := cg.oomKilled()
+	// Read before the cgroup is removed, and after the copiers drained:
+	// by then whatever held the pipes is gone and counted.
+	if cgUse, ok := cg.usage(); ok {
+		use = cgUse
+	}
 	j.out.close()
 	writeErr := j.out.writeError()
 	limitHit := j.out.limitWasHit()
@@ -377,6 +385,8 @@ func (r *Runner) awaitEnd(j *job, pid int, reap func() (int, syscall.Signal), re
 	}
 	final := j.snapshotLocked()
 	final.ExitCode, final.Signal, final.EndedAt = code, sig, time.Now()
+	final.Usage = use
+	final.Usage.Wall = wallTime(&final, final.EndedAt)
 	switch {
 	case j.stopping:
 		final.State, final.Reason = j.stopState, j.stopReason

@@ -180,6 +180,9 @@ type Status struct {
 	// "user batch (uid 990)" or "the worker's uid 1000". Empty for a job
 	// recorded by a worker that did not say.
 	RunAs string
+	// Usage is what the run cost: measured at its end, and while it runs
+	// read from its cgroup when a Status asks (see Runner.Status).
+	Usage Usage
 }
 
 // Errors returned by the Runner. They are wrapped with a sentence a user can

@@ -115,6 +115,9 @@ type job struct {
 func (j *job) snapshotLocked() Status {
 	st := j.st
 	st.Spec = cloneSpec(st.Spec)
+	if !st.State.Terminal() {
+		st.Usage.Wall = wallTime(&st, time.Now())
+	}
 	return st
 }
 
@@ -375,14 +378,43 @@ func (r *Runner) Stop(ctx context.Context, id, by string) (Status, error) {
 	}
 }
 
-// Status returns a snapshot of the job, or ErrNotFound. Safe for concurrent
+// Status returns a snapshot of the job, or ErrNotFound. For a running job
+// whose cgroup measures CPU and memory, the snapshot's Usage is read from
+// the cgroup now; otherwise it is the last one known. Safe for concurrent
 // use.
 func (r *Runner) Status(id string) (Status, error) {
 	e, err := r.lookup(id)
 	if err != nil {
 		return Status{}, err
 	}
-	return e.status(), nil
+	if e.j == nil {
+		return e.status(), nil
+	}
+	return r.liveStatus(e.j), nil
+}
+
+// liveStatus is the job's snapshot with a fresh reading of its cgroup
+// while it runs. The reading is done without the job's lock and kept only
+// if the job has not ended meanwhile: its end's own reading is final.
+func (r *Runner) liveStatus(j *job) Status {
+	j.mu.Lock()
+	st, cg := j.snapshotLocked(), j.cg
+	j.mu.Unlock()
+	if st.State != StateRunning {
+		return st
+	}
+	use, ok := cg.usage()
+	if !ok {
+		return st
+	}
+	j.mu.Lock()
+	if j.st.State == StateRunning {
+		j.st.Usage = use
+	}
+	j.mu.Unlock()
+	use.Wall = st.Usage.Wall
+	st.Usage = use
+	return st
 }
 
 // List returns a snapshot of every job known to the Runner, newest first

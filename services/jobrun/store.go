@@ -66,7 +66,9 @@ const bootUnknown = "unknown"
 //	      and uvarint-length-prefixed strings
 //
 // A field added later goes at the end and is optional: a record written
-// before it ends where it would start. The boot id is the first such field.
+// before it ends where it would start. The boot id is the first such field;
+// the usage (source, CPU user and system nanoseconds, peak bytes) the second,
+// written only once measured, after a boot id of "unknown" if the boot is.
 const recordHead = 9
 
 // marshal encodes the record's payload, appending to b.
@@ -109,8 +111,18 @@ func (rec *jobRecord) marshal(b []byte) []byte {
 	b = appendString(b, sp.GroupID)
 	// The boot PID and startTicks belong to; left out if unknown, never
 	// written empty.
-	if boot := rec.storedBoot(); boot != "" {
+	boot, use := rec.storedBoot(), &st.Usage
+	if boot == "" && use.Source != "" {
+		boot = bootUnknown // a placeholder: the usage comes after the boot id
+	}
+	if boot != "" {
 		b = appendString(b, boot)
+	}
+	if use.Source != "" {
+		b = appendString(b, use.Source)
+		b = binary.AppendVarint(b, int64(use.CPUUser))
+		b = binary.AppendVarint(b, int64(use.CPUSystem))
+		b = binary.AppendVarint(b, use.PeakMemory)
 	}
 	return b
 }
@@ -184,8 +196,18 @@ func unmarshalRecord(p string) (jobRecord, error) {
 		case bootID():
 			rec.otherBoot = ""
 		default:
-			rec.otherBoot = boot
+			rec.otherBoot = boot // bootUnknown too, ahead of a usage
 		}
+	}
+	if len(d.s) != 0 { // a record written before usages ends here
+		use := &st.Usage
+		use.Source = d.string()
+		use.CPUUser, use.CPUSystem = time.Duration(d.varint()), time.Duration(d.varint())
+		use.PeakMemory = d.varint()
+		if !validUsageSource(use.Source) || use.CPUUser < 0 || use.CPUSystem < 0 || use.PeakMemory < 0 {
+			d.bad = true
+		}
+		use.Wall = wallTime(st, st.EndedAt)
 	}
 	switch {
 	case d.bad, len(d.s) != 0, rec.kind != kindStart && rec.kind != kindEnd,

@@ -62,11 +62,15 @@ func statusToProto(st jobrun.Status) *keeperv1.Status {
 		StderrBytes:        st.StderrBytes,
 		Cgroup:             st.Cgroup,
 		RunAs:              st.RunAs,
+		CpuUserNanos:       int64(st.Usage.CPUUser),
+		CpuSystemNanos:     int64(st.Usage.CPUSystem),
+		PeakMemoryBytes:    st.Usage.PeakMemory,
+		UsageSource:        st.Usage.Source,
 	}
 }
 
 func statusFromProto(st *keeperv1.Status) jobrun.Status {
-	return jobrun.Status{
+	out := jobrun.Status{
 		ID:          st.GetId(),
 		Spec:        specFromProto(st.GetSpec()),
 		State:       stateFromProto(st.GetState()),
@@ -83,6 +87,22 @@ func statusFromProto(st *keeperv1.Status) jobrun.Status {
 		Cgroup:      st.GetCgroup(),
 		RunAs:       st.GetRunAs(),
 	}
+	// The wall time is not sent: it follows from the times, and for a
+	// running job it is as of when it is read. An end nobody measured
+	// (LOST) has none, as in the runtime.
+	src := st.GetUsageSource()
+	if src != "" {
+		out.Usage = jobrun.Usage{
+			CPUUser:    time.Duration(st.GetCpuUserNanos()),
+			CPUSystem:  time.Duration(st.GetCpuSystemNanos()),
+			PeakMemory: st.GetPeakMemoryBytes(),
+			Source:     src,
+		}
+	}
+	if src != "" || !out.State.Terminal() {
+		out.Usage.Wall = out.Elapsed(time.Now())
+	}
+	return out
 }
 
 // stateFromProto maps a state; one this build does not know (a newer

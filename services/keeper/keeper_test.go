@@ -201,6 +201,14 @@ func TestClientRunsJobsInTheKeeper(t *testing.T) {
 		t.Errorf("the job is not the keeper's child")
 	}
 	ch.await(t, "hello", jobrun.StateFailed)
+	// What the run cost crosses the socket, in the end and in a status.
+	// (A shell's peak is below the keeper's own: with rusage it is 0.)
+	if u := end.Usage; u.Source == "" || u.CPUUser+u.CPUSystem <= 0 || u.PeakMemory < 0 || u.Wall != end.EndedAt.Sub(end.StartedAt) {
+		t.Errorf("Run's end: usage %+v", u)
+	}
+	if st, err := c.Status(t.Context(), "hello"); err != nil || st.Usage != end.Usage {
+		t.Errorf("Status: usage %+v, want %+v (%v)", st.Usage, end.Usage, err)
+	}
 
 	st, created, err := c.Start(t.Context(), "sleeper", jobrun.Spec{Command: "sleep", Args: []string{"1000"}})
 	if err != nil || !created || st.State != jobrun.StateRunning {

@@ -233,6 +233,62 @@ baton_worker_output_streamed_bytes_total 1.048581e+06
 	}
 }
 
+// TestWorkerJobUsage: each ended job's CPU and peak memory go into
+// histograms labelled only by source; an unknown peak is left out, and a
+// source other than the two known ones cannot add label values.
+func TestWorkerJobUsage(t *testing.T) {
+	t.Parallel()
+	m := NewWorker()
+	m.JobUsage(1200*time.Millisecond, 100<<20, "cgroup")
+	m.JobUsage(5*time.Millisecond, 0, "rusage")
+	m.JobUsage(time.Second, 1<<20, "job-0193a1b2")
+	const want = `# HELP baton_worker_job_cpu_seconds CPU time (user + system) of each job that ended on this worker, by where it was measured (cgroup or rusage).
+# TYPE baton_worker_job_cpu_seconds histogram
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="0.01"} 0
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="0.1"} 0
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="1"} 0
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="10"} 1
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="60"} 1
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="600"} 1
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="3600"} 1
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="21600"} 1
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="86400"} 1
+baton_worker_job_cpu_seconds_bucket{source="cgroup",le="+Inf"} 1
+baton_worker_job_cpu_seconds_sum{source="cgroup"} 1.2
+baton_worker_job_cpu_seconds_count{source="cgroup"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="0.01"} 0
+baton_worker_job_cpu_seconds_bucket{source="other",le="0.1"} 0
+baton_worker_job_cpu_seconds_bucket{source="other",le="1"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="10"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="60"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="600"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="3600"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="21600"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="86400"} 1
+baton_worker_job_cpu_seconds_bucket{source="other",le="+Inf"} 1
+baton_worker_job_cpu_seconds_sum{source="other"} 1
+baton_worker_job_cpu_seconds_count{source="other"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="0.01"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="0.1"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="1"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="10"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="60"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="600"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="3600"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="21600"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="86400"} 1
+baton_worker_job_cpu_seconds_bucket{source="rusage",le="+Inf"} 1
+baton_worker_job_cpu_seconds_sum{source="rusage"} 0.005
+baton_worker_job_cpu_seconds_count{source="rusage"} 1
+`
+	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "baton_worker_job_cpu_seconds"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(m.jobMemory); n != 2 {
+		t.Errorf("peak memory series: %d, want 2 (cgroup and other; the unknown peak is left out)", n)
+	}
+}
+
 func TestQueueMetrics(t *testing.T) {
 	t.Parallel()
 	m := NewScheduler()
@@ -349,6 +405,7 @@ func TestNilMetricsRecordNothing(t *testing.T) {
 		{"Scheduler.JobLeftQueue", func() { s.JobLeftQueue(50, QueuePlaced, time.Second) }},
 		{"Scheduler.QueueLoaded", func() { s.QueueLoaded(map[int32]int{50: 1}) }},
 		{"Worker.JobStarted", w.JobStarted},
+		{"Worker.JobUsage", func() { w.JobUsage(time.Second, 1<<20, "cgroup") }},
 		{"Worker.OutputStreamed", func() { w.OutputStreamed(10) }},
 		{"Worker.HeartbeatSent ok", func() { w.HeartbeatSent(nil) }},
 		{"Worker.HeartbeatSent error", func() { w.HeartbeatSent(errors.New("unreachable")) }},
@@ -460,6 +517,7 @@ func TestMetricNamesFollowConventions(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.rpc.observe("/baton.v1.WorkerService/StartJob", nil, time.Now())
+	w.JobUsage(time.Second, 1<<20, "cgroup")
 	for _, g := range []prometheus.Gatherer{s.Registry(), w.Registry()} {
 		problems, err := testutil.GatherAndLint(g)
 		if err != nil {

@@ -3,6 +3,7 @@ package metrics
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"connectrpc.com/connect"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +23,21 @@ type Worker struct {
 	streamed     prometheus.Counter
 	heartbeatsOK prometheus.Counter
 	heartbeatsKO prometheus.Counter
+	jobCPU       *prometheus.HistogramVec
+	jobMemory    *prometheus.HistogramVec
 }
+
+// jobCPUBuckets are the buckets of a job's CPU time, in seconds: from a
+// /bin/true to a day's batch job.
+var jobCPUBuckets = []float64{.01, .1, 1, 10, 60, 600, 3600, 6 * 3600, 24 * 3600}
+
+// jobMemoryBuckets are the buckets of a job's peak memory, in bytes: 1 MiB
+// to 64 GiB by factors of 4.
+var jobMemoryBuckets = prometheus.ExponentialBuckets(1<<20, 4, 9)
+
+// usageSources are the values of the source label; anything else is
+// counted as "other", so that the label's values stay few.
+var usageSources = map[string]bool{"cgroup": true, "rusage": true}
 
 // NewWorker returns a worker's metrics in a new registry.
 func NewWorker(opts ...Option) *Worker {
@@ -41,7 +56,17 @@ func NewWorker(opts ...Option) *Worker {
 	}, []string{"result"})
 	m.heartbeatsOK = beats.WithLabelValues("ok")
 	m.heartbeatsKO = beats.WithLabelValues("error")
-	reg.MustRegister(m.streamed, beats)
+	m.jobCPU = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "worker", Name: "job_cpu_seconds",
+		Help:    "CPU time (user + system) of each job that ended on this worker, by where it was measured (cgroup or rusage).",
+		Buckets: jobCPUBuckets,
+	}, []string{"source"})
+	m.jobMemory = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Subsystem: "worker", Name: "job_peak_memory_bytes",
+		Help:    "Peak memory of each job that ended on this worker, by where it was measured (cgroup or rusage); jobs whose peak is unknown are left out.",
+		Buckets: jobMemoryBuckets,
+	}, []string{"source"})
+	reg.MustRegister(m.streamed, beats, m.jobCPU, m.jobMemory)
 	return m
 }
 
@@ -75,6 +100,21 @@ func (m *Worker) JobStarted() {
 func (m *Worker) JobFinished(s batonv1.JobState) {
 	if m != nil {
 		m.jobsFinished.WithLabelValues(jobStateLabel(s)).Inc()
+	}
+}
+
+// JobUsage records what an ended job cost: its CPU time and, when known
+// (peakBytes > 0), its peak memory, by source ("cgroup" or "rusage").
+func (m *Worker) JobUsage(cpu time.Duration, peakBytes int64, source string) {
+	if m == nil {
+		return
+	}
+	if !usageSources[source] {
+		source = "other"
+	}
+	m.jobCPU.WithLabelValues(source).Observe(cpu.Seconds())
+	if peakBytes > 0 {
+		m.jobMemory.WithLabelValues(source).Observe(float64(peakBytes))
 	}
 }
 

@@ -187,7 +187,8 @@ func (a *securedAPI) stream(w http.ResponseWriter, r *http.Request) {
 	send(0, chunk("OUTPUT_STREAM_STDOUT", out[:2], 0)) // ends inside é
 	send(0, chunk("OUTPUT_STREAM_STDOUT", out[2:], 2))
 	send(0, chunk("OUTPUT_STREAM_STDERR", []byte("boom\n"), len(out)))
-	send(0, `{"status":{"jobId":"`+req.JobID+`","workerId":"w1","state":"JOB_STATE_FAILED","exitCode":3,"reason":"exited with code 3"}}`)
+	send(0, `{"status":{"jobId":"`+req.JobID+`","workerId":"w1","state":"JOB_STATE_FAILED","exitCode":3,"reason":"exited with code 3",`+
+		`"usage":{"cpuUser":"1.021s","cpuSystem":"0.052s","peakMemoryBytes":"110100480","wall":"2.500s","source":"cgroup"}}}`)
 	send(2, `{}`)
 }
 
@@ -260,6 +261,9 @@ func TestTokenAndStreamInBrowser(t *testing.T) {
 	}
 	if got := eval(`document.getElementById("job-exit").textContent + " " + document.querySelectorAll("#job-output i").length`); got != "3 0" {
 		t.Errorf("exit code and <i> elements: %q, want \"3 0\"", got)
+	}
+	if got, want := eval(`document.getElementById("job-cost")?.textContent`), "CPU 1.0 s user + 52 ms system · peak 105.0 MiB · wall 2.5 s (cgroup)"; got != want {
+		t.Errorf("cost shown as %q, want %q", got, want)
 	}
 
 	// A stream refused in its end-of-stream message: the message, and the

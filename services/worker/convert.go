@@ -79,10 +79,26 @@ func statusToProto(st jobrun.Status, workerID string) *batonv1.JobStatus {
 	if st.Spec.Timeout > 0 {
 		out.Spec.Timeout = durationpb.New(st.Spec.Timeout)
 	}
+	out.Usage = usageToProto(st)
 	out.Signal = st.SignalName()
 	if st.State.Terminal() && st.ExitCode >= 0 && st.Signal == 0 && !st.StartedAt.IsZero() {
 		code := int32(st.ExitCode)
 		out.ExitCode = &code
+	}
+	return out
+}
+
+// usageToProto renders what the job cost: nothing before it started, the
+// wall time alone while nothing was measured (a running job without a
+// cgroup that can say, a LOST one has not even that).
+func usageToProto(st jobrun.Status) *batonv1.JobUsage {
+	u := st.Usage
+	if u.Source == "" && u.Wall == 0 {
+		return nil
+	}
+	out := &batonv1.JobUsage{Wall: durationpb.New(u.Wall), Source: u.Source}
+	if u.Source != "" {
+		out.CpuUser, out.CpuSystem, out.PeakMemoryBytes = durationpb.New(u.CPUUser), durationpb.New(u.CPUSystem), u.PeakMemory
 	}
 	return out
 }

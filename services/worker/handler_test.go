@@ -94,6 +94,12 @@ func TestJobLifecycleOverEveryProtocol(t *testing.T) {
 			if !q.Msg.GetDone() || q.Msg.GetError() || q.Msg.GetErrorText() != "" {
 				t.Errorf("query = done %v error %v %q, want done and no error", q.Msg.GetDone(), q.Msg.GetError(), q.Msg.GetErrorText())
 			}
+			// What the run cost, as the runtime measured it at the end.
+			st := q.Msg.GetStatus()
+			if u := st.GetUsage(); (u.GetSource() != "cgroup" && u.GetSource() != "rusage") || u.GetCpuUser() == nil ||
+				u.GetWall().AsDuration() != st.GetEndedAt().AsTime().Sub(st.GetStartedAt().AsTime()) {
+				t.Errorf("usage = %v, want one measured, with the wall time from start to end", u)
+			}
 			// Resume from an offset in the one-stream view.
 			tail, _, _ := collect(ctx, t, c, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: id, Offset: 4, Stream: batonv1.OutputStream_OUTPUT_STREAM_STDOUT})
 			if got, want := string(tail), "3\ndone\n"; got != want {

@@ -139,6 +139,9 @@ func (w *Worker) jobChanged(st jobrun.Status) {
 		w.opts.Metrics.JobStarted()
 	case st.State.Terminal():
 		w.opts.Metrics.JobFinished(jobStates[st.State])
+		if u := st.Usage; u.Source != "" {
+			w.opts.Metrics.JobUsage(u.CPUUser+u.CPUSystem, u.PeakMemory, u.Source)
+		}
 	}
 }
 

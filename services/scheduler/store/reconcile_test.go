@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -162,5 +163,43 @@ func TestApplyWorkerReportClipsText(t *testing.T) {
 	}
 	if !utf8.ValidString(got.GetReason()) {
 		t.Error("the clipped reason is not valid UTF-8")
+	}
+}
+
+// TestApplyWorkerReportKeepsUsage: what a job cost, as its worker
+// reports it at the end, is stored with the job's status; a usage that
+// makes no sense is dropped.
+func TestApplyWorkerReportKeepsUsage(t *testing.T) {
+	t.Parallel()
+	good := &batonv1.JobUsage{
+		CpuUser: durationpb.New(time.Second), CpuSystem: durationpb.New(20 * time.Millisecond),
+		PeakMemoryBytes: 100 << 20, Wall: durationpb.New(1500 * time.Millisecond), Source: "cgroup",
+	}
+	tests := []struct {
+		name  string
+		usage *batonv1.JobUsage
+		want  *batonv1.JobUsage
+	}{
+		{"measured", good, good},
+		{"none", nil, nil},
+		{"negative cpu", &batonv1.JobUsage{CpuUser: durationpb.New(-time.Second), Source: "cgroup"}, nil},
+		{"negative memory", &batonv1.JobUsage{PeakMemoryBytes: -1, Source: "rusage"}, nil},
+		{"unknown source", &batonv1.JobUsage{PeakMemoryBytes: 1, Source: strings.Repeat("x", 1<<10)}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := openStore(t)
+			j := newJob(1, "w1", "alice")
+			mustCreateJob(t, t.Context(), s, j)
+			end := &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_SUCCEEDED, ExitCode: new(int32(0)),
+				EndedAt: timestamppb.New(epoch.Add(time.Hour)), Usage: tc.usage}
+			if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, end); err != nil {
+				t.Fatal(err)
+			}
+			if got := mustGetJob(t, t.Context(), s, j.ID).Status.GetUsage(); !proto.Equal(got, tc.want) {
+				t.Errorf("stored usage %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -577,8 +578,36 @@ func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st 
 		next.StderrBytes = st.GetStderrBytes()
 		next.Containment = clip(st.GetContainment(), maxReportWord)
 		next.RunAs = clip(st.GetRunAs(), maxReportWord)
+		next.Usage = reportedUsage(st.GetUsage())
 		return next, nil
 	})
+}
+
+// reportedUsage keeps what a worker says a job cost if it makes sense: no
+// negative or unset durations (the API's own bounds), a known source. A
+// usage that does not is dropped whole rather than stored in part.
+func reportedUsage(u *batonv1.JobUsage) *batonv1.JobUsage {
+	if u == nil {
+		return nil
+	}
+	ok := func(d *durationpb.Duration) bool {
+		return d == nil || (d.IsValid() && d.AsDuration() >= 0)
+	}
+	switch {
+	case !ok(u.GetCpuUser()), !ok(u.GetCpuSystem()), !ok(u.GetWall()), u.GetPeakMemoryBytes() < 0,
+		u.GetSource() != "" && u.GetSource() != "cgroup" && u.GetSource() != "rusage":
+		return nil
+	}
+	dur := func(d *durationpb.Duration) *durationpb.Duration {
+		if d == nil {
+			return nil
+		}
+		return durationpb.New(d.AsDuration())
+	}
+	return &batonv1.JobUsage{
+		CpuUser: dur(u.GetCpuUser()), CpuSystem: dur(u.GetCpuSystem()), PeakMemoryBytes: u.GetPeakMemoryBytes(),
+		Wall: dur(u.GetWall()), Source: u.GetSource(),
+	}
 }
 
 // A worker's words are kept to these sizes, so that no worker can fill

@@ -91,7 +91,8 @@ type Store interface {
 	// ApplyWorkerReport records what worker workerID reports about job id.
 	// Only what a worker knows is taken from st: state, pid, exit code,
 	// signal, reason, start and end times, stopped_by, byte counts,
-	// containment and run_as. The job's identity, owner, spec and group stay the
+	// containment, run_as and usage (dropped if it does not make sense:
+	// a negative figure, an unknown source). The job's identity, owner, spec and group stay the
 	// scheduler's. The job's life only moves forward (PENDING, RUNNING, an
 	// end) and an end is final, except JOB_STATE_LOST: LOST only records
 	// that the scheduler stopped hearing about the job, and its worker's

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/baton-run/baton/cmd/baton/internal/cliout"
@@ -174,9 +175,39 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 		row("PID", strconv.Itoa(int(j.GetPid())))
 	}
 	row("Output", byteCount(j.GetStdoutBytes())+" stdout, "+byteCount(j.GetStderrBytes())+" stderr")
+	row("Cost", costText(j))
 	row("Containment", j.GetContainment())
 	row("Run as", j.GetRunAs())
 	return tw.Flush()
+}
+
+// costText is what the job's run cost: "CPU 1.02s user + 52ms system, peak
+// memory 100.5 MiB, wall 2.5s (cgroup)", "so far" while it runs, or only
+// the wall time while nothing else is measured.
+func costText(j *batonv1.JobStatus) string {
+	u := j.GetUsage()
+	if u == nil {
+		return ""
+	}
+	d := func(p *durationpb.Duration) string { return p.AsDuration().Round(time.Millisecond).String() }
+	wall := "wall " + d(u.GetWall())
+	if !terminalState(j.GetState()) {
+		wall += " so far"
+	}
+	if u.GetSource() == "" {
+		return wall + " (CPU and memory not measured)"
+	}
+	peak := "unknown"
+	if n := u.GetPeakMemoryBytes(); n > 0 {
+		peak = byteCount(n)
+	}
+	return fmt.Sprintf("CPU %s user + %s system, peak memory %s, %s (%s)",
+		d(u.GetCpuUser()), d(u.GetCpuSystem()), peak, wall, u.GetSource())
+}
+
+// terminalState reports whether s is an end.
+func terminalState(s batonv1.JobState) bool {
+	return s >= batonv1.JobState_JOB_STATE_SUCCEEDED && s <= batonv1.JobState_JOB_STATE_LOST
 }
 
 // stateText is a job's state as tables show it, with its place in the

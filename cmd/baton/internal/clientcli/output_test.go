@@ -88,6 +88,10 @@ func goldenStatus() *batonv1.JobStatus {
 			WorkingDir: "work", Labels: map[string]string{"team": "infra"},
 		},
 		StdoutBytes: 1536, StderrBytes: 3 << 20, Containment: "cgroup-v2",
+		Usage: &batonv1.JobUsage{
+			CpuUser: durationpb.New(1021 * time.Millisecond), CpuSystem: durationpb.New(52 * time.Millisecond),
+			PeakMemoryBytes: 105 << 20, Wall: durationpb.New(6500 * time.Millisecond), Source: "cgroup",
+		},
 	}
 }
 
@@ -105,6 +109,17 @@ func TestTableGolden(t *testing.T) {
 		{"workers", func(b *bytes.Buffer) error { return writeWorkersTable(b, goldenWorkers(), style) }},
 		{"status", func(b *bytes.Buffer) error { return writeJobStatus(b, goldenStatus(), style) }},
 		{"status_running", func(b *bytes.Buffer) error { return writeJobStatus(b, goldenJobs()[0], style) }},
+		{"status_running_usage", func(b *bytes.Buffer) error {
+			j := goldenJobs()[0]
+			j.Usage = &batonv1.JobUsage{Wall: durationpb.New(9 * time.Second)}
+			return writeJobStatus(b, j, style)
+		}},
+		{"status_rusage", func(b *bytes.Buffer) error {
+			j := goldenStatus()
+			j.Containment = "process-group"
+			j.Usage.Source, j.Usage.PeakMemoryBytes = "rusage", 0
+			return writeJobStatus(b, j, style)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

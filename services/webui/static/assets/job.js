@@ -74,6 +74,7 @@ export function renderJob(root, jobId, ui) {
       s.owner && ["Owner", s.owner],
       s.stoppedBy && ["Stopped by", s.stoppedBy],
       (s.stdoutBytes || s.stderrBytes) && ["Output", `${bytes(s.stdoutBytes)} stdout, ${bytes(s.stderrBytes)} stderr`],
+      s.usage && s.usage.source && ["Cost", el("span", { id: "job-cost" }, costText(s.usage))],
       s.groupId && ["Group", el("span", { class: "mono" }, s.groupId)],
     ].filter(Boolean);
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
@@ -259,6 +260,15 @@ export function renderJob(root, jobId, ui) {
     clearTimeout(stopArmed);
     clearInterval(ticker);
   };
+}
+
+// costText says what a run cost, as its worker measured it: "CPU 1.0 s
+// user + 52 ms system · peak 100.5 MiB · wall 2.5 s (cgroup)". A peak of
+// 0 is one rusage could not tell apart from the worker's own memory.
+function costText(u) {
+  const ms = (d) => span(parseFloat(d || "0") * 1000);
+  const peak = Number(u.peakMemoryBytes || 0) > 0 ? bytes(u.peakMemoryBytes) : "unknown";
+  return `CPU ${ms(u.cpuUser)} user + ${ms(u.cpuSystem)} system · peak ${peak} · wall ${ms(u.wall)} (${u.source})`;
 }
 
 // queueTimeout reads a protojson duration ("600s", "-1s").
