@@ -145,4 +145,3 @@ func stateWord(st batonv1.JobState) string {
 	}
 	return s
 }
-
