@@ -136,6 +136,7 @@ func newStatusCommand() *cobra.Command {
 func newLogsCommand() *cobra.Command {
 	var follow, onlyStdout, onlyStderr bool
 	var offset int64
+	var attempt int32
 	cmd := &cobra.Command{
 		Use:   "logs JOB",
 		Short: "Print a job's output: stdout to stdout, stderr to stderr",
@@ -144,13 +145,15 @@ stderr, in the order it was produced; -f follows until the job ends.
 --offset skips bytes of the view asked for (both streams interleaved, or
 the one stream of --stdout or --stderr). With -o json each message of the
 stream is printed as one JSON object a line (JSON Lines), the job's final
-status last when following.`,
+status last when following. A retried job's output is that of its
+attempts, one after the other; --attempt N prints attempt N's alone.`,
 		Args: cliout.UsageArgs(cobra.ExactArgs(1)),
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "follow the output until the job ends")
 	cmd.Flags().Int64Var(&offset, "offset", 0, "start this many bytes into the output")
 	cmd.Flags().BoolVar(&onlyStdout, "stdout", false, "only the job's standard output")
 	cmd.Flags().BoolVar(&onlyStderr, "stderr", false, "only the job's standard error")
+	cmd.Flags().Int32Var(&attempt, "attempt", 0, "only attempt N of a retried job (from 1)")
 	return clientCommand(cmd, func(c *clientCall, args []string) error {
 		id := args[0]
 		if err := checkID("JOB", id); err != nil {
@@ -162,7 +165,10 @@ status last when following.`,
 		if offset < 0 {
 			return cliout.UsageErrorf("--offset must not be negative")
 		}
-		req := &batonv1.StreamJobOutputRequest{JobId: id, Offset: offset, Follow: follow}
+		if attempt < 0 {
+			return cliout.UsageErrorf("--attempt counts from 1")
+		}
+		req := &batonv1.StreamJobOutputRequest{JobId: id, Offset: offset, Follow: follow, Attempt: attempt}
 		switch {
 		case onlyStdout:
 			req.Stream = batonv1.OutputStream_OUTPUT_STREAM_STDOUT

@@ -178,7 +178,56 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 	row("Cost", costText(j))
 	row("Containment", j.GetContainment())
 	row("Run as", j.GetRunAs())
+	if r := spec.GetRetry(); r != nil {
+		row("Attempt", fmt.Sprintf("%d of %d", max(j.GetAttempt(), 1), r.GetAttempts()))
+	}
+	for _, a := range j.GetAttempts() {
+		row("Attempt "+strconv.Itoa(int(a.GetNumber())), attemptText(a))
+	}
+	if len(spec.GetAfter()) > 0 {
+		row("After", afterText(spec.GetAfter()))
+	}
+	if spec.ArrayIndex != nil {
+		row("Array index", strconv.Itoa(int(spec.GetArrayIndex())))
+	}
 	return tw.Flush()
+}
+
+// attemptText is one earlier attempt in a line: "FAILED, exit 3 on w1,
+// ran 1.2s".
+func attemptText(a *batonv1.Attempt) string {
+	var b strings.Builder
+	b.WriteString(strings.TrimPrefix(a.GetState().String(), "JOB_STATE_"))
+	if a.ExitCode != nil {
+		fmt.Fprintf(&b, ", exit %d", a.GetExitCode())
+	}
+	if a.GetWorkerId() != "" {
+		b.WriteString(" on " + a.GetWorkerId())
+	}
+	if a.GetStartedAt() != nil && a.GetEndedAt() != nil {
+		b.WriteString(", ran " + a.GetEndedAt().AsTime().Sub(a.GetStartedAt().AsTime()).Round(time.Millisecond).String())
+	}
+	if a.GetReason() != "" {
+		b.WriteString(" (" + a.GetReason() + ")")
+	}
+	return b.String()
+}
+
+// afterText lists what a job waits for: "succeeded:ID, ended:group/ID".
+func afterText(deps []*batonv1.Dependency) string {
+	parts := make([]string, 0, len(deps))
+	for _, d := range deps {
+		cond := strings.ToLower(strings.TrimPrefix(d.GetCondition().String(), "DEPENDENCY_CONDITION_"))
+		if cond == "unspecified" {
+			cond = "succeeded"
+		}
+		what := d.GetJobId()
+		if d.GetGroupId() != "" {
+			what = "group/" + d.GetGroupId()
+		}
+		parts = append(parts, cond+":"+what)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // costText is what the job's run cost: "CPU 1.02s user + 52ms system, peak

@@ -3,8 +3,10 @@ package clientcli
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/baton-run/baton/cmd/baton/internal/cliout"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -16,12 +18,61 @@ type waitOptions struct {
 	after      []string
 	afterGroup []string
 	array      string
+	// retries is the most attempts (0: the flag was not given).
+	retries         int
+	retryBackoff    time.Duration
+	retryMaxBackoff time.Duration
+	retryOn         []string
 }
 
 func bindWaitFlags(fs *pflag.FlagSet, o *waitOptions) {
 	fs.StringArrayVar(&o.after, "after", nil, "start once job ID ended: [succeeded|failed|ended:]ID, succeeded by default (repeat for more)")
 	fs.StringArrayVar(&o.afterGroup, "after-group", nil, "start once every job of group ID ended: [succeeded|failed|ended:]ID (repeat for more)")
 	fs.StringVar(&o.array, "array", "", "start one job per index: FIRST-LAST[%MAX] runs at most MAX at once; the index is in BATON_ARRAY_INDEX")
+	fs.IntVar(&o.retries, "retry", 0, "run the job up to N times in all while its attempts fail (see --retry-on)")
+	fs.DurationVar(&o.retryBackoff, "retry-backoff", time.Second, "wait before the second attempt; each later wait doubles")
+	fs.DurationVar(&o.retryMaxBackoff, "retry-max-backoff", 5*time.Minute, "the longest wait between attempts")
+	fs.StringSliceVar(&o.retryOn, "retry-on", nil, "which ends are retried: exit codes and timed-out, lost (default: any non-zero exit code, and lost)")
+}
+
+// retryPolicy is the policy the retry flags ask for, or nil.
+func (o *waitOptions) retryPolicy() (*batonv1.RetryPolicy, error) {
+	if o.retries == 0 {
+		if len(o.retryOn) > 0 {
+			return nil, cliout.UsageErrorf("--retry-on needs --retry N")
+		}
+		return nil, nil
+	}
+	if o.retries < 1 || o.retries > 100 {
+		return nil, cliout.UsageErrorf("--retry %d: give the most attempts, 1 to 100", o.retries)
+	}
+	if o.retryBackoff < 0 || o.retryBackoff > 24*time.Hour || o.retryMaxBackoff < 0 || o.retryMaxBackoff > 24*time.Hour {
+		return nil, cliout.UsageErrorf("--retry-backoff and --retry-max-backoff: 0 to 24h")
+	}
+	p := &batonv1.RetryPolicy{
+		Attempts:       int32(o.retries),
+		InitialBackoff: durationpb.New(o.retryBackoff),
+		MaxBackoff:     durationpb.New(o.retryMaxBackoff),
+		Lost:           len(o.retryOn) == 0,
+	}
+	for _, v := range o.retryOn {
+		switch v {
+		case "timed-out":
+			p.TimedOut = true
+		case "lost":
+			p.Lost = true
+		default:
+			code, err := strconv.Atoi(v)
+			if err != nil || code < 1 || code > 255 {
+				return nil, cliout.UsageErrorf("--retry-on %q: exit codes 1 to 255, timed-out or lost", v)
+			}
+			p.ExitCodes = append(p.ExitCodes, int32(code))
+		}
+	}
+	if len(o.retryOn) > 0 && len(p.ExitCodes) == 0 {
+		return nil, cliout.UsageErrorf("--retry-on %s: name the exit codes to retry too (any non-zero is the default only without --retry-on)", strings.Join(o.retryOn, ","))
+	}
+	return p, nil
 }
 
 // apply sets the request's dependencies and array from the flags.
@@ -40,6 +91,11 @@ func (o *waitOptions) apply(req *batonv1.StartJobRequest) error {
 		}
 		req.After = append(req.After, &batonv1.Dependency{GroupId: id, Condition: cond})
 	}
+	policy, err := o.retryPolicy()
+	if err != nil {
+		return err
+	}
+	req.Retry = policy
 	if o.array != "" {
 		a, err := parseArray(o.array)
 		if err != nil {
