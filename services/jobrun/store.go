@@ -107,12 +107,55 @@ func (rec *jobRecord) marshal(b []byte) []byte {
 	b = appendString(b, sp.Owner)
 	b = appendMap(b, sp.Labels)
 	b = appendString(b, sp.GroupID)
-	// The boot PID and startTicks belong to; left out if unknown, never
-	// written empty.
-	if boot := rec.storedBoot(); boot != "" {
+	// The boot PID and startTicks belong to; left out if unknown and
+	// nothing follows, never written empty.
+	ext := rec.appendTagged(nil)
+	if boot := rec.storedBoot(); boot != "" || len(ext) > 0 {
+		if boot == "" {
+			boot = bootUnknown // reads back as unknown
+		}
 		b = appendString(b, boot)
 	}
+	return append(b, ext...)
+}
+
+// Fields after the boot id are tagged: a tag, then the field's encoding
+// as a length-prefixed string. A record holds only the fields that are
+// set, and a reader skips the tags it does not know.
+const (
+	// tagScript: a script sent with the job, its name, size and SHA-256.
+	tagScript = 1
+)
+
+// appendTagged appends the record's tagged fields.
+func (rec *jobRecord) appendTagged(b []byte) []byte {
+	if sp := &rec.st.Spec; sp.ScriptName != "" {
+		var v []byte
+		v = appendString(v, sp.ScriptName)
+		v = binary.AppendVarint(v, sp.ScriptSize)
+		v = appendString(v, sp.ScriptSHA256)
+		b = binary.AppendUvarint(b, tagScript)
+		b = appendString(b, string(v))
+	}
 	return b
+}
+
+// readTagged decodes the tagged fields that end a record.
+func (rec *jobRecord) readTagged(d *decoder) {
+	for len(d.s) != 0 && !d.bad {
+		tag := d.uvarint()
+		v := decoder{s: d.string()}
+		switch tag {
+		case tagScript:
+			sp := &rec.st.Spec
+			sp.ScriptName = v.string()
+			sp.ScriptSize = v.varint()
+			sp.ScriptSHA256 = v.string()
+			if v.bad || sp.ScriptName == "" || sp.ScriptSize <= 0 {
+				d.bad = true
+			}
+		}
+	}
 }
 
 // storedBoot is the boot id marshal writes: this boot's for a record of
@@ -186,6 +229,7 @@ func unmarshalRecord(p string) (jobRecord, error) {
 		default:
 			rec.otherBoot = boot
 		}
+		rec.readTagged(&d)
 	}
 	switch {
 	case d.bad, len(d.s) != 0, rec.kind != kindStart && rec.kind != kindEnd,
