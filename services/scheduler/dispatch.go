@@ -98,7 +98,7 @@ func (s *Scheduler) enqueue(ctx context.Context, req *batonv1.StartJobRequest, o
 	}
 	job := store.Job{
 		ID: uid.String(), WorkerID: worker, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: now,
-		Queue: &place,
+		Queue: &place, Script: req.GetScript(),
 		Status: &batonv1.JobStatus{
 			State:  batonv1.JobState_JOB_STATE_QUEUED,
 			Spec:   specOf(req),
@@ -410,6 +410,8 @@ func workerStartOf(j store.Job) *batonv1.WorkerServiceStartJobRequest {
 		Labels:           spec.GetLabels(),
 		Owner:            j.Owner,
 		GroupId:          j.GroupID,
+		Script:           j.Script,
+		ScriptName:       spec.GetScriptName(),
 	}
 }
 

@@ -73,6 +73,7 @@ var codes = []struct {
 	{errNoCapacity, connect.CodeResourceExhausted},
 	{errQueueFull, connect.CodeResourceExhausted},
 	{errPriority, connect.CodePermissionDenied},
+	{errBadScript, connect.CodeInvalidArgument},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},

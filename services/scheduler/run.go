@@ -44,6 +44,9 @@ func startedMsg(ctx context.Context, st *batonv1.JobStatus) *batonv1.RunJobRespo
 
 func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owner string, send runSend) error {
 	start := req.GetJob()
+	if err := checkScript(start); err != nil {
+		return err
+	}
 	if err := s.checkPriority(ctx, start); err != nil {
 		return err
 	}

@@ -27,6 +27,9 @@ func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, 
 	if err := refuseUnbuilt(req); err != nil {
 		return nil, err
 	}
+	if err := checkScript(req); err != nil {
+		return nil, err
+	}
 	if err := s.checkPriority(ctx, req); err != nil {
 		return nil, err
 	}

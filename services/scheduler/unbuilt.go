@@ -17,8 +17,6 @@ func refuseUnbuilt(req *batonv1.StartJobRequest) error {
 		return connect.NewError(connect.CodeUnimplemented, errors.New("retry is not supported by this scheduler"))
 	case len(req.GetAfter()) > 0:
 		return connect.NewError(connect.CodeUnimplemented, errors.New("after is not supported by this scheduler"))
-	case len(req.GetScript()) > 0 || req.GetScriptName() != "":
-		return connect.NewError(connect.CodeUnimplemented, errors.New("script is not supported by this scheduler"))
 	case req.GetArray() != nil:
 		return connect.NewError(connect.CodeUnimplemented, errors.New("array is not supported by this scheduler"))
 	}

@@ -84,6 +84,14 @@ CREATE TABLE queue (
 	deadline  INTEGER NOT NULL  -- 0: no limit
 ) STRICT, WITHOUT ROWID;
 `,
+	// 4: the scripts sent with queued jobs, kept as long as the job's
+	// place in the queue (a rowid table: a script may be 1 MiB).
+	`
+CREATE TABLE scripts (
+	job_id  TEXT NOT NULL PRIMARY KEY REFERENCES queue (job_id) ON DELETE CASCADE,
+	content BLOB NOT NULL
+) STRICT;
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

@@ -440,6 +440,10 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		q := j.Queue
 		_, err = tx.exec(`INSERT INTO queue (job_id, worker_id, priority, round, seq, deadline) VALUES (?, ?, ?, ?, ?, ?)`,
 			j.ID, q.WorkerID, q.Priority, q.Round, q.Seq, unixNano(q.Deadline))
+		if err != nil || len(j.Script) == 0 {
+			return err
+		}
+		_, err = tx.exec(`INSERT INTO scripts (job_id, content) VALUES (?, ?)`, j.ID, j.Script)
 		return err
 	})
 	switch sqliteCode(err) {

@@ -212,6 +212,13 @@ type Job struct {
 	// Queue is the job's place in the queue. CreateJob requires it for a
 	// QUEUED job; ListQueued fills it. Other reads leave it nil.
 	Queue *QueuePlace
+	// Script is the content of a script sent with a QUEUED job, which
+	// its worker needs when the job is handed out. CreateJob stores it
+	// beside the job's place in the queue, and it goes with that place
+	// (once the job's start is settled, or it ends); AssignJob returns
+	// it. CreateJob ignores it for a job that is not QUEUED, and other
+	// reads leave it nil.
+	Script []byte
 }
 
 // QueuePlace is where a job waits in the scheduler's queue. Jobs are
