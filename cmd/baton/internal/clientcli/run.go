@@ -43,7 +43,7 @@ type runOptions struct {
 	// interpreter.
 	script      string
 	interpreter string
-	noWait    bool
+	noWait      bool
 	// queueTimeout and priority are sent only when their flag was given,
 	// which flags tells.
 	queueTimeout time.Duration
