@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -89,8 +90,11 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		}
 		j.lease, uid = lease, lease.uid
 	}
-	if err := r.makeHome(j.home, uid); err != nil {
+	if err := r.makeHome(j.home, uid, j.spec.ScriptName, p.script); err != nil {
 		return internal("create the job's home directory", err)
+	}
+	if p.script != nil {
+		p.args[p.scriptAt] = filepath.Join(j.home, j.spec.ScriptName)
 	}
 	limit := j.spec.OutputLimit
 	if limit == 0 {

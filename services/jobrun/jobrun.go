@@ -146,6 +146,20 @@ type Spec struct {
 	Labels map[string]string
 	// GroupID links the jobs of one fan-out; the runtime only records it.
 	GroupID string
+	// Script is the content of a script sent with the job, at most
+	// MaxScriptBytes: Start writes it into the job's home directory as
+	// ScriptName (mode 0500, owned by the job's uid) and passes that file
+	// to Command as its first argument, in place of Path, which must be
+	// empty. Only Start reads it: the Runner keeps the description below,
+	// never the content, so a Status never carries it.
+	Script []byte
+	// ScriptName is the script's file name in the job's home directory,
+	// letters, digits, '.', '_' and '-' only; empty means "script".
+	ScriptName string
+	// ScriptSize and ScriptSHA256 (hex) describe the script; Start sets
+	// them, and ScriptName, from Script.
+	ScriptSize   int64
+	ScriptSHA256 string
 }
 
 // Status is a snapshot of a job. It is a value: the Runner never changes a

@@ -27,6 +27,7 @@ func fullRecord(id string, kind recordKind) jobRecord {
 				Env: map[string]string{"A": "1", "B": ""}, Dir: "sub", Timeout: time.Minute,
 				OutputLimit: 1 << 20, MemoryLimit: 64 << 20, CPULimit: 0.5, Owner: "user/alice",
 				Labels: map[string]string{"team": "x"}, GroupID: "g1",
+				ScriptName: "deploy.sh", ScriptSize: 1234, ScriptSHA256: strings.Repeat("ab", 32),
 			},
 			State: StateRunning, PID: 4242, ExitCode: -1, CreatedAt: now, StartedAt: now.Add(time.Millisecond),
 			StdoutBytes: 10, StderrBytes: 3, Cgroup: "v2", RunAs: "uid 61190 (per job)",
@@ -58,6 +59,8 @@ func TestRecordRoundTrip(t *testing.T) {
 		fullRecord("end-1", kindEnd),
 		{kind: kindStart, st: Status{ID: "bare", State: StatePending, ExitCode: -1}},
 		{kind: kindDrop, st: Status{ID: "gone"}},
+		// A script's description after a record of an unknown boot.
+		{kind: kindStart, st: Status{ID: "noboot", State: StatePending, ExitCode: -1, Spec: Spec{ScriptName: "s", ScriptSize: 1, ScriptSHA256: "00"}}, otherBoot: bootUnknown},
 	} {
 		p := string(rec.marshal(nil))
 		got, err := unmarshalRecord(p)

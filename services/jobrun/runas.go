@@ -84,8 +84,9 @@ func (id *identity) gidFor(uid uint32) uint32 {
 }
 
 // makeHome gives the job its home directory, its default working
-// directory, made its uid's, mode 0700, so no other job can enter it.
-func (r *Runner) makeHome(dir string, uid uint32) error {
+// directory, made its uid's, mode 0700, so no other job can enter it. A
+// script sent with the job is written into it first, as scriptName.
+func (r *Runner) makeHome(dir string, uid uint32, scriptName string, script []byte) error {
 	err := os.Mkdir(dir, 0o700)
 	if errors.Is(err, fs.ErrExist) {
 		// The remains of a failed cleanup under the job's name (not a
@@ -94,10 +95,20 @@ func (r *Runner) makeHome(dir string, uid uint32) error {
 			err = os.Mkdir(dir, 0o700)
 		}
 	}
-	if err != nil || r.id.mode == runAsWorker {
+	if err != nil {
 		return err
 	}
-	return os.Lchown(dir, int(uid), int(r.id.gidFor(uid)))
+	chown := r.id.mode != runAsWorker
+	gid := int(r.id.gidFor(uid))
+	if script != nil {
+		if err := writeJobScript(dir, scriptName, script, int(uid), gid, chown); err != nil {
+			return fmt.Errorf("write the job's script: %w", err)
+		}
+	}
+	if !chown {
+		return nil
+	}
+	return os.Lchown(dir, int(uid), gid)
 }
 
 // disownHome is the end of a home directory's use by its job: an empty one

@@ -258,6 +258,10 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 		return Status{}, false, err
 	}
 	spec = cloneSpec(spec)
+	script, err := takeScript(&spec)
+	if err != nil {
+		return Status{}, false, err
+	}
 	var p *plan
 	for {
 		r.mu.Lock()
@@ -296,6 +300,7 @@ func (r *Runner) Start(ctx context.Context, id string, spec Spec) (st Status, cr
 			if p, err = r.resolve(&spec); err != nil {
 				return Status{}, false, err
 			}
+			p.script = script
 			continue
 		}
 		if c := r.opts.Capacity; c > 0 && r.active >= c {

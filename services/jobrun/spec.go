@@ -90,6 +90,10 @@ type plan struct {
 	path    string   // executable to run (absolute)
 	args    []string // full argv
 	workDir string   // "" means the job's own fresh directory
+	// script is the content of a script sent with the job, and scriptAt
+	// the index in args of its path, filled in once its home exists.
+	script   []byte
+	scriptAt int
 }
 
 // resolve checks every path of the spec against the scripts directory. It
@@ -99,7 +103,9 @@ func (r *Runner) resolve(spec *Spec) (*plan, error) {
 	if exe, ok := r.allowed[spec.Command]; ok && spec.Path == "" && spec.Dir == "" {
 		// Nothing to look up in the scripts directory: skip opening it.
 		p.path = exe
-		p.args = append([]string{filepath.Base(spec.Command)}, spec.Args...)
+		p.args = []string{filepath.Base(spec.Command)}
+		p.addScript(spec)
+		p.args = append(p.args, spec.Args...)
 		return p, nil
 	}
 	root, err := os.OpenRoot(r.scriptsDir)
@@ -150,6 +156,7 @@ func (r *Runner) resolve(spec *Spec) (*plan, error) {
 		}
 		p.args = append(p.args, abs)
 	}
+	p.addScript(spec)
 	p.args = append(p.args, spec.Args...)
 	if spec.Dir != "" {
 		abs, fi, err := r.open(root, spec.Dir, "working directory")
@@ -267,5 +274,6 @@ func specEqual(a, b *Spec) bool {
 		maps.Equal(a.Env, b.Env) && a.Dir == b.Dir && a.Timeout == b.Timeout &&
 		a.OutputLimit == b.OutputLimit && a.MemoryLimit == b.MemoryLimit &&
 		a.CPULimit == b.CPULimit && a.Owner == b.Owner && maps.Equal(a.Labels, b.Labels) &&
-		a.GroupID == b.GroupID
+		a.GroupID == b.GroupID && a.ScriptName == b.ScriptName && a.ScriptSize == b.ScriptSize &&
+		a.ScriptSHA256 == b.ScriptSHA256
 }

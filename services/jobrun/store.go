@@ -109,22 +109,75 @@ func (rec *jobRecord) marshal(b []byte) []byte {
 	b = appendString(b, sp.Owner)
 	b = appendMap(b, sp.Labels)
 	b = appendString(b, sp.GroupID)
-	// The boot PID and startTicks belong to; left out if unknown, never
-	// written empty.
-	boot, use := rec.storedBoot(), &st.Usage
-	if boot == "" && use.Source != "" {
-		boot = bootUnknown // a placeholder: the usage comes after the boot id
-	}
-	if boot != "" {
+	// The boot PID and startTicks belong to; left out if unknown and
+	// nothing follows, never written empty.
+	ext := rec.appendTagged(nil)
+	if boot := rec.storedBoot(); boot != "" || len(ext) > 0 {
+		if boot == "" {
+			boot = bootUnknown // reads back as unknown
+		}
 		b = appendString(b, boot)
 	}
-	if use.Source != "" {
-		b = appendString(b, use.Source)
-		b = binary.AppendVarint(b, int64(use.CPUUser))
-		b = binary.AppendVarint(b, int64(use.CPUSystem))
-		b = binary.AppendVarint(b, use.PeakMemory)
+	return append(b, ext...)
+}
+
+// Fields after the boot id are tagged: a tag, then the field's encoding
+// as a length-prefixed string. A record holds only the fields that are
+// set, and a reader skips the tags it does not know.
+const (
+	// tagScript: a script sent with the job, its name, size and SHA-256.
+	tagScript = 1
+	// tagUsage: what the job cost (see Usage): source, CPU user and
+	// system time, peak memory.
+	tagUsage = 2
+)
+
+// appendTagged appends the record's tagged fields.
+func (rec *jobRecord) appendTagged(b []byte) []byte {
+	if sp := &rec.st.Spec; sp.ScriptName != "" {
+		var v []byte
+		v = appendString(v, sp.ScriptName)
+		v = binary.AppendVarint(v, sp.ScriptSize)
+		v = appendString(v, sp.ScriptSHA256)
+		b = binary.AppendUvarint(b, tagScript)
+		b = appendString(b, string(v))
+	}
+	if use := &rec.st.Usage; use.Source != "" {
+		var v []byte
+		v = appendString(v, use.Source)
+		v = binary.AppendVarint(v, int64(use.CPUUser))
+		v = binary.AppendVarint(v, int64(use.CPUSystem))
+		v = binary.AppendVarint(v, use.PeakMemory)
+		b = binary.AppendUvarint(b, tagUsage)
+		b = appendString(b, string(v))
 	}
 	return b
+}
+
+// readTagged decodes the tagged fields that end a record.
+func (rec *jobRecord) readTagged(d *decoder) {
+	for len(d.s) != 0 && !d.bad {
+		tag := d.uvarint()
+		v := decoder{s: d.string()}
+		switch tag {
+		case tagScript:
+			sp := &rec.st.Spec
+			sp.ScriptName = v.string()
+			sp.ScriptSize = v.varint()
+			sp.ScriptSHA256 = v.string()
+			if v.bad || sp.ScriptName == "" || sp.ScriptSize <= 0 {
+				d.bad = true
+			}
+		case tagUsage:
+			use := &rec.st.Usage
+			use.Source = v.string()
+			use.CPUUser, use.CPUSystem = time.Duration(v.varint()), time.Duration(v.varint())
+			use.PeakMemory = v.varint()
+			if v.bad || !validUsageSource(use.Source) || use.CPUUser < 0 || use.CPUSystem < 0 || use.PeakMemory < 0 {
+				d.bad = true
+			}
+		}
+	}
 }
 
 // storedBoot is the boot id marshal writes: this boot's for a record of
@@ -196,18 +249,12 @@ func unmarshalRecord(p string) (jobRecord, error) {
 		case bootID():
 			rec.otherBoot = ""
 		default:
-			rec.otherBoot = boot // bootUnknown too, ahead of a usage
+			rec.otherBoot = boot
 		}
+		rec.readTagged(&d)
 	}
-	if len(d.s) != 0 { // a record written before usages ends here
-		use := &st.Usage
-		use.Source = d.string()
-		use.CPUUser, use.CPUSystem = time.Duration(d.varint()), time.Duration(d.varint())
-		use.PeakMemory = d.varint()
-		if !validUsageSource(use.Source) || use.CPUUser < 0 || use.CPUSystem < 0 || use.PeakMemory < 0 {
-			d.bad = true
-		}
-		use.Wall = wallTime(st, st.EndedAt)
+	if st.Usage.Source != "" {
+		st.Usage.Wall = wallTime(st, st.EndedAt)
 	}
 	switch {
 	case d.bad, len(d.s) != 0, rec.kind != kindStart && rec.kind != kindEnd,

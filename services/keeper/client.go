@@ -335,6 +335,9 @@ func (c *Client) Running() int { return int(c.running.Load()) }
 
 // Start starts a job (see jobrun.Runner.Start).
 func (c *Client) Start(ctx context.Context, id string, spec jobrun.Spec) (jobrun.Status, bool, error) {
+	if err := c.checkScript(&spec); err != nil {
+		return jobrun.Status{}, false, err
+	}
 	res, err := unary(c, ctx, c.rpc.Start, &keeperv1.StartRequest{Id: id, Spec: specToProto(spec)})
 	if err != nil {
 		return jobrun.Status{}, false, err
@@ -342,6 +345,15 @@ func (c *Client) Start(ctx context.Context, id string, spec jobrun.Spec) (jobrun
 	st := statusFromProto(res.GetStatus())
 	c.track(st)
 	return st, res.GetCreated(), nil
+}
+
+// checkScript refuses a script a keeper of an older protocol would drop,
+// running the command without it.
+func (c *Client) checkScript(spec *jobrun.Spec) error {
+	if v := c.protocol.Load(); len(spec.Script) > 0 && v < 3 {
+		return fmt.Errorf("%w: the worker's keeper (protocol %d) cannot run a script sent with the job; restart the worker to upgrade it", jobrun.ErrExec, v)
+	}
+	return nil
 }
 
 // track notes a job the worker saw started, in case its end comes while
@@ -360,6 +372,9 @@ func (c *Client) track(st jobrun.Status) {
 // status. A keeper that restarts meanwhile (an upgrade) is waited for and
 // the follow resumed where it broke.
 func (c *Client) Run(ctx context.Context, id string, spec jobrun.Spec, streams jobrun.Stream, started func(jobrun.Status) error, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
+	if err := c.checkScript(&spec); err != nil {
+		return jobrun.Status{}, err
+	}
 	var (
 		last    jobrun.Status
 		isStart bool

@@ -25,23 +25,31 @@ func specToProto(s jobrun.Spec) *keeperv1.Spec {
 		Owner:        s.Owner,
 		Labels:       s.Labels,
 		GroupId:      s.GroupID,
+		Script:       s.Script,
+		ScriptName:   s.ScriptName,
+		ScriptSize:   s.ScriptSize,
+		ScriptSha256: s.ScriptSHA256,
 	}
 }
 
 func specFromProto(s *keeperv1.Spec) jobrun.Spec {
 	return jobrun.Spec{
-		Command:     s.GetCommand(),
-		Path:        s.GetPath(),
-		Args:        s.GetArgs(),
-		Env:         s.GetEnv(),
-		Dir:         s.GetDir(),
-		Timeout:     time.Duration(s.GetTimeoutNanos()),
-		OutputLimit: s.GetOutputLimit(),
-		MemoryLimit: s.GetMemoryLimit(),
-		CPULimit:    s.GetCpuLimit(),
-		Owner:       s.GetOwner(),
-		Labels:      s.GetLabels(),
-		GroupID:     s.GetGroupId(),
+		Command:      s.GetCommand(),
+		Path:         s.GetPath(),
+		Args:         s.GetArgs(),
+		Env:          s.GetEnv(),
+		Dir:          s.GetDir(),
+		Timeout:      time.Duration(s.GetTimeoutNanos()),
+		OutputLimit:  s.GetOutputLimit(),
+		MemoryLimit:  s.GetMemoryLimit(),
+		CPULimit:     s.GetCpuLimit(),
+		Owner:        s.GetOwner(),
+		Labels:       s.GetLabels(),
+		GroupID:      s.GetGroupId(),
+		Script:       s.GetScript(),
+		ScriptName:   s.GetScriptName(),
+		ScriptSize:   s.GetScriptSize(),
+		ScriptSHA256: s.GetScriptSha256(),
 	}
 }
 

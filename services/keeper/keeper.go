@@ -149,8 +149,9 @@ func Run(ctx context.Context, dataDir string, in io.Reader, logger *slog.Logger)
 	mux := http.NewServeMux()
 	// Nothing is compressed on a unix socket: gzip would cost the keeper
 	// more CPU per job than the rest of the call.
-	// A request is a spec (at most 256 KiB through the API) or a handoff's
-	// options: maxRequest bounds what any caller makes the keeper read.
+	// A request is a spec (at most 1 MiB with its script through the
+	// API) or a handoff's options: maxRequest bounds what any caller
+	// makes the keeper read.
 	mux.Handle(keeperv1connect.NewKeeperServiceHandler(&server{k: k}, connect.WithCompression("gzip", nil, nil),
 		connect.WithReadMaxBytes(maxRequest)))
 	srv := &http.Server{

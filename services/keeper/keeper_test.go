@@ -651,3 +651,35 @@ func TestChunksFromAnOlderKeeper(t *testing.T) {
 		t.Errorf("Output of an unknown job: %v", err)
 	}
 }
+
+// TestScriptThroughTheKeeper: a script of the largest size crosses the
+// socket with its job, its status describes it without its content, and
+// a keeper of a protocol before scripts is never sent one it would drop.
+func TestScriptThroughTheKeeper(t *testing.T) {
+	t.Parallel()
+	opts := testOptions(t)
+	c := open(t, opts, nil)
+	head := "echo \"$(basename \"$0\") $1\"\nexit 0\n#"
+	script := []byte(head + strings.Repeat("x", jobrun.MaxScriptBytes-len(head)))
+	spec := jobrun.Spec{Command: "sh", Script: script, ScriptName: "big.sh", Args: []string{"arg"}}
+	var out bytes.Buffer
+	end, err := c.Run(t.Context(), "big", spec, 0, func(jobrun.Status) error { return nil }, func(ch jobrun.Chunk) error {
+		out.Write(ch.Data)
+		return nil
+	})
+	if err != nil || end.State != jobrun.StateSucceeded || out.String() != "big.sh arg\n" {
+		t.Fatalf("Run: %v %s %q, %v", end.State, end.Reason, out.String(), err)
+	}
+	st, err := c.Status(t.Context(), "big")
+	if err != nil || st.Spec.Script != nil || st.Spec.ScriptName != "big.sh" || st.Spec.ScriptSize != jobrun.MaxScriptBytes || len(st.Spec.ScriptSHA256) != 64 {
+		t.Errorf("Status: name %q size %d sha %q content %d bytes, %v", st.Spec.ScriptName, st.Spec.ScriptSize, st.Spec.ScriptSHA256, len(st.Spec.Script), err)
+	}
+	c.protocol.Store(2)
+	defer c.protocol.Store(ProtocolVersion)
+	if _, _, err := c.Start(t.Context(), "old", spec); !errors.Is(err, jobrun.ErrExec) {
+		t.Errorf("a script to a keeper of protocol 2: %v", err)
+	}
+	if _, err := c.Status(t.Context(), "old"); !errors.Is(err, jobrun.ErrNotFound) {
+		t.Errorf("the job refused for an old keeper: %v", err)
+	}
+}

@@ -18,8 +18,9 @@ import (
 
 // ProtocolVersion is the version of KeeperService this build speaks. It
 // grows by one whenever a method or field a worker relies on is added:
-// 2 added positions_only (the worker reads output from the files).
-const ProtocolVersion = 2
+// 2 added positions_only (the worker reads output from the files); 3 the
+// script sent with a job.
+const ProtocolVersion = 3
 
 // server implements KeeperService over the keeper's Runner.
 type server struct {

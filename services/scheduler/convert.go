@@ -31,7 +31,7 @@ func workerToProto(w store.Worker) *batonv1.Worker {
 
 // specOf is the job spec a StartJobRequest asks for.
 func specOf(req *batonv1.StartJobRequest) *batonv1.JobSpec {
-	return &batonv1.JobSpec{
+	spec := &batonv1.JobSpec{
 		Command:          req.GetCommand(),
 		Path:             req.GetPath(),
 		Args:             req.GetArgs(),
@@ -49,6 +49,8 @@ func specOf(req *batonv1.StartJobRequest) *batonv1.JobSpec {
 		Retry:            req.GetRetry(),
 		Worker:           req.GetWorkerId(),
 	}
+	describeScript(spec, req)
+	return spec
 }
 
 // workerStartRequest is the WorkerService call that starts job id.
@@ -67,6 +69,8 @@ func workerStartRequest(req *batonv1.StartJobRequest, id, owner, group string) *
 		Labels:           req.GetLabels(),
 		Owner:            owner,
 		GroupId:          group,
+		Script:           req.GetScript(),
+		ScriptName:       req.GetScriptName(),
 	}
 }
 

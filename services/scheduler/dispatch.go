@@ -104,7 +104,7 @@ func (s *Scheduler) enqueueSpec(ctx context.Context, req *batonv1.StartJobReques
 	}
 	job := store.Job{
 		ID: uid.String(), WorkerID: worker, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: now,
-		Queue: &place,
+		Queue: &place, Script: req.GetScript(),
 		Status: &batonv1.JobStatus{
 			State:  batonv1.JobState_JOB_STATE_QUEUED,
 			Spec:   spec,
@@ -431,6 +431,8 @@ func workerStartOf(j store.Job) *batonv1.WorkerServiceStartJobRequest {
 		Labels:           spec.GetLabels(),
 		Owner:            j.Owner,
 		GroupId:          j.GroupID,
+		Script:           j.Script,
+		ScriptName:       spec.GetScriptName(),
 	}
 }
 

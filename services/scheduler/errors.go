@@ -74,6 +74,7 @@ var codes = []struct {
 	{errQueueFull, connect.CodeResourceExhausted},
 	{errPriority, connect.CodePermissionDenied},
 	{errBadAfter, connect.CodeInvalidArgument},
+	{errBadScript, connect.CodeInvalidArgument},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},

@@ -44,6 +44,12 @@ func startedMsg(ctx context.Context, st *batonv1.JobStatus) *batonv1.RunJobRespo
 
 func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owner string, send runSend) error {
 	start := req.GetJob()
+	if start.GetArray() != nil {
+		return newError(errBadAfter, "job.array is not allowed: RunJob follows one job; start an array with StartJob")
+	}
+	if err := checkScript(start); err != nil {
+		return err
+	}
 	if err := s.checkPriority(ctx, start); err != nil {
 		return err
 	}
@@ -57,7 +63,10 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 			return s.runExisting(ctx, res, req.GetStream(), send)
 		}
 	}
-	if waits(start) && !s.q.empty() {
+	if err := s.checkAfter(ctx, start, owner); err != nil {
+		return err
+	}
+	if len(start.GetAfter()) > 0 || waits(start) && !s.q.empty() {
 		return s.runQueued(ctx, req, owner, send)
 	}
 	slots, err := s.reg.place(start)

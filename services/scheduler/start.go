@@ -24,7 +24,7 @@ import (
 // worker under one group, which owns the key.
 
 func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
-	if err := refuseUnbuilt(req); err != nil {
+	if err := checkScript(req); err != nil {
 		return nil, err
 	}
 	if err := s.checkPriority(ctx, req); err != nil {
@@ -247,6 +247,10 @@ func (s *Scheduler) recordPending(ctx context.Context, t target, req *batonv1.St
 	job = store.Job{
 		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
 		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},
+	}
+	if req.GetRetry() != nil {
+		// Kept for the job's later attempts, which the queue starts.
+		job.Script = req.GetScript()
 	}
 	if err := s.store.CreateJob(ctx, job); err != nil {
 		forget()

@@ -9,16 +9,6 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
-// refuseUnbuilt refuses the StartJob fields this scheduler does not carry
-// out yet, rather than starting a job that silently ignores them.
-func refuseUnbuilt(req *batonv1.StartJobRequest) error {
-	switch {
-	case len(req.GetScript()) > 0 || req.GetScriptName() != "":
-		return connect.NewError(connect.CodeUnimplemented, errors.New("script is not supported by this scheduler"))
-	}
-	return nil
-}
-
 func unbuiltSchedules() error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("schedules are not supported by this scheduler"))
 }

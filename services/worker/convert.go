@@ -43,6 +43,8 @@ func specFromRequest(req *batonv1.WorkerServiceStartJobRequest) jobrun.Spec {
 		Owner:       req.GetOwner(),
 		Labels:      req.GetLabels(),
 		GroupID:     req.GetGroupId(),
+		Script:      req.GetScript(),
+		ScriptName:  req.GetScriptName(),
 	}
 }
 
@@ -74,6 +76,9 @@ func statusToProto(st jobrun.Status, workerID string) *batonv1.JobStatus {
 			MemoryLimitBytes: st.Spec.MemoryLimit,
 			CpuLimit:         st.Spec.CPULimit,
 			Labels:           st.Spec.Labels,
+			ScriptName:       st.Spec.ScriptName,
+			ScriptSize:       st.Spec.ScriptSize,
+			ScriptSha256:     st.Spec.ScriptSHA256,
 		},
 	}
 	if st.Spec.Timeout > 0 {

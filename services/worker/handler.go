@@ -66,9 +66,6 @@ func (h *handler) start(ctx context.Context, req *batonv1.WorkerServiceStartJobR
 
 // jobOf returns the id (a new one if req names none) and spec of a start.
 func jobOf(req *batonv1.WorkerServiceStartJobRequest) (string, jobrun.Spec, error) {
-	if len(req.GetScript()) > 0 || req.GetScriptName() != "" {
-		return "", jobrun.Spec{}, connect.NewError(connect.CodeUnimplemented, errors.New("a script sent with the job is not supported by this worker"))
-	}
 	id := req.GetJobId()
 	if id == "" {
 		v7, err := uuid.NewV7()

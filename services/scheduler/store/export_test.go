@@ -37,3 +37,14 @@ func (s *SQLite) Checkpoint(ctx context.Context) error {
 	}
 	return nil
 }
+
+// ScriptsKept counts the scripts the store keeps for queued jobs.
+func (s *SQLite) ScriptsKept(ctx context.Context) (int, error) {
+	row, err := s.queryRow(ctx, `SELECT COUNT(*) FROM scripts`)
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	err = row.Scan(&n)
+	return n, err
+}

@@ -90,6 +90,15 @@ CREATE TABLE queue (
 ALTER TABLE jobs ADD COLUMN run_id TEXT; -- NULL: the job id
 CREATE UNIQUE INDEX jobs_by_run_id ON jobs (run_id) WHERE run_id IS NOT NULL;
 `,
+	// 5: the scripts sent with queued jobs, kept with the job, so that
+	// each attempt of a retried one is sent it (a rowid table: a script
+	// may be 1 MiB).
+	`
+CREATE TABLE scripts (
+	job_id  TEXT NOT NULL PRIMARY KEY REFERENCES jobs (job_id) ON DELETE CASCADE,
+	content BLOB NOT NULL
+) STRICT;
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

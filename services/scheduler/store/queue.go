@@ -68,6 +68,9 @@ func (s *SQLite) AssignJob(ctx context.Context, id, workerID string) (Job, error
 		if err := setPlacement(tx, j); err != nil {
 			return err
 		}
+		if j.Script, err = queuedScript(tx, id); err != nil {
+			return err
+		}
 		out = j
 		return nil
 	})
@@ -149,6 +152,19 @@ func scanQueuedJob(row scanner, id string) (Job, string, error) {
 		j.Queue.Deadline = fromUnixNano(deadline.Int64)
 	}
 	return j, pinned.String, nil
+}
+
+// queuedScript reads the script sent with queued job id, nil for none.
+func queuedScript(tx *writer, id string) ([]byte, error) {
+	row, err := tx.queryRow(`SELECT content FROM scripts WHERE job_id = ?`, id)
+	if err != nil {
+		return nil, err
+	}
+	var script []byte
+	if err := row.Scan(&script); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, err
+	}
+	return script, nil
 }
 
 // setPlacement writes j's worker, state and status.

@@ -435,8 +435,16 @@ func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
 			int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
-		if err != nil || !queued {
+		if err != nil {
 			return err
+		}
+		if len(j.Script) > 0 {
+			if _, err := tx.exec(`INSERT INTO scripts (job_id, content) VALUES (?, ?)`, j.ID, j.Script); err != nil {
+				return err
+			}
+		}
+		if !queued {
+			return nil
 		}
 		q := j.Queue
 		_, err = tx.exec(`INSERT INTO queue (job_id, worker_id, priority, round, seq, deadline) VALUES (?, ?, ?, ?, ?, ?)`,
@@ -733,6 +741,13 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, fromWorker bool
 				return err
 			}
 		}
+		// A script sent with the job is kept until the job ends: each of
+		// its attempts is sent it.
+		if isTerminal(upd.GetState()) && !isTerminal(old.Status.GetState()) {
+			if _, err := tx.exec(`DELETE FROM scripts WHERE job_id = ?`, id); err != nil {
+				return err
+			}
+		}
 		// A LOST job its worker reports with its true end has ended again;
 		// a repeated LOST has not.
 		ended = isTerminal(upd.GetState()) && !sameState
@@ -902,6 +917,9 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 				return err
 			}
 			if _, err := tx.exec(`DELETE FROM queue WHERE job_id = ?`, j.ID); err != nil {
+				return err
+			}
+			if _, err := tx.exec(`DELETE FROM scripts WHERE job_id = ?`, j.ID); err != nil {
 				return err
 			}
 			ends = append(ends, JobEnd{ID: j.ID, GroupID: j.GroupID, State: st.State})

@@ -240,6 +240,11 @@ type Job struct {
 	// Queue is the job's place in the queue. CreateJob requires it for a
 	// QUEUED job; ListQueued fills it. Other reads leave it nil.
 	Queue *QueuePlace
+	// Script is the content of a script sent with the job, which its
+	// worker needs when the queue hands the job out (its first attempt,
+	// or a retry). CreateJob stores it beside the job until the job ends;
+	// AssignJob returns it, and other reads leave it nil.
+	Script []byte
 }
 
 // QueuePlace is where a job waits in the scheduler's queue. Jobs are

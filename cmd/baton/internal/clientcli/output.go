@@ -146,6 +146,7 @@ func writeJobStatus(w io.Writer, j *batonv1.JobStatus, style tableStyle) error {
 	row("Group", j.GetGroupId())
 	spec := j.GetSpec()
 	row("Command", commandLine(spec))
+	row("Script", scriptNote(spec))
 	if len(spec.GetEnv()) > 0 {
 		row("Env", labelText(spec.GetEnv()))
 	}
@@ -308,6 +309,9 @@ func commandLine(spec *batonv1.JobSpec) string {
 	words := []string{spec.GetCommand()}
 	if spec.GetPath() != "" {
 		words = append(words, spec.GetPath())
+	}
+	if spec.GetScriptName() != "" {
+		words = append(words, spec.GetScriptName())
 	}
 	words = append(words, spec.GetArgs()...)
 	for i, w := range words {

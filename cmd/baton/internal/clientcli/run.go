@@ -39,7 +39,11 @@ type runOptions struct {
 	env       []string
 	noPath    bool
 	detach    bool
-	noWait    bool
+	// script is the file sent with the job (--script), run by
+	// interpreter.
+	script      string
+	interpreter string
+	noWait      bool
 	// queueTimeout and priority are sent only when their flag was given,
 	// which flags tells.
 	queueTimeout time.Duration
@@ -58,6 +62,8 @@ func bindRunFlags(cmd *cobra.Command, o *runOptions) {
 	fs.DurationVar(&o.timeout, "timeout", 0, "end the job as TIMED_OUT after this long (0: no timeout)")
 	fs.StringArrayVar(&o.env, "env", nil, "set K=V in the job's environment (repeat for more)")
 	fs.BoolVar(&o.noPath, "no-path", false, "pass COMMAND's first argument as a plain argument, never as a script path")
+	fs.StringVar(&o.script, "script", "", "send this local file with the job (at most 1 MiB) and run it with --interpreter; the arguments are the script's")
+	fs.StringVar(&o.interpreter, "interpreter", "bash", "with --script: the allow-listed command that runs the script")
 	fs.BoolVar(&o.noWait, "no-wait", false, "fail at once when every matching worker is full, rather than queue (--queue-timeout 0)")
 	fs.DurationVar(&o.queueTimeout, "queue-timeout", 0, "wait at most this long in the scheduler's queue for a free slot (default: no limit; 0: do not wait)")
 	fs.IntVar(&o.priority, "priority", defaultPriority, "place among queued jobs, 0 to 100: higher goes first")
@@ -96,39 +102,48 @@ func scriptPathArg(arg string) bool {
 // startRequest builds the StartJob request from the flags and
 // COMMAND [ARGS...].
 func (o *runOptions) startRequest(args []string) (*batonv1.StartJobRequest, error) {
+	if o.script != "" {
+		return o.scriptRequest(args)
+	}
+	if o.flags != nil && o.flags.Changed("interpreter") {
+		return nil, cliout.UsageErrorf("--interpreter goes with --script")
+	}
 	if len(args) == 0 {
-		return nil, cliout.UsageErrorf("missing COMMAND: baton run [flags] -- COMMAND [ARGS...]")
+		return nil, cliout.UsageErrorf("missing COMMAND: baton run [flags] -- COMMAND [ARGS...], or baton run --script FILE [ARGS...]")
 	}
-	if o.all && o.worker != "" {
-		return nil, cliout.UsageErrorf("--all and --worker do not go together: --all runs on every worker matching --selector")
-	}
-	if o.timeout < 0 {
-		return nil, cliout.UsageErrorf("--timeout must not be negative")
-	}
-	req := &batonv1.StartJobRequest{
-		WorkerId: o.worker,
-		Command:  args[0],
-		All:      o.all,
-	}
+	req := &batonv1.StartJobRequest{Command: args[0]}
 	rest := args[1:]
 	if len(rest) > 0 && !o.noPath && scriptPathArg(rest[0]) {
 		req.Path, rest = rest[0], rest[1:]
 	}
 	req.Args = rest
-	var err error
-	if req.Selector, err = pairs("--selector", o.selectors); err != nil {
+	if err := o.setCommon(req); err != nil {
 		return nil, err
 	}
+	return req, nil
+}
+
+// setCommon sets what the flags say about any job: where it runs, its
+// environment and its timeout.
+func (o *runOptions) setCommon(req *batonv1.StartJobRequest) error {
+	if o.all && o.worker != "" {
+		return cliout.UsageErrorf("--all and --worker do not go together: --all runs on every worker matching --selector")
+	}
+	if o.timeout < 0 {
+		return cliout.UsageErrorf("--timeout must not be negative")
+	}
+	req.WorkerId, req.All = o.worker, o.all
+	var err error
+	if req.Selector, err = pairs("--selector", o.selectors); err != nil {
+		return err
+	}
 	if req.Env, err = pairs("--env", o.env); err != nil {
-		return nil, err
+		return err
 	}
 	if o.timeout > 0 {
 		req.Timeout = durationpb.New(o.timeout)
 	}
-	if err := o.waits.apply(req); err != nil {
-		return nil, err
-	}
-	return req, nil
+	return o.waits.apply(req)
 }
 
 // setQueueing fills in how long the job may wait on the scheduler for a
@@ -177,7 +192,7 @@ func pairs(flag string, values []string) (map[string]string, error) {
 func newRunCommand() *cobra.Command {
 	var ro runOptions
 	cmd := &cobra.Command{
-		Use:   "run [flags] -- COMMAND [ARGS...]",
+		Use:   "run [flags] -- COMMAND [ARGS...] | run --script FILE [flags] [ARGS...]",
 		Short: "Run a job and stream its output; exit with its exit code",
 		Long: `run starts a job, writes its stdout to stdout and its stderr to stderr as
 they are produced, and exits with the job's exit code (128+N when a signal
@@ -190,6 +205,11 @@ start with "-" and names a file, by a slash or an extension: "baton run --
 bash count.sh" runs count.sh from the scripts directory, "baton run -- echo
 hi" prints hi. --no-path passes it as a plain argument instead.
 
+--script FILE sends a local script with the job (at most 1 MiB), so that
+nothing needs to be installed on the workers: the worker writes it into
+the job's own directory and runs it with --interpreter (bash by default,
+an allow-listed command); the arguments are the script's.
+
 When every matching worker is full, the job waits in the scheduler's queue
 (without limit unless --queue-timeout; --no-wait fails at once instead).
 Ctrl-C stops the job (SIGTERM, then SIGKILL after the worker's grace) and
@@ -199,7 +219,7 @@ second Ctrl-C detaches at once and leaves the job to the scheduler.
 With --all the job runs on every matching worker; each line of output is
 prefixed with the worker's name, and the exit status is that of the first
 job (by worker name) that did not succeed, or 0.`,
-		Args: cliout.UsageArgs(cobra.MinimumNArgs(1)),
+		Args: cliout.UsageArgs(cobra.ArbitraryArgs), // COMMAND, or --script
 	}
 	co := bindClientFlags(cmd)
 	bindRunFlags(cmd, &ro)
@@ -213,13 +233,14 @@ job (by worker name) that did not succeed, or 0.`,
 func newStartCommand() *cobra.Command {
 	var ro runOptions
 	cmd := &cobra.Command{
-		Use:   "start [flags] -- COMMAND [ARGS...]",
+		Use:   "start [flags] -- COMMAND [ARGS...] | start --script FILE [flags] [ARGS...]",
 		Short: "Start a job and print its id (the group id with --all)",
 		Long: `start starts a job like run --detach: it prints the job's id (with --all,
 the group's id, which stop and status accept) and returns. The script path
 rule and the queue flags are run's; a job that has to wait is queued, its
-id printed all the same, and stderr says where it is in the queue.`,
-		Args: cliout.UsageArgs(cobra.MinimumNArgs(1)),
+id printed all the same, and stderr says where it is in the queue.
+--script FILE sends a local script with the job, as run does.`,
+		Args: cliout.UsageArgs(cobra.ArbitraryArgs), // COMMAND, or --script
 	}
 	co := bindClientFlags(cmd)
 	bindRunFlags(cmd, &ro)
