@@ -148,6 +148,26 @@ func TestQueueRunsJobsInOrderAndPriorityFirst(t *testing.T) {
 			t.Errorf("job %s, queued before the urgent job came, started before it on %s", id, uw)
 		}
 	}
+	// Across both workers (one machine, one clock): the urgent job started
+	// before every other job, and each job started no later than any job
+	// submitted two or more places after it. Two neighbours may start in
+	// either order, as each takes whichever worker frees first.
+	start := func(id string) time.Time { return jobs[id].GetStartedAt().AsTime() }
+	ustart := start(urgent.GetJobId())
+	for i, id := range ids {
+		if start(id).Before(ustart) {
+			t.Errorf("job #%d started at %v, before the urgent job at %v", i, start(id), ustart)
+		}
+	}
+	latest := 0 // of jobs #0 to #j-2, the one that started last
+	for j := 2; j < len(ids); j++ {
+		if start(ids[j-2]).After(start(ids[latest])) {
+			latest = j - 2
+		}
+		if start(ids[j]).Before(start(ids[latest])) {
+			t.Errorf("job #%d started at %v, before job #%d, submitted two or more places earlier, at %v", j, start(ids[j]), latest, start(ids[latest]))
+		}
+	}
 }
 
 func TestQueueIsFairBetweenOwners(t *testing.T) {
@@ -205,6 +225,9 @@ func TestQueueStopCancelsAndTimeoutEnds(t *testing.T) {
 	if st := stop.Msg.GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || st.GetStoppedBy() == "" || st.GetStartedAt() != nil {
 		t.Fatalf("stopped queued job = %v, stopped_by %q, started_at %v; want STOPPED, stopped_by set, never started", st.GetState(), st.GetStoppedBy(), st.GetStartedAt())
 	}
+	if r := stop.Msg.GetStatus().GetReason(); r != "stopped while queued; it never ran" {
+		t.Errorf("stopped queued job's reason = %q, want %q", r, "stopped while queued; it never ran")
+	}
 
 	timedOut := finalJobs(t, sched.client, []string{expiring.GetJobId()})[expiring.GetJobId()]
 	if timedOut.GetState() != batonv1.JobState_JOB_STATE_TIMED_OUT || timedOut.GetReason() != "queued 300ms without a free slot; it never ran" {
@@ -222,8 +245,8 @@ func TestQueueStopCancelsAndTimeoutEnds(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the stopped queued job's command ran")
 	}
-	if st := queryJob(t, sched.client, cancelled.GetJobId()).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED {
-		t.Errorf("the cancelled job is now %v", st.GetState())
+	if st := queryJob(t, sched.client, cancelled.GetJobId()).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || st.GetReason() != "stopped while queued; it never ran" {
+		t.Errorf("the cancelled job is now %v %q", st.GetState(), st.GetReason())
 	}
 }
 
