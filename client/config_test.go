@@ -118,17 +118,59 @@ func TestBearerToken(t *testing.T) {
 
 // TestTokenNeverInCleartext: a token is never sent over h2c to an address
 // that is not loopback, a replica's included: New refuses, naming what to
-// change, and nothing is dialed.
+// change, and nothing is dialed: no connection reaches a listener there.
 func TestTokenNeverInCleartext(t *testing.T) {
 	t.Parallel()
 	ip := nonLoopbackIPv4(t)
-	for _, addrs := range [][]string{{ip + ":7070"}, {"http://" + ip + ":7070"}, {"127.0.0.1:7070", ip + ":7070"}} {
-		_, err := client.New(client.Config{Schedulers: addrs, Token: "s3cret"})
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	accepted := make(chan string, 100) // remote address of each connection, in order
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c.RemoteAddr().String()
+			c.Close()
+		}
+	}()
+	at := l.Addr().String()
+	for _, addrs := range [][]string{{at}, {"http://" + at}, {"127.0.0.1:7070", at}} {
+		c, err := client.New(client.Config{Schedulers: addrs, Token: "s3cret"})
 		if err == nil || !strings.Contains(err.Error(), "cleartext") || !strings.Contains(err.Error(), "https://") {
 			t.Errorf("token to %q over h2c: %v", addrs, err)
 		}
+		if err == nil {
+			// Were it accepted, a call is what would carry the token.
+			_, _ = c.Query(t.Context(), fakeJobID)
+			c.Close()
+		}
 	}
-	for _, addr := range []string{"127.0.0.1:7070", "localhost:7070", "[::1]:7070", "https://" + ip + ":7070"} {
+	// Connections are accepted in the order they arrive: once this one is,
+	// any the client made has been too.
+	mine, err := net.Dial("tcp", at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mine.Close()
+	timeout := time.After(10 * time.Second)
+wait:
+	for {
+		select {
+		case from := <-accepted:
+			if from == mine.LocalAddr().String() {
+				break wait
+			}
+			t.Errorf("a connection from %s reached the listener at %s; want none", from, at)
+		case <-timeout:
+			t.Fatalf("the listener did not accept this test's own connection")
+		}
+	}
+	for _, addr := range []string{"127.0.0.1:7070", "localhost:7070", "[::1]:7070", "https://" + at} {
 		c, err := client.New(client.Config{Schedulers: []string{addr}, Token: "s3cret"})
 		if err != nil {
 			t.Errorf("token to %s: %v", addr, err)

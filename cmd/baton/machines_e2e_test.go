@@ -303,8 +303,9 @@ key_file = "certs/user-alice.key"
 		fmt.Sprintf("scripts_dir = \"scripts\"\nadvertise_addr = \"%s:7999\"", m.addr(2)), 1))
 	out, err := check("w2", bad)
 	t.Logf("baton check of a worker advertising an address nobody answers at:\n%s", out)
-	if err == nil || !strings.Contains(out, "FAIL worker.advertise_addr") {
-		t.Errorf("baton check of a worker advertising %s:7999: %v\n%s", m.addr(2), err, out)
+	unreachable := m.addr(2) + ":7999"
+	if err == nil || !strings.Contains(out, "FAIL worker.advertise_addr") || !strings.Contains(out, "dial tcp "+unreachable) || !strings.Contains(out, "connection refused") {
+		t.Errorf("baton check of a worker advertising %s: %v\n%s\nwant FAIL worker.advertise_addr naming the address dialled and \"connection refused\"", unreachable, err, out)
 	}
 	other := filepath.Join(dirs["admin"], "other")
 	for _, args := range [][]string{
@@ -324,8 +325,8 @@ key_file = %q
 `, schedIP, filepath.Join(other, "user-alice.crt"), filepath.Join(other, "user-alice.key")))
 	out, err = check(clientHost, strange)
 	t.Logf("baton check of a client with another cluster's certificate:\n%s", out)
-	if err == nil || !strings.Contains(out, "FAIL") || !strings.Contains(out, "client.") {
-		t.Errorf("baton check of a client with another cluster's certificate: %v\n%s", err, out)
+	if err == nil || !strings.Contains(out, "FAIL client.cert_file: ") || !strings.Contains(out, "user-alice.crt is not signed by the CA in certs/ca.crt") {
+		t.Errorf("baton check of a client with another cluster's certificate: %v\n%s\nwant FAIL client.cert_file saying it is not signed by the CA", err, out)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -218,5 +219,65 @@ func TestMetricsAfterAJob(t *testing.T) {
 	// they belong to the scheduler's.
 	if _, ok := value(scrape(t, scrapeHTTP, workerURL), "go_goroutines"); ok {
 		t.Error("worker /metrics has go_goroutines; want them only where asked for")
+	}
+}
+
+// TestMetricsQueuedJobs queues jobs behind full workers and checks what a
+// scrape of the scheduler's metrics shows while they wait and once they
+// have all been placed.
+func TestMetricsQueuedJobs(t *testing.T) {
+	sm := metrics.NewScheduler()
+	sched := startScheduler(t, "", func(o *scheduler.Options) { o.Metrics = sm })
+	startWorkerWith(t, "w1", sched, workerSetup{capacity: 1})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	srv := httptest.NewServer(sm.Handler())
+	t.Cleanup(srv.Close)
+	scrapeHTTP := srv.Client()
+
+	const waiting = 3
+	blockers := fillWorkers(t, sched.client, 1)
+	var ids []string
+	for range waiting {
+		ids = append(ids, startJob(t, sched.client, queuedSleep(nil)).GetJobId())
+	}
+	queued := func(f map[string]*dto.MetricFamily) float64 {
+		v, ok := value(f, "baton_scheduler_jobs_queued", "priority=50")
+		if !ok {
+			t.Fatal(`baton_scheduler_jobs_queued{priority="50"} missing`)
+		}
+		return v
+	}
+	placed := func(f map[string]*dto.MetricFamily) float64 {
+		v, ok := value(f, "baton_scheduler_queue_wait_seconds", "outcome=placed")
+		if !ok {
+			t.Fatal(`baton_scheduler_queue_wait_seconds{outcome="placed"} missing`)
+		}
+		return v
+	}
+	f := scrape(t, scrapeHTTP, srv.URL)
+	if got := queued(f); got != waiting {
+		t.Errorf(`with %d jobs waiting, baton_scheduler_jobs_queued{priority="50"} = %v`, waiting, got)
+	}
+	if got := placed(f); got != 0 {
+		t.Errorf(`before any job left the queue, queue_wait_seconds{outcome="placed"} counted %v`, got)
+	}
+
+	stopAll(t, sched.client, blockers)
+	for id, st := range finalJobs(t, sched.client, ids) {
+		if st.GetState() != batonv1.JobState_JOB_STATE_SUCCEEDED {
+			t.Fatalf("job %s ended %v (%s), want SUCCEEDED", id, st.GetState(), st.GetReason())
+		}
+	}
+	f = scrape(t, scrapeHTTP, srv.URL)
+	if got := queued(f); got != 0 {
+		t.Errorf(`with the queue drained, baton_scheduler_jobs_queued{priority="50"} = %v, want 0`, got)
+	}
+	if got := placed(f); got != waiting {
+		t.Errorf(`after %d queued jobs were placed, queue_wait_seconds{outcome="placed"} counted %v`, waiting, got)
+	}
+	for _, o := range []string{"stopped", "timed_out", "refused"} {
+		if v, ok := value(f, "baton_scheduler_queue_wait_seconds", "outcome="+o); !ok || v != 0 {
+			t.Errorf(`queue_wait_seconds{outcome=%q} = %v (present %v), want 0`, o, v, ok)
+		}
 	}
 }

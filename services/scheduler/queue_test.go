@@ -13,10 +13,12 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
+	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
 )
 
@@ -148,6 +150,26 @@ func TestQueueRunsJobsInOrderAndPriorityFirst(t *testing.T) {
 			t.Errorf("job %s, queued before the urgent job came, started before it on %s", id, uw)
 		}
 	}
+	// Across both workers (one machine, one clock): the urgent job started
+	// before every other job, and each job started no later than any job
+	// submitted two or more places after it. Two neighbours may start in
+	// either order, as each takes whichever worker frees first.
+	start := func(id string) time.Time { return jobs[id].GetStartedAt().AsTime() }
+	ustart := start(urgent.GetJobId())
+	for i, id := range ids {
+		if start(id).Before(ustart) {
+			t.Errorf("job #%d started at %v, before the urgent job at %v", i, start(id), ustart)
+		}
+	}
+	latest := 0 // of jobs #0 to #j-2, the one that started last
+	for j := 2; j < len(ids); j++ {
+		if start(ids[j-2]).After(start(ids[latest])) {
+			latest = j - 2
+		}
+		if start(ids[j]).Before(start(ids[latest])) {
+			t.Errorf("job #%d started at %v, before job #%d, submitted two or more places earlier, at %v", j, start(ids[j]), latest, start(ids[latest]))
+		}
+	}
 }
 
 func TestQueueIsFairBetweenOwners(t *testing.T) {
@@ -205,6 +227,9 @@ func TestQueueStopCancelsAndTimeoutEnds(t *testing.T) {
 	if st := stop.Msg.GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || st.GetStoppedBy() == "" || st.GetStartedAt() != nil {
 		t.Fatalf("stopped queued job = %v, stopped_by %q, started_at %v; want STOPPED, stopped_by set, never started", st.GetState(), st.GetStoppedBy(), st.GetStartedAt())
 	}
+	if r := stop.Msg.GetStatus().GetReason(); r != "stopped while queued; it never ran" {
+		t.Errorf("stopped queued job's reason = %q, want %q", r, "stopped while queued; it never ran")
+	}
 
 	timedOut := finalJobs(t, sched.client, []string{expiring.GetJobId()})[expiring.GetJobId()]
 	if timedOut.GetState() != batonv1.JobState_JOB_STATE_TIMED_OUT || timedOut.GetReason() != "queued 300ms without a free slot; it never ran" {
@@ -222,8 +247,8 @@ func TestQueueStopCancelsAndTimeoutEnds(t *testing.T) {
 	if _, err := os.Stat(marker); err == nil {
 		t.Error("the stopped queued job's command ran")
 	}
-	if st := queryJob(t, sched.client, cancelled.GetJobId()).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED {
-		t.Errorf("the cancelled job is now %v", st.GetState())
+	if st := queryJob(t, sched.client, cancelled.GetJobId()).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || st.GetReason() != "stopped while queued; it never ran" {
+		t.Errorf("the cancelled job is now %v %q", st.GetState(), st.GetReason())
 	}
 }
 
@@ -515,6 +540,66 @@ func TestUnknownStartIsSettledAtTheNextHeartbeat(t *testing.T) {
 	waitFor(t, "the unknown start to be settled", func() bool {
 		return strings.HasPrefix(list().GetReason(), "never started")
 	})
+}
+
+// TestUnknownStartIsSettledAtRegistration: a start that had no answer is
+// settled when its worker registers again, here after a restart on the
+// same data directory, with no heartbeat at all: the interval is an hour,
+// and the old worker's last heartbeat never reached the scheduler.
+func TestUnknownStartIsSettledAtRegistration(t *testing.T) {
+	sm := metrics.NewScheduler()
+	sched := startScheduler(t, "", func(o *scheduler.Options) {
+		o.WorkerCallTimeout = 300 * time.Millisecond
+		o.HeartbeatInterval = time.Hour
+		o.Metrics = sm
+	})
+	dataDir := filepath.Join(t.TempDir(), "data")
+	hang := &hangingCalls{}
+	old := startWorkerWith(t, "w1", sched, workerSetup{interceptors: []connect.Interceptor{hang}, dataDir: dataDir})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	hang.on.Store(true)
+	_, err := sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{WorkerId: "w1", Command: "sh", Path: "hello.sh"}))
+	wantCode(t, "StartJob on a worker that does not answer", err, connect.CodeUnavailable)
+	list := func() *batonv1.JobStatus {
+		res, err := sched.client.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{}))
+		if err != nil || len(res.Msg.GetJobs()) != 1 {
+			t.Fatalf("ListJobs: %v, %d jobs", err, len(res.Msg.GetJobs()))
+		}
+		return res.Msg.GetJobs()[0]
+	}
+	if st := list(); st.GetState() != batonv1.JobState_JOB_STATE_LOST || !strings.Contains(st.GetReason(), "outcome unknown") {
+		t.Fatalf("the job is %v %q, want LOST with its outcome unknown", st.GetState(), st.GetReason())
+	}
+	heartbeats := func() float64 {
+		families, err := sm.Registry().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		byName := map[string]*dto.MetricFamily{}
+		for _, f := range families {
+			byName[f.GetName()] = f
+		}
+		v, ok := value(byName, "baton_scheduler_heartbeats_received_total")
+		if !ok {
+			t.Fatal("baton_scheduler_heartbeats_received_total missing")
+		}
+		return v
+	}
+	// The worker stops without reaching the scheduler (no last heartbeat,
+	// no deregistration) and starts again on its data directory.
+	old.sched.pause(true)
+	old.stop()
+	startWorkerWith(t, "w1", sched, workerSetup{dataDir: dataDir})
+	want := `never started: its start had no answer, and worker "w1" does not have it`
+	waitFor(t, "the unknown start to be settled by the registration", func() bool {
+		return list().GetReason() == want
+	})
+	if st := list(); st.GetState() != batonv1.JobState_JOB_STATE_LOST || st.GetStartedAt() != nil {
+		t.Errorf("the settled job is %v, started_at %v; want LOST, never started", st.GetState(), st.GetStartedAt())
+	}
+	if n := heartbeats(); n != 0 {
+		t.Errorf("the scheduler received %v heartbeats; want none, so that the registration settled the start", n)
+	}
 }
 
 // TestQueuedJobsAreTheirOwners: another user can neither see, stop nor

@@ -397,19 +397,72 @@ func TestClientUnreachable(t *testing.T) {
 	}
 }
 
+// acceptLog is a listener that records the remote address of every
+// connection it accepts.
+type acceptLog struct {
+	net.Listener
+	mu      sync.Mutex
+	remotes []string
+}
+
+func (l *acceptLog) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.remotes = append(l.remotes, c.RemoteAddr().String())
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// onlyAfter dials l itself and waits until that connection is accepted;
+// connections are accepted in the order they arrive, so the remote
+// addresses it returns are those of every connection made before, then
+// its own.
+func (l *acceptLog) onlyAfter(t *testing.T) (before []string) {
+	t.Helper()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	mine := c.LocalAddr().String()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		remotes := slices.Clone(l.remotes)
+		l.mu.Unlock()
+		if i := slices.Index(remotes, mine); i >= 0 {
+			return remotes[:i]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the listener did not accept a connection from %s", mine)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // TestTokenNeverInCleartext: a token is never sent over plain h2c to an
 // address that is not loopback: the client refuses before dialing, naming
-// what to change, and the listener sees no request.
+// what to change, and no connection reaches the listener.
 func TestTokenNeverInCleartext(t *testing.T) {
 	t.Parallel()
 	ip := e2e.NonLoopbackIPv4(t)
 	rec := &tokenRecorder{}
 	_, handler := batonv1connect.NewSchedulerServiceHandler(rec)
-	srv := httptest.NewUnstartedServer(handler)
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	var requests []string // every request, whatever its path or headers
+	var requestsMu sync.Mutex
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requestsMu.Lock()
+		requests = append(requests, r.Method+" "+r.URL.Path)
+		requestsMu.Unlock()
+		handler.ServeHTTP(w, r)
+	}))
+	tcp, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	l := &acceptLog{Listener: tcp}
 	srv.Listener = l
 	srv.Config.Protocols = new(http.Protocols)
 	srv.Config.Protocols.SetUnencryptedHTTP2(true)
@@ -431,11 +484,17 @@ func TestTokenNeverInCleartext(t *testing.T) {
 	if err := root.ExecuteContext(t.Context()); err == nil || !strings.Contains(err.Error(), "cleartext") {
 		t.Errorf("baton workers with a token over h2c to %s: %v", ip, err)
 	}
+	if before := l.onlyAfter(t); len(before) != 0 {
+		t.Errorf("the listener accepted connections from %q; want none", before)
+	}
+	requestsMu.Lock()
+	got := slices.Clone(requests)
+	requestsMu.Unlock()
 	rec.mu.Lock()
 	seen := slices.Clone(rec.seen)
 	rec.mu.Unlock()
-	if len(seen) != 0 {
-		t.Errorf("the listener received %q", seen)
+	if len(got) != 0 || len(seen) != 0 {
+		t.Errorf("the listener received requests %q (Authorization %q); want none", got, seen)
 	}
 	for _, addr := range []string{"127.0.0.1:7070", "localhost:7070", "[::1]:7070", "https://" + net.JoinHostPort(ip, port)} {
 		cl, err := newClient(config.ClientSection{Scheduler: addr, Token: "s3cret"})

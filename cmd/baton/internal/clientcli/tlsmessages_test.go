@@ -77,7 +77,7 @@ func TestTLSRefusalsSayWhatToFix(t *testing.T) {
 		{"no certificate", config.ClientSection{Scheduler: good.Scheduler, CAFile: caFile}, "sent no certificate; set client.cert_file and client.key_file"},
 		{"another cluster's certificate", config.ClientSection{Scheduler: good.Scheduler, CAFile: caFile, CertFile: otherCerts[alice][0], KeyFile: otherCerts[alice][1]}, "not signed by the cluster's CA"},
 		{"another cluster's CA", config.ClientSection{Scheduler: good.Scheduler, CAFile: filepath.Join(dir, "other", "ca.crt"), CertFile: certs[alice][0], KeyFile: certs[alice][1]}, "not signed by the CA in client.ca_file"},
-		{"plain http to the TLS port", config.ClientSection{Scheduler: "http://" + cfg.GRPCServer.Addr}, "speaks TLS: use https://"},
+		{"plain http to the TLS port", config.ClientSection{Scheduler: "http://" + cfg.GRPCServer.Addr}, "the scheduler's port at " + cfg.GRPCServer.Addr + " speaks TLS: use https:// in client.scheduler and set client.ca_file"},
 	} {
 		first := call(tc.c)
 		if !strings.Contains(first, tc.want) {

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -151,6 +152,29 @@ func TestMutualTLSExamplesLoad(t *testing.T) {
 	}
 	if c.Client.CAFile != filepath.Join(dir, "certs", "ca.crt") || !strings.HasPrefix(c.Client.Scheduler, "https://") {
 		t.Errorf("client: %+v; want https and paths beside the file", c.Client)
+	}
+	// The examples are for several machines: no address is loopback. The
+	// worker listens on every address and, as the README advises, leaves
+	// advertise_addr unset: it advertises the address it reaches the
+	// scheduler from.
+	for what, addr := range map[string]string{
+		"worker grpc_server.addr":    w.GRPCServer.Addr,
+		"worker scheduler.addr":      w.Scheduler.Addr,
+		"scheduler grpc_server.addr": s.GRPCServer.Addr,
+		"scheduler http_server.addr": s.HTTPServer.Addr,
+		"client.scheduler":           strings.TrimPrefix(c.Client.Scheduler, "https://"),
+	} {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Errorf("%s %q: %v", what, addr, err)
+			continue
+		}
+		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+			t.Errorf("%s is %q, a loopback address", what, addr)
+		}
+	}
+	if host, _, _ := net.SplitHostPort(w.GRPCServer.Addr); host != "0.0.0.0" || w.Worker.AdvertiseAddr != "" {
+		t.Errorf("worker listens on %q advertising %q; want 0.0.0.0 with worker.advertise_addr unset", w.GRPCServer.Addr, w.Worker.AdvertiseAddr)
 	}
 }
 
