@@ -356,3 +356,25 @@ func runningInGroup(t *testing.T, c batonv1connect.SchedulerServiceClient, group
 	}
 	return len(res.Msg.GetJobs())
 }
+
+// TestAfterOnlyOnWhatTheCallerCanSee: a job may wait only for jobs and
+// groups its owner can see: bob's job after alice's is refused as if
+// alice's did not exist, and an admin's may wait for anyone's.
+func TestAfterOnlyOnWhatTheCallerCanSee(t *testing.T) {
+	c := startSecureClusterCapacity(t, 4, "w1")
+	ac, bc, admin := c.client(t, alice), c.client(t, bob), c.client(t, root)
+	res := startJob(t, ac, &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"0.2"}, All: true})
+	job, group := res.GetJobId(), res.GetGroupId()
+	for name, d := range map[string]*batonv1.Dependency{
+		"alice's job":   {JobId: job},
+		"alice's group": {GroupId: group},
+	} {
+		req := &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh", QueueTimeout: noLimit, After: []*batonv1.Dependency{d}}
+		_, err := bc.StartJob(t.Context(), connect.NewRequest(req))
+		wantCode(t, "bob after "+name, err, connect.CodeInvalidArgument)
+		if err != nil && !strings.Contains(err.Error(), "not found") {
+			t.Errorf("bob after %s: %v, want it said not found", name, err)
+		}
+		startJob(t, admin, req) // fails the test if refused
+	}
+}
