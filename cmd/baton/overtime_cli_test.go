@@ -60,6 +60,18 @@ func TestCLIChainAndArray(t *testing.T) {
 			t.Errorf("run --array printed %q, want a line [%d] index %d", arr.stdout, i, i)
 		}
 	}
+	group := strings.TrimSpace(e.run(t, "start", "--array", "0-3", "--", "true").stdout)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		listed := e.run(t, "jobs", "--group", group)
+		if strings.Count(listed.stdout, "SUCCEEDED") == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("jobs --group %s: %+v, want 4 jobs SUCCEEDED", group, listed)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if r := e.run(t, "start", "--array", "5-1", "--", "true"); r.code != 2 {
 		t.Errorf("--array 5-1: %+v, want usage error (2)", r)
 	}

@@ -245,7 +245,7 @@ func printLog(c *clientCall, msg *batonv1.StreamJobOutputResponse) error {
 
 func newJobsCommand() *cobra.Command {
 	var states []string
-	var worker string
+	var worker, group string
 	var limit int
 	cmd := &cobra.Command{
 		Use:   "jobs",
@@ -256,12 +256,18 @@ With -o json it prints one JSON array of job statuses.`,
 	}
 	cmd.Flags().StringSliceVar(&states, "state", nil, "only jobs in these states: queued, pending, running, succeeded, failed, stopped, timed_out, lost (repeat or comma-separate)")
 	cmd.Flags().StringVar(&worker, "worker", "", "only this worker's jobs (name or id)")
+	cmd.Flags().StringVar(&group, "group", "", "only the jobs of this group (a fan-out or an array)")
 	cmd.Flags().IntVar(&limit, "limit", 100, "list at most this many jobs (0: all)")
 	return clientCommand(cmd, func(c *clientCall, _ []string) error {
 		if limit < 0 {
 			return cliout.UsageErrorf("--limit must not be negative")
 		}
-		req := &batonv1.ListJobsRequest{WorkerId: worker}
+		if group != "" {
+			if err := checkID("--group", group); err != nil {
+				return err
+			}
+		}
+		req := &batonv1.ListJobsRequest{WorkerId: worker, GroupId: group}
 		for _, s := range states {
 			st, err := parseJobState(s)
 			if err != nil {
