@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/uuid"
 	"google.golang.org/protobuf/proto"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -247,20 +246,9 @@ func (s *Scheduler) startArray(ctx context.Context, req *batonv1.StartJobRequest
 	if err := s.reg.checkNamed(req.GetWorkerId()); err != nil {
 		return nil, err
 	}
-	gid, err := uuid.NewV7()
-	if err != nil {
-		return nil, err
-	}
-	group := gid.String()
-	if err := s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, IdempotencyKey: key, CreatedAt: time.Now()}); err != nil {
-		if errors.Is(err, store.ErrConflict) && key != "" {
-			g, gerr := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
-			if gerr != nil {
-				return nil, gerr
-			}
-			return s.existingGroup(ctx, g)
-		}
-		return nil, err
+	group, existing, err := s.newGroup(ctx, owner, key)
+	if existing != nil || err != nil {
+		return existing, err
 	}
 	n := int(a.GetLast()-a.GetFirst()) + 1
 	results := make([]*batonv1.JobStatus, n)

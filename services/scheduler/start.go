@@ -95,22 +95,9 @@ func (s *Scheduler) startGroup(ctx context.Context, req *batonv1.StartJobRequest
 	}
 	defer releaseAll(slots)
 
-	gid, err := uuid.NewV7()
-	if err != nil {
-		return nil, err
-	}
-	group := gid.String()
-	// The key belongs to the group: of concurrent fan-outs with one key,
-	// one creates the group and starts its jobs; the others get it.
-	if err := s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, IdempotencyKey: key, CreatedAt: time.Now()}); err != nil {
-		if errors.Is(err, store.ErrConflict) && key != "" {
-			g, gerr := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
-			if gerr != nil {
-				return nil, gerr
-			}
-			return s.existingGroup(ctx, g)
-		}
-		return nil, err
+	group, existing, err := s.newGroup(ctx, owner, key)
+	if existing != nil || err != nil {
+		return existing, err
 	}
 	workers := make([]string, 0, len(slots)+len(full))
 	for _, slot := range slots {
@@ -150,6 +137,27 @@ func (s *Scheduler) startGroup(ctx context.Context, req *batonv1.StartJobRequest
 	}
 	res.JobId = res.Jobs[0].GetJobId()
 	return res, nil
+}
+
+// newGroup records a new group of owner's that owns key. The key belongs
+// to the group: of concurrent requests with one key, one creates the group
+// and starts its jobs; the others get what it started (existing).
+func (s *Scheduler) newGroup(ctx context.Context, owner, key string) (group string, existing *batonv1.StartJobResponse, err error) {
+	gid, err := uuid.NewV7()
+	if err != nil {
+		return "", nil, err
+	}
+	group = gid.String()
+	err = s.store.CreateGroup(ctx, store.Group{ID: group, Owner: owner, IdempotencyKey: key, CreatedAt: time.Now()})
+	if errors.Is(err, store.ErrConflict) && key != "" {
+		g, gerr := s.store.GetGroupByIdempotencyKey(ctx, owner, key)
+		if gerr != nil {
+			return "", nil, gerr
+		}
+		existing, err = s.existingGroup(ctx, g)
+		return "", existing, err
+	}
+	return group, nil, err
 }
 
 func cmpErr(first, next error) error {
