@@ -31,7 +31,9 @@ func retryOf(j Job, ended *batonv1.JobStatus, now time.Time) (*batonv1.JobStatus
 	old := j.Status
 	policy := old.GetSpec().GetRetry()
 	attempt := max(old.GetAttempt(), 1)
-	if policy == nil || attempt >= policy.GetAttempts() || !counts(policy, ended) {
+	// A stop asked for while the attempt ended stops the job, whatever
+	// the attempt's end.
+	if policy == nil || attempt >= policy.GetAttempts() || !counts(policy, ended) || j.StopRequestedBy != "" {
 		return nil, false
 	}
 	run, err := uuid.NewV7()
