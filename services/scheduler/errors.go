@@ -73,6 +73,8 @@ var codes = []struct {
 	{errNoCapacity, connect.CodeResourceExhausted},
 	{errQueueFull, connect.CodeResourceExhausted},
 	{errPriority, connect.CodePermissionDenied},
+	{errBadSchedule, connect.CodeInvalidArgument},
+	{store.ErrLimit, connect.CodeResourceExhausted},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},
