@@ -94,13 +94,16 @@ func (ft *fireTimes) next(t time.Time) time.Time {
 func (ft *fireTimes) instant(w, t time.Time) time.Time {
 	at := time.Date(w.Year(), w.Month(), w.Day(), w.Hour(), w.Minute(), w.Second(), 0, ft.loc)
 	if !wallAsUTC(at).Equal(w) {
-		// A gap: time.Date normalised w to a later wall clock. The zone
-		// period that holds it began at the end of the gap.
-		start, _ := at.ZoneBounds()
-		if start.IsZero() || !start.Before(at) {
-			start = at
+		// A gap: time.Date moved w to a wall clock before or after it
+		// (which one is not specified). The gap ends where the zone
+		// period after it starts.
+		start, end := at.ZoneBounds()
+		if wallAsUTC(at).Before(w) {
+			start = end
 		}
-		at = start
+		if !start.IsZero() {
+			at = start
+		}
 	}
 	// A repeated wall clock: take its first occurrence, unless only the
 	// second is still to come.
