@@ -159,6 +159,7 @@ func withIdentity(j store.Job, st *batonv1.JobStatus) *batonv1.JobStatus {
 	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
 	st.Spec = j.Status.GetSpec()
 	st.CreatedAt = timestamppb.New(j.CreatedAt)
+	st.Schedule, st.FireTime = j.Status.GetSchedule(), j.Status.GetFireTime()
 	return st
 }
 

@@ -26,7 +26,7 @@ func (h *handler) CreateSchedule(ctx context.Context, req *connect.Request[baton
 	s := h.s
 	def, err := s.checkSchedule(ctx, req.Msg.GetSchedule())
 	if err != nil {
-		return nil, mapError(err)
+		return nil, err
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -58,7 +58,7 @@ func (h *handler) UpdateSchedule(ctx context.Context, req *connect.Request[baton
 	}
 	def, err := s.checkSchedule(ctx, req.Msg.GetSchedule())
 	if err != nil {
-		return nil, mapError(err)
+		return nil, err
 	}
 	sc, err := s.store.UpdateSchedule(ctx, owner, def.GetName(), def, time.Now())
 	if err != nil {
@@ -199,19 +199,20 @@ func (s *Scheduler) scheduleFor(ctx context.Context, ref *batonv1.ScheduleRef) (
 // checkSchedule checks a schedule definition as the scheduler will use
 // it, its job as StartJob would, and returns the definition to store:
 // the caller's fields only.
+// Its errors are Connect errors.
 func (s *Scheduler) checkSchedule(ctx context.Context, in *batonv1.Schedule) (*batonv1.Schedule, error) {
 	if _, err := parseFireTimes(in.GetCron(), in.GetTimeZone()); err != nil {
-		return nil, newError(errBadSchedule, "%v", err)
+		return nil, mapError(newError(errBadSchedule, "%v", err))
 	}
 	job := in.GetJob()
 	if err := refuseUnbuilt(job); err != nil {
-		return nil, err
+		return nil, err // a Connect error already
 	}
 	if err := s.checkPriority(ctx, job); err != nil {
-		return nil, err
+		return nil, mapError(err)
 	}
 	if job.GetAll() && job.GetWorkerId() != "" {
-		return nil, newError(errBadSchedule, "job.all and job.worker_id do not go together: all runs on every worker matching job.selector")
+		return nil, mapError(newError(errBadSchedule, "job.all and job.worker_id do not go together: all runs on every worker matching job.selector"))
 	}
 	return &batonv1.Schedule{
 		Name: in.GetName(), Cron: in.GetCron(), TimeZone: in.GetTimeZone(), Overlap: in.GetOverlap(),
