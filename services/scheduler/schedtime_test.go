@@ -104,3 +104,26 @@ func TestParseFireTimesErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestMissedTimesCounted checks that the count of missed @every times,
+// computed rather than walked, is what walking the same times gives.
+func TestMissedTimesCounted(t *testing.T) {
+	t.Parallel()
+	every, err := parseFireTimes("@every 1s", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	walk, err := parseFireTimes("* * * * * *", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cursor := time.Date(2026, 5, 1, 12, 0, 0, 250_000_000, time.UTC)
+	for _, d := range []time.Duration{0, 500 * time.Millisecond, 1750 * time.Millisecond, 2 * time.Second, 5000 * time.Second} {
+		deadline := cursor.Add(d)
+		l1, c1, t1 := missedTimes(every, cursor, deadline)
+		l2, c2, t2 := missedTimes(walk, cursor, deadline)
+		if c1 != c2 || !t1.Equal(t2) || len(l1) != len(l2) || (len(l1) > 0 && !l1[0].Equal(l2[0])) {
+			t.Errorf("deadline +%v: @every counts %d through %v (%d kept), walking %d through %v (%d kept)", d, c1, t1, len(l1), c2, t2, len(l2))
+		}
+	}
+}

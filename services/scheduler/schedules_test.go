@@ -11,6 +11,8 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/metrics"
+	"github.com/baton-run/baton/services/scheduler"
 )
 
 func createSchedule(t *testing.T, c batonv1connect.SchedulerServiceClient, sc *batonv1.Schedule) *batonv1.Schedule {
@@ -215,4 +217,100 @@ func TestScheduleAuthorization(t *testing.T) {
 	_, err = alice.CreateSchedule(ctx, connect.NewRequest(&batonv1.CreateScheduleRequest{Schedule: &batonv1.Schedule{
 		Name: "urgent", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "true", Priority: &high}}}))
 	wantCode(t, "a user's schedule with a high priority", err, connect.CodePermissionDenied)
+}
+
+func scheduleCall(t *testing.T, what string, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// TestSchedulePauseResume: a paused schedule does not fire, and resuming
+// goes on from now: the times passed while paused are neither fired nor
+// recorded as missed.
+func TestSchedulePauseResume(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", nil)
+	startWorker(t, "w1", sched, nil)
+	ctx := t.Context()
+	ref := &batonv1.ScheduleRef{Name: "tick"}
+	createSchedule(t, sched.client, &batonv1.Schedule{Name: "tick", Cron: "@every 1s", HistoryLimit: 100,
+		Job: &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"0"}}})
+	waitSchedule(t, sched.client, "tick", "fired", func(sc *batonv1.Schedule) bool { return sc.GetFires() >= 1 })
+	res, err := sched.client.PauseSchedule(ctx, connect.NewRequest(&batonv1.PauseScheduleRequest{Schedule: ref}))
+	scheduleCall(t, "pause", err)
+	if !res.Msg.GetSchedule().GetPaused() || res.Msg.GetSchedule().GetNextFireTime() != nil {
+		t.Errorf("paused schedule: paused %v next %v", res.Msg.GetSchedule().GetPaused(), res.Msg.GetSchedule().GetNextFireTime())
+	}
+	pausedAt := time.Now()
+	firesAtPause := getSchedule(t, sched.client, "tick").GetFires()
+	time.Sleep(2500 * time.Millisecond)
+	if got := getSchedule(t, sched.client, "tick").GetFires(); got != firesAtPause {
+		t.Errorf("fires while paused: %d, then %d", firesAtPause, got)
+	}
+	_, err = sched.client.ResumeSchedule(ctx, connect.NewRequest(&batonv1.ResumeScheduleRequest{Schedule: ref}))
+	scheduleCall(t, "resume", err)
+	resumedAt := time.Now()
+	sc := waitSchedule(t, sched.client, "tick", "firing again", func(sc *batonv1.Schedule) bool { return sc.GetFires() >= firesAtPause+2 })
+	if sc.GetMisses() != 0 || sc.GetSkips() != 0 {
+		t.Errorf("after a pause: misses %d skips %d, want none", sc.GetMisses(), sc.GetSkips())
+	}
+	for _, f := range sc.GetRecent() {
+		if at := f.GetFireTime().AsTime(); at.After(pausedAt.Add(time.Second)) && at.Before(resumedAt) {
+			t.Errorf("a fire at %v, while paused (%v to %v): %v", at, pausedAt, resumedAt, f.GetOutcome())
+		}
+	}
+}
+
+// TestScheduleFanOut fires a fan-out: one group, a job on each matching
+// worker, each with the schedule's name and fire time.
+func TestScheduleFanOut(t *testing.T) {
+	t.Parallel()
+	m := metrics.NewScheduler()
+	sched := startScheduler(t, "", func(o *scheduler.Options) { o.Metrics = m })
+	startWorker(t, "w1", sched, map[string]string{"pool": "a"})
+	startWorker(t, "w2", sched, map[string]string{"pool": "a"})
+	startWorker(t, "w3", sched, map[string]string{"pool": "b"})
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1", "w2", "w3")
+	createSchedule(t, sched.client, &batonv1.Schedule{Name: "everywhere", Cron: "@yearly",
+		Job: &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"0"}, All: true, Selector: map[string]string{"pool": "a"}}})
+	res, err := sched.client.TriggerSchedule(t.Context(), connect.NewRequest(&batonv1.TriggerScheduleRequest{Schedule: &batonv1.ScheduleRef{Name: "everywhere"}}))
+	scheduleCall(t, "trigger", err)
+	f := res.Msg.GetFire()
+	if f.GetOutcome() != batonv1.FireOutcome_FIRE_OUTCOME_STARTED || f.GetGroupId() == "" || !f.GetManual() {
+		t.Fatalf("fan-out fire: %v", f)
+	}
+	q, err := sched.client.QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{GroupId: f.GetGroupId()}))
+	scheduleCall(t, "query group", err)
+	var workers []string
+	for _, j := range q.Msg.GetJobs() {
+		workers = append(workers, j.GetWorkerId())
+		if j.GetSchedule() != "everywhere" || !j.GetFireTime().AsTime().Equal(f.GetFireTime().AsTime()) {
+			t.Errorf("job %s: schedule %q fire time %v", j.GetJobId(), j.GetSchedule(), j.GetFireTime())
+		}
+	}
+	slices.Sort(workers)
+	if !slices.Equal(workers, []string{"w1", "w2"}) {
+		t.Errorf("the fan-out's jobs are on %v, want w1 and w2", workers)
+	}
+	// The fire is counted on /metrics, by owner and name.
+	fams, err := m.Registry().Gather()
+	scheduleCall(t, "gather", err)
+	found := false
+	for _, fam := range fams {
+		if fam.GetName() != "baton_scheduler_schedule_fires_total" {
+			continue
+		}
+		for _, mt := range fam.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range mt.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			found = labels["name"] == "everywhere" && labels["owner"] == "anonymous" && mt.GetCounter().GetValue() == 1
+		}
+	}
+	if !found {
+		t.Error("baton_scheduler_schedule_fires_total{owner=\"anonymous\",name=\"everywhere\"} is not 1")
+	}
 }
