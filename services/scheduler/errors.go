@@ -75,6 +75,8 @@ var codes = []struct {
 	{errPriority, connect.CodePermissionDenied},
 	{errBadAfter, connect.CodeInvalidArgument},
 	{errBadScript, connect.CodeInvalidArgument},
+	{errBadSchedule, connect.CodeInvalidArgument},
+	{store.ErrLimit, connect.CodeResourceExhausted},
 	// A selector no ready worker matches will not succeed on retry.
 	{errNoMatch, connect.CodeFailedPrecondition},
 	{errKeyOfGroup, connect.CodeFailedPrecondition},

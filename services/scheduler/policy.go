@@ -52,6 +52,15 @@ func Policy() identity.Policy {
 		// A worker checks only its own address: the scheduler expects
 		// the caller's identity there (see checkWorkerAddress).
 		batonv1connect.SchedulerServiceCheckWorkerAddressProcedure: {Roles: members},
+		// Schedules are their owner's and admins' only (see scheduleFor).
+		batonv1connect.SchedulerServiceCreateScheduleProcedure:  {Roles: clients, Mutating: true},
+		batonv1connect.SchedulerServiceUpdateScheduleProcedure:  {Roles: clients, Mutating: true},
+		batonv1connect.SchedulerServiceGetScheduleProcedure:     {Roles: clients},
+		batonv1connect.SchedulerServiceListSchedulesProcedure:   {Roles: clients},
+		batonv1connect.SchedulerServiceDeleteScheduleProcedure:  {Roles: clients, Mutating: true},
+		batonv1connect.SchedulerServicePauseScheduleProcedure:   {Roles: clients, Mutating: true},
+		batonv1connect.SchedulerServiceResumeScheduleProcedure:  {Roles: clients, Mutating: true},
+		batonv1connect.SchedulerServiceTriggerScheduleProcedure: {Roles: clients, Mutating: true},
 	}
 }
 

@@ -64,6 +64,10 @@ type Options struct {
 	// the queue; more are refused with resource_exhausted. Zero means
 	// DefaultMaxQueuedPerOwner, negative no limit.
 	MaxQueuedPerOwner int
+	// MaxSchedulesPerOwner is the most schedules one owner may define;
+	// more are refused with resource_exhausted. Zero means
+	// DefaultMaxSchedulesPerOwner, negative no limit.
+	MaxSchedulesPerOwner int
 	// MaxUserPriority is the highest priority a caller who is not an
 	// admin may give a job; higher is permission_denied. Zero means
 	// DefaultMaxUserPriority; negative, 0.
@@ -117,6 +121,8 @@ type Scheduler struct {
 	checks chan struct{}
 	// ends carries the store's job ends to followEnds.
 	ends *endFeed
+	// scheds holds the schedules and their next fire times (schedules.go).
+	scheds *scheduleSet
 }
 
 // New loads the roster from the store and prepares the handler. Workers the
@@ -151,6 +157,12 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 		opts.MaxQueuedPerOwner = 0
 	}
 	switch {
+	case opts.MaxSchedulesPerOwner == 0:
+		opts.MaxSchedulesPerOwner = DefaultMaxSchedulesPerOwner
+	case opts.MaxSchedulesPerOwner < 0:
+		opts.MaxSchedulesPerOwner = 0
+	}
+	switch {
 	case opts.MaxUserPriority == 0:
 		opts.MaxUserPriority = DefaultMaxUserPriority
 	case opts.MaxUserPriority < 0:
@@ -183,6 +195,10 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	s.q.load(queued, time.Now())
 	opts.Metrics.QueueLoaded(s.q.waitingCount())
 	if err := s.settleLoadedHolds(ctx); err != nil {
+		return nil, err
+	}
+
+	if err := s.loadSchedules(ctx); err != nil {
 		return nil, err
 	}
 
@@ -265,8 +281,8 @@ func (s *Scheduler) SetNotServing() {
 	s.stopStreams()
 }
 
-// Run detects DOWN workers, hands queued jobs to workers as slots free
-// and prunes old jobs until ctx ends. Call it once.
+// Run detects DOWN workers, hands queued jobs to workers as slots free,
+// fires schedules and prunes old jobs until ctx ends. Call it once.
 func (s *Scheduler) Run(ctx context.Context) error {
 	queueDone := make(chan struct{})
 	go func() {
@@ -280,6 +296,12 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		s.followEnds(ctx)
 	}()
 	defer func() { <-endsDone }()
+	schedulesDone := make(chan struct{})
+	go func() {
+		defer close(schedulesDone)
+		s.runSchedules(ctx)
+	}()
+	defer func() { <-schedulesDone }()
 	tick := time.NewTicker(max(s.opts.HeartbeatInterval/2, 10*time.Millisecond))
 	defer tick.Stop()
 	s.prune(ctx)

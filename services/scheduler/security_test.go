@@ -216,9 +216,11 @@ func TestEveryProcedureNeedsAnIdentityAndARole(t *testing.T) {
 	// Which roles may call what, written out independently of the
 	// policies under test.
 	memberProcs := []string{"RegisterWorker", "Heartbeat", "DeregisterWorker"}
+	// Schedules are their owners' and admins': viewers do not see them.
+	scheduleProcs := []string{"CreateSchedule", "UpdateSchedule", "GetSchedule", "ListSchedules", "DeleteSchedule", "PauseSchedule", "ResumeSchedule", "TriggerSchedule"}
 	allowed := map[identity.Role][]string{
-		identity.RoleAdmin:  {"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers", "DrainWorker"},
-		identity.RoleUser:   {"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
+		identity.RoleAdmin:  append([]string{"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers", "DrainWorker"}, scheduleProcs...),
+		identity.RoleUser:   append([]string{"StartJob", "RunJob", "StopJob", "QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"}, scheduleProcs...),
 		identity.RoleViewer: {"QueryJob", "ListJobs", "StreamJobOutput", "ListWorkers"},
 		// CheckWorkerAddress names no worker: the caller's own identity is checked.
 		identity.RoleWorker: append(slices.Clone(memberProcs), "CheckWorkerAddress"),

@@ -23,10 +23,14 @@ var errStopKept = errors.New("stop kept for delivery")
 // Stop is idempotent. A LOST job is stopped too: LOST only says the
 // scheduler stopped hearing about it, and its process may still run.
 func (s *Scheduler) stopOne(ctx context.Context, j store.Job) (*batonv1.JobStatus, error) {
+	return s.stopAs(ctx, j, ownerName(caller(ctx)))
+}
+
+// stopAs stops one job as stopOne does, recording by as who stopped it.
+func (s *Scheduler) stopAs(ctx context.Context, j store.Job, by string) (*batonv1.JobStatus, error) {
 	if state := j.Status.GetState(); terminal(state) && state != batonv1.JobState_JOB_STATE_LOST {
 		return j.Status, nil
 	}
-	by := ownerName(caller(ctx))
 	if inQueue(j.Status.GetState()) {
 		st, cur, done, err := s.stopQueued(ctx, j, by)
 		if done {

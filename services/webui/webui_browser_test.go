@@ -97,6 +97,10 @@ func (a *securedAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, `{"workers":[{"workerId":"w1","name":"w1","address":"10.0.0.1:7071","state":"WORKER_STATE_READY","labels":{"zone":"a"},"runningJobs":1,"capacity":4,"lastHeartbeat":"2026-01-01T00:00:00Z"}]}`)
 	case "ListJobs":
 		a.listJobs(w, r)
+	case "ListSchedules":
+		_, _ = io.WriteString(w, `{"schedules":[{"name":"nightly","cron":"30 2 * * *","timeZone":"Europe/Paris","owner":"user/alice",`+
+			`"lastFireTime":"2026-01-01T01:30:00Z","nextFireTime":"2099-01-02T01:30:00Z","fires":"12","misses":"3"},`+
+			`{"name":"<b>x</b>","cron":"@hourly","owner":"user/alice","paused":true}]}`)
 	case "QueryJob":
 		var req struct {
 			JobID string `json:"jobId"`
@@ -412,5 +416,33 @@ func waitJS(t *testing.T, ctx context.Context, what, expr string) {
 				evalJS(t, ctx, `(document.getElementById("banner").hidden ? "" : "banner: " + document.getElementById("banner").textContent + " | ") + document.body.innerText.slice(0, 800)`))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestSchedulesInBrowser opens the schedules page: each schedule with its
+// cron and zone, state, last and next fire and its counts; names are text.
+func TestSchedulesInBrowser(t *testing.T) {
+	api := &securedAPI{}
+	srv := httptest.NewServer(Handler(api))
+	t.Cleanup(srv.Close)
+	ctx, _ := browsertest.Start(t, context.Background(), func(m chromedp.ConsoleMessage) bool {
+		return m.Source == "network" && strings.HasSuffix(m.URL, "/favicon.ico")
+	})
+	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/assets/icon.svg"),
+		chromedp.Evaluate[chromedp.Void](`sessionStorage.setItem("baton.token", "`+testToken+`")`),
+		chromedp.Navigate(srv.URL+"/#/schedules")); err != nil {
+		t.Fatal(err)
+	}
+	row := `document.querySelector('#schedules tr[data-schedule="nightly"]')`
+	waitJS(t, ctx, "the schedules listed", `!!`+row+` && document.querySelectorAll("#schedules tbody tr").length === 2`)
+	got := evalJS(t, ctx, `[".schedule-state", ".schedule-fires", ".schedule-misses", ".schedule-skips"].map((c) => `+row+`.querySelector(c).textContent).join(" | ") + " | " + (`+row+`.querySelector(".schedule-next").textContent !== "—") + " | " + `+row+`.textContent.includes("Europe/Paris")`)
+	if got != "active | 12 | 3 | 0 | true | true" {
+		t.Errorf("the nightly row shows %q", got)
+	}
+	if got := evalJS(t, ctx, `document.querySelector('#schedules tr[data-schedule="<b>x</b>"] .schedule-state')?.textContent + " " + document.querySelectorAll("#schedules b").length`); got != "paused 0" {
+		t.Errorf("the paused schedule's row: %q", got)
+	}
+	if got := evalJS(t, ctx, `document.querySelector('[data-nav="schedules"]').getAttribute("aria-current")`); got != "page" {
+		t.Errorf("the nav's schedules link is %q, want the current page", got)
 	}
 }

@@ -99,6 +99,41 @@ CREATE TABLE scripts (
 	content BLOB NOT NULL
 ) STRICT;
 `,
+	// 6: schedules and their fires. A schedule's id changes when it is
+	// deleted and made again under its name, so that the new one's fires
+	// never meet the old one's idempotency keys. cursor is the latest
+	// fire time dealt with (fired, skipped or missed): the next is
+	// computed from it. A fire's row is unique per schedule and time.
+	`
+CREATE TABLE schedules (
+	owner         TEXT    NOT NULL,
+	name          TEXT    NOT NULL,
+	schedule_id   TEXT    NOT NULL UNIQUE,
+	definition    BLOB    NOT NULL, -- baton.v1.Schedule, the caller's fields only
+	paused        INTEGER NOT NULL,
+	created_at    INTEGER NOT NULL,
+	updated_at    INTEGER NOT NULL,
+	cursor        INTEGER NOT NULL,
+	last_fire     INTEGER NOT NULL, -- 0: none yet
+	last_job_id   TEXT    NOT NULL, -- the latest started fire's job or group
+	last_group_id TEXT    NOT NULL,
+	fires         INTEGER NOT NULL,
+	misses        INTEGER NOT NULL,
+	skips         INTEGER NOT NULL,
+	PRIMARY KEY (owner, name)
+) STRICT;
+
+CREATE TABLE schedule_fires (
+	schedule_id TEXT    NOT NULL REFERENCES schedules (schedule_id) ON DELETE CASCADE,
+	fire_time   INTEGER NOT NULL,
+	manual      INTEGER NOT NULL,
+	outcome     INTEGER NOT NULL,
+	job_id      TEXT    NOT NULL,
+	group_id    TEXT    NOT NULL,
+	reason      TEXT    NOT NULL,
+	PRIMARY KEY (schedule_id, fire_time, manual)
+) STRICT, WITHOUT ROWID;
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

@@ -430,27 +430,7 @@ func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
 	if queued != (j.Queue != nil) {
 		return fmt.Errorf("create job %s: a job has a place in the queue if and only if it is QUEUED", j.ID)
 	}
-	err = s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(`INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
-			int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
-		if err != nil {
-			return err
-		}
-		if len(j.Script) > 0 {
-			if _, err := tx.exec(`INSERT INTO scripts (job_id, content) VALUES (?, ?)`, j.ID, j.Script); err != nil {
-				return err
-			}
-		}
-		if !queued {
-			return nil
-		}
-		q := j.Queue
-		_, err = tx.exec(`INSERT INTO queue (job_id, worker_id, priority, round, seq, deadline) VALUES (?, ?, ?, ?, ?, ?)`,
-			j.ID, q.WorkerID, q.Priority, q.Round, q.Seq, unixNano(q.Deadline))
-		return err
-	})
+	err = s.write(ctx, func(tx *writer) error { return insertJob(tx, j, st, blob) })
 	switch sqliteCode(err) {
 	case 0:
 		if err != nil {
@@ -466,6 +446,30 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 	default:
 		return fmt.Errorf("create job %s: %w", j.ID, err)
 	}
+}
+
+// insertJob writes job j, whose status st (as newJobStatus made it) is
+// blob, and its place in the queue when it is QUEUED.
+func insertJob(tx *writer, j Job, st *batonv1.JobStatus, blob []byte) error {
+	_, err := tx.exec(`INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
+		int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
+	if err != nil {
+		return err
+	}
+	if len(j.Script) > 0 {
+		if _, err := tx.exec(`INSERT INTO scripts (job_id, content) VALUES (?, ?)`, j.ID, j.Script); err != nil {
+			return err
+		}
+	}
+	if st.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
+		return nil
+	}
+	q := j.Queue
+	_, err = tx.exec(`INSERT INTO queue (job_id, worker_id, priority, round, seq, deadline) VALUES (?, ?, ?, ?, ?, ?)`,
+		j.ID, q.WorkerID, q.Priority, q.Round, q.Seq, unixNano(q.Deadline))
+	return err
 }
 
 // newJobStatus reconciles j's identity fields with those of its status (see

@@ -171,6 +171,9 @@ type Store interface {
 	// without jobs, and returns how many jobs it deleted.
 	PruneJobs(ctx context.Context, endedBefore time.Time) (int, error)
 
+	// Schedules keeps schedules and their fires (schedules.go).
+	Schedules
+
 	// Close releases the store. Calls after Close fail.
 	Close() error
 }

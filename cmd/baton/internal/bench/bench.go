@@ -53,6 +53,10 @@ type benchOptions struct {
 	// small capacity and measures how they are handed out, instead of
 	// the load.
 	Queue int
+	// Schedules, with Local, runs the load a second time on a local
+	// cluster with this many schedules defined (none due during the run),
+	// to compare with none.
+	Schedules int
 	// Binary is the baton executable the local cluster runs; empty means
 	// this process's own.
 	Binary string
@@ -104,6 +108,12 @@ type benchResult struct {
 	JobUIDs                *benchStats `json:"baton_job_uids,omitempty"`
 	JobUIDsP50Ratio        float64     `json:"job_uids_p50_ratio,omitempty"`
 	JobUIDsThroughputRatio float64     `json:"job_uids_throughput_ratio,omitempty"`
+	// Schedules is the same load on a local cluster with --schedules
+	// schedules defined; the ratios compare it with Baton (none).
+	Schedules                *benchStats `json:"baton_schedules,omitempty"`
+	SchedulesDefined         int         `json:"schedules_defined,omitempty"`
+	SchedulesP50Ratio        float64     `json:"schedules_p50_ratio,omitempty"`
+	SchedulesThroughputRatio float64     `json:"schedules_throughput_ratio,omitempty"`
 	// Exec is the same command run with os/exec, as a baseline.
 	Exec *benchStats `json:"exec,omitempty"`
 	// P50Ratio is Baton's p50 over exec's; ThroughputRatio is Baton's
@@ -185,6 +195,7 @@ the submission and drain rates, and the scheduler's CPU per job:
 	flags.BoolVar(&opts.JobUIDs, "job-uids", false, "with --local, as root: run the load again on a local cluster whose jobs get uids of their own and compare")
 	flags.IntVar(&opts.StreamMiB, "stream-mib", 0, "with --local: instead of the load, follow a job writing this many MiB through `baton run` into a file, against a pipe")
 	flags.IntVar(&opts.StreamRuns, "stream-runs", 5, "with --stream-mib: runs of each way")
+	flags.IntVar(&opts.Schedules, "schedules", 0, "with --local: run the load again on a local cluster with this many schedules defined (none due) and compare")
 	flags.IntVar(&opts.Queue, "queue", 0, "with --local: instead of the load, queue this many jobs at once behind 2 workers of capacity 4 and measure their dispatch")
 	flags.StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -266,8 +277,12 @@ func (opts benchOptions) check() error {
 		return errors.New("--queue must be positive")
 	case opts.Queue > 0 && (opts.JobUIDs || opts.StreamMiB != 0):
 		return errors.New("--queue goes with --mtls or alone, not with --job-uids or --stream-mib")
-	case opts.MTLS && opts.JobUIDs:
-		return errors.New("--mtls and --job-uids: one comparison at a time")
+	case opts.MTLS && opts.JobUIDs, opts.Schedules != 0 && (opts.MTLS || opts.JobUIDs || opts.StreamMiB != 0 || opts.Queue != 0):
+		return errors.New("--mtls, --job-uids and --schedules: one comparison at a time, and not with --stream-mib or --queue")
+	case opts.Schedules != 0 && !opts.Local:
+		return errors.New("--schedules needs --local: it runs on local clusters")
+	case opts.Schedules < 0 || opts.Schedules > maxBenchSchedules:
+		return fmt.Errorf("--schedules must be 0 to %d (the scheduler's default max_schedules_per_owner)", maxBenchSchedules)
 	case opts.StreamMiB < 0 || (opts.StreamMiB > 0 && opts.StreamRuns < 1):
 		return errors.New("--stream-mib and --stream-runs must be positive")
 	case opts.StreamMiB > 0 && opts.JobUIDs:
@@ -312,6 +327,8 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 		variants = append(variants, variant{"mTLS", localVariant{secure: true}})
 	case opts.JobUIDs:
 		variants = append(variants, variant{"job uids", localVariant{jobUIDs: true}})
+	case opts.Schedules > 0:
+		variants = append(variants, variant{"schedules", localVariant{schedules: opts.Schedules}})
 	}
 	loads := make([]*clusterLoad, 0, len(variants))
 	defer func() {
@@ -325,6 +342,9 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 			return nil, fmt.Errorf("local cluster (%s): %w", v.label, err)
 		}
 		loads = append(loads, &clusterLoad{lc: lc})
+		if err := defineSchedules(ctx, lc, v.v.schedules); err != nil {
+			return nil, fmt.Errorf("local cluster (%s): %w", v.label, err)
+		}
 	}
 	res.Scheduler = loads[0].lc.addr
 	if opts.StreamMiB > 0 {
@@ -374,9 +394,13 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 		if res.Baton.P50Ms > 0 && res.Baton.JobsPerSec > 0 {
 			p50, tput = other.P50Ms/res.Baton.P50Ms, other.JobsPerSec/res.Baton.JobsPerSec
 		}
-		if opts.MTLS {
+		switch {
+		case opts.MTLS:
 			res.MTLS, res.MTLSP50Ratio, res.MTLSThroughputRatio = other, p50, tput
-		} else {
+		case opts.Schedules > 0:
+			res.Schedules, res.SchedulesP50Ratio, res.SchedulesThroughputRatio = other, p50, tput
+			res.SchedulesDefined = opts.Schedules
+		default:
 			res.JobUIDs, res.JobUIDsP50Ratio, res.JobUIDsThroughputRatio = other, p50, tput
 		}
 	}
@@ -597,6 +621,7 @@ func printBench(w io.Writer, r *benchResult) {
 	row("baton", r.Baton)
 	row("baton mTLS", r.MTLS)
 	row("baton job uids", r.JobUIDs)
+	row(fmt.Sprintf("baton %d schedules", r.SchedulesDefined), r.Schedules)
 	row("os/exec", r.Exec)
 	_ = tw.Flush()
 	fmt.Fprintln(w)
@@ -608,6 +633,9 @@ func printBench(w io.Writer, r *benchResult) {
 	}
 	if r.JobUIDs != nil {
 		fmt.Fprintf(w, "job uids/one account: p50 %.2fx, throughput %.2fx\n", r.JobUIDsP50Ratio, r.JobUIDsThroughputRatio)
+	}
+	if r.Schedules != nil {
+		fmt.Fprintf(w, "%d schedules/none: p50 %.2fx, throughput %.2fx\n", r.SchedulesDefined, r.SchedulesP50Ratio, r.SchedulesThroughputRatio)
 	}
 	errs := "none"
 	if len(r.Errors) > 0 {
@@ -629,6 +657,6 @@ func printBench(w io.Writer, r *benchResult) {
 	if r.JobUIDs != nil {
 		label = "one account"
 	}
-	printProcesses(w, []string{label, "mTLS", "job uids"}, []*benchStats{r.Baton, r.MTLS, r.JobUIDs})
+	printProcesses(w, []string{label, "mTLS", "job uids", "schedules"}, []*benchStats{r.Baton, r.MTLS, r.JobUIDs, r.Schedules})
 	printTargets(w, r.TargetsCluster, r.Clients, r.Targets)
 }

@@ -43,6 +43,8 @@ type localVariant struct {
 	outputLimit int64
 	// capacity sets worker.capacity when above zero.
 	capacity int
+	// schedules is how many schedules are defined once it runs.
+	schedules int
 }
 
 // benchWorkerNames are the local cluster's workers.

@@ -1,5 +1,5 @@
 // Package clientcli holds the client commands, which call a scheduler:
-// run, start, stop, status, logs, jobs, workers and drain; and the
+// run, start, stop, status, logs, jobs, workers, drain and schedule; and the
 // commands that read configuration without running a daemon, `baton
 // config` and `baton check`.
 package clientcli
@@ -11,6 +11,6 @@ func Commands() []*cobra.Command {
 	return []*cobra.Command{
 		newRunCommand(), newStartCommand(), newStopCommand(), newStatusCommand(),
 		newLogsCommand(), newJobsCommand(), newWorkersCommand(), newDrainCommand(),
-		newConfigCommand(), newCheckCommand(),
+		newScheduleCommand(), newConfigCommand(), newCheckCommand(),
 	}
 }

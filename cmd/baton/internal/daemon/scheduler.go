@@ -61,6 +61,9 @@ type SchedulerSection struct {
 	// MaxQueuedPerOwner is the most jobs one owner may have waiting in
 	// the queue; -1 means no limit.
 	MaxQueuedPerOwner int `koanf:"max_queued_per_owner"`
+	// MaxSchedulesPerOwner is the most schedules one owner may define;
+	// -1 means no limit.
+	MaxSchedulesPerOwner int `koanf:"max_schedules_per_owner"`
 	// MaxUserPriority is the highest priority a user (not an admin) may
 	// give a job.
 	MaxUserPriority int `koanf:"max_user_priority"`
@@ -83,6 +86,8 @@ func DefaultSchedulerConfig() SchedulerConfig {
 		ShutdownTimeout:   config.Duration(30 * time.Second),
 		MaxQueuedPerOwner: scheduler.DefaultMaxQueuedPerOwner,
 		MaxUserPriority:   scheduler.DefaultMaxUserPriority,
+		// Set apart so that a merge of other keys above stays clean.
+		MaxSchedulesPerOwner: scheduler.DefaultMaxSchedulesPerOwner,
 	}
 	c.Log = config.DefaultLogConfig()
 	return c
@@ -100,6 +105,9 @@ func (c *SchedulerConfig) Validate() error {
 	}
 	if s.MaxQueuedPerOwner == 0 || s.MaxQueuedPerOwner < -1 {
 		errs = append(errs, fmt.Errorf("scheduler.max_queued_per_owner is %d: give a positive number, or -1 for no limit", s.MaxQueuedPerOwner))
+	}
+	if s.MaxSchedulesPerOwner == 0 || s.MaxSchedulesPerOwner < -1 {
+		errs = append(errs, fmt.Errorf("scheduler.max_schedules_per_owner is %d: give a positive number, or -1 for no limit", s.MaxSchedulesPerOwner))
 	}
 	if _, _, err := net.SplitHostPort(c.GRPCServer.Addr); err != nil {
 		errs = append(errs, fmt.Errorf("grpc_server.addr %q: %w", c.GRPCServer.Addr, err))
@@ -205,10 +213,12 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		Retention:         time.Duration(cfg.Scheduler.Retention),
 		MaxQueuedPerOwner: cfg.Scheduler.MaxQueuedPerOwner,
 		MaxUserPriority:   userPriority(cfg.Scheduler.MaxUserPriority),
-		WorkerTLS:         creds,
-		Audit:             audit,
-		Logger:            logger,
-		Metrics:           m,
+		// -1 (no limit) is the scheduler's negative.
+		MaxSchedulesPerOwner: cfg.Scheduler.MaxSchedulesPerOwner,
+		WorkerTLS:            creds,
+		Audit:                audit,
+		Logger:               logger,
+		Metrics:              m,
 	})
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import { getToken, setToken } from "./api.js";
 import { renderOverview } from "./overview.js";
 import { renderJob } from "./job.js";
 import { renderNewJob } from "./newjob.js";
+import { renderSchedules } from "./schedules.js";
 
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
@@ -93,6 +94,9 @@ function route() {
   if (parts[0] === "jobs" && parts[1]) {
     cleanup = renderJob(view, parts[1], ui);
     nav = "";
+  } else if (parts[0] === "schedules") {
+    cleanup = renderSchedules(view, query, ui);
+    nav = "schedules";
   } else if (parts[0] === "new") {
     cleanup = renderNewJob(view, query, ui);
     nav = "new";
