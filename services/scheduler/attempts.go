@@ -73,12 +73,13 @@ func (s *Scheduler) followFrom(ctx context.Context, j store.Job, offset int64, f
 		}
 		base += n
 	}
-	if j.Status.GetState() == batonv1.JobState_JOB_STATE_QUEUED {
+	if inQueue(j.Status.GetState()) {
 		if !follow {
 			return send(nil, redacted(caller(ctx), s.queuedStatus(j)))
 		}
-		// Followed from before it runs: from its first attempt's start,
-		// or on from the attempt that ended last.
+		// Followed from before it runs (waiting, or being handed to its
+		// worker, which may not know it yet): from its first attempt's
+		// start, or on from the attempt that ended last.
 		ended := ""
 		if as := j.Status.GetAttempts(); len(as) > 0 {
 			ended = as[len(as)-1].GetRunId()
