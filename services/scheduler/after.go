@@ -86,11 +86,13 @@ func (s *Scheduler) followEnds(ctx context.Context) {
 // group, and its array's turns.
 func (s *Scheduler) afterEnd(ctx context.Context, e store.JobEnd) {
 	if e.Retried {
+		// The job has not ended, but its attempt gave back its array's
+		// turn: the group's turns are given again below.
 		s.queueRetry(ctx, e)
-		return
-	}
-	for _, w := range s.q.waitingOn(e.ID) {
-		s.settleDep(ctx, w, dep{id: e.ID}, e.State, store.GroupProgress{})
+	} else {
+		for _, w := range s.q.waitingOn(e.ID) {
+			s.settleDep(ctx, w, dep{id: e.ID}, e.State, store.GroupProgress{})
+		}
 	}
 	if e.GroupID == "" {
 		return
@@ -340,9 +342,11 @@ func (s *Scheduler) queueRetry(ctx context.Context, e store.JobEnd) {
 		s.retryHoldsLater(e)
 		return
 	}
-	if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED || s.q.has(j.ID) {
+	if j.Status.GetState() != batonv1.JobState_JOB_STATE_QUEUED {
 		return
 	}
-	s.q.hold(j, time.Now())
+	if s.q.retry(j, time.Now()) == nil {
+		return // its next attempt is in the queue already
+	}
 	s.opts.Metrics.JobQueued(j.Queue.Priority)
 }

@@ -104,7 +104,8 @@ func (s *Scheduler) followRetries(ctx context.Context, id, ended string, err err
 		}
 		// Attempts that ran to their end while this one was waited for
 		// are read from their workers.
-		passed := false
+		// With no attempt ended yet (ended empty), every attempt is new.
+		passed := ended == ""
 		for _, a := range j.Status.GetAttempts() {
 			if passed {
 				if err := s.readAttempt(ctx, a, 0, false, stream, base, send); err != nil {
@@ -116,8 +117,19 @@ func (s *Scheduler) followRetries(ctx context.Context, id, ended string, err err
 				passed = true
 			}
 		}
-		if terminal(j.Status.GetState()) && j.Status.GetStartedAt() == nil {
+		state := j.Status.GetState()
+		if terminal(state) && j.Status.GetStartedAt() == nil {
 			return send(nil, redacted(caller(ctx), withIdentity(j, j.Status)))
+		}
+		if !terminal(state) && state != batonv1.JobState_JOB_STATE_RUNNING {
+			// Its attempts after ended ran and ended between two looks:
+			// it waits for the next one again.
+			as := j.Status.GetAttempts()
+			last := as[len(as)-1]
+			ended = last.GetRunId()
+			base -= viewBytes(last, stream)
+			err = errRetried
+			continue
 		}
 		if err = s.followRun(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{JobId: runID(j), Follow: true, Stream: stream}, base, send); errors.Is(err, errRetried) {
 			ended = runID(j)
@@ -216,6 +228,21 @@ func (s *Scheduler) followAttempt(ctx context.Context, j store.Job, n int32, req
 			return err
 		}
 		return send(nil, redacted(caller(ctx), attemptStatus(j, a)))
+	}
+	if st := j.Status.GetState(); st == batonv1.JobState_JOB_STATE_QUEUED || (terminal(st) && j.Status.GetStartedAt() == nil) {
+		// Attempt n has not run (yet): its status, or, followed, its run.
+		if !req.GetFollow() || st != batonv1.JobState_JOB_STATE_QUEUED {
+			return send(nil, redacted(caller(ctx), s.queuedStatus(j)))
+		}
+		ended := ""
+		if len(earlier) > 0 {
+			ended = earlier[len(earlier)-1].GetRunId()
+		}
+		cur, err := s.awaitAttempt(ctx, j.ID, ended)
+		if err != nil {
+			return err
+		}
+		return s.followAttempt(ctx, cur, n, req, send)
 	}
 	err := s.followRun(ctx, j, &batonv1.WorkerServiceStreamJobOutputRequest{
 		JobId: runID(j), Offset: req.GetOffset(), Follow: req.GetFollow(), Stream: req.GetStream(),

@@ -77,6 +77,7 @@ func (q *queue) holdLocked(j store.Job, queuedAt time.Time) *waiting {
 		id: j.ID, owner: j.Owner, place: *j.Queue, queuedAt: queuedAt,
 		queueTimeout: spec.GetQueueTimeout().AsDuration(), heapIndex: -1, done: make(chan struct{}),
 		selector: spec.GetSelector(), held: true, arrayIndex: spec.GetArrayIndex(),
+		run: j.Status.GetRunId(),
 	}
 	w.deps, w.array = holdsOf(j)
 	if nb := j.Status.GetNotBefore(); nb != nil && time.Until(nb.AsTime()) > 0 {
@@ -361,4 +362,26 @@ func (q *queue) has(id string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.jobs[id] != nil || q.held[id] != nil
+}
+
+// retry holds job j, which the store queued again for its next attempt
+// (run id j.Status.run_id). A waiting the dispatcher still holds for the
+// attempt that ended is dropped first: the dispatcher's finish or putBack
+// of it then does nothing. It returns nil when the attempt is in the
+// queue already.
+func (q *queue) retry(j store.Job, now time.Time) *waiting {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	run := j.Status.GetRunId()
+	if w := q.held[j.ID]; w != nil {
+		return nil
+	}
+	if old := q.jobs[j.ID]; old != nil {
+		if old.run == run {
+			return nil
+		}
+		q.dropLocked(old)
+		close(old.done)
+	}
+	return q.holdLocked(j, now)
 }

@@ -67,6 +67,8 @@ type turn struct {
 type waiting struct {
 	id    string
 	owner string
+	// run is the run id of the attempt it waits to start ("" for the first).
+	run   string
 	place store.QueuePlace
 	// queueTimeout is the job's queue_timeout, for the reason it gets
 	// when that passes.
@@ -202,7 +204,7 @@ func (q *queue) addLocked(j store.Job, queuedAt time.Time) *waiting {
 	w := &waiting{
 		id: j.ID, owner: j.Owner, place: *j.Queue, queuedAt: queuedAt,
 		queueTimeout: spec.GetQueueTimeout().AsDuration(), heapIndex: -1, done: make(chan struct{}),
-		selector: spec.GetSelector(),
+		selector: spec.GetSelector(), run: j.Status.GetRunId(),
 	}
 	w.group = q.groupLocked(w.place.WorkerID, spec.GetSelector())
 	q.insertLocked(w)
