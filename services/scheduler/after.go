@@ -248,11 +248,14 @@ func (s *Scheduler) startArray(ctx context.Context, req *batonv1.StartJobRequest
 	if err := s.reg.checkNamed(req.GetWorkerId()); err != nil {
 		return nil, err
 	}
+	n := int(a.GetLast()-a.GetFirst()) + 1
+	if err := s.q.roomFor(owner, n); err != nil {
+		return nil, err
+	}
 	group, existing, err := s.newGroup(ctx, owner, key)
 	if existing != nil || err != nil {
 		return existing, err
 	}
-	n := int(a.GetLast()-a.GetFirst()) + 1
 	results := make([]*batonv1.JobStatus, n)
 	errs := make([]error, n)
 	limit := make(chan struct{}, 16)
@@ -312,6 +315,8 @@ func (s *Scheduler) startArray(ctx context.Context, req *batonv1.StartJobRequest
 // they waited for may have ended while it was down, and arrays get their
 // turns.
 func (s *Scheduler) settleLoadedHolds(ctx context.Context) error {
+	// A settle tried again later outlives New's context.
+	ctx = context.WithoutCancel(ctx)
 	for _, w := range s.q.heldJobs() {
 		s.settleHolds(ctx, w)
 	}

@@ -378,3 +378,22 @@ func TestAfterOnlyOnWhatTheCallerCanSee(t *testing.T) {
 		startJob(t, admin, req) // fails the test if refused
 	}
 }
+
+// TestArrayPastTheQueueLimitIsRefusedWhole: an array larger than what its
+// owner may still queue is refused, and nothing of it is recorded.
+func TestArrayPastTheQueueLimitIsRefusedWhole(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", func(o *scheduler.Options) { o.MaxQueuedPerOwner = 5 })
+	startWorker(t, "w1", sched, nil)
+	waitWorkers(t, sched.client, stateReady, "w1")
+	marks := filepath.Join(t.TempDir(), "marks")
+	_, err := sched.client.StartJob(t.Context(), connect.NewRequest(arrayJob(marks, 0, 0, 9, 2)))
+	wantCode(t, "an array of 10 with room for 5", err, connect.CodeResourceExhausted)
+	res, err := sched.client.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(res.Msg.GetJobs()); n != 0 {
+		t.Errorf("%d jobs recorded of a refused array", n)
+	}
+}

@@ -66,7 +66,7 @@ func (s *Scheduler) followFrom(ctx context.Context, j store.Job, offset int64, f
 	for _, a := range j.Status.GetAttempts() {
 		n := viewBytes(a, stream)
 		if offset < base+n {
-			if err := s.readAttempt(ctx, a, offset-base, false, stream, base, send); err != nil {
+			if err := s.readAttempt(ctx, a, offset-base, base, n, stream, send); err != nil {
 				return err
 			}
 			offset = base + n
@@ -108,7 +108,7 @@ func (s *Scheduler) followRetries(ctx context.Context, id, ended string, err err
 		passed := ended == ""
 		for _, a := range j.Status.GetAttempts() {
 			if passed {
-				if err := s.readAttempt(ctx, a, 0, false, stream, base, send); err != nil {
+				if err := s.readAttempt(ctx, a, 0, base, viewBytes(a, stream), stream, send); err != nil {
 					return err
 				}
 			}
@@ -176,9 +176,12 @@ func endedAfter(j store.Job, run string) bool {
 }
 
 // readAttempt relays ended attempt a's output from offset (in the view of
-// stream) from the worker that ran it, its offsets moved on by base. The
-// attempt's own end is not sent: it is in the job's attempts.
-func (s *Scheduler) readAttempt(ctx context.Context, a *batonv1.Attempt, offset int64, follow bool, stream batonv1.OutputStream, base int64, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) error {
+// stream) up to end (-1: all of it) from the worker that ran it, its
+// offsets moved on by base. The attempt's own end is not sent: it is in
+// the job's attempts. The end is the attempt's recorded size when the
+// output goes on into the next attempt's: a LOST attempt's record may be
+// behind what its worker holds, and offsets must not overlap.
+func (s *Scheduler) readAttempt(ctx context.Context, a *batonv1.Attempt, offset, base, end int64, stream batonv1.OutputStream, send func(*batonv1.OutputChunk, *batonv1.JobStatus) error) error {
 	t, ok := s.reg.target(a.GetWorkerId())
 	if !ok {
 		return mapError(errWorkerNotFound(a.GetWorkerId()))
@@ -189,7 +192,7 @@ func (s *Scheduler) readAttempt(ctx context.Context, a *batonv1.Attempt, offset 
 	ctx, cancel := s.relayContext(ctx, t)
 	defer cancel(nil)
 	ws, err := t.client.StreamJobOutput(ctx, connect.NewRequest(&batonv1.WorkerServiceStreamJobOutputRequest{
-		JobId: a.GetRunId(), Offset: offset, Follow: follow, Stream: stream,
+		JobId: a.GetRunId(), Offset: offset, Stream: stream,
 	}))
 	if err != nil {
 		return relayError(ctx, t.id, err)
@@ -199,6 +202,14 @@ func (s *Scheduler) readAttempt(ctx context.Context, a *batonv1.Attempt, offset 
 		chunk := ws.Msg().GetChunk()
 		if chunk == nil {
 			continue
+		}
+		if end >= 0 {
+			if chunk.GetOffset() >= end {
+				break
+			}
+			if over := chunk.GetOffset() + int64(len(chunk.GetData())) - end; over > 0 {
+				chunk.Data = chunk.GetData()[:int64(len(chunk.GetData()))-over]
+			}
 		}
 		chunk.Offset += base
 		if err := send(chunk, nil); err != nil {
@@ -224,7 +235,7 @@ func (s *Scheduler) followAttempt(ctx context.Context, j store.Job, n int32, req
 		if a == nil {
 			return connect.NewError(connect.CodeNotFound, errors.New("the job has no record of that attempt"))
 		}
-		if err := s.readAttempt(ctx, a, req.GetOffset(), false, req.GetStream(), 0, send); err != nil {
+		if err := s.readAttempt(ctx, a, req.GetOffset(), 0, -1, req.GetStream(), send); err != nil {
 			return err
 		}
 		return send(nil, redacted(caller(ctx), attemptStatus(j, a)))

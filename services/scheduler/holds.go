@@ -82,7 +82,7 @@ func (q *queue) holdLocked(j store.Job, queuedAt time.Time) *waiting {
 	w.deps, w.array = holdsOf(j)
 	if nb := j.Status.GetNotBefore(); nb != nil && time.Until(nb.AsTime()) > 0 {
 		w.notBefore = nb.AsTime()
-		time.AfterFunc(time.Until(w.notBefore), func() { q.timeCame(w) })
+		w.timer = time.AfterFunc(time.Until(w.notBefore), func() { q.timeCame(w) })
 	}
 	// A retry's dependencies held before its first attempt ran.
 	if j.Status.GetAttempt() > 1 {
@@ -90,19 +90,14 @@ func (q *queue) holdLocked(j store.Job, queuedAt time.Time) *waiting {
 	}
 	// Its wait for a slot starts when nothing else holds it.
 	w.place.Deadline = time.Time{}
+	q.seq = max(q.seq, w.place.Seq)
 	q.held[w.id] = w
 	q.owned[w.owner]++
 	for _, d := range w.deps {
 		q.waitersLocked(d.id)[w] = struct{}{}
 	}
 	if w.array != "" {
-		a := q.arrays[w.array]
-		if a == nil {
-			a = &arrayTurns{max: int(spec.GetArrayMaxRunning())}
-			q.arrays[w.array] = a
-		}
-		i, _ := slices.BinarySearchFunc(a.held, w, func(a, b *waiting) int { return cmp.Compare(a.arrayIndex, b.arrayIndex) })
-		a.held = slices.Insert(a.held, i, w)
+		q.awaitTurnLocked(w, int(spec.GetArrayMaxRunning()))
 	}
 	// A retry whose backoff passed already (while the scheduler was
 	// down, say) waits for nothing but a slot.
@@ -216,6 +211,9 @@ func (q *queue) heldInArray(array string) (n int, throttled bool) {
 // takeHeldLocked takes held job w out of every hold, for an end.
 func (q *queue) takeHeldLocked(w *waiting) {
 	delete(q.held, w.id)
+	if w.timer != nil {
+		w.timer.Stop()
+	}
 	for _, d := range w.deps {
 		q.unwaitLocked(w, d.id)
 	}
@@ -329,6 +327,22 @@ func (q *queue) reholdLocked(w *waiting) {
 	for _, d := range w.deps {
 		q.waitersLocked(d.id)[w] = struct{}{}
 	}
+	if w.array != "" {
+		q.awaitTurnLocked(w, w.arrayMax)
+	}
+}
+
+// awaitTurnLocked puts held job w among the jobs of its array that wait for
+// a turn, by index; the array runs at most max at once.
+func (q *queue) awaitTurnLocked(w *waiting, max int) {
+	a := q.arrays[w.array]
+	if a == nil {
+		a = &arrayTurns{max: max}
+		q.arrays[w.array] = a
+	}
+	w.arrayMax = max
+	i, _ := slices.BinarySearchFunc(a.held, w, func(a, b *waiting) int { return cmp.Compare(a.arrayIndex, b.arrayIndex) })
+	a.held = slices.Insert(a.held, i, w)
 }
 
 // holding reports whether any job is held: only then do job ends matter
@@ -384,4 +398,17 @@ func (q *queue) retry(j store.Job, now time.Time) *waiting {
 		close(old.done)
 	}
 	return q.holdLocked(j, now)
+}
+
+// roomFor refuses n more jobs of owner's when they would take it past the
+// most jobs an owner may have queued: an array is queued whole or not at
+// all. Concurrent requests may still pass the limit by what they queue
+// at the same time.
+func (q *queue) roomFor(owner string, n int) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.limit > 0 && q.owned[owner]+n > q.limit {
+		return newError(errQueueFull, "%s has %d jobs queued; %d more would pass the scheduler's max_queued_per_owner (%d)", owner, q.owned[owner], n, q.limit)
+	}
+	return nil
 }

@@ -81,7 +81,10 @@ type waiting struct {
 	deps       []dep
 	array      string
 	arrayIndex int32
+	arrayMax   int
 	notBefore  time.Time
+	// timer releases the job at notBefore.
+	timer *time.Timer
 	// queuedAt is when the job entered the queue (this process's clock,
 	// for the wait metric).
 	queuedAt time.Time
@@ -207,6 +210,7 @@ func (q *queue) addLocked(j store.Job, queuedAt time.Time) *waiting {
 		selector: spec.GetSelector(), run: j.Status.GetRunId(),
 	}
 	w.group = q.groupLocked(w.place.WorkerID, spec.GetSelector())
+	q.seq = max(q.seq, w.place.Seq)
 	q.insertLocked(w)
 	return w
 }
