@@ -144,6 +144,11 @@ func (s *Scheduler) recordReport(ctx context.Context, workerID string, st *baton
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, store.ErrRetiredRun):
+		if !terminal(st.GetState()) {
+			go s.stopRetired(workerID, st.GetJobId())
+		}
+		return nil
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrNotOnWorker):
 		s.logger.WarnContext(ctx, "ignored a worker's report about a job not placed on it", "worker_id", workerID, "job_id", st.GetJobId(), "error", err)
 		return nil
@@ -210,4 +215,23 @@ func (s *Scheduler) settleUnknownStarts(workerID string) {
 			}
 		}
 	}()
+}
+
+// stopRetired stops run, an attempt still running on worker workerID
+// although its job was retried: the worker was cut off, not dead, when the
+// attempt was taken for LOST, and the job's next attempt runs elsewhere.
+// A stop that fails is tried again at the worker's next report of it.
+func (s *Scheduler) stopRetired(workerID, run string) {
+	t, ok := s.reg.target(workerID)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.stopping, maxCallDuration)
+	defer cancel()
+	_, err := t.client.StopJob(ctx, connect.NewRequest(&batonv1.WorkerServiceStopJobRequest{JobId: run, StoppedBy: "scheduler: retried elsewhere"}))
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		s.logger.WarnContext(ctx, "stopping an attempt that was retried failed", "worker_id", workerID, "run_id", run, "error", err)
+		return
+	}
+	s.logger.InfoContext(ctx, "stopped an attempt that was retried elsewhere", "worker_id", workerID, "run_id", run)
 }

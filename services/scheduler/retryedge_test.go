@@ -11,7 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
+	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/scheduler"
+	"github.com/baton-run/baton/services/serving"
 )
 
 // An array job whose attempt is retried when no other job of its array
@@ -135,5 +137,44 @@ func TestAttemptNotStartedYet(t *testing.T) {
 	}
 	if err := s.Err(); err != nil {
 		t.Fatalf("attempt 2's output before it ran: %v", err)
+	}
+}
+
+// TestARetriedAttemptIsStoppedWhenItsWorkerIsBack: a worker cut off from
+// the scheduler (not dead) goes DOWN and its job's attempt LOST; the job
+// runs again on the other worker. When the first worker is back and
+// reports the old attempt still running, it is told to stop it.
+func TestARetriedAttemptIsStoppedWhenItsWorkerIsBack(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", func(o *scheduler.Options) {
+		o.HeartbeatInterval = 100 * time.Millisecond
+		o.HeartbeatGrace = 300 * time.Millisecond
+	})
+	w1 := startWorker(t, "w1", sched, nil)
+	waitWorkers(t, sched.client, stateReady, "w1")
+	req := &batonv1.StartJobRequest{Command: "sh", Path: "sleep.sh", Args: []string{"100"},
+		Retry: &batonv1.RetryPolicy{Attempts: 2, Lost: true}}
+	id := startJob(t, sched.client, req).GetJobId()
+	waitFor(t, "the first attempt running", func() bool { return storedState(t, sched.client, "w1", id) == batonv1.JobState_JOB_STATE_RUNNING })
+
+	w1.sched.pause(true)
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_DOWN, "w1")
+	startWorker(t, "w2", sched, nil)
+	waitFor(t, "the second attempt running on w2", func() bool {
+		st := queryJob(t, sched.client, id).GetStatus()
+		return st.GetAttempt() == 2 && st.GetWorkerId() == "w2" && st.GetState() == batonv1.JobState_JOB_STATE_RUNNING
+	})
+	first := batonv1connect.NewWorkerServiceClient(serving.NewHTTPClient(nil), w1.url)
+	if res, err := first.QueryJob(t.Context(), connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: id})); err != nil || res.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_RUNNING {
+		t.Fatalf("the first attempt on the cut-off worker: %v, %v; the test needs it running", res.Msg.GetStatus().GetState(), err)
+	}
+
+	w1.sched.pause(false)
+	waitFor(t, "the first attempt stopped on w1", func() bool {
+		res, err := first.QueryJob(t.Context(), connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: id}))
+		return err == nil && res.Msg.GetStatus().GetState() == batonv1.JobState_JOB_STATE_STOPPED
+	})
+	if st := queryJob(t, sched.client, id).GetStatus(); st.GetState() != batonv1.JobState_JOB_STATE_RUNNING || st.GetWorkerId() != "w2" {
+		t.Errorf("the job after its old attempt was stopped: %v on %s, want still RUNNING on w2", st.GetState(), st.GetWorkerId())
 	}
 }

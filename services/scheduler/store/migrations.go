@@ -134,6 +134,17 @@ CREATE TABLE schedule_fires (
 	PRIMARY KEY (schedule_id, fire_time, manual)
 ) STRICT, WITHOUT ROWID;
 `,
+	// 7: the run ids of attempts that were retried, and their workers: a
+	// worker that reports one still running (it was cut off, not dead,
+	// when its attempt was LOST) is told to stop it.
+	`
+CREATE TABLE retired_runs (
+	run_id    TEXT NOT NULL PRIMARY KEY,
+	job_id    TEXT NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+	worker_id TEXT NOT NULL
+) STRICT;
+CREATE INDEX retired_runs_by_job ON retired_runs (job_id);
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

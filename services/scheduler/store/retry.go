@@ -1,6 +1,8 @@
 package store
 
 import (
+	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -130,6 +132,9 @@ func writeRetry(tx *writer, j Job, retry *batonv1.JobStatus) error {
 WHERE job_id = ?`, retry.GetWorkerId(), retry.GetRunId(), int32(retry.GetState()), blob, j.ID); err != nil {
 		return err
 	}
+	if _, err := tx.exec(`INSERT OR IGNORE INTO retired_runs (run_id, job_id, worker_id) VALUES (?, ?, ?)`, runIDOf(j), j.ID, j.WorkerID); err != nil {
+		return err
+	}
 	priority := retry.GetSpec().GetPriority()
 	_, err = tx.exec(`INSERT OR REPLACE INTO queue (job_id, worker_id, priority, round, seq, deadline)
 VALUES (?1, ?2, ?3,
@@ -146,4 +151,22 @@ func stateWord(st batonv1.JobState) string {
 		return s[len(prefix):]
 	}
 	return s
+}
+
+// retiredRun is the error for a worker's report about run id, which no
+// job runs under now: ErrRetiredRun when it was an attempt of a job
+// retried since that ran on worker, else ErrNotFound.
+func retiredRun(tx *writer, id, worker string) error {
+	row, err := tx.queryRow(`SELECT job_id FROM retired_runs WHERE run_id = ? AND worker_id = ?`, id, worker)
+	if err != nil {
+		return err
+	}
+	var job string
+	switch err := row.Scan(&job); {
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("job %s: %w", id, ErrNotFound)
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("run %s of job %s: %w", id, job, ErrRetiredRun)
 }

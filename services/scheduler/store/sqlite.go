@@ -544,7 +544,7 @@ func (s *SQLite) GetJobByIdempotencyKey(ctx context.Context, owner, key string) 
 
 // UpdateJobStatus implements [Store].
 func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, false, st, func(old Job) (*batonv1.JobStatus, error) {
+	return s.updateJobStatus(ctx, id, "", st, func(old Job) (*batonv1.JobStatus, error) {
 		if isTerminal(old.Status.GetState()) {
 			return nil, nil
 		}
@@ -558,7 +558,7 @@ func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.Job
 
 // ApplyWorkerReport implements [Store].
 func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, true, st, func(old Job) (*batonv1.JobStatus, error) {
+	return s.updateJobStatus(ctx, id, workerID, st, func(old Job) (*batonv1.JobStatus, error) {
 		if old.WorkerID != workerID {
 			return nil, fmt.Errorf("job %s is on worker %q, not %q: %w", id, old.WorkerID, workerID, ErrNotOnWorker)
 		}
@@ -657,11 +657,13 @@ func lifeStage(s batonv1.JobState) int {
 // leaves the job as it is when next returns none. The identity fields
 // always stay the stored ones.
 //
-// A worker's report (fromWorker) names the job by the id its current
-// attempt runs under there (see JobStatus.run_id), and an end it reports
-// may be retried: the job is then QUEUED for its next attempt instead of
-// ending (see retryOf).
-func (s *SQLite) updateJobStatus(ctx context.Context, id string, fromWorker bool, st *batonv1.JobStatus, next func(old Job) (*batonv1.JobStatus, error)) error {
+// A worker's report (from worker, empty for the scheduler's own writes)
+// names the job by the id its current attempt runs under there (see
+// JobStatus.run_id), and an end it reports may be retried: the job is then
+// QUEUED for its next attempt instead of ending (see retryOf). A report
+// about an attempt retried since is ErrRetiredRun.
+func (s *SQLite) updateJobStatus(ctx context.Context, id, worker string, st *batonv1.JobStatus, next func(old Job) (*batonv1.JobStatus, error)) error {
+	fromWorker := worker != ""
 	if st == nil {
 		return fmt.Errorf("update job %s: nil status", id)
 	}
@@ -682,6 +684,9 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, fromWorker bool
 			oldEnded sql.NullInt64
 		)
 		old, err := scanJob(row, &state, &oldEnded)
+		if errors.Is(err, sql.ErrNoRows) && fromWorker {
+			return retiredRun(tx, id, worker)
+		}
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("job %s: %w", id, ErrNotFound)
 		}
@@ -759,7 +764,7 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id string, fromWorker bool
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotOnWorker) {
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotOnWorker) || errors.Is(err, ErrRetiredRun) {
 			return err
 		}
 		return fmt.Errorf("update job %s: %w", id, err)

@@ -35,6 +35,9 @@ var (
 	// now (disk full, I/O error, read-only or locked file): trying again
 	// later may succeed.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrRetiredRun reports a worker's report about an attempt of a job
+	// that has been retried since: the worker should stop it.
+	ErrRetiredRun = errors.New("the attempt was retried")
 	// ErrSchemaTooNew reports a database written by a newer version of the
 	// scheduler than this one; opening it could corrupt it.
 	ErrSchemaTooNew = errors.New("the database was written by a newer scheduler")
