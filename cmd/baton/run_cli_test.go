@@ -359,7 +359,7 @@ func TestCLIAgainstCluster(t *testing.T) {
 			stderr, contains string
 		}{
 			{"not an id", []string{"status", "nope"}, 2, `baton: JOB "nope" is not an id`, ""},
-			{"no command", []string{"run"}, 2, "baton: baton run: requires at least 1 arg", ""},
+			{"no command", []string{"run"}, 2, "baton: missing COMMAND: baton run [flags] -- COMMAND [ARGS...], or baton run --script FILE [ARGS...]", ""},
 			{"unknown flag", []string{"jobs", "--bogus"}, 2, "baton: baton jobs: unknown flag: --bogus", ""},
 			{"unknown state", []string{"jobs", "--state", "sleeping"}, 2, `baton: --state "sleeping"`, ""},
 			{"bad output", []string{"workers", "-o", "yaml"}, 2, `baton: --output "yaml"`, ""},

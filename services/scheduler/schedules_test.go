@@ -140,7 +140,9 @@ func TestScheduleValidation(t *testing.T) {
 		{"bad zone", &batonv1.Schedule{Name: "a", Cron: "@hourly", TimeZone: "Nowhere/Land", Job: job}, connect.CodeInvalidArgument, "time_zone"},
 		{"key", &batonv1.Schedule{Name: "a", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "true", IdempotencyKey: "k"}}, connect.CodeInvalidArgument, "idempotency_key"},
 		{"all and worker", &batonv1.Schedule{Name: "a", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "true", All: true, WorkerId: "w1"}}, connect.CodeInvalidArgument, "worker_id"},
-		{"unbuilt", &batonv1.Schedule{Name: "a", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "true", Retry: &batonv1.RetryPolicy{Attempts: 2}}}, connect.CodeUnimplemented, "retry"},
+		{"after", &batonv1.Schedule{Name: "a", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "true", After: []*batonv1.Dependency{{JobId: "0190b6a4-8b7e-7cc0-8000-000000000001"}}}}, connect.CodeInvalidArgument, "after"},
+		{"array", &batonv1.Schedule{Name: "a", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "true", Array: &batonv1.ArraySpec{Last: 3}}}, connect.CodeInvalidArgument, "array"},
+		{"script name alone", &batonv1.Schedule{Name: "a", Cron: "@hourly", Job: &batonv1.StartJobRequest{Command: "bash", ScriptName: "x.sh"}}, connect.CodeInvalidArgument, "script"},
 	} {
 		_, err := sched.client.CreateSchedule(t.Context(), connect.NewRequest(&batonv1.CreateScheduleRequest{Schedule: tc.sc}))
 		if connect.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
