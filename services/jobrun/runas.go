@@ -147,6 +147,12 @@ type heldUID struct {
 // every process running under the uid is killed first, which also gets
 // what left the process group (setsid) without a cgroup to hold it.
 func (r *Runner) endIdentity(j *job, v2Empty bool) {
+	if name := j.spec.ScriptName; name != "" {
+		// The script sent with the job has served: a home with nothing
+		// else in it is removed below. (A job that replaced the file with
+		// a directory keeps it, as anything else it left.)
+		_ = os.Remove(filepath.Join(j.home, name))
+	}
 	switch {
 	case r.id.mode == runAsWorker:
 		r.disownHome(j.home)

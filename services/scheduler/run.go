@@ -50,6 +50,9 @@ func (s *Scheduler) runJob(ctx context.Context, req *batonv1.RunJobRequest, owne
 	if err := checkScript(start); err != nil {
 		return err
 	}
+	if err := checkKey(start); err != nil {
+		return err
+	}
 	if err := s.checkPriority(ctx, start); err != nil {
 		return err
 	}

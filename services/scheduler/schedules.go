@@ -36,10 +36,12 @@ const (
 	DefaultMaxSchedulesPerOwner = 1000
 	// maxMissScan bounds the fire times a catch-up walks one by one; past
 	// it the rest up to the deadline are skipped over uncounted.
-	maxMissScan = 1_000_000
+	maxMissScan = 100_000
 	// fireRetry is how soon a fire the store could not record is tried
 	// again.
 	fireRetry = time.Second
+	// maxCatchUpFires bounds the fires one catch-up makes for a schedule.
+	maxCatchUpFires = 100
 )
 
 // errBadSchedule is a schedule definition the scheduler cannot use.
@@ -231,11 +233,22 @@ func (s *Scheduler) loadSchedules(ctx context.Context) error {
 func (s *Scheduler) runSchedules(ctx context.Context) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// A REPLACE schedule's fire waits for the stop of its earlier job,
+	// which may take a worker's whole grace period: it fires apart, so
+	// that no other schedule waits for it. Its entry is out of the set
+	// until catchUp puts it back, and the store refuses a time fired
+	// twice.
+	var apart sync.WaitGroup
+	defer apart.Wait()
 	for {
 		due, next := s.scheds.due(time.Now())
 		for _, e := range due {
 			if ctx.Err() != nil {
 				return
+			}
+			if e.sc.Definition.GetOverlap() == batonv1.OverlapPolicy_OVERLAP_POLICY_REPLACE {
+				apart.Go(func() { s.catchUp(ctx, e) })
+				continue
 			}
 			s.catchUp(ctx, e)
 		}
@@ -262,6 +275,11 @@ func (s *Scheduler) catchUp(ctx context.Context, e schedEntry) {
 	sc, ft := e.sc, e.ft
 	now := time.Now()
 	deadline := now.Add(-catchUpOf(sc.Definition))
+	// One catch-up fires at most maxCatchUpFires times, the latest: the
+	// times before them count as missed.
+	if recent := latestTimes(ft, sc.Cursor, now.Add(time.Nanosecond), maxCatchUpFires); len(recent) == maxCatchUpFires && recent[0].After(deadline) {
+		deadline = recent[0]
+	}
 	missed, count, through := missedTimes(ft, sc.Cursor, deadline)
 	if count > 0 {
 		upd, err := s.store.RecordFire(ctx, store.FireRecord{
@@ -298,6 +316,8 @@ func (s *Scheduler) afterFire(ctx context.Context, sc, upd store.Schedule, err e
 		// what is next.
 		if cur, gerr := s.store.GetSchedule(ctx, sc.Owner, sc.Name); gerr == nil {
 			s.scheds.put(cur, true)
+		} else if !errors.Is(gerr, store.ErrNotFound) {
+			s.scheds.retry(sc, time.Now().Add(fireRetry))
 		}
 		return false
 	default:
@@ -336,10 +356,37 @@ func missedTimes(ft *fireTimes, cursor, deadline time.Time) (latest []time.Time,
 			latest = slices.Delete(latest, 0, 1)
 		}
 		if count >= maxMissScan {
+			// The rest up to the deadline are skipped over uncounted: the
+			// cursor goes to the last time before the deadline.
+			if last := latestTimes(ft, t, deadline, 1); len(last) > 0 {
+				through = last[0]
+			}
 			break
 		}
 	}
 	return latest, count, through
+}
+
+// latestTimes returns up to n of the latest fire times after from and
+// before end, oldest first, without walking every time in between: it
+// looks in windows ending at end, doubling until one holds n times.
+func latestTimes(ft *fireTimes, from, end time.Time, n int) []time.Time {
+	for d := time.Second; ; d *= 2 {
+		start := end.Add(-d)
+		if !start.After(from) {
+			start = from
+		}
+		var ts []time.Time
+		for t := ft.next(start); !t.IsZero() && t.Before(end); t = ft.next(t) {
+			ts = append(ts, t)
+			if len(ts) > n {
+				ts = ts[1:]
+			}
+		}
+		if len(ts) >= n || !start.After(from) {
+			return ts
+		}
+	}
 }
 
 // fire fires schedule sc at time at: unless its overlap policy forbids it,
@@ -358,11 +405,17 @@ func (s *Scheduler) fire(ctx context.Context, sc store.Schedule, at time.Time, m
 		f.Reason = fmt.Sprintf("job %s of an earlier fire is still %s (overlap forbid)", active[0].ID, stateName(active[0].Status.GetState()))
 	case len(active) > 0 && def.GetOverlap() == batonv1.OverlapPolicy_OVERLAP_POLICY_REPLACE:
 		by := "schedule/" + sc.Name
+		sctx, cancel := context.WithTimeout(ctx, maxCallDuration)
+		var wg sync.WaitGroup
 		for _, j := range active {
-			if _, err := s.stopAs(ctx, j, by); err != nil {
-				s.logger.WarnContext(ctx, "stopping the job an overlapping fire replaces failed", "owner", sc.Owner, "schedule", sc.Name, "job_id", j.ID, "error", err)
-			}
+			wg.Go(func() {
+				if _, err := s.stopAs(sctx, j, by); err != nil {
+					s.logger.WarnContext(ctx, "stopping the job an overlapping fire replaces failed", "owner", sc.Owner, "schedule", sc.Name, "job_id", j.ID, "error", err)
+				}
+			})
 		}
+		wg.Wait()
+		cancel()
 	}
 	if f.Outcome == batonv1.FireOutcome_FIRE_OUTCOME_UNSPECIFIED {
 		if err := s.fireJobs(sc, at, manual, &rec); err != nil {

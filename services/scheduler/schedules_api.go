@@ -101,7 +101,13 @@ func (h *handler) ListSchedules(ctx context.Context, req *connect.Request[batonv
 	}
 	res := &batonv1.ListSchedulesResponse{NextPageToken: next}
 	for _, sc := range list {
-		res.Schedules = append(res.Schedules, s.scheduleProto(sc, nil))
+		out := s.scheduleProto(sc, nil)
+		// A listing names a script sent with the job, and leaves its
+		// content (up to 1 MiB a schedule) to GetSchedule.
+		if j := out.GetJob(); j != nil {
+			j.Script = nil
+		}
+		res.Schedules = append(res.Schedules, out)
 	}
 	return connect.NewResponse(res), nil
 }

@@ -316,3 +316,28 @@ func TestScheduleFanOut(t *testing.T) {
 		t.Error("baton_scheduler_schedule_fires_total{owner=\"anonymous\",name=\"everywhere\"} is not 1")
 	}
 }
+
+// TestScheduleKeysAndListings: a caller's idempotency key may not look
+// like a fire's, and a listing leaves out the content of a schedule's
+// script, which GetSchedule gives.
+func TestScheduleKeysAndListings(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", nil)
+	for _, key := range []string{"schedule/x/1", "schedule-manual/x/1"} {
+		_, err := sched.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{Command: "true", IdempotencyKey: key}))
+		wantCode(t, "StartJob with key "+key, err, connect.CodeInvalidArgument)
+	}
+	script := []byte("#!/bin/sh\necho from a schedule\n")
+	createSchedule(t, sched.client, &batonv1.Schedule{Name: "s", Cron: "0 0 29 2 *", Job: &batonv1.StartJobRequest{Command: "sh", Script: script, ScriptName: "s.sh"}})
+	list, err := sched.client.ListSchedules(t.Context(), connect.NewRequest(&batonv1.ListSchedulesRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := list.Msg.GetSchedules(); len(got) != 1 || got[0].GetJob().GetScript() != nil || got[0].GetJob().GetScriptName() != "s.sh" {
+		t.Errorf("listed: %v, want the schedule with its script named, not its content", got)
+	}
+	one, err := sched.client.GetSchedule(t.Context(), connect.NewRequest(&batonv1.GetScheduleRequest{Schedule: &batonv1.ScheduleRef{Name: "s"}}))
+	if err != nil || string(one.Msg.GetSchedule().GetJob().GetScript()) != string(script) {
+		t.Errorf("GetSchedule: script %q, %v", one.Msg.GetSchedule().GetJob().GetScript(), err)
+	}
+}

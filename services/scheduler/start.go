@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,9 @@ import (
 
 func (s *Scheduler) startJob(ctx context.Context, req *batonv1.StartJobRequest, owner string) (*batonv1.StartJobResponse, error) {
 	if err := checkScript(req); err != nil {
+		return nil, err
+	}
+	if err := checkKey(req); err != nil {
 		return nil, err
 	}
 	if err := s.checkPriority(ctx, req); err != nil {
@@ -158,6 +162,16 @@ func (s *Scheduler) newGroup(ctx context.Context, owner, key string) (group stri
 		return "", existing, err
 	}
 	return group, nil, err
+}
+
+// checkKey refuses the idempotency keys schedules give their fires' jobs:
+// a caller's key must never stand for a fire.
+func checkKey(req *batonv1.StartJobRequest) error {
+	key := req.GetIdempotencyKey()
+	if strings.HasPrefix(key, "schedule/") || strings.HasPrefix(key, "schedule-manual/") {
+		return newError(errBadSchedule, "idempotency_key: keys beginning schedule/ are the scheduler's, for its schedules' fires")
+	}
+	return nil
 }
 
 func cmpErr(first, next error) error {
