@@ -46,6 +46,9 @@ func TestCLIChainAndArray(t *testing.T) {
 			t.Errorf("status of %s: %q, want FAILED, never ran, naming %s", id, st, cause)
 		}
 	}
+	if r := e.run(t, "run", "--after", a, "--", "echo", "never"); r.code != 1 || r.stdout != "" || !strings.Contains(r.stderr, "failed: it never ran") {
+		t.Errorf("run --after A, which failed: %+v, want exit 1 saying it never ran", r)
+	}
 	if r := e.run(t, "start", "--after", "maybe:"+a, "--", "true"); r.code != 2 {
 		t.Errorf("an unknown condition: %+v, want usage error (2)", r)
 	}

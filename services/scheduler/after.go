@@ -141,7 +141,7 @@ func (s *Scheduler) settleDep(ctx context.Context, w *waiting, d dep, state bato
 		holds, never := mine.outcome(state, p)
 		switch {
 		case never:
-			s.endHeld(ctx, w, "it never ran: "+mine.describe()+", which can no longer happen ("+whatEnded(mine, state, p)+")")
+			s.endHeld(ctx, w, "it never ran: it waited for "+mine.describe()+", which can no longer happen ("+whatEnded(mine, state, p)+")")
 		case holds:
 			s.q.depHolds(w, d.id)
 		}

@@ -653,8 +653,10 @@ func (a *attachment) finish(results []followResult, stopSig os.Signal) error {
 		switch st.GetState() {
 		case batonv1.JobState_JOB_STATE_SUCCEEDED:
 		case batonv1.JobState_JOB_STATE_FAILED:
-			if a.prefix {
-				a.printErr("baton: [%s] job %s failed: %s\n", e.worker, st.GetJobId(), st.GetReason())
+			// One that failed with no code or signal to show for it (it
+			// never ran, broke a limit) says why.
+			if a.prefix || (st.ExitCode == nil && st.GetSignal() == "") {
+				a.printErr("baton: %sjob %s failed: %s\n", a.workerTag(e.worker), st.GetJobId(), st.GetReason())
 			}
 		default:
 			if stopSig == nil || st.GetState() != batonv1.JobState_JOB_STATE_STOPPED || a.prefix {
