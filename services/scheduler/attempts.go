@@ -154,12 +154,20 @@ func (s *Scheduler) awaitAttempt(ctx context.Context, id, ended string) (store.J
 		if terminal(st) || (st == batonv1.JobState_JOB_STATE_RUNNING && runID(j) != ended) || endedAfter(j, ended) {
 			return j, nil
 		}
+		// A job in the queue (waiting, held, or being started) is woken
+		// when it leaves it; one on its way in or out is looked at again
+		// shortly.
+		left, wake := s.q.leavesIfIn(id), tick.C
+		if left != nil {
+			wake = nil
+		}
 		select {
 		case <-ctx.Done():
 			return store.Job{}, mapError(ctx.Err())
 		case <-s.stopping.Done():
 			return store.Job{}, connect.NewError(connect.CodeUnavailable, errors.New("the scheduler is shutting down; resume the stream from the last offset"))
-		case <-tick.C:
+		case <-wake:
+		case <-left:
 		}
 	}
 }

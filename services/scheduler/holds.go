@@ -412,3 +412,17 @@ func (q *queue) roomFor(owner string, n int) error {
 	}
 	return nil
 }
+
+// leavesIfIn is leaves for a job in the queue, and nil (never ready) for
+// one that is not.
+func (q *queue) leavesIfIn(id string) <-chan struct{} {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if w := q.jobs[id]; w != nil {
+		return w.done
+	}
+	if w := q.held[id]; w != nil {
+		return w.done
+	}
+	return nil
+}
