@@ -192,7 +192,9 @@ func (a *securedAPI) stream(w http.ResponseWriter, r *http.Request) {
 	send(0, chunk("OUTPUT_STREAM_STDOUT", out[2:], 2))
 	send(0, chunk("OUTPUT_STREAM_STDERR", []byte("boom\n"), len(out)))
 	send(0, `{"status":{"jobId":"`+req.JobID+`","workerId":"w1","state":"JOB_STATE_FAILED","exitCode":3,"reason":"exited with code 3",`+
-		`"usage":{"cpuUser":"1.021s","cpuSystem":"0.052s","peakMemoryBytes":"110100480","wall":"2.500s","source":"cgroup"}}}`)
+		`"usage":{"cpuUser":"1.021s","cpuSystem":"0.052s","peakMemoryBytes":"110100480","wall":"2.500s","source":"cgroup"},`+
+		`"spec":{"command":"bash","path":"x.sh","retry":{"attempts":3},"after":[{"jobId":"01a21d39-0000-7000-8000-00000000000a","condition":"DEPENDENCY_CONDITION_ENDED"}]},`+
+		`"attempt":2,"attempts":[{"number":1,"workerId":"w2","state":"JOB_STATE_LOST","reason":"worker down <b>x</b>"}]}}`)
 	send(2, `{}`)
 }
 
@@ -268,6 +270,12 @@ func TestTokenAndStreamInBrowser(t *testing.T) {
 	}
 	if got, want := eval(`document.getElementById("job-cost")?.textContent`), "CPU 1.0 s user + 52 ms system · peak 105.0 MiB · wall 2.5 s (cgroup)"; got != want {
 		t.Errorf("cost shown as %q, want %q", got, want)
+	}
+	// A retried job: its attempt, each earlier one (a reason shown as
+	// text), and what it waited for.
+	if got, want := eval(`document.getElementById("job-attempt")?.textContent + " | " + [...document.querySelectorAll(".job-earlier-attempt")].map((e) => e.textContent).join("|") + " | " + document.getElementById("job-after")?.textContent + " | " + document.querySelectorAll("#job-facts b").length`),
+		"2 of 3 | LOST on w2 (worker down <b>x</b>) | ended:01a21d39-0000-7000-8000-00000000000a | 0"; got != want {
+		t.Errorf("attempts shown as %q, want %q", got, want)
 	}
 
 	// A stream refused in its end-of-stream message: the message, and the

@@ -211,6 +211,9 @@ func attemptText(a *batonv1.Attempt) string {
 	if a.GetReason() != "" {
 		b.WriteString(" (" + a.GetReason() + ")")
 	}
+	if cost := costText(&batonv1.JobStatus{State: a.GetState(), Usage: a.GetUsage()}); cost != "" {
+		b.WriteString("; " + cost)
+	}
 	return b.String()
 }
 

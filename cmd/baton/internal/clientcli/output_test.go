@@ -114,6 +114,22 @@ func TestTableGolden(t *testing.T) {
 			j.Usage = &batonv1.JobUsage{Wall: durationpb.New(9 * time.Second)}
 			return writeJobStatus(b, j, style)
 		}},
+		{"status_retried", func(b *bytes.Buffer) error {
+			j := goldenStatus()
+			j.State, j.StoppedBy, j.Reason, j.ExitCode, j.Signal = batonv1.JobState_JOB_STATE_FAILED, "", "exited with code 3", proto.Int32(3), ""
+			j.Spec.Retry = &batonv1.RetryPolicy{Attempts: 3}
+			j.Spec.After = []*batonv1.Dependency{{JobId: "01a21d30-3bcb-72dd-97fe-c0ad8a69e00a"}, {GroupId: "01a21d30-3bcb-72dd-97fe-c0ad8a69e00b", Condition: batonv1.DependencyCondition_DEPENDENCY_CONDITION_ENDED}}
+			j.Spec.ArrayIndex = proto.Int32(7)
+			j.Attempt = 3
+			j.Attempts = []*batonv1.Attempt{
+				{Number: 1, WorkerId: "worker-1", State: batonv1.JobState_JOB_STATE_LOST, Reason: "worker down: no heartbeat for 15s",
+					StartedAt: ago(9 * time.Second), EndedAt: ago(8 * time.Second)},
+				{Number: 2, WorkerId: "worker-2", State: batonv1.JobState_JOB_STATE_FAILED, ExitCode: proto.Int32(3), Reason: "exited with code 3",
+					StartedAt: ago(6 * time.Second), EndedAt: ago(5500 * time.Millisecond),
+					Usage: &batonv1.JobUsage{CpuUser: durationpb.New(12 * time.Millisecond), Wall: durationpb.New(500 * time.Millisecond), Source: "rusage"}},
+			}
+			return writeJobStatus(b, j, style)
+		}},
 		{"status_rusage", func(b *bytes.Buffer) error {
 			j := goldenStatus()
 			j.Containment = "process-group"

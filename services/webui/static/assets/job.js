@@ -75,6 +75,10 @@ export function renderJob(root, jobId, ui) {
       s.stoppedBy && ["Stopped by", s.stoppedBy],
       (s.stdoutBytes || s.stderrBytes) && ["Output", `${bytes(s.stdoutBytes)} stdout, ${bytes(s.stderrBytes)} stderr`],
       s.usage && s.usage.source && ["Cost", el("span", { id: "job-cost" }, costText(s.usage))],
+      s.spec && s.spec.retry && ["Attempt", el("span", { id: "job-attempt" }, `${s.attempt || 1} of ${s.spec.retry.attempts}`)],
+      ...(s.attempts || []).map((a) => [`Attempt ${a.number}`, el("span", { class: "job-earlier-attempt" }, attemptText(a))]),
+      s.spec && s.spec.after && s.spec.after.length > 0 && ["After", el("code", { id: "job-after" }, afterText(s.spec.after))],
+      s.spec && s.spec.arrayIndex !== undefined && ["Array index", String(s.spec.arrayIndex)],
       s.groupId && ["Group", el("span", { class: "mono" }, s.groupId)],
     ].filter(Boolean);
     facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
@@ -269,6 +273,25 @@ function costText(u) {
   const ms = (d) => span(parseFloat(d || "0") * 1000);
   const peak = Number(u.peakMemoryBytes || 0) > 0 ? bytes(u.peakMemoryBytes) : "unknown";
   return `CPU ${ms(u.cpuUser)} user + ${ms(u.cpuSystem)} system · peak ${peak} · wall ${ms(u.wall)} (${u.source})`;
+}
+
+// attemptText is one earlier attempt of a retried job: "FAILED, exit 3 on
+// w1 · CPU … (rusage)".
+function attemptText(a) {
+  let t = shortState(a.state);
+  if (a.exitCode !== undefined) t += `, exit ${a.exitCode}`;
+  if (a.workerId) t += ` on ${a.workerId}`;
+  if (a.reason) t += ` (${a.reason})`;
+  if (a.usage && a.usage.source) t += ` · ${costText(a.usage)}`;
+  return t;
+}
+
+// afterText lists what a job waits for: "succeeded:ID, ended:group/ID".
+function afterText(deps) {
+  return deps.map((d) => {
+    const cond = (d.condition || "DEPENDENCY_CONDITION_SUCCEEDED").replace("DEPENDENCY_CONDITION_", "").toLowerCase();
+    return `${cond === "unspecified" ? "succeeded" : cond}:${d.groupId ? "group/" + d.groupId : d.jobId}`;
+  }).join(", ");
 }
 
 // queueTimeout reads a protojson duration ("600s", "-1s").
