@@ -55,6 +55,17 @@ type scheduleSet struct {
 	soon  schedHeap
 	// wake is signalled when a schedule is added, changed or removed.
 	wake chan struct{}
+	// firing holds a lock per schedule id: one fire of a schedule at a
+	// time, so that a manual fire and a due one both see the other's job.
+	firing sync.Map
+}
+
+// fireLock takes schedule id's fire lock and returns its release.
+func (ss *scheduleSet) fireLock(id string) func() {
+	v, _ := ss.firing.LoadOrStore(id, new(sync.Mutex))
+	mu := v.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
 }
 
 // schedEntry is one schedule as the firing loop knows it.
@@ -395,6 +406,11 @@ func latestTimes(ft *fireTimes, from, end time.Time, n int) []time.Time {
 // be made (no worker matches a fan-out, the owner's queue is full) is
 // recorded FAILED. manual fires (TriggerSchedule) leave the cursor alone.
 func (s *Scheduler) fire(ctx context.Context, sc store.Schedule, at time.Time, manual bool) (store.Fire, store.Schedule, error) {
+	defer s.scheds.fireLock(sc.ID)()
+	// Another fire of it may have started a job since sc was read.
+	if cur, err := s.store.GetSchedule(ctx, sc.Owner, sc.Name); err == nil && cur.ID == sc.ID {
+		sc.LastJobID, sc.LastGroupID = cur.LastJobID, cur.LastGroupID
+	}
 	def := sc.Definition
 	f := store.Fire{Time: at, Manual: manual}
 	rec := store.FireRecord{ScheduleID: sc.ID, HistoryLimit: historyLimitOf(def)}

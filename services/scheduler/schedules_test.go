@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -339,5 +340,39 @@ func TestScheduleKeysAndListings(t *testing.T) {
 	one, err := sched.client.GetSchedule(t.Context(), connect.NewRequest(&batonv1.GetScheduleRequest{Schedule: &batonv1.ScheduleRef{Name: "s"}}))
 	if err != nil || string(one.Msg.GetSchedule().GetJob().GetScript()) != string(script) {
 		t.Errorf("GetSchedule: script %q, %v", one.Msg.GetSchedule().GetJob().GetScript(), err)
+	}
+}
+
+// TestConcurrentTriggersForbidOverlap: manual fires at once of a FORBID
+// schedule start one job; the others see it and are skipped.
+func TestConcurrentTriggersForbidOverlap(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", nil)
+	startWorker(t, "w1", sched, nil)
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1")
+	sc := sleeper("once", batonv1.OverlapPolicy_OVERLAP_POLICY_FORBID)
+	sc.Cron = "0 0 29 2 *" // fires only when triggered
+	createSchedule(t, sched.client, sc)
+	var wg sync.WaitGroup
+	outcomes := make([]batonv1.FireOutcome, 8)
+	for i := range outcomes {
+		wg.Go(func() {
+			res, err := sched.client.TriggerSchedule(t.Context(), connect.NewRequest(&batonv1.TriggerScheduleRequest{Schedule: &batonv1.ScheduleRef{Name: "once"}}))
+			if err != nil {
+				t.Errorf("TriggerSchedule: %v", err)
+				return
+			}
+			outcomes[i] = res.Msg.GetFire().GetOutcome()
+		})
+	}
+	wg.Wait()
+	started := 0
+	for _, o := range outcomes {
+		if o == batonv1.FireOutcome_FIRE_OUTCOME_STARTED {
+			started++
+		}
+	}
+	if started != 1 {
+		t.Errorf("8 triggers at once started %d jobs (%v), want 1", started, outcomes)
 	}
 }
