@@ -462,13 +462,8 @@ func (q *queue) requeued(j store.Job) (added bool) {
 // leaves returns a channel closed when job id leaves the queue; closed
 // already when it is not in it.
 func (q *queue) leaves(id string) <-chan struct{} {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if w := q.jobs[id]; w != nil {
-		return w.done
-	}
-	if w := q.held[id]; w != nil {
-		return w.done
+	if done := q.leavesIfIn(id); done != nil {
+		return done
 	}
 	gone := make(chan struct{})
 	close(gone)
