@@ -5,7 +5,6 @@ import (
 	"errors"
 	"maps"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -151,7 +150,7 @@ func (s *Scheduler) settleDep(ctx context.Context, w *waiting, d dep, state bato
 // whatEnded says how the job or group a dependency names ended.
 func whatEnded(d dep, state batonv1.JobState, p store.GroupProgress) string {
 	if !d.group {
-		return "job " + d.id + " ended " + jobStateWord(state)
+		return "job " + d.id + " ended " + store.StateWord(state)
 	}
 	return "group " + d.id + ": " + strconv.Itoa(p.Succeeded) + " succeeded, " + strconv.Itoa(p.Unsucceeded) + " did not, " + strconv.Itoa(p.Open) + " still open"
 }
@@ -328,11 +327,6 @@ func (s *Scheduler) settleLoadedHolds(ctx context.Context) error {
 		s.giveTurns(array, p)
 	}
 	return nil
-}
-
-// jobStateWord is a job state as a word: "FAILED".
-func jobStateWord(st batonv1.JobState) string {
-	return strings.TrimPrefix(st.String(), "JOB_STATE_")
 }
 
 // queueRetry holds the next attempt of job e, which the store queued when

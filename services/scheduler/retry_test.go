@@ -167,3 +167,22 @@ func TestStopAJobBetweenAttempts(t *testing.T) {
 		t.Errorf("ran %d times, want once", len(got))
 	}
 }
+
+// TestRetryOfAJobWithAScript: a job sent with a script, started at once
+// and retried, is sent its script again for each attempt (the scheduler
+// keeps it until the job ends).
+func TestRetryOfAJobWithAScript(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", nil)
+	startWorker(t, "w1", sched, nil)
+	waitWorkers(t, sched.client, stateReady, "w1")
+	req := &batonv1.StartJobRequest{
+		Command: "sh", Script: []byte("echo from the script\nexit 3\n"), ScriptName: "sent.sh",
+		Retry: &batonv1.RetryPolicy{Attempts: 2},
+	}
+	id := startJob(t, sched.client, req).GetJobId()
+	text, _, final := output(t, sched.client, id, 0)
+	if final.GetAttempt() != 2 || final.GetExitCode() != 3 || text != "from the script\nfrom the script\n" {
+		t.Fatalf("attempt %d ended with code %d (%s) and output %q, want both attempts to run the script", final.GetAttempt(), final.GetExitCode(), final.GetReason(), text)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -58,7 +59,7 @@ func retryOf(j Job, ended *batonv1.JobStatus, now time.Time) (*batonv1.JobStatus
 		RunId:     run.String(),
 		NotBefore: timestamppb.New(now.Add(wait)),
 		Reason: clip(fmt.Sprintf("attempt %d of %d ended %s (%s); attempt %d waits %s, then for a slot",
-			attempt, policy.GetAttempts(), stateWord(ended.GetState()), ended.GetReason(), attempt+1, wait.Round(time.Millisecond)), maxReportText),
+			attempt, policy.GetAttempts(), StateWord(ended.GetState()), ended.GetReason(), attempt+1, wait.Round(time.Millisecond)), maxReportText),
 	}
 	if next.Attempts[len(next.Attempts)-1].EndedAt == nil {
 		next.Attempts[len(next.Attempts)-1].EndedAt = timestamppb.New(now)
@@ -143,14 +144,9 @@ VALUES (?1, ?2, ?3,
 	return err
 }
 
-// stateWord is a job state as a word: "FAILED".
-func stateWord(st batonv1.JobState) string {
-	s := st.String()
-	const prefix = "JOB_STATE_"
-	if len(s) > len(prefix) {
-		return s[len(prefix):]
-	}
-	return s
+// StateWord is a job state as a word: "FAILED".
+func StateWord(st batonv1.JobState) string {
+	return strings.TrimPrefix(st.String(), "JOB_STATE_")
 }
 
 // retiredRun is the error for a worker's report about run id, which no
