@@ -55,6 +55,16 @@ func TestFailover(t *testing.T) {
 			heal:       mendAndFollow,
 		},
 		{
+			// The cluster ends the leader's lease while the leader, slow
+			// or paused, still believes it holds it: its lease would be
+			// renewed for long after the wait, so only its key's loss
+			// (a refused write, the next leader observed) ends its term.
+			name:   "lease lost unnoticed",
+			ttl:    30 * time.Second,
+			within: 5 * time.Second,
+			fault:  (*cluster).revoke,
+		},
+		{
 			// The lease outlives the wait many times over: only a
 			// resignation lets the next leader in that soon.
 			name:   "resign",
@@ -90,7 +100,7 @@ func TestFailover(t *testing.T) {
 			leader, newTerm := c.waitLeader(t, oldTerm.epoch, tt.within)
 			t.Logf("replica %d led at epoch %d; replica %d took office at epoch %d, %s after the fault",
 				old.i, oldTerm.epoch, leader.i, newTerm.epoch, newTerm.began.Sub(struck).Round(time.Millisecond))
-			waitFor(t, "the old leader out of office", 10*time.Second, func() bool {
+			waitFor(t, "the old leader out of office", tt.within, func() bool {
 				_, _, self := old.r.Leader()
 				return !self
 			})
@@ -107,6 +117,21 @@ func TestFailover(t *testing.T) {
 			}
 			c.checkHistory(t, leader.cli)
 		})
+	}
+}
+
+// revoke ends the lease of old's term behind its back, as the cluster
+// does when it has not heard from a leader for the lease's TTL.
+func (c *cluster) revoke(t *testing.T, old *node) {
+	t.Helper()
+	_, epoch, _ := old.r.Leader()
+	tm, ok := c.hist.term(epoch)
+	if !ok {
+		t.Fatalf("replica %d leads at epoch %d, but no term began at that epoch", old.i, epoch)
+	}
+	other := c.nodes[(old.i+1)%len(c.nodes)]
+	if _, err := other.cli.Revoke(t.Context(), tm.lease); err != nil {
+		t.Fatalf("revoking the lease of epoch %d: %v", epoch, err)
 	}
 }
 

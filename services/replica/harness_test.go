@@ -1,6 +1,7 @@
 package replica_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -79,27 +80,28 @@ func newCluster(t *testing.T, ttl time.Duration) *cluster {
 // lead starts a term of n that writes continuously.
 func (c *cluster) lead(n *node) replica.Lead {
 	return func(ctx context.Context, st store.Store, epoch int64) (replica.Term, prometheus.Gatherer, error) {
-		key, err := leaderKey(ctx, n.cli, epoch)
+		key, lease, err := leaderKey(ctx, n.cli, epoch)
 		if err != nil {
 			return nil, nil, err
 		}
-		c.hist.begin(term{node: n.i, epoch: epoch, key: key, began: time.Now()})
+		c.hist.begin(term{node: n.i, epoch: epoch, key: key, lease: lease, began: time.Now()})
 		return &writingTerm{hist: c.hist, node: n.i, epoch: epoch, st: st, fenced: n.r.Fenced}, nil, nil
 	}
 }
 
-// leaderKey is the election key whose creation made epoch.
-func leaderKey(ctx context.Context, cli *clientv3.Client, epoch int64) (string, error) {
+// leaderKey is the election key whose creation made epoch, and the lease
+// that holds it.
+func leaderKey(ctx context.Context, cli *clientv3.Client, epoch int64) (string, clientv3.LeaseID, error) {
 	resp, err := cli.Get(ctx, electionPrefix, clientv3.WithPrefix())
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
 	for _, kv := range resp.Kvs {
 		if kv.CreateRevision == epoch {
-			return string(kv.Key), nil
+			return string(kv.Key), clientv3.LeaseID(kv.Lease), nil
 		}
 	}
-	return "", fmt.Errorf("no election key was created at revision %d: the term is already over", epoch)
+	return "", 0, fmt.Errorf("no election key was created at revision %d: the term is already over", epoch)
 }
 
 // start runs replica i until the test ends or stop.
@@ -313,6 +315,7 @@ type term struct {
 	node  int
 	epoch int64
 	key   string
+	lease clientv3.LeaseID
 	began time.Time
 }
 
@@ -440,15 +443,30 @@ func (c *cluster) checkHistory(t *testing.T, cli *clientv3.Client) map[string]la
 			first[l.epoch] = l.created
 		}
 	}
+	type late struct {
+		id          string
+		l           landing
+		newer, from int64
+	}
+	var lates []late
 	for id, l := range landed {
 		if !slices.ContainsFunc(terms, func(tm term) bool { return tm.epoch == l.epoch }) {
 			t.Errorf("record %s is of epoch %d, which no replica led", id, l.epoch)
 		}
 		for e, f := range first {
 			if e > l.epoch && l.last > f {
-				t.Errorf("record %s of epoch %d landed at revision %d, after the first record of the newer epoch %d (revision %d)", id, l.epoch, l.last, e, f)
+				lates = append(lates, late{id: id, l: l, newer: e, from: f})
+				break
 			}
 		}
+	}
+	slices.SortFunc(lates, func(a, b late) int { return cmp.Compare(a.l.last, b.l.last) })
+	for i, x := range lates {
+		if i == 5 {
+			t.Errorf("... and %d more records of an epoch that was over", len(lates)-i)
+			break
+		}
+		t.Errorf("record %s of epoch %d landed at revision %d, after the first record of the newer epoch %d (revision %d)", x.id, x.l.epoch, x.l.last, x.newer, x.from)
 	}
 	t.Logf("history: %d terms, %d writes (%d acknowledged, %d refused, %d failed otherwise), %d records in the store",
 		len(terms), len(writes), acked, refused, unknown, len(landed))
