@@ -95,15 +95,19 @@ func TestFailover(t *testing.T) {
 			c.waitAcked(t, oldTerm.epoch, 20)
 			c.placeRaftLeader(t, old.i, tt.raftLeader)
 
+			left := outOfOffice(t, old)
 			struck := time.Now()
 			tt.fault(c, t, old)
 			leader, newTerm := c.waitLeader(t, oldTerm.epoch, tt.within)
-			t.Logf("replica %d led at epoch %d; replica %d took office at epoch %d, %s after the fault",
-				old.i, oldTerm.epoch, leader.i, newTerm.epoch, newTerm.began.Sub(struck).Round(time.Millisecond))
-			waitFor(t, "the old leader out of office", tt.within, func() bool {
-				_, _, self := old.r.Leader()
-				return !self
-			})
+			var leftAt time.Time
+			select {
+			case leftAt = <-left:
+			case <-time.After(tt.within):
+				t.Fatalf("replica %d still leads at epoch %d %s after the fault", old.i, oldTerm.epoch, tt.within)
+			}
+			t.Logf("after the fault, replica %d (epoch %d) left office in %s, replica %d (epoch %d) took office in %s",
+				old.i, oldTerm.epoch, leftAt.Sub(struck).Round(time.Millisecond),
+				leader.i, newTerm.epoch, newTerm.began.Sub(struck).Round(time.Millisecond))
 			c.waitAcked(t, newTerm.epoch, 20)
 			c.staleWrite(t, leader, oldTerm)
 			if tt.heal != nil {
@@ -159,7 +163,9 @@ func TestStaleTermWritesNothing(t *testing.T) {
 	c.start(t, 1)
 	c.start(t, 2)
 	c.waitAcked(t, oldTerm.epoch, 5)
-	existing := recordID(oldTerm.epoch, 1)
+	// Each case changes its own job of the old term, so that one write
+	// let through does not make the next case fail.
+	existing := func(seq int64) string { return recordID(oldTerm.epoch, seq) }
 
 	c.stop(t, old)
 	leader, newTerm := c.waitLeader(t, oldTerm.epoch, 20*time.Second)
@@ -186,15 +192,17 @@ func TestStaleTermWritesNothing(t *testing.T) {
 	}
 	defer reader.Close()
 
-	// unchanged checks that the job written in the old term is as it was.
-	unchanged := func(t *testing.T) {
-		t.Helper()
-		j, err := reader.GetJob(ctx, existing)
-		if err != nil {
-			t.Fatalf("job %s of the old term: %v", existing, err)
-		}
-		if got := j.Status.GetState(); got != batonv1.JobState_JOB_STATE_RUNNING || j.StopRequestedBy != "" {
-			t.Errorf("job %s of the old term changed: state %s, stop requested by %q", existing, got, j.StopRequestedBy)
+	// unchanged checks that a job written in the old term is as it was.
+	unchanged := func(id string) func(t *testing.T) {
+		return func(t *testing.T) {
+			t.Helper()
+			j, err := reader.GetJob(ctx, id)
+			if err != nil {
+				t.Fatalf("job %s of the old term: %v", id, err)
+			}
+			if got := j.Status.GetState(); got != batonv1.JobState_JOB_STATE_RUNNING || j.StopRequestedBy != "" {
+				t.Errorf("job %s of the old term changed: state %s, stop requested by %q", id, got, j.StopRequestedBy)
+			}
 		}
 	}
 	tests := []struct {
@@ -227,14 +235,19 @@ func TestStaleTermWritesNothing(t *testing.T) {
 		{
 			name: "end a job",
 			write: func(st store.Store) error {
-				return st.UpdateJobStatus(ctx, existing, &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_SUCCEEDED})
+				return st.UpdateJobStatus(ctx, existing(1), &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_SUCCEEDED})
 			},
-			check: unchanged,
+			check: unchanged(existing(1)),
 		},
 		{
 			name:  "stop a job",
-			write: func(st store.Store) error { return st.RequestStop(ctx, existing, "stale-leader") },
-			check: unchanged,
+			write: func(st store.Store) error { return st.RequestStop(ctx, existing(2), "stale-leader") },
+			check: unchanged(existing(2)),
+		},
+		{
+			name:  "delete a job",
+			write: func(st store.Store) error { return st.DeleteJob(ctx, existing(3)) },
+			check: unchanged(existing(3)),
 		},
 		{
 			name: "mark a worker's jobs lost",
@@ -242,12 +255,8 @@ func TestStaleTermWritesNothing(t *testing.T) {
 				_, err := st.MarkWorkerJobsLost(ctx, "w1", "stale leader", time.Now())
 				return err
 			},
-			check: unchanged,
-		},
-		{
-			name:  "delete a job",
-			write: func(st store.Store) error { return st.DeleteJob(ctx, existing) },
-			check: unchanged,
+			// Last: it would change every job of the old term.
+			check: unchanged(existing(4)),
 		},
 	}
 	for _, tt := range tests {

@@ -215,6 +215,26 @@ func (c *cluster) waitLeader(t *testing.T, after int64, within time.Duration) (*
 	return got, tm
 }
 
+// outOfOffice sends the time n is first seen not leading, polled from
+// now on.
+func outOfOffice(t *testing.T, n *node) <-chan time.Time {
+	out := make(chan time.Time, 1)
+	go func() {
+		for {
+			if _, _, self := n.r.Leader(); !self {
+				out <- time.Now()
+				return
+			}
+			select {
+			case <-t.Context().Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return out
+}
+
 // waitAcked waits until n writes of epoch have been acknowledged.
 func (c *cluster) waitAcked(t *testing.T, epoch int64, n int) {
 	t.Helper()
