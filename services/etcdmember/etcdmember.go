@@ -75,6 +75,10 @@ type Config struct {
 // TLSFiles are PEM files of the cluster's CA and this member's key pair.
 type TLSFiles struct {
 	CAFile, CertFile, KeyFile string
+	// AllowedCN, when set, is the only certificate common name let in as a
+	// peer or client: the CA also signs workers' and users' certificates,
+	// and none of them may touch the store.
+	AllowedCN string
 }
 
 // Member is a running etcd member.
@@ -175,6 +179,9 @@ func embedConfig(cfg Config) (*embed.Config, error) {
 		info := func() (ti transport.TLSInfo) {
 			ti.CertFile, ti.KeyFile, ti.TrustedCAFile = t.CertFile, t.KeyFile, t.CAFile
 			ti.ClientCertAuth = true
+			if t.AllowedCN != "" {
+				ti.AllowedCNs = []string{t.AllowedCN}
+			}
 			return ti
 		}
 		ec.PeerTLSInfo = info()
