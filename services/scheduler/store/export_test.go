@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"errors"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Commits returns how many transactions the writer has committed.
@@ -47,4 +49,13 @@ func (s *SQLite) ScriptsKept(ctx context.Context) (int, error) {
 	var n int
 	err = row.Scan(&n)
 	return n, err
+}
+
+// ScriptsKept counts the scripts the store keeps for queued jobs.
+func (e *Etcd) ScriptsKept(ctx context.Context) (int, error) {
+	resp, err := e.cli.Get(ctx, e.p+"scripts/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return int(resp.Count), nil
 }

@@ -145,6 +145,15 @@ CREATE TABLE retired_runs (
 ) STRICT;
 CREATE INDEX retired_runs_by_job ON retired_runs (job_id);
 `,
+	// 8: the writers' term, bumped by every Open: a store opened on the
+	// file since has a newer one, and the older store's writes are fenced.
+	`
+CREATE TABLE term (
+	id   INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+	term INTEGER NOT NULL
+) STRICT;
+INSERT INTO term (id, term) VALUES (1, 0);
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

@@ -11,14 +11,16 @@ import (
 // report, and QueryJob through the scheduler shows it.
 func TestApplyWorkerReportKeepsRunAs(t *testing.T) {
 	t.Parallel()
-	s, _ := openStore(t)
-	j := newJob(1, "w1", "alice")
-	mustCreateJob(t, t.Context(), s, j)
-	report := &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING, Pid: 77, RunAs: "uid 61190 (per job)"}
-	if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, report); err != nil {
-		t.Fatal(err)
-	}
-	if got := mustGetJob(t, t.Context(), s, j.ID).Status.GetRunAs(); got != "uid 61190 (per job)" {
-		t.Errorf("run_as after the worker's report = %q", got)
-	}
+	forBackends(t, func(t *testing.T, b backend) {
+		s, _ := b.open(t)
+		j := newJob(1, "w1", "alice")
+		mustCreateJob(t, t.Context(), s, j)
+		report := &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_RUNNING, Pid: 77, RunAs: "uid 61190 (per job)"}
+		if err := s.ApplyWorkerReport(t.Context(), "w1", j.ID, report); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustGetJob(t, t.Context(), s, j.ID).Status.GetRunAs(); got != "uid 61190 (per job)" {
+			t.Errorf("run_as after the worker's report = %q", got)
+		}
+	})
 }

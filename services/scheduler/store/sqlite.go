@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
@@ -67,6 +65,10 @@ type SQLite struct {
 
 	// onJobEnd is called after a write that ended a job; see ObserveJobEnds.
 	onJobEnd atomic.Pointer[func(JobEnd)]
+
+	// term is this store's term, taken at Open; a batch commits only
+	// while the file's term is still this one.
+	term int64
 }
 
 var (
@@ -152,11 +154,17 @@ func Open(ctx context.Context, path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	var term int64
+	if err := db.QueryRowContext(ctx, `UPDATE term SET term = term + 1 WHERE id = 1 RETURNING term`).Scan(&term); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store: begin a term: %w", err)
+	}
 	s, err := openWriter(ctx, abs, db)
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	s.term = term
 	return s, nil
 }
 
@@ -217,6 +225,11 @@ func dsn(abs string, extra ...string) string {
 	u := url.URL{Scheme: "file", Path: filepath.ToSlash(abs), OmitHost: true, RawQuery: q.Encode()}
 	return u.String()
 }
+
+// Term is the store's term: the number of times the file had been opened,
+// this time included. A store whose term is no longer the file's newest
+// fails every write with ErrFenced.
+func (s *SQLite) Term() int64 { return s.term }
 
 // Close closes the database. Writes queued before Close are carried out;
 // calls after Close fail. Close waits for calls in progress to finish.
@@ -472,41 +485,6 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 	return err
 }
 
-// newJobStatus reconciles j's identity fields with those of its status (see
-// Store.CreateJob) and returns the status to store, a copy.
-func newJobStatus(j *Job) *batonv1.JobStatus {
-	var st *batonv1.JobStatus
-	if j.Status != nil {
-		st = proto.CloneOf(j.Status)
-	} else {
-		st = &batonv1.JobStatus{}
-	}
-	fill := func(field *string, fromStatus string) {
-		if *field == "" {
-			*field = fromStatus
-		}
-	}
-	fill(&j.ID, st.GetJobId())
-	fill(&j.WorkerID, st.GetWorkerId())
-	fill(&j.Owner, st.GetOwner())
-	fill(&j.GroupID, st.GetGroupId())
-	if j.CreatedAt.IsZero() && st.GetCreatedAt() != nil {
-		j.CreatedAt = st.GetCreatedAt().AsTime()
-	}
-	if j.CreatedAt.IsZero() {
-		j.CreatedAt = time.Now()
-	}
-	if st.GetState() == batonv1.JobState_JOB_STATE_UNSPECIFIED {
-		st.State = batonv1.JobState_JOB_STATE_PENDING
-	}
-	st.JobId, st.WorkerId, st.Owner, st.GroupId = j.ID, j.WorkerID, j.Owner, j.GroupID
-	st.CreatedAt = timestamppb.New(j.CreatedAt)
-	if isTerminal(st.GetState()) && st.GetEndedAt() == nil {
-		st.EndedAt = timestamppb.Now()
-	}
-	return st
-}
-
 // GetJob implements [Store].
 func (s *SQLite) GetJob(ctx context.Context, id string) (Job, error) {
 	row, err := s.queryRow(ctx, `SELECT `+jobColumns+` FROM jobs WHERE job_id = ?`, id)
@@ -544,113 +522,12 @@ func (s *SQLite) GetJobByIdempotencyKey(ctx context.Context, owner, key string) 
 
 // UpdateJobStatus implements [Store].
 func (s *SQLite) UpdateJobStatus(ctx context.Context, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, "", st, func(old Job) (*batonv1.JobStatus, error) {
-		if isTerminal(old.Status.GetState()) {
-			return nil, nil
-		}
-		next := proto.CloneOf(st)
-		if next.Spec == nil {
-			next.Spec = old.Status.GetSpec()
-		}
-		return next, nil
-	})
+	return s.updateJobStatus(ctx, id, "", st, schedulerUpdate(st))
 }
 
 // ApplyWorkerReport implements [Store].
 func (s *SQLite) ApplyWorkerReport(ctx context.Context, workerID, id string, st *batonv1.JobStatus) error {
-	return s.updateJobStatus(ctx, id, workerID, st, func(old Job) (*batonv1.JobStatus, error) {
-		if old.WorkerID != workerID {
-			return nil, fmt.Errorf("job %s is on worker %q, not %q: %w", id, old.WorkerID, workerID, ErrNotOnWorker)
-		}
-		was, now := old.Status.GetState(), st.GetState()
-		switch {
-		case was == batonv1.JobState_JOB_STATE_QUEUED:
-			// No worker has been asked to run it: nothing a worker says
-			// about it is true.
-			return nil, nil
-		case was == batonv1.JobState_JOB_STATE_LOST:
-			// The worker's real state replaces LOST, even RUNNING; a job
-			// the worker ran is never PENDING or unset again.
-			if lifeStage(now) < lifeStage(batonv1.JobState_JOB_STATE_RUNNING) {
-				return nil, nil
-			}
-		case isTerminal(was), lifeStage(now) < lifeStage(was):
-			return nil, nil
-		}
-		next := proto.CloneOf(old.Status)
-		next.State = now
-		next.Pid = st.GetPid()
-		next.ExitCode = st.ExitCode
-		next.Signal = clip(st.GetSignal(), maxReportWord)
-		next.Reason = clip(st.GetReason(), maxReportText)
-		next.StartedAt = st.GetStartedAt()
-		next.EndedAt = st.GetEndedAt()
-		next.StoppedBy = clip(st.GetStoppedBy(), maxReportWord)
-		next.StdoutBytes = st.GetStdoutBytes()
-		next.StderrBytes = st.GetStderrBytes()
-		next.Containment = clip(st.GetContainment(), maxReportWord)
-		next.RunAs = clip(st.GetRunAs(), maxReportWord)
-		next.Usage = reportedUsage(st.GetUsage())
-		return next, nil
-	})
-}
-
-// reportedUsage keeps what a worker says a job cost if it makes sense: no
-// negative or unset durations (the API's own bounds), a known source. A
-// usage that does not is dropped whole rather than stored in part.
-func reportedUsage(u *batonv1.JobUsage) *batonv1.JobUsage {
-	if u == nil {
-		return nil
-	}
-	ok := func(d *durationpb.Duration) bool {
-		return d == nil || (d.IsValid() && d.AsDuration() >= 0)
-	}
-	switch {
-	case !ok(u.GetCpuUser()), !ok(u.GetCpuSystem()), !ok(u.GetWall()), u.GetPeakMemoryBytes() < 0,
-		u.GetSource() != "" && u.GetSource() != "cgroup" && u.GetSource() != "rusage":
-		return nil
-	}
-	dur := func(d *durationpb.Duration) *durationpb.Duration {
-		if d == nil {
-			return nil
-		}
-		return durationpb.New(d.AsDuration())
-	}
-	return &batonv1.JobUsage{
-		CpuUser: dur(u.GetCpuUser()), CpuSystem: dur(u.GetCpuSystem()), PeakMemoryBytes: u.GetPeakMemoryBytes(),
-		Wall: dur(u.GetWall()), Source: u.GetSource(),
-	}
-}
-
-// A worker's words are kept to these sizes, so that no worker can fill
-// the store, or every listing, with one job's reason.
-const (
-	maxReportText = 1024 // reason
-	maxReportWord = 128  // signal, stopped_by, containment, run_as
-)
-
-// clip cuts s to at most n bytes, on a character boundary.
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return strings.ToValidUTF8(s[:n], "")
-}
-
-// lifeStage orders a job's states along its life: a report may only move a
-// job to the same stage or a later one.
-func lifeStage(s batonv1.JobState) int {
-	switch {
-	case s == batonv1.JobState_JOB_STATE_QUEUED:
-		return 1
-	case s == batonv1.JobState_JOB_STATE_PENDING:
-		return 2
-	case s == batonv1.JobState_JOB_STATE_RUNNING:
-		return 3
-	case isTerminal(s):
-		return 4
-	}
-	return 0
+	return s.updateJobStatus(ctx, id, workerID, st, workerReport(workerID, id, st))
 }
 
 // updateJobStatus writes the status next(old) returns for job id, or
@@ -662,28 +539,23 @@ func lifeStage(s batonv1.JobState) int {
 // JobStatus.run_id), and an end it reports may be retried: the job is then
 // QUEUED for its next attempt instead of ending (see retryOf). A report
 // about an attempt retried since is ErrRetiredRun.
-func (s *SQLite) updateJobStatus(ctx context.Context, id, worker string, st *batonv1.JobStatus, next func(old Job) (*batonv1.JobStatus, error)) error {
+func (s *SQLite) updateJobStatus(ctx context.Context, id, worker string, st *batonv1.JobStatus, next nextFunc) error {
 	fromWorker := worker != ""
 	if st == nil {
 		return fmt.Errorf("update job %s: nil status", id)
 	}
-	ended := false
-	var end JobEnd
-	lookup := `SELECT ` + jobColumns + `, state, ended_at FROM jobs WHERE job_id = ?`
+	var ended *JobEnd
+	lookup := `SELECT ` + jobColumns + ` FROM jobs WHERE job_id = ?`
 	if fromWorker {
-		lookup = `SELECT ` + jobColumns + `, state, ended_at FROM jobs WHERE (job_id = ?1 AND run_id IS NULL) OR run_id = ?1`
+		lookup = `SELECT ` + jobColumns + ` FROM jobs WHERE (job_id = ?1 AND run_id IS NULL) OR run_id = ?1`
 	}
 	err := s.write(ctx, func(tx *writer) error {
-		ended = false
+		ended = nil
 		row, err := tx.queryRow(lookup, id)
 		if err != nil {
 			return err
 		}
-		var (
-			state    int32
-			oldEnded sql.NullInt64
-		)
-		old, err := scanJob(row, &state, &oldEnded)
+		old, err := scanJob(row)
 		if errors.Is(err, sql.ErrNoRows) && fromWorker {
 			return retiredRun(tx, id, worker)
 		}
@@ -697,33 +569,18 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id, worker string, st *bat
 		if upd == nil || err != nil {
 			return err
 		}
-		id := old.ID
-		if fromWorker {
-			if retry, ok := retryOf(old, upd, time.Now()); ok {
-				if err := writeRetry(tx, old, retry); err != nil {
-					return err
-				}
-				ended = true
-				end = JobEnd{ID: old.ID, GroupID: old.GroupID, State: upd.GetState(), Retried: true}
-				return nil
+		c := decideStatus(old, upd, fromWorker, time.Now())
+		switch {
+		case c.None:
+			return nil
+		case c.Retry != nil:
+			if err := writeRetry(tx, old, c.Retry); err != nil {
+				return err
 			}
+			ended = c.Ended
+			return nil
 		}
-		upd.JobId, upd.WorkerId, upd.Owner, upd.GroupId = old.ID, old.WorkerID, old.Owner, old.GroupID
-		upd.CreatedAt = timestamppb.New(old.CreatedAt)
-		if isTerminal(upd.GetState()) && upd.GetEndedAt() == nil {
-			upd.EndedAt = timestamppb.Now()
-		}
-		if !isTerminal(upd.GetState()) {
-			upd.EndedAt = nil
-		}
-		// A real end carries out, or makes moot, any stop still waiting.
-		clearStop := old.StopRequestedBy != "" && isTerminal(upd.GetState()) && upd.GetState() != batonv1.JobState_JOB_STATE_LOST
-		sameState := upd.GetState() == batonv1.JobState(state)
-		newEnded, hasEnded := endedAt(upd).(int64)
-		sameEnd := hasEnded == oldEnded.Valid && newEnded == oldEnded.Int64
-		if sameState && sameEnd && !clearStop && proto.Equal(upd, old.Status) {
-			return nil // a repeated report
-		}
+		id := old.ID
 		blob, err := proto.Marshal(upd)
 		if err != nil {
 			return err
@@ -732,45 +589,36 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id, worker string, st *bat
 		// entry in every index on a column of the SET list, changed or not,
 		// and each index page it touches is one more page to write.
 		switch {
-		case sameState && sameEnd && !clearStop:
+		case c.SameState && c.SameEnd && !c.ClearStop:
 			_, err = tx.exec(`UPDATE jobs SET status = ? WHERE job_id = ?`, blob, id)
-		case sameEnd && !clearStop:
+		case c.SameEnd && !c.ClearStop:
 			_, err = tx.exec(`UPDATE jobs SET state = ?, status = ? WHERE job_id = ?`, int32(upd.GetState()), blob, id)
 		default:
 			_, err = tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ?,
 	stop_requested_by = CASE WHEN ? THEN NULL ELSE stop_requested_by END WHERE job_id = ?`,
-				int32(upd.GetState()), endedAt(upd), blob, clearStop, id)
+				int32(upd.GetState()), endedAt(upd), blob, c.ClearStop, id)
 		}
 		if err != nil {
 			return err
 		}
-		// A job leaves the queue once it runs or ends: its start is settled.
-		if inQueue(old.Status.GetState()) && !inQueue(upd.GetState()) {
+		if c.LeavesQueue {
 			if _, err := tx.exec(`DELETE FROM queue WHERE job_id = ?`, id); err != nil {
 				return err
 			}
 		}
-		// A script sent with the job is kept until the job ends: each of
-		// its attempts is sent it.
-		if isTerminal(upd.GetState()) && !isTerminal(old.Status.GetState()) {
+		if c.DropScript {
 			if _, err := tx.exec(`DELETE FROM scripts WHERE job_id = ?`, id); err != nil {
 				return err
 			}
 		}
-		// A LOST job its worker reports with its true end has ended again;
-		// a repeated LOST has not.
-		ended = isTerminal(upd.GetState()) && !sameState
-		end = JobEnd{ID: old.ID, GroupID: old.GroupID, State: upd.GetState()}
+		ended = c.Ended
 		return nil
 	})
 	if err != nil {
-		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrNotOnWorker) || errors.Is(err, ErrRetiredRun) {
-			return err
-		}
-		return fmt.Errorf("update job %s: %w", id, err)
+		return lookupError(id, err)
 	}
-	if ended {
-		s.jobsEnded(end)
+	if ended != nil {
+		s.jobsEnded(*ended)
 	}
 	return nil
 }
@@ -906,15 +754,12 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 			return err
 		}
 		for _, j := range jobs {
-			st := proto.CloneOf(j.Status)
-			st.State = batonv1.JobState_JOB_STATE_LOST
-			st.Reason = reason
-			st.EndedAt = timestamppb.New(at)
-			if retry, ok := retryOf(j, st, at); ok {
-				if err := writeRetry(tx, j, retry); err != nil {
+			st, retried := lostStatus(j, reason, at)
+			if retried {
+				if err := writeRetry(tx, j, st); err != nil {
 					return err
 				}
-				ends = append(ends, JobEnd{ID: j.ID, GroupID: j.GroupID, State: st.State, Retried: true})
+				ends = append(ends, JobEnd{ID: j.ID, GroupID: j.GroupID, State: batonv1.JobState_JOB_STATE_LOST, Retried: true})
 				continue
 			}
 			blob, err := proto.Marshal(st)

@@ -41,6 +41,10 @@ var (
 	// ErrSchemaTooNew reports a database written by a newer version of the
 	// scheduler than this one; opening it could corrupt it.
 	ErrSchemaTooNew = errors.New("the database was written by a newer scheduler")
+	// ErrFenced reports a write refused because the writer's term is
+	// stale: another scheduler has opened the store (or taken office)
+	// since, and only its writes count. Nothing of the write was applied.
+	ErrFenced = errors.New("fenced: a newer term has begun")
 )
 
 // Page sizes of [Store.ListJobs].

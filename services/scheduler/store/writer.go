@@ -218,6 +218,18 @@ func (s *SQLite) runBatch(batch []*writeOp) {
 		}
 		return
 	}
+	// Under the write lock, the term read here stays the file's until
+	// COMMIT: a store opened since has bumped it, and this one's writes
+	// must not land after the newer one's.
+	if err := s.checkTerm(); err != nil {
+		_ = w.ctl(`ROLLBACK`)
+		for _, op := range batch {
+			if op.start() {
+				op.finish(err)
+			}
+		}
+		return
+	}
 	// A batch of one needs no savepoint: its transaction is its own.
 	nested := len(batch) > 1
 	var (
@@ -278,6 +290,22 @@ func (s *SQLite) runBatch(batch []*writeOp) {
 		op.finish(op.err)
 	}
 	s.countFrames()
+}
+
+// checkTerm returns ErrFenced when the file's term is not the store's.
+func (s *SQLite) checkTerm() error {
+	row, err := s.w.queryRow(`SELECT term FROM term WHERE id = 1`)
+	if err != nil {
+		return err
+	}
+	var term int64
+	if err := row.Scan(&term); err != nil {
+		return err
+	}
+	if term != s.term {
+		return fmt.Errorf("this store began term %d, and the file is at term %d: %w", s.term, term, ErrFenced)
+	}
+	return nil
 }
 
 // abort ends a transaction that op broke with err: op and the operations
