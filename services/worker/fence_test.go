@@ -146,7 +146,8 @@ func TestFenceRefusesAnOlderLeader(t *testing.T) {
 	if err != nil || q.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_RUNNING {
 		t.Errorf("after a refused stop: %v %v, want the job still running", q, err)
 	}
-	run, err := c.RunJob(ctx, fenced(&batonv1.WorkerServiceRunJobRequest{Job: startReq(3)}, "1"))
+	quick := &batonv1.WorkerServiceStartJobRequest{JobId: jobID(3), Command: "sh", Args: []string{"-c", "true"}}
+	run, err := c.RunJob(ctx, fenced(&batonv1.WorkerServiceRunJobRequest{Job: quick}, "1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,4 +373,34 @@ func TestFenceKeepsTheHighestOfConcurrentEpochs(t *testing.T) {
 	}
 	_, err := c.ListJobs(t.Context(), fenced(&batonv1.WorkerServiceListJobsRequest{}, fmt.Sprint(n-1)))
 	wantStale(t, "after the race", err, n-1, n)
+}
+
+// TestFenceActsOnlyOnARecordedEpoch: a new leader's epoch is on disk before
+// its call acts; when it cannot be written, the call does nothing.
+func TestFenceActsOnlyOnARecordedEpoch(t *testing.T) {
+	t.Parallel()
+	tw, log := loggedWorker(t, nil)
+	c := tw.client()
+	// A directory where the temporary file goes makes the write fail.
+	blocker := filepath.Join(tw.dataDir, "epoch.tmp")
+	if err := os.Mkdir(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	_, err := c.StartJob(t.Context(), fenced(startReq(1), "9"))
+	if connect.CodeOf(err) != connect.CodeInternal {
+		t.Errorf("StartJob with an epoch that cannot be recorded: %v, want internal", err)
+	}
+	if _, err := c.QueryJob(t.Context(), connect.NewRequest(&batonv1.WorkerServiceQueryJobRequest{JobId: jobID(1)})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("QueryJob = %v, want not_found (never started)", err)
+	}
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StartJob(t.Context(), fenced(startReq(1), "9")); err != nil {
+		t.Fatalf("StartJob once the epoch can be recorded: %v", err)
+	}
+	stopJob(t, c, jobID(1))
+	if got := log.starts(t); fmt.Sprint(got) != fmt.Sprint(map[string][]int64{jobID(1): {9}}) {
+		t.Errorf("start log = %v, want one start at epoch 9", got)
+	}
 }
