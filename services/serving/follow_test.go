@@ -158,9 +158,10 @@ func streamOutput(ctx context.Context, c batonv1connect.SchedulerServiceClient) 
 	return who, stream.Err()
 }
 
-// TestFollowLeaderFindsTheLeader: with [dead, follower, leader], unary and
-// server-streaming calls reach the leader once each, in every protocol,
-// and the next calls go to the leader straight away.
+// TestFollowLeaderFindsTheLeader: with [dead, follower, bystander,
+// leader], unary and server-streaming calls reach the leader once each, in
+// every protocol, straight from the follower that names it, and the next
+// calls go to the leader straight away.
 func TestFollowLeaderFindsTheLeader(t *testing.T) {
 	t.Parallel()
 	calls := []struct {
@@ -180,9 +181,11 @@ func TestFollowLeaderFindsTheLeader(t *testing.T) {
 				leader := serveReplica(t, &replica{name: "leader"})
 				f := follower(&leader.addr)
 				f.streamHeader = cc.streamHeader
+				none := ""
+				bystander := serveReplica(t, follower(&none))
 				follower := serveReplica(t, f)
 				dead := deadAddr(t)
-				hc := following(t, dead, follower.addr, leader.addr)
+				hc := following(t, dead, follower.addr, bystander.addr, leader.addr)
 				c := batonv1connect.NewSchedulerServiceClient(hc, serving.BaseURL(dead, false), p.opts...)
 
 				for i := range 3 {
@@ -199,6 +202,9 @@ func TestFollowLeaderFindsTheLeader(t *testing.T) {
 				}
 				if n := follower.calls.Load(); n != 1 {
 					t.Errorf("the follower got %d calls, want 1: the leader it named was not remembered", n)
+				}
+				if n := bystander.calls.Load(); n != 0 {
+					t.Errorf("the replica between the follower and the leader got %d calls: the leader named was not followed", n)
 				}
 			})
 		}
