@@ -22,10 +22,11 @@ import (
 // address (host:port), or empty when the replica knows no leader.
 const LeaderHeader = "Baton-Leader"
 
-// Following the leader: a request is sent at most followRounds times to
-// each address; after a pass over the list that found no leader it waits,
-// from followFirstWait doubling up to followMaxWait, which rides out most
-// of an election (about 2 s) without holding a caller for long.
+// Following the leader: a request is tried at most followRounds times as
+// many times as there are addresses; after each len(addrs) tries that
+// found no leader it waits, from followFirstWait doubling up to
+// followMaxWait, which rides out most of an election (about 2 s) without
+// holding a caller for long.
 const (
 	followRounds    = 4
 	followFirstWait = 200 * time.Millisecond
@@ -125,20 +126,18 @@ func (f *follower) RoundTrip(req *http.Request) (*http.Response, error) {
 		return res, err
 	}
 	wait := followFirstWait
-	// misses counts the addresses tried since a leader was last named.
-	misses := 0
 	for hop := 1; ; hop++ {
 		var connected atomic.Bool
 		trace := &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { connected.Store(true) }}
 		res, err := f.send(req.WithContext(httptrace.WithClientTrace(ctx, trace)), at, body)
 		last := hop >= followRounds*len(f.addrs)
-		switch {
-		case err != nil:
+		if err != nil {
 			// A connection was had: the request may have gone out.
 			if connected.Load() || ctx.Err() != nil || last {
 				return nil, err
 			}
-		default:
+			at = (at + 1) % len(f.addrs)
+		} else {
 			leader, refused := refusal(res)
 			if !refused {
 				f.leader.Store(int32(at))
@@ -150,14 +149,14 @@ func (f *follower) RoundTrip(req *http.Request) (*http.Response, error) {
 			drain(res)
 			if next := f.index(leader); next >= 0 && next != at {
 				f.leader.Store(int32(next))
-				at, misses = next, 0
-				continue
+				at = next
+			} else {
+				at = (at + 1) % len(f.addrs)
 			}
 		}
-		at = (at + 1) % len(f.addrs)
-		if misses++; misses >= len(f.addrs) {
-			// A whole pass found no leader: an election may be under way.
-			misses = 0
+		if hop%len(f.addrs) == 0 {
+			// As many tries as addresses found no leader: an election may
+			// be under way, or the leader named has just died.
 			if err := sleepCtx(ctx, wait); err != nil {
 				return nil, err
 			}

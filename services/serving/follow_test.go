@@ -393,3 +393,44 @@ func TestFollowLeaderTakesHostPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestFollowLeaderRidesOutAnElection: a follower names a leader that has
+// just died until, a moment later, a new one is elected; the call waits
+// for it rather than failing at once, and reaches the new leader, once.
+func TestFollowLeaderRidesOutAnElection(t *testing.T) {
+	t.Parallel()
+	newLeader := serveReplica(t, &replica{name: "new leader"})
+	dead := deadAddr(t)
+	var elected atomic.Pointer[time.Time]
+	f := &replica{name: "follower", answer: connect.NewError(connect.CodeUnavailable, errors.New("this scheduler replica is not the leader"))}
+	path, h := batonv1connect.NewSchedulerServiceHandler(f)
+	mux := http.NewServeMux()
+	mux.Handle(path, http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		now := time.Now()
+		elected.CompareAndSwap(nil, new(now.Add(300*time.Millisecond)))
+		named := dead
+		if now.After(*elected.Load()) {
+			named = newLeader.addr
+		}
+		w.Header().Set(serving.LeaderHeader, named)
+		h.ServeHTTP(w, req)
+	}))
+	srv, err := serving.Listen("127.0.0.1:0", mux, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve() }()
+	t.Cleanup(func() { _ = srv.Shutdown(context.Background()); <-done })
+	f.addr = srv.Addr().String()
+
+	hc := following(t, dead, f.addr, newLeader.addr)
+	c := batonv1connect.NewSchedulerServiceClient(hc, serving.BaseURL(f.addr, false))
+	who, err := startJob(t.Context(), c)
+	if err != nil || who != "new leader" {
+		t.Fatalf("answered by %q (%v), want the new leader", who, err)
+	}
+	if n := newLeader.calls.Load(); n != 1 {
+		t.Errorf("the new leader got %d calls, want 1", n)
+	}
+}
