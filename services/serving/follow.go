@@ -19,7 +19,10 @@ import (
 
 // LeaderHeader is the response header with which a scheduler replica that
 // is not the leader refuses a call: its value is the leader's client
-// address (host:port), or empty when the replica knows no leader.
+// address (host:port). Empty, it says the replica knows no leader. A
+// replica sets it on the HTTP response itself: Connect error metadata
+// travels in trailers (gRPC) or in the stream's end (Connect streams),
+// where it would come too late to send the request elsewhere.
 const LeaderHeader = "Baton-Leader"
 
 // Following the leader: a request is tried at most followRounds times as
@@ -62,9 +65,9 @@ const (
 //
 // A request is sent again only when its body is at most MaxReplayBytes
 // and of known length, as Connect's unary and server-streaming calls
-// are; other requests get one try, to the believed leader. Client and
-// bidirectional streams must not be sent through it: their bodies are
-// sent as they are written and cannot be sent twice.
+// are; other requests, client and bidirectional streams among them (their
+// bodies are sent as they are written), get one try, to the believed
+// leader.
 //
 // Tries are bounded (followRounds passes over addrs) and honour the
 // request's context. The RoundTripper is safe for concurrent use.
