@@ -610,9 +610,9 @@ func (e *Etcd) PruneJobs(ctx context.Context, endedBefore time.Time) (int, error
 	before := unixNano(endedBefore)
 	total := 0
 	for {
-		n := 0
+		n, more := 0, false
 		err := e.update(ctx, func(tx *etx) error {
-			n = 0
+			n, more = 0, false
 			prefix := e.ixEnded()
 			kvs, err := tx.scan(prefix, prefix+sortInt(before), pruneEtcd, false, true)
 			if err != nil {
@@ -627,18 +627,25 @@ func (e *Etcd) PruneJobs(ctx context.Context, endedBefore time.Time) (int, error
 				return err
 			}
 			for _, j := range jobs {
+				// A job retried many times has an index key per attempt:
+				// stop before the transaction outgrows etcd's limit.
+				if n > 0 && len(tx.writes)+len(e.jobIndex(j))+2 > maxTxnOps {
+					more = true
+					break
+				}
 				if err := e.writeJob(tx, j, nil); err != nil {
 					return err
 				}
+				n++
 			}
-			n = len(jobs)
+			more = more || len(kvs) == pruneEtcd
 			return nil
 		})
 		if err != nil {
 			return total, fmt.Errorf("prune jobs: %w", err)
 		}
 		total += n
-		if n < pruneEtcd {
+		if !more {
 			break
 		}
 	}

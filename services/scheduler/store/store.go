@@ -1,10 +1,12 @@
 // Package store owns the scheduler's persistent state: the worker roster,
 // jobs and fan-out groups.
 //
-// The state lives behind the [Store] interface so that a networked database
-// can replace the embedded one later; [SQLite] is the embedded
-// implementation, a single SQLite file in the scheduler's data directory. No
-// SQL exists outside this package.
+// The state lives behind the [Store] interface, with two implementations
+// that pass one contract suite: [SQLite], a single SQLite file in the
+// scheduler's data directory (the single-node default), and [Etcd], keys in
+// an etcd cluster shared by replicated schedulers. Both fence their writers:
+// a write of a writer whose term has passed fails with ErrFenced. No SQL or
+// etcd key exists outside this package.
 //
 // Errors are the sentinels below, wrapped with detail; compare them with
 // [errors.Is]. Any other error is an internal failure of the store.
