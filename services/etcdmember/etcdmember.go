@@ -30,6 +30,11 @@ const (
 	// enough for any watcher to resume, small enough that finished jobs'
 	// old revisions do not pile up.
 	DefaultCompactionRetention = time.Hour
+	// MaxTxnOps and MaxRequestBytes raise etcd's limits on one
+	// transaction (128 operations, 1.5 MiB): a schedule's fire creates all
+	// its jobs, scripts included, in one.
+	MaxTxnOps       = 4096
+	MaxRequestBytes = 16 << 20
 	// DefaultReadyTimeout bounds how long Start waits for the member to
 	// join its cluster.
 	DefaultReadyTimeout = time.Minute
@@ -169,6 +174,8 @@ func embedConfig(cfg Config) (*embed.Config, error) {
 	}
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = retention.String()
+	ec.MaxTxnOps = MaxTxnOps
+	ec.MaxRequestBytes = MaxRequestBytes
 	ec.UnsafeNoFsync = cfg.NoFsync
 	ec.LogLevel = cfg.LogLevel
 	if ec.LogLevel == "" {

@@ -96,6 +96,9 @@ type Options struct {
 	// Baton-Epoch), and a worker that has seen a newer one refuses the
 	// call. Zero is a scheduler that runs alone, unfenced.
 	Epoch int64
+	// Address is where workers and clients reach this scheduler; with an
+	// Epoch, ListWorkers names it as the leader.
+	Address string
 }
 
 // Scheduler is the scheduler's service: the roster, placement, forwarding
