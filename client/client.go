@@ -27,6 +27,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"time"
 
@@ -39,8 +40,9 @@ import (
 	"github.com/baton-run/baton/services/serving"
 )
 
-// Client calls one Baton scheduler. It is safe for concurrent use by
-// multiple goroutines; Close releases its idle connections.
+// Client calls a Baton scheduler: one, or the replica that leads among
+// several. It is safe for concurrent use by multiple goroutines; Close
+// releases its idle connections.
 type Client struct {
 	sched batonv1connect.SchedulerServiceClient
 	http  *http.Client
@@ -80,8 +82,9 @@ func WithoutGeneratedKeys() Option {
 const NoQueueLimit time.Duration = -time.Second
 
 // New builds a Client from cfg. It reads the CA, certificate and key files
-// now, and dials nothing: the first call does. Only the first of
-// cfg.Schedulers is called; the others are checked as the first is.
+// now, and dials nothing: the first call does. With several
+// cfg.Schedulers, each call goes to the replica that leads, as Config
+// says.
 func New(cfg Config, opts ...Option) (*Client, error) {
 	var o options
 	for _, opt := range opts {
@@ -102,7 +105,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		}
 	}
 	// Outermost, so that every error the caller sees is mapped.
-	interceptors := []connect.Interceptor{&errorInterceptor{baseURL: urls[0], tls: tlsConf}}
+	interceptors := []connect.Interceptor{&errorInterceptor{baseURLs: urls, tls: tlsConf}}
 	if cfg.Token != "" {
 		if err := cfg.checkToken(urls); err != nil {
 			return nil, err
@@ -114,8 +117,16 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		interceptors = append(interceptors, auth)
 	}
 	httpClient := serving.NewHTTPClient(tlsConf)
+	base := urls[0]
+	if len(urls) > 1 {
+		bases, hosts := withPorts(urls)
+		base = bases[0]
+		if httpClient.Transport, err = serving.FollowLeader(httpClient.Transport, hosts); err != nil {
+			return nil, fmt.Errorf("client.scheduler: %w", err)
+		}
+	}
 	return &Client{
-		sched: batonv1connect.NewSchedulerServiceClient(httpClient, urls[0], connect.WithInterceptors(interceptors...)),
+		sched: batonv1connect.NewSchedulerServiceClient(httpClient, base, connect.WithInterceptors(interceptors...)),
 		http:  httpClient,
 		keys:  !o.noKeys,
 	}, nil

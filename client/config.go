@@ -16,14 +16,18 @@ import (
 // by those keys (client.scheduler, client.ca_file, ...), so that a
 // program reading the CLI's file can pass them on unchanged.
 type Config struct {
-	// Schedulers are the addresses of the scheduler (client.scheduler,
-	// one address in the CLI's file): a URL, http:// for h2c or https://
-	// for TLS, or host:port, which means https when a CA or a client
-	// certificate is configured and h2c otherwise. Today a cluster has
-	// one scheduler and only the first address is called; the others are
-	// checked and kept for a replicated scheduler, which a later version
-	// of this package will fail over to. Every address must use the same
-	// scheme.
+	// Schedulers are the addresses of the scheduler (client.scheduler, a
+	// comma-separated list in the CLI's file): a URL, http:// for h2c or
+	// https:// for TLS, or host:port, which means https when a CA or a
+	// client certificate is configured and h2c otherwise. An element may
+	// itself be a comma-separated list. Every address must use the same
+	// scheme and path.
+	//
+	// Several addresses are the replicas of a replicated scheduler: calls
+	// go to the one that leads, first believed to be the first address. A
+	// replica that does not lead refuses a call, naming the leader, and
+	// the call goes there when the leader is one of these addresses; an
+	// address that cannot be dialled passes the call to the next one.
 	Schedulers []string
 	// CAFile is the cluster CA (PEM) that the scheduler's certificate must
 	// chain to (client.ca_file); empty uses the system roots.
@@ -48,22 +52,68 @@ func (c Config) BaseURLs() ([]string, error) {
 // baseURLs is BaseURLs where secure also says TLS is configured (a TLS
 // configuration held in memory).
 func (c Config) baseURLs(secure bool) ([]string, error) {
-	if len(c.Schedulers) == 0 {
+	addrs := c.addresses()
+	if len(addrs) == 0 || len(addrs) == 1 && strings.TrimSpace(addrs[0]) == "" {
 		return nil, errors.New("client.scheduler is empty: name the scheduler's address")
 	}
 	secure = secure || c.CAFile != "" || c.CertFile != ""
-	urls := make([]string, 0, len(c.Schedulers))
-	for i, addr := range c.Schedulers {
+	urls := make([]string, 0, len(addrs))
+	for i, addr := range addrs {
+		if strings.TrimSpace(addr) == "" {
+			return nil, fmt.Errorf("client.scheduler %q: address %d of %d is empty; separate the addresses with single commas", strings.Join(addrs, ","), i+1, len(addrs))
+		}
 		u, err := baseURL(addr, secure)
 		if err != nil {
 			return nil, err
 		}
 		if i > 0 && isHTTPS(u) != isHTTPS(urls[0]) {
-			return nil, fmt.Errorf("client.scheduler %q and %q: every address of the scheduler must use the same scheme", c.Schedulers[0], addr)
+			return nil, fmt.Errorf("client.scheduler %q and %q: every address of the scheduler must use the same scheme", addrs[0], addr)
+		}
+		if i > 0 && urlPath(u) != urlPath(urls[0]) {
+			return nil, fmt.Errorf("client.scheduler %q and %q: every address of the scheduler must have the same path", addrs[0], addr)
 		}
 		urls = append(urls, u)
 	}
 	return urls, nil
+}
+
+// addresses returns c.Schedulers with the comma-separated lists in them
+// split, so that the CLI's string and a Go program's list read alike.
+func (c Config) addresses() []string {
+	var addrs []string
+	for _, s := range c.Schedulers {
+		for a := range strings.SplitSeq(s, ",") {
+			addrs = append(addrs, strings.TrimSpace(a))
+		}
+	}
+	return addrs
+}
+
+func urlPath(base string) string {
+	u, err := url.Parse(base)
+	if err != nil {
+		return ""
+	}
+	return u.Path
+}
+
+// withPorts returns the base URLs with the scheme's port written out
+// where they leave it implied, and the host:port of each: the replicas'
+// addresses as a leader's refusal names them.
+func withPorts(urls []string) (bases, hosts []string) {
+	for _, base := range urls {
+		u, _ := url.Parse(base)
+		if u.Port() == "" {
+			port := "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+			u.Host = net.JoinHostPort(u.Hostname(), port)
+		}
+		bases = append(bases, u.String())
+		hosts = append(hosts, u.Host)
+	}
+	return bases, hosts
 }
 
 // baseURL turns one scheduler address into a base URL. A bare host:port
@@ -140,9 +190,10 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 // checkToken refuses a token that would go out in cleartext: to an h2c
 // address that is not this machine.
 func (c Config) checkToken(urls []string) error {
+	addrs := c.addresses()
 	for i, u := range urls {
 		if !isHTTPS(u) && !loopbackURL(u) {
-			return fmt.Errorf("client.token is set but client.scheduler %q is plain h2c to an address that is not loopback: the token would go out in cleartext. Use https://host:port with client.ca_file (the scheduler's http_server with a certificate), or remove client.token", c.Schedulers[i])
+			return fmt.Errorf("client.token is set but client.scheduler %q is plain h2c to an address that is not loopback: the token would go out in cleartext. Use https://host:port with client.ca_file (the scheduler's http_server with a certificate), or remove client.token", addrs[i])
 		}
 	}
 	return nil

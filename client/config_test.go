@@ -47,6 +47,13 @@ func TestBaseURLs(t *testing.T) {
 		{"mixed schemes", client.Config{Schedulers: []string{"http://a:7070", "https://b:7070"}}, nil, "same scheme"},
 		{"empty", client.Config{}, nil, "empty"},
 		{"empty address", client.Config{Schedulers: []string{" "}}, nil, "empty"},
+		{"a comma-separated list", client.Config{Schedulers: []string{"a:7070, http://b:7070"}}, []string{"http://a:7070", "http://b:7070"}, ""},
+		{"lists and elements", client.Config{Schedulers: []string{"a:7070,b:7070", "c:7070"}}, []string{"http://a:7070", "http://b:7070", "http://c:7070"}, ""},
+		{"an empty member", client.Config{Schedulers: []string{"a:7070,,c:7070"}}, nil, "address 2 of 3 is empty"},
+		{"a trailing comma", client.Config{Schedulers: []string{"a:7070,"}}, nil, "address 2 of 2 is empty"},
+		{"mixed schemes in a list", client.Config{Schedulers: []string{"https://a:7070,http://b:7070"}}, nil, "same scheme"},
+		{"host:port and https without TLS", client.Config{Schedulers: []string{"a:7070,https://b:7070"}}, nil, "same scheme"},
+		{"different paths", client.Config{Schedulers: []string{"https://a:7070/baton,https://b:7070"}}, nil, "same path"},
 	}
 	for _, tt := range tests {
 		got, err := tt.c.BaseURLs()

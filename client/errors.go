@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 
 	"connectrpc.com/connect"
 )
@@ -26,7 +27,7 @@ type Error struct {
 	Message string
 	// Unreachable says the call got no answer because the scheduler
 	// could not be reached or the connection to it broke; Message then
-	// names the scheduler's URL.
+	// names the scheduler's URL (each of them, with several).
 	Unreachable bool
 	err         error
 }
@@ -79,9 +80,9 @@ func newError(code connect.Code, msg string) *Error {
 }
 
 // errorInterceptor turns every call's *connect.Error into an *Error, and
-// names the scheduler's URL when it cannot be reached.
+// names the scheduler's URLs when it cannot be reached.
 type errorInterceptor struct {
-	baseURL string
+	baseURLs []string
 	// tls is the client's TLS config, for diagnoseTLS; nil for h2c.
 	tls *tls.Config
 }
@@ -103,16 +104,21 @@ func (i *errorInterceptor) mapError(ctx context.Context, err error) error {
 	}
 	// No answer from the scheduler: a TLS mismatch shows as one of
 	// several transport errors, so it is asked for once more, plainly.
-	if why := diagnoseTLS(ctx, i.baseURL, i.tls); why != "" {
-		e.Code, e.Unreachable = connect.CodeUnavailable, true
-		e.Message = fmt.Sprintf("cannot talk to the scheduler at %s: %s", i.baseURL, why)
-		e.err = connect.NewError(e.Code, &explained{msg: e.Message, cause: err})
-		return e
+	for _, base := range i.baseURLs {
+		if why := diagnoseTLS(ctx, base, i.tls); why != "" {
+			e.Code, e.Unreachable = connect.CodeUnavailable, true
+			e.Message = fmt.Sprintf("cannot talk to the scheduler at %s: %s", base, why)
+			e.err = connect.NewError(e.Code, &explained{msg: e.Message, cause: err})
+			return e
+		}
 	}
 	var op *net.OpError
 	if ce.Code() == connect.CodeUnavailable && errors.As(err, &op) {
 		e.Unreachable = true
-		e.Message = fmt.Sprintf("cannot reach the scheduler at %s (%v); is it running?", i.baseURL, op.Err)
+		e.Message = fmt.Sprintf("cannot reach the scheduler at %s (%v); is it running?", i.baseURLs[0], op.Err)
+		if len(i.baseURLs) > 1 {
+			e.Message = fmt.Sprintf("cannot reach any scheduler at %s (last: %v); are they running?", strings.Join(i.baseURLs, ", "), op.Err)
+		}
 		// The cause stays in the chain, for errors.Is(err, syscall.ECONNRESET).
 		e.err = connect.NewError(ce.Code(), &explained{msg: e.Message, cause: err})
 	}

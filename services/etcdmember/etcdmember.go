@@ -30,6 +30,11 @@ const (
 	// enough for any watcher to resume, small enough that finished jobs'
 	// old revisions do not pile up.
 	DefaultCompactionRetention = time.Hour
+	// MaxTxnOps and MaxRequestBytes raise etcd's limits on one
+	// transaction (128 operations, 1.5 MiB): a schedule's fire creates all
+	// its jobs, scripts included, in one.
+	MaxTxnOps       = 4096
+	MaxRequestBytes = 16 << 20
 	// DefaultReadyTimeout bounds how long Start waits for the member to
 	// join its cluster.
 	DefaultReadyTimeout = time.Minute
@@ -75,6 +80,10 @@ type Config struct {
 // TLSFiles are PEM files of the cluster's CA and this member's key pair.
 type TLSFiles struct {
 	CAFile, CertFile, KeyFile string
+	// AllowedCN, when set, is the only certificate common name let in as a
+	// peer or client: the CA also signs workers' and users' certificates,
+	// and none of them may touch the store.
+	AllowedCN string
 }
 
 // Member is a running etcd member.
@@ -165,6 +174,8 @@ func embedConfig(cfg Config) (*embed.Config, error) {
 	}
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = retention.String()
+	ec.MaxTxnOps = MaxTxnOps
+	ec.MaxRequestBytes = MaxRequestBytes
 	ec.UnsafeNoFsync = cfg.NoFsync
 	ec.LogLevel = cfg.LogLevel
 	if ec.LogLevel == "" {
@@ -175,6 +186,9 @@ func embedConfig(cfg Config) (*embed.Config, error) {
 		info := func() (ti transport.TLSInfo) {
 			ti.CertFile, ti.KeyFile, ti.TrustedCAFile = t.CertFile, t.KeyFile, t.CAFile
 			ti.ClientCertAuth = true
+			if t.AllowedCN != "" {
+				ti.AllowedCNs = []string{t.AllowedCN}
+			}
 			return ti
 		}
 		ec.PeerTLSInfo = info()

@@ -213,9 +213,9 @@ func (r *Runner) spawn(j *job, p *plan) (Status, bool, error) {
 		})
 		j.mu.Unlock()
 	}
-	// Per job, at debug: the API's access log has every start, and the
-	// keeper's log, a file that is not rotated, must not grow with the jobs.
-	logger.Debug("job started", "pid", pid, "cgroup", cg.mode())
+	// Per job, at debug: the worker logs every start ("job started", with
+	// the leader's epoch), and the keeper's log, a file that is not rotated, must not grow with the jobs.
+	logger.Debug("job process started", "pid", pid, "cgroup", cg.mode())
 	r.notifyChange(running)
 	go r.wait(j, cmd)
 	return running, true, nil

@@ -59,7 +59,10 @@ func (s *Scheduler) checkWorkerAddress(ctx context.Context, name, addr string) *
 	}
 	ctx, cancel := context.WithTimeout(ctx, checkAddressTimeout)
 	defer cancel()
-	_, err := grpchealth.NewClient(hc, serving.BaseURL(addr, useTLS)).Check(ctx, &grpchealth.CheckRequest{})
+	// The check changes nothing, but it is a call to a worker all the same:
+	// it carries the epoch, as dialer's do.
+	health := grpchealth.NewClient(hc, serving.BaseURL(addr, useTLS), connect.WithInterceptors(s.fence()...))
+	_, err := health.Check(ctx, &grpchealth.CheckRequest{})
 	if err != nil {
 		// The remote's words may be anything: bounded, valid UTF-8.
 		res.Error = clip(strings.ToValidUTF8(describeCheckError(err), "\uFFFD"), 1024)

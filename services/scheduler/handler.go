@@ -374,7 +374,13 @@ func (h *handler) ListWorkers(_ context.Context, req *connect.Request[batonv1.Li
 		}
 		q.after = after
 	}
-	return connect.NewResponse(h.s.view.list(h.s.reg, q)), nil
+	res := h.s.view.list(h.s.reg, q)
+	if h.s.opts.Epoch > 0 {
+		// The cached page is shared: the leader's name goes on a copy.
+		res = proto.CloneOf(res)
+		res.Leader, res.Epoch = h.s.opts.Address, h.s.opts.Epoch
+	}
+	return connect.NewResponse(res), nil
 }
 
 // DrainWorker stops new placements on a worker.

@@ -34,6 +34,9 @@ type testScheduler struct {
 	url    string
 	client batonv1connect.SchedulerServiceClient
 	dbPath string
+	// store is the scheduler's own store: a second one opened on dbPath
+	// would begin a newer term and fence this one.
+	store store.Store
 	// kill stops it at once, without any graceful step; idempotent.
 	kill func()
 }
@@ -94,6 +97,7 @@ func startScheduler(t *testing.T, dbPath string, tune func(*scheduler.Options)) 
 		url:       url,
 		client:    batonv1connect.NewSchedulerServiceClient(clientHTTP, url),
 		dbPath:    dbPath,
+		store:     st,
 		kill:      kill,
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/baton-run/baton/gen/baton/v1/batonv1connect"
 	"github.com/baton-run/baton/services/identity"
+	"github.com/baton-run/baton/services/internal/epoch"
 	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler/store"
@@ -90,6 +91,14 @@ type Options struct {
 	// Metrics, if set, records the scheduler's metrics; serve its Handler
 	// at /metrics. Nil records nothing. One Metrics serves one Scheduler.
 	Metrics *metrics.Scheduler
+	// Epoch, if positive, is this scheduler's term as the leader of a
+	// replicated cluster: every call to a worker carries it (header
+	// Baton-Epoch), and a worker that has seen a newer one refuses the
+	// call. Zero is a scheduler that runs alone, unfenced.
+	Epoch int64
+	// Address is where workers and clients reach this scheduler; with an
+	// Epoch, ListWorkers names it as the leader.
+	Address string
 }
 
 // Scheduler is the scheduler's service: the roster, placement, forwarding
@@ -131,6 +140,9 @@ type Scheduler struct {
 func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	if opts.Store == nil {
 		return nil, errors.New("scheduler: Options.Store is required")
+	}
+	if opts.Epoch < 0 {
+		return nil, errors.New("scheduler: Options.Epoch must not be negative")
 	}
 	if opts.HeartbeatInterval <= 0 {
 		opts.HeartbeatInterval = DefaultHeartbeatInterval
@@ -220,10 +232,23 @@ func New(ctx context.Context, opts Options) (*Scheduler, error) {
 	return s, nil
 }
 
+// Epoch is the epoch the scheduler sends workers: Options.Epoch.
+func (s *Scheduler) Epoch() int64 { return s.opts.Epoch }
+
+// fence is the client interceptors that give every call to a worker the
+// scheduler's epoch: none without one.
+func (s *Scheduler) fence() []connect.Interceptor {
+	if s.opts.Epoch <= 0 {
+		return nil
+	}
+	return []connect.Interceptor{epoch.NewClientInterceptor(s.opts.Epoch)}
+}
+
 // dialer returns how the registry makes a worker's client. Every call
-// tells the worker which client the scheduler acts for.
+// tells the worker which client the scheduler acts for, and the epoch of
+// the leader making it.
 func (s *Scheduler) dialer() func(name, addr string) batonv1connect.WorkerServiceClient {
-	forward := connect.WithInterceptors(identity.ForwardOnBehalfOf(), trimDeadline{})
+	forward := connect.WithInterceptors(append([]connect.Interceptor{identity.ForwardOnBehalfOf(), trimDeadline{}}, s.fence()...)...)
 	if s.opts.WorkerTLS == nil {
 		return func(_, addr string) batonv1connect.WorkerServiceClient {
 			return batonv1connect.NewWorkerServiceClient(s.opts.HTTPClient, serving.BaseURL(addr, false), forward)

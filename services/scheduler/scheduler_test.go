@@ -441,11 +441,7 @@ func TestRegistrationTakesTheWorkersTruth(t *testing.T) {
 		t.Fatalf("a job the scheduler never placed is stored as %v", got)
 	}
 	// Place both, as StartJob would have.
-	st, err := store.Open(t.Context(), s.dbPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := s.store
 	for _, id := range []string{wiped, ended} {
 		if err := st.CreateJob(t.Context(), store.Job{ID: id, WorkerID: "ghost", Owner: "anonymous"}); err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/baton-run/baton/services/internal/epoch"
 	"github.com/baton-run/baton/services/internal/interceptors"
 	"github.com/baton-run/baton/services/jobrun"
 	"github.com/baton-run/baton/services/keeper"
@@ -28,6 +29,8 @@ var codes = []struct {
 	{jobrun.ErrClosed, connect.CodeUnavailable},
 	{keeper.ErrUnavailable, connect.CodeUnavailable},
 	{errBadPageToken, connect.CodeInvalidArgument},
+	{epoch.ErrMalformed, connect.CodeInvalidArgument},
+	{errStaleLeader, connect.CodeFailedPrecondition},
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
 }

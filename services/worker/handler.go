@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -32,6 +33,8 @@ type handler struct {
 	stopping context.Context
 	// metrics counts the output streamed; nil records nothing.
 	metrics *metrics.Worker
+	// logger receives the start of each job.
+	logger *slog.Logger
 }
 
 var errStopping = errors.New("the worker is shutting down; resume the stream from the last offset")
@@ -57,11 +60,23 @@ func (h *handler) start(ctx context.Context, req *batonv1.WorkerServiceStartJobR
 	if err != nil {
 		return jobrun.Status{}, err
 	}
-	st, _, err := h.runner.Start(ctx, id, spec)
+	st, created, err := h.runner.Start(ctx, id, spec)
 	if err != nil {
 		return jobrun.Status{}, mapError(err)
 	}
+	if created {
+		h.started(ctx, st)
+	}
 	return st, nil
+}
+
+// started logs the start of a job's process with the epoch of the leader
+// that asked for it (0 for a scheduler running alone). A history checker
+// reads these lines to prove that no job ran twice, so their shape stays:
+// message "job started", job_id (the id the scheduler gave the run: the
+// job's own for its first attempt) and epoch.
+func (h *handler) started(ctx context.Context, st jobrun.Status) {
+	h.logger.LogAttrs(ctx, slog.LevelInfo, "job started", slog.String("job_id", st.ID), slog.Int64("epoch", epochOf(ctx)))
 }
 
 // jobOf returns the id (a new one if req names none) and spec of a start.
@@ -205,19 +220,20 @@ func (h *handler) StreamJobOutput(ctx context.Context, req *connect.Request[bato
 // status, the output from byte 0, the final status. The job outlives the
 // call, as it outlives StartJob.
 func (h *handler) RunJob(ctx context.Context, req *connect.Request[batonv1.WorkerServiceRunJobRequest], stream *connect.ServerStream[batonv1.WorkerServiceRunJobResponse]) error {
-	id, spec, err := jobOf(req.Msg.GetJob())
+	// Started as StartJob starts it (which logs the start), then followed
+	// from byte 0.
+	st, err := h.start(ctx, req.Msg.GetJob())
 	if err != nil {
+		return err
+	}
+	if err := stream.Send(&batonv1.WorkerServiceRunJobResponse{
+		Event: &batonv1.WorkerServiceRunJobResponse_Started{Started: statusToProto(st, h.name)},
+	}); err != nil {
 		return err
 	}
 	msg := &batonv1.WorkerServiceRunJobResponse{}
 	event := &batonv1.WorkerServiceRunJobResponse_Chunk{}
-	st, err := h.follow(ctx, func(ctx context.Context, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
-		return h.runner.Run(ctx, id, spec, streamFromProto(req.Msg.GetStream()), func(st jobrun.Status) error {
-			return stream.Send(&batonv1.WorkerServiceRunJobResponse{
-				Event: &batonv1.WorkerServiceRunJobResponse_Started{Started: statusToProto(st, h.name)},
-			})
-		}, fn)
-	}, func(chunk *batonv1.OutputChunk) error {
+	st, err = h.output(ctx, st.ID, jobrun.OutputRequest{Follow: true, Streams: streamFromProto(req.Msg.GetStream())}, func(chunk *batonv1.OutputChunk) error {
 		event.Chunk = chunk
 		msg.Event = event
 		return stream.Send(msg)

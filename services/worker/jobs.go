@@ -11,8 +11,6 @@ import (
 // the keeper's, which outlives the worker process (keeper.Client).
 type Jobs interface {
 	Start(ctx context.Context, id string, spec jobrun.Spec) (jobrun.Status, bool, error)
-	// Run starts a job and follows its output to the end (see RunJob).
-	Run(ctx context.Context, id string, spec jobrun.Spec, streams jobrun.Stream, started func(jobrun.Status) error, fn func(jobrun.Chunk) error) (jobrun.Status, error)
 	Stop(ctx context.Context, id, by string) (jobrun.Status, error)
 	Status(ctx context.Context, id string) (jobrun.Status, error)
 	Page(ctx context.Context, q jobrun.Query) ([]jobrun.Status, bool, error)
@@ -30,17 +28,6 @@ var (
 
 // local is a Runner in the worker process: its jobs end with the worker.
 type local struct{ *jobrun.Runner }
-
-func (l local) Run(ctx context.Context, id string, spec jobrun.Spec, streams jobrun.Stream, started func(jobrun.Status) error, fn func(jobrun.Chunk) error) (jobrun.Status, error) {
-	st, _, err := l.Runner.Start(ctx, id, spec)
-	if err != nil {
-		return jobrun.Status{}, err
-	}
-	if err := started(st); err != nil {
-		return st, err
-	}
-	return l.Runner.Output(ctx, st.ID, jobrun.OutputRequest{Follow: true, Streams: streams}, fn)
-}
 
 func (l local) Status(_ context.Context, id string) (jobrun.Status, error) {
 	return l.Runner.Status(id)

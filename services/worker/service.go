@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"connectrpc.com/connect"
@@ -55,8 +56,9 @@ type Options struct {
 }
 
 // Worker is one worker process's service: the job runtime, the
-// WorkerService handler and the registration loop. Its methods are safe for
-// concurrent use.
+// WorkerService handler and the registration loop. It refuses calls from a
+// leader older than the newest it has seen, which it keeps in the file
+// "epoch" of Runner.DataDir. Its methods are safe for concurrent use.
 type Worker struct {
 	opts    Options
 	runner  Jobs
@@ -105,9 +107,15 @@ func New(opts Options) (*Worker, error) {
 		w.runner, w.local = local{runner}, runner
 	}
 	runner := w.runner
+	fence, err := openFence(filepath.Join(opts.Runner.DataDir, epochFile))
+	if err != nil {
+		_ = runner.Close(context.Background())
+		return nil, err
+	}
 
+	// The fence comes first, so that a deposed leader's call does nothing.
 	// A stop once received is carried out even if the scheduler hangs up.
-	inner := append([]connect.Interceptor{interceptors.NewDetach(batonv1connect.WorkerServiceStopJobProcedure)}, opts.Interceptors...)
+	inner := append([]connect.Interceptor{fence, interceptors.NewDetach(batonv1connect.WorkerServiceStopJobProcedure)}, opts.Interceptors...)
 	hopts := serving.HandlerOptions("the worker", opts.Logger, opts.MaxCallDuration,
 		identity.NewAuthorizer(Policy(), opts.Audit, opts.Logger), inner...)
 	if m := opts.Metrics; m != nil {
@@ -120,7 +128,7 @@ func New(opts Options) (*Worker, error) {
 	}
 	mux, health := serving.Mux(batonv1connect.WorkerServiceName)
 	path, h := batonv1connect.NewWorkerServiceHandler(
-		&handler{runner: runner, name: opts.Name, stopping: w.stopping, metrics: opts.Metrics},
+		&handler{runner: runner, name: opts.Name, stopping: w.stopping, metrics: opts.Metrics, logger: opts.Logger},
 		hopts...,
 	)
 	mux.Handle(path, h)

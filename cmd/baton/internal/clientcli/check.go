@@ -305,9 +305,9 @@ func checkWorkerCalls(ctx context.Context, r *checkReport, timeout time.Duration
 		// As daemon.RunWorker: the scheduler is known by its identity.
 		clientTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
 	}
-	// The address as the worker reads it: host:port or a URL whose
-	// scheme must agree with use_tls.
-	hostPort, err := daemon.SchedulerHostPort(cfg.Scheduler.Addr, creds != nil)
+	// The addresses as the worker reads them: host:port or a URL whose
+	// scheme must agree with use_tls, one per replica.
+	hostPorts, err := daemon.SchedulerHostPorts(cfg.Scheduler.Addr, creds != nil)
 	if err != nil {
 		r.fail("scheduler.addr", "%v", err)
 		r.skip("worker.advertise_addr", "not checked: the scheduler must answer first")
@@ -315,16 +315,26 @@ func checkWorkerCalls(ctx context.Context, r *checkReport, timeout time.Duration
 	}
 	hc := serving.NewHTTPClient(clientTLS)
 	defer hc.CloseIdleConnections()
-	base := serving.BaseURL(hostPort, creds != nil)
 
-	callCtx, cancel := context.WithTimeout(ctx, timeout)
-	_, err = grpchealth.NewClient(hc, base).Check(callCtx, &grpchealth.CheckRequest{})
-	cancel()
-	if err != nil {
-		key, why := blameSchedulerCall(err, timeout)
-		r.fail(key, "calling the scheduler at %s: %s", cfg.Scheduler.Addr, why)
-		r.skip("worker.advertise_addr", "not checked: the scheduler must answer first")
-		return
+	// Every replica must answer: the worker follows whichever leads.
+	for _, hostPort := range hostPorts {
+		callCtx, cancel := context.WithTimeout(ctx, timeout)
+		_, err = grpchealth.NewClient(hc, serving.BaseURL(hostPort, creds != nil)).Check(callCtx, &grpchealth.CheckRequest{})
+		cancel()
+		if err != nil {
+			key, why := blameSchedulerCall(err, timeout)
+			r.fail(key, "calling the scheduler at %s: %s", hostPort, why)
+			r.skip("worker.advertise_addr", "not checked: the scheduler must answer first")
+			return
+		}
+	}
+	base := serving.BaseURL(hostPorts[0], creds != nil)
+	if len(hostPorts) > 1 {
+		hc.Transport, err = serving.FollowLeader(hc.Transport, hostPorts)
+		if err != nil {
+			r.fail("scheduler.addr", "%v", err)
+			return
+		}
 	}
 	if creds != nil {
 		r.pass("scheduler.addr", "%s answers as the scheduler of cluster %s and takes %s's certificate", cfg.Scheduler.Addr, creds.Cluster(), creds.Self())
@@ -353,7 +363,7 @@ func checkWorkerCalls(ctx context.Context, r *checkReport, timeout time.Duration
 		listened = answered
 	}
 
-	callCtx, cancel = context.WithTimeout(ctx, timeout)
+	callCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	sched := batonv1connect.NewSchedulerServiceClient(hc, base)
 	res, err := sched.CheckWorkerAddress(callCtx, connect.NewRequest(&batonv1.CheckWorkerAddressRequest{Address: advertise}))

@@ -11,8 +11,8 @@ import (
 	"github.com/baton-run/baton/cmd/baton/internal/config"
 )
 
-// packageConfig is the [client] section as package client takes it: one
-// scheduler address.
+// packageConfig is the [client] section as package client takes it; the
+// client splits a comma-separated client.scheduler itself.
 func packageConfig(c config.ClientSection) client.Config {
 	return client.Config{
 		Schedulers: []string{c.Scheduler},

@@ -375,12 +375,15 @@ With -o json it prints one JSON array of workers.`,
 			return err
 		}
 		var workers []*batonv1.Worker
+		var leader string
+		var epoch int64
 		for {
 			res, err := c.client.Scheduler().ListWorkers(c.ctx, connect.NewRequest(req))
 			if err != nil {
 				return err
 			}
 			workers = append(workers, res.Msg.GetWorkers()...)
+			leader, epoch = res.Msg.GetLeader(), res.Msg.GetEpoch()
 			next := res.Msg.GetNextPageToken()
 			if next == "" {
 				break
@@ -393,7 +396,15 @@ With -o json it prints one JSON array of workers.`,
 		if c.format == formatJSON {
 			return writeJSONList(c.out, workers)
 		}
-		return writeWorkersTable(c.out, workers, liveStyle())
+		if err := writeWorkersTable(c.out, workers, liveStyle()); err != nil {
+			return err
+		}
+		// A replicated scheduler names the replica that answered, which
+		// leads; a single one names none.
+		if leader != "" {
+			_, err = fmt.Fprintf(c.out, "\nScheduler leader: %s (epoch %d)\n", leader, epoch)
+		}
+		return err
 	})
 }
 

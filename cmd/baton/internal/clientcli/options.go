@@ -15,7 +15,7 @@ import (
 // clientConfigFlags are the flags every client command takes besides
 // --config and --output.
 var clientConfigFlags = []config.Flag{
-	{Name: "scheduler", Key: "client.scheduler", Usage: "scheduler URL (http:// h2c, https:// TLS) or host:port"},
+	{Name: "scheduler", Key: "client.scheduler", Usage: "scheduler URL (http:// h2c, https:// TLS) or host:port; replicas: a comma-separated list"},
 	{Name: "ca", Key: "client.ca_file", Usage: "cluster CA file (PEM) for https"},
 	{Name: "cert", Key: "client.cert_file", Usage: "client certificate file (PEM) for mTLS"},
 	{Name: "key", Key: "client.key_file", Usage: "client private key file (PEM)"},

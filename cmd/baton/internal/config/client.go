@@ -21,7 +21,8 @@ type ClientConfig struct {
 type ClientSection struct {
 	// Scheduler is a URL (http:// is h2c, https:// is TLS) or host:port,
 	// which means https when a CA or a client certificate is configured
-	// and h2c otherwise.
+	// and h2c otherwise; or, for a replicated scheduler, a comma-separated
+	// list of them, all of one scheme, whose leader the client follows.
 	Scheduler string `koanf:"scheduler"`
 	// CAFile is the cluster CA (PEM) that the scheduler's certificate must
 	// chain to; empty uses the system roots.

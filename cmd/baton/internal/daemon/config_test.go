@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -326,6 +327,39 @@ func TestWorkerTakesTheClientsAddressForms(t *testing.T) {
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("%q (tls %v): %q, %v; want %q", tc.addr, tc.tls, got, err, tc.want)
+		}
+	}
+}
+
+// TestWorkerTakesAListOfReplicas: scheduler.addr lists a replicated
+// scheduler's replicas; an error names the key and the member at fault.
+func TestWorkerTakesAListOfReplicas(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, addr string
+		tls        bool
+		want       []string
+		err        string
+	}{
+		{"empty runs alone", "", false, nil, ""},
+		{"one address", "sched:7070", true, []string{"sched:7070"}, ""},
+		{"host:ports", "a:7070, b:7070,c:7070", true, []string{"a:7070", "b:7070", "c:7070"}, ""},
+		{"URLs and host:ports", "https://a:7070,b:7070", true, []string{"a:7070", "b:7070"}, ""},
+		{"an empty member", "a:7070,,b:7070", true, nil, "address 2 of 3 is empty"},
+		{"a trailing comma", "a:7070,", true, nil, "address 2 of 2 is empty"},
+		{"mixed schemes", "https://a:7070,http://b:7070", true, nil, "same scheme"},
+		{"a member without a port", "a:7070,b", true, nil, `"b"`},
+		{"a member against use_tls", "a:7070,http://b:7070", true, nil, "plain http"},
+	} {
+		got, err := SchedulerHostPorts(tc.addr, tc.tls)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), "scheduler.addr") || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: %q, %v; want an error naming scheduler.addr and saying %q", tc.name, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %q, %v; want %q", tc.name, got, err, tc.want)
 		}
 	}
 }

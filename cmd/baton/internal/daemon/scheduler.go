@@ -14,9 +14,7 @@ import (
 
 	"github.com/baton-run/baton/cmd/baton/internal/config"
 	"github.com/baton-run/baton/services/identity"
-	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
-	"github.com/baton-run/baton/services/scheduler/store"
 	"github.com/baton-run/baton/services/serving"
 	"github.com/baton-run/baton/services/webui"
 )
@@ -26,6 +24,7 @@ type SchedulerConfig struct {
 	GRPCServer config.GRPCServerConfig `koanf:"grpc_server"`
 	HTTPServer HTTPServerConfig        `koanf:"http_server"`
 	Scheduler  SchedulerSection        `koanf:"scheduler"`
+	Store      StoreSection            `koanf:"store"`
 	Log        config.LogConfig        `koanf:"log"`
 }
 
@@ -70,6 +69,18 @@ type SchedulerSection struct {
 	// AuditFile receives one JSON line per mutating call and per denied
 	// call; empty disables the audit log.
 	AuditFile string `koanf:"audit_file"`
+	// AdvertiseAddr is where workers and clients reach this scheduler
+	// (host:port), handed out by the other replicas while this one
+	// leads; empty means grpc_server.addr.
+	AdvertiseAddr string `koanf:"advertise_addr"`
+}
+
+// advertised is where other replicas send callers while this one leads.
+func (c *SchedulerConfig) advertised() string {
+	if c.Scheduler.AdvertiseAddr != "" {
+		return c.Scheduler.AdvertiseAddr
+	}
+	return c.GRPCServer.Addr
 }
 
 // DefaultSchedulerConfig is a scheduler on loopback with the scheduler
@@ -89,6 +100,7 @@ func DefaultSchedulerConfig() SchedulerConfig {
 		// Set apart so that a merge of other keys above stays clean.
 		MaxSchedulesPerOwner: scheduler.DefaultMaxSchedulesPerOwner,
 	}
+	c.Store = defaultStore()
 	c.Log = config.DefaultLogConfig()
 	return c
 }
@@ -128,6 +140,15 @@ func (c *SchedulerConfig) Validate() error {
 	}
 	if err := serving.CheckAllowedHosts(c.HTTPServer.AllowedHosts); err != nil {
 		errs = append(errs, fmt.Errorf("http_server.allowed_hosts: %w", err))
+	}
+	if err := c.Store.validate(c.GRPCServer.UseTLS); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Store.Backend == BackendEtcd {
+		host, _, err := net.SplitHostPort(c.advertised())
+		if ip := net.ParseIP(host); err != nil || host == "" || (ip != nil && ip.IsUnspecified()) {
+			errs = append(errs, fmt.Errorf("scheduler.advertise_addr: the other replicas send callers to %q while this one leads: give an address they can reach", c.advertised()))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -196,16 +217,7 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		}
 		defer audit.Close()
 	}
-	st, err := store.Open(ctx, filepath.Join(cfg.Scheduler.DataDir, "baton.db"))
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	// The scheduler's registry also carries the process's go_* and
-	// process_* metrics: one per process, and `baton dev` has one scheduler.
-	m := metrics.NewScheduler(metrics.WithProcessMetrics())
-	sched, err := scheduler.New(ctx, scheduler.Options{
-		Store:             st,
+	opts := scheduler.Options{
 		HeartbeatInterval: time.Duration(cfg.Scheduler.HeartbeatInterval),
 		HeartbeatGrace:    time.Duration(cfg.Scheduler.HeartbeatGrace),
 		FailoverGrace:     time.Duration(cfg.Scheduler.FailoverGrace),
@@ -218,11 +230,17 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		WorkerTLS:            creds,
 		Audit:                audit,
 		Logger:               logger,
-		Metrics:              m,
-	})
+	}
+	var sched controlPlane
+	if cfg.Store.Backend == BackendEtcd {
+		sched, err = openReplicated(ctx, cfg, opts, logger)
+	} else {
+		sched, err = openSingle(ctx, cfg, opts)
+	}
 	if err != nil {
 		return err
 	}
+	defer sched.Close()
 	reloads := map[string]func() error{"audit file": audit.Reopen}
 
 	servers := make([]*serving.Server, 0, 2)
@@ -238,7 +256,7 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 	// listener answers loopback names only, like the plain http_server
 	// (serving.Listen), and its anonymous caller may read them.
 	grpcAuth := identity.NewAuthenticator(creds, nil, creds == nil)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(identity.GuardOperations(m.Mount(sched.Handler()))), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(identity.GuardOperations(sched.Handler())), serverTLS, logger)
 	if err != nil {
 		return err
 	}
@@ -275,7 +293,7 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 			}
 		}
 		// The web page takes / and its assets; the API keeps its routes.
-		hs, err := serving.Listen(cfg.HTTPServer.Addr, webui.Handler(httpAuth.Middleware(identity.GuardOperations(m.Mount(sched.Handler())))), httpTLS, logger,
+		hs, err := serving.Listen(cfg.HTTPServer.Addr, webui.Handler(httpAuth.Middleware(identity.GuardOperations(sched.Handler()))), httpTLS, logger,
 			serving.WithAllowedHosts(cfg.HTTPServer.AllowedHosts...))
 		if err != nil {
 			_ = srv.Shutdown(context.Background())
@@ -287,7 +305,7 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 		}
 	}
 	config.ReloadOnHangup(ctx, logger, reloads)
-	logger.Info("scheduler serving", "addr", srv.Addr().String(), "tls", serverTLS != nil, "http_addr", cfg.HTTPServer.Addr, "data_dir", cfg.Scheduler.DataDir)
+	logger.Info("scheduler serving", "addr", srv.Addr().String(), "tls", serverTLS != nil, "http_addr", cfg.HTTPServer.Addr, "data_dir", cfg.Scheduler.DataDir, "store", cfg.Store.Backend)
 
 	serveErr := make(chan error, len(servers))
 	for _, s := range servers {

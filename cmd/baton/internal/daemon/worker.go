@@ -28,7 +28,9 @@ import (
 type WorkerConfig struct {
 	GRPCServer config.GRPCServerConfig `koanf:"grpc_server"`
 	Scheduler  struct {
-		// Addr is the scheduler's host:port; empty runs the worker alone.
+		// Addr is the scheduler's host:port, or a comma-separated list of
+		// the replicas' of a replicated scheduler; empty runs the worker
+		// alone.
 		Addr string `koanf:"addr"`
 	} `koanf:"scheduler"`
 	Worker WorkerSection    `koanf:"worker"`
@@ -158,7 +160,7 @@ func (c *WorkerConfig) validateAs(euid int) error {
 // WorkerFlags are `baton worker`'s flags besides --config.
 var WorkerFlags = []config.Flag{
 	{Name: "addr", Key: "grpc_server.addr", Usage: "listen address"},
-	{Name: "scheduler", Key: "scheduler.addr", Usage: "scheduler address"},
+	{Name: "scheduler", Key: "scheduler.addr", Usage: "scheduler address; replicas: a comma-separated list"},
 	{Name: "name", Key: "worker.name", Usage: "worker name"},
 	{Name: "data-dir", Key: "worker.data_dir", Usage: "data directory"},
 	{Name: "scripts-dir", Key: "worker.scripts_dir", Usage: "scripts directory"},
@@ -262,17 +264,11 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, opts ...WorkerOption) erro
 		defer audit.Close()
 		reloads["audit file"] = audit.Reopen
 	}
-	if cfg.Scheduler.Addr, err = SchedulerHostPort(cfg.Scheduler.Addr, creds != nil); err != nil {
+	scheduler, schedulers, err := schedulerClient(cfg.Scheduler.Addr, creds != nil, clientTLS)
+	if err != nil {
 		return err
 	}
-	var scheduler batonv1connect.SchedulerServiceClient
-	if cfg.Scheduler.Addr != "" {
-		scheduler = batonv1connect.NewSchedulerServiceClient(
-			serving.NewHTTPClient(clientTLS),
-			serving.BaseURL(cfg.Scheduler.Addr, creds != nil),
-			connect.WithInterceptors(namedAddrErrors{addr: cfg.Scheduler.Addr}),
-		)
-	}
+	cfg.Scheduler.Addr = strings.Join(schedulers, ",")
 	advertise := cfg.Worker.AdvertiseAddr
 	if advertise == "" {
 		if advertise, err = AdvertiseAddr(cfg.GRPCServer.Addr, cfg.Scheduler.Addr); err != nil {
@@ -369,17 +365,42 @@ func RunWorker(ctx context.Context, cfg WorkerConfig, opts ...WorkerOption) erro
 	return errors.Join(err, closeErr)
 }
 
+// schedulerClient is the worker's client of the scheduler at
+// scheduler.addr, and the host:port of each of its replicas; nil and none
+// when the address is empty. With several replicas, calls go to the one
+// that leads.
+func schedulerClient(addr string, useTLS bool, clientTLS *tls.Config) (batonv1connect.SchedulerServiceClient, []string, error) {
+	schedulers, err := SchedulerHostPorts(addr, useTLS)
+	if err != nil || len(schedulers) == 0 {
+		return nil, nil, err
+	}
+	hc := serving.NewHTTPClient(clientTLS)
+	if len(schedulers) > 1 {
+		if hc.Transport, err = serving.FollowLeader(hc.Transport, schedulers); err != nil {
+			return nil, nil, fmt.Errorf("scheduler.addr: %w", err)
+		}
+	}
+	return batonv1connect.NewSchedulerServiceClient(
+		hc,
+		serving.BaseURL(schedulers[0], useTLS),
+		connect.WithInterceptors(namedAddrErrors{addr: strings.Join(schedulers, ",")}),
+	), schedulers, nil
+}
+
 // AdvertiseAddr turns a listen address into one the scheduler can dial.
 // An unspecified host (0.0.0.0, ::) becomes the address this machine
 // reaches the scheduler from: the source address the kernel picks for the
 // route to it (a UDP "connect", which sends nothing). Without a scheduler
 // it becomes the hostname. A loopback address the scheduler, not on
-// loopback itself, could not dial is an error.
+// loopback itself, could not dial is an error. Of a comma-separated list
+// of replicas, the first stands for them all: they share a network.
 func AdvertiseAddr(listen, scheduler string) (string, error) {
 	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		return listen, nil
 	}
+	scheduler, _, _ = strings.Cut(scheduler, ",")
+	scheduler = strings.TrimSpace(scheduler)
 	schedHost := ""
 	if scheduler != "" {
 		target := scheduler
@@ -430,7 +451,42 @@ func DefaultWorkerDataDir(name string) string {
 	return filepath.Join(config.StateDir(), "worker-"+name)
 }
 
-// SchedulerHostPort reads scheduler.addr in the forms the CLI takes for
+// SchedulerHostPorts reads scheduler.addr, one address or a
+// comma-separated list of the replicas', each as SchedulerHostPort reads
+// it. An empty scheduler.addr is no address: the worker runs alone. An
+// empty member, or members of different schemes, are refused, naming the
+// key.
+func SchedulerHostPorts(addr string, useTLS bool) ([]string, error) {
+	if strings.TrimSpace(addr) == "" {
+		return nil, nil
+	}
+	members := strings.Split(addr, ",")
+	scheme := ""
+	hosts := make([]string, 0, len(members))
+	for i, m := range members {
+		m = strings.TrimSpace(m)
+		if m == "" {
+			return nil, fmt.Errorf("scheduler.addr %q: address %d of %d is empty; separate the addresses with single commas", addr, i+1, len(members))
+		}
+		if s, _, ok := strings.Cut(m, "://"); ok {
+			if scheme != "" && s != scheme {
+				return nil, fmt.Errorf("scheduler.addr %q: every address must use the same scheme", addr)
+			}
+			scheme = s
+		}
+		h, err := SchedulerHostPort(m, useTLS)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			return nil, fmt.Errorf("scheduler.addr %q: use host:port, or a URL like https://host:port", m)
+		}
+		hosts = append(hosts, h)
+	}
+	return hosts, nil
+}
+
+// SchedulerHostPort reads one scheduler.addr in the forms the CLI takes for
 // client.scheduler: host:port, or a URL whose scheme agrees with the
 // worker's TLS setting (https with use_tls, http without). It refuses
 // anything else at start, naming the key, rather than dialling a host
@@ -459,7 +515,7 @@ func SchedulerHostPort(addr string, useTLS bool) (string, error) {
 }
 
 // namedAddrErrors prefixes the errors of the worker's calls to the
-// scheduler with scheduler.addr and its value: a refused connection, a
+// scheduler with scheduler.addr and its value (every replica's address): a refused connection, a
 // name that does not resolve, a listener that takes only tokens or a peer
 // that is not the scheduler are all fixed there, and the log should say
 // so.

@@ -31,7 +31,7 @@ import (
 // loopback, for trying Baton out. Data persists between runs.
 func NewCommand() *cobra.Command {
 	var dataDir, scriptsDir, addr, httpAddr, logLevel string
-	var workerPort int
+	var workerPort, replicas int
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run a local cluster: a scheduler and two workers on loopback",
@@ -44,15 +44,19 @@ func NewCommand() *cobra.Command {
 	flags.StringVar(&httpAddr, "http-addr", "127.0.0.1:7080", "the scheduler's plain HTTP address")
 	flags.IntVar(&workerPort, "worker-port", 7071, "the first worker's port (the second uses the next one)")
 	flags.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
+	flags.IntVar(&replicas, "replicas", 1, "scheduler replicas: 3 (or 5) run a replicated scheduler on embedded etcd, each replica a process of its own")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		if scriptsDir != "" {
 			if info, err := os.Stat(scriptsDir); err != nil || !info.IsDir() {
 				return fmt.Errorf("--scripts-dir: %q is not a directory", scriptsDir)
 			}
 		}
+		if replicas < 1 || replicas%2 == 0 || replicas > 7 {
+			return fmt.Errorf("--replicas is %d: give 1, 3, 5 or 7 (a majority must survive a loss)", replicas)
+		}
 		return runDev(cmd.Context(), devConfig{
 			dataDir: dataDir, scriptsDir: scriptsDir, addr: addr, httpAddr: httpAddr,
-			workerPort: workerPort, logLevel: logLevel,
+			workerPort: workerPort, logLevel: logLevel, replicas: replicas,
 		})
 	}
 	return cmd
@@ -69,6 +73,8 @@ type devConfig struct {
 	// scriptsDir "" means the example scripts built into the binary.
 	dataDir, scriptsDir, addr, httpAddr, logLevel string
 	workerPort                                    int
+	// replicas > 1 runs a replicated scheduler (replicas.go).
+	replicas int
 }
 
 // runDev runs the cluster until ctx ends. Workers shut down first, so they
@@ -119,8 +125,18 @@ func runDev(ctx context.Context, dc devConfig) error {
 	if err := sched.Validate(); err != nil {
 		return err
 	}
+	// With replicas, clients and workers are given every replica and
+	// follow the leader.
+	schedulerAddrs := []string{dc.addr}
+	var rs *replicaSet
+	if dc.replicas > 1 {
+		if rs, err = replicaConfigs(dc, sched, dc.replicas); err != nil {
+			return err
+		}
+		schedulerAddrs = rs.addrs
+	}
 	if err := config.WriteClientConfig(filepath.Join(dc.dataDir, "client.toml"), config.ClientSection{
-		Scheduler: "https://" + dc.addr, CAFile: caFile, CertFile: certs[devAdmin][0], KeyFile: certs[devAdmin][1],
+		Scheduler: "https://" + strings.Join(schedulerAddrs, ",https://"), CAFile: caFile, CertFile: certs[devAdmin][0], KeyFile: certs[devAdmin][1],
 	}); err != nil {
 		return err
 	}
@@ -130,6 +146,9 @@ func runDev(ctx context.Context, dc devConfig) error {
 	// Refuse addresses something else holds: waitForListener below would
 	// take that something for our scheduler.
 	addrs := []string{dc.addr, dc.httpAddr}
+	if rs != nil {
+		addrs = rs.ports()
+	}
 	for i := range workerNames {
 		addrs = append(addrs, net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
 	}
@@ -145,13 +164,31 @@ func runDev(ctx context.Context, dc devConfig) error {
 	}
 
 	schedDone := make(chan error, 1)
-	go func() { schedDone <- daemon.RunScheduler(schedCtx, sched, nil) }()
-	if err, exited := waitForListener(ctx, dc.addr, schedDone); err != nil {
-		stopSched()
-		if !exited {
-			<-schedDone
+	if rs != nil {
+		if err := rs.start(schedCtx); err != nil {
+			stopSched()
+			rs.stop()
+			return err
 		}
-		return err
+		go func() {
+			<-schedCtx.Done()
+			rs.stop()
+			schedDone <- nil
+		}()
+		if err := rs.waitListening(ctx); err != nil {
+			stopSched()
+			<-schedDone
+			return err
+		}
+	} else {
+		go func() { schedDone <- daemon.RunScheduler(schedCtx, sched, nil) }()
+		if err, exited := waitForListener(ctx, dc.addr, schedDone); err != nil {
+			stopSched()
+			if !exited {
+				<-schedDone
+			}
+			return err
+		}
 	}
 
 	// As root, jobs get uids of their own when they can reach their homes
@@ -179,7 +216,7 @@ func runDev(ctx context.Context, dc devConfig) error {
 		w := daemon.DefaultWorkerConfig()
 		names = append(names, name+" "+net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
 		w.GRPCServer = tlsFor(identity.Principal{Role: identity.RoleWorker, Name: name}, net.JoinHostPort(host, strconv.Itoa(dc.workerPort+i)))
-		w.Scheduler.Addr = dc.addr
+		w.Scheduler.Addr = strings.Join(schedulerAddrs, ",")
 		w.Worker.Name = name
 		w.Worker.DataDir = filepath.Join(dc.dataDir, name)
 		w.Worker.ScriptsDir = dc.scriptsDir
@@ -201,6 +238,25 @@ func runDev(ctx context.Context, dc devConfig) error {
 		fmt.Printf("Note: %s.\n", jobsAsWorker)
 	}
 	certDir := filepath.Dir(caFile)
+	if rs != nil {
+		fmt.Printf(`Baton dev cluster is running with %[1]d scheduler replicas on embedded etcd.
+%[2]s  workers    %[3]s, %[4]s
+  certs      %[5]s   (ca.crt, admin-dev.crt/.key for clients)
+  data       %[6]s
+Try:
+  %[7]s workers                  which replica leads, and its epoch
+  kill -9 <pid of the leader>   another replica takes over within seconds; the killed one comes back as a follower
+  %[7]s run -- bash count.sh
+Press Ctrl-C to stop.
+`, dc.replicas, rs.banner(), names[0], names[1], certDir, dc.dataDir, cliName())
+		wg.Wait()
+		stopSched()
+		err = errors.Join(append(errs, <-schedDone)...)
+		if err == nil {
+			fmt.Println("Baton dev cluster stopped.")
+		}
+		return err
+	}
 	fmt.Printf(`Baton dev cluster is running.
   web page   http://%[2]s/   workers, jobs and live output in the browser
   scheduler  https://%[1]s   mutual TLS: gRPC, gRPC-Web and Connect JSON

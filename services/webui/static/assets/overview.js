@@ -24,8 +24,10 @@ export function renderOverview(root, query, ui) {
 
   const workersBody = el("tbody");
   const workersCount = el("span", { class: "count" });
+  // A replicated scheduler names the replica that leads and its epoch.
+  const leaderNote = el("span", { class: "count", id: "scheduler-leader" });
   const workersSection = el("section", { class: "panel", id: "workers" },
-    el("div", { class: "panel-head" }, el("h2", {}, "Workers "), workersCount),
+    el("div", { class: "panel-head" }, el("h2", {}, "Workers "), workersCount, leaderNote),
     el("table", { class: "table workers-table" },
       el("thead", {}, el("tr", {},
         el("th", {}, "Worker"), el("th", {}, "State"), el("th", {}, "Labels"),
@@ -111,6 +113,7 @@ export function renderOverview(root, query, ui) {
       ]);
       if (gen !== generation) return;
       renderWorkers(w.workers || []);
+      leaderNote.textContent = w.leader ? ` · scheduler leader ${w.leader} (epoch ${w.epoch})` : "";
       renderJobs(j.jobs || [], j.nextPageToken || "");
       ui.clearError();
     } catch (err) {
