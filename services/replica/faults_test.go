@@ -109,9 +109,14 @@ func TestFailover(t *testing.T) {
 				old.i, oldTerm.epoch, leftAt.Sub(struck).Round(time.Millisecond),
 				leader.i, newTerm.epoch, newTerm.began.Sub(struck).Round(time.Millisecond))
 			c.waitAcked(t, newTerm.epoch, 20)
-			c.staleWrite(t, leader, oldTerm)
+			c.staleWrite(t, leader, oldTerm, staleSeq)
 			if tt.heal != nil {
 				tt.heal(t, c, old, leader, newTerm)
+			}
+			if c.etcd.Members[old.i] != nil {
+				// The deposed leader's own member, which may have been
+				// cut off when the term changed, refuses it as well.
+				c.staleWrite(t, old, oldTerm, staleSeq+1)
 			}
 
 			for _, n := range c.nodes {

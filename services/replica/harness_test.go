@@ -243,25 +243,26 @@ func (c *cluster) waitAcked(t *testing.T, epoch int64, n int) {
 	})
 }
 
-// staleWrite writes as the term old through a store fenced by it, opened
-// now on via's member, and fails the test unless the store refuses it.
-func (c *cluster) staleWrite(t *testing.T, via *node, old term) {
+// staleWrite writes record seq as the term old through a store fenced by
+// it, opened now on via's member, and fails the test unless the store
+// refuses it.
+func (c *cluster) staleWrite(t *testing.T, via *node, old term, seq int64) {
 	t.Helper()
-	w := write{node: -1, epoch: old.epoch, seq: staleSeq, id: recordID(old.epoch, staleSeq)}
+	w := write{node: via.i, epoch: old.epoch, seq: seq, id: recordID(old.epoch, seq)}
 	st, err := store.OpenEtcd(t.Context(), via.cli, store.EtcdOptions{Fence: &store.Fence{Key: old.key, Term: old.epoch}})
 	if err == nil {
-		w.err = st.CreateJob(t.Context(), newRecord(w.id, -1))
+		w.err = st.CreateJob(t.Context(), newRecord(w.id, via.i))
 		st.Close()
 	} else {
 		w.err = err
 	}
 	c.hist.record(w)
 	if !errors.Is(w.err, store.ErrFenced) {
-		t.Errorf("a write of epoch %d after a newer term began: %v, want %v", old.epoch, w.err, store.ErrFenced)
+		t.Errorf("a write of epoch %d through replica %d's member after a newer term began: %v, want %v", old.epoch, via.i, w.err, store.ErrFenced)
 	}
 }
 
-// staleSeq numbers the writes made as a term that is over.
+// staleSeq numbers the first write made as a term that is over.
 const staleSeq = 1_000_000
 
 // writingTerm writes one record after another through its fenced store
