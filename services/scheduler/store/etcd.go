@@ -32,6 +32,9 @@ const etcdSchema = 1
 type Fence struct {
 	Key  string
 	Term int64
+	// Fenced, if set, is called when a write was refused for a stale
+	// term: its writer is no longer the leader, and should stop at once.
+	Fenced func()
 }
 
 // EtcdOptions configure [OpenEtcd].
