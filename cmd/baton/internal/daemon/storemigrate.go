@@ -92,6 +92,9 @@ func migrateStore(cmd *cobra.Command, from string, cfg SchedulerConfig) error {
 	case errors.Is(err, store.ErrNotEmpty):
 		return fmt.Errorf("%w; nothing was copied: a copy never merges into nor overwrites a store in use. Give another --prefix, or an etcd cluster of its own", err)
 	case err != nil:
+		if held, cerr := st.CountRecords(ctx); cerr == nil && !held.Empty() {
+			return fmt.Errorf("%w; the copy stopped part way, leaving %s under %s: remove them (etcdctl del --prefix %s) before copying again", err, held, e.Prefix, e.Prefix)
+		}
 		return err
 	}
 	printMigrated(cmd.OutOrStdout(), from, endpoints, e.Prefix, counts)
