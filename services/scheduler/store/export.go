@@ -125,7 +125,8 @@ func ExportSQLite(ctx context.Context, path string, fn func(Record) error) (Reco
 		}
 		return RecordCounts{}, fmt.Errorf("export store: %w", err)
 	}
-	// Nothing is written: the lock goes with the rollback.
+	// Nothing is written; in EXCLUSIVE mode the lock lasts until the
+	// connection closes.
 	defer tx.Rollback()
 	x := exporter{tx: tx, ctx: ctx, fn: fn}
 	if err := x.run(); err != nil {
