@@ -67,7 +67,7 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(dev.NewCommand())
-	root.AddCommand(daemon.NewSchedulerCommand())
+	root.AddCommand(daemon.NewSchedulerCommand(), daemon.NewStoreCommand())
 	root.AddCommand(daemon.NewWorkerCommand(), daemon.NewKeeperCommand())
 	root.AddCommand(bench.NewCommand())
 	root.AddCommand(certs.NewCommand(), certs.NewTokenCommand())

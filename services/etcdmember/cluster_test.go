@@ -1,6 +1,7 @@
 package etcdmember_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -41,4 +42,8 @@ func TestThreeMembersAgreeAndSurviveOneCut(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	c.Mend(lead)
+}
+
+func contextWithTimeout(t *testing.T, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(t.Context(), d)
 }

@@ -281,7 +281,7 @@ func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concu
 	}
 	st, err := store.OpenEtcd(ctx, r.opts.Client, store.EtcdOptions{
 		Prefix: r.opts.Prefix,
-		Fence:  &store.Fence{Key: el.Key(), Term: epoch},
+		Fence:  &store.Fence{Key: el.Key(), Term: epoch, Fenced: r.Fenced},
 	})
 	if err != nil {
 		r.resign(el)

@@ -99,6 +99,9 @@ func mapError(err error) error {
 	if we := new(workerError); errors.As(err, &we) {
 		return mapWorkerError(we)
 	}
+	if errors.Is(err, store.ErrFenced) {
+		return interceptors.Hidden(connect.CodeUnavailable, "this scheduler replica is no longer the leader: try again, another replica leads now", err)
+	}
 	if errors.Is(err, store.ErrUnavailable) {
 		return interceptors.Hidden(connect.CodeUnavailable, "the scheduler cannot write its store right now; try again later", err)
 	}

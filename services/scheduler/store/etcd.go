@@ -32,6 +32,9 @@ const etcdSchema = 1
 type Fence struct {
 	Key  string
 	Term int64
+	// Fenced, if set, is called when a write was refused for a stale
+	// term: its writer is no longer the leader, and should stop at once.
+	Fenced func()
 }
 
 // EtcdOptions configure [OpenEtcd].
@@ -201,8 +204,7 @@ func (e *Etcd) UpsertWorker(ctx context.Context, w Worker) error {
 	if w.ID == "" {
 		return errors.New("upsert worker: empty worker id")
 	}
-	b, err := json.Marshal(workerRec{ID: w.ID, Name: w.Name, Address: w.Address, State: int32(w.State), Labels: w.Labels,
-		Capacity: w.Capacity, RunningJobs: w.RunningJobs, Heartbeat: unixNano(w.LastHeartbeat), Registered: unixNano(w.RegisteredAt)})
+	b, err := encodeWorker(w)
 	if err != nil {
 		return fmt.Errorf("upsert worker %s: %w", w.ID, err)
 	}
@@ -214,6 +216,11 @@ func (e *Etcd) UpsertWorker(ctx context.Context, w Worker) error {
 		return fmt.Errorf("upsert worker %s: %w", w.ID, err)
 	}
 	return nil
+}
+
+func encodeWorker(w Worker) ([]byte, error) {
+	return json.Marshal(workerRec{ID: w.ID, Name: w.Name, Address: w.Address, State: int32(w.State), Labels: w.Labels,
+		Capacity: w.Capacity, RunningJobs: w.RunningJobs, Heartbeat: unixNano(w.LastHeartbeat), Registered: unixNano(w.RegisteredAt)})
 }
 
 func decodeWorker(b []byte) (Worker, error) {

@@ -263,6 +263,9 @@ func (tx *etx) commit() (bool, error) {
 			created = rs[0].GetResponseRange().GetKvs()[0].CreateRevision
 		}
 		if created != f.Term {
+			if f.Fenced != nil {
+				f.Fenced()
+			}
 			return false, fmt.Errorf("this store's term is %d, and the fence key %q is at %d: %w", f.Term, f.Key, created, ErrFenced)
 		}
 	}
