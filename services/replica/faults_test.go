@@ -144,6 +144,31 @@ func (c *cluster) revoke(t *testing.T, old *node) {
 	}
 }
 
+// TestRefusedWriteEndsTheTerm deletes the leader's election key while
+// its session lives on and no other replica campaigns: nothing but the
+// store's refusal of its next write tells the leader that its term is
+// over, and it must leave office at once rather than keep failing.
+func TestRefusedWriteEndsTheTerm(t *testing.T) {
+	c := newCluster(t, 30*time.Second)
+	n := c.start(t, 0)
+	_, tm := c.waitLeader(t, 0, 20*time.Second)
+	c.waitAcked(t, tm.epoch, 5)
+	left := outOfOffice(t, n)
+	if _, err := c.nodes[1].cli.Delete(t.Context(), tm.key); err != nil {
+		t.Fatalf("deleting the election key of epoch %d: %v", tm.epoch, err)
+	}
+	select {
+	case <-left:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("replica 0 still leads at epoch %d 10s after its election key went, its writes refused %d times", tm.epoch, c.hist.refused(tm.epoch))
+	}
+	if c.hist.refused(tm.epoch) == 0 {
+		t.Errorf("replica 0 left office at epoch %d before any write was refused: something other than the store ended the term", tm.epoch)
+	}
+	c.stop(t, n)
+	c.checkHistory(t, n.cli)
+}
+
 // mendAndFollow heals the old leader's partition and waits until it
 // follows the leader the majority elected meanwhile.
 func mendAndFollow(t *testing.T, c *cluster, old, leader *node, tm term) {

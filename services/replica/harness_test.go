@@ -85,7 +85,7 @@ func (c *cluster) lead(n *node) replica.Lead {
 			return nil, nil, err
 		}
 		c.hist.begin(term{node: n.i, epoch: epoch, key: key, lease: lease, began: time.Now()})
-		return &writingTerm{hist: c.hist, node: n.i, epoch: epoch, st: st, fenced: n.r.Fenced}, nil, nil
+		return &writingTerm{hist: c.hist, node: n.i, epoch: epoch, st: st}, nil, nil
 	}
 }
 
@@ -267,12 +267,13 @@ const staleSeq = 1_000_000
 
 // writingTerm writes one record after another through its fenced store
 // until its term ends, and records each write's outcome.
+// The replica's store tells it of a refused write itself: the term does
+// not.
 type writingTerm struct {
-	hist   *history
-	node   int
-	epoch  int64
-	st     store.Store
-	fenced func()
+	hist  *history
+	node  int
+	epoch int64
+	st    store.Store
 }
 
 func (w *writingTerm) Handler() http.Handler {
@@ -287,9 +288,6 @@ func (w *writingTerm) Run(ctx context.Context) error {
 		id := recordID(w.epoch, seq)
 		err := w.st.CreateJob(ctx, newRecord(id, w.node))
 		w.hist.record(write{node: w.node, epoch: w.epoch, seq: seq, id: id, err: err})
-		if errors.Is(err, store.ErrFenced) {
-			w.fenced()
-		}
 		// A short pause keeps the history small enough to read back
 		// whole; a longer one after a failure keeps a term that cannot
 		// write from spinning.
@@ -387,6 +385,18 @@ func (h *history) acked(epoch int64) int {
 	n := 0
 	for _, w := range h.writes {
 		if w.epoch == epoch && w.err == nil {
+			n++
+		}
+	}
+	return n
+}
+
+func (h *history) refused(epoch int64) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, w := range h.writes {
+		if w.epoch == epoch && errors.Is(w.err, store.ErrFenced) {
 			n++
 		}
 	}
