@@ -19,7 +19,12 @@ func TestMain(m *testing.M) {
 	if code == 0 {
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			err := goleak.Find()
+			err := goleak.Find(
+				// A hard-stopped member's peer handler may wait forever on
+				// its backend when a peer asked its version at the crash:
+				// etcd's goroutine, left by the crash the test made.
+				goleak.IgnoreAnyFunction("go.etcd.io/etcd/server/v3/etcdserver/api/etcdhttp.newPeerHandler.versionHandler.func1"),
+			)
 			if err == nil {
 				break
 			}
