@@ -165,3 +165,35 @@ func TestEtcdUnreachable(t *testing.T) {
 		t.Errorf("OpenEtcd on an unreachable cluster = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestFenceEtcdTellsTheWriter: a write refused for a stale term calls the
+// fence's Fenced, so that a leader leaves office at once rather than when
+// it next sees its session end.
+func TestFenceEtcdTellsTheWriter(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	prefix := fmt.Sprintf("/test/fence-%d/", testEtcd.prefixes.Add(1))
+	leader := prefix + "leader"
+	put, err := testEtcd.cli.Put(ctx, leader, "replica-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	told := make(chan struct{}, 1)
+	s := openEtcd(t, prefix+"store/", &store.Fence{Key: leader, Term: put.Header.Revision, Fenced: func() {
+		select {
+		case told <- struct{}{}:
+		default:
+		}
+	}})
+	if _, err := testEtcd.cli.Delete(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpsertWorker(ctx, store.Worker{ID: "w1", Name: "alpha"}); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("a write of a stale term = %v, want ErrFenced", err)
+	}
+	select {
+	case <-told:
+	default:
+		t.Error("the fenced write did not call Fence.Fenced")
+	}
+}
