@@ -33,6 +33,10 @@ const (
 	// maxTxnOps is etcd's default limit on the operations of one
 	// transaction (--max-txn-ops): batched writes stay well within it.
 	maxTxnOps = 128
+	// maxTxnBytes bounds the values batched writes put in one
+	// transaction, below etcd's default request limit
+	// (--max-request-bytes, 1.5 MiB) and its client's (2 MiB).
+	maxTxnBytes = 1 << 20
 )
 
 // etx is one run of an optimistic transaction. It is used by one
@@ -215,6 +219,18 @@ func (tx *etx) put(key string, value []byte) {
 
 func (tx *etx) del(key string) { tx.writes[key] = nil }
 
+// size is the bytes of the keys and values the transaction writes.
+func (tx *etx) size() int {
+	n := 0
+	for k, v := range tx.writes {
+		n += len(k)
+		if v != nil {
+			n += len(*v)
+		}
+	}
+	return n
+}
+
 // commit applies the buffered writes if nothing read has changed since.
 // It reports false, writing nothing, when something has.
 func (tx *etx) commit() (bool, error) {
@@ -332,8 +348,13 @@ func etcdError(ctx context.Context, err error) error {
 		code = ee.Code()
 	}
 	switch code {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		return fmt.Errorf("%w: etcd: %v", ErrUnavailable, err)
+	case codes.ResourceExhausted:
+		// etcd's own (a full quota, too many requests) are above: this is
+		// gRPC refusing a message larger than its limit, which no retry
+		// makes smaller.
+		return fmt.Errorf("etcd refused a request too large for its limits: %w", err)
 	}
 	return fmt.Errorf("etcd: %w", err)
 }
