@@ -232,9 +232,12 @@ func (tx *etx) size() int {
 }
 
 // commit applies the buffered writes if nothing read has changed since.
-// It reports false, writing nothing, when something has.
+// It reports false, writing nothing, when something has. A fenced
+// transaction that writes nothing is checked all the same: its caller
+// acts on what it decided (a stop delivered to a worker) only while its
+// term holds.
 func (tx *etx) commit() (bool, error) {
-	if len(tx.writes) == 0 {
+	if len(tx.writes) == 0 && tx.e.fence == nil {
 		return true, nil
 	}
 	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges)+1)

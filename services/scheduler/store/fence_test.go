@@ -197,3 +197,29 @@ func TestFenceEtcdTellsTheWriter(t *testing.T) {
 		t.Error("the fenced write did not call Fence.Fenced")
 	}
 }
+
+// TestFenceEtcdNoChangeIsFencedToo: a write that finds nothing to change
+// (a stop asked for again) still fails for a stale term, so that a deposed
+// leader does not go on to act, on a worker, as if its term held.
+func TestFenceEtcdNoChangeIsFencedToo(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	prefix := fmt.Sprintf("/test/fence-%d/", testEtcd.prefixes.Add(1))
+	leader := prefix + "leader"
+	put, err := testEtcd.cli.Put(ctx, leader, "replica-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openEtcd(t, prefix+"store/", &store.Fence{Key: leader, Term: put.Header.Revision})
+	j := newJob(1, "w1", "alice")
+	mustCreateJob(t, ctx, s, j)
+	if err := s.RequestStop(ctx, j.ID, "alice"); err != nil {
+		t.Fatalf("RequestStop in the term: %v", err)
+	}
+	if _, err := testEtcd.cli.Delete(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RequestStop(ctx, j.ID, "alice"); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("the same stop asked again of a stale term = %v, want ErrFenced", err)
+	}
+}
