@@ -39,6 +39,11 @@ const (
 	maxTxnBytes = 1 << 20
 )
 
+// errEtcdClosed fails the calls made after Close. A replica closes its
+// store when it leaves office, maybe with calls still in flight: their
+// callers should try again, at the new leader.
+var errEtcdClosed = fmt.Errorf("%w: the store is closed", ErrUnavailable)
+
 // etx is one run of an optimistic transaction. It is used by one
 // goroutine.
 type etx struct {
@@ -61,7 +66,7 @@ type etx struct {
 // (nothing is written) and is returned.
 func (e *Etcd) update(ctx context.Context, fn func(tx *etx) error) error {
 	if e.closed.Load() {
-		return errClosed
+		return errEtcdClosed
 	}
 	for attempt := range maxTxnAttempts {
 		tx := &etx{e: e, ctx: ctx, reads: make(map[string]int64), writes: make(map[string]*string)}
@@ -87,7 +92,7 @@ func (e *Etcd) update(ctx context.Context, fn func(tx *etx) error) error {
 // view runs fn over reads at one revision, and writes nothing.
 func (e *Etcd) view(ctx context.Context, fn func(tx *etx) error) error {
 	if e.closed.Load() {
-		return errClosed
+		return errEtcdClosed
 	}
 	return fn(&etx{e: e, ctx: ctx, reads: make(map[string]int64), writes: make(map[string]*string)})
 }
@@ -313,7 +318,7 @@ func (e *Etcd) get(ctx context.Context, key string, rev int64) (*clientv3.GetRes
 // do runs op with the store's request timeout.
 func (e *Etcd) do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
 	if e.closed.Load() {
-		return clientv3.OpResponse{}, errClosed
+		return clientv3.OpResponse{}, errEtcdClosed
 	}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()

@@ -223,3 +223,18 @@ func TestFenceEtcdNoChangeIsFencedToo(t *testing.T) {
 		t.Errorf("the same stop asked again of a stale term = %v, want ErrFenced", err)
 	}
 }
+
+// TestEtcdClosedIsUnavailable: a call still in flight when its replica
+// leaves office (and closes the store) is told to try again, as a fenced
+// one is, not that the scheduler failed.
+func TestEtcdClosedIsUnavailable(t *testing.T) {
+	t.Parallel()
+	s := openEtcd(t, fmt.Sprintf("/test/%d/", testEtcd.prefixes.Add(1)), nil)
+	s.Close()
+	if err := s.UpsertWorker(t.Context(), store.Worker{ID: "w1", Name: "alpha"}); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("a write to a closed store = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.GetJob(t.Context(), jobID(1)); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("a read of a closed store = %v, want ErrUnavailable", err)
+	}
+}
