@@ -16,8 +16,8 @@ import (
 	"github.com/baton-run/baton/services/scheduler/store"
 )
 
-// bigArgs are the arguments of a job as large as a user may ask for
-// (256 arguments of up to 8 KiB are allowed): n KiB of them.
+// bigArgs are n KiB of a job's arguments, in arguments of 8 KiB; the API
+// takes up to 256 KiB of command, path, args and env together.
 func bigArgs(n int) []string {
 	args := make([]string, n/8)
 	for i := range args {
@@ -37,7 +37,7 @@ func TestEtcdMarkLostOfLargeJobs(t *testing.T) {
 	const jobs = 8
 	for i := range jobs {
 		j := newJob(i+1, "w1", "alice")
-		j.Status.Spec.Args = bigArgs(256)
+		j.Status.Spec.Args = bigArgs(248)
 		mustCreateJob(t, ctx, s, j)
 	}
 	n, err := s.MarkWorkerJobsLost(ctx, "w1", "worker down", epoch.Add(time.Hour))
