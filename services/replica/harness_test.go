@@ -84,7 +84,7 @@ func (c *cluster) lead(n *node) replica.Lead {
 		if err != nil {
 			return nil, nil, err
 		}
-		c.hist.begin(term{node: n.i, epoch: epoch, key: key, lease: lease, began: time.Now()})
+		c.hist.begin(tenure{node: n.i, epoch: epoch, key: key, lease: lease, began: time.Now()})
 		return &writingTerm{hist: c.hist, node: n.i, epoch: epoch, st: st}, nil, nil
 	}
 }
@@ -192,7 +192,7 @@ func (c *cluster) placeRaftLeader(t *testing.T, i int, want bool) {
 
 // waitLeader waits until a running replica leads with an epoch above
 // after, and returns it with its term.
-func (c *cluster) waitLeader(t *testing.T, after int64, within time.Duration) (*node, term) {
+func (c *cluster) waitLeader(t *testing.T, after int64, within time.Duration) (*node, tenure) {
 	t.Helper()
 	var got *node
 	var epoch int64
@@ -208,7 +208,7 @@ func (c *cluster) waitLeader(t *testing.T, after int64, within time.Duration) (*
 		}
 		return false
 	})
-	tm, ok := c.hist.term(epoch)
+	tm, ok := c.hist.tenure(epoch)
 	if !ok {
 		t.Fatalf("replica %d leads at epoch %d, but no term began at that epoch", got.i, epoch)
 	}
@@ -246,7 +246,7 @@ func (c *cluster) waitAcked(t *testing.T, epoch int64, n int) {
 // staleWrite writes record seq as the term old through a store fenced by
 // it, opened now on via's member, and fails the test unless the store
 // refuses it.
-func (c *cluster) staleWrite(t *testing.T, via *node, old term, seq int64) {
+func (c *cluster) staleWrite(t *testing.T, via *node, old tenure, seq int64) {
 	t.Helper()
 	w := write{node: via.i, epoch: old.epoch, seq: seq, id: recordID(old.epoch, seq)}
 	st, err := store.OpenEtcd(t.Context(), via.cli, store.EtcdOptions{Fence: &store.Fence{Key: old.key, Term: old.epoch}})
@@ -329,8 +329,8 @@ func newRecord(id string, node int) store.Job {
 	}
 }
 
-// term is one replica's time in office, as its Lead saw it begin.
-type term struct {
+// tenure is one replica's time in office, as its Lead saw it begin.
+type tenure struct {
 	node  int
 	epoch int64
 	key   string
@@ -352,11 +352,11 @@ type write struct {
 // concurrent use.
 type history struct {
 	mu     sync.Mutex
-	terms  []term
+	terms  []tenure
 	writes []write
 }
 
-func (h *history) begin(tm term) {
+func (h *history) begin(tm tenure) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.terms = append(h.terms, tm)
@@ -368,7 +368,7 @@ func (h *history) record(w write) {
 	h.writes = append(h.writes, w)
 }
 
-func (h *history) term(epoch int64) (term, bool) {
+func (h *history) tenure(epoch int64) (tenure, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, tm := range h.terms {
@@ -376,7 +376,7 @@ func (h *history) term(epoch int64) (term, bool) {
 			return tm, true
 		}
 	}
-	return term{}, false
+	return tenure{}, false
 }
 
 func (h *history) acked(epoch int64) int {
@@ -391,19 +391,7 @@ func (h *history) acked(epoch int64) int {
 	return n
 }
 
-func (h *history) refused(epoch int64) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for _, w := range h.writes {
-		if w.epoch == epoch && errors.Is(w.err, store.ErrFenced) {
-			n++
-		}
-	}
-	return n
-}
-
-func (h *history) snapshot() ([]term, []write) {
+func (h *history) snapshot() ([]tenure, []write) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.terms), slices.Clone(h.writes)
@@ -481,7 +469,7 @@ func (c *cluster) checkHistory(t *testing.T, cli *clientv3.Client) map[string]la
 	}
 	var lates []late
 	for id, l := range landed {
-		if !slices.ContainsFunc(terms, func(tm term) bool { return tm.epoch == l.epoch }) {
+		if !slices.ContainsFunc(terms, func(tm tenure) bool { return tm.epoch == l.epoch }) {
 			t.Errorf("record %s is of epoch %d, which no replica led", id, l.epoch)
 		}
 		for e, f := range first {
