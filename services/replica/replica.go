@@ -90,8 +90,6 @@ type Replica struct {
 	epochG  prometheus.Gauge
 	terms   prometheus.Counter
 
-	// fenced is signalled when the store refused a write of this term.
-	fenced chan struct{}
 	// health answers followers' health checks.
 	health http.Handler
 }
@@ -119,7 +117,7 @@ func New(opts Options) (*Replica, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Replica{opts: opts, logger: opts.Logger, reg: prometheus.NewRegistry(), fenced: make(chan struct{}, 1)}
+	r := &Replica{opts: opts, logger: opts.Logger, reg: prometheus.NewRegistry()}
 	r.leading = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "baton_scheduler_leader",
 		Help: "1 while this scheduler replica leads, 0 while it follows.",
@@ -189,15 +187,6 @@ func (r *Replica) refuse(w http.ResponseWriter, req *http.Request, s *state) {
 	_ = ew.Write(w, req, connect.NewError(connect.CodeUnavailable, errors.New(msg)))
 }
 
-// Fenced tells the replica that the store refused a write of its term:
-// it leaves office at once instead of waiting to see its session end.
-func (r *Replica) Fenced() {
-	select {
-	case r.fenced <- struct{}{}:
-	default:
-	}
-}
-
 // Run campaigns, leads and follows until ctx ends; then, if leading, it
 // resigns so that another replica takes over at once.
 func (r *Replica) Run(ctx context.Context) error {
@@ -258,18 +247,26 @@ func (r *Replica) observe(ctx context.Context, el *concurrency.Election, newer c
 		}
 		kv := resp.Kvs[0]
 		addr, epoch := string(kv.Value), kv.CreateRevision
-		s := r.current.Load()
-		if s.term != nil {
-			if epoch != s.epoch {
-				select {
-				case newer <- epoch:
-				default:
+		for {
+			s := r.current.Load()
+			if s.term != nil {
+				// Election keys only get newer revisions: a lower epoch
+				// is a late notice of an earlier leader.
+				if epoch > s.epoch {
+					select {
+					case newer <- epoch:
+					default:
+					}
 				}
+				break
 			}
-			continue
+			// lead may take office meanwhile: its state must not be
+			// overwritten by a follower's.
+			if r.current.CompareAndSwap(s, &state{leader: addr, epoch: epoch}) {
+				r.epochG.Set(float64(epoch))
+				break
+			}
 		}
-		r.current.Store(&state{leader: addr, epoch: epoch})
-		r.epochG.Set(float64(epoch))
 	}
 }
 
@@ -278,14 +275,19 @@ func (r *Replica) observe(ctx context.Context, el *concurrency.Election, newer c
 // newer leader shows or ctx ends.
 func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election, newer <-chan int64) error {
 	epoch := el.Rev()
-	// A fenced signal left over from an earlier term is not this one's.
-	select {
-	case <-r.fenced:
-	default:
-	}
+	// The store tells of a write refused for a stale term: the replica
+	// leaves office at once instead of waiting to see its session end.
+	// Each term has its own signal, so that a late refusal of an earlier
+	// term's write cannot end this one.
+	fenced := make(chan struct{}, 1)
 	st, err := store.OpenEtcd(ctx, r.opts.Client, store.EtcdOptions{
 		Prefix: r.opts.Prefix,
-		Fence:  &store.Fence{Key: el.Key(), Term: epoch, Fenced: r.Fenced},
+		Fence: &store.Fence{Key: el.Key(), Term: epoch, Fenced: func() {
+			select {
+			case fenced <- struct{}{}:
+			default:
+			}
+		}},
 	})
 	if err != nil {
 		r.resign(el)
@@ -316,7 +318,7 @@ func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concu
 		why = "shutting down"
 	case <-sess.Done():
 		why = "the leadership session expired"
-	case <-r.fenced:
+	case <-fenced:
 		why = "the store refused a write: a newer leader has taken office"
 	case e := <-newer:
 		why = fmt.Sprintf("a newer leader took office (epoch %d)", e)
