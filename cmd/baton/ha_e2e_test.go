@@ -84,7 +84,10 @@ func TestHAFailover(t *testing.T) {
 	rec.waitAcks(t, 60, 20*time.Second)
 	h := rec.finish(t, c)
 	t.Logf("failover (SIGKILL of the leader → StartJob accepted): %s (bound %s)", durations(figures), haFailoverBound)
-	t.Logf("%s\n%s", rec.counts(), haSummary(h))
+	t.Log(rec.counts())
+	for _, line := range haSummary(h) {
+		t.Log(line)
+	}
 	for i, d := range figures {
 		if d >= haFailoverBound {
 			t.Errorf("failover %d took %s, over %s", i+1, d.Round(time.Millisecond), haFailoverBound)
@@ -142,7 +145,10 @@ func TestHAHandover(t *testing.T) {
 	rec.waitAcks(t, 60, 20*time.Second)
 	h := rec.finish(t, c)
 	t.Logf("handover (SIGTERM of the leader → StartJob accepted): %s (bound %s)", durations(figures), haHandoverBound)
-	t.Logf("%s\n%s", rec.counts(), haSummary(h))
+	t.Log(rec.counts())
+	for _, line := range haSummary(h) {
+		t.Log(line)
+	}
 	for i, d := range figures {
 		if d >= haHandoverBound {
 			t.Errorf("handover %d took %s, over %s", i+1, d.Round(time.Millisecond), haHandoverBound)
@@ -209,6 +215,8 @@ type haTimedAck struct {
 	haAck
 	sent, answered time.Time
 	probe          bool
+	// state is the job's state in the answer.
+	state batonv1.JobState
 }
 
 // startHALoad starts the load clients and the probe against c; finish
@@ -252,7 +260,7 @@ func (r *haRecorder) load(ctx context.Context, cl *client.Client) {
 			res, err := cl.Scheduler().StartJob(callCtx, connect.NewRequest(haJobRequest(key)))
 			cancel()
 			if err == nil {
-				r.ack(haTimedAck{haAck: haAck{Key: key, JobID: res.Msg.GetJobId()}, sent: sent, answered: time.Now()})
+				r.ack(haTimedAck{haAck: haAck{Key: key, JobID: res.Msg.GetJobId()}, sent: sent, answered: time.Now(), state: answeredState(res.Msg)})
 				break
 			}
 			r.fail(err)
@@ -280,13 +288,21 @@ func (r *haRecorder) probe(ctx context.Context, rc batonv1connect.SchedulerServi
 		res, err := rc.StartJob(callCtx, connect.NewRequest(haJobRequest(key)))
 		cancel()
 		if err == nil {
-			r.ack(haTimedAck{haAck: haAck{Key: key, JobID: res.Msg.GetJobId()}, sent: sent, answered: time.Now(), probe: true})
+			r.ack(haTimedAck{haAck: haAck{Key: key, JobID: res.Msg.GetJobId()}, sent: sent, answered: time.Now(), probe: true, state: answeredState(res.Msg)})
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(haProbeEvery):
 		}
 	}
+}
+
+// answeredState is the state of the job a StartJob answered with.
+func answeredState(res *batonv1.StartJobResponse) batonv1.JobState {
+	if jobs := res.GetJobs(); len(jobs) > 0 {
+		return jobs[0].GetState()
+	}
+	return batonv1.JobState_JOB_STATE_UNSPECIFIED
 }
 
 func (r *haRecorder) ack(a haTimedAck) {
@@ -394,10 +410,16 @@ func (r *haRecorder) counts() string {
 		errs = append(errs, fmt.Sprintf("%s %d (%s)", code, r.errs[code], strings.Join(r.samples[code], "; ")))
 	}
 	var lat []time.Duration
+	answered := map[string]int{}
 	for _, a := range r.acks {
 		if !a.probe {
 			lat = append(lat, a.answered.Sub(a.sent))
 		}
+		answered[strings.TrimPrefix(a.state.String(), "JOB_STATE_")]++
+	}
+	var states []string
+	for _, st := range slices.Sorted(maps.Keys(answered)) {
+		states = append(states, fmt.Sprintf("%s %d", st, answered[st]))
 	}
 	slices.Sort(lat)
 	pct := func(p int) time.Duration {
@@ -406,8 +428,8 @@ func (r *haRecorder) counts() string {
 		}
 		return lat[(len(lat)-1)*p/100].Round(time.Millisecond)
 	}
-	return fmt.Sprintf("load and probe: %d tries, %d acknowledged, errors: %s; load StartJob latency p50 %s p90 %s p99 %s max %s",
-		r.tries, len(r.acks), strings.Join(errs, ", "), pct(50), pct(90), pct(99), pct(100))
+	return fmt.Sprintf("load and probe: %d tries, %d acknowledged (answered %s), errors: %s; load StartJob latency p50 %s p90 %s p99 %s max %s",
+		r.tries, len(r.acks), strings.Join(states, ", "), strings.Join(errs, ", "), pct(50), pct(90), pct(99), pct(100))
 }
 
 // finish stops the load, waits for every job to end, and returns the
@@ -427,7 +449,7 @@ func (r *haRecorder) finish(t *testing.T, c *haCluster) haHistory {
 	}
 	jobs := waitJobsEnded(t, c, 30*time.Second)
 	for _, j := range jobs {
-		h.Jobs = append(h.Jobs, haJob{JobID: j.GetJobId(), Key: j.GetSpec().GetLabels()[haKeyLabel], State: j.GetState()})
+		h.Jobs = append(h.Jobs, haJob{JobID: j.GetJobId(), Key: j.GetSpec().GetLabels()[haKeyLabel], State: j.GetState(), Reason: j.GetReason()})
 	}
 	starts, err := c.workerStarts()
 	if err != nil {

@@ -31,6 +31,8 @@ type haJob struct {
 	JobID string
 	Key   string
 	State batonv1.JobState
+	// Reason is the status's reason, which says why a job was lost.
+	Reason string
 }
 
 // haKeyLabel is the job label carrying the StartJob's idempotency key,
@@ -55,7 +57,7 @@ type haHistory struct {
 //
 //   - a key is acknowledged with one job id only (a retry with the same
 //     key returns the first job), and the store holds one job per key;
-//   - every acknowledged job is in the store exactly once;
+//   - every acknowledged job is in the store exactly once, and not lost;
 //   - no job id is started twice, on one worker or on two: a retry or a
 //     second leader starting the same job again would be a double start;
 //   - every started job is in the store, and every job the store says ran
@@ -97,8 +99,11 @@ func checkHAHistory(h haHistory) []string {
 		}
 	}
 	for _, id := range slices.Sorted(maps.Keys(acked)) {
-		if len(stored[id]) == 0 {
+		switch js := stored[id]; {
+		case len(js) == 0:
 			badf("acknowledged job %s is not in the store", id)
+		case js[0].State == batonv1.JobState_JOB_STATE_LOST:
+			badf("acknowledged job %s was lost: %s", id, js[0].Reason)
 		}
 	}
 
@@ -150,7 +155,7 @@ func ran(st batonv1.JobState) bool {
 // haSummary describes h in a few lines: how many acknowledgements, jobs
 // and starts, the acknowledged jobs' final states, and the starts per
 // epoch.
-func haSummary(h haHistory) string {
+func haSummary(h haHistory) []string {
 	acked := map[string]bool{}
 	for _, a := range h.Acks {
 		acked[a.JobID] = true
@@ -165,17 +170,18 @@ func haSummary(h haHistory) string {
 	for _, s := range h.Starts {
 		epochs[s.Epoch]++
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d acknowledgements of %d jobs; %d jobs in the store; %d process starts\n", len(h.Acks), len(acked), len(h.Jobs), len(h.Starts))
-	fmt.Fprintf(&b, "acknowledged jobs by final state:")
+	var byState, byEpoch []string
 	for _, st := range slices.Sorted(maps.Keys(states)) {
-		fmt.Fprintf(&b, " %s %d", st, states[st])
+		byState = append(byState, fmt.Sprintf("%s %d", st, states[st]))
 	}
-	fmt.Fprintf(&b, "\nstarts by epoch:")
 	for _, e := range slices.SortedFunc(maps.Keys(epochs), cmp.Compare) {
-		fmt.Fprintf(&b, " %d: %d", e, epochs[e])
+		byEpoch = append(byEpoch, fmt.Sprintf("epoch %d: %d", e, epochs[e]))
 	}
-	return b.String()
+	return []string{
+		fmt.Sprintf("history: %d acknowledgements of %d jobs; %d jobs in the store; %d process starts", len(h.Acks), len(acked), len(h.Jobs), len(h.Starts)),
+		"acknowledged jobs by final state: " + strings.Join(byState, ", "),
+		"process starts by epoch: " + strings.Join(byEpoch, ", "),
+	}
 }
 
 // TestHAHistoryCheck feeds the checker hand-made histories: a clean one,
@@ -198,7 +204,7 @@ func TestHAHistoryCheck(t *testing.T) {
 				// acknowledged.
 				{Worker: "w2", JobID: "j4", Epoch: 9, Line: 13},
 			},
-			Jobs: []haJob{{"j1", "k1", ok}, {"j2", "k2", ok}, {"j3", "k3", ok}, {"j4", "k4", ok}, {"j5", "k5", lost}},
+			Jobs: []haJob{{"j1", "k1", ok, ""}, {"j2", "k2", ok, ""}, {"j3", "k3", ok, ""}, {"j4", "k4", ok, ""}, {"j5", "k5", lost, "never started"}},
 		}
 	}
 	cases := []struct {
@@ -218,13 +224,18 @@ func TestHAHistoryCheck(t *testing.T) {
 			want:   []string{"acknowledged job j9 is not in the store"},
 		},
 		{
+			name:   "an acknowledged job is lost",
+			change: func(h *haHistory) { h.Acks = append(h.Acks, haAck{"k5", "j5"}) },
+			want:   []string{"acknowledged job j5 was lost: never started"},
+		},
+		{
 			name:   "a job is listed twice",
-			change: func(h *haHistory) { h.Jobs = append(h.Jobs, haJob{"j2", "k2", ok}) },
+			change: func(h *haHistory) { h.Jobs = append(h.Jobs, haJob{"j2", "k2", ok, ""}) },
 			want:   []string{"job j2 is listed 2 times", "key k2 made 2 jobs: j2, j2"},
 		},
 		{
 			name:   "one key, two jobs",
-			change: func(h *haHistory) { h.Jobs = append(h.Jobs, haJob{"j6", "k1", pending}) },
+			change: func(h *haHistory) { h.Jobs = append(h.Jobs, haJob{"j6", "k1", pending, ""}) },
 			want:   []string{"key k1 made 2 jobs: j1, j6"},
 		},
 		{
@@ -255,7 +266,7 @@ func TestHAHistoryCheck(t *testing.T) {
 		},
 		{
 			name:   "a job the store says ran that no worker started",
-			change: func(h *haHistory) { h.Jobs = append(h.Jobs, haJob{"j8", "k8", ok}) },
+			change: func(h *haHistory) { h.Jobs = append(h.Jobs, haJob{"j8", "k8", ok, ""}) },
 			want:   []string{"the store has job j8 JOB_STATE_SUCCEEDED, but no worker started it"},
 		},
 		{
