@@ -264,7 +264,7 @@ func (r *haRecorder) load(ctx context.Context, cl *client.Client) {
 				break
 			}
 			r.fail(err)
-			if time.Now().After(deadline) {
+			if !haRetryable(err) || time.Now().After(deadline) {
 				r.giveUp(key, err)
 				break
 			}
@@ -275,6 +275,21 @@ func (r *haRecorder) load(ctx context.Context, cl *client.Client) {
 		case <-time.After(haLoadPause):
 		}
 	}
+}
+
+// haRetryable reports whether a StartJob that failed with err is tried
+// again: the scheduler could not answer (no leader yet, a leader dying, a
+// call cut), rather than refused the request.
+func haRetryable(err error) bool {
+	var ce *client.Error
+	if !errors.As(err, &ce) {
+		return true
+	}
+	switch ce.Code {
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeCanceled, connect.CodeUnknown, connect.CodeAborted:
+		return true
+	}
+	return false
 }
 
 // probe asks one replica to start a job every haProbeEvery until ctx
@@ -445,7 +460,7 @@ func (r *haRecorder) finish(t *testing.T, c *haCluster) haHistory {
 	}
 	r.mu.Unlock()
 	for _, f := range failed {
-		t.Errorf("a StartJob was never answered in %s of tries with its key: %s", haKeyPatience, f)
+		t.Errorf("a StartJob was refused, or not answered in %s of tries with its key: %s", haKeyPatience, f)
 	}
 	jobs := waitJobsEnded(t, c, 30*time.Second)
 	for _, j := range jobs {
