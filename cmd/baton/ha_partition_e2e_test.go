@@ -227,6 +227,7 @@ format = "json"
 	cutEtcd := time.Now()
 	t.Logf("cut off at %.1fs", time.Since(started).Seconds())
 
+
 	leader2, epoch2 := waitLeader(t, hc, reps[1:], epoch1, 20*time.Second)
 	elected := time.Since(cutEtcd)
 	if epoch2 <= epoch1 {
@@ -396,6 +397,8 @@ type partitionNet struct {
 	// link; peers holds the other etcd members' peer ports, reached
 	// through the etcd link.
 	svc, peers string
+	// subnet is the 10.231.N.0/24 all of them are in.
+	subnet string
 }
 
 func newPartitionNet(t *testing.T) *partitionNet {
@@ -403,6 +406,7 @@ func newPartitionNet(t *testing.T) *partitionNet {
 	id := randomHex(3)
 	n := &partitionNet{t: t, ns: "batonpart-" + id}
 	prefix := freeSubnet(t)
+	n.subnet = prefix + "0/24"
 	addr := func(host int) string { return prefix + strconv.Itoa(host) }
 	n.nsEtcd, n.rootEtcd = addr(1), addr(2)
 	n.nsCalls, n.rootCalls = addr(5), addr(6)
@@ -415,6 +419,7 @@ func newPartitionNet(t *testing.T) *partitionNet {
 	// its ends of the links and with them the machine's ends; deleting
 	// those explicitly too covers a namespace kept alive by a process.
 	t.Cleanup(func() {
+		_ = exec.Command("ip", "route", "del", "blackhole", n.subnet).Run()
 		for _, link := range []string{n.etcdLink, n.callsLink, n.apiLink, hold} {
 			_ = exec.Command("ip", "link", "del", link).Run()
 		}
@@ -422,6 +427,10 @@ func newPartitionNet(t *testing.T) *partitionNet {
 			t.Errorf("ip netns del %s: %v: %s", n.ns, err, out)
 		}
 	})
+	// A cut link takes its route with it: without this one, packets for
+	// the namespace would follow the default route off the machine (where
+	// a transparent proxy may even answer them) instead of being lost.
+	n.ip("route", "add", "blackhole", n.subnet)
 	n.ip("netns", "add", n.ns)
 	n.ip("netns", "exec", n.ns, "ip", "link", "set", "lo", "up")
 	// The machine's service addresses sit on a veth pair of their own
@@ -472,27 +481,26 @@ func (n *partitionNet) down(link string) { n.t.Helper(); n.ip("link", "set", lin
 
 func (n *partitionNet) up(link string) { n.t.Helper(); n.ip("link", "set", link, "up") }
 
-// freeSubnet returns "10.231.N." for an N that no address of this
-// machine is in.
+// freeSubnet returns "10.231.N." for an N that no address or route of
+// this machine is in.
 func freeSubnet(t *testing.T) string {
 	t.Helper()
-	addrs, err := net.InterfaceAddrs()
+	out, err := exec.Command("sh", "-c", "ip -o -4 addr show; ip -o -4 route show table all").CombinedOutput()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listing addresses and routes: %v: %s", err, out)
 	}
-	taken := map[byte]bool{}
-	for _, a := range addrs {
-		if ipn, ok := a.(*net.IPNet); ok {
-			if ip := ipn.IP.To4(); ip != nil && ip[0] == 10 && ip[1] == 231 {
-				taken[ip[2]] = true
-			}
+	taken := map[string]bool{}
+	for _, f := range strings.Fields(string(out)) {
+		if rest, ok := strings.CutPrefix(f, "10.231."); ok {
+			n, _, _ := strings.Cut(rest, ".")
+			taken[n] = true
 		}
 	}
 	var b [1]byte
 	for range 256 {
 		_, _ = rand.Read(b[:])
-		if !taken[b[0]] {
-			return fmt.Sprintf("10.231.%d.", b[0])
+		if n := strconv.Itoa(int(b[0])); !taken[n] {
+			return "10.231." + n + "."
 		}
 	}
 	t.Fatal("every 10.231.N.0/24 is in use on this machine")
