@@ -242,7 +242,10 @@ func NewClient(endpoints []string, clientTLS *tls.Config) (*clientv3.Client, err
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    2 * time.Second,
 		DialKeepAliveTimeout: 2 * time.Second,
-		Logger:               zap.NewNop(),
+		// The client's own default (2 MiB) is below what the members
+		// take: a transaction between the two would be refused here.
+		MaxCallSendMsgSize: MaxRequestBytes,
+		Logger:             zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %s: %w", strings.Join(endpoints, ","), err)

@@ -226,9 +226,13 @@ func (r *Replica) serveOneSession(ctx context.Context) error {
 	el := concurrency.NewElection(sess, strings.TrimSuffix(r.opts.Prefix, "/")+"/leader")
 
 	observeCtx, stopObserving := context.WithCancel(ctx)
-	defer stopObserving()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	// Observing ends before it is waited for: waiting first would hold
+	// this session, and every campaign after it, until shutdown.
+	defer func() {
+		stopObserving()
+		wg.Wait()
+	}()
 	newer := make(chan int64, 1)
 	wg.Go(func() { r.observe(observeCtx, el, newer) })
 

@@ -96,7 +96,9 @@ func OpenEtcd(ctx context.Context, cli *clientv3.Client, opts EtcdOptions) (*Etc
 		if f.Key == "" || f.Term <= 0 {
 			return nil, errors.New("open etcd store: a fence needs a key and a positive term")
 		}
-		e.fence = &Fence{Key: f.Key, Term: f.Term}
+		// A copy, so that the caller cannot change the term afterwards;
+		// Fenced comes along, or a stale leader would never hear of it.
+		e.fence = &Fence{Key: f.Key, Term: f.Term, Fenced: f.Fenced}
 	}
 	err := e.update(ctx, func(tx *etx) error {
 		v, ok, err := tx.get(e.p + "schema")

@@ -18,6 +18,8 @@ const (
 	lostBatch  = 8
 	pruneEtcd  = 10
 	groupBatch = 30
+	// listBatch is the fewest index keys ListJobs reads per request.
+	listBatch = 64
 )
 
 // CreateJob implements [Store].
@@ -393,8 +395,10 @@ func (e *Etcd) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error)
 	var jobs []*ejob
 	err := e.view(ctx, func(tx *etx) error {
 		// One job more than the page tells whether another page follows.
+		// The other filters may skip many keys: each request reads at
+		// least listBatch of them, not one per job still missing.
 		for len(jobs) <= size {
-			want := int64(size + 1 - len(jobs))
+			want := int64(max(size+1-len(jobs), listBatch))
 			kvs, err := tx.scan(prefix, end, want, true, true)
 			if err != nil {
 				return err
@@ -504,7 +508,19 @@ func (e *Etcd) MarkWorkerJobsLost(ctx context.Context, workerID, reason string, 
 				jobs = jobs[:lostBatch]
 			}
 			var tail queueTail
-			for _, j := range jobs {
+			for i, j := range jobs {
+				// Jobs with large specs are written fewer at a time, so
+				// that the transaction stays within etcd's request size.
+				if i > 0 {
+					b, err := encodeJob(j)
+					if err != nil {
+						return err
+					}
+					if tx.size()+len(b) > maxTxnBytes {
+						more = true
+						break
+					}
+				}
 				st, retried := lostStatus(j.public(), reason, at)
 				if retried {
 					if err := e.writeRetry(tx, j, st, &tail); err != nil {

@@ -33,7 +33,16 @@ const (
 	// maxTxnOps is etcd's default limit on the operations of one
 	// transaction (--max-txn-ops): batched writes stay well within it.
 	maxTxnOps = 128
+	// maxTxnBytes bounds the values batched writes put in one
+	// transaction, below etcd's default request limit
+	// (--max-request-bytes, 1.5 MiB) and its client's (2 MiB).
+	maxTxnBytes = 1 << 20
 )
+
+// errEtcdClosed fails the calls made after Close. A replica closes its
+// store when it leaves office, maybe with calls still in flight: their
+// callers should try again, at the new leader.
+var errEtcdClosed = fmt.Errorf("%w: the store is closed", ErrUnavailable)
 
 // etx is one run of an optimistic transaction. It is used by one
 // goroutine.
@@ -57,7 +66,7 @@ type etx struct {
 // (nothing is written) and is returned.
 func (e *Etcd) update(ctx context.Context, fn func(tx *etx) error) error {
 	if e.closed.Load() {
-		return errClosed
+		return errEtcdClosed
 	}
 	for attempt := range maxTxnAttempts {
 		tx := &etx{e: e, ctx: ctx, reads: make(map[string]int64), writes: make(map[string]*string)}
@@ -83,7 +92,7 @@ func (e *Etcd) update(ctx context.Context, fn func(tx *etx) error) error {
 // view runs fn over reads at one revision, and writes nothing.
 func (e *Etcd) view(ctx context.Context, fn func(tx *etx) error) error {
 	if e.closed.Load() {
-		return errClosed
+		return errEtcdClosed
 	}
 	return fn(&etx{e: e, ctx: ctx, reads: make(map[string]int64), writes: make(map[string]*string)})
 }
@@ -215,10 +224,25 @@ func (tx *etx) put(key string, value []byte) {
 
 func (tx *etx) del(key string) { tx.writes[key] = nil }
 
+// size is the bytes of the keys and values the transaction writes.
+func (tx *etx) size() int {
+	n := 0
+	for k, v := range tx.writes {
+		n += len(k)
+		if v != nil {
+			n += len(*v)
+		}
+	}
+	return n
+}
+
 // commit applies the buffered writes if nothing read has changed since.
-// It reports false, writing nothing, when something has.
+// It reports false, writing nothing, when something has. A fenced
+// transaction that writes nothing is checked all the same: its caller
+// acts on what it decided (a stop delivered to a worker) only while its
+// term holds.
 func (tx *etx) commit() (bool, error) {
-	if len(tx.writes) == 0 {
+	if len(tx.writes) == 0 && tx.e.fence == nil {
 		return true, nil
 	}
 	cmps := make([]clientv3.Cmp, 0, len(tx.reads)+len(tx.ranges)+1)
@@ -294,7 +318,7 @@ func (e *Etcd) get(ctx context.Context, key string, rev int64) (*clientv3.GetRes
 // do runs op with the store's request timeout.
 func (e *Etcd) do(ctx context.Context, op clientv3.Op) (clientv3.OpResponse, error) {
 	if e.closed.Load() {
-		return clientv3.OpResponse{}, errClosed
+		return clientv3.OpResponse{}, errEtcdClosed
 	}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
@@ -332,8 +356,13 @@ func etcdError(ctx context.Context, err error) error {
 		code = ee.Code()
 	}
 	switch code {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 		return fmt.Errorf("%w: etcd: %v", ErrUnavailable, err)
+	case codes.ResourceExhausted:
+		// etcd's own (a full quota, too many requests) are above: this is
+		// gRPC refusing a message larger than its limit, which no retry
+		// makes smaller.
+		return fmt.Errorf("etcd refused a request too large for its limits: %w", err)
 	}
 	return fmt.Errorf("etcd: %w", err)
 }

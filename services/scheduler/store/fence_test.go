@@ -165,3 +165,76 @@ func TestEtcdUnreachable(t *testing.T) {
 		t.Errorf("OpenEtcd on an unreachable cluster = %v, want ErrUnavailable", err)
 	}
 }
+
+// TestFenceEtcdTellsTheWriter: a write refused for a stale term calls the
+// fence's Fenced, so that a leader leaves office at once rather than when
+// it next sees its session end.
+func TestFenceEtcdTellsTheWriter(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	prefix := fmt.Sprintf("/test/fence-%d/", testEtcd.prefixes.Add(1))
+	leader := prefix + "leader"
+	put, err := testEtcd.cli.Put(ctx, leader, "replica-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	told := make(chan struct{}, 1)
+	s := openEtcd(t, prefix+"store/", &store.Fence{Key: leader, Term: put.Header.Revision, Fenced: func() {
+		select {
+		case told <- struct{}{}:
+		default:
+		}
+	}})
+	if _, err := testEtcd.cli.Delete(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpsertWorker(ctx, store.Worker{ID: "w1", Name: "alpha"}); !errors.Is(err, store.ErrFenced) {
+		t.Fatalf("a write of a stale term = %v, want ErrFenced", err)
+	}
+	select {
+	case <-told:
+	default:
+		t.Error("the fenced write did not call Fence.Fenced")
+	}
+}
+
+// TestFenceEtcdNoChangeIsFencedToo: a write that finds nothing to change
+// (a stop asked for again) still fails for a stale term, so that a deposed
+// leader does not go on to act, on a worker, as if its term held.
+func TestFenceEtcdNoChangeIsFencedToo(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	prefix := fmt.Sprintf("/test/fence-%d/", testEtcd.prefixes.Add(1))
+	leader := prefix + "leader"
+	put, err := testEtcd.cli.Put(ctx, leader, "replica-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openEtcd(t, prefix+"store/", &store.Fence{Key: leader, Term: put.Header.Revision})
+	j := newJob(1, "w1", "alice")
+	mustCreateJob(t, ctx, s, j)
+	if err := s.RequestStop(ctx, j.ID, "alice"); err != nil {
+		t.Fatalf("RequestStop in the term: %v", err)
+	}
+	if _, err := testEtcd.cli.Delete(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RequestStop(ctx, j.ID, "alice"); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("the same stop asked again of a stale term = %v, want ErrFenced", err)
+	}
+}
+
+// TestEtcdClosedIsUnavailable: a call still in flight when its replica
+// leaves office (and closes the store) is told to try again, as a fenced
+// one is, not that the scheduler failed.
+func TestEtcdClosedIsUnavailable(t *testing.T) {
+	t.Parallel()
+	s := openEtcd(t, fmt.Sprintf("/test/%d/", testEtcd.prefixes.Add(1)), nil)
+	s.Close()
+	if err := s.UpsertWorker(t.Context(), store.Worker{ID: "w1", Name: "alpha"}); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("a write to a closed store = %v, want ErrUnavailable", err)
+	}
+	if _, err := s.GetJob(t.Context(), jobID(1)); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("a read of a closed store = %v, want ErrUnavailable", err)
+	}
+}

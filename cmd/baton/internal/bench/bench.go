@@ -57,6 +57,10 @@ type benchOptions struct {
 	// cluster with this many schedules defined (none due during the run),
 	// to compare with none.
 	Schedules int
+	// Replicas, with Local, runs the load a second time on a local
+	// cluster of this many scheduler replicas, each with an embedded etcd
+	// member, to compare with one scheduler on SQLite.
+	Replicas int
 	// Binary is the baton executable the local cluster runs; empty means
 	// this process's own.
 	Binary string
@@ -114,6 +118,14 @@ type benchResult struct {
 	SchedulesDefined         int         `json:"schedules_defined,omitempty"`
 	SchedulesP50Ratio        float64     `json:"schedules_p50_ratio,omitempty"`
 	SchedulesThroughputRatio float64     `json:"schedules_throughput_ratio,omitempty"`
+	// Replicated is the same load on a local cluster of Replicas
+	// scheduler replicas on embedded etcd; the ratios compare it with
+	// Baton (one scheduler on SQLite).
+	Replicated                *benchStats `json:"baton_replicated,omitempty"`
+	Replicas                  int         `json:"replicas,omitempty"`
+	ReplicatedP50Ratio        float64     `json:"replicated_p50_ratio,omitempty"`
+	ReplicatedP99Ratio        float64     `json:"replicated_p99_ratio,omitempty"`
+	ReplicatedThroughputRatio float64     `json:"replicated_throughput_ratio,omitempty"`
 	// Exec is the same command run with os/exec, as a baseline.
 	Exec *benchStats `json:"exec,omitempty"`
 	// P50Ratio is Baton's p50 over exec's; ThroughputRatio is Baton's
@@ -165,6 +177,15 @@ Every run prints each target it has figures for, noting those set for
 another number of clients. Baton's CPU per job (scheduler + workers) is
 to stay ≤ 2 ms, a worker's disk ≤ 8 KiB and heap ≤ 1 KiB per retained job.
 
+--replicas N runs the load also on a second local cluster whose scheduler
+is N replicas (N processes of baton scheduler, each with an embedded etcd
+member that syncs every write to disk, store.backend "etcd"), rounds
+alternating with the cluster on SQLite; the clients and workers are given
+every replica's address and follow the leader. It prints the replicated
+cluster's figures and its p50, p99 and throughput over SQLite's:
+
+  go run ./cmd/baton bench --local --replicas 3 --clients 16 --jobs 2000
+
 --stream-mib N runs, instead of the load, a job writing N MiB to stdout,
 followed into a file by this binary as a child process,
   baton run --config CLIENT.toml -- head -c BYTES /dev/zero > FILE
@@ -196,6 +217,7 @@ the submission and drain rates, and the scheduler's CPU per job:
 	flags.IntVar(&opts.StreamMiB, "stream-mib", 0, "with --local: instead of the load, follow a job writing this many MiB through `baton run` into a file, against a pipe")
 	flags.IntVar(&opts.StreamRuns, "stream-runs", 5, "with --stream-mib: runs of each way")
 	flags.IntVar(&opts.Schedules, "schedules", 0, "with --local: run the load again on a local cluster with this many schedules defined (none due) and compare")
+	flags.IntVar(&opts.Replicas, "replicas", 0, "with --local: run the load again on a local cluster of this many scheduler replicas on embedded etcd (at least 2) and compare with SQLite")
 	flags.IntVar(&opts.Queue, "queue", 0, "with --local: instead of the load, queue this many jobs at once behind 2 workers of capacity 4 and measure their dispatch")
 	flags.StringVarP(&output, "output", "o", "table", "table or json")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
@@ -238,7 +260,7 @@ func runBench(ctx context.Context, opts benchOptions) (*benchResult, error) {
 			return res, err
 		}
 	} else {
-		sample, err := loadThrough(ctx, opts, opts.Jobs, opts.Scheduler, nil, res, &retries)
+		sample, err := loadThrough(ctx, opts, opts.Jobs, []string{opts.Scheduler}, nil, res, &retries)
 		if err != nil {
 			return nil, err
 		}
@@ -277,10 +299,13 @@ func (opts benchOptions) check() error {
 		return errors.New("--queue must be positive")
 	case opts.Queue > 0 && (opts.JobUIDs || opts.StreamMiB != 0):
 		return errors.New("--queue goes with --mtls or alone, not with --job-uids or --stream-mib")
-	case opts.MTLS && opts.JobUIDs, opts.Schedules != 0 && (opts.MTLS || opts.JobUIDs || opts.StreamMiB != 0 || opts.Queue != 0):
-		return errors.New("--mtls, --job-uids and --schedules: one comparison at a time, and not with --stream-mib or --queue")
-	case opts.Schedules != 0 && !opts.Local:
-		return errors.New("--schedules needs --local: it runs on local clusters")
+	case opts.MTLS && opts.JobUIDs, opts.Schedules != 0 && (opts.MTLS || opts.JobUIDs || opts.StreamMiB != 0 || opts.Queue != 0),
+		opts.Replicas != 0 && (opts.MTLS || opts.JobUIDs || opts.Schedules != 0 || opts.StreamMiB != 0 || opts.Queue != 0):
+		return errors.New("--mtls, --job-uids, --schedules and --replicas: one comparison at a time, and not with --stream-mib or --queue")
+	case (opts.Schedules != 0 || opts.Replicas != 0) && !opts.Local:
+		return errors.New("--schedules and --replicas need --local: they run on local clusters")
+	case opts.Replicas < 0 || opts.Replicas == 1 || opts.Replicas > maxBenchReplicas:
+		return fmt.Errorf("--replicas must be 2 to %d: one replica is the SQLite cluster already measured", maxBenchReplicas)
 	case opts.Schedules < 0 || opts.Schedules > maxBenchSchedules:
 		return fmt.Errorf("--schedules must be 0 to %d (the scheduler's default max_schedules_per_owner)", maxBenchSchedules)
 	case opts.StreamMiB < 0 || (opts.StreamMiB > 0 && opts.StreamRuns < 1):
@@ -329,6 +354,8 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 		variants = append(variants, variant{"job uids", localVariant{jobUIDs: true}})
 	case opts.Schedules > 0:
 		variants = append(variants, variant{"schedules", localVariant{schedules: opts.Schedules}})
+	case opts.Replicas > 1:
+		variants = append(variants, variant{"replicated", localVariant{replicas: opts.Replicas}})
 	}
 	loads := make([]*clusterLoad, 0, len(variants))
 	defer func() {
@@ -360,7 +387,7 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 		// is not what each job costs.
 		scratch := &benchResult{Errors: map[string]int{}}
 		var r atomic.Int64
-		if _, err := loadThrough(ctx, opts, min(benchWarmup, opts.Jobs), c.lc.addr, c.lc.clientTLS, scratch, &r); err != nil {
+		if _, err := loadThrough(ctx, opts, min(benchWarmup, opts.Jobs), c.lc.addrs, c.lc.clientTLS, scratch, &r); err != nil {
 			return nil, err
 		}
 		if c.before, err = c.lc.footprint(ctx); err != nil {
@@ -400,6 +427,12 @@ func runLocal(ctx context.Context, opts benchOptions, res *benchResult, retries 
 		case opts.Schedules > 0:
 			res.Schedules, res.SchedulesP50Ratio, res.SchedulesThroughputRatio = other, p50, tput
 			res.SchedulesDefined = opts.Schedules
+		case opts.Replicas > 1:
+			res.Replicated, res.ReplicatedP50Ratio, res.ReplicatedThroughputRatio = other, p50, tput
+			res.Replicas = opts.Replicas
+			if res.Baton.P99Ms > 0 {
+				res.ReplicatedP99Ratio = other.P99Ms / res.Baton.P99Ms
+			}
 		default:
 			res.JobUIDs, res.JobUIDsP50Ratio, res.JobUIDsThroughputRatio = other, p50, tput
 		}
@@ -424,10 +457,10 @@ func jobsRunAs() string {
 	return "the worker's uid"
 }
 
-// loadThrough runs the load through the scheduler at addr, counting
-// errors into res.
-func loadThrough(ctx context.Context, opts benchOptions, jobs int, addr string, clientTLS *tls.Config, res *benchResult, retries *atomic.Int64) (loadSample, error) {
-	cl, err := benchClient(addr, clientTLS)
+// loadThrough runs the load through the scheduler at addrs (its replicas,
+// or a comma-separated list of them), counting errors into res.
+func loadThrough(ctx context.Context, opts benchOptions, jobs int, addrs []string, clientTLS *tls.Config, res *benchResult, retries *atomic.Int64) (loadSample, error) {
+	cl, err := benchClient(addrs, clientTLS)
 	if err != nil {
 		return loadSample{}, err
 	}
@@ -444,20 +477,25 @@ func loadThrough(ctx context.Context, opts benchOptions, jobs int, addr string, 
 	})
 }
 
-// benchClient is a client of the scheduler at addr (h2c, or TLS with
-// clientTLS). It makes up no idempotency keys: the starts measured are the
-// fast path without one, as in the figures of earlier versions.
-func benchClient(addr string, clientTLS *tls.Config) (*client.Client, error) {
+// benchClient is a client of the scheduler at addrs (h2c, or TLS with
+// clientTLS), following the leader among several. It makes up no
+// idempotency keys: the starts measured are the fast path without one, as
+// in the figures of earlier versions.
+func benchClient(addrs []string, clientTLS *tls.Config) (*client.Client, error) {
 	opts := []client.Option{client.WithoutGeneratedKeys()}
 	if clientTLS != nil {
 		opts = append(opts, client.WithTLSConfig(clientTLS))
 	}
-	return client.New(client.Config{Schedulers: []string{addr}}, opts...)
+	return client.New(client.Config{Schedulers: addrs}, opts...)
 }
 
 // benchRounds is how many alternating rounds two clusters split the jobs
 // into.
 const benchRounds = 4
+
+// maxBenchReplicas bounds --replicas: etcd clusters have an odd number of
+// members, rarely more than 7.
+const maxBenchReplicas = 7
 
 // benchWarmup is how many jobs go through a local cluster, unmeasured,
 // before the load.
@@ -602,6 +640,9 @@ func printBench(w io.Writer, r *benchResult) {
 	where := r.Scheduler
 	if r.Local {
 		where += " (local: 1 scheduler, 2 workers, child processes; jobs run as " + r.JobsRunAs + ")"
+		if r.Replicated != nil {
+			where += fmt.Sprintf("; and %d scheduler replicas on embedded etcd (fsync on) with 2 workers", r.Replicas)
+		}
 	}
 	if r.Stream != nil {
 		fmt.Fprintf(w, "scheduler %s\n", where)
@@ -622,6 +663,7 @@ func printBench(w io.Writer, r *benchResult) {
 	row("baton mTLS", r.MTLS)
 	row("baton job uids", r.JobUIDs)
 	row(fmt.Sprintf("baton %d schedules", r.SchedulesDefined), r.Schedules)
+	row(fmt.Sprintf("baton %d replicas", r.Replicas), r.Replicated)
 	row("os/exec", r.Exec)
 	_ = tw.Flush()
 	fmt.Fprintln(w)
@@ -636,6 +678,9 @@ func printBench(w io.Writer, r *benchResult) {
 	}
 	if r.Schedules != nil {
 		fmt.Fprintf(w, "%d schedules/none: p50 %.2fx, throughput %.2fx\n", r.SchedulesDefined, r.SchedulesP50Ratio, r.SchedulesThroughputRatio)
+	}
+	if r.Replicated != nil {
+		fmt.Fprintf(w, "%d replicas (etcd)/one scheduler (SQLite): p50 %.2fx, p99 %.2fx, throughput %.2fx\n", r.Replicas, r.ReplicatedP50Ratio, r.ReplicatedP99Ratio, r.ReplicatedThroughputRatio)
 	}
 	errs := "none"
 	if len(r.Errors) > 0 {
@@ -654,9 +699,12 @@ func printBench(w io.Writer, r *benchResult) {
 	}
 	fmt.Fprintf(w, "errors: %s; starts retried after ResourceExhausted: %d\n", errs, r.Retries)
 	label := "h2c"
-	if r.JobUIDs != nil {
+	switch {
+	case r.JobUIDs != nil:
 		label = "one account"
+	case r.Replicated != nil:
+		label = "SQLite"
 	}
-	printProcesses(w, []string{label, "mTLS", "job uids", "schedules"}, []*benchStats{r.Baton, r.MTLS, r.JobUIDs, r.Schedules})
+	printProcesses(w, []string{label, "mTLS", "job uids", "schedules", "replicated"}, []*benchStats{r.Baton, r.MTLS, r.JobUIDs, r.Schedules, r.Replicated})
 	printTargets(w, r.TargetsCluster, r.Clients, r.Targets)
 }

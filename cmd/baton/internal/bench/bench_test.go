@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/baton-run/baton/cmd/baton/internal/daemon"
 	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 )
 
@@ -75,14 +77,18 @@ func checkNothingLeft(t *testing.T, bin, dir string) {
 	}
 }
 
-// checkProcesses checks that a local cluster's figures are all there.
-func checkProcesses(t *testing.T, name string, s *benchStats, jobs int) {
+// checkProcesses checks that a local cluster's figures are all there, its
+// scheduler processes named schedulers (default: "scheduler").
+func checkProcesses(t *testing.T, name string, s *benchStats, jobs int, schedulers ...string) {
 	t.Helper()
 	if s == nil || s.Processes == nil {
 		t.Fatalf("%s: no process figures", name)
 	}
 	p := s.Processes
-	for _, k := range []string{"scheduler", "bench-1", "bench-2", "baton", "client"} {
+	if len(schedulers) == 0 {
+		schedulers = []string{"scheduler"}
+	}
+	for _, k := range append(schedulers, "bench-1", "bench-2", "baton", "client") {
 		if p.CPUMsPerJob[k] <= 0 {
 			t.Errorf("%s: CPU per job of %s is %v, want > 0 (all: %v)", name, k, p.CPUMsPerJob[k], p.CPUMsPerJob)
 		}
@@ -188,6 +194,88 @@ func TestBenchLocal(t *testing.T) {
 	}
 }
 
+// TestBenchReplicas runs the load on one scheduler on SQLite and on three
+// replicas on embedded etcd, and checks that every job went through each,
+// that each replica's process was measured, and that the ratios are
+// printed; then that nothing is left behind.
+func TestBenchReplicas(t *testing.T) {
+	t.Parallel()
+	bin, dir := benchBinary(t), e2e.JobsTempDir(t)
+	const jobs = 60
+	res, err := runBench(t.Context(), benchOptions{
+		Local: true, Replicas: 3, Clients: 4, Jobs: jobs, Command: "true", Binary: bin, TempDir: dir,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNothingLeft(t, bin, dir)
+	if len(res.Errors) != 0 {
+		t.Errorf("errors: %v", res.Errors)
+	}
+	for name, s := range map[string]*benchStats{"SQLite": res.Baton, "replicated": res.Replicated} {
+		if s == nil {
+			t.Fatalf("%s: no figures", name)
+		}
+		if s.Completed != jobs || s.P50Ms <= 0 || s.P99Ms <= 0 || s.JobsPerSec <= 0 {
+			t.Errorf("%s: %+v; want %d jobs completed and positive figures", name, *s, jobs)
+		}
+	}
+	checkProcesses(t, "SQLite", res.Baton, jobs)
+	checkProcesses(t, "replicated", res.Replicated, jobs, "scheduler-1", "scheduler-2", "scheduler-3")
+	if _, ok := res.Replicated.Processes.CPUMsPerJob["scheduler"]; ok {
+		t.Errorf("the replicated cluster has a process named scheduler: %v", res.Replicated.Processes.CPUMsPerJob)
+	}
+	if res.Replicas != 3 || res.ReplicatedP50Ratio <= 0 || res.ReplicatedP99Ratio <= 0 || res.ReplicatedThroughputRatio <= 0 {
+		t.Errorf("replicas %d, ratios p50 %v, p99 %v, throughput %v; want 3 and positive ratios",
+			res.Replicas, res.ReplicatedP50Ratio, res.ReplicatedP99Ratio, res.ReplicatedThroughputRatio)
+	}
+	var table bytes.Buffer
+	printBench(&table, res)
+	for _, want := range []string{"baton 3 replicas", "3 replicas (etcd)/one scheduler (SQLite): p50", "CPU replicated", "scheduler-3"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("bench tables lack %q:\n%s", want, table.String())
+		}
+	}
+}
+
+// TestBenchReplicaConfigs checks that the replicas' configurations name
+// one cluster of members, each on ports of its own, with fsync left on.
+func TestBenchReplicaConfigs(t *testing.T) {
+	t.Parallel()
+	base := daemon.DefaultSchedulerConfig()
+	configs := replicaConfigs(base, "/d", []int{1000, 1001, 1002, 2000, 2001, 2002, 3000, 3001, 3002})
+	if len(configs) != 3 {
+		t.Fatalf("%d configurations, want 3", len(configs))
+	}
+	const initial = "scheduler-1=http://127.0.0.1:1002,scheduler-2=http://127.0.0.1:2002,scheduler-3=http://127.0.0.1:3002"
+	for i, name := range []string{"scheduler-1", "scheduler-2", "scheduler-3"} {
+		c, ok := configs[name]
+		if !ok {
+			t.Fatalf("no configuration for %s in %v", name, slices.Collect(maps.Keys(configs)))
+		}
+		m := c.Store.Etcd.Embedded
+		port := 1000 * (i + 1)
+		want := daemon.EmbeddedEtcd{
+			Name:                name,
+			ClientURL:           fmt.Sprintf("http://127.0.0.1:%d", port+1),
+			PeerURL:             fmt.Sprintf("http://127.0.0.1:%d", port+2),
+			InitialCluster:      initial,
+			QuotaBytes:          base.Store.Etcd.Embedded.QuotaBytes,
+			CompactionRetention: base.Store.Etcd.Embedded.CompactionRetention,
+			ElectionTimeout:     base.Store.Etcd.Embedded.ElectionTimeout,
+		}
+		if m != want {
+			t.Errorf("%s: embedded member %+v, want %+v", name, m, want)
+		}
+		if c.Store.Backend != daemon.BackendEtcd || c.GRPCServer.Addr != fmt.Sprintf("127.0.0.1:%d", port) || c.Scheduler.DataDir != "/d/"+name {
+			t.Errorf("%s: backend %q, addr %q, data dir %q", name, c.Store.Backend, c.GRPCServer.Addr, c.Scheduler.DataDir)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
 // TestBenchCommandJSON runs the binary as a user would, and checks its
 // JSON output and that it leaves nothing behind in its TMPDIR.
 func TestBenchCommandJSON(t *testing.T) {
@@ -262,6 +350,11 @@ func TestBenchFlags(t *testing.T) {
 		{"queue without local", benchOptions{Queue: 10, Clients: 1, Jobs: 1}},
 		{"queue and job uids", benchOptions{Local: true, JobUIDs: true, Queue: 10, Clients: 1, Jobs: 1}},
 		{"negative queue", benchOptions{Local: true, Queue: -1, Clients: 1, Jobs: 1}},
+		{"replicas without local", benchOptions{Replicas: 3, Clients: 1, Jobs: 1}},
+		{"one replica", benchOptions{Local: true, Replicas: 1, Clients: 1, Jobs: 1}},
+		{"too many replicas", benchOptions{Local: true, Replicas: 9, Clients: 1, Jobs: 1}},
+		{"replicas and mtls", benchOptions{Local: true, Replicas: 3, MTLS: true, Clients: 1, Jobs: 1}},
+		{"replicas and queue", benchOptions{Local: true, Replicas: 3, Queue: 10, Clients: 1, Jobs: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := runBench(t.Context(), tc.opts); err == nil {

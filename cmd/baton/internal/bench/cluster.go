@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -45,18 +46,25 @@ type localVariant struct {
 	capacity int
 	// schedules is how many schedules are defined once it runs.
 	schedules int
+	// replicas, when above 1, runs that many scheduler replicas, each with
+	// an embedded etcd member (fsync on), instead of one scheduler on
+	// SQLite (h2c only).
+	replicas int
 }
 
 // benchWorkerNames are the local cluster's workers.
 var benchWorkerNames = []string{"bench-1", "bench-2"}
 
-// localCluster is a `baton scheduler` and two `baton worker` processes on
-// loopback, children of this process, with their configuration, certificates
-// and data in one temporary directory. Its methods are not safe for
-// concurrent use.
+// localCluster is a `baton scheduler` (or several replicas of it) and two
+// `baton worker` processes on loopback, children of this process, with their
+// configuration, certificates and data in one temporary directory. Its
+// methods are not safe for concurrent use.
 type localCluster struct {
 	dir  string
 	addr string
+	// addrs are every scheduler replica's address, addr first; clients and
+	// workers are given them all and follow the leader.
+	addrs []string
 	// clientTLS is what a client of a secure cluster dials with: an admin
 	// certificate; nil for h2c.
 	clientTLS *tls.Config
@@ -65,7 +73,7 @@ type localCluster struct {
 	clientConfig string
 	admin        batonv1connect.SchedulerServiceClient
 	adminHTTP    *http.Client
-	scheduler    *benchDaemon
+	schedulers   []*benchDaemon
 	workers      []*benchDaemon
 }
 
@@ -123,11 +131,28 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 			return nil, err
 		}
 	}
-	ports, err := freeLoopbackPorts(1 + len(benchWorkerNames))
+	if v.replicas > 1 && v.secure {
+		return nil, errors.New("a local cluster of scheduler replicas speaks h2c only")
+	}
+	// One port for a scheduler on SQLite; a replica's API, its member's
+	// client and peer ports.
+	schedPorts := 1
+	if v.replicas > 1 {
+		schedPorts = 3 * v.replicas
+	}
+	ports, err := freeLoopbackPorts(schedPorts + len(benchWorkerNames))
 	if err != nil {
 		return nil, err
 	}
-	lc.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
+	loopback := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+	lc.addr = loopback(ports[0])
+	lc.addrs = []string{lc.addr}
+	if v.replicas > 1 {
+		lc.addrs = nil
+		for i := range v.replicas {
+			lc.addrs = append(lc.addrs, loopback(ports[3*i]))
+		}
+	}
 
 	var caFile string
 	var files map[identity.Principal][2]string
@@ -154,7 +179,7 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 	}
 	quiet := config.LogConfig{Level: "warn", Format: "text"}
 
-	client := config.ClientSection{Scheduler: "http://" + lc.addr}
+	client := config.ClientSection{Scheduler: "http://" + strings.Join(lc.addrs, ",http://")}
 	if v.secure {
 		client = config.ClientSection{Scheduler: "https://" + lc.addr, CAFile: caFile, CertFile: files[adminP][0], KeyFile: files[adminP][1]}
 	}
@@ -163,21 +188,37 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 		return nil, err
 	}
 	lc.adminHTTP = serving.NewHTTPClient(lc.clientTLS)
+	if len(lc.addrs) > 1 {
+		if lc.adminHTTP.Transport, err = serving.FollowLeader(lc.adminHTTP.Transport, lc.addrs); err != nil {
+			return nil, err
+		}
+	}
 	lc.admin = batonv1connect.NewSchedulerServiceClient(lc.adminHTTP, serving.BaseURL(lc.addr, v.secure))
 
 	sched := daemon.DefaultSchedulerConfig()
 	sched.GRPCServer = server(identity.Scheduler, lc.addr)
 	sched.Scheduler.DataDir = filepath.Join(dir, "scheduler")
 	sched.Log = quiet
-	if err := sched.Validate(); err != nil {
-		return nil, err
+	scheds := map[string]daemon.SchedulerConfig{"scheduler": sched}
+	if v.replicas > 1 {
+		scheds = replicaConfigs(sched, dir, ports[:schedPorts])
 	}
-	if lc.scheduler, err = startDaemon(binary, "scheduler", "scheduler", dir, &sched); err != nil {
-		return nil, err
+	// The replicas start together: each member waits for a quorum of the
+	// others before its scheduler serves.
+	for _, name := range slices.Sorted(maps.Keys(scheds)) {
+		c := scheds[name]
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		d, err := startDaemon(binary, "scheduler", name, dir, &c)
+		if err != nil {
+			return nil, err
+		}
+		d.dataDir = c.Scheduler.DataDir
+		lc.schedulers = append(lc.schedulers, d)
 	}
-	lc.scheduler.dataDir = sched.Scheduler.DataDir
 	// Workers that find no scheduler retry with a growing pause: start
-	// them once it answers.
+	// them once it answers (a replica, once one leads).
 	if err := lc.waitReady(ctx, 0); err != nil {
 		return nil, err
 	}
@@ -189,9 +230,9 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 	for i, name := range benchWorkerNames {
 		self := identity.Principal{Role: identity.RoleWorker, Name: name}
 		w := daemon.DefaultWorkerConfig()
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1+i]))
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[schedPorts+i]))
 		w.GRPCServer = server(self, addr)
-		w.Scheduler.Addr = lc.addr
+		w.Scheduler.Addr = strings.Join(lc.addrs, ",")
 		w.Worker.Name = name
 		w.Worker.DataDir = filepath.Join(dir, name, "data")
 		w.Worker.ScriptsDir = filepath.Join(dir, name, "scripts")
@@ -231,13 +272,38 @@ func tryLocalCluster(ctx context.Context, binary, parent, command string, v loca
 	return lc, nil
 }
 
+// replicaConfigs derives from sched the configurations of len(ports)/3
+// scheduler replicas, named scheduler-1 and on, replica i listening on
+// ports[3i] with its embedded etcd member's client and peer URLs on the
+// next two. Members keep etcd's defaults but the election timeout, as
+// `baton dev --replicas` does, and sync every write to disk.
+func replicaConfigs(sched daemon.SchedulerConfig, dir string, ports []int) map[string]daemon.SchedulerConfig {
+	n := len(ports) / 3
+	url := func(port int) string { return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+	names := make([]string, n)
+	initial := make([]string, n)
+	for i := range n {
+		names[i] = fmt.Sprintf("scheduler-%d", i+1)
+		initial[i] = names[i] + "=" + url(ports[3*i+2])
+	}
+	out := make(map[string]daemon.SchedulerConfig, n)
+	for i, name := range names {
+		c := sched
+		c.GRPCServer.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3*i]))
+		c.Scheduler.DataDir = filepath.Join(dir, name)
+		c.Store.Backend = daemon.BackendEtcd
+		c.Store.Etcd.Embedded.Name = name
+		c.Store.Etcd.Embedded.ClientURL = url(ports[3*i+1])
+		c.Store.Etcd.Embedded.PeerURL = url(ports[3*i+2])
+		c.Store.Etcd.Embedded.InitialCluster = strings.Join(initial, ",")
+		out[name] = c
+	}
+	return out
+}
+
 // daemons are the cluster's processes, workers first.
 func (lc *localCluster) daemons() []*benchDaemon {
-	ds := slices.Clone(lc.workers)
-	if lc.scheduler != nil {
-		ds = append(ds, lc.scheduler)
-	}
-	return ds
+	return append(slices.Clone(lc.workers), lc.schedulers...)
 }
 
 // waitReady waits until the scheduler lists want READY workers (with 0,
@@ -280,7 +346,7 @@ func (lc *localCluster) close() error {
 	if lc.adminHTTP != nil {
 		lc.adminHTTP.CloseIdleConnections()
 	}
-	errs := make([]error, len(lc.workers)+2)
+	errs := make([]error, len(lc.workers)+len(lc.schedulers)+1)
 	var wg sync.WaitGroup
 	for i, d := range lc.workers {
 		wg.Go(func() {
@@ -295,9 +361,11 @@ func (lc *localCluster) close() error {
 		})
 	}
 	wg.Wait()
-	if lc.scheduler != nil {
-		errs[len(errs)-2] = lc.scheduler.stop()
+	// Replicas stop together: one left alone has no quorum to resign with.
+	for i, d := range lc.schedulers {
+		wg.Go(func() { errs[len(lc.workers)+i] = d.stop() })
 	}
+	wg.Wait()
 	if err := os.RemoveAll(lc.dir); err != nil {
 		errs[len(errs)-1] = fmt.Errorf("remove the local cluster's directory: %w", err)
 	}

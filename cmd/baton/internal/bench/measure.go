@@ -36,7 +36,7 @@ type benchProcesses struct {
 	// Workers are each worker's disk and memory per job it finished.
 	Workers map[string]workerFootprint `json:"workers"`
 	// SchedulerDiskBytesPerJob is the growth of the scheduler's data
-	// directory per job.
+	// directory per job (all replicas' together).
 	SchedulerDiskBytesPerJob float64 `json:"scheduler_disk_bytes_per_job"`
 	// Filesystem holds the data directories ("ext4", "tmpfs", ...).
 	Filesystem string `json:"filesystem"`
@@ -111,7 +111,7 @@ func (c *clusterLoad) round(ctx context.Context, opts benchOptions, n int, res *
 	if err != nil {
 		return err
 	}
-	s, err := loadThrough(ctx, opts, n, c.lc.addr, c.lc.clientTLS, res, retries)
+	s, err := loadThrough(ctx, opts, n, c.lc.addrs, c.lc.clientTLS, res, retries)
 	if err != nil {
 		return err
 	}
@@ -251,9 +251,14 @@ func (lc *localCluster) footprint(ctx context.Context) (clusterFootprint, error)
 		}
 		fp.workers[w.name] = s
 	}
-	var err error
-	fp.schedDisk, err = diskBytes(lc.scheduler.dataDir)
-	return fp, err
+	for _, d := range lc.schedulers {
+		n, err := diskBytes(d.dataDir)
+		if err != nil {
+			return fp, err
+		}
+		fp.schedDisk += n
+	}
+	return fp, nil
 }
 
 // heapCollections is how many collections liveHeap brings about and

@@ -129,7 +129,7 @@ func runQueueBench(ctx context.Context, opts benchOptions) (_ *benchResult, err 
 // and measures the round from the jobs' final statuses. StartJob failures
 // are counted into errs.
 func queueRound(ctx context.Context, lc *localCluster, opts benchOptions, n int, errs map[string]int) (*queueResult, error) {
-	cl, err := benchClient(lc.addr, lc.clientTLS)
+	cl, err := benchClient(lc.addrs, lc.clientTLS)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -171,14 +172,15 @@ func printProcesses(w io.Writer, clusters []string, stats []*benchStats) {
 	if len(names) == 0 {
 		return
 	}
-	// scheduler, the workers, baton (their sum), client.
+	// The scheduler (or its replicas), the workers, baton (their sum),
+	// client.
 	rank := func(n string) int {
-		switch n {
-		case "scheduler":
+		switch {
+		case strings.HasPrefix(n, "scheduler"):
 			return 0
-		case "baton":
+		case n == "baton":
 			return 2
-		case "client":
+		case n == "client":
 			return 3
 		}
 		return 1
@@ -238,6 +240,10 @@ func printProcesses(w io.Writer, clusters []string, stats []*benchStats) {
 			}
 			fmt.Fprintf(w, "  %s: %d jobs, disk %.2f KiB, %s %.2f ± %.2f KiB, keeper heap %.2f KiB\n", name, f.FinishedJobs, f.DiskBytesPerJob/1024, what, f.MemBytesPerJob/1024, f.MemSpreadBytesPerJob/1024, f.KeeperHeapBytesPerJob/1024)
 		}
-		fmt.Fprintf(w, "  scheduler: disk %.2f KiB\n", p.SchedulerDiskBytesPerJob/1024)
+		sched := "scheduler"
+		if _, ok := p.CPUMsPerJob["scheduler"]; !ok {
+			sched = "schedulers (all replicas' data directories, etcd's WAL included)"
+		}
+		fmt.Fprintf(w, "  %s: disk %.2f KiB\n", sched, p.SchedulerDiskBytesPerJob/1024)
 	}
 }
