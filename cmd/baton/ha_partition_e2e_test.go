@@ -227,7 +227,6 @@ format = "json"
 	cutEtcd := time.Now()
 	t.Logf("cut off at %.1fs", time.Since(started).Seconds())
 
-
 	leader2, epoch2 := waitLeader(t, hc, reps[1:], epoch1, 20*time.Second)
 	elected := time.Since(cutEtcd)
 	if epoch2 <= epoch1 {
