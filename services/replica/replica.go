@@ -91,8 +91,6 @@ type Replica struct {
 	epochG  prometheus.Gauge
 	terms   prometheus.Counter
 
-	// fenced is signalled when the store refused a write of this term.
-	fenced chan struct{}
 	// health answers followers' health checks.
 	health http.Handler
 }
@@ -120,7 +118,7 @@ func New(opts Options) (*Replica, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	r := &Replica{opts: opts, logger: opts.Logger, reg: prometheus.NewRegistry(), fenced: make(chan struct{}, 1)}
+	r := &Replica{opts: opts, logger: opts.Logger, reg: prometheus.NewRegistry()}
 	r.leading = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "baton_scheduler_leader",
 		Help: "1 while this scheduler replica leads, 0 while it follows.",
@@ -190,15 +188,6 @@ func (r *Replica) refuse(w http.ResponseWriter, req *http.Request, s *state) {
 	_ = ew.Write(w, req, connect.NewError(connect.CodeUnavailable, errors.New(msg)))
 }
 
-// Fenced tells the replica that the store refused a write of its term:
-// it leaves office at once instead of waiting to see its session end.
-func (r *Replica) Fenced() {
-	select {
-	case r.fenced <- struct{}{}:
-	default:
-	}
-}
-
 // Run campaigns, leads and follows until ctx ends; then, if leading, it
 // resigns so that another replica takes over at once.
 func (r *Replica) Run(ctx context.Context) error {
@@ -259,18 +248,26 @@ func (r *Replica) observe(ctx context.Context, el *concurrency.Election, newer c
 		}
 		kv := resp.Kvs[0]
 		addr, epoch := string(kv.Value), kv.CreateRevision
-		s := r.current.Load()
-		if s.term != nil {
-			if epoch != s.epoch {
-				select {
-				case newer <- epoch:
-				default:
+		for {
+			s := r.current.Load()
+			if s.term != nil {
+				// Election keys only get newer revisions: a lower epoch
+				// is a late notice of an earlier leader.
+				if epoch > s.epoch {
+					select {
+					case newer <- epoch:
+					default:
+					}
 				}
+				break
 			}
-			continue
+			// lead may take office meanwhile: its state must not be
+			// overwritten by a follower's.
+			if r.current.CompareAndSwap(s, &state{leader: addr, epoch: epoch}) {
+				r.epochG.Set(float64(epoch))
+				break
+			}
 		}
-		r.current.Store(&state{leader: addr, epoch: epoch})
-		r.epochG.Set(float64(epoch))
 	}
 }
 
@@ -280,11 +277,6 @@ func (r *Replica) observe(ctx context.Context, el *concurrency.Election, newer c
 // ends.
 func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election, newer <-chan int64) error {
 	epoch := el.Rev()
-	// A fenced signal left over from an earlier term is not this one's.
-	select {
-	case <-r.fenced:
-	default:
-	}
 	// The lease is renewed here too, so that the term ends as soon as it
 	// can no longer be sure of its lease: before the cluster can end it
 	// and elect another leader. The session's own renewal finds a lapse
@@ -297,9 +289,19 @@ func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concu
 		return fmt.Errorf("renewing the lease of epoch %d: %w", epoch, err)
 	}
 	defer lease.stop()
+	// The store tells of a write refused for a stale term: the replica
+	// leaves office at once instead of waiting to see its session end.
+	// Each term has its own signal, so that a late refusal of an earlier
+	// term's write cannot end this one.
+	fenced := make(chan struct{}, 1)
 	st, err := store.OpenEtcd(ctx, r.opts.Client, store.EtcdOptions{
 		Prefix: r.opts.Prefix,
-		Fence:  &store.Fence{Key: el.Key(), Term: epoch, Fenced: r.Fenced},
+		Fence: &store.Fence{Key: el.Key(), Term: epoch, Fenced: func() {
+			select {
+			case fenced <- struct{}{}:
+			default:
+			}
+		}},
 	})
 	if err != nil {
 		r.resign(el)
@@ -332,7 +334,7 @@ func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concu
 		why = "the leadership session expired"
 	case <-lease.lapsed:
 		why = "the leadership lease could not be renewed in time: etcd is out of reach or too slow"
-	case <-r.fenced:
+	case <-fenced:
 		why = "the store refused a write: a newer leader has taken office"
 	case e := <-newer:
 		why = fmt.Sprintf("a newer leader took office (epoch %d)", e)
