@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/baton-run/baton/cmd/baton/internal/e2e"
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
@@ -29,28 +31,24 @@ import (
 )
 
 // TestHAPartition cuts the leading replica of a three-replica scheduler
-// off from the other two, with real processes: the replica runs in a
-// network namespace of its own, joined to the machine by three veth links,
-// so that each kind of its traffic can be cut apart:
+// off from everything, with real processes, and checks that the other two
+// elect a new leader, that the cut-off replica stops acting, and that it
+// follows the new leader once the network heals.
 //
-//   - etcd: its etcd member's peer traffic with the other two members;
-//   - calls: the calls it makes to the workers, as leader;
-//   - api: the calls clients and workers make to it.
-//
-// While it leads, its calls link goes down, it is made to call a worker
-// (a client follows a job's output through it, which it relays from the
-// worker), and its etcd link goes down: it is cut off from the majority,
-// and its call is held in the network. The other two elect a new leader,
-// which starts a job on that worker; the isolated replica leaves office.
-// Then the calls link comes back, the worker receives the call it sent
-// while it led, and refuses it for its epoch; after the etcd link comes
-// back too, the replica follows the new leader, and a client given every
-// replica, the isolated one first, starts jobs through the cluster.
-//
-// The api link stays up throughout: a worker whose leader's address
-// swallows its packets keeps calling it over the HTTP/2 connection it
-// has, and would not move to the new leader until that connection is
-// found dead; here the deposed replica answers it that it does not lead.
+// The replica runs in a network namespace of its own, joined to the
+// machine by two veth links: one carries its etcd member's traffic with
+// the other members, the other everything else (its API, which clients
+// and workers call, and its own calls to workers). The links go down one
+// after the other, so that a call the replica makes while it still leads
+// is caught in the network: its service link goes down, a client follows
+// a job's output through it (over a connection made inside the
+// namespace), which it relays from the worker, and then its etcd link
+// goes down. The other two elect a new leader, the worker moves to it,
+// and the new leader starts a job there. The service link comes back
+// first: the call sent while the replica led reaches the worker, which
+// refuses it for its epoch. Then the etcd link comes back, the replica
+// names the new leader, and a client given every replica, the cut-off one
+// first, starts a job through the cluster.
 func TestHAPartition(t *testing.T) {
 	requirePartitionable(t)
 	started := time.Now()
@@ -77,14 +75,20 @@ func TestHAPartition(t *testing.T) {
 		}
 	}
 	ca := filepath.Join(certs, "ca.crt")
-	hc := serving.NewHTTPClient(clientTLS(t, certs, "admin-tester"))
+	tlsConf := clientTLS(t, certs, "admin-tester")
+	hc := serving.NewHTTPClient(tlsConf)
+	// inside reaches the cut-off replica whatever its links do.
+	inside := serving.NewHTTPClient(tlsConf)
+	inside.Transport.(*http.Transport).DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return dialInNetns(ctx, pn.ns, network, addr)
+	}
 
-	// Replica 0 is the one isolated: it runs in the namespace. Its API is
-	// on the api link; the others' API and etcd ports are on the
-	// machine's side, where the namespace reaches them through the calls
-	// link (workers' and replicas' services) and the etcd link (peers).
+	// Replica 0 is the one cut off: it runs in the namespace. The others'
+	// API and etcd ports are on the machine's side, where the namespace
+	// reaches their peer ports through the etcd link and everything else
+	// through the service link.
 	reps := []*partReplica{
-		{name: "scheduler-1", addr: net.JoinHostPort(pn.nsAPI, "7001"), netns: pn.ns,
+		{name: "scheduler-1", addr: net.JoinHostPort(pn.nsSvc, "7001"), netns: pn.ns,
 			peerURL: "https://" + net.JoinHostPort(pn.nsEtcd, "2381"), clientURL: "https://127.0.0.1:2391"},
 		{name: "scheduler-2", addr: net.JoinHostPort(pn.svc, "7002"),
 			peerURL: "https://" + net.JoinHostPort(pn.peers, "2382"), clientURL: "https://" + net.JoinHostPort(pn.svc, "2392")},
@@ -137,9 +141,9 @@ format = "json"
 		e2e.WaitListening(t, r.addr)
 	}
 
-	// The isolated replica must be the leader. A replica that resigns
-	// hands office to the replica waiting longest, so each round that
-	// restarts the leader brings replica 0 nearer the front.
+	// The replica to cut off must lead. A replica that resigns hands
+	// office to the one waiting longest, so each round that restarts the
+	// leader brings replica 0 nearer the front.
 	for round := 0; ; round++ {
 		leader, _ := waitLeader(t, hc, reps, 0, 30*time.Second)
 		if leader == reps[0] {
@@ -153,7 +157,7 @@ format = "json"
 	_, epoch1 := waitLeader(t, hc, reps, 0, time.Second)
 	t.Logf("%s leads at epoch %d (%.1fs)", reps[0].name, epoch1, time.Since(started).Seconds())
 
-	// One worker, given every replica, the isolated one first.
+	// One worker, given every replica, the one to cut off first.
 	w := &workerInfo{name: "w1", addr: net.JoinHostPort(pn.svc, "7100")}
 	base := filepath.Join(c.dir, w.name)
 	scripts := filepath.Join(base, "scripts")
@@ -192,21 +196,19 @@ format = "json"
 	c.startWorker(w.name)
 	r1 := schedulerClient(hc, reps[0].addr)
 	waitWorkerReady(t, r1, w.name, 30*time.Second)
-
 	job1 := startNap(t, r1, c.workerMarker(w.name), w.name)
 	if got := workerEpoch(t, w); got != epoch1 {
 		t.Fatalf("after a start by the leader of epoch %d, the worker's epoch file holds %d", epoch1, got)
 	}
 
-	// 1. Its calls to the worker are cut; it is made to call the worker:
-	// a client follows job 1's output through it.
-	pn.down(pn.callsLink)
-	cutCalls := time.Now()
-	streamCtx, stopStream := context.WithCancel(t.Context())
-	defer stopStream()
+	// 1. The service link goes down, and the leader is made to call the
+	// worker: a client follows job 1's output through it.
+	pn.down(pn.svcLink)
+	cutSvc := time.Now()
+	r1in := schedulerClient(inside, reps[0].addr)
 	streamEnded := make(chan error, 1)
 	go func() {
-		s, err := r1.StreamJobOutput(streamCtx, connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: job1, Follow: true}))
+		s, err := r1in.StreamJobOutput(t.Context(), connect.NewRequest(&batonv1.StreamJobOutputRequest{JobId: job1, Follow: true}))
 		if err != nil {
 			streamEnded <- err
 			return
@@ -217,36 +219,33 @@ format = "json"
 	}()
 	// The relay's request is in the replica's socket to the worker,
 	// unacknowledged: the call has left the process.
-	workerHostPort := w.addr
-	waitFor(t, 10*time.Second, "the isolated replica to send its call to the worker", func() bool {
-		return unsentBytes(reps[0].proc.cmd.Process.Pid, workerHostPort) > 0
+	waitFor(t, 10*time.Second, "the leader to send its call to the worker", func() bool {
+		return unsentBytes(reps[0].proc.cmd.Process.Pid, w.addr) > 0
 	})
 
-	// 2. It is cut off from the majority.
+	// 2. The etcd link goes down: the replica is cut off from everything.
 	pn.down(pn.etcdLink)
-	cutEtcd := time.Now()
+	cut := time.Now()
 	t.Logf("cut off at %.1fs", time.Since(started).Seconds())
 
 	leader2, epoch2 := waitLeader(t, hc, reps[1:], epoch1, 20*time.Second)
-	elected := time.Since(cutEtcd)
-	if epoch2 <= epoch1 {
-		t.Fatalf("the new leader's epoch %d is not above %d", epoch2, epoch1)
-	}
-	var leftAt time.Time
+	elected := time.Since(cut)
+	var left logEntry
 	waitFor(t, 20*time.Second, reps[0].name+" to leave office", func() bool {
-		leftAt = logTime(t, reps[0].logPath(c), func(e logEntry) bool {
-			return e.Msg == "left office" && e.Epoch == epoch1
-		})
-		return !leftAt.IsZero()
+		left = firstLog(t, reps[0].logPath(c), func(e logEntry) bool { return e.Msg == "left office" && e.Epoch == epoch1 })
+		return !left.Time.IsZero()
 	})
-	if m := replicaMetrics(t, hc, reps[0].addr); m.leader != 0 {
+	leadAt := firstLog(t, leader2.logPath(c), func(e logEntry) bool {
+		return e.Msg == "leading the scheduler" && e.Epoch == epoch2
+	}).Time
+	t.Logf("%s leads at epoch %d %.1fs after the cut; %s left office %.1fs after the cut (%+.2fs from the new leader's start): %s",
+		leader2.name, epoch2, elected.Seconds(), reps[0].name, left.Time.Sub(cut).Seconds(), left.Time.Sub(leadAt).Seconds(), left.Why)
+	if !left.Time.Before(leadAt) {
+		t.Errorf("%s left office after %s took it: two leaders for %s", reps[0].name, leader2.name, left.Time.Sub(leadAt))
+	}
+	if m := replicaMetrics(t, inside, reps[0].addr); m.leader != 0 {
 		t.Errorf("%s left office, yet its metrics say baton_scheduler_leader %v", reps[0].name, m.leader)
 	}
-	leadAt := logTime(t, leader2.logPath(c), func(e logEntry) bool {
-		return e.Msg == "leading the scheduler" && e.Epoch == epoch2
-	})
-	t.Logf("%s leads at epoch %d %.1fs after the cut; %s left office %.1fs after the cut (%+.2fs from the new leader's start)",
-		leader2.name, epoch2, elected.Seconds(), reps[0].name, leftAt.Sub(cutEtcd).Seconds(), leftAt.Sub(leadAt).Seconds())
 	select {
 	case err := <-streamEnded:
 		if connect.CodeOf(err) != connect.CodeUnavailable {
@@ -256,47 +255,54 @@ format = "json"
 		t.Errorf("the output stream relayed by %s did not end within 10s of its leaving office", reps[0].name)
 	}
 
-	// 3. The new leader reaches the worker: it moves to the new leader
-	// (the deposed one answers it that it does not lead), and a job
-	// started there gives it the new epoch.
+	// 3. The worker moves to the new leader (a heartbeat to the cut-off
+	// one goes unanswered), and a job started there gives it the new
+	// epoch.
+	var registered time.Time
+	waitFor(t, 40*time.Second, "the worker to register with the new leader", func() bool {
+		registered = firstLog(t, w.proc.logPath, func(e logEntry) bool {
+			return e.Msg == "registered with the scheduler" && e.Time.After(cut)
+		}).Time
+		return !registered.IsZero()
+	})
+	t.Logf("the worker registered with the new leader %.1fs after the cut", registered.Sub(cut).Seconds())
 	l2 := schedulerClient(hc, leader2.addr)
-	waitWorkerReady(t, l2, w.name, 30*time.Second)
+	waitWorkerReady(t, l2, w.name, 10*time.Second)
 	startNap(t, l2, c.workerMarker(w.name), w.name)
 	if got := workerEpoch(t, w); got != epoch2 {
 		t.Fatalf("after a start by the leader of epoch %d, the worker's epoch file holds %d", epoch2, got)
 	}
 
-	// 4. The calls link comes back, the etcd link still down: the call
-	// the isolated replica sent while it led reaches the worker, which
-	// refuses it for its epoch.
-	pn.up(pn.callsLink)
-	upCalls := time.Now()
+	// 4. The service link comes back, the etcd link still down: the call
+	// the replica sent while it led reaches the worker, which refuses it
+	// for its epoch.
+	pn.up(pn.svcLink)
+	upSvc := time.Now()
 	want := fmt.Sprintf("stale leader: epoch %d is older than %d", epoch1, epoch2)
 	var refusedAt time.Time
-	waitFor(t, 45*time.Second, "the worker to refuse the isolated replica's call", func() bool {
-		refusedAt = logTime(t, w.proc.logPath, func(e logEntry) bool {
+	waitFor(t, 45*time.Second, "the worker to refuse the deposed leader's call", func() bool {
+		refusedAt = firstLog(t, w.proc.logPath, func(e logEntry) bool {
 			return e.Msg == "rpc" && e.Procedure == batonv1connect.WorkerServiceStreamJobOutputProcedure &&
-				e.Code == "failed_precondition" && peerHost(e.Peer) == pn.nsCalls && strings.Contains(e.Error, want)
-		})
+				e.Code == "failed_precondition" && peerHost(e.Peer) == pn.nsSvc && strings.Contains(e.Error, want)
+		}).Time
 		return !refusedAt.IsZero()
 	})
-	t.Logf("the worker refused the call of epoch %d %.1fs after the calls link came back", epoch1, refusedAt.Sub(upCalls).Seconds())
-	// Nothing the isolated replica sent after its calls were cut was
-	// carried out.
+	t.Logf("the worker refused the call of epoch %d %.1fs after the service link came back", epoch1, refusedAt.Sub(upSvc).Seconds())
+	// Nothing the replica sent once its links went down was carried out.
 	for _, e := range readLog(t, w.proc.logPath) {
-		if e.Msg == "rpc" && peerHost(e.Peer) == pn.nsCalls && e.Time.Add(-time.Duration(e.Duration)).After(cutCalls) && e.Code != "failed_precondition" {
-			t.Errorf("the worker answered %s to the isolated replica's %s", e.Code, e.Procedure)
+		if e.Msg == "rpc" && peerHost(e.Peer) == pn.nsSvc && e.Time.Add(-time.Duration(e.Duration)).After(cutSvc) && e.Code != "failed_precondition" {
+			t.Errorf("the worker answered %s to the cut-off replica's %s", e.Code, e.Procedure)
 		}
-		if e.Msg == "job started" && e.Time.After(cutEtcd) && e.Epoch < epoch2 {
+		if e.Msg == "job started" && e.Time.After(cutSvc) && e.Epoch < epoch2 {
 			t.Errorf("the worker started job %s for epoch %d after the cut", e.JobID, e.Epoch)
 		}
 	}
 	if got := workerEpoch(t, w); got != epoch2 {
 		t.Errorf("after refusing epoch %d the worker's epoch file holds %d, want %d", epoch1, got, epoch2)
 	}
-	// Cut off from etcd, it knows of no leader to name.
-	if _, err := r1.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{})); connect.CodeOf(err) != connect.CodeUnavailable {
-		t.Errorf("ListWorkers on the isolated replica: %v, want unavailable", err)
+	// Still cut off from etcd, it knows of no leader to name.
+	if _, err := r1.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{})); connect.CodeOf(err) != connect.CodeUnavailable || leaderHint(err) != "" {
+		t.Errorf("ListWorkers on the replica cut off from etcd: %v (leader %q), want unavailable naming none", err, leaderHint(err))
 	}
 
 	// 5. Heal: it follows the new leader.
@@ -307,12 +313,8 @@ format = "json"
 		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
 		defer cancel()
 		_, err := r1.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
-		var ce *connect.Error
-		if connect.CodeOf(err) != connect.CodeUnavailable || !errors.As(err, &ce) {
-			return false
-		}
-		hint = ce.Meta().Get(serving.LeaderHeader)
-		return hint != ""
+		hint = leaderHint(err)
+		return connect.CodeOf(err) == connect.CodeUnavailable && hint != ""
 	})
 	leader3, epoch3 := waitLeader(t, hc, reps, epoch2-1, 10*time.Second)
 	if hint != leader3.addr {
@@ -326,7 +328,7 @@ format = "json"
 	}
 	t.Logf("%s follows %s (epoch %d) %.1fs after the heal", reps[0].name, leader3.name, epoch3, time.Since(healed).Seconds())
 
-	// A client given every replica, the isolated one first, starts a job.
+	// A client given every replica, the healed one first, starts a job.
 	clientCfg := filepath.Join(c.dir, "client.toml")
 	c.writeFile(clientCfg, fmt.Sprintf(`[client]
 scheduler = %q
@@ -353,6 +355,61 @@ key_file = %q
 	t.Logf("done in %.1fs", time.Since(started).Seconds())
 }
 
+// leaderHint is the leader a replica's refusal names (LeaderHeader).
+func leaderHint(err error) string {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return ""
+	}
+	return ce.Meta().Get(serving.LeaderHeader)
+}
+
+// dialInNetns dials addr from inside the network namespace ns: a thread
+// joins the namespace to make the socket, which stays in it, and goes
+// back before it serves any other goroutine. It must not exit instead:
+// the processes it started would get their Pdeathsig.
+func dialInNetns(ctx context.Context, ns, network, addr string) (net.Conn, error) {
+	type dialed struct {
+		conn net.Conn
+		err  error
+	}
+	out := make(chan dialed, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			out <- dialed{nil, err}
+			return
+		}
+		defer home.Close()
+		there, err := os.Open(filepath.Join("/var/run/netns", ns))
+		if err != nil {
+			runtime.UnlockOSThread()
+			out <- dialed{nil, err}
+			return
+		}
+		defer there.Close()
+		if err := unix.Setns(int(there.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			out <- dialed{nil, fmt.Errorf("joining network namespace %s: %w", ns, err)}
+			return
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, network, addr)
+		if berr := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); berr != nil {
+			// Stuck in the namespace: the thread stays locked to a
+			// goroutine that never ends.
+			out <- dialed{conn, err}
+			select {}
+		}
+		runtime.UnlockOSThread()
+		out <- dialed{conn, err}
+	}()
+	r := <-out
+	return r.conn, r.err
+}
+
 // requirePartitionable skips the test unless BATONTEST_HA=1 asks for the
 // replicated scheduler's fault tests and this process may make network
 // namespaces (root, with ip(8)); under CI (CI set), missing rights fail it.
@@ -376,23 +433,22 @@ func requirePartitionable(t *testing.T) {
 	t.Skip(why)
 }
 
-// partitionNet is a network namespace joined to this machine by three
-// veth links, and an interface on the machine's side holding the
-// addresses the namespace reaches through them. Each link is a /30 of
-// 10.231.N.0/24, with N free on this machine; names carry a random id,
-// so that runs at the same time do not meet.
+// partitionNet is a network namespace joined to this machine by two veth
+// links, and an interface on the machine's side holding the addresses the
+// namespace reaches through them. The links are /30s of a 10.231.N.0/24
+// that no address or route of this machine uses; names carry a random
+// id, so that runs at the same time do not meet.
 type partitionNet struct {
 	t  *testing.T
 	ns string
-	// Links, by their name on the machine's side: taking that end down
-	// cuts the link and leaves the namespace's addresses in place.
-	etcdLink, callsLink, apiLink string
-	// The namespace's end of each link.
-	nsEtcd, nsCalls, nsAPI string
-	// The machine's ends, which the namespace's replies take.
-	rootEtcd, rootCalls, rootAPI string
+	// The links, by their name on the machine's side: taking that end
+	// down cuts a link and leaves the namespace's addresses in place.
+	etcdLink, svcLink string
+	// The namespace's end of each link, and the machine's.
+	nsEtcd, nsSvc     string
+	rootEtcd, rootSvc string
 	// svc holds the machine's services (workers, the other replicas' API
-	// and etcd clients), reached from the namespace through the calls
+	// and etcd clients), reached from the namespace through the service
 	// link; peers holds the other etcd members' peer ports, reached
 	// through the etcd link.
 	svc, peers string
@@ -408,18 +464,17 @@ func newPartitionNet(t *testing.T) *partitionNet {
 	n.subnet = prefix + "0/24"
 	addr := func(host int) string { return prefix + strconv.Itoa(host) }
 	n.nsEtcd, n.rootEtcd = addr(1), addr(2)
-	n.nsCalls, n.rootCalls = addr(5), addr(6)
-	n.nsAPI, n.rootAPI = addr(9), addr(10)
+	n.nsSvc, n.rootSvc = addr(5), addr(6)
 	n.svc, n.peers = addr(17), addr(18)
-	hold := "bp" + id + "s"
-	n.etcdLink, n.callsLink, n.apiLink = "bp"+id+"e0", "bp"+id+"c0", "bp"+id+"a0"
+	hold := "bp" + id + "h0"
+	n.etcdLink, n.svcLink = "bp"+id+"e0", "bp"+id+"s0"
 
 	// Removed last, whatever was made: deleting the namespace deletes
 	// its ends of the links and with them the machine's ends; deleting
 	// those explicitly too covers a namespace kept alive by a process.
 	t.Cleanup(func() {
 		_ = exec.Command("ip", "route", "del", "blackhole", n.subnet).Run()
-		for _, link := range []string{n.etcdLink, n.callsLink, n.apiLink, hold} {
+		for _, link := range []string{n.etcdLink, n.svcLink, hold} {
 			_ = exec.Command("ip", "link", "del", link).Run()
 		}
 		if out, err := exec.Command("ip", "netns", "del", n.ns).CombinedOutput(); err != nil && !strings.Contains(string(out), "No such file") {
@@ -433,38 +488,39 @@ func newPartitionNet(t *testing.T) *partitionNet {
 	n.ip("netns", "add", n.ns)
 	n.ip("netns", "exec", n.ns, "ip", "link", "set", "lo", "up")
 	// The machine's service addresses sit on a veth pair of their own
-	// (the dummy driver may be missing): an interface that goes away with
-	// the pair.
-	n.ip("link", "add", hold, "type", "veth", "peer", "name", hold+"p")
+	// (the dummy driver may be missing), which takes them when it goes.
+	n.ip("link", "add", hold, "type", "veth", "peer", "name", peerLink(hold))
 	n.ip("addr", "add", n.svc+"/32", "dev", hold)
 	n.ip("addr", "add", n.peers+"/32", "dev", hold)
 	n.ip("link", "set", hold, "up")
-	n.ip("link", "set", hold+"p", "up")
+	n.ip("link", "set", peerLink(hold), "up")
 	for _, l := range []struct{ root, rootAddr, nsAddr string }{
 		{n.etcdLink, n.rootEtcd, n.nsEtcd},
-		{n.callsLink, n.rootCalls, n.nsCalls},
-		{n.apiLink, n.rootAPI, n.nsAPI},
+		{n.svcLink, n.rootSvc, n.nsSvc},
 	} {
-		peer := strings.TrimSuffix(l.root, "0") + "1"
-		n.ip("link", "add", l.root, "type", "veth", "peer", "name", peer, "netns", n.ns)
+		n.ip("link", "add", l.root, "type", "veth", "peer", "name", peerLink(l.root), "netns", n.ns)
 		n.ip("addr", "add", l.rootAddr+"/30", "dev", l.root)
 		n.ip("link", "set", l.root, "up")
-		n.ip("netns", "exec", n.ns, "ip", "addr", "add", l.nsAddr+"/30", "dev", peer)
-		n.ip("netns", "exec", n.ns, "ip", "link", "set", peer, "up")
+		n.ip("netns", "exec", n.ns, "ip", "addr", "add", l.nsAddr+"/30", "dev", peerLink(l.root))
+		n.ip("netns", "exec", n.ns, "ip", "link", "set", peerLink(l.root), "up")
 	}
 	// Which link a packet from the namespace takes depends on where it
 	// goes: the other members' peer ports through the etcd link, every
-	// other service on the machine through the calls link.
+	// other service on the machine through the service link.
 	n.ip("netns", "exec", n.ns, "ip", "route", "add", n.peers+"/32", "via", n.rootEtcd)
-	n.ip("netns", "exec", n.ns, "ip", "route", "add", n.svc+"/32", "via", n.rootCalls)
+	n.ip("netns", "exec", n.ns, "ip", "route", "add", n.svc+"/32", "via", n.rootSvc)
 	return n
 }
+
+// peerLink names the other end of the veth pair whose first end is
+// link ("...0" and "...1").
+func peerLink(link string) string { return strings.TrimSuffix(link, "0") + "1" }
 
 // schedulerHosts are every address a scheduler replica serves or dials
 // from: etcd checks a peer's certificate against the address it comes
 // from.
 func (n *partitionNet) schedulerHosts() []string {
-	return []string{n.nsEtcd, n.rootEtcd, n.nsCalls, n.rootCalls, n.nsAPI, n.rootAPI, n.svc, n.peers}
+	return []string{n.nsEtcd, n.rootEtcd, n.nsSvc, n.rootSvc, n.svc, n.peers}
 }
 
 func (n *partitionNet) ip(args ...string) {
@@ -474,8 +530,8 @@ func (n *partitionNet) ip(args ...string) {
 	}
 }
 
-// down cuts a link at the machine's end; the namespace's end loses its
-// carrier, and packets sent into it are lost.
+// down cuts a link at the machine's end: the namespace's end loses its
+// carrier, and what either side sends into the link is lost.
 func (n *partitionNet) down(link string) { n.t.Helper(); n.ip("link", "set", link, "down") }
 
 func (n *partitionNet) up(link string) { n.t.Helper(); n.ip("link", "set", link, "up") }
@@ -740,6 +796,7 @@ type logEntry struct {
 	Peer      string      `json:"peer"`
 	Code      string      `json:"code"`
 	Error     string      `json:"error"`
+	Why       string      `json:"why"`
 	Duration  logDuration `json:"duration"`
 }
 
@@ -788,16 +845,16 @@ func readLog(t *testing.T, path string) []logEntry {
 	}
 }
 
-// logTime is the time of the first line of the log at path that match
-// accepts; zero when there is none.
-func logTime(t *testing.T, path string, match func(logEntry) bool) time.Time {
+// firstLog is the first line of the log at path that match accepts; its
+// Time is zero when there is none.
+func firstLog(t *testing.T, path string, match func(logEntry) bool) logEntry {
 	t.Helper()
 	for _, e := range readLog(t, path) {
 		if match(e) {
-			return e.Time
+			return e
 		}
 	}
-	return time.Time{}
+	return logEntry{}
 }
 
 func peerHost(peer string) string {
