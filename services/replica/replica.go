@@ -23,6 +23,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -271,10 +272,23 @@ func (r *Replica) observe(ctx context.Context, el *concurrency.Election, newer c
 }
 
 // lead runs one term: the scheduler on a store fenced by the election
-// key's creation revision, until the session ends, a write is fenced, a
-// newer leader shows or ctx ends.
+// key's creation revision, until the session ends or its lease can no
+// longer be counted on, a write is fenced, a newer leader shows or ctx
+// ends.
 func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election, newer <-chan int64) error {
 	epoch := el.Rev()
+	// The lease is renewed here too, so that the term ends as soon as it
+	// can no longer be sure of its lease: before the cluster can end it
+	// and elect another leader. The session's own renewal finds a lapse
+	// later (counting from when an answer arrived, checked once a
+	// second), which left a cut-off leader in office for a moment after
+	// the next one took it.
+	lease, err := r.holdLease(ctx, sess.Lease())
+	if err != nil {
+		r.resign(el)
+		return fmt.Errorf("renewing the lease of epoch %d: %w", epoch, err)
+	}
+	defer lease.stop()
 	// The store tells of a write refused for a stale term: the replica
 	// leaves office at once instead of waiting to see its session end.
 	// Each term has its own signal, so that a late refusal of an earlier
@@ -318,6 +332,8 @@ func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concu
 		why = "shutting down"
 	case <-sess.Done():
 		why = "the leadership session expired"
+	case <-lease.lapsed:
+		why = "the leadership lease could not be renewed in time: etcd is out of reach or too slow"
 	case <-fenced:
 		why = "the store refused a write: a newer leader has taken office"
 	case e := <-newer:
@@ -338,6 +354,75 @@ func (r *Replica) lead(ctx context.Context, sess *concurrency.Session, el *concu
 		return nil
 	}
 	return errors.New(why)
+}
+
+// heldLease is a lease renewed by holdLease.
+type heldLease struct {
+	// lapsed closes when the lease may have ended.
+	lapsed chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stop ends the renewals and waits for them.
+func (h *heldLease) stop() {
+	h.cancel()
+	<-h.done
+}
+
+// holdLease renews lease once, then again every third of its TTL, until
+// stopped. Its lapsed channel closes once no renewal sent within the last
+// TTL, less a tenth for this process's own delays, has been answered:
+// etcd renews a lease when a renewal arrives, so until then the lease is
+// alive whatever the cluster does, and from then on it may have ended. It
+// fails if the first renewal does.
+func (r *Replica) holdLease(ctx context.Context, lease clientv3.LeaseID) (*heldLease, error) {
+	sent := time.Now()
+	ttl, err := r.renew(ctx, lease, sent.Add(r.opts.SessionTTL))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	h := &heldLease{lapsed: make(chan struct{}), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		deadline := sent.Add(ttl - ttl/10)
+		for {
+			wait := time.NewTimer(min(ttl/3, time.Until(deadline)))
+			select {
+			case <-ctx.Done():
+				wait.Stop()
+				return
+			case <-wait.C:
+			}
+			if !time.Now().Before(deadline) {
+				close(h.lapsed)
+				return
+			}
+			sent := time.Now()
+			got, err := r.renew(ctx, lease, deadline)
+			switch {
+			case err == nil:
+				ttl = got
+				deadline = sent.Add(ttl - ttl/10)
+			case errors.Is(err, rpctypes.ErrLeaseNotFound):
+				close(h.lapsed)
+				return
+			}
+		}
+	}()
+	return h, nil
+}
+
+// renew renews lease once, giving up at deadline, and returns its TTL.
+func (r *Replica) renew(ctx context.Context, lease clientv3.LeaseID, deadline time.Time) (time.Duration, error) {
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	resp, err := r.opts.Client.KeepAliveOnce(ctx, lease)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(resp.TTL) * time.Second, nil
 }
 
 // resign gives up leadership at once, so that another replica is elected

@@ -57,7 +57,13 @@ const (
 //     request goes to the leader it names, and the next requests too.
 //
 // Any other answer or failure is returned as it is, so that a call that
-// may have reached a scheduler never runs twice. The leader a refusal
+// may have reached a scheduler never runs twice. A request that went out
+// and got no answer (its deadline passed, its connection was lost) is
+// not sent again either, but the next requests go first to the next
+// address: a leader cut off from the network holds a connection that
+// swallows requests until HTTP/2's keepalive finds it dead, a minute or
+// more, while the replicas still reachable name the leader elected
+// meanwhile (or send the requests back, if it is alive). The leader a refusal
 // names is followed only when it is one of addrs: a replica's header
 // cannot make the client send a request, or the token it carries, to a
 // host it was not configured with. A refusal naming another address, or
@@ -125,6 +131,8 @@ func (f *follower) RoundTrip(req *http.Request) (*http.Response, error) {
 		res, err := f.send(req, at, nil)
 		if err == nil {
 			f.learn(at, res)
+		} else {
+			f.unanswered(ctx, at)
 		}
 		return res, err
 	}
@@ -137,6 +145,7 @@ func (f *follower) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err != nil {
 			// A connection was had: the request may have gone out.
 			if connected.Load() || ctx.Err() != nil || last {
+				f.unanswered(ctx, at)
 				return nil, err
 			}
 			at = (at + 1) % len(f.addrs)
@@ -166,6 +175,15 @@ func (f *follower) RoundTrip(req *http.Request) (*http.Response, error) {
 			wait = min(2*wait, followMaxWait)
 		}
 	}
+}
+
+// unanswered moves the next requests on from the address at, which did
+// not answer a request, unless its caller gave up on it.
+func (f *follower) unanswered(ctx context.Context, at int) {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return
+	}
+	f.leader.CompareAndSwap(int32(at), int32((at+1)%len(f.addrs)))
 }
 
 // learn remembers the leader a refusal names, for the next requests.

@@ -33,6 +33,9 @@ type replica struct {
 	answer error
 	// hang makes the replica drop the connection without answering.
 	hang bool
+	// silent makes the replica keep a unary call without answering, as
+	// a replica cut off from the network does, until the caller gives up.
+	silent bool
 	// streamHeader makes a streaming call set the header as a stream's
 	// response header, rather than a middleware on the HTTP response:
 	// gRPC-Web then sends its trailers in the body.
@@ -56,7 +59,12 @@ func (r *replica) outcome() error {
 	return r.answer
 }
 
-func (r *replica) StartJob(context.Context, *connect.Request[batonv1.StartJobRequest]) (*connect.Response[batonv1.StartJobResponse], error) {
+func (r *replica) StartJob(ctx context.Context, _ *connect.Request[batonv1.StartJobRequest]) (*connect.Response[batonv1.StartJobResponse], error) {
+	if r.silent {
+		r.calls.Add(1)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
 	if err := r.outcome(); err != nil {
 		return nil, err
 	}
@@ -281,6 +289,40 @@ func TestFollowLeaderNeverSendsTwiceWhatMayHaveActed(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestFollowLeaderMovesOnFromASilentLeader: a leader that takes a call
+// and never answers (cut off from the network) gets it once, and is not
+// sent it again when the caller's deadline passes; the next call goes to
+// the next address first, not to the silent one.
+func TestFollowLeaderMovesOnFromASilentLeader(t *testing.T) {
+	t.Parallel()
+	for _, p := range followProtocols {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			silent := serveReplica(t, &replica{name: "silent", silent: true})
+			leader := serveReplica(t, &replica{name: "leader"})
+			hc := following(t, silent.addr, leader.addr)
+			c := batonv1connect.NewSchedulerServiceClient(hc, serving.BaseURL(silent.addr, false), p.opts...)
+
+			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+			defer cancel()
+			if _, err := startJob(ctx, c); connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+				t.Fatalf("the call to the silent leader: %v, want deadline_exceeded", err)
+			}
+			if n := leader.calls.Load(); n != 0 {
+				t.Fatalf("a call that may have acted was sent again (%d calls)", n)
+			}
+			ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			if who, err := startJob(ctx, c); err != nil || who != "leader" {
+				t.Fatalf("the next call answered by %q (%v), want the next address", who, err)
+			}
+			if n := silent.calls.Load(); n != 1 {
+				t.Errorf("the silent leader got %d calls, want 1", n)
+			}
+		})
 	}
 }
 
