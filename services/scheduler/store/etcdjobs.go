@@ -339,24 +339,9 @@ func (e *Etcd) DeleteJob(ctx context.Context, id string) error {
 // ListJobs implements [Store]. It walks the index of the most selective
 // filter set, newest first, and checks the other filters on the records.
 func (e *Etcd) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error) {
-	states, none := normalStates(f.States)
-	f.States = states
-	size := f.PageSize
-	if size <= 0 {
-		size = DefaultPageSize
-	}
-	size = min(size, MaxPageSize)
-	fp := f.fingerprint()
-	var cur *cursor
-	if f.PageToken != "" {
-		c, err := decodeCursor(f.PageToken, fp)
-		if err != nil {
-			return nil, "", err
-		}
-		cur = &c
-	}
-	if none {
-		return nil, "", nil
+	f, size, cur, fp, none, err := f.page()
+	if err != nil || none {
+		return nil, "", err
 	}
 	var prefix string
 	switch {
@@ -393,7 +378,7 @@ func (e *Etcd) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error)
 		end = prefix + sortInt(cur.createdAt) + cur.jobID
 	}
 	var jobs []*ejob
-	err := e.view(ctx, func(tx *etx) error {
+	err = e.view(ctx, func(tx *etx) error {
 		// One job more than the page tells whether another page follows.
 		// The other filters may skip many keys: each request reads at
 		// least listBatch of them, not one per job still missing.
