@@ -428,16 +428,7 @@ func (e *Etcd) JobsOnWorker(ctx context.Context, workerID string, nonTerminalOnl
 			jobs, err = e.activeJobs(tx, workerID, 0, true)
 			return err
 		}
-		prefix := e.ixWorker(workerID)
-		kvs, err := tx.scan(prefix, prefixEnd(prefix), 0, true, true)
-		if err != nil {
-			return err
-		}
-		ids := make([]string, len(kvs))
-		for i, kv := range kvs {
-			ids[i] = orderedID(kv.key, len(prefix))
-		}
-		jobs, err = e.readJobs(tx, ids)
+		jobs, err = e.indexedJobs(tx, e.ixWorker(workerID), true)
 		return err
 	})
 	if err != nil {
@@ -582,20 +573,26 @@ func (e *Etcd) ClearStop(ctx context.Context, id string) error {
 	return nil
 }
 
+// indexedJobs reads every job an index lists under prefix, in the
+// index's order or, newestFirst, the other way.
+func (e *Etcd) indexedJobs(tx *etx, prefix string, newestFirst bool) ([]*ejob, error) {
+	kvs, err := tx.scan(prefix, prefixEnd(prefix), 0, newestFirst, true)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(kvs))
+	for i, kv := range kvs {
+		ids[i] = orderedID(kv.key, len(prefix))
+	}
+	return e.readJobs(tx, ids)
+}
+
 // PendingStops implements [Store].
 func (e *Etcd) PendingStops(ctx context.Context, workerID string) ([]Job, error) {
 	var jobs []*ejob
 	err := e.view(ctx, func(tx *etx) error {
-		prefix := e.ixStop(workerID)
-		kvs, err := tx.scan(prefix, prefixEnd(prefix), 0, false, true)
-		if err != nil {
-			return err
-		}
-		ids := make([]string, len(kvs))
-		for i, kv := range kvs {
-			ids[i] = orderedID(kv.key, len(prefix))
-		}
-		jobs, err = e.readJobs(tx, ids)
+		var err error
+		jobs, err = e.indexedJobs(tx, e.ixStop(workerID), false)
 		return err
 	})
 	if err != nil {
