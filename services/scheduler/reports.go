@@ -107,6 +107,9 @@ func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error 
 				s.logger.ErrorContext(ctx, "putting a job back in the queue failed", "job_id", j.ID, "error", err)
 				return unavailable()
 			}
+			if s.startOrphan(ctx, t, j) {
+				return nil
+			}
 		}
 		lost := proto.CloneOf(j.Status)
 		lost.State = batonv1.JobState_JOB_STATE_LOST
@@ -123,6 +126,36 @@ func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error 
 	}
 	s.logger.WarnContext(ctx, "could not ask a registering worker about a job", "worker_id", t.id, "job_id", j.ID, "code", connect.CodeOf(err).String())
 	return nil
+}
+
+// startOrphan starts a job recorded PENDING for worker t by a scheduler
+// that stopped (or lost office) before asking the worker, which has not got
+// it. Its caller may have been told it started: a StartJob sent again
+// with its idempotency key is answered with this job. It is started now,
+// under the same id, so that no acknowledged job is lost; a start of it
+// still on its way from a deposed leader is refused by the worker, which
+// has just answered this leader's newer epoch, and one that arrived first
+// is the same job (a worker starts a job id once). A job sent with a
+// script whose content is no longer kept cannot be started again, nor one
+// the worker refuses: they stay LOST. It reports whether the job started.
+func (s *Scheduler) startOrphan(ctx context.Context, t target, j store.Job) bool {
+	if j.Status.GetSpec().GetScriptName() != "" && len(j.Script) == 0 {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
+	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartOf(j)))
+	cancel()
+	if err != nil {
+		s.logger.WarnContext(ctx, "starting a job a stopped scheduler left unstarted failed", "job_id", j.ID, "worker_id", t.id, "error", err)
+		return false
+	}
+	st := withIdentity(j, res.Msg.GetStatus())
+	if err := s.store.ApplyWorkerReport(ctx, t.id, runID(j), st); err != nil {
+		s.logger.ErrorContext(ctx, "recording a started job failed", "job_id", j.ID, "error", err)
+	}
+	s.opts.Metrics.JobStarted()
+	s.logger.InfoContext(ctx, "started a job a stopped scheduler left unstarted", "job_id", j.ID, "worker_id", t.id)
+	return true
 }
 
 // unavailable is the answer to a worker whose report could not be stored:
