@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -42,6 +43,10 @@ import (
 // haEnv is the variable that turns the replicated-scheduler fault tests
 // on: they take minutes, start a dozen processes and measure failover.
 const haEnv = "BATONTEST_HA"
+
+// haLogsEnv names a directory where a failed test's cluster directory
+// (configurations, logs, data) is copied, for a look after the test.
+const haLogsEnv = "BATONTEST_HA_KEEP"
 
 // requireHA skips t unless BATONTEST_HA=1.
 func requireHA(t *testing.T) {
@@ -235,11 +240,36 @@ func (c *haCluster) serverTLS(p identity.Principal, addr string) config.GRPCServ
 	return config.GRPCServerConfig{Addr: addr, UseTLS: true, CAFile: c.caFile, CrtFile: c.files[p][0], KeyFile: c.files[p][1]}
 }
 
-// freePort returns a port free on loopback now (see e2e.FreeAddr).
+// freePort returns a port free on loopback now, below the kernel's
+// ephemeral range (as e2e.FreeAddr's are) but picked at random, and never
+// twice in this process: other test processes, of this package or another,
+// walk e2e.FreeAddr's ports in step with this one, and a replica keeps its
+// ports across restarts.
 func (c *haCluster) freePort() string {
-	_, port, _ := net.SplitHostPort(e2e.FreeAddr(c.t))
-	return port
+	c.t.Helper()
+	haPortsMu.Lock()
+	defer haPortsMu.Unlock()
+	for range 1000 {
+		p := 20000 + rand.IntN(32768-20000)
+		if haPortsTaken[p] {
+			continue
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		_ = ln.Close()
+		haPortsTaken[p] = true
+		return strconv.Itoa(p)
+	}
+	c.t.Fatal("no free port below the ephemeral range")
+	return ""
 }
+
+var (
+	haPortsMu    sync.Mutex
+	haPortsTaken = map[int]bool{}
+)
 
 // startReplicas writes every replica's configuration, with new ports,
 // starts them all (an etcd cluster bootstraps only with a quorum of its
@@ -295,7 +325,7 @@ func (c *haCluster) startReplicas(attempt int) error {
 		}
 	}
 	for i := range c.replicas {
-		if err := c.waitReplicaListening(i, 60*time.Second); err != nil {
+		if err := c.waitReplicaServing(i, 60*time.Second); err != nil {
 			return err
 		}
 	}
@@ -360,30 +390,41 @@ func startProc(name, logPath string, argv []string, home string) (*proc, error) 
 	return p, nil
 }
 
-// waitReplicaListening waits until replica i accepts connections. A
-// replica that exits first fails the wait, with errHAPortTaken when it
+// waitReplicaServing waits until replica i answers a call as a replica of
+// this cluster: the leader's answer, or a follower's refusal (which names
+// the leader, or none yet), over mutual TLS with the cluster's CA. A
+// connection alone proves nothing: another process may hold the port.
+// A replica that exits first fails the wait, with errHAPortTaken when it
 // could not bind.
-func (c *haCluster) waitReplicaListening(i int, d time.Duration) error {
+func (c *haCluster) waitReplicaServing(i int, d time.Duration) error {
 	r := c.replicas[i]
 	p := r.current()
+	rc := c.replicaClient(i)
 	deadline := time.Now().Add(d)
 	for {
-		if conn, err := net.DialTimeout("tcp", r.addr, time.Second); err == nil {
-			_ = conn.Close()
-			return nil
-		}
 		select {
 		case <-p.done:
 			tail := logTail(r.logPath, 3000)
-			err := fmt.Errorf("%s exited before it listened (%v):\n%s", p.name, p.err, tail)
+			err := fmt.Errorf("%s exited before it served (%v):\n%s", p.name, p.err, tail)
 			if strings.Contains(tail, "address already in use") {
 				return fmt.Errorf("%w: %w", errHAPortTaken, err)
 			}
 			return err
-		case <-time.After(50 * time.Millisecond):
+		default:
+		}
+		ctx, cancel := context.WithTimeout(c.t.Context(), time.Second)
+		_, err := rc.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		cancel()
+		var ce *connect.Error
+		if err == nil || errors.As(err, &ce) && ce.Meta().Values(serving.LeaderHeader) != nil {
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s did not listen on %s within %s:\n%s", p.name, r.addr, d, logTail(r.logPath, 3000))
+			return fmt.Errorf("%s does not answer on %s within %s (last: %v):\n%s", p.name, r.addr, d, err, logTail(r.logPath, 3000))
+		}
+		select {
+		case <-p.done:
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 }
@@ -436,9 +477,6 @@ func (c *haCluster) startWorkers() {
 		}
 		w.proc = p
 		c.workers = append(c.workers, w)
-	}
-	for _, w := range c.workers {
-		e2e.WaitListening(t, w.addr)
 	}
 }
 
@@ -575,7 +613,7 @@ func (c *haCluster) restart(i int) error {
 		if err = c.launchReplica(i); err != nil {
 			return err
 		}
-		if err = c.waitReplicaListening(i, 60*time.Second); !errors.Is(err, errHAPortTaken) {
+		if err = c.waitReplicaServing(i, 60*time.Second); !errors.Is(err, errHAPortTaken) {
 			return err
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -675,7 +713,8 @@ func (c *haCluster) waitFollowing(i int, d time.Duration) error {
 	}
 }
 
-// waitWorkersReady waits until the leader lists every worker READY.
+// waitWorkersReady waits until the leader lists every worker READY. A
+// worker that exits meanwhile (its port taken, say) fails the test at once.
 func (c *haCluster) waitWorkersReady(d time.Duration) {
 	c.t.Helper()
 	cl := c.client()
@@ -688,6 +727,11 @@ func (c *haCluster) waitWorkersReady(d time.Duration) {
 		cancel()
 		if err == nil && len(res.Msg.GetWorkers()) == len(c.workers) {
 			return
+		}
+		for _, w := range c.workers {
+			if w.proc.exited() {
+				c.t.Fatalf("%s exited (%v):\n%s", w.name, w.proc.err, logTail(w.logPath, 3000))
+			}
 		}
 		if time.Now().After(deadline) {
 			c.t.Fatalf("the workers are not all READY within %s (last: %v, %v)", d, res, err)
@@ -814,6 +858,14 @@ func (c *haCluster) cleanup() {
 		removeV1Parents(w.dataDir)
 	}
 	if c.t.Failed() {
+		if keep := os.Getenv(haLogsEnv); keep != "" {
+			dst := filepath.Join(keep, strings.ReplaceAll(c.t.Name(), "/", "_")+"-"+time.Now().Format("150405"))
+			if out, err := exec.Command("cp", "-a", c.dir, dst).CombinedOutput(); err != nil {
+				c.t.Logf("copying the cluster's directory to %s: %v %s", dst, err, out)
+			} else {
+				c.t.Logf("the cluster's directory is copied to %s", dst)
+			}
+		}
 		for _, r := range c.replicas {
 			c.t.Logf("--- %s log (tail) ---\n%s", r.name, logTail(r.logPath, 6000))
 		}

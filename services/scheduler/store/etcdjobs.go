@@ -339,24 +339,9 @@ func (e *Etcd) DeleteJob(ctx context.Context, id string) error {
 // ListJobs implements [Store]. It walks the index of the most selective
 // filter set, newest first, and checks the other filters on the records.
 func (e *Etcd) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error) {
-	states, none := normalStates(f.States)
-	f.States = states
-	size := f.PageSize
-	if size <= 0 {
-		size = DefaultPageSize
-	}
-	size = min(size, MaxPageSize)
-	fp := f.fingerprint()
-	var cur *cursor
-	if f.PageToken != "" {
-		c, err := decodeCursor(f.PageToken, fp)
-		if err != nil {
-			return nil, "", err
-		}
-		cur = &c
-	}
-	if none {
-		return nil, "", nil
+	f, size, cur, fp, none, err := f.page()
+	if err != nil || none {
+		return nil, "", err
 	}
 	var prefix string
 	switch {
@@ -393,7 +378,7 @@ func (e *Etcd) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error)
 		end = prefix + sortInt(cur.createdAt) + cur.jobID
 	}
 	var jobs []*ejob
-	err := e.view(ctx, func(tx *etx) error {
+	err = e.view(ctx, func(tx *etx) error {
 		// One job more than the page tells whether another page follows.
 		// The other filters may skip many keys: each request reads at
 		// least listBatch of them, not one per job still missing.
@@ -443,16 +428,7 @@ func (e *Etcd) JobsOnWorker(ctx context.Context, workerID string, nonTerminalOnl
 			jobs, err = e.activeJobs(tx, workerID, 0, true)
 			return err
 		}
-		prefix := e.ixWorker(workerID)
-		kvs, err := tx.scan(prefix, prefixEnd(prefix), 0, true, true)
-		if err != nil {
-			return err
-		}
-		ids := make([]string, len(kvs))
-		for i, kv := range kvs {
-			ids[i] = orderedID(kv.key, len(prefix))
-		}
-		jobs, err = e.readJobs(tx, ids)
+		jobs, err = e.indexedJobs(tx, e.ixWorker(workerID), true)
 		return err
 	})
 	if err != nil {
@@ -597,20 +573,26 @@ func (e *Etcd) ClearStop(ctx context.Context, id string) error {
 	return nil
 }
 
+// indexedJobs reads every job an index lists under prefix, in the
+// index's order or, newestFirst, the other way.
+func (e *Etcd) indexedJobs(tx *etx, prefix string, newestFirst bool) ([]*ejob, error) {
+	kvs, err := tx.scan(prefix, prefixEnd(prefix), 0, newestFirst, true)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(kvs))
+	for i, kv := range kvs {
+		ids[i] = orderedID(kv.key, len(prefix))
+	}
+	return e.readJobs(tx, ids)
+}
+
 // PendingStops implements [Store].
 func (e *Etcd) PendingStops(ctx context.Context, workerID string) ([]Job, error) {
 	var jobs []*ejob
 	err := e.view(ctx, func(tx *etx) error {
-		prefix := e.ixStop(workerID)
-		kvs, err := tx.scan(prefix, prefixEnd(prefix), 0, false, true)
-		if err != nil {
-			return err
-		}
-		ids := make([]string, len(kvs))
-		for i, kv := range kvs {
-			ids[i] = orderedID(kv.key, len(prefix))
-		}
-		jobs, err = e.readJobs(tx, ids)
+		var err error
+		jobs, err = e.indexedJobs(tx, e.ixStop(workerID), false)
 		return err
 	})
 	if err != nil {

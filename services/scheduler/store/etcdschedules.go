@@ -154,28 +154,12 @@ func (e *Etcd) changeSchedule(ctx context.Context, owner, name string, change fu
 
 // UpdateSchedule implements [Schedules].
 func (e *Etcd) UpdateSchedule(ctx context.Context, owner, name string, def *batonv1.Schedule, now time.Time) (Schedule, error) {
-	def = proto.CloneOf(def)
-	return e.changeSchedule(ctx, owner, name, func(sc *Schedule) {
-		sc.Definition = def
-		sc.UpdatedAt = now
-		if sc.Cursor.Before(now) {
-			sc.Cursor = now
-		}
-	})
+	return e.changeSchedule(ctx, owner, name, redefine(def, now))
 }
 
 // PauseSchedule implements [Schedules].
 func (e *Etcd) PauseSchedule(ctx context.Context, owner, name string, paused bool, now time.Time) (Schedule, error) {
-	return e.changeSchedule(ctx, owner, name, func(sc *Schedule) {
-		if sc.Paused == paused {
-			return
-		}
-		sc.Paused = paused
-		sc.UpdatedAt = now
-		if !paused && sc.Cursor.Before(now) {
-			sc.Cursor = now
-		}
-	})
+	return e.changeSchedule(ctx, owner, name, pause(paused, now))
 }
 
 // GetSchedule implements [Schedules].

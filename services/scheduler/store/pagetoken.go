@@ -101,3 +101,25 @@ func normalStates(states []batonv1.JobState) (out []batonv1.JobState, none bool)
 	out = slices.Compact(out)
 	return out, len(out) == 0
 }
+
+// page reads what a listing of f needs, the same in every backend: f with
+// its states normalized, the page size, the cursor its token continues
+// from (nil for the first page), and the fingerprint the next token
+// carries. none reports a filter no job matches.
+func (f JobFilter) page() (_ JobFilter, size int, cur *cursor, fp uint64, none bool, err error) {
+	f.States, none = normalStates(f.States)
+	size = f.PageSize
+	if size <= 0 {
+		size = DefaultPageSize
+	}
+	size = min(size, MaxPageSize)
+	fp = f.fingerprint()
+	if f.PageToken != "" {
+		c, err := decodeCursor(f.PageToken, fp)
+		if err != nil {
+			return f, 0, nil, 0, false, err
+		}
+		cur = &c
+	}
+	return f, size, cur, fp, none, nil
+}

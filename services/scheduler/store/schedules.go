@@ -228,28 +228,12 @@ func (s *SQLite) changeSchedule(ctx context.Context, owner, name string, change 
 
 // UpdateSchedule implements [Schedules].
 func (s *SQLite) UpdateSchedule(ctx context.Context, owner, name string, def *batonv1.Schedule, now time.Time) (Schedule, error) {
-	def = proto.CloneOf(def)
-	return s.changeSchedule(ctx, owner, name, func(sc *Schedule) {
-		sc.Definition = def
-		sc.UpdatedAt = now
-		if sc.Cursor.Before(now) {
-			sc.Cursor = now
-		}
-	})
+	return s.changeSchedule(ctx, owner, name, redefine(def, now))
 }
 
 // PauseSchedule implements [Schedules].
 func (s *SQLite) PauseSchedule(ctx context.Context, owner, name string, paused bool, now time.Time) (Schedule, error) {
-	return s.changeSchedule(ctx, owner, name, func(sc *Schedule) {
-		if sc.Paused == paused {
-			return
-		}
-		sc.Paused = paused
-		sc.UpdatedAt = now
-		if !paused && sc.Cursor.Before(now) {
-			sc.Cursor = now
-		}
-	})
+	return s.changeSchedule(ctx, owner, name, pause(paused, now))
 }
 
 // GetSchedule implements [Schedules].
@@ -493,4 +477,31 @@ func boolInt(b bool) int64 {
 		return 1
 	}
 	return 0
+}
+
+// redefine gives a schedule a new definition, due from now on.
+func redefine(def *batonv1.Schedule, now time.Time) func(sc *Schedule) {
+	def = proto.CloneOf(def)
+	return func(sc *Schedule) {
+		sc.Definition = def
+		sc.UpdatedAt = now
+		if sc.Cursor.Before(now) {
+			sc.Cursor = now
+		}
+	}
+}
+
+// pause pauses or resumes a schedule; resumed, it is due from now on:
+// times that passed while it was paused are neither fired nor missed.
+func pause(paused bool, now time.Time) func(sc *Schedule) {
+	return func(sc *Schedule) {
+		if sc.Paused == paused {
+			return
+		}
+		sc.Paused = paused
+		sc.UpdatedAt = now
+		if !paused && sc.Cursor.Before(now) {
+			sc.Cursor = now
+		}
+	}
 }

@@ -650,24 +650,9 @@ func (s *SQLite) DeleteJob(ctx context.Context, id string) error {
 
 // ListJobs implements [Store].
 func (s *SQLite) ListJobs(ctx context.Context, f JobFilter) ([]Job, string, error) {
-	states, none := normalStates(f.States)
-	f.States = states
-	size := f.PageSize
-	if size <= 0 {
-		size = DefaultPageSize
-	}
-	size = min(size, MaxPageSize)
-	fp := f.fingerprint()
-	var cur *cursor
-	if f.PageToken != "" {
-		c, err := decodeCursor(f.PageToken, fp)
-		if err != nil {
-			return nil, "", err
-		}
-		cur = &c
-	}
-	if none {
-		return nil, "", nil
+	f, size, cur, fp, none, err := f.page()
+	if err != nil || none {
+		return nil, "", err
 	}
 
 	// The query text depends only on which filters are set, so the number
