@@ -33,9 +33,10 @@ type replica struct {
 	answer error
 	// hang makes the replica drop the connection without answering.
 	hang bool
-	// silent makes the replica keep a unary call without answering, as
-	// a replica cut off from the network does, until the caller gives up.
-	silent bool
+	// silent, when set, makes the replica keep a unary call without
+	// answering until it is closed, as a replica cut off from the network
+	// does: not even the caller's deadline brings an answer.
+	silent chan struct{}
 	// streamHeader makes a streaming call set the header as a stream's
 	// response header, rather than a middleware on the HTTP response:
 	// gRPC-Web then sends its trailers in the body.
@@ -59,11 +60,11 @@ func (r *replica) outcome() error {
 	return r.answer
 }
 
-func (r *replica) StartJob(ctx context.Context, _ *connect.Request[batonv1.StartJobRequest]) (*connect.Response[batonv1.StartJobResponse], error) {
-	if r.silent {
+func (r *replica) StartJob(_ context.Context, _ *connect.Request[batonv1.StartJobRequest]) (*connect.Response[batonv1.StartJobResponse], error) {
+	if r.silent != nil {
 		r.calls.Add(1)
-		<-ctx.Done()
-		return nil, ctx.Err()
+		<-r.silent
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("cut off"))
 	}
 	if err := r.outcome(); err != nil {
 		return nil, err
@@ -301,7 +302,8 @@ func TestFollowLeaderMovesOnFromASilentLeader(t *testing.T) {
 	for _, p := range followProtocols {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
-			silent := serveReplica(t, &replica{name: "silent", silent: true})
+			silent := serveReplica(t, &replica{name: "silent", silent: make(chan struct{})})
+			t.Cleanup(func() { close(silent.silent) })
 			leader := serveReplica(t, &replica{name: "leader"})
 			hc := following(t, silent.addr, leader.addr)
 			c := batonv1connect.NewSchedulerServiceClient(hc, serving.BaseURL(silent.addr, false), p.opts...)
