@@ -33,7 +33,7 @@ func TestPendingLeftByACrashIsSettled(t *testing.T) {
 
 	// What the killed scheduler left: two PENDING records, one of which
 	// reached the worker before the crash.
-	ran, never := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
+	ran, never, scripted := uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String(), uuid.Must(uuid.NewV7()).String()
 	st, err := store.Open(t.Context(), s1.dbPath)
 	if err != nil {
 		t.Fatal(err)
@@ -42,6 +42,9 @@ func TestPendingLeftByACrashIsSettled(t *testing.T) {
 	for _, j := range []store.Job{
 		{ID: ran, WorkerID: "w1", Owner: "anonymous", Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: spec}},
 		{ID: never, WorkerID: "w1", Owner: "anonymous", IdempotencyKey: "key-" + marker, Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: spec}},
+		// One sent with a script: the store keeps it until the job ends.
+		{ID: scripted, WorkerID: "w1", Owner: "anonymous", Script: []byte("exec -a " + marker + " sleep 100\n"),
+			Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: &batonv1.JobSpec{Command: "bash", ScriptName: "orphan.sh"}}},
 	} {
 		if err := st.CreateJob(t.Context(), j); err != nil {
 			t.Fatal(err)
@@ -64,7 +67,8 @@ func TestPendingLeftByACrashIsSettled(t *testing.T) {
 	// StartJob again with the key is answered with it, so it must run.
 	waitFor(t, "both PENDING jobs to be settled", func() bool {
 		return storedState(t, s2.client, "w1", ran) == batonv1.JobState_JOB_STATE_RUNNING &&
-			storedState(t, s2.client, "w1", never) == batonv1.JobState_JOB_STATE_RUNNING
+			storedState(t, s2.client, "w1", never) == batonv1.JobState_JOB_STATE_RUNNING &&
+			storedState(t, s2.client, "w1", scripted) == batonv1.JobState_JOB_STATE_RUNNING
 	})
 	retry, err := s2.client.StartJob(t.Context(), connect.NewRequest(&batonv1.StartJobRequest{
 		Command: "bash", Args: spec.GetArgs(), IdempotencyKey: "key-" + marker,
@@ -75,10 +79,10 @@ func TestPendingLeftByACrashIsSettled(t *testing.T) {
 	if got := retry.Msg.GetJobs()[0]; got.GetJobId() != never || got.GetState() != batonv1.JobState_JOB_STATE_RUNNING {
 		t.Errorf("a retry with the key answered %v, want the settled job %s, RUNNING", got, never)
 	}
-	if n := len(procsMarked(marker)); n != 2 {
-		t.Errorf("%d processes run, want 2: each job once", n)
+	if n := len(procsMarked(marker)); n != 3 {
+		t.Errorf("%d processes run, want 3: each job once", n)
 	}
-	for _, id := range []string{ran, never} {
+	for _, id := range []string{ran, never, scripted} {
 		stop, err := s2.client.StopJob(t.Context(), connect.NewRequest(&batonv1.StopJobRequest{JobId: id}))
 		if err != nil || stop.Msg.GetStatus().GetState() != batonv1.JobState_JOB_STATE_STOPPED {
 			t.Fatalf("StopJob on the settled job %s: %v %v", id, stop, err)

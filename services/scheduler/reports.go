@@ -135,12 +135,16 @@ func (s *Scheduler) settleOne(ctx context.Context, t target, j store.Job) error 
 // under the same id, so that no acknowledged job is lost; a start of it
 // still on its way from a deposed leader is refused by the worker, which
 // has just answered this leader's newer epoch, and one that arrived first
-// is the same job (a worker starts a job id once). A job sent with a
-// script whose content is no longer kept cannot be started again, nor one
-// the worker refuses: they stay LOST. It reports whether the job started.
+// is the same job (a worker starts a job id once). One the worker refuses
+// stays LOST. It reports whether the job started.
 func (s *Scheduler) startOrphan(ctx context.Context, t target, j store.Job) bool {
 	if j.Status.GetSpec().GetScriptName() != "" && len(j.Script) == 0 {
-		return false
+		script, err := s.store.JobScript(ctx, j.ID)
+		if err != nil || len(script) == 0 {
+			s.logger.WarnContext(ctx, "a job a stopped scheduler left unstarted has no script kept", "job_id", j.ID, "error", err)
+			return false
+		}
+		j.Script = script
 	}
 	cctx, cancel := context.WithTimeout(ctx, s.opts.WorkerCallTimeout)
 	res, err := t.client.StartJob(cctx, connect.NewRequest(workerStartOf(j)))

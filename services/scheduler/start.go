@@ -270,10 +270,10 @@ func (s *Scheduler) recordPending(ctx context.Context, t target, req *batonv1.St
 		ID: id, WorkerID: t.id, Owner: owner, GroupID: group, IdempotencyKey: key, CreatedAt: time.Now(),
 		Status: &batonv1.JobStatus{State: batonv1.JobState_JOB_STATE_PENDING, Spec: specOf(req)},
 	}
-	if req.GetRetry() != nil {
-		// Kept for the job's later attempts, which the queue starts.
-		job.Script = req.GetScript()
-	}
+	// Kept until the job ends: for its later attempts, which the queue
+	// starts, and for a start that a crash or a change of leader cuts
+	// short before the worker got it (see startOrphan).
+	job.Script = req.GetScript()
 	if err := s.store.CreateJob(ctx, job); err != nil {
 		forget()
 		return store.Job{}, nil, err

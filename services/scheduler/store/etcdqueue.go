@@ -140,3 +140,19 @@ func (e *Etcd) RequeueJob(ctx context.Context, id string) (Job, error) {
 	}
 	return out, nil
 }
+
+// JobScript implements [Store].
+func (e *Etcd) JobScript(ctx context.Context, id string) ([]byte, error) {
+	var out []byte
+	err := e.view(ctx, func(tx *etx) error {
+		script, ok, err := tx.get(e.scriptKey(id))
+		if ok {
+			out = script
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("script of job %s: %w", id, err)
+	}
+	return out, nil
+}

@@ -155,6 +155,19 @@ func scanQueuedJob(row scanner, id string) (Job, string, error) {
 }
 
 // queuedScript reads the script sent with queued job id, nil for none.
+// JobScript implements [Store].
+func (s *SQLite) JobScript(ctx context.Context, id string) ([]byte, error) {
+	row, err := s.queryRow(ctx, `SELECT content FROM scripts WHERE job_id = ?`, id)
+	if err != nil {
+		return nil, fmt.Errorf("script of job %s: %w", id, err)
+	}
+	var script []byte
+	if err := row.Scan(&script); err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("script of job %s: %w", id, unavailable(err))
+	}
+	return script, nil
+}
+
 func queuedScript(tx *writer, id string) ([]byte, error) {
 	row, err := tx.queryRow(`SELECT content FROM scripts WHERE job_id = ?`, id)
 	if err != nil {

@@ -46,6 +46,9 @@ func TestScriptIsKeptUntilTheJobEnds(t *testing.T) {
 		if got := mustGetJob(t, ctx, s, jobID(1)); got.Script != nil {
 			t.Errorf("GetJob reads the script (%d bytes)", len(got.Script))
 		}
+		if got, err := s.JobScript(ctx, jobID(3)); err != nil || !bytes.Equal(got, script) {
+			t.Errorf("JobScript of a running job: %d bytes, %v", len(got), err)
+		}
 		if _, err := s.RequeueJob(ctx, jobID(1)); err != nil {
 			t.Fatal(err)
 		}
@@ -74,6 +77,9 @@ func TestScriptIsKeptUntilTheJobEnds(t *testing.T) {
 		}
 		if n, err := s.ScriptsKept(ctx); n != 0 || err != nil {
 			t.Fatalf("scripts kept once every job ended: %d, %v; want 0", n, err)
+		}
+		if got, err := s.JobScript(ctx, jobID(3)); err != nil || got != nil {
+			t.Errorf("JobScript of an ended job: %d bytes, %v; want none", len(got), err)
 		}
 	})
 }

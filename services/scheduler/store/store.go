@@ -161,6 +161,9 @@ type Store interface {
 	// GetQueuedJob returns job id with Queue set, or ErrNotFound, or
 	// ErrConflict for a job with no place in the queue.
 	GetQueuedJob(ctx context.Context, id string) (Job, error)
+	// JobScript returns the content of the script sent with job id, which
+	// the store keeps until the job ends; nil when it keeps none for it.
+	JobScript(ctx context.Context, id string) ([]byte, error)
 	// AssignJob hands QUEUED job id to worker workerID: the job becomes
 	// PENDING on that worker and keeps its place in the queue until a
 	// report of its start (or end) arrives, or RequeueJob puts it back. It
