@@ -19,7 +19,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"connectrpc.com/connect"
 	"connectrpc.com/grpchealth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -79,6 +78,13 @@ type Options struct {
 	Lead Lead
 	// Logger receives leadership changes. Default: discard.
 	Logger *slog.Logger
+	// Relay carries the calls of clients that reach a follower to the
+	// leader (with this replica's own certificate, the leader's being the
+	// scheduler's); RelayTLS says whether the leader's address speaks TLS
+	// (h2c otherwise). Without Relay a follower refuses clients' calls
+	// with the leader's address, as it does workers'.
+	Relay    http.RoundTripper
+	RelayTLS bool
 }
 
 // Replica campaigns for leadership and serves as leader or follower.
@@ -93,6 +99,8 @@ type Replica struct {
 
 	// health answers followers' health checks.
 	health http.Handler
+	// relayer passes clients' calls to the leader; nil when Options.Relay is.
+	relayer *relayer
 }
 
 // state is what the replica serves: the term's handler while it leads,
@@ -134,6 +142,9 @@ func New(opts Options) (*Replica, error) {
 	r.reg.MustRegister(r.leading, r.epochG, r.terms)
 	r.current.Store(&state{})
 	_, r.health = grpchealth.NewHandler(grpchealth.NewStaticChecker(batonv1connect.SchedulerServiceName))
+	if opts.Relay != nil {
+		r.relayer = newRelayer(opts.Address, opts.Relay, opts.RelayTLS)
+	}
 	return r, nil
 }
 
@@ -145,7 +156,8 @@ func (r *Replica) Leader() (addr string, epoch int64, self bool) {
 }
 
 // Handler serves the leader's API while this replica leads, /metrics
-// always, and otherwise answers every call with where the leader is.
+// always, and otherwise relays clients' calls to the leader and answers
+// the others with where the leader is.
 func (r *Replica) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		s := r.current.Load()
@@ -161,31 +173,32 @@ func (r *Replica) Handler() http.Handler {
 			s.term.Handler().ServeHTTP(w, req)
 			return
 		}
-		r.refuse(w, req, s)
+		r.follow(w, req, s)
 	})
 }
 
-// refuse answers a call to a follower in the caller's protocol: Connect,
-// gRPC or gRPC-Web clients all read an unavailable error, and the leader's
+// follow serves a call to a follower. Health checks are answered: a
+// follower is alive. A client's call is relayed to the leader when one is
+// known. Any other call (a worker's, one relayed already, any while no
+// leader is known) is refused in the caller's protocol: Connect, gRPC or
+// gRPC-Web clients all read an unavailable error, and the leader's
 // address in LeaderHeader, empty while no leader is known, so that a
 // client tells this refusal from a leader's own unavailable and tries
-// another replica. Health checks are answered: a follower is alive.
-func (r *Replica) refuse(w http.ResponseWriter, req *http.Request, s *state) {
+// another replica.
+func (r *Replica) follow(w http.ResponseWriter, req *http.Request, s *state) {
 	if strings.HasPrefix(req.URL.Path, "/"+grpchealth.HealthV1ServiceName+"/") {
 		r.health.ServeHTTP(w, req)
 		return
 	}
+	if s.leader != "" && r.relayer != nil && relays(req) {
+		r.relayer.relay(w, req, s.leader)
+		return
+	}
 	msg := "this scheduler replica is not the leader and knows of none yet: try again shortly"
-	w.Header().Set(LeaderHeader, s.leader)
 	if s.leader != "" {
 		msg = "this scheduler replica is not the leader; the leader is at " + s.leader
 	}
-	ew := connect.NewErrorWriter()
-	if !ew.IsSupported(req) {
-		http.Error(w, msg, http.StatusServiceUnavailable)
-		return
-	}
-	_ = ew.Write(w, req, connect.NewError(connect.CodeUnavailable, errors.New(msg)))
+	writeUnavailable(w, req, s.leader, msg)
 }
 
 // Run campaigns, leads and follows until ctx ends; then, if leading, it

@@ -23,6 +23,7 @@ import (
 	"github.com/baton-run/baton/services/replica"
 	"github.com/baton-run/baton/services/scheduler"
 	"github.com/baton-run/baton/services/scheduler/store"
+	"github.com/baton-run/baton/services/serving"
 )
 
 // DefaultElectionTimeout is raft's election timeout of an embedded member:
@@ -282,12 +283,20 @@ func openReplicated(ctx context.Context, cfg SchedulerConfig, opts scheduler.Opt
 		}
 		return nil, err
 	}
+	// A follower relays clients' calls to the leader with this replica's
+	// certificate, and the leader must show the scheduler's.
+	var relayTLS *tls.Config
+	if creds := opts.WorkerTLS; creds != nil {
+		relayTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
+	}
 	r.rep, err = replica.New(replica.Options{
 		Client:     r.client,
 		Prefix:     e.Prefix,
 		Address:    cfg.advertised(),
 		SessionTTL: time.Duration(e.SessionTTL),
 		Logger:     logger,
+		Relay:      serving.NewHTTPClient(relayTLS).Transport,
+		RelayTLS:   relayTLS != nil,
 		Lead: func(ctx context.Context, st store.Store, epoch int64) (replica.Term, prometheus.Gatherer, error) {
 			o := opts
 			o.Store = st

@@ -255,8 +255,10 @@ func RunScheduler(ctx context.Context, cfg SchedulerConfig, reload func() (Sched
 	// every listener (identity.GuardOperations). With use_tls = false the
 	// listener answers loopback names only, like the plain http_server
 	// (serving.Listen), and its anonymous caller may read them.
+	// A replica relays a client's call naming the client: the call is
+	// served as the client's (identity.ActOnBehalfOf).
 	grpcAuth := identity.NewAuthenticator(creds, nil, creds == nil)
-	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(identity.GuardOperations(sched.Handler())), serverTLS, logger)
+	srv, err := serving.Listen(cfg.GRPCServer.Addr, grpcAuth.Middleware(identity.ActOnBehalfOf(identity.GuardOperations(sched.Handler()))), serverTLS, logger)
 	if err != nil {
 		return err
 	}

@@ -3,7 +3,9 @@ package dev
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -71,6 +73,33 @@ func TestDevReplicas(t *testing.T) {
 	if len(pids) != 3 || pids[first] == 0 {
 		t.Fatalf("the banner names %d replicas' pids (%v), want 3 with the leader %s\n%s", len(pids), pids, first, out.String())
 	}
+	// A client that knows one follower only is served through it: the
+	// follower relays the call, and the output stream, to the leader.
+	var followerAddr string
+	for a := range pids {
+		if a != first {
+			followerAddr = a
+			break
+		}
+	}
+	if b, err := baton("run", "--scheduler", followerAddr, "--", "sh", "-c", "echo relayed").CombinedOutput(); err != nil || string(b) != "relayed\n" {
+		t.Fatalf("run through the follower %s alone: %v %q\n%s", followerAddr, err, b, out.String())
+	}
+	webRE := regexp.MustCompile(`https://` + regexp.QuoteMeta(followerAddr) + `\s+web (http://\S+)/`)
+	web := webRE.FindStringSubmatch(out.String())
+	if web == nil {
+		t.Fatalf("the banner names no web address for %s\n%s", followerAddr, out.String())
+	}
+	res, err := http.Post(web[1]+"/baton.v1.SchedulerService/ListWorkers", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), `"leader":"`+first+`"`) {
+		t.Fatalf("ListWorkers on the follower's web port: %s %s, want the leader %s's answer", res.Status, body, first)
+	}
+
 	if err := syscall.Kill(pids[first], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
