@@ -691,18 +691,18 @@ func (c *haCluster) tookOffice(i int, epoch int64) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("%s did not log taking office at epoch %d", c.replicas[i].name, epoch)
 }
 
-// waitFollowing waits up to d until replica i follows: it refuses a call,
-// naming the leader, and the leader is another replica.
+// waitFollowing waits up to d until replica i follows: a client's call to
+// it is answered by another replica, which leads (the follower relayed
+// it).
 func (c *haCluster) waitFollowing(i int, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	rc := c.replicaClient(i)
 	for {
 		ctx, cancel := context.WithTimeout(c.t.Context(), 2*time.Second)
-		_, err := rc.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		res, err := rc.ListWorkers(ctx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
 		cancel()
-		var ce *connect.Error
-		if errors.As(err, &ce) && ce.Code() == connect.CodeUnavailable {
-			if leader := ce.Meta().Get(serving.LeaderHeader); leader != "" && c.replicaIndex(leader) >= 0 && c.replicaIndex(leader) != i {
+		if err == nil {
+			if leader := c.replicaIndex(res.Msg.GetLeader()); leader >= 0 && leader != i {
 				return nil
 			}
 		}
