@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -114,8 +115,9 @@ func newRelayPKI(t *testing.T) relayPKI {
 
 // startRelayReplica serves a replica over mutual TLS as the scheduler's
 // listener does (authentication, then ActOnBehalfOf), relaying with the
-// scheduler's certificate, and returns its URL and the replica.
-func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt relayTerm) (string, *replica.Replica) {
+// scheduler's certificate, and returns its URL, the replica and its
+// server.
+func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt relayTerm) (string, *replica.Replica, *httptest.Server) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -156,7 +158,7 @@ func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt rel
 		srv.Close()
 		cli.Close()
 	})
-	return "https://" + ln.Addr().String(), r
+	return "https://" + ln.Addr().String(), r, srv
 }
 
 // clientOf is a scheduler client with creds' certificate.
@@ -168,17 +170,18 @@ func clientOf(creds *identity.Credentials, url string, opts ...connect.ClientOpt
 // TestFollowerRelaysClientsCalls: a client that reaches a follower is
 // served by the leader as itself, in every protocol, output streams as
 // they come; it cannot pose as another client on the way; a worker's call
-// and a call relayed already are refused with the leader's address.
+// and a call relayed already are refused with the leader's address; a
+// leader that does not answer is named by nobody.
 func TestFollowerRelaysClientsCalls(t *testing.T) {
 	pki := newRelayPKI(t)
 	c := etcdmember.StartTestCluster(t, 1)
 	rt := relayTerm{next: make(chan struct{})}
-	leaderURL, leader := startRelayReplica(t, pki, c, rt)
+	leaderURL, leader, leaderSrv := startRelayReplica(t, pki, c, rt)
 	waitFor(t, "the first replica leading", 20*time.Second, func() bool {
 		_, _, self := leader.Leader()
 		return self
 	})
-	followerURL, follower := startRelayReplica(t, pki, c, rt)
+	followerURL, follower, _ := startRelayReplica(t, pki, c, rt)
 	leaderAddr, _, _ := leader.Leader()
 	waitFor(t, "the follower knowing the leader", 10*time.Second, func() bool {
 		addr, _, self := follower.Leader()
@@ -269,4 +272,16 @@ func TestFollowerRelaysClientsCalls(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("the leader does not answer", func(t *testing.T) {
+		leaderSrv.Close()
+		_, err := clientOf(pki.user, followerURL).ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		var cerr *connect.Error
+		if !errors.As(err, &cerr) || cerr.Code() != connect.CodeUnavailable || !strings.Contains(cerr.Message(), "could not reach the leader") {
+			t.Fatalf("ListWorkers: %v, want unavailable: the leader could not be reached", err)
+		}
+		if got, ok := cerr.Meta()[http.CanonicalHeaderKey(replica.LeaderHeader)]; !ok || got[0] != "" {
+			t.Errorf("%s: %q, want present and empty: the caller should try again, not go to a leader that does not answer", replica.LeaderHeader, got)
+		}
+	})
 }

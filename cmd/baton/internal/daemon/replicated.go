@@ -223,6 +223,8 @@ type replicated struct {
 	rep    *replica.Replica
 	member *etcdmember.Member
 	client *clientv3.Client
+	// relay carries a follower's relayed calls to the leader.
+	relay *http.Transport
 }
 
 func (r *replicated) Handler() http.Handler         { return r.rep.Handler() }
@@ -232,6 +234,9 @@ func (r *replicated) Run(ctx context.Context) error { return r.rep.Run(ctx) }
 func (r *replicated) SetNotServing() {}
 
 func (r *replicated) Close() error {
+	if r.relay != nil {
+		r.relay.CloseIdleConnections()
+	}
 	err := r.client.Close()
 	if r.member != nil {
 		r.member.Close()
@@ -289,13 +294,14 @@ func openReplicated(ctx context.Context, cfg SchedulerConfig, opts scheduler.Opt
 	if creds := opts.WorkerTLS; creds != nil {
 		relayTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
 	}
+	r.relay = serving.NewHTTPClient(relayTLS).Transport.(*http.Transport)
 	r.rep, err = replica.New(replica.Options{
 		Client:     r.client,
 		Prefix:     e.Prefix,
 		Address:    cfg.advertised(),
 		SessionTTL: time.Duration(e.SessionTTL),
 		Logger:     logger,
-		Relay:      serving.NewHTTPClient(relayTLS).Transport,
+		Relay:      r.relay,
 		RelayTLS:   relayTLS != nil,
 		Lead: func(ctx context.Context, st store.Store, epoch int64) (replica.Term, prometheus.Gatherer, error) {
 			o := opts
