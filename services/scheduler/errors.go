@@ -60,6 +60,10 @@ type workerError struct {
 func (e *workerError) Error() string { return fmt.Sprintf("worker %q: %v", e.worker, e.err) }
 func (e *workerError) Unwrap() error { return e.err }
 
+// errTooLargeMsg says what to do about a request whose jobs the store
+// cannot write in one transaction: a fan-out's jobs each carry its script.
+const errTooLargeMsg = "the jobs of this request, with their scripts, are too large for the scheduler's store to write at once: send a large script to fewer workers per call, or keep it on the workers and name its path"
+
 // codes maps the scheduler's own errors to Connect codes, first match wins.
 var codes = []struct {
 	err  error
@@ -104,6 +108,9 @@ func mapError(err error) error {
 	}
 	if errors.Is(err, store.ErrUnavailable) {
 		return interceptors.Hidden(connect.CodeUnavailable, "the scheduler cannot write its store right now; try again later", err)
+	}
+	if errors.Is(err, store.ErrTooLarge) {
+		return interceptors.Hidden(connect.CodeResourceExhausted, errTooLargeMsg, err)
 	}
 	for _, c := range codes {
 		if errors.Is(err, c.err) {

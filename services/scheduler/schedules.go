@@ -448,6 +448,13 @@ func (s *Scheduler) fire(ctx context.Context, sc store.Schedule, at time.Time, m
 	}
 	rec.Fire = f
 	upd, err := s.store.RecordFire(ctx, rec)
+	if errors.Is(err, store.ErrTooLarge) && len(rec.Jobs) > 0 {
+		// Trying again would write the same jobs and fail the same, and
+		// hold the schedule at this fire for ever: the fire fails instead.
+		f = store.Fire{Time: at, Manual: manual, Outcome: batonv1.FireOutcome_FIRE_OUTCOME_FAILED, Reason: errTooLargeMsg}
+		rec.Fire, rec.Group, rec.Jobs = f, nil, nil
+		upd, err = s.store.RecordFire(ctx, rec)
+	}
 	if err != nil {
 		return store.Fire{}, store.Schedule{}, err
 	}

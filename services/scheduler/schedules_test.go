@@ -1,6 +1,8 @@
 package scheduler_test
 
 import (
+	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"github.com/baton-run/baton/services/identity"
 	"github.com/baton-run/baton/services/metrics"
 	"github.com/baton-run/baton/services/scheduler"
+	"github.com/baton-run/baton/services/scheduler/store"
 )
 
 func createSchedule(t *testing.T, c batonv1connect.SchedulerServiceClient, sc *batonv1.Schedule) *batonv1.Schedule {
@@ -374,5 +377,63 @@ func TestConcurrentTriggersForbidOverlap(t *testing.T) {
 	}
 	if started != 1 {
 		t.Errorf("8 triggers at once started %d jobs (%v), want 1", started, outcomes)
+	}
+}
+
+// tooLargeFires refuses, as etcd does, a fire whose jobs carry more script
+// bytes in all than limit: store.ErrTooLarge, nothing written.
+type tooLargeFires struct {
+	store.Store
+	limit int
+}
+
+func (s tooLargeFires) RecordFire(ctx context.Context, rec store.FireRecord) (store.Schedule, error) {
+	n := 0
+	for _, j := range rec.Jobs {
+		n += len(j.Script)
+	}
+	if n > s.limit {
+		return store.Schedule{}, fmt.Errorf("%w: %d bytes of scripts", store.ErrTooLarge, n)
+	}
+	return s.Store.RecordFire(ctx, rec)
+}
+
+// TestScheduleFireTooLargeFails: a fan-out whose jobs, each with the
+// script, are more than the store writes at once fails its fire and says
+// why; the schedule goes on to its next fire instead of trying the same
+// write for ever.
+func TestScheduleFireTooLargeFails(t *testing.T) {
+	t.Parallel()
+	sched := startScheduler(t, "", func(o *scheduler.Options) { o.Store = tooLargeFires{Store: o.Store, limit: 1 << 20} })
+	startWorker(t, "w1", sched, nil)
+	startWorker(t, "w2", sched, nil)
+	waitWorkers(t, sched.client, batonv1.WorkerState_WORKER_STATE_READY, "w1", "w2")
+	script := []byte("#!/bin/sh\n" + strings.Repeat("# padding\n", 60<<10))
+	createSchedule(t, sched.client, &batonv1.Schedule{Name: "big", Cron: "@every 1s", HistoryLimit: 100,
+		Job: &batonv1.StartJobRequest{Command: "sh", Script: script, All: true}})
+
+	res, err := sched.client.TriggerSchedule(t.Context(), connect.NewRequest(&batonv1.TriggerScheduleRequest{Schedule: &batonv1.ScheduleRef{Name: "big"}}))
+	scheduleCall(t, "trigger", err)
+	if f := res.Msg.GetFire(); f.GetOutcome() != batonv1.FireOutcome_FIRE_OUTCOME_FAILED || !strings.Contains(f.GetReason(), "too large") {
+		t.Fatalf("a fire too large for the store: %v, want FAILED saying it is too large", f)
+	}
+	sc := waitSchedule(t, sched.client, "big", "past two failed scheduled fires", func(sc *batonv1.Schedule) bool {
+		n := 0
+		for _, f := range sc.GetRecent() {
+			if !f.GetManual() && f.GetOutcome() == batonv1.FireOutcome_FIRE_OUTCOME_FAILED {
+				n++
+			}
+		}
+		return n >= 2
+	})
+	for _, f := range sc.GetRecent() {
+		if f.GetOutcome() != batonv1.FireOutcome_FIRE_OUTCOME_FAILED || !strings.Contains(f.GetReason(), "too large") {
+			t.Errorf("fire at %v: %v %q, want FAILED as too large", f.GetFireTime().AsTime(), f.GetOutcome(), f.GetReason())
+		}
+	}
+	jobs, err := sched.client.ListJobs(t.Context(), connect.NewRequest(&batonv1.ListJobsRequest{}))
+	scheduleCall(t, "list jobs", err)
+	if n := len(jobs.Msg.GetJobs()); n != 0 {
+		t.Errorf("%d jobs exist after fires that failed whole", n)
 	}
 }

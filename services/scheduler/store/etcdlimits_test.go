@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -101,5 +102,46 @@ func TestEtcdListJobsScansInBatches(t *testing.T) {
 	}
 	if n := requests.Load(); n > 20 {
 		t.Errorf("ListJobs made %d requests to etcd for %d jobs", n, others+1)
+	}
+}
+
+// TestEtcdFireTooLarge: a fire whose jobs, with their scripts, are more
+// than etcd takes in one request fails with ErrTooLarge, which no retry
+// cures, and writes nothing; the fire recorded without its jobs lands.
+func TestEtcdFireTooLarge(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	s := openEtcd(t, fmt.Sprintf("/test/%d/", testEtcd.prefixes.Add(1)), nil)
+	sc := testSchedule("sched-big", "user/alice", "fanout")
+	if err := s.CreateSchedule(ctx, sc, 0); err != nil {
+		t.Fatal(err)
+	}
+	at := epoch.Add(time.Second)
+	rec := store.FireRecord{
+		ScheduleID: sc.ID,
+		Fire:       store.Fire{Time: at, Outcome: batonv1.FireOutcome_FIRE_OUTCOME_STARTED, JobID: jobID(1), GroupID: "group-big"},
+		Group:      &store.Group{ID: "group-big", Owner: sc.Owner, IdempotencyKey: "schedule/sched-big/1", CreatedAt: epoch},
+	}
+	// Each job carries the fan-out's script: 3 × 700 KiB is above etcd's
+	// default request limit (1.5 MiB), as 20 × 1 MiB is above the 16 MiB
+	// the embedded members take.
+	for i := range 3 {
+		j := fireJob(i+1, sc.Owner, "", "group-big")
+		j.Script = []byte(strings.Repeat("#", 700<<10))
+		rec.Jobs = append(rec.Jobs, j)
+	}
+	if _, err := s.RecordFire(ctx, rec); !errors.Is(err, store.ErrTooLarge) {
+		t.Fatalf("RecordFire of %d jobs with 700 KiB scripts: %v, want ErrTooLarge", len(rec.Jobs), err)
+	}
+	if got, err := s.GetSchedule(ctx, sc.Owner, sc.Name); err != nil || got.Fires != 0 || !got.Cursor.Equal(epoch) {
+		t.Fatalf("the refused fire moved the schedule: %+v (%v)", got, err)
+	}
+	if _, err := s.GetJob(ctx, jobID(1)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("the refused fire left a job: %v", err)
+	}
+	rec.Fire = store.Fire{Time: at, Outcome: batonv1.FireOutcome_FIRE_OUTCOME_FAILED, Reason: "too large"}
+	rec.Group, rec.Jobs = nil, nil
+	if _, err := s.RecordFire(ctx, rec); err != nil {
+		t.Fatalf("the fire without its jobs: %v", err)
 	}
 }

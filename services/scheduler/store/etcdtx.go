@@ -348,7 +348,7 @@ func etcdError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: etcd: %v", ErrUnavailable, err)
 	}
 	if errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) {
-		return fmt.Errorf("etcd refused a transaction too large for its limits (--max-txn-ops, --max-request-bytes): %w", err)
+		return fmt.Errorf("%w: etcd refused it for its limits (--max-txn-ops, --max-request-bytes): %w", ErrTooLarge, err)
 	}
 	code := status.Code(err)
 	var ee rpctypes.EtcdError
@@ -362,7 +362,7 @@ func etcdError(ctx context.Context, err error) error {
 		// etcd's own (a full quota, too many requests) are above: this is
 		// gRPC refusing a message larger than its limit, which no retry
 		// makes smaller.
-		return fmt.Errorf("etcd refused a request too large for its limits: %w", err)
+		return fmt.Errorf("%w: etcd refused a request above its size limit: %w", ErrTooLarge, err)
 	}
 	return fmt.Errorf("etcd: %w", err)
 }

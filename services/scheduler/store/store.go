@@ -47,6 +47,10 @@ var (
 	// stale: another scheduler has opened the store (or taken office)
 	// since, and only its writes count. Nothing of the write was applied.
 	ErrFenced = errors.New("fenced: a newer term has begun")
+	// ErrTooLarge reports a write larger than the store takes at once
+	// (etcd's limits on one transaction's size and operations): trying
+	// again writes the same and fails the same. Nothing of it was applied.
+	ErrTooLarge = errors.New("too large for one store transaction")
 )
 
 // Page sizes of [Store.ListJobs].
