@@ -19,7 +19,11 @@ type AuditRecord struct {
 	GroupID    string    `json:"group_id,omitempty"`
 	WorkerID   string    `json:"worker_id,omitempty"`
 	Command    string    `json:"command,omitempty"`
-	Peer       string    `json:"peer,omitempty"`
+	// Peer is the caller's address; for a call a replica relayed, the
+	// address the client called that replica from, and RelayedBy names
+	// the replica.
+	Peer      string `json:"peer,omitempty"`
+	RelayedBy string `json:"relayed_by,omitempty"`
 	// Decision is "allow" or "deny".
 	Decision string `json:"decision"`
 	// Code is the call's outcome: "ok" or a Connect code.

@@ -138,6 +138,9 @@ func (a *Authorizer) record(ctx context.Context, p Principal, proc, peer string,
 	if p.IsZero() {
 		rec.Principal = "unauthenticated"
 	}
+	if relay, ok := RelayOf(ctx); ok {
+		rec.Peer, rec.RelayedBy = relay.Client, relay.By
+	}
 	for _, m := range []any{req, res} {
 		if g, ok := m.(jobIDGetter); ok && g.GetJobId() != "" {
 			rec.JobID = g.GetJobId()

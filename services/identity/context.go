@@ -8,6 +8,7 @@ const (
 	principalKey ctxKey = iota
 	authErrorKey
 	onBehalfOfKey
+	relayKey
 )
 
 // NewContext returns ctx carrying the caller p.

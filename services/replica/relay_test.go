@@ -2,6 +2,7 @@ package replica_test
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"log/slog"
@@ -53,12 +54,24 @@ func servedAs(ctx context.Context) string {
 }
 
 func (relayTerm) ListWorkers(ctx context.Context, _ *connect.Request[batonv1.ListWorkersRequest]) (*connect.Response[batonv1.ListWorkersResponse], error) {
-	res := connect.NewResponse(&batonv1.ListWorkersResponse{})
+	// The answer has a body: flow control holds up bodies, not headers.
+	res := connect.NewResponse(&batonv1.ListWorkersResponse{Leader: servedAs(ctx)})
 	res.Header().Set(servedAsHeader, servedAs(ctx))
 	return res, nil
 }
 
-func (rt relayTerm) StreamJobOutput(ctx context.Context, _ *connect.Request[batonv1.StreamJobOutputRequest], s *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
+func (rt relayTerm) StreamJobOutput(ctx context.Context, req *connect.Request[batonv1.StreamJobOutputRequest], s *connect.ServerStream[batonv1.StreamJobOutputResponse]) error {
+	if req.Msg.GetFollow() {
+		// A busy job's output, as much as the reader takes; random, so
+		// that compression does not shrink it.
+		chunk := &batonv1.OutputChunk{Data: make([]byte, 64<<10)}
+		_, _ = rand.Read(chunk.Data)
+		for {
+			if err := s.Send(&batonv1.StreamJobOutputResponse{Event: &batonv1.StreamJobOutputResponse_Chunk{Chunk: chunk}}); err != nil {
+				return err
+			}
+		}
+	}
 	for i := range 2 {
 		if i > 0 {
 			select {
@@ -77,7 +90,7 @@ func (rt relayTerm) StreamJobOutput(ctx context.Context, _ *connect.Request[bato
 
 // relayPKI is a cluster's CA and the credentials the test uses.
 type relayPKI struct {
-	sched, user, worker *identity.Credentials
+	sched, user, other, worker *identity.Credentials
 }
 
 func newRelayPKI(t *testing.T) relayPKI {
@@ -109,15 +122,16 @@ func newRelayPKI(t *testing.T) relayPKI {
 	return relayPKI{
 		sched:  creds(identity.Scheduler),
 		user:   creds(identity.Principal{Role: identity.RoleUser, Name: "alice"}),
+		other:  creds(identity.Principal{Role: identity.RoleViewer, Name: "bob"}),
 		worker: creds(identity.Principal{Role: identity.RoleWorker, Name: "w1"}),
 	}
 }
 
-// startRelayReplica serves a replica over mutual TLS as the scheduler's
-// listener does (authentication, then ActOnBehalfOf), relaying with the
-// scheduler's certificate, and returns its URL, the replica and its
-// server.
-func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt relayTerm) (string, *replica.Replica, *httptest.Server) {
+// startRelayReplica serves a replica as the scheduler's listener does
+// (authentication, then ActOnBehalfOf): over mutual TLS with creds,
+// relaying with them, or with creds nil over h2c, every caller anonymous.
+// It returns its URL, the replica and its server.
+func startRelayReplica(t *testing.T, creds *identity.Credentials, c *etcdmember.Cluster, rt relayTerm) (string, *replica.Replica, *httptest.Server) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -127,6 +141,10 @@ func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt rel
 	if err != nil {
 		t.Fatal(err)
 	}
+	var relayTLS *tls.Config
+	if creds != nil {
+		relayTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
+	}
 	r, err := replica.New(replica.Options{
 		Client:  cli,
 		Address: ln.Addr().String(),
@@ -134,18 +152,28 @@ func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt rel
 			return rt, nil, nil
 		},
 		Logger:   slog.New(slog.NewTextHandler(t.Output(), nil)).With("replica", ln.Addr().String()),
-		Relay:    serving.NewHTTPClient(pki.sched.ClientTLS(identity.Expect(identity.Scheduler))).Transport,
-		RelayTLS: true,
+		Relay:    func() http.RoundTripper { return serving.NewHTTPClient(relayTLS).Transport },
+		RelayTLS: creds != nil,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	auth := identity.NewAuthenticator(pki.sched, nil, false)
+	auth := identity.NewAuthenticator(creds, nil, creds == nil)
 	srv := httptest.NewUnstartedServer(auth.Middleware(identity.ActOnBehalfOf(r.Handler())))
 	srv.Listener = ln
 	srv.EnableHTTP2 = true
-	srv.TLS = pki.sched.ServerTLS()
-	srv.StartTLS()
+	url := "http://" + ln.Addr().String()
+	if creds != nil {
+		srv.TLS = creds.ServerTLS()
+		srv.StartTLS()
+		url = "https://" + ln.Addr().String()
+	} else {
+		var protocols http.Protocols
+		protocols.SetHTTP1(true)
+		protocols.SetUnencryptedHTTP2(true)
+		srv.Config.Protocols = &protocols
+		srv.Start()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -156,9 +184,80 @@ func startRelayReplica(t *testing.T, pki relayPKI, c *etcdmember.Cluster, rt rel
 		cancel()
 		<-done
 		srv.Close()
+		r.CloseIdleConnections()
 		cli.Close()
 	})
-	return "https://" + ln.Addr().String(), r, srv
+	return url, r, srv
+}
+
+// startRelayPair starts a leader and a follower that knows it.
+func startRelayPair(t *testing.T, creds *identity.Credentials, rt relayTerm) (leaderURL, followerURL, leaderAddr string, leaderSrv *httptest.Server) {
+	t.Helper()
+	c := etcdmember.StartTestCluster(t, 1)
+	leaderURL, leader, leaderSrv := startRelayReplica(t, creds, c, rt)
+	waitFor(t, "the first replica leading", 20*time.Second, func() bool {
+		_, _, self := leader.Leader()
+		return self
+	})
+	followerURL, follower, _ := startRelayReplica(t, creds, c, rt)
+	leaderAddr, _, _ = leader.Leader()
+	waitFor(t, "the follower knowing the leader", 10*time.Second, func() bool {
+		addr, _, self := follower.Leader()
+		return addr == leaderAddr && !self
+	})
+	return leaderURL, followerURL, leaderAddr, leaderSrv
+}
+
+// refusedFor checks that err is a follower's refusal naming leader.
+func refusedFor(t *testing.T, err error, leader string) {
+	t.Helper()
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) || cerr.Code() != connect.CodeUnavailable {
+		t.Fatalf("%v, want unavailable", err)
+	}
+	if got := cerr.Meta().Get(replica.LeaderHeader); got != leader {
+		t.Errorf("%s: %q, want %q", replica.LeaderHeader, got, leader)
+	}
+}
+
+// workerCalls makes each call a worker makes to the scheduler.
+var workerCalls = map[string]func(context.Context, batonv1connect.SchedulerServiceClient) error{
+	"RegisterWorker": func(ctx context.Context, c batonv1connect.SchedulerServiceClient) error {
+		_, err := c.RegisterWorker(ctx, connect.NewRequest(&batonv1.RegisterWorkerRequest{}))
+		return err
+	},
+	"Heartbeat": func(ctx context.Context, c batonv1connect.SchedulerServiceClient) error {
+		_, err := c.Heartbeat(ctx, connect.NewRequest(&batonv1.HeartbeatRequest{}))
+		return err
+	},
+	"DeregisterWorker": func(ctx context.Context, c batonv1connect.SchedulerServiceClient) error {
+		_, err := c.DeregisterWorker(ctx, connect.NewRequest(&batonv1.DeregisterWorkerRequest{}))
+		return err
+	},
+	"CheckWorkerAddress": func(ctx context.Context, c batonv1connect.SchedulerServiceClient) error {
+		_, err := c.CheckWorkerAddress(ctx, connect.NewRequest(&batonv1.CheckWorkerAddressRequest{}))
+		return err
+	},
+}
+
+// TestFollowerRelaysOnPlaintext: without TLS every caller is anonymous,
+// workers too. A client's call is relayed and served as the anonymous
+// caller it is; a worker's procedures are not relayed but refused with the
+// leader's address, so that the worker goes there itself.
+func TestFollowerRelaysOnPlaintext(t *testing.T) {
+	rt := relayTerm{next: make(chan struct{})}
+	_, followerURL, leaderAddr, _ := startRelayPair(t, nil, rt)
+	client := batonv1connect.NewSchedulerServiceClient(serving.NewHTTPClient(nil), followerURL)
+	res, err := client.ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+	if err != nil {
+		t.Fatalf("ListWorkers through the follower: %v", err)
+	}
+	if got := res.Header().Get(servedAsHeader); got != "anonymous" {
+		t.Errorf("the leader served the relayed call as %q, want anonymous", got)
+	}
+	for name, call := range workerCalls {
+		t.Run(name, func(t *testing.T) { refusedFor(t, call(t.Context(), client), leaderAddr) })
+	}
 }
 
 // clientOf is a scheduler client with creds' certificate.
@@ -174,19 +273,8 @@ func clientOf(creds *identity.Credentials, url string, opts ...connect.ClientOpt
 // leader that does not answer is named by nobody.
 func TestFollowerRelaysClientsCalls(t *testing.T) {
 	pki := newRelayPKI(t)
-	c := etcdmember.StartTestCluster(t, 1)
 	rt := relayTerm{next: make(chan struct{})}
-	leaderURL, leader, leaderSrv := startRelayReplica(t, pki, c, rt)
-	waitFor(t, "the first replica leading", 20*time.Second, func() bool {
-		_, _, self := leader.Leader()
-		return self
-	})
-	followerURL, follower, _ := startRelayReplica(t, pki, c, rt)
-	leaderAddr, _, _ := leader.Leader()
-	waitFor(t, "the follower knowing the leader", 10*time.Second, func() bool {
-		addr, _, self := follower.Leader()
-		return addr == leaderAddr && !self
-	})
+	leaderURL, followerURL, leaderAddr, leaderSrv := startRelayPair(t, pki.sched, rt)
 
 	for _, p := range []struct {
 		name string
@@ -248,28 +336,19 @@ func TestFollowerRelaysClientsCalls(t *testing.T) {
 		}
 	})
 
-	refusals := []struct {
-		name   string
-		creds  *identity.Credentials
-		header string
-	}{
-		{name: "a worker", creds: pki.worker},
-		{name: "a relayed call", creds: pki.user, header: "127.0.0.1:1"},
-	}
-	for _, rc := range refusals {
-		t.Run(rc.name+" is refused", func(t *testing.T) {
-			req := connect.NewRequest(&batonv1.ListWorkersRequest{})
-			if rc.header != "" {
-				req.Header().Set(identity.RelayedByHeader, rc.header)
-			}
-			_, err := clientOf(rc.creds, followerURL).ListWorkers(t.Context(), req)
-			var cerr *connect.Error
-			if !errors.As(err, &cerr) || cerr.Code() != connect.CodeUnavailable {
-				t.Fatalf("ListWorkers: %v, want unavailable", err)
-			}
-			if got := cerr.Meta().Get(replica.LeaderHeader); got != leaderAddr {
-				t.Errorf("%s: %q, want %q", replica.LeaderHeader, got, leaderAddr)
-			}
+	t.Run("a worker is refused", func(t *testing.T) {
+		_, err := clientOf(pki.worker, followerURL).ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
+		refusedFor(t, err, leaderAddr)
+	})
+	t.Run("a relayed call is refused", func(t *testing.T) {
+		req := connect.NewRequest(&batonv1.ListWorkersRequest{})
+		req.Header().Set(identity.RelayedByHeader, "127.0.0.1:1")
+		_, err := clientOf(pki.user, followerURL).ListWorkers(t.Context(), req)
+		refusedFor(t, err, leaderAddr)
+	})
+	for name, call := range workerCalls {
+		t.Run("a client's "+name+" is refused", func(t *testing.T) {
+			refusedFor(t, call(t.Context(), clientOf(pki.user, followerURL)), leaderAddr)
 		})
 	}
 
@@ -284,4 +363,39 @@ func TestFollowerRelaysClientsCalls(t *testing.T) {
 			t.Errorf("%s: %q, want present and empty: the caller should try again, not go to a leader that does not answer", replica.LeaderHeader, got)
 		}
 	})
+}
+
+// TestRelayedReaderThatStopsStallsOnlyItself: a client that opens output
+// streams through a follower and stops reading them holds up its own
+// calls at most; another client's calls through the same follower are
+// answered.
+func TestRelayedReaderThatStopsStallsOnlyItself(t *testing.T) {
+	pki := newRelayPKI(t)
+	_, followerURL, _, _ := startRelayPair(t, pki.sched, relayTerm{next: make(chan struct{})})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	// Each stream holds as much of its connection's flow-control window
+	// as one stream may (4 MiB of 16 MiB): six would hold it all.
+	stalled := clientOf(pki.user, followerURL)
+	for range 6 {
+		s, err := stalled.StreamJobOutput(ctx, connect.NewRequest(&batonv1.StreamJobOutputRequest{Follow: true}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !s.Receive() {
+			t.Fatalf("the first chunk: %v", s.Err())
+		}
+		defer s.Close()
+	}
+	// Let the unread output fill the windows.
+	time.Sleep(time.Second)
+	callCtx, callCancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer callCancel()
+	res, err := clientOf(pki.other, followerURL).ListWorkers(callCtx, connect.NewRequest(&batonv1.ListWorkersRequest{}))
+	if err != nil {
+		t.Fatalf("another client's call through the follower: %v", err)
+	}
+	if got := res.Msg.GetLeader(); got != "viewer/bob" {
+		t.Errorf("served as %q, want viewer/bob", got)
+	}
 }

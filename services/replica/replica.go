@@ -78,12 +78,13 @@ type Options struct {
 	Lead Lead
 	// Logger receives leadership changes. Default: discard.
 	Logger *slog.Logger
-	// Relay carries the calls of clients that reach a follower to the
-	// leader (with this replica's own certificate, the leader's being the
-	// scheduler's); RelayTLS says whether the leader's address speaks TLS
-	// (h2c otherwise). Without Relay a follower refuses clients' calls
-	// with the leader's address, as it does workers'.
-	Relay    http.RoundTripper
+	// Relay makes a transport that carries the calls of clients that
+	// reach a follower to the leader (with this replica's own
+	// certificate, the leader's being the scheduler's); each caller gets
+	// one. RelayTLS says whether the leader's address speaks TLS (h2c
+	// otherwise). Without Relay a follower refuses clients' calls with
+	// the leader's address, as it does workers'.
+	Relay    func() http.RoundTripper
 	RelayTLS bool
 }
 
@@ -146,6 +147,14 @@ func New(opts Options) (*Replica, error) {
 		r.relayer = newRelayer(opts.Address, opts.Relay, opts.RelayTLS)
 	}
 	return r, nil
+}
+
+// CloseIdleConnections closes the relay's idle connections to the
+// leader; call it after Run.
+func (r *Replica) CloseIdleConnections() {
+	if r.relayer != nil {
+		r.relayer.closeIdleConnections()
+	}
 }
 
 // Leader returns the address and epoch of the leader this replica knows

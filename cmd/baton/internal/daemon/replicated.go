@@ -223,8 +223,6 @@ type replicated struct {
 	rep    *replica.Replica
 	member *etcdmember.Member
 	client *clientv3.Client
-	// relay carries a follower's relayed calls to the leader.
-	relay *http.Transport
 }
 
 func (r *replicated) Handler() http.Handler         { return r.rep.Handler() }
@@ -234,8 +232,8 @@ func (r *replicated) Run(ctx context.Context) error { return r.rep.Run(ctx) }
 func (r *replicated) SetNotServing() {}
 
 func (r *replicated) Close() error {
-	if r.relay != nil {
-		r.relay.CloseIdleConnections()
+	if r.rep != nil {
+		r.rep.CloseIdleConnections()
 	}
 	err := r.client.Close()
 	if r.member != nil {
@@ -294,14 +292,13 @@ func openReplicated(ctx context.Context, cfg SchedulerConfig, opts scheduler.Opt
 	if creds := opts.WorkerTLS; creds != nil {
 		relayTLS = creds.ClientTLS(identity.Expect(identity.Scheduler))
 	}
-	r.relay = serving.NewHTTPClient(relayTLS).Transport.(*http.Transport)
 	r.rep, err = replica.New(replica.Options{
 		Client:     r.client,
 		Prefix:     e.Prefix,
 		Address:    cfg.advertised(),
 		SessionTTL: time.Duration(e.SessionTTL),
 		Logger:     logger,
-		Relay:      r.relay,
+		Relay:      func() http.RoundTripper { return serving.NewHTTPClient(relayTLS).Transport },
 		RelayTLS:   relayTLS != nil,
 		Lead: func(ctx context.Context, st store.Store, epoch int64) (replica.Term, prometheus.Gatherer, error) {
 			o := opts
