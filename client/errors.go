@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"syscall"
 
 	"connectrpc.com/connect"
 )
@@ -102,6 +103,14 @@ func (i *errorInterceptor) mapError(ctx context.Context, err error) error {
 	if connect.IsWireError(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return e
 	}
+	if e.Code == connect.CodeCanceled && ctx.Err() == nil && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		// Connect reads a reset connection as the peer having gone away
+		// on purpose, canceled: a server's view of its client. Here the
+		// caller's context is live and the scheduler went away (killed,
+		// or its machine lost), which is unavailable: try again.
+		e.Code = connect.CodeUnavailable
+		e.err = connect.NewError(e.Code, err)
+	}
 	// No answer from the scheduler: a TLS mismatch shows as one of
 	// several transport errors, so it is asked for once more, plainly.
 	for _, base := range i.baseURLs {
@@ -113,7 +122,7 @@ func (i *errorInterceptor) mapError(ctx context.Context, err error) error {
 		}
 	}
 	var op *net.OpError
-	if ce.Code() == connect.CodeUnavailable && errors.As(err, &op) {
+	if e.Code == connect.CodeUnavailable && errors.As(err, &op) {
 		e.Unreachable = true
 		e.Message = fmt.Sprintf("cannot reach the scheduler at %s (%v); is it running?", i.baseURLs[0], op.Err)
 		if len(i.baseURLs) > 1 {
