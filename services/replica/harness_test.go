@@ -507,3 +507,22 @@ func waitFor(t *testing.T, what string, within time.Duration, cond func() bool) 
 		}
 	}
 }
+
+// runUntilCleanup runs r until the test ends; then, once Run has
+// returned, it calls each of after.
+func runUntilCleanup(t *testing.T, r *replica.Replica, after ...func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = r.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		for _, f := range after {
+			f()
+		}
+	})
+}

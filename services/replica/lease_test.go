@@ -154,15 +154,5 @@ func runCutOffReplica(t *testing.T, c *etcdmember.Cluster, i int, terms *termLog
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		cli.Close()
-	})
+	runUntilCleanup(t, r, func() { cli.Close() })
 }

@@ -174,19 +174,7 @@ func startRelayReplica(t *testing.T, creds *identity.Credentials, c *etcdmember.
 		srv.Config.Protocols = &protocols
 		srv.Start()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		srv.Close()
-		r.CloseIdleConnections()
-		cli.Close()
-	})
+	runUntilCleanup(t, r, srv.Close, r.CloseIdleConnections, func() { cli.Close() })
 	return url, r, srv
 }
 

@@ -55,17 +55,7 @@ func startReplica(t *testing.T) (*clientv3.Client, func() led) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = r.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		cli.Close()
-	})
+	runUntilCleanup(t, r, func() { cli.Close() })
 	return cli, func() led {
 		t.Helper()
 		select {
