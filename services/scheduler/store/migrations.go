@@ -154,6 +154,27 @@ CREATE TABLE term (
 ) STRICT;
 INSERT INTO term (id, term) VALUES (1, 0);
 `,
+	// 9: the change feed of jobs. rev is the position of a job's latest
+	// write, from one counter for the whole store (the writer's, see
+	// writer.nextRev); the jobs there already are numbered in the order
+	// they were inserted. A deleted job leaves a tombstone with the rev
+	// of its delete, kept until PruneJobs trims it; compacted is the
+	// highest rev trimmed, below which a reader may have missed a delete.
+	`
+ALTER TABLE jobs ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET rev = rowid;
+CREATE INDEX jobs_by_rev ON jobs (rev);
+CREATE TABLE job_tombstones (
+	rev        INTEGER NOT NULL PRIMARY KEY,
+	job_id     TEXT    NOT NULL,
+	deleted_at INTEGER NOT NULL
+) STRICT;
+CREATE TABLE feed (
+	id        INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+	compacted INTEGER NOT NULL
+) STRICT;
+INSERT INTO feed (id, compacted) VALUES (1, 0);
+`,
 }
 
 // migrate brings the schema of db up to len(migrations). It fails with

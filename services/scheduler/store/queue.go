@@ -186,8 +186,8 @@ func setPlacement(tx *writer, j Job) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.exec(`UPDATE jobs SET worker_id = ?, state = ?, status = ? WHERE job_id = ?`,
-		j.WorkerID, int32(j.Status.GetState()), blob, j.ID)
+	_, err = tx.exec(`UPDATE jobs SET worker_id = ?, state = ?, status = ?, rev = ? WHERE job_id = ?`,
+		j.WorkerID, int32(j.Status.GetState()), blob, tx.nextRev(), j.ID)
 	return err
 }
 

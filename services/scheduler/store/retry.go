@@ -129,8 +129,8 @@ func writeRetry(tx *writer, j Job, retry *batonv1.JobStatus) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.exec(`UPDATE jobs SET worker_id = ?, run_id = ?, state = ?, ended_at = NULL, stop_requested_by = NULL, status = ?
-WHERE job_id = ?`, retry.GetWorkerId(), retry.GetRunId(), int32(retry.GetState()), blob, j.ID); err != nil {
+	if _, err := tx.exec(`UPDATE jobs SET worker_id = ?, run_id = ?, state = ?, ended_at = NULL, stop_requested_by = NULL, status = ?, rev = ?
+WHERE job_id = ?`, retry.GetWorkerId(), retry.GetRunId(), int32(retry.GetState()), blob, tx.nextRev(), j.ID); err != nil {
 		return err
 	}
 	if _, err := tx.exec(`INSERT OR IGNORE INTO retired_runs (run_id, job_id, worker_id) VALUES (?, ?, ?)`, runIDOf(j), j.ID, j.WorkerID); err != nil {

@@ -59,6 +59,9 @@ type SQLite struct {
 	ckptDone   chan struct{}
 	// commits counts the writer's committed transactions.
 	commits atomic.Int64
+	// feed wakes the readers of the change feed at each commit that
+	// wrote jobs.
+	feed feedWake
 
 	closeOnce sync.Once
 	closeErr  error
@@ -188,11 +191,20 @@ func openWriter(ctx context.Context, abs string, db *sql.DB) (*SQLite, error) {
 		wdb.Close()
 		return nil, err
 	}
+	// The term is the store's already: no other store commits from now
+	// on, and the last rev written stays the last one committed.
+	var rev int64
+	if err := db.QueryRowContext(ctx, lastRevQuery).Scan(&rev); err != nil {
+		wconn.Close()
+		cconn.Close()
+		wdb.Close()
+		return nil, fmt.Errorf("read the change feed's position: %w", err)
+	}
 	s := &SQLite{
 		db:         db,
 		stmts:      make(map[string]*sql.Stmt),
 		queue:      writeQueue{wake: make(chan struct{})},
-		w:          &writer{conn: wconn, stmts: make(map[string]*sql.Stmt)},
+		w:          &writer{conn: wconn, stmts: make(map[string]*sql.Stmt), rev: rev},
 		wdb:        wdb,
 		ckptConn:   cconn,
 		ckpt:       make(chan struct{}, 1),
@@ -464,10 +476,10 @@ func (s *SQLite) CreateJob(ctx context.Context, j Job) error {
 // insertJob writes job j, whose status st (as newJobStatus made it) is
 // blob, and its place in the queue when it is QUEUED.
 func insertJob(tx *writer, j Job, st *batonv1.JobStatus, blob []byte) error {
-	_, err := tx.exec(`INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.exec(`INSERT INTO jobs (job_id, worker_id, owner, group_id, idempotency_key, state, created_at, ended_at, status, rev)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		j.ID, j.WorkerID, j.Owner, nullString(j.GroupID), nullString(j.IdempotencyKey),
-		int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob)
+		int32(st.GetState()), unixNano(j.CreatedAt), endedAt(st), blob, tx.nextRev())
 	if err != nil {
 		return err
 	}
@@ -590,13 +602,13 @@ func (s *SQLite) updateJobStatus(ctx context.Context, id, worker string, st *bat
 		// and each index page it touches is one more page to write.
 		switch {
 		case c.SameState && c.SameEnd && !c.ClearStop:
-			_, err = tx.exec(`UPDATE jobs SET status = ? WHERE job_id = ?`, blob, id)
+			_, err = tx.exec(`UPDATE jobs SET status = ?, rev = ? WHERE job_id = ?`, blob, tx.nextRev(), id)
 		case c.SameEnd && !c.ClearStop:
-			_, err = tx.exec(`UPDATE jobs SET state = ?, status = ? WHERE job_id = ?`, int32(upd.GetState()), blob, id)
+			_, err = tx.exec(`UPDATE jobs SET state = ?, status = ?, rev = ? WHERE job_id = ?`, int32(upd.GetState()), blob, tx.nextRev(), id)
 		default:
 			_, err = tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ?,
-	stop_requested_by = CASE WHEN ? THEN NULL ELSE stop_requested_by END WHERE job_id = ?`,
-				int32(upd.GetState()), endedAt(upd), blob, c.ClearStop, id)
+	stop_requested_by = CASE WHEN ? THEN NULL ELSE stop_requested_by END, rev = ? WHERE job_id = ?`,
+				int32(upd.GetState()), endedAt(upd), blob, c.ClearStop, tx.nextRev(), id)
 		}
 		if err != nil {
 			return err
@@ -637,7 +649,7 @@ func (s *SQLite) DeleteJob(ctx context.Context, id string) error {
 		if n == 0 {
 			return fmt.Errorf("job %s: %w", id, ErrNotFound)
 		}
-		return nil
+		return addTombstone(tx, id, time.Now())
 	})
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -751,8 +763,8 @@ func (s *SQLite) MarkWorkerJobsLost(ctx context.Context, workerID, reason string
 			if err != nil {
 				return err
 			}
-			if _, err := tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ? WHERE job_id = ?`,
-				int32(st.State), endedAt(st), blob, j.ID); err != nil {
+			if _, err := tx.exec(`UPDATE jobs SET state = ?, ended_at = ?, status = ?, rev = ? WHERE job_id = ?`,
+				int32(st.State), endedAt(st), blob, tx.nextRev(), j.ID); err != nil {
 				return err
 			}
 			if _, err := tx.exec(`DELETE FROM queue WHERE job_id = ?`, j.ID); err != nil {
@@ -906,8 +918,8 @@ func (s *SQLite) GetGroupByIdempotencyKey(ctx context.Context, owner, key string
 func (s *SQLite) RequestStop(ctx context.Context, id, by string) error {
 	var found bool
 	err := s.write(ctx, func(tx *writer) error {
-		res, err := tx.exec(`UPDATE jobs SET stop_requested_by = ? WHERE job_id = ? AND (ended_at IS NULL OR state = ?)`,
-			by, id, int32(batonv1.JobState_JOB_STATE_LOST))
+		res, err := tx.exec(`UPDATE jobs SET stop_requested_by = ?, rev = ? WHERE job_id = ? AND (ended_at IS NULL OR state = ?)`,
+			by, tx.nextRev(), id, int32(batonv1.JobState_JOB_STATE_LOST))
 		if err != nil {
 			return err
 		}
@@ -939,7 +951,9 @@ func (s *SQLite) RequestStop(ctx context.Context, id, by string) error {
 // ClearStop implements [Store].
 func (s *SQLite) ClearStop(ctx context.Context, id string) error {
 	err := s.write(ctx, func(tx *writer) error {
-		_, err := tx.exec(`UPDATE jobs SET stop_requested_by = NULL WHERE job_id = ?`, id)
+		// A job with no stop waiting is not written: the feed would report
+		// a change that changed nothing.
+		_, err := tx.exec(`UPDATE jobs SET stop_requested_by = NULL, rev = ? WHERE job_id = ? AND stop_requested_by IS NOT NULL`, tx.nextRev(), id)
 		return err
 	})
 	if err != nil {
@@ -966,13 +980,31 @@ func (s *SQLite) PruneJobs(ctx context.Context, endedBefore time.Time) (int, err
 	for {
 		var n int64
 		err := s.write(ctx, func(tx *writer) error {
-			res, err := tx.exec(`DELETE FROM jobs WHERE job_id IN (
-	SELECT job_id FROM jobs WHERE ended_at < ? LIMIT ?)`, before, pruneBatch)
+			rows, err := tx.query(`DELETE FROM jobs WHERE job_id IN (
+	SELECT job_id FROM jobs WHERE ended_at < ? LIMIT ?) RETURNING job_id`, before, pruneBatch)
 			if err != nil {
 				return err
 			}
-			n, err = res.RowsAffected()
-			return err
+			var pruned []string
+			for rows.Next() {
+				var id string
+				if err := rows.Scan(&id); err != nil {
+					rows.Close()
+					return err
+				}
+				pruned = append(pruned, id)
+			}
+			if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+				return err
+			}
+			now := time.Now()
+			for _, id := range pruned {
+				if err := addTombstone(tx, id, now); err != nil {
+					return err
+				}
+			}
+			n = int64(len(pruned))
+			return nil
 		})
 		if err != nil {
 			return total, fmt.Errorf("prune jobs: %w", err)
@@ -987,7 +1019,10 @@ func (s *SQLite) PruneJobs(ctx context.Context, endedBefore time.Time) (int, err
 	err := s.write(ctx, func(tx *writer) error {
 		_, err := tx.exec(`DELETE FROM groups WHERE created_at < ?
 	AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.group_id = groups.group_id)`, before)
-		return err
+		if err != nil {
+			return err
+		}
+		return trimTombstones(tx, before)
 	})
 	if err != nil {
 		return total, fmt.Errorf("prune groups: %w", err)

@@ -51,6 +51,10 @@ var (
 	// (etcd's limits on one transaction's size and operations): trying
 	// again writes the same and fails the same. Nothing of it was applied.
 	ErrTooLarge = errors.New("too large for one store transaction")
+	// ErrCompacted reports a change feed resumed from a position whose
+	// later changes are no longer all kept: the reader should list the
+	// jobs afresh and follow the feed from [Feed.JobsRev].
+	ErrCompacted = errors.New("the changes after that position are no longer kept")
 )
 
 // Page sizes of [Store.ListJobs].
@@ -190,8 +194,53 @@ type Store interface {
 	// Schedules keeps schedules and their fires (schedules.go).
 	Schedules
 
+	// Feed reports the changes to jobs as they happen.
+	Feed
+
 	// Close releases the store. Calls after Close fail.
 	Close() error
+}
+
+// Feed is the change feed of jobs: a reader follows every job write
+// (creation, status update, worker report, assignment and requeue, stop
+// request and clear, lost marking, delete, prune) and, after a
+// disconnect, resumes where it stopped.
+//
+// The feed reports a job's state, not each of its writes: a reader that
+// resumes late may see only the latest state of a job written several
+// times since, but it never misses that a job changed or was deleted, and
+// never sees changes out of order. Changes written by one write may share
+// a Rev (etcd: a transaction that wrote several jobs); resuming from a Rev
+// skips all of them, so a reader records as its position the Rev of the
+// last change it handled once it has seen a change with a higher one, or
+// handled the whole write.
+type Feed interface {
+	// JobsRev returns the position of the latest job change:
+	// Changes(ctx, rev) with it reports what comes after now.
+	JobsRev(ctx context.Context) (int64, error)
+	// Changes calls fn with the changes to jobs after position after (0:
+	// every change the store keeps), in Rev order, and then with each
+	// later one as it happens, until ctx ends (ctx's error is returned)
+	// or fn returns an error (returned as it is). fn runs on the calling
+	// goroutine and is not called concurrently.
+	//
+	// When the changes after `after` are no longer all kept (etcd
+	// compacted its history, SQLite pruned the record of deletes), it
+	// returns an error wrapping ErrCompacted: list the jobs and resume
+	// from JobsRev taken before listing.
+	Changes(ctx context.Context, after int64, fn func(Change) error) error
+}
+
+// Change is one job write as [Feed.Changes] reports it.
+type Change struct {
+	// Rev orders changes; Changes(ctx, Rev) resumes after this one.
+	Rev   int64
+	JobID string
+	// Deleted reports that the job was deleted (DeleteJob, PruneJobs).
+	Deleted bool
+	// Job is the job as written, as GetJob would return it; the zero Job
+	// when Deleted.
+	Job Job
 }
 
 // JobEndObserver is implemented by stores that report jobs reaching a

@@ -286,6 +286,10 @@ func (s *SQLite) runBatch(batch []*writeOp) {
 		return
 	}
 	s.commits.Add(1)
+	if w.jobsChanged {
+		w.jobsChanged = false
+		s.feed.committed()
+	}
 	for _, op := range ran {
 		op.finish(op.err)
 	}
@@ -390,6 +394,22 @@ type writer struct {
 	// frames counts the WAL frames committed since the last checkpoint
 	// request.
 	frames int
+	// rev is the last rev handed out (see nextRev).
+	rev int64
+	// jobsChanged is set when the transaction in progress may have
+	// written a job, whose readers of the feed are woken at its commit.
+	jobsChanged bool
+}
+
+// nextRev returns the rev of a job write: above every rev committed,
+// since the writer is the file's only one (the fence sees to it), and
+// above those of the writes before it in the batch, so that the feed's
+// order is the order of the writes. A rev whose write is rolled back is
+// never used again: the feed has gaps, but never goes back.
+func (w *writer) nextRev() int64 {
+	w.rev++
+	w.jobsChanged = true
+	return w.rev
 }
 
 // stmtCtx is the context of the writer's statements: never cancelled, so
