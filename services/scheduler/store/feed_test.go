@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -53,14 +54,19 @@ func follow(t *testing.T, s store.Store, after int64) <-chan store.Change {
 // within feedWait.
 func next(t *testing.T, ch <-chan store.Change, what string) store.Change {
 	t.Helper()
+	return nextWithin(t, ch, what, feedWait)
+}
+
+func nextWithin(t *testing.T, ch <-chan store.Change, what string, wait time.Duration) store.Change {
+	t.Helper()
 	select {
 	case c, ok := <-ch:
 		if !ok {
 			t.Fatalf("the feed ended before reporting %s", what)
 		}
 		return c
-	case <-time.After(feedWait):
-		t.Fatalf("the feed did not report %s within %v", what, feedWait)
+	case <-time.After(wait):
+		t.Fatalf("the feed did not report %s within %v", what, wait)
 		return store.Change{}
 	}
 }
@@ -268,7 +274,9 @@ func TestFeedEnds(t *testing.T) {
 		mustCreateJob(t, ctx, s, newJob(1, "w1", "alice"))
 		errFn := errors.New("reader failed")
 		calls := 0
-		err := s.Changes(ctx, start, func(store.Change) error { calls++; return errFn })
+		bctx, bcancel := context.WithTimeout(ctx, feedWait)
+		defer bcancel()
+		err := s.Changes(bctx, start, func(store.Change) error { calls++; return errFn })
 		if !errors.Is(err, errFn) || calls != 1 {
 			t.Fatalf("Changes = %v after %d calls, want fn's error after 1", err, calls)
 		}
@@ -380,9 +388,10 @@ func TestFeedCompacted(t *testing.T) {
 		default:
 			t.Fatalf("no way to compact a %T", s)
 		}
-		err := s.Changes(ctx, from, func(c store.Change) error {
-			t.Errorf("a change from before the compaction was reported: %+v", c)
-			return nil
+		cctx, cancel := context.WithTimeout(ctx, feedWait)
+		defer cancel()
+		err := s.Changes(cctx, from, func(c store.Change) error {
+			return fmt.Errorf("a change from before the compaction was reported: %+v", c)
 		})
 		if !errors.Is(err, store.ErrCompacted) {
 			t.Fatalf("Changes from before the compaction = %v, want ErrCompacted", err)
@@ -399,7 +408,9 @@ func TestFeedCompacted(t *testing.T) {
 }
 
 // TestFeedReportsEveryWorkerReport follows one job's life with a reader
-// that keeps up, and checks that every report in it is a change.
+// that keeps up, and checks that every report in it is a change, reported
+// at once: well before the SQLite feed's slow poll (5s), so the commit
+// itself must wake the reader.
 func TestFeedReportsEveryWorkerReport(t *testing.T) {
 	t.Parallel()
 	forBackends(t, func(t *testing.T, b backend) {
@@ -418,7 +429,7 @@ func TestFeedReportsEveryWorkerReport(t *testing.T) {
 			if err := s.ApplyWorkerReport(ctx, "w1", j.ID, st); err != nil {
 				t.Fatal(err)
 			}
-			c := next(t, live, "a report")
+			c := nextWithin(t, live, "a report", 2*time.Second)
 			if c.Job.Status.GetState() != st.State || c.Job.Status.GetPid() != 42 {
 				t.Fatalf("report %d: change %v pid %d, want %v pid 42", i, c.Job.Status.GetState(), c.Job.Status.GetPid(), st.State)
 			}
