@@ -260,6 +260,9 @@ func (s *SQLite) Close() error {
 		s.mu.Unlock()
 		errs = append(errs, s.db.Close())
 		s.closeErr = errors.Join(errs...)
+		// Readers waiting in Changes find the store closed now rather
+		// than at their next poll.
+		s.feed.committed()
 	})
 	return s.closeErr
 }
