@@ -1,8 +1,11 @@
 package replica
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httputil"
 	"slices"
@@ -67,12 +70,13 @@ func newRelayer(self string, newTransport func() http.RoundTripper, useTLS bool)
 			pr.Out.Header.Del("Upgrade")
 		},
 		// Output streams are passed on as they come.
-		FlushInterval: -1,
+		FlushInterval:  -1,
+		ModifyResponse: readWholeAnswer,
 		ErrorHandler: func(w http.ResponseWriter, req *http.Request, err error) {
 			leader := req.Context().Value(leaderKey{}).(string)
 			// No leader is named: the one this replica knows of did not
 			// answer, and the caller should try again shortly.
-			writeUnavailable(w, req, "", "this scheduler replica could not reach the leader at "+leader+": try again shortly")
+			writeUnavailable(w, req, "", "this scheduler replica got no answer from the leader at "+leader+": try again shortly")
 		},
 	}
 	return rl
@@ -115,6 +119,40 @@ func (pc *perCaller) closeIdleConnections() {
 }
 
 type leaderKey struct{}
+
+// streamingCalls are the procedures whose answers are streams, passed on
+// as they come. A stream the leader cuts off mid-way (it died) reaches the
+// client cut off too, as it would have calling the leader directly.
+var streamingCalls = map[string]bool{
+	batonv1connect.SchedulerServiceStreamJobOutputProcedure: true,
+	batonv1connect.SchedulerServiceRunJobProcedure:          true,
+}
+
+// maxRelayedAnswer bounds the answer of a call that is not a stream, which
+// the relay reads whole: far above the largest page of the API.
+const maxRelayedAnswer = 64 << 20
+
+// readWholeAnswer reads the leader's answer to a call that is not a
+// stream before any of it is passed on, so that a leader that dies while
+// answering makes the call unavailable (the relay's ErrorHandler), which
+// clients try again, rather than an answer cut off mid-way, which reaches
+// them as an internal error.
+func readWholeAnswer(res *http.Response) error {
+	if streamingCalls[res.Request.URL.Path] {
+		return nil
+	}
+	body, err := io.ReadAll(io.LimitReader(res.Body, maxRelayedAnswer+1))
+	res.Body.Close()
+	if err != nil {
+		return err
+	}
+	if len(body) > maxRelayedAnswer {
+		return fmt.Errorf("the leader's answer is over %d bytes", maxRelayedAnswer)
+	}
+	res.Body = io.NopCloser(bytes.NewReader(body))
+	res.ContentLength = int64(len(body))
+	return nil
+}
 
 // relays reports whether req is a client's call that a follower relays:
 // not a worker's procedure, not one already relayed, and from a client

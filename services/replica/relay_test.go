@@ -42,7 +42,17 @@ func (relayTerm) Run(ctx context.Context) error { <-ctx.Done(); return nil }
 func (relayTerm) SetNotServing()                {}
 func (rt relayTerm) Handler() http.Handler {
 	_, h := batonv1connect.NewSchedulerServiceHandler(rt)
-	return h
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == batonv1connect.SchedulerServiceQueryJobProcedure {
+			// A leader that dies while answering: part of the answer,
+			// then the stream is cut.
+			w.Header().Set("Content-Type", r.Header.Get("Content-Type"))
+			_, _ = w.Write([]byte{0x0a, 0x40})
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func servedAs(ctx context.Context) string {
@@ -340,11 +350,18 @@ func TestFollowerRelaysClientsCalls(t *testing.T) {
 		})
 	}
 
+	t.Run("the leader dies while answering", func(t *testing.T) {
+		_, err := clientOf(pki.user, followerURL).QueryJob(t.Context(), connect.NewRequest(&batonv1.QueryJobRequest{JobId: "0190a000-0000-7000-8000-000000000001"}))
+		var cerr *connect.Error
+		if !errors.As(err, &cerr) || cerr.Code() != connect.CodeUnavailable {
+			t.Fatalf("QueryJob: %v, want unavailable, which clients try again", err)
+		}
+	})
 	t.Run("the leader does not answer", func(t *testing.T) {
 		leaderSrv.Close()
 		_, err := clientOf(pki.user, followerURL).ListWorkers(t.Context(), connect.NewRequest(&batonv1.ListWorkersRequest{}))
 		var cerr *connect.Error
-		if !errors.As(err, &cerr) || cerr.Code() != connect.CodeUnavailable || !strings.Contains(cerr.Message(), "could not reach the leader") {
+		if !errors.As(err, &cerr) || cerr.Code() != connect.CodeUnavailable || !strings.Contains(cerr.Message(), "got no answer from the leader") {
 			t.Fatalf("ListWorkers: %v, want unavailable: the leader could not be reached", err)
 		}
 		if got, ok := cerr.Meta()[http.CanonicalHeaderKey(replica.LeaderHeader)]; !ok || got[0] != "" {
