@@ -111,7 +111,9 @@ func (s *Scheduler) enqueueSpec(ctx context.Context, req *batonv1.StartJobReques
 			Reason: s.reg.waitReason(worker, req.GetSelector()),
 		},
 	}
-	if err := s.store.CreateJob(ctx, job); err != nil {
+	// Not cut short by the caller's hang-up (see recordPending): a job
+	// recorded QUEUED must reach the queue.
+	if err := s.store.CreateJob(context.WithoutCancel(ctx), job); err != nil {
 		return nil, nil, err
 	}
 	s.opts.Metrics.JobQueued(place.Priority)

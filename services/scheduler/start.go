@@ -274,7 +274,11 @@ func (s *Scheduler) recordPending(ctx context.Context, t target, req *batonv1.St
 	// starts, and for a start that a crash or a change of leader cuts
 	// short before the worker got it (see startOrphan).
 	job.Script = req.GetScript()
-	if err := s.store.CreateJob(ctx, job); err != nil {
+	// The caller's hang-up must not cut the write short: etcd may apply
+	// it all the same, and a job recorded while its start gave up would
+	// stay PENDING with nobody to carry it through. The store bounds its
+	// own calls.
+	if err := s.store.CreateJob(context.WithoutCancel(ctx), job); err != nil {
 		forget()
 		return store.Job{}, nil, err
 	}
