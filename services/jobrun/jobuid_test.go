@@ -379,7 +379,9 @@ func TestJobUIDAfterRestart(t *testing.T) {
 func TestJobUIDKeepsContainment(t *testing.T) {
 	t.Parallel()
 	r, _ := uidRunner(t, testUIDs(500, 2), nil)
-	spec := Spec{Command: "sh", Args: []string{"-c", `trap 'echo got TERM; exit 7' TERM; id -u; echo to stderr >&2; while :; do sleep 0.05; done`}}
+	// stderr is written before the line the test waits for: a TERM
+	// that came between the two would end the script before it.
+	spec := Spec{Command: "sh", Args: []string{"-c", `trap 'echo got TERM; exit 7' TERM; echo to stderr >&2; id -u; while :; do sleep 0.05; done`}}
 	if r.cg.memoryOK() {
 		spec.MemoryLimit = 64 << 20
 	}
