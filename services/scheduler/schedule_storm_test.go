@@ -45,7 +45,11 @@ func TestCatchUpFiresAtMostAHundred(t *testing.T) {
 	late := time.Since(restart)
 	storm := getSchedule(t, sched.client, "storm")
 	t.Logf("storm: %d fires; other's first fire after the restart came %v after it (fire time %v)", storm.GetFires(), late, sc.GetLastFireTime().AsTime().Sub(restart))
-	if storm.GetFires() > 110 || late > 3*time.Second {
-		t.Errorf("one catch-up fired %d times (made that many jobs) for one schedule", storm.GetFires())
+	// The schedules fire from one goroutine, storm's catch-up first: had
+	// it fired every time it missed (3600), other's first fire would
+	// have waited for all of them. How long that took is logged, not
+	// checked: it measures the machine as much as the scheduler.
+	if storm.GetFires() > 110 {
+		t.Errorf("one catch-up fired %d times (made that many jobs) for one schedule, holding back the others", storm.GetFires())
 	}
 }
