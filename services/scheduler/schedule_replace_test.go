@@ -3,6 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,18 +12,26 @@ import (
 	batonv1 "github.com/baton-run/baton/gen/baton/v1"
 )
 
-// TestReplaceStallsOtherSchedules: a REPLACE fire stops the earlier
-// fire's job synchronously inside the one goroutine that fires every
-// schedule, with no deadline. A stop that takes the worker's grace period
-// (a job that ignores SIGTERM; here the worker's StopJob takes 4s) holds
-// back every other schedule of every owner for that long.
+// TestAReplacingFireDoesNotHoldOtherSchedules: a REPLACE fire stops the
+// earlier fire's job, and that stop may take the worker's grace period (a
+// job that ignores SIGTERM). Here the worker holds every StopJob until the
+// test lets it go: another schedule must go on firing meanwhile, which it
+// cannot if the stop runs inside the one goroutine that fires every
+// schedule.
 func TestAReplacingFireDoesNotHoldOtherSchedules(t *testing.T) {
 	t.Parallel()
 	sched := startScheduler(t, "", nil)
+	held, release := make(chan struct{}, 1), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	slowStop := connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
 		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 			if strings.HasSuffix(req.Spec().Procedure, "/StopJob") {
-				time.Sleep(4 * time.Second) // a stop that takes the grace period
+				select {
+				case held <- struct{}{}:
+				default:
+				}
+				<-release
 			}
 			return next(ctx, req)
 		}
@@ -34,20 +43,14 @@ func TestAReplacingFireDoesNotHoldOtherSchedules(t *testing.T) {
 		Job: &batonv1.StartJobRequest{Command: "sh", Path: "hello.sh"},
 	})
 	createSchedule(t, sched.client, sleeper("replace", batonv1.OverlapPolicy_OVERLAP_POLICY_REPLACE))
-	time.Sleep(8 * time.Second)
-	sc := getSchedule(t, sched.client, "other")
-	var worst time.Duration
-	for _, f := range sc.GetRecent() {
-		if f.GetJobId() == "" {
-			continue
-		}
-		st := queryJob(t, sched.client, f.GetJobId()).GetStatus()
-		if late := st.GetCreatedAt().AsTime().Sub(st.GetFireTime().AsTime()); late > worst {
-			worst = late
-		}
+	select {
+	case <-held:
+	case <-time.After(2 * waitTimeout):
+		t.Fatal("no replacing fire stopped the earlier fire's job")
 	}
-	t.Logf("schedule other: %d fires, latest job made %v after its fire time", sc.GetFires(), worst)
-	if worst > 2*time.Second {
-		t.Errorf("another schedule's fire was %v late: a REPLACE fire's stop blocked the firing loop", worst.Round(time.Millisecond))
-	}
+	before := getSchedule(t, sched.client, "other").GetFires()
+	waitSchedule(t, sched.client, "other", "firing twice while a replacing fire's stop is held", func(sc *batonv1.Schedule) bool {
+		return sc.GetFires() >= before+2
+	})
+	once.Do(func() { close(release) })
 }
