@@ -1,0 +1,4 @@
+package replica
+
+// WorkerCalls are the procedures a follower never relays.
+var WorkerCalls = workerCalls
